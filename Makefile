@@ -1,0 +1,35 @@
+# taskfleet: `make up` runs a local fleet, `make test` runs the whole suite.
+SHELL := /bin/bash
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/taskfleet
+REDIS_URL ?= redis://127.0.0.1:6379
+TASKFLEET_API_ADDR ?= 127.0.0.1:8080
+export DATABASE_URL REDIS_URL TASKFLEET_API_ADDR
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+
+.PHONY: up down services build test lint fmt
+
+## Start Redis and Postgres if needed, migrate, run the API and two workers, print a key.
+up: services build
+	@deploy/local/up.sh "$(TARGET_DIR)/debug"
+
+## Stop what `make up` started.
+down:
+	@deploy/local/down.sh
+
+services:
+	@deploy/local/services.sh
+
+build:
+	cargo build --workspace --bins
+
+## The whole suite against real Redis and Postgres (each test uses its own database and key prefix).
+test: services
+	cargo build --workspace --bins
+	cargo test --workspace --no-fail-fast
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all

@@ -1,0 +1,94 @@
+//! Assembles the routes, middleware and state, and serves them.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use poem::{Endpoint, EndpointExt, Request, Route, Server, listener::TcpListener};
+use poem_openapi::{OpenApiService, Tags};
+use taskfleet_storage::{Db, Ledger, Tenants, redis as tf_redis, redis::Keys, wait_for};
+
+use crate::{cli::ApiArgs, error::json_error, health::HealthApi, jobs::JobsApi, state::AppState};
+
+/// The tenant that owns `/readyz` probe jobs.
+const SYSTEM_TENANT: &str = "_system";
+
+#[derive(Tags)]
+pub enum Tag {
+    /// Submit and inspect jobs.
+    Jobs,
+    /// Health and readiness.
+    Ops,
+}
+
+/// Connects to Postgres and Redis (waiting for them), applies migrations, and returns the state.
+pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
+    let db = Db::connect_lazy(&args.database_url, 32).context("DATABASE_URL is not valid")?;
+    wait_for("Postgres (migrations)", || db.migrate()).await;
+    let tenants = Tenants::new(db.pool.clone());
+    let system_tenant = wait_for("Postgres", || tenants.ensure(SYSTEM_TENANT)).await;
+    let redis = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
+    Ok(AppState {
+        ledger: Ledger::new(db.pool.clone()),
+        tenants,
+        db,
+        redis,
+        keys: Keys::new(&args.redis_prefix),
+        system_tenant,
+        ready_timeout: Duration::from_millis(args.ready_timeout_ms),
+    })
+}
+
+/// The whole HTTP application. `server_url` is where the Swagger UI sends requests.
+pub fn build_app(
+    state: AppState,
+    server_url: String,
+    max_body_bytes: usize,
+) -> impl poem::Endpoint {
+    let api = OpenApiService::new((JobsApi, HealthApi), "taskfleet", env!("CARGO_PKG_VERSION"))
+        .description("Distributed task queue: typed jobs, a Postgres ledger, Redis queues.")
+        .server(server_url);
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .around(move |endpoint, req| limit_body(endpoint, req, max_body_bytes))
+        .data(state)
+        .catch_all_error(json_error)
+}
+
+/// Reads the body up to `limit` bytes and answers 413 past it, whether or not the client sent
+/// a `Content-Length` (poem's `SizeLimit` refuses requests without one).
+async fn limit_body<E: Endpoint>(
+    endpoint: std::sync::Arc<E>,
+    mut req: Request,
+    limit: usize,
+) -> poem::Result<poem::Response> {
+    let body = req.take_body().into_bytes_limit(limit).await?;
+    req.set_body(body);
+    endpoint
+        .call(req)
+        .await
+        .map(poem::IntoResponse::into_response)
+}
+
+pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {
+    let state = connect(&args).await?;
+    let listener = TcpListener::bind(args.addr.clone());
+    let app = build_app(state, format!("http://{}", args.addr), args.max_body_bytes);
+    tracing::info!(addr = %args.addr, "taskfleet-api listening");
+    Server::new(listener)
+        .run_with_graceful_shutdown(app, shutdown_signal(), Some(Duration::from_secs(10)))
+        .await
+        .context("the HTTP server failed")
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,63 @@
+//! Command line of `taskfleet-api`: serve (the default), `migrate`, `keys create`.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "taskfleet-api",
+    about = "The taskfleet REST API and its admin commands"
+)]
+pub struct ApiArgs {
+    #[arg(long, env = "DATABASE_URL", global = true, default_value = "")]
+    pub database_url: String,
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        global = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key; must match the workers'.
+    #[arg(
+        long,
+        env = "TASKFLEET_REDIS_PREFIX",
+        global = true,
+        default_value = "taskfleet"
+    )]
+    pub redis_prefix: String,
+    #[arg(long, env = "TASKFLEET_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "TASKFLEET_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long `/readyz` waits for its `noop` job to come back, in milliseconds.
+    #[arg(long, env = "TASKFLEET_READY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub ready_timeout_ms: u64,
+    /// Emit logs as JSON lines.
+    #[arg(long, env = "TASKFLEET_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the API server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key for a tenant (the tenant is created if new) and print it.
+    Create {
+        #[arg(long)]
+        tenant: String,
+    },
+}

@@ -1,0 +1,102 @@
+//! Every error leaves the API as JSON `{error, message}` with the right status.
+
+use poem::{IntoResponse, Response, http::StatusCode};
+use poem_openapi::{
+    ApiResponse, Object,
+    error::{AuthorizationError, ParseRequestPayloadError},
+    payload::Json,
+};
+
+#[derive(Debug, Clone, Object)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code such as `invalid_payload`.
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// Missing or unknown API key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// No such resource for this tenant.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The request is well-formed JSON but cannot be accepted as it is.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// A dependency (Postgres, Redis) is unavailable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        error: error.to_owned(),
+        message: message.into(),
+    })
+}
+
+impl ApiError {
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::Unauthorized(body("unauthorized", message))
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::NotFound(body("not_found", message))
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable(body("invalid_payload", message))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> ApiError {
+        match err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => ApiError::Unavailable(body(
+                "ledger_unavailable",
+                "the job ledger (Postgres) is unavailable; nothing was changed, retry later",
+            )),
+            other => {
+                tracing::error!(err = %other, "ledger query failed");
+                ApiError::Internal(body("internal", "the ledger query failed"))
+            }
+        }
+    }
+}
+
+/// Turns errors raised by poem and poem-openapi themselves (bad JSON, missing auth, unknown
+/// route, oversize body) into the same JSON shape as ours.
+pub async fn json_error(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let message = err.to_string();
+    let (status, code, message) = if err.is::<ParseRequestPayloadError>() {
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
+    } else if err.is::<AuthorizationError>() {
+        (
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send an API key as `Authorization: Bearer <key>`".to_owned(),
+        )
+    } else {
+        let status = err.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            s if s.is_server_error() => "internal",
+            _ => "bad_request",
+        };
+        (status, code, message)
+    };
+    body(code, message).with_status(status).into_response()
+}

@@ -1,0 +1,127 @@
+//! `/healthz` (the process answers) and `/readyz` (the fleet can run a job end to end).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use poem::web::Data;
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use redis::AsyncCommands;
+use taskfleet_jobs::{ExecutorRun, ExecutorTool, JobOptions, JobSpec, JobState};
+use taskfleet_storage::NewJob;
+
+use crate::state::AppState;
+
+#[derive(Debug, Object)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Debug, Object)]
+pub struct Readiness {
+    /// `ready`, or `not_ready`.
+    pub status: String,
+    /// Each check by name (`postgres`, `redis`, `queue_round_trip`): `ok` or what failed.
+    pub checks: BTreeMap<String, String>,
+}
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Postgres, Redis and a worker all answered.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// A check failed; `checks` says which.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+pub struct HealthApi;
+
+#[OpenApi(tag = "crate::app::Tag::Ops")]
+impl HealthApi {
+    /// Liveness: the process is up
+    #[oai(path = "/healthz", method = "get")]
+    async fn healthz(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".into(),
+        })
+    }
+
+    /// Readiness: Postgres with migrations applied, Redis, and a `noop` job through a worker
+    #[oai(path = "/readyz", method = "get")]
+    async fn readyz(&self, state: Data<&AppState>) -> ReadyResponse {
+        let mut checks = BTreeMap::new();
+        let postgres = match state.db.migrations_applied().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("migrations are not all applied".to_owned()),
+            Err(err) => Err(format!("unreachable: {err}")),
+        };
+        let redis = {
+            let mut conn = state.redis.clone();
+            match tokio::time::timeout(Duration::from_secs(2), conn.ping::<String>()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(err)) => Err(format!("unreachable: {err}")),
+                Err(_) => Err("no answer within 2 s".to_owned()),
+            }
+        };
+        let round_trip = if postgres.is_ok() && redis.is_ok() {
+            round_trip(&state).await
+        } else {
+            Err("skipped: Postgres or Redis is not ready".to_owned())
+        };
+        let mut ready = true;
+        for (name, outcome) in [
+            ("postgres", postgres),
+            ("redis", redis),
+            ("queue_round_trip", round_trip),
+        ] {
+            ready &= outcome.is_ok();
+            checks.insert(
+                name.to_owned(),
+                outcome.err().unwrap_or_else(|| "ok".to_owned()),
+            );
+        }
+        let body = |status: &str| {
+            Json(Readiness {
+                status: status.into(),
+                checks,
+            })
+        };
+        if ready {
+            ReadyResponse::Ready(body("ready"))
+        } else {
+            ReadyResponse::NotReady(body("not_ready"))
+        }
+    }
+}
+
+/// Submits a `noop` job as the system tenant and waits for a worker to finish it.
+async fn round_trip(state: &AppState) -> Result<(), String> {
+    let probe = NewJob::new(JobSpec::ExecutorRun(ExecutorRun {
+        tool: ExecutorTool::Noop,
+        input: None,
+        args: None,
+        options: JobOptions::default(),
+    }));
+    let tenant = state.system_tenant.id;
+    state
+        .ledger
+        .insert(tenant, std::slice::from_ref(&probe))
+        .await
+        .map_err(|err| format!("could not enqueue the probe job: {err}"))?;
+    state.wake_dispatcher();
+    let deadline = tokio::time::Instant::now() + state.ready_timeout;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let job = state
+            .ledger
+            .get(tenant, probe.id)
+            .await
+            .map_err(|err| err.to_string())?;
+        if job.is_some_and(|job| job.state == JobState::Succeeded.as_str()) {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "no worker finished a noop job within {} ms (are workers running for the executor queue?)",
+        state.ready_timeout.as_millis()
+    ))
+}

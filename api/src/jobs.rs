@@ -1,0 +1,229 @@
+//! `/v1/jobs`: submit typed jobs, read them back from the ledger.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use serde_json::Value;
+use taskfleet_jobs::{JobSpec, JobState, Queue};
+use taskfleet_storage::{JobFilter, JobRecord, NewJob};
+use uuid::Uuid;
+
+use crate::{auth::TenantKey, error::ApiError, state::AppState};
+
+/// Most jobs one batch request may carry.
+pub const MAX_BATCH: usize = 1_000;
+
+/// A job as the ledger holds it.
+#[derive(Debug, Clone, Object)]
+pub struct Job {
+    pub id: Uuid,
+    pub queue: Queue,
+    pub kind: String,
+    pub state: JobState,
+    /// The job as submitted, `kind` included.
+    pub payload: Value,
+    pub priority: i16,
+    /// Attempts started so far.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The worker process that ran the latest attempt.
+    pub worker: Option<String>,
+    /// What the handler returned, once succeeded.
+    pub result: Option<Value>,
+    /// The latest attempt's error.
+    pub error: Option<String>,
+    /// Every failed attempt: `[{attempt, error, at}]`.
+    pub attempt_errors: Value,
+}
+
+impl Job {
+    fn from_record(record: JobRecord) -> Result<Job, ApiError> {
+        let corrupt = |what: &str| {
+            tracing::error!(job_id = %record.id, "ledger row has an unknown {what}");
+            ApiError::Internal(Json(crate::error::ErrorBody {
+                error: "internal".into(),
+                message: format!("job {} has an unknown {what}", record.id),
+            }))
+        };
+        Ok(Job {
+            queue: record.queue.parse().map_err(|_| corrupt("queue"))?,
+            state: record.state.parse().map_err(|_| corrupt("state"))?,
+            id: record.id,
+            kind: record.kind,
+            payload: record.payload,
+            priority: record.priority,
+            attempt: record.attempt,
+            max_attempts: record.max_attempts,
+            run_at: record.run_at,
+            created_at: record.created_at,
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            worker: record.worker,
+            result: record.result,
+            error: record.error,
+            attempt_errors: record.attempt_errors,
+        })
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct BatchRequest {
+    /// Up to 1,000 jobs, accepted all together or not at all.
+    pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Object)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Object)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum Created<T: poem_openapi::types::ToJSON> {
+    /// Accepted: recorded in the ledger and queued or scheduled.
+    #[oai(status = 201)]
+    Created(Json<T>),
+}
+
+pub struct JobsApi;
+
+#[OpenApi(prefix_path = "/v1", tag = "crate::app::Tag::Jobs")]
+impl JobsApi {
+    /// Submit a job
+    ///
+    /// The body is one job, discriminated by `kind`. It is a row in the ledger before this
+    /// answers 201.
+    #[oai(path = "/jobs", method = "post")]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        body: Json<JobSpec>,
+    ) -> Result<Created<Job>, ApiError> {
+        let mut jobs = accept(&state, &auth, vec![body.0], false).await?;
+        Ok(Created::Created(Json(jobs.remove(0))))
+    }
+
+    /// Submit up to 1,000 jobs at once
+    ///
+    /// All or nothing: if one job is invalid, none is accepted and the error names its index.
+    #[oai(path = "/jobs/batch", method = "post")]
+    async fn create_batch(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        body: Json<BatchRequest>,
+    ) -> Result<Created<JobList>, ApiError> {
+        let specs = body.0.jobs;
+        if specs.is_empty() || specs.len() > MAX_BATCH {
+            return Err(ApiError::invalid(format!(
+                "a batch holds 1 to {MAX_BATCH} jobs; this one has {}",
+                specs.len()
+            )));
+        }
+        let jobs = accept(&state, &auth, specs, true).await?;
+        Ok(Created::Created(Json(JobList { jobs })))
+    }
+
+    /// Get a job
+    #[oai(path = "/jobs/:id", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Json<Job>, ApiError> {
+        match state.ledger.get(auth.0.id, id.0).await? {
+            Some(record) => Ok(Json(Job::from_record(record)?)),
+            None => Err(ApiError::not_found(format!("no job {}", id.0))),
+        }
+    }
+
+    /// List jobs
+    ///
+    /// Newest first, filtered, one page at a time.
+    #[allow(clippy::too_many_arguments)]
+    #[oai(path = "/jobs", method = "get")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        #[oai(name = "state")] job_state: Query<Option<JobState>>,
+        queue: Query<Option<Queue>>,
+        kind: Query<Option<String>>,
+        /// Created at or after this instant.
+        created_after: Query<Option<DateTime<Utc>>>,
+        /// Created before this instant.
+        created_before: Query<Option<DateTime<Utc>>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// Page size, 1 to 500 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<JobPage>, ApiError> {
+        let before =
+            match cursor.0 {
+                Some(cursor) => Some(cursor.parse::<Uuid>().map_err(|_| {
+                    ApiError::invalid("`cursor` is not a cursor this API returned")
+                })?),
+                None => None,
+            };
+        let limit = limit.0.unwrap_or(50);
+        let filter = JobFilter {
+            state: job_state.0,
+            queue: queue.0,
+            kind: kind.0,
+            created_after: created_after.0,
+            created_before: created_before.0,
+            before,
+            limit,
+        };
+        let records = state.ledger.list(auth.0.id, &filter).await?;
+        let next_cursor = (records.len() as i64 == limit)
+            .then(|| records.last().map(|r| r.id.to_string()))
+            .flatten();
+        let jobs = records
+            .into_iter()
+            .map(Job::from_record)
+            .collect::<Result<_, _>>()?;
+        Ok(Json(JobPage { jobs, next_cursor }))
+    }
+}
+
+/// Validates and records jobs for the tenant, then wakes the dispatcher.
+/// Errors of a batch name the index of the job at fault.
+async fn accept(
+    state: &AppState,
+    auth: &TenantKey,
+    specs: Vec<JobSpec>,
+    batch: bool,
+) -> Result<Vec<Job>, ApiError> {
+    for (index, spec) in specs.iter().enumerate() {
+        spec.validate().map_err(|invalid| {
+            ApiError::invalid(if batch {
+                format!("jobs[{index}]: {invalid}")
+            } else {
+                invalid.message
+            })
+        })?;
+    }
+    let new_jobs: Vec<NewJob> = specs.into_iter().map(NewJob::new).collect();
+    let records = state.ledger.insert(auth.0.id, &new_jobs).await?;
+    state.wake_dispatcher();
+    records.into_iter().map(Job::from_record).collect()
+}

@@ -1,0 +1,28 @@
+//! What every request handler shares.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use taskfleet_storage::{Db, Ledger, Tenant, Tenants, redis::Keys};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub ledger: Ledger,
+    pub tenants: Tenants,
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    /// The tenant that owns `/readyz` probe jobs.
+    pub system_tenant: Tenant,
+    pub ready_timeout: Duration,
+}
+
+impl AppState {
+    /// Wakes the dispatcher without making the caller wait on Redis.
+    pub fn wake_dispatcher(&self) {
+        let (mut conn, keys) = (self.redis.clone(), self.keys.clone());
+        tokio::spawn(
+            async move { taskfleet_storage::redis::wake_dispatcher(&mut conn, &keys).await },
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! The job catalogue of taskfleet: what a job is, which queue runs it, the states it moves
+//! through, the events it leaves and the retry policy. Pure types and rules, no I/O, so the API,
+//! the workers and the tests all agree on one definition.
+
+pub mod event;
+pub mod executor;
+pub mod queue;
+pub mod retry;
+pub mod spec;
+pub mod state;
+
+pub use event::EventName;
+pub use executor::{ExecutorRun, ExecutorTool};
+pub use queue::Queue;
+pub use retry::RetryPolicy;
+pub use spec::{InvalidJob, JobOptions, JobSpec};
+pub use state::JobState;
+
+/// What the dispatcher places in a Redis queue: only the ledger id. The payload stays in
+/// Postgres, so Redis holds a small, disposable window of work and the ledger stays the truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Dispatch {
+    pub job_id: uuid::Uuid,
+}

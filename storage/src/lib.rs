@@ -1,0 +1,33 @@
+//! Everything taskfleet persists: the Postgres ledger (tenants, API keys, jobs, events) and the
+//! Redis primitives around it (connections with explicit timeouts, key names, leases, wake-ups).
+
+pub mod db;
+pub mod lease;
+pub mod ledger;
+pub mod redis;
+pub mod tenants;
+
+pub use db::Db;
+pub use lease::Lease;
+pub use ledger::{JobFilter, JobRecord, Ledger, NewJob, StartedJob};
+pub use tenants::{Tenant, Tenants};
+
+/// Retries `connect` with capped back-off until it succeeds, so a process started before
+/// Postgres or Redis waits for them instead of exiting.
+pub async fn wait_for<T, E, F>(what: &str, mut connect: impl FnMut() -> F) -> T
+where
+    E: std::fmt::Display,
+    F: Future<Output = Result<T, E>>,
+{
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match connect().await {
+            Ok(value) => return value,
+            Err(err) => {
+                tracing::warn!(%err, "waiting for {what}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The dispatcher: moves due jobs from the ledger into each queue's Redis window, run only by
+//! the elected leader. Each queue's window is kept at most `window` jobs, far below the size
+//! at which apalis-redis's Lua scripts fail (hazard 1), and filled fairly across tenants.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use apalis::prelude::TaskSink;
+use apalis_redis::{ConnectionManager, RedisStorage};
+use chrono::Utc;
+use taskfleet_jobs::{Dispatch, Queue};
+use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis::Keys};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::redis_queue;
+
+/// Pause between rounds while some queue has more due work than room in its window.
+const BUSY_PAUSE: Duration = Duration::from_millis(10);
+/// Longest sleep with nothing to do; a wake-up or a due `run_at` ends it sooner.
+const IDLE_PAUSE: Duration = Duration::from_secs(1);
+/// How often dispatched-but-never-started jobs are looked for.
+const STALE_SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    pub window: i64,
+    pub redispatch_after: Duration,
+}
+
+pub struct Dispatcher {
+    ledger: Ledger,
+    storages: HashMap<Queue, RedisStorage<Dispatch, ConnectionManager>>,
+    settings: DispatcherSettings,
+    /// Names the dispatcher in events.
+    actor: String,
+    /// Fired when the API accepts work.
+    wakeups: Arc<Notify>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        ledger: Ledger,
+        conn: ConnectionManager,
+        keys: &Keys,
+        settings: DispatcherSettings,
+        actor: String,
+        wakeups: Arc<Notify>,
+    ) -> Dispatcher {
+        let storages = Queue::ALL
+            .into_iter()
+            .map(|queue| (queue, redis_queue::storage(conn.clone(), keys, queue)))
+            .collect();
+        Dispatcher {
+            ledger,
+            storages,
+            settings,
+            actor,
+            wakeups,
+        }
+    }
+
+    /// Dispatches until `stop` fires (leadership lost or shutdown).
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut last_sweep = tokio::time::Instant::now();
+        loop {
+            let sweep = last_sweep.elapsed() >= STALE_SWEEP_EVERY;
+            if sweep {
+                last_sweep = tokio::time::Instant::now();
+            }
+            // Registered before the round, so a wake-up during the round is not missed.
+            let wakeups = self.wakeups.clone();
+            let woken = wakeups.notified();
+            let pause = match self.round(sweep).await {
+                Ok(true) => BUSY_PAUSE,
+                Ok(false) => self.idle_pause().await,
+                Err(err) => {
+                    tracing::warn!(%err, "dispatch round failed");
+                    IDLE_PAUSE
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = woken => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Until the next scheduled job is due, at most [`IDLE_PAUSE`].
+    async fn idle_pause(&self) -> Duration {
+        match self.ledger.next_run_at().await {
+            Ok(Some(next)) => (next - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(IDLE_PAUSE),
+            _ => IDLE_PAUSE,
+        }
+    }
+
+    /// One pass over every queue. Returns true when some queue's window filled up while more
+    /// work was due, i.e. another round should follow at once.
+    pub async fn round(&mut self, sweep_stale: bool) -> anyhow::Result<bool> {
+        if sweep_stale {
+            for queue in Queue::ALL {
+                let stale = self
+                    .ledger
+                    .redispatch_stale(queue, self.settings.redispatch_after, &self.actor)
+                    .await?;
+                if !stale.is_empty() {
+                    tracing::info!(%queue, jobs = stale.len(), "re-pushing jobs whose Redis copy was lost");
+                    self.push(queue, &stale).await?;
+                }
+            }
+        }
+        let windows: HashMap<Queue, i64> = self.ledger.window_sizes().await?.into_iter().collect();
+        let mut saturated = false;
+        for queue in Queue::ALL {
+            let room = self.settings.window - windows.get(&queue).copied().unwrap_or(0);
+            if room <= 0 {
+                continue;
+            }
+            let due = self.ledger.dispatch_due(queue, room, &self.actor).await?;
+            saturated |= due.len() as i64 == room;
+            if !due.is_empty() {
+                self.push(queue, &due).await?;
+            }
+        }
+        Ok(saturated)
+    }
+
+    async fn push(&mut self, queue: Queue, jobs: &[DispatchedJob]) -> anyhow::Result<()> {
+        let storage = self
+            .storages
+            .get_mut(&queue)
+            .expect("a storage exists for every queue");
+        let tasks = jobs.iter().map(|job| Dispatch { job_id: job.id }).collect();
+        if let Err(err) = storage.push_bulk(tasks).await {
+            let ids: Vec<_> = jobs.iter().map(|job| job.id).collect();
+            self.ledger.undispatch(&ids).await?;
+            anyhow::bail!(
+                "pushing {} jobs to Redis queue {queue} failed: {err}",
+                ids.len()
+            );
+        }
+        Ok(())
+    }
+}

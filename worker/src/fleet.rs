@@ -1,0 +1,129 @@
+//! Assembles a worker process: connections, one apalis worker per served queue under one
+//! `Monitor`, the leader elector, and graceful shutdown on SIGTERM or Ctrl-C.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use apalis::prelude::*;
+use taskfleet_jobs::Dispatch;
+use taskfleet_storage::{Db, Lease, Ledger, redis as tf_redis, redis::Keys, wait_for};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    cli::WorkerArgs,
+    dispatcher::{Dispatcher, DispatcherSettings},
+    executor::JobExecutor,
+    leader, redis_queue,
+};
+
+/// The apalis task function: everything happens in the executor, which records outcomes in
+/// the ledger. It always returns `Ok`, so apalis-redis's own retry path (hard-coded 25
+/// attempts, hazard 4) never fires.
+async fn execute(dispatch: Dispatch, executor: Data<Arc<JobExecutor>>) -> Result<(), BoxDynError> {
+    executor.execute(dispatch.job_id).await;
+    Ok(())
+}
+
+/// A name unique to this process start: apalis-redis refuses a worker name seen within its
+/// orphan window (hazard 3), and the ledger records who ran what.
+fn process_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    let nonce = Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &nonce[..8])
+}
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let identity = process_identity();
+    let db = Db::connect_lazy(&args.database_url, 16).context("DATABASE_URL is not valid")?;
+    wait_for("Postgres (migrations)", || db.migrate()).await;
+    let conn = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
+    let keys = Keys::new(&args.redis_prefix);
+    let ledger = Ledger::new(db.pool.clone());
+    let executor = Arc::new(JobExecutor::new(ledger.clone(), identity.clone()));
+    tracing::info!(%identity, queues = ?args.queues, "worker starting");
+
+    let mut monitor = Monitor::new()
+        .shutdown_timeout(Duration::from_secs(args.drain_timeout_secs))
+        .should_restart(|worker, err| {
+            tracing::warn!(worker = worker.name(), %err, "queue worker stopped; restarting it");
+            true
+        });
+    for &queue in &args.queues {
+        let wakeups = Arc::new(Notify::new());
+        tokio::spawn(tf_redis::forward_wakeups(
+            args.redis_url.clone(),
+            keys.queue_available_channel(queue),
+            wakeups.clone(),
+        ));
+        let (conn, keys, executor) = (conn.clone(), keys.clone(), executor.clone());
+        let concurrency = args.concurrency.for_queue(queue);
+        let name = format!("{identity}-{queue}");
+        monitor = monitor.register(move |restarts| {
+            WorkerBuilder::new(format!("{name}-{restarts}"))
+                .backend(redis_queue::backend(
+                    conn.clone(),
+                    &keys,
+                    queue,
+                    wakeups.clone(),
+                ))
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .data(executor.clone())
+                .build(execute)
+        });
+    }
+
+    let shutdown = CancellationToken::new();
+    let dispatcher_wakeups = Arc::new(Notify::new());
+    tokio::spawn(tf_redis::forward_wakeups(
+        args.redis_url.clone(),
+        keys.dispatch_wake_channel(),
+        dispatcher_wakeups.clone(),
+    ));
+    let make_dispatcher = {
+        let (ledger, conn, keys, identity) =
+            (ledger.clone(), conn.clone(), keys.clone(), identity.clone());
+        let settings = DispatcherSettings {
+            window: args.dispatch_window,
+            redispatch_after: Duration::from_secs(args.redispatch_after_secs),
+        };
+        Arc::new(move || {
+            Dispatcher::new(
+                ledger.clone(),
+                conn.clone(),
+                &keys,
+                settings.clone(),
+                identity.clone(),
+                dispatcher_wakeups.clone(),
+            )
+        })
+    };
+    let lease = Lease::new(keys.lease("leader"), identity.clone(), args.leader_ttl());
+    let elector = tokio::spawn(leader::run(
+        lease,
+        conn.clone(),
+        leader::duties(make_dispatcher, conn.clone(), keys.clone()),
+        shutdown.clone(),
+    ));
+
+    let result = monitor.run_with_signal(shutdown_signal()).await;
+    shutdown.cancel();
+    let _ = elector.await;
+    tracing::info!(%identity, "worker stopped");
+    result.map_err(|err| anyhow::anyhow!("worker monitor failed: {err}"))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        res = tokio::signal::ctrl_c() => res?,
+    }
+    tracing::info!("shutdown requested; draining");
+    Ok(())
+}

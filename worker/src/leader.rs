@@ -1,0 +1,115 @@
+//! Leader election: every worker process competes for one Redis lease; the holder runs the
+//! fleet-maintenance loops (the dispatcher and Redis housekeeping). The lease is renewed every
+//! third of its ttl; a holder that cannot renew within the ttl stops its loops, so two leaders
+//! overlap at most briefly, and the dispatcher's conditional ledger writes make even that
+//! overlap harmless.
+
+use std::{sync::Arc, time::Duration};
+
+use apalis_redis::ConnectionManager;
+use taskfleet_jobs::Queue;
+use taskfleet_storage::{Lease, redis::Keys};
+use tokio::{task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{dispatcher::Dispatcher, redis_queue};
+
+/// How often the leader deletes the Redis copies of finished tasks.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
+const FORGET_BATCH: usize = 5_000;
+
+/// What a leader runs; built anew each time this process becomes leader.
+pub type Duties = Box<dyn Fn(CancellationToken) -> Vec<JoinHandle<()>> + Send + Sync>;
+
+/// The maintenance loops of a leader.
+pub fn duties(
+    make_dispatcher: Arc<dyn Fn() -> Dispatcher + Send + Sync>,
+    conn: ConnectionManager,
+    keys: Keys,
+) -> Duties {
+    Box::new(move |stop: CancellationToken| {
+        let dispatcher = make_dispatcher();
+        vec![
+            tokio::spawn(dispatcher.run(stop.clone())),
+            tokio::spawn(housekeeping(conn.clone(), keys.clone(), stop)),
+        ]
+    })
+}
+
+/// Competes for leadership until `shutdown`, running `duties` while leader.
+pub async fn run(
+    lease: Lease,
+    mut conn: ConnectionManager,
+    duties: Duties,
+    shutdown: CancellationToken,
+) {
+    let renew_every = lease.ttl() / 3;
+    let mut held: Option<(u64, Instant, CancellationToken, Vec<JoinHandle<()>>)> = None;
+    loop {
+        match lease.acquire(&mut conn).await {
+            Ok(Some(epoch)) => match &mut held {
+                Some((_, renewed, ..)) => *renewed = Instant::now(),
+                None => {
+                    tracing::info!(epoch, "became leader");
+                    let stop = shutdown.child_token();
+                    let tasks = duties(stop.clone());
+                    held = Some((epoch, Instant::now(), stop, tasks));
+                }
+            },
+            Ok(None) => step_down(&mut held, "another process holds the leader lease").await,
+            Err(err) => tracing::warn!(%err, "could not renew or take the leader lease"),
+        }
+        if let Some((_, renewed, ..)) = &held
+            && renewed.elapsed() >= lease.ttl()
+        {
+            step_down(&mut held, "leader lease not renewed within its ttl").await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(renew_every) => {}
+        }
+    }
+    if let Some((epoch, ..)) = &held {
+        let epoch = *epoch;
+        step_down(&mut held, "shutting down").await;
+        // Hand leadership over at once rather than after a ttl.
+        if let Err(err) = lease.release(&mut conn, epoch).await {
+            tracing::warn!(%err, "could not release the leader lease");
+        }
+    }
+}
+
+async fn step_down(
+    held: &mut Option<(u64, Instant, CancellationToken, Vec<JoinHandle<()>>)>,
+    why: &str,
+) {
+    if let Some((epoch, _, stop, tasks)) = held.take() {
+        tracing::info!(epoch, why, "stepping down as leader");
+        stop.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Deletes the Redis copies of finished tasks (apalis-redis keeps them forever).
+async fn housekeeping(mut conn: ConnectionManager, keys: Keys, stop: CancellationToken) {
+    loop {
+        for queue in Queue::ALL {
+            loop {
+                match redis_queue::forget_done(&mut conn, &keys, queue, FORGET_BATCH).await {
+                    Ok(n) if n == FORGET_BATCH => continue,
+                    Ok(_) => break,
+                    Err(err) => {
+                        tracing::warn!(%err, %queue, "could not delete finished tasks from Redis");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+        }
+    }
+}

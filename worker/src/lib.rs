@@ -1,0 +1,10 @@
+//! taskfleet workers: apalis workers over apalis-redis for the chosen queues, the handlers
+//! that run each job kind, and the fleet-maintenance loops that the elected leader runs.
+
+pub mod cli;
+pub mod dispatcher;
+pub mod executor;
+pub mod fleet;
+pub mod handlers;
+pub mod leader;
+pub mod redis_queue;
