@@ -3,11 +3,18 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use poem::{Endpoint, EndpointExt, Request, Route, Server, listener::TcpListener};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Route, Server, listener::TcpListener};
+use poem_openapi::error::ParseRequestPayloadError;
 use poem_openapi::{OpenApiService, Tags};
 use taskfleet_storage::{Db, Ledger, Tenants, redis as tf_redis, redis::Keys, wait_for};
 
-use crate::{cli::ApiArgs, error::json_error, health::HealthApi, jobs::JobsApi, state::AppState};
+use crate::{
+    cli::ApiArgs,
+    error::{explain_job_payload, json_error},
+    health::HealthApi,
+    jobs::JobsApi,
+    state::AppState,
+};
 
 /// The tenant that owns `/readyz` probe jobs.
 const SYSTEM_TENANT: &str = "_system";
@@ -59,18 +66,23 @@ pub fn build_app(
 }
 
 /// Reads the body up to `limit` bytes and answers 413 past it, whether or not the client sent
-/// a `Content-Length` (poem's `SizeLimit` refuses requests without one).
+/// a `Content-Length` (poem's `SizeLimit` refuses requests without one). Keeps the bytes to
+/// explain a job payload that does not parse.
 async fn limit_body<E: Endpoint>(
     endpoint: std::sync::Arc<E>,
     mut req: Request,
     limit: usize,
 ) -> poem::Result<poem::Response> {
     let body = req.take_body().into_bytes_limit(limit).await?;
-    req.set_body(body);
-    endpoint
-        .call(req)
-        .await
-        .map(poem::IntoResponse::into_response)
+    req.set_body(body.clone());
+    let path = req.uri().path().to_owned();
+    match endpoint.call(req).await {
+        Ok(resp) => Ok(resp.into_response()),
+        Err(err) if err.is::<ParseRequestPayloadError>() => {
+            Err(explain_job_payload(&path, &body).map_or(err, Into::into))
+        }
+        Err(err) => Err(err),
+    }
 }
 
 pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {

@@ -72,6 +72,24 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// poem-openapi's messages for a bad job say which type failed but not which field ("Expected
+/// input type \"ExecutorTool\", found null"); serde's say "missing field `tool`" or list the
+/// valid kinds. So a job body that poem-openapi refused is decoded again with serde, and its
+/// message is returned when it has one.
+pub fn explain_job_payload(path: &str, body: &[u8]) -> Option<ApiError> {
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)] // decoded only for its error message
+    struct Batch {
+        jobs: Vec<taskfleet_jobs::JobSpec>,
+    }
+    let error = match path {
+        "/v1/jobs" => serde_json::from_slice::<taskfleet_jobs::JobSpec>(body).err()?,
+        "/v1/jobs/batch" => serde_json::from_slice::<Batch>(body).err()?,
+        _ => return None,
+    };
+    Some(ApiError::invalid(error.to_string()))
+}
+
 /// Turns errors raised by poem and poem-openapi themselves (bad JSON, missing auth, unknown
 /// route, oversize body) into the same JSON shape as ours.
 pub async fn json_error(err: poem::Error) -> Response {

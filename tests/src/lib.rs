@@ -1,1 +1,316 @@
+//! Test harness: each test gets its own Postgres database and Redis key prefix on the shared
+//! servers, runs the real `taskfleet-api` and `taskfleet-worker` binaries as child processes,
+//! and removes everything it created when dropped.
 
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use redis::AsyncCommands;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+pub use serde_json::json;
+
+/// The Postgres server tests create their databases on.
+pub fn admin_database_url() -> String {
+    std::env::var("TASKFLEET_TEST_ADMIN_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TASKFLEET_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Where cargo put the binaries: the test executable lives in `<target>/debug/deps/`.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable is in <target>/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+/// One test's private slice of Postgres and Redis, plus the processes it started.
+pub struct TestEnv {
+    pub database_url: String,
+    database: String,
+    pub redis_prefix: String,
+    pub pool: PgPool,
+    pub redis: redis::aio::ConnectionManager,
+    children: Vec<Child>,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        let database = format!("tf_test_{}", Uuid::new_v4().simple());
+        let admin = admin_database_url();
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("Postgres answers");
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let database_url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
+        let db = taskfleet_storage::Db::connect_lazy(&database_url, 8).unwrap();
+        db.migrate().await.expect("migrations apply");
+        let redis = taskfleet_storage::redis::connect(&redis_url())
+            .await
+            .expect("Redis answers");
+        TestEnv {
+            database_url,
+            database,
+            redis_prefix: format!("tftest:{}", Uuid::new_v4().simple()),
+            pool: db.pool,
+            redis,
+            children: Vec::new(),
+        }
+    }
+
+    fn command(&self, binary_name: &str) -> Command {
+        let mut cmd = Command::new(binary(binary_name));
+        cmd.env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", redis_url())
+            .env("TASKFLEET_REDIS_PREFIX", &self.redis_prefix)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Creates an API key for `tenant` with the real `taskfleet-api keys create`.
+    pub fn create_key(&self, tenant: &str) -> String {
+        let out = self
+            .command("taskfleet-api")
+            .args(["keys", "create", "--tenant", tenant])
+            .stderr(Stdio::null())
+            .output()
+            .expect("taskfleet-api runs");
+        assert!(out.status.success(), "keys create failed");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Starts `taskfleet-api` on a free port and waits until it answers.
+    pub async fn start_api(&mut self, extra_env: &[(&str, &str)]) -> Api {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = self.command("taskfleet-api");
+        cmd.env("TASKFLEET_API_ADDR", &addr);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        self.children
+            .push(cmd.spawn().expect("taskfleet-api starts"));
+        let api = Api {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        };
+        wait_until(
+            Duration::from_secs(30),
+            "the API answers /healthz",
+            || async { api.http.get(api.url("/healthz")).send().await.is_ok() },
+        )
+        .await;
+        api
+    }
+
+    /// Starts a `taskfleet-worker` with extra flags; returns its index in `children`.
+    pub fn start_worker(&mut self, args: &[&str]) -> usize {
+        let child = self
+            .command("taskfleet-worker")
+            .args(args)
+            .spawn()
+            .expect("taskfleet-worker starts");
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// True while the child process `index` has not exited.
+    pub fn is_running(&mut self, index: usize) -> bool {
+        self.children[index]
+            .try_wait()
+            .expect("wait on child")
+            .is_none()
+    }
+
+    /// Sends SIGTERM to child `index` and waits for it to exit; returns its exit status.
+    pub fn terminate(&mut self, index: usize) -> std::process::ExitStatus {
+        let pid = self.children[index].id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        self.children[index].wait().expect("child exits")
+    }
+
+    /// Jobs of the ledger in `state`.
+    pub async fn count_state(&self, state: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
+            .bind(state)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// `LLEN` of a queue's apalis-redis active list.
+    pub async fn redis_active_len(&self, queue: &str) -> i64 {
+        let mut conn = self.redis.clone();
+        conn.llen(format!("{}:queue:{queue}:active", self.redis_prefix))
+            .await
+            .unwrap()
+    }
+
+    async fn cleanup(&mut self) {
+        let mut conn = self.redis.clone();
+        let keys: Vec<String> = conn
+            .keys(format!("{}:*", self.redis_prefix))
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = conn.del(keys).await;
+        }
+        // apalis-redis registers every queue in one global set.
+        let queues: Vec<String> = conn
+            .zrange("core:apalis:queues:list", 0, -1)
+            .await
+            .unwrap_or_default();
+        let ours: Vec<&String> = queues
+            .iter()
+            .filter(|q| q.starts_with(&self.redis_prefix))
+            .collect();
+        if !ours.is_empty() {
+            let _: Result<(), _> = conn.zrem("core:apalis:queues:list", ours).await;
+        }
+        self.pool.close().await;
+        if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+
+    /// Stops every process and removes the test's database and Redis keys.
+    pub async fn finish(mut self) {
+        self.kill_children();
+        self.cleanup().await;
+    }
+
+    fn kill_children(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for TestEnv {
+    // A failing test still stops its processes; `finish` also removes its data.
+    fn drop(&mut self) {
+        self.kill_children();
+    }
+}
+
+/// A client of one running API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits one job and returns its id; panics unless the API answers 201.
+    pub async fn submit(&self, key: &str, job: Value) -> Uuid {
+        let (status, body) = self.post(key, "/v1/jobs", &job).await;
+        assert_eq!(status, 201, "submitting {job}: {body}");
+        body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Polls a job until it reaches a terminal state and returns it.
+    pub async fn wait_finished(&self, key: &str, id: Uuid, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, job) = self.get(key, &format!("/v1/jobs/{id}")).await;
+            assert_eq!(status, 200, "{job}");
+            if matches!(
+                job["state"].as_str(),
+                Some("succeeded" | "dead" | "cancelled")
+            ) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} not finished: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Polls `check` until it is true, failing the test after `within`.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

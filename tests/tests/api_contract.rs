@@ -1,0 +1,282 @@
+//! The API's contract for callers: authentication, tenant isolation, validation errors,
+//! size limits, batches, listing with filters and cursors. No worker runs here, so accepted
+//! jobs stay queued.
+
+use taskfleet_tests::{TestEnv, json};
+
+#[tokio::test]
+async fn requests_need_a_valid_key_and_see_only_their_tenant() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let acme = env.create_key("acme");
+    let globex = env.create_key("globex");
+
+    let resp = api.http.get(api.url("/v1/jobs")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("Bearer"));
+
+    let (status, body) = api.get("tfk_0000", "/v1/jobs").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    let (status, _) = api.get("not-a-key", "/v1/jobs").await;
+    assert_eq!(status, 401);
+
+    let id = api
+        .submit(&acme, json!({"kind": "executor.run", "tool": "noop"}))
+        .await;
+    let (status, job) = api.get(&acme, &format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["queue"], "executor");
+
+    // Another tenant's job does not exist for globex, not even in listings.
+    let (status, body) = api.get(&globex, &format!("/v1/jobs/{id}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (_, page) = api.get(&globex, "/v1/jobs").await;
+    assert_eq!(page["jobs"], json!([]));
+    let (status, body) = api
+        .get(&acme, &format!("/v1/jobs/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn bad_payloads_get_422_naming_the_problem() {
+    let mut env = TestEnv::new().await;
+    let api = env
+        .start_api(&[("TASKFLEET_MAX_BODY_BYTES", "65536")])
+        .await;
+    let key = env.create_key("acme");
+    let cases = [
+        (
+            json!({"kind": "email.send"}),
+            "unknown variant `email.send`, expected one of `ingest.connector`",
+        ),
+        (json!({"tool": "noop"}), "missing field `kind`"),
+        (json!({"kind": "executor.run"}), "missing field `tool`"),
+        (
+            json!({"kind": "executor.run", "tool": 5}),
+            "invalid type: integer `5`",
+        ),
+        (
+            json!({"kind": "executor.run", "tool": "rm -rf"}),
+            "unknown variant `rm -rf`",
+        ),
+        (json!({"kind": "executor.run", "tool": "sleep"}), "args.ms"),
+        (
+            json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": 99_999_999}}),
+            "most a sleep",
+        ),
+        (
+            json!({"kind": "executor.run", "tool": "markdown.format"}),
+            "needs `input`",
+        ),
+        (
+            json!({"kind": "executor.run", "tool": "noop", "max_attempts": 0}),
+            "max_attempts",
+        ),
+        (
+            json!({"kind": "executor.run", "tool": "noop", "priority": 1000}),
+            "priority",
+        ),
+        (
+            json!({"kind": "ingest.connector", "connector_id": uuid::Uuid::now_v7()}),
+            "ingest.connector",
+        ),
+        (json!({"kind": "agent.chat", "message": "hi"}), "agent.chat"),
+        (json!({"kind": "embed.items"}), "missing field `item_ids`"),
+    ];
+    for (payload, expected) in cases {
+        let (status, body) = api.post(&key, "/v1/jobs", &payload).await;
+        assert_eq!(status, 422, "{payload} -> {body}");
+        assert_eq!(body["error"], "invalid_payload", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(expected),
+            "{payload}: `{message}` lacks `{expected}`"
+        );
+    }
+
+    let resp = api
+        .http
+        .post(api.url("/v1/jobs"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+
+    let huge = "x".repeat(70_000);
+    let (status, body) = api
+        .post(
+            &key,
+            "/v1/jobs",
+            &json!({"kind": "executor.run", "tool": "markdown.format", "input": huge}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+
+    // Nothing invalid was recorded.
+    assert_eq!(env.count_state("queued").await, 0);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn batches_are_all_or_nothing_and_listings_page_newest_first() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+
+    let bad = json!({"jobs": [
+        {"kind": "executor.run", "tool": "noop"},
+        {"kind": "executor.run", "tool": "sleep"}
+    ]});
+    let (status, body) = api.post(&key, "/v1/jobs/batch", &bad).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("jobs[1]:"),
+        "{body}"
+    );
+    assert_eq!(env.count_state("queued").await, 0);
+
+    let too_many: Vec<_> = (0..1001)
+        .map(|_| json!({"kind": "executor.run", "tool": "noop"}))
+        .collect();
+    let (status, body) = api
+        .post(&key, "/v1/jobs/batch", &json!({"jobs": too_many}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, _) = api.post(&key, "/v1/jobs/batch", &json!({"jobs": []})).await;
+    assert_eq!(status, 422);
+
+    let jobs: Vec<_> = (0..1000)
+        .map(|i| {
+            if i % 10 == 0 {
+                json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": i}})
+            } else {
+                json!({"kind": "executor.run", "tool": "noop", "priority": 1})
+            }
+        })
+        .collect();
+    let (status, body) = api
+        .post(&key, "/v1/jobs/batch", &json!({"jobs": jobs}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let created = body["jobs"].as_array().unwrap();
+    assert_eq!(created.len(), 1000);
+    assert_eq!(
+        created[10]["payload"]["args"]["ms"], 10,
+        "answers keep submission order"
+    );
+
+    // Page through everything newest first with the cursor.
+    let mut seen = Vec::new();
+    let mut path = "/v1/jobs?limit=300".to_owned();
+    loop {
+        let (status, page) = api.get(&key, &path).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/jobs?limit=300&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = created
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    expected.reverse();
+    assert_eq!(seen, expected);
+
+    let (_, page) = api
+        .get(
+            &key,
+            "/v1/jobs?limit=500&state=queued&queue=executor&kind=executor.run",
+        )
+        .await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 500);
+    let (_, page) = api.get(&key, "/v1/jobs?state=succeeded").await;
+    assert_eq!(page["jobs"], json!([]));
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (status, page) = api
+        .get(
+            &key,
+            &format!("/v1/jobs?created_after={}", urlencode(&future)),
+        )
+        .await;
+    assert_eq!((status, page["jobs"].clone()), (200, json!([])));
+    let (status, page) = api
+        .get(
+            &key,
+            &format!("/v1/jobs?limit=5&created_before={}", urlencode(&future)),
+        )
+        .await;
+    assert_eq!((status, page["jobs"].as_array().unwrap().len()), (200, 5));
+
+    let (status, body) = api.get(&key, "/v1/jobs?state=bogus").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "bad_request");
+    let (status, _) = api.get(&key, "/v1/jobs?limit=0").await;
+    assert_eq!(status, 400);
+    let (status, body) = api.get(&key, "/v1/jobs?cursor=xyz").await;
+    assert_eq!(status, 422, "{body}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn openapi_document_and_swagger_ui_are_served() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let spec: serde_json::Value = api
+        .http
+        .get(api.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_spec = &spec["components"]["schemas"]["JobSpec"];
+    assert_eq!(
+        job_spec["discriminator"]["propertyName"], "kind",
+        "{job_spec}"
+    );
+    let mapping = job_spec["discriminator"]["mapping"].as_object().unwrap();
+    for kind in taskfleet_jobs::spec::KINDS {
+        assert!(
+            mapping.contains_key(kind),
+            "{kind} missing from the OpenAPI union"
+        );
+    }
+    assert!(spec["paths"]["/v1/jobs/batch"]["post"].is_object());
+    let docs = api.http.get(api.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+    env.finish().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}

@@ -1,0 +1,125 @@
+//! Many jobs across several worker processes: every job succeeds exactly once in the ledger,
+//! the Redis window stays bounded, duplicate deliveries are harmless, and Redis forgets
+//! finished tasks.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use taskfleet_tests::{TestEnv, json, wait_until};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_jobs_across_two_workers_each_succeed_exactly_once() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let workers = [
+        env.start_worker(&["--concurrency", "8"]),
+        env.start_worker(&["--concurrency", "8"]),
+    ];
+    let key = env.create_key("acme");
+    for _ in 0..2 {
+        let jobs: Vec<_> = (0..500)
+            .map(|i| json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": i % 7}}))
+            .collect();
+        let (status, body) = api
+            .post(&key, "/v1/jobs/batch", &json!({ "jobs": jobs }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    wait_until(
+        Duration::from_secs(120),
+        "all 1,000 jobs succeeded",
+        || async { env.count_state("succeeded").await == 1000 },
+    )
+    .await;
+
+    let starts: Vec<(i64, i32)> = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM job_events e WHERE e.job_id = j.id AND e.event = 'job_started'),
+                j.attempt
+         FROM jobs j",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(starts.len(), 1000);
+    assert!(
+        starts.iter().all(|&(n, attempt)| n == 1 && attempt == 1),
+        "a job started twice"
+    );
+    let per_worker: Vec<(String, i64)> =
+        sqlx::query_as("SELECT worker, count(*) FROM jobs GROUP BY worker")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        per_worker.len(),
+        2,
+        "both worker processes ran jobs: {per_worker:?}"
+    );
+    for w in workers {
+        assert!(env.is_running(w), "a worker died");
+    }
+
+    // The leader deletes Redis copies of finished tasks: the ledger keeps the outcome.
+    let data_key = format!("{}:queue:executor:data", env.redis_prefix);
+    let mut conn = env.redis.clone();
+    wait_until(
+        Duration::from_secs(20),
+        "Redis forgot the finished tasks",
+        || {
+            let (mut conn, data_key) = (conn.clone(), data_key.clone());
+            async move { conn.hlen::<_, i64>(&data_key).await.unwrap() == 0 }
+        },
+    )
+    .await;
+    let done: i64 = conn
+        .scard(format!("{}:queue:executor:done", env.redis_prefix))
+        .await
+        .unwrap();
+    assert_eq!(done, 0);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_delivery_runs_the_job_once() {
+    use apalis::prelude::TaskSink;
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+    let id = api
+        .submit(
+            &key,
+            json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": 200}}),
+        )
+        .await;
+    // Deliver the same job twice more behind the dispatcher's back, before any worker runs.
+    let keys = taskfleet_storage::redis::Keys::new(&env.redis_prefix);
+    let mut storage = taskfleet_worker::redis_queue::storage(
+        env.redis.clone(),
+        &keys,
+        taskfleet_jobs::Queue::Executor,
+    );
+    let dispatch = taskfleet_jobs::Dispatch { job_id: id };
+    storage.push_bulk(vec![dispatch, dispatch]).await.unwrap();
+    env.start_worker(&["--concurrency", "4"]);
+    env.start_worker(&["--concurrency", "4"]);
+    let job = api.wait_finished(&key, id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["attempt"], 1);
+    // Let the surplus deliveries arrive and be skipped.
+    wait_until(
+        Duration::from_secs(20),
+        "every delivery was consumed",
+        || async { env.redis_active_len("executor").await == 0 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let starts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_events WHERE job_id = $1 AND event = 'job_started'",
+    )
+    .bind(id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(starts, 1);
+    env.finish().await;
+}

@@ -1,0 +1,49 @@
+//! The Redis lease behind leader election: one holder, epochs that only grow, expiry.
+
+use std::time::Duration;
+
+use taskfleet_storage::Lease;
+use taskfleet_tests::TestEnv;
+
+#[tokio::test]
+async fn one_holder_at_a_time_with_growing_epochs() {
+    let env = TestEnv::new().await;
+    let key = format!("{}:lease:test", env.redis_prefix);
+    let ttl = Duration::from_millis(300);
+    let a = Lease::new(key.clone(), "a".into(), ttl);
+    let b = Lease::new(key.clone(), "b".into(), ttl);
+    let mut conn = env.redis.clone();
+
+    let first = a
+        .acquire(&mut conn)
+        .await
+        .unwrap()
+        .expect("a takes the free lease");
+    assert_eq!(b.acquire(&mut conn).await.unwrap(), None, "b must wait");
+    assert_eq!(
+        a.acquire(&mut conn).await.unwrap(),
+        Some(first),
+        "renewal keeps the epoch"
+    );
+
+    a.release(&mut conn, first).await.unwrap();
+    let second = b
+        .acquire(&mut conn)
+        .await
+        .unwrap()
+        .expect("released lease is free");
+    assert!(second > first);
+
+    // b stops renewing: after the ttl a takes over with a newer epoch.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let third = a
+        .acquire(&mut conn)
+        .await
+        .unwrap()
+        .expect("expired lease is free");
+    assert!(third > second);
+    // b's stale release does not remove a's lease.
+    b.release(&mut conn, second).await.unwrap();
+    assert_eq!(b.acquire(&mut conn).await.unwrap(), None);
+    env.finish().await;
+}
