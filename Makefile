@@ -25,7 +25,8 @@ build:
 ## The whole suite against real Redis and Postgres (each test uses its own database and key prefix).
 test: services
 	cargo build --workspace --bins
-	cargo test --workspace --no-fail-fast
+	@set -o pipefail; cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee /dev/stderr | \
+	  awk '/^test result:/ { p += $$4; f += $$6 } END { printf "\nall test binaries: %d passed, %d failed\n", p, f }'
 
 lint:
 	cargo fmt --all -- --check
