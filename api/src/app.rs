@@ -42,6 +42,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         keys: Keys::new(&args.redis_prefix),
         system_tenant,
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
+        fault_injection: args.fault_injection,
     })
 }
 

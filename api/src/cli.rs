@@ -33,6 +33,10 @@ pub struct ApiArgs {
     /// How long `/readyz` waits for its `noop` job to come back, in milliseconds.
     #[arg(long, env = "TASKFLEET_READY_TIMEOUT_MS", default_value_t = 5_000)]
     pub ready_timeout_ms: u64,
+    /// Accept jobs for the `fault` executor tool (failure injection for tests). Never in
+    /// production.
+    #[arg(long, env = "TASKFLEET_FAULT_INJECTION", default_value_t = false)]
+    pub fault_injection: bool,
     /// Emit logs as JSON lines.
     #[arg(long, env = "TASKFLEET_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

@@ -23,6 +23,10 @@ pub enum ApiError {
     /// No such resource for this tenant.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// The job's state does not allow this, or an idempotency key was reused with another
+    /// payload.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
     /// The request is well-formed JSON but cannot be accepted as it is.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
@@ -49,8 +53,23 @@ impl ApiError {
         ApiError::NotFound(body("not_found", message))
     }
 
+    pub fn conflict(error: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Conflict(body(error, message))
+    }
+
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::Unprocessable(body("invalid_payload", message))
+    }
+}
+
+impl From<taskfleet_storage::InsertError> for ApiError {
+    fn from(err: taskfleet_storage::InsertError) -> ApiError {
+        match err {
+            taskfleet_storage::InsertError::Db(err) => err.into(),
+            conflict @ taskfleet_storage::InsertError::IdempotencyConflict { .. } => {
+                ApiError::conflict("idempotency_key_reused", conflict.to_string())
+            }
+        }
     }
 }
 

@@ -4,12 +4,12 @@ use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::{Path, Query},
+    param::{Header, Path, Query},
     payload::Json,
 };
 use serde_json::Value;
 use taskfleet_jobs::{JobSpec, JobState, Queue};
-use taskfleet_storage::{JobFilter, JobRecord, NewJob};
+use taskfleet_storage::{Change, Inserted, JobFilter, JobRecord, NewJob, redis as tf_redis};
 use uuid::Uuid;
 
 use crate::{auth::TenantKey, error::ApiError, state::AppState};
@@ -42,6 +42,9 @@ pub struct Job {
     pub error: Option<String>,
     /// Every failed attempt: `[{attempt, error, at}]`.
     pub attempt_errors: Value,
+    pub idempotency_key: Option<String>,
+    /// Set when cancellation of the running job was asked; it ends `cancelled`.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 impl Job {
@@ -70,6 +73,8 @@ impl Job {
             result: record.result,
             error: record.error,
             attempt_errors: record.attempt_errors,
+            idempotency_key: record.idempotency_key,
+            cancel_requested_at: record.cancel_requested_at,
         })
     }
 }
@@ -98,6 +103,9 @@ pub enum Created<T: poem_openapi::types::ToJSON> {
     /// Accepted: recorded in the ledger and queued or scheduled.
     #[oai(status = 201)]
     Created(Json<T>),
+    /// The idempotency key was used before with the same payload: the first job.
+    #[oai(status = 200)]
+    Existing(Json<T>),
 }
 
 pub struct JobsApi;
@@ -114,9 +122,27 @@ impl JobsApi {
         state: Data<&AppState>,
         auth: TenantKey,
         body: Json<JobSpec>,
+        /// Same as the body's `idempotency_key`.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
     ) -> Result<Created<Job>, ApiError> {
-        let mut jobs = accept(&state, &auth, vec![body.0], false).await?;
-        Ok(Created::Created(Json(jobs.remove(0))))
+        let mut spec = body.0;
+        if let Some(header) = idempotency_key.0 {
+            let options = spec.options_mut();
+            match &options.idempotency_key {
+                Some(key) if *key != header => {
+                    return Err(ApiError::invalid(
+                        "the Idempotency-Key header and the body's idempotency_key differ",
+                    ));
+                }
+                _ => options.idempotency_key = Some(header),
+            }
+        }
+        let inserted = accept(&state, &auth, vec![spec], false).await?.remove(0);
+        Ok(match inserted {
+            Inserted::Created(record) => Created::Created(Json(Job::from_record(record)?)),
+            Inserted::Existing(record) => Created::Existing(Json(Job::from_record(record)?)),
+        })
     }
 
     /// Submit up to 1,000 jobs at once
@@ -136,7 +162,11 @@ impl JobsApi {
                 specs.len()
             )));
         }
-        let jobs = accept(&state, &auth, specs, true).await?;
+        let jobs = accept(&state, &auth, specs, true)
+            .await?
+            .into_iter()
+            .map(|inserted| Job::from_record(inserted.record().clone()))
+            .collect::<Result<_, _>>()?;
         Ok(Created::Created(Json(JobList { jobs })))
     }
 
@@ -152,6 +182,44 @@ impl JobsApi {
             Some(record) => Ok(Json(Job::from_record(record)?)),
             None => Err(ApiError::not_found(format!("no job {}", id.0))),
         }
+    }
+
+    /// Cancel a job
+    ///
+    /// A job that has not started never will; a running job's handler is stopped at its
+    /// next await point and the job ends `cancelled` (`cancel_requested_at` is set
+    /// meanwhile). A finished job is a 409.
+    #[oai(path = "/jobs/:id/cancel", method = "post")]
+    async fn cancel(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Json<Job>, ApiError> {
+        let record = changed(state.ledger.cancel(auth.0.id, id.0).await?, "cancelled")?;
+        if record.cancel_requested_at.is_some() && record.state == JobState::Running.as_str() {
+            let mut conn = state.redis.clone();
+            if let Err(err) = tf_redis::request_cancel(&mut conn, &state.keys, id.0).await {
+                // The ledger holds the request: the job ends cancelled when its lease lapses.
+                tracing::warn!(%err, job_id = %id.0, "could not signal the cancellation");
+            }
+        }
+        Ok(Json(Job::from_record(record)?))
+    }
+
+    /// Retry a dead or cancelled job
+    ///
+    /// It runs again from its first attempt; the errors of earlier attempts stay.
+    #[oai(path = "/jobs/:id/retry", method = "post")]
+    async fn retry(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Json<Job>, ApiError> {
+        let record = changed(state.ledger.retry(auth.0.id, id.0).await?, "retried")?;
+        state.wake_dispatcher();
+        Ok(Json(Job::from_record(record)?))
     }
 
     /// List jobs
@@ -206,15 +274,27 @@ impl JobsApi {
 }
 
 /// Validates and records jobs for the tenant, then wakes the dispatcher.
+/// The changed job, or the error that says why it could not change.
+fn changed(change: Change, verb: &str) -> Result<JobRecord, ApiError> {
+    match change {
+        Change::Done(record) => Ok(record),
+        Change::NotAllowed(record) => Err(ApiError::conflict(
+            "invalid_state",
+            format!("job {} is {} and cannot be {verb}", record.id, record.state),
+        )),
+        Change::NotFound => Err(ApiError::not_found("no such job")),
+    }
+}
+
 /// Errors of a batch name the index of the job at fault.
 async fn accept(
     state: &AppState,
     auth: &TenantKey,
     specs: Vec<JobSpec>,
     batch: bool,
-) -> Result<Vec<Job>, ApiError> {
+) -> Result<Vec<Inserted>, ApiError> {
     for (index, spec) in specs.iter().enumerate() {
-        spec.validate().map_err(|invalid| {
+        spec.validate(state.fault_injection).map_err(|invalid| {
             ApiError::invalid(if batch {
                 format!("jobs[{index}]: {invalid}")
             } else {
@@ -223,7 +303,7 @@ async fn accept(
         })?;
     }
     let new_jobs: Vec<NewJob> = specs.into_iter().map(NewJob::new).collect();
-    let records = state.ledger.insert(auth.0.id, &new_jobs).await?;
+    let inserted = state.ledger.insert(auth.0.id, &new_jobs).await?;
     state.wake_dispatcher();
-    records.into_iter().map(Job::from_record).collect()
+    Ok(inserted)
 }

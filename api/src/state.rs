@@ -15,6 +15,8 @@ pub struct AppState {
     /// The tenant that owns `/readyz` probe jobs.
     pub system_tenant: Tenant,
     pub ready_timeout: Duration,
+    /// Admit the `fault` executor tool (tests only).
+    pub fault_injection: bool,
 }
 
 impl AppState {

@@ -10,6 +10,13 @@ pub enum EventName {
     JobRetryScheduled,
     JobSucceeded,
     JobDead,
+    JobCancelled,
+    JobCancelRequested,
+    JobRetried,
+    JobHandedBack,
+    LeaseReclaimed,
+    /// A worker wrote with an epoch that is no longer the job's: nothing changed.
+    StaleWriteRejected,
 }
 
 impl EventName {
@@ -21,6 +28,12 @@ impl EventName {
             EventName::JobRetryScheduled => "job_retry_scheduled",
             EventName::JobSucceeded => "job_succeeded",
             EventName::JobDead => "job_dead",
+            EventName::JobCancelled => "job_cancelled",
+            EventName::JobCancelRequested => "job_cancel_requested",
+            EventName::JobRetried => "job_retried",
+            EventName::JobHandedBack => "job_handed_back",
+            EventName::LeaseReclaimed => "lease_reclaimed",
+            EventName::StaleWriteRejected => "stale_write_rejected",
         }
     }
 }

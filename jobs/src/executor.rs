@@ -29,6 +29,13 @@ pub enum ExecutorTool {
     #[oai(rename = "changelog.generate")]
     #[serde(rename = "changelog.generate")]
     ChangelogGenerate,
+    /// Fault injection for tests, refused unless the API and the worker run with
+    /// `TASKFLEET_FAULT_INJECTION=true`. `args.mode`: `fail` (fail while the attempt is at
+    /// most `args.times`, default every attempt; `args.retry_after_ms` hints the delay;
+    /// `args.permanent` forbids retries), `hang`, `panic`, or `exit` (the worker process).
+    #[oai(rename = "fault")]
+    #[serde(rename = "fault")]
+    Fault,
 }
 
 impl ExecutorTool {
@@ -38,6 +45,7 @@ impl ExecutorTool {
             ExecutorTool::Sleep => "sleep",
             ExecutorTool::MarkdownFormat => "markdown.format",
             ExecutorTool::ChangelogGenerate => "changelog.generate",
+            ExecutorTool::Fault => "fault",
         }
     }
 }
@@ -75,10 +83,26 @@ pub enum ExecutorCall {
         version: Option<String>,
         date: Option<String>,
     },
+    Fault(Fault),
+}
+
+/// What the `fault` tool does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Fail {
+        /// Fail attempts up to this one; `None` fails every attempt.
+        times: Option<u64>,
+        retry_after_ms: Option<u64>,
+        permanent: bool,
+    },
+    Hang,
+    Panic,
+    Exit,
 }
 
 impl ExecutorRun {
-    pub fn call(&self) -> Result<ExecutorCall, InvalidJob> {
+    /// The validated call; `fault_injection` admits the `fault` tool.
+    pub fn call(&self, fault_injection: bool) -> Result<ExecutorCall, InvalidJob> {
         let args = match &self.args {
             None | Some(Value::Null) => serde_json::Map::new(),
             Some(Value::Object(map)) => map.clone(),
@@ -113,6 +137,28 @@ impl ExecutorRun {
                 version: optional_string("version")?,
                 date: optional_string("date")?,
             }),
+            ExecutorTool::Fault if !fault_injection => Err(InvalidJob::new(
+                "tool `fault` is disabled: it needs TASKFLEET_FAULT_INJECTION=true",
+            )),
+            ExecutorTool::Fault => {
+                let number = |name: &str| args.get(name).and_then(Value::as_u64);
+                let fault = match optional_string("mode")?.as_deref() {
+                    Some("fail") => Fault::Fail {
+                        times: number("times"),
+                        retry_after_ms: number("retry_after_ms"),
+                        permanent: args.get("permanent").and_then(Value::as_bool) == Some(true),
+                    },
+                    Some("hang") => Fault::Hang,
+                    Some("panic") => Fault::Panic,
+                    Some("exit") => Fault::Exit,
+                    _ => {
+                        return Err(InvalidJob::new(
+                            "tool `fault` needs `args.mode`: fail, hang, panic or exit",
+                        ));
+                    }
+                };
+                Ok(ExecutorCall::Fault(fault))
+            }
         }
     }
 }
@@ -134,7 +180,7 @@ mod tests {
     #[test]
     fn sleep_needs_a_bounded_whole_number_of_ms() {
         assert_eq!(
-            run(ExecutorTool::Sleep, None, Some(json!({"ms": 5}))).call(),
+            run(ExecutorTool::Sleep, None, Some(json!({"ms": 5}))).call(false),
             Ok(ExecutorCall::Sleep { ms: 5 })
         );
         for bad in [
@@ -143,7 +189,7 @@ mod tests {
             Some(json!({"ms": "5"})),
             Some(json!({"ms": -1})),
         ] {
-            assert!(run(ExecutorTool::Sleep, None, bad).call().is_err());
+            assert!(run(ExecutorTool::Sleep, None, bad).call(false).is_err());
         }
         let too_long = run(
             ExecutorTool::Sleep,
@@ -152,7 +198,7 @@ mod tests {
         );
         assert!(
             too_long
-                .call()
+                .call(false)
                 .unwrap_err()
                 .message
                 .contains("most a sleep")
@@ -163,7 +209,7 @@ mod tests {
     fn text_tools_need_input_and_string_args() {
         assert!(
             run(ExecutorTool::MarkdownFormat, None, None)
-                .call()
+                .call(false)
                 .is_err()
         );
         assert!(
@@ -172,7 +218,7 @@ mod tests {
                 Some("feat: x"),
                 Some(json!({"version": 2}))
             )
-            .call()
+            .call(false)
             .is_err()
         );
         assert_eq!(
@@ -181,7 +227,7 @@ mod tests {
                 Some("feat: x"),
                 Some(json!({"version": "2.0"}))
             )
-            .call(),
+            .call(false),
             Ok(ExecutorCall::ChangelogGenerate {
                 input: "feat: x".into(),
                 version: Some("2.0".into()),
@@ -190,8 +236,27 @@ mod tests {
         );
         assert!(
             run(ExecutorTool::Noop, None, Some(json!([1])))
-                .call()
+                .call(false)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_fault_tool_needs_to_be_enabled_and_a_mode() {
+        let fail = run(
+            ExecutorTool::Fault,
+            None,
+            Some(json!({"mode": "fail", "times": 2})),
+        );
+        assert!(fail.call(false).unwrap_err().message.contains("disabled"));
+        assert_eq!(
+            fail.call(true),
+            Ok(ExecutorCall::Fault(Fault::Fail {
+                times: Some(2),
+                retry_after_ms: None,
+                permanent: false
+            }))
+        );
+        assert!(run(ExecutorTool::Fault, None, None).call(true).is_err());
     }
 }

@@ -33,6 +33,14 @@ pub struct JobOptions {
     )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Submitting again with the same key returns the first job instead of creating another
+    /// (for the retention window); the `Idempotency-Key` header sets it too.
+    #[oai(
+        validator(min_length = 1, max_length = 255),
+        skip_serializing_if_is_none
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// `ingest.connector`: fetch new items from a connector.
@@ -181,12 +189,24 @@ impl JobSpec {
         }
     }
 
+    pub fn options_mut(&mut self) -> &mut JobOptions {
+        match self {
+            JobSpec::IngestConnector(j) => &mut j.options,
+            JobSpec::EmbedItems(j) => &mut j.options,
+            JobSpec::AgentPrioritise(j) => &mut j.options,
+            JobSpec::AgentChat(j) => &mut j.options,
+            JobSpec::TestConnector(j) => &mut j.options,
+            JobSpec::ExecutorRun(j) => &mut j.options,
+            JobSpec::ScheduleFire(j) => &mut j.options,
+        }
+    }
+
     /// Checks what the JSON schema cannot: that a handler for the kind exists, and that the
     /// kind's own fields make sense. A job that fails here is refused, never accepted and
-    /// dropped.
-    pub fn validate(&self) -> Result<(), InvalidJob> {
+    /// dropped. `fault_injection` admits the `fault` executor tool (tests only).
+    pub fn validate(&self, fault_injection: bool) -> Result<(), InvalidJob> {
         match self {
-            JobSpec::ExecutorRun(run) => run.call().map(drop),
+            JobSpec::ExecutorRun(run) => run.call(fault_injection).map(drop),
             other => Err(InvalidJob::new(format!(
                 "job kind `{}` is not available yet: no worker has a handler for it",
                 other.kind()
@@ -222,7 +242,7 @@ mod tests {
     #[test]
     fn kinds_without_handlers_are_refused_by_name() {
         let spec: JobSpec = serde_json::from_value(json!({"kind": "agent.prioritise"})).unwrap();
-        let err = spec.validate().unwrap_err();
+        let err = spec.validate(false).unwrap_err();
         assert!(err.message.contains("agent.prioritise"), "{err}");
     }
 }

@@ -34,6 +34,29 @@ end
 return 0
 "#;
 
+/// `KEYS[1]` lease, `KEYS[2]` a flag to report; `ARGV[1]` holder|epoch, `ARGV[2]` ttl ms.
+/// Renews the lease only if it is still ours: 0 lost, 1 renewed, 2 renewed and the flag is set.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    return 2
+end
+return 1
+"#;
+
+/// The answer of [`Lease::renew`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Someone else holds it now, or it expired: stop acting on it.
+    Lost,
+    Renewed,
+    /// Renewed, and the flag key named in the call exists.
+    RenewedFlagged,
+}
+
 #[derive(Debug, Clone)]
 pub struct Lease {
     key: String,
@@ -62,6 +85,59 @@ impl Lease {
         Ok((epoch > 0).then_some(epoch))
     }
 
+    /// Takes the lease with an epoch issued elsewhere (a job's epoch comes from the ledger's
+    /// start, which only one worker can win), replacing whatever it held.
+    pub async fn hold(&self, conn: &mut ConnectionManager, epoch: u64) -> Result<(), RedisError> {
+        let () = redis::cmd("SET")
+            .arg(&self.key)
+            .arg(self.token(epoch))
+            .arg("PX")
+            .arg(self.ttl.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Extends the lease if we still hold it with `epoch`, and reports whether `flag` exists.
+    pub async fn renew(
+        &self,
+        conn: &mut ConnectionManager,
+        epoch: u64,
+        flag: &str,
+    ) -> Result<Renewal, RedisError> {
+        let answer: u8 = Script::new(RENEW)
+            .key(&self.key)
+            .key(flag)
+            .arg(self.token(epoch))
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(conn)
+            .await?;
+        Ok(match answer {
+            0 => Renewal::Lost,
+            1 => Renewal::Renewed,
+            _ => Renewal::RenewedFlagged,
+        })
+    }
+
+    /// The epochs of the leases at `keys`, `None` where a lease is absent.
+    pub async fn epochs(
+        conn: &mut ConnectionManager,
+        keys: &[String],
+    ) -> Result<Vec<Option<u64>>, RedisError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(conn).await?;
+        Ok(values
+            .into_iter()
+            .map(|value| value?.rsplit_once('|')?.1.parse().ok())
+            .collect())
+    }
+
+    fn token(&self, epoch: u64) -> String {
+        format!("{}|{epoch}", self.holder)
+    }
+
     /// Gives the lease up at once, so a successor need not wait for the ttl.
     pub async fn release(
         &self,
@@ -70,7 +146,7 @@ impl Lease {
     ) -> Result<(), RedisError> {
         let _: i64 = Script::new(RELEASE)
             .key(&self.key)
-            .arg(format!("{}|{epoch}", self.holder))
+            .arg(self.token(epoch))
             .invoke_async(conn)
             .await?;
         Ok(())

@@ -34,11 +34,42 @@ pub struct JobRecord {
     pub result: Option<Value>,
     pub error: Option<String>,
     pub attempt_errors: Value,
+    pub idempotency_key: Option<String>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 const JOB_COLUMNS: &str = "id, tenant_id, queue, kind, payload, state, priority, attempt, \
      max_attempts, run_at, created_at, started_at, finished_at, worker, result, error, \
-     attempt_errors";
+     attempt_errors, idempotency_key, cancel_requested_at";
+
+/// What [`Ledger::insert`] did with one job.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    Created(JobRecord),
+    /// The tenant used the same idempotency key with the same payload before.
+    Existing(JobRecord),
+}
+
+impl Inserted {
+    pub fn record(&self) -> &JobRecord {
+        match self {
+            Inserted::Created(record) | Inserted::Existing(record) => record,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("idempotency key `{key}` was already used for job {existing} with a different payload")]
+    IdempotencyConflict {
+        /// Which of the submitted jobs.
+        index: usize,
+        key: String,
+        existing: Uuid,
+    },
+}
 
 /// A job to insert.
 #[derive(Debug, Clone)]
@@ -80,6 +111,39 @@ pub struct JobFilter {
     pub limit: i64,
 }
 
+/// How an attempt ended, as [`Ledger::finish`] records it.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    Succeeded(&'a Value),
+    /// With `retry_at` the job waits in `retrying`; without, it is dead.
+    Failed {
+        error: &'a str,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    /// Stopped on request.
+    Cancelled,
+    /// Given back unfinished by a draining worker, to run elsewhere at once.
+    HandedBack,
+}
+
+/// The answer to a request to change a job's state.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Done(JobRecord),
+    /// The job exists but its state does not allow the change.
+    NotAllowed(JobRecord),
+    NotFound,
+}
+
+/// Appended to a worker's conditional write: when the write matched no row, record that a
+/// stale epoch was refused (`$1` id, `$2` epoch, `$3` worker).
+const STALE_TAIL: &str = "stale AS (
+         INSERT INTO job_events (tenant_id, job_id, event, actor, details)
+         SELECT tenant_id, id, 'stale_write_rejected', $3,
+                jsonb_build_object('epoch', $2, 'current_epoch', lease_epoch, 'state', state)
+         FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM changed)
+     )";
+
 /// A job the dispatcher moved into a queue's Redis window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DispatchedJob {
@@ -97,9 +161,15 @@ impl Ledger {
         Ledger { pool }
     }
 
-    /// Inserts jobs and their `job_enqueued` events in one statement. A job whose `run_at` is
-    /// in the future starts `scheduled`, otherwise `queued`.
-    pub async fn insert(&self, tenant_id: Uuid, jobs: &[NewJob]) -> sqlx::Result<Vec<JobRecord>> {
+    /// Inserts jobs and their `job_enqueued` events, all or none. A job whose `run_at` is in
+    /// the future starts `scheduled`, otherwise `queued`. A job whose idempotency key the
+    /// tenant already used comes back as [`Inserted::Existing`] when its payload is the same,
+    /// and fails the whole call with [`InsertError::IdempotencyConflict`] when it differs.
+    pub async fn insert(
+        &self,
+        tenant_id: Uuid,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Inserted>, InsertError> {
         let mut ids = Vec::with_capacity(jobs.len());
         let mut queues = Vec::with_capacity(jobs.len());
         let mut kinds = Vec::with_capacity(jobs.len());
@@ -107,27 +177,32 @@ impl Ledger {
         let mut priorities = Vec::with_capacity(jobs.len());
         let mut max_attempts = Vec::with_capacity(jobs.len());
         let mut run_ats = Vec::with_capacity(jobs.len());
+        let mut keys = Vec::with_capacity(jobs.len());
         for job in jobs {
+            let options = job.spec.options();
             ids.push(job.id);
             queues.push(job.spec.queue().as_str());
             kinds.push(job.spec.kind());
             payloads.push(serde_json::to_value(&job.spec).expect("a JobSpec always serialises"));
-            priorities.push(job.spec.options().priority.unwrap_or(0));
+            priorities.push(options.priority.unwrap_or(0));
             max_attempts.push(job.spec.max_attempts() as i32);
-            run_ats.push(job.spec.options().run_at);
+            run_ats.push(options.run_at);
+            keys.push(options.idempotency_key.clone());
         }
         let sql = format!(
             "WITH input AS (
                  SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::jsonb[],
-                                      $6::int2[], $7::int4[], $8::timestamptz[])
-                     AS t(id, queue, kind, payload, priority, max_attempts, run_at)
+                                      $6::int2[], $7::int4[], $8::timestamptz[], $9::text[])
+                     AS t(id, queue, kind, payload, priority, max_attempts, run_at, key)
              ), inserted AS (
                  INSERT INTO jobs (id, tenant_id, queue, kind, payload, state, priority,
-                                   max_attempts, run_at)
+                                   max_attempts, run_at, idempotency_key)
                  SELECT id, $1, queue, kind, payload,
                         CASE WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END,
-                        priority, max_attempts, GREATEST(COALESCE(run_at, now()), now())
+                        priority, max_attempts, GREATEST(COALESCE(run_at, now()), now()), key
                  FROM input
+                 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+                     DO NOTHING
                  RETURNING {JOB_COLUMNS}
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, event, actor, details)
@@ -138,7 +213,8 @@ impl Ledger {
              SELECT * FROM inserted",
             enqueued = EventName::JobEnqueued
         );
-        let mut rows: Vec<JobRecord> = sqlx::query_as(&sql)
+        let mut tx = self.pool.begin().await?;
+        let inserted: Vec<JobRecord> = sqlx::query_as(&sql)
             .bind(tenant_id)
             .bind(&ids)
             .bind(&queues)
@@ -147,11 +223,52 @@ impl Ledger {
             .bind(&priorities)
             .bind(&max_attempts)
             .bind(&run_ats)
-            .fetch_all(&self.pool)
+            .bind(&keys)
+            .fetch_all(&mut *tx)
             .await?;
+        let mut existing: Vec<JobRecord> = Vec::new();
+        if inserted.len() < jobs.len() {
+            let used: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
+            existing = sqlx::query_as(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE tenant_id = $1 AND idempotency_key = ANY($2) AND NOT (id = ANY($3))"
+            ))
+            .bind(tenant_id)
+            .bind(&used)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        }
         // Answer in the order the jobs were submitted.
-        rows.sort_by_key(|row| ids.iter().position(|id| *id == row.id));
-        Ok(rows)
+        let mut answers = Vec::with_capacity(jobs.len());
+        for (index, id) in ids.iter().enumerate() {
+            if let Some(row) = inserted.iter().find(|row| row.id == *id) {
+                answers.push(Inserted::Created(row.clone()));
+                continue;
+            }
+            let key = keys[index]
+                .as_deref()
+                .expect("only keyed jobs can conflict");
+            let first = existing
+                .iter()
+                .find(|row| row.idempotency_key.as_deref() == Some(key))
+                .or_else(|| {
+                    inserted
+                        .iter()
+                        .find(|row| row.idempotency_key.as_deref() == Some(key))
+                })
+                .expect("a conflicting key belongs to a stored job");
+            if first.payload != payloads[index] {
+                return Err(InsertError::IdempotencyConflict {
+                    index,
+                    key: key.to_owned(),
+                    existing: first.id,
+                });
+            }
+            answers.push(Inserted::Existing(first.clone()));
+        }
+        tx.commit().await?;
+        Ok(answers)
     }
 
     pub async fn get(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<JobRecord>> {
@@ -334,81 +451,212 @@ impl Ledger {
             .await
     }
 
-    /// Records success. Returns false when the epoch is stale (another start superseded this
-    /// one) and nothing was written.
-    pub async fn succeed(
+    /// Ends an attempt with `outcome`, if `epoch` is still the job's and it is running.
+    /// Returns false when the epoch is stale: nothing changed, and a `stale_write_rejected`
+    /// event records the attempt.
+    pub async fn finish(
         &self,
         id: Uuid,
         epoch: i64,
         worker: &str,
-        result: &Value,
+        outcome: Outcome<'_>,
     ) -> sqlx::Result<bool> {
+        // $1 id, $2 epoch, $3 worker, $4 result, $5 error, $6 retry_at
+        let (set, event, details) = match outcome {
+            Outcome::Succeeded(_) => (
+                "state = 'succeeded', finished_at = now(), result = $4",
+                EventName::JobSucceeded,
+                "'runtime_ms', round(extract(epoch FROM now() - started_at) * 1000)",
+            ),
+            Outcome::Failed {
+                retry_at: Some(_), ..
+            } => (
+                "state = 'retrying', error = $5, run_at = $6, attempt_errors = attempt_errors \
+                 || jsonb_build_array(jsonb_build_object('attempt', attempt, 'error', $5, 'at', now()))",
+                EventName::JobRetryScheduled,
+                "'error', $5, 'retry_at', $6",
+            ),
+            Outcome::Failed { retry_at: None, .. } => (
+                "state = 'dead', error = $5, finished_at = now(), attempt_errors = attempt_errors \
+                 || jsonb_build_array(jsonb_build_object('attempt', attempt, 'error', $5, 'at', now()))",
+                EventName::JobDead,
+                "'error', $5",
+            ),
+            Outcome::Cancelled => (
+                "state = 'cancelled', finished_at = now()",
+                EventName::JobCancelled,
+                "'while', 'running'",
+            ),
+            Outcome::HandedBack => (
+                // Not a failed attempt: the next start counts it again.
+                "state = 'queued', attempt = attempt - 1, run_at = now(), started_at = NULL",
+                EventName::JobHandedBack,
+                "'reason', 'worker draining'",
+            ),
+        };
+        let (result, error, retry_at) = match outcome {
+            Outcome::Succeeded(result) => (Some(result), None, None),
+            Outcome::Failed { error, retry_at } => (None, Some(error), retry_at),
+            Outcome::Cancelled | Outcome::HandedBack => (None, None, None),
+        };
         let sql = format!(
-            "WITH done AS (
-                 UPDATE jobs SET state = 'succeeded', finished_at = now(), result = $3
+            "WITH changed AS (
+                 UPDATE jobs SET {set}
                  WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
-                 RETURNING id, tenant_id, attempt, finished_at - started_at AS runtime
+                 RETURNING id, tenant_id, attempt, started_at
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, event, actor, details)
-                 SELECT tenant_id, id, '{succeeded}', $4,
-                        jsonb_build_object('attempt', attempt,
-                                           'runtime_ms', extract(epoch FROM runtime) * 1000)
-                 FROM done
-             )
-             SELECT count(*) FROM done",
-            succeeded = EventName::JobSucceeded
+                 SELECT tenant_id, id, '{event}', $3,
+                        jsonb_build_object('attempt', attempt, {details})
+                 FROM changed
+             ), {STALE_TAIL}
+             SELECT count(*) FROM changed"
         );
         let written: i64 = sqlx::query_scalar(&sql)
             .bind(id)
             .bind(epoch)
-            .bind(result)
             .bind(worker)
+            .bind(result)
+            .bind(error)
+            .bind(retry_at)
             .fetch_one(&self.pool)
             .await?;
         Ok(written == 1)
     }
 
-    /// Records a failed attempt: with `retry_at` the job waits in `retrying` until then,
-    /// without it the job is dead. Returns false when the epoch is stale.
-    pub async fn fail(
+    /// Running jobs started before `started_before`, with their epochs: the candidates whose
+    /// leases the reclaimer checks.
+    pub async fn running_since(
         &self,
-        id: Uuid,
-        epoch: i64,
-        worker: &str,
-        error: &str,
-        retry_at: Option<DateTime<Utc>>,
-    ) -> sqlx::Result<bool> {
-        let (state, event) = match retry_at {
-            Some(_) => ("retrying", EventName::JobRetryScheduled),
-            None => ("dead", EventName::JobDead),
-        };
+        started_before: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<(Uuid, i64)>> {
+        sqlx::query_as(
+            "SELECT id, lease_epoch FROM jobs WHERE state = 'running' AND started_at < $1",
+        )
+        .bind(started_before)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Takes a running job whose lease expired away from its holder: back to `queued` (it
+    /// runs again, its next start raising the attempt), `cancelled` if cancellation was asked,
+    /// `dead` if that was its last attempt. Returns the new state, or `None` if the epoch moved
+    /// on meanwhile.
+    pub async fn reclaim(&self, id: Uuid, epoch: i64, actor: &str) -> sqlx::Result<Option<String>> {
         let sql = format!(
-            "WITH failed AS (
-                 UPDATE jobs SET state = '{state}', error = $3,
-                        attempt_errors = attempt_errors || jsonb_build_array(jsonb_build_object(
-                            'attempt', attempt, 'error', $3::text, 'at', now())),
-                        run_at = COALESCE($4, run_at),
-                        finished_at = CASE WHEN $4::timestamptz IS NULL THEN now() END
-                 WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
-                 RETURNING id, tenant_id, attempt
+            "WITH decided AS (
+                 SELECT id, CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                                 WHEN attempt >= max_attempts THEN 'dead'
+                                 ELSE 'queued' END AS next
+                 FROM jobs WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
+             ), changed AS (
+                 UPDATE jobs SET state = decided.next, dispatched_at = NULL, run_at = now(),
+                        finished_at = CASE WHEN decided.next = 'queued' THEN NULL ELSE now() END,
+                        error = CASE WHEN decided.next = 'dead'
+                                     THEN 'the worker stopped heartbeating on the last attempt'
+                                     ELSE error END
+                 FROM decided
+                 WHERE jobs.id = decided.id AND jobs.lease_epoch = $2 AND jobs.state = 'running'
+                 RETURNING jobs.id, jobs.tenant_id, jobs.attempt, jobs.worker, decided.next
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, event, actor, details)
-                 SELECT tenant_id, id, '{event}', $5,
-                        jsonb_build_object('attempt', attempt, 'error', $3::text,
-                                           'retry_at', $4::timestamptz)
-                 FROM failed
+                 SELECT tenant_id, id, '{reclaimed}', $3,
+                        jsonb_build_object('epoch', $2, 'attempt', attempt, 'holder', worker,
+                                           'next_state', next)
+                 FROM changed
              )
-             SELECT count(*) FROM failed"
+             SELECT next FROM changed",
+            reclaimed = EventName::LeaseReclaimed
         );
-        let written: i64 = sqlx::query_scalar(&sql)
+        sqlx::query_scalar(&sql)
             .bind(id)
             .bind(epoch)
-            .bind(error)
-            .bind(retry_at)
-            .bind(worker)
-            .fetch_one(&self.pool)
+            .bind(actor)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Cancels a tenant's job: a job not yet running becomes `cancelled` at once; a running
+    /// one is marked `cancel_requested_at` and its worker stops it.
+    pub async fn cancel(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Change> {
+        let sql = format!(
+            "WITH changed AS (
+                 UPDATE jobs SET
+                     state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
+                     finished_at = CASE WHEN state = 'running' THEN NULL ELSE now() END,
+                     cancel_requested_at = CASE WHEN state = 'running' THEN now() END,
+                     dispatched_at = NULL
+                 WHERE tenant_id = $1 AND id = $2
+                   AND state IN ('scheduled', 'queued', 'retrying', 'running')
+                 RETURNING {JOB_COLUMNS}
+             ), events AS (
+                 INSERT INTO job_events (tenant_id, job_id, event, actor)
+                 SELECT tenant_id, id,
+                        CASE WHEN state = 'running' THEN '{requested}' ELSE '{cancelled}' END,
+                        'api'
+                 FROM changed
+             )
+             SELECT * FROM changed",
+            requested = EventName::JobCancelRequested,
+            cancelled = EventName::JobCancelled
+        );
+        let changed = sqlx::query_as(&sql)
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
             .await?;
-        Ok(written == 1)
+        self.change_or_current(tenant_id, id, changed).await
+    }
+
+    /// Runs a `dead` or `cancelled` job again from its first attempt; its past errors stay.
+    pub async fn retry(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Change> {
+        let sql = format!(
+            "WITH changed AS (
+                 UPDATE jobs SET state = 'queued', attempt = 0, run_at = now(),
+                        dispatched_at = NULL, finished_at = NULL, cancel_requested_at = NULL
+                 WHERE tenant_id = $1 AND id = $2 AND state IN ('dead', 'cancelled')
+                 RETURNING {JOB_COLUMNS}
+             ), events AS (
+                 INSERT INTO job_events (tenant_id, job_id, event, actor)
+                 SELECT tenant_id, id, '{retried}', 'api' FROM changed
+             )
+             SELECT * FROM changed",
+            retried = EventName::JobRetried
+        );
+        let changed = sqlx::query_as(&sql)
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        self.change_or_current(tenant_id, id, changed).await
+    }
+
+    async fn change_or_current(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        changed: Option<JobRecord>,
+    ) -> sqlx::Result<Change> {
+        Ok(match changed {
+            Some(record) => Change::Done(record),
+            None => match self.get(tenant_id, id).await? {
+                Some(record) => Change::NotAllowed(record),
+                None => Change::NotFound,
+            },
+        })
+    }
+
+    /// Frees idempotency keys older than `retention`, so they may be used again.
+    pub async fn expire_idempotency_keys(&self, retention: Duration) -> sqlx::Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET idempotency_key = NULL
+             WHERE idempotency_key IS NOT NULL
+               AND created_at < now() - make_interval(secs => $1)",
+        )
+        .bind(retention.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Events of one job, oldest first: `(event, details)`.

@@ -8,8 +8,10 @@ pub mod redis;
 pub mod tenants;
 
 pub use db::Db;
-pub use lease::Lease;
-pub use ledger::{JobFilter, JobRecord, Ledger, NewJob, StartedJob};
+pub use lease::{Lease, Renewal};
+pub use ledger::{
+    Change, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome, StartedJob,
+};
 pub use tenants::{Tenant, Tenants};
 
 /// Retries `connect` with capped back-off until it succeeds, so a process started before

@@ -48,6 +48,21 @@ impl Keys {
         format!("tasks:{}:active:available", self.queue(queue))
     }
 
+    /// The lease a worker holds on a running job.
+    pub fn job_lease(&self, job_id: uuid::Uuid) -> String {
+        format!("{}:lease:job:{job_id}", self.prefix)
+    }
+
+    /// Set while cancellation of a running job is requested; its heartbeat notices it.
+    pub fn cancel_flag(&self, job_id: uuid::Uuid) -> String {
+        format!("{}:cancel:{job_id}", self.prefix)
+    }
+
+    /// Carries the ids of running jobs to cancel, so their workers stop them at once.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+
     /// A named lease (the leader lease is `lease("leader")`).
     pub fn lease(&self, name: &str) -> String {
         format!("{}:lease:{}", self.prefix, name)
@@ -74,24 +89,46 @@ pub async fn wake_dispatcher(conn: &mut ConnectionManager, keys: &Keys) {
     }
 }
 
-/// Subscribes to `channel` and fires `notify` on every message, resubscribing after Redis
-/// errors. Runs until the process ends.
-pub async fn forward_wakeups(url: String, channel: String, notify: std::sync::Arc<Notify>) {
+/// Asks the worker running `job_id` to stop it: a flag its heartbeat reads (kept a day, past
+/// any lease), and a message for an immediate stop.
+pub async fn request_cancel(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    job_id: uuid::Uuid,
+) -> Result<(), RedisError> {
+    let () = redis::pipe()
+        .set_ex(keys.cancel_flag(job_id), 1, 86_400)
+        .ignore()
+        .publish(keys.cancel_channel(), job_id.to_string())
+        .ignore()
+        .query_async(conn)
+        .await?;
+    Ok(())
+}
+
+/// Subscribes to `channel` for as long as the process runs, resubscribing after Redis errors.
+/// `on_message` gets each message's payload, and `None` after every (re)subscription, since
+/// anything may have been published while nobody listened.
+pub async fn listen(url: String, channel: String, mut on_message: impl FnMut(Option<String>)) {
     loop {
         match subscribe(&url, &channel).await {
             Ok(mut pubsub) => {
-                // Anything may have been published while we were not listening.
-                notify.notify_waiters();
+                on_message(None);
                 let mut messages = pubsub.on_message();
-                while messages.next().await.is_some() {
-                    notify.notify_waiters();
+                while let Some(message) = messages.next().await {
+                    on_message(message.get_payload::<String>().ok());
                 }
-                tracing::debug!(%channel, "wake-up subscription ended; resubscribing");
+                tracing::debug!(%channel, "subscription ended; resubscribing");
             }
-            Err(err) => tracing::debug!(%err, %channel, "wake-up subscription failed"),
+            Err(err) => tracing::debug!(%err, %channel, "subscription failed"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Fires `notify` on every message of `channel` (see [`listen`]).
+pub async fn forward_wakeups(url: String, channel: String, notify: std::sync::Arc<Notify>) {
+    listen(url, channel, move |_| notify.notify_waiters()).await
 }
 
 async fn subscribe(url: &str, channel: &str) -> Result<redis::aio::PubSub, RedisError> {

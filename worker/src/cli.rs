@@ -38,6 +38,20 @@ pub struct WorkerArgs {
     /// Time-to-live of the leader lease, in milliseconds; renewed every third of it.
     #[arg(long, env = "TASKFLEET_LEADER_TTL_MS", default_value_t = 10_000)]
     pub leader_ttl_ms: u64,
+    /// Time-to-live of a running job's lease, in milliseconds; heartbeated every third of it.
+    /// A job whose worker stops heartbeating runs again after about this long.
+    #[arg(long, env = "TASKFLEET_LEASE_TTL_MS", default_value_t = 30_000)]
+    pub lease_ttl_ms: u64,
+    /// How long an idempotency key keeps returning its first job, in seconds.
+    #[arg(
+        long,
+        env = "TASKFLEET_IDEMPOTENCY_RETENTION_SECS",
+        default_value_t = 86_400
+    )]
+    pub idempotency_retention_secs: u64,
+    /// Admit the `fault` executor tool (failure injection for tests). Never in production.
+    #[arg(long, env = "TASKFLEET_FAULT_INJECTION", default_value_t = false)]
+    pub fault_injection: bool,
     /// On SIGTERM, how long running jobs may take to finish, in seconds.
     #[arg(long, env = "TASKFLEET_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
@@ -49,6 +63,10 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     pub fn leader_ttl(&self) -> Duration {
         Duration::from_millis(self.leader_ttl_ms)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
     }
 }
 

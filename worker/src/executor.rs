@@ -1,118 +1,255 @@
-//! Runs one delivered job: start it in the ledger (of several deliveries of one job only one
-//! can start), run its handler with panics caught, and record the outcome under the epoch the
-//! start returned, retrying the ledger write while Postgres is unreachable.
+//! Runs one delivered job (River's job executor plays this role):
+//!
+//! 1. start it in the ledger: of several deliveries of one job only one can, and the start
+//!    raises the job's fencing epoch;
+//! 2. hold the job's Redis lease under that epoch and heartbeat it every ttl/3 while the
+//!    handler runs; the heartbeat also notices a cancellation request;
+//! 3. run the handler with panics caught, until it ends or is stopped (cancelled, lease
+//!    lost, or the worker drains);
+//! 4. record the outcome under the epoch, retrying while Postgres is unreachable. A write
+//!    with a stale epoch changes nothing (the ledger logs it).
 
-use std::{panic::AssertUnwindSafe, time::Duration};
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use apalis_redis::ConnectionManager;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use taskfleet_jobs::{JobSpec, RetryPolicy};
-use taskfleet_storage::{Ledger, StartedJob};
+use taskfleet_storage::{Lease, Ledger, Outcome, Renewal, StartedJob, redis::Keys};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::handlers::{self, HandlerResult, JobFailure};
+use crate::handlers::{self, HandlerResult, JobContext, JobFailure};
 
-/// How long a finished job's outcome is retried against an unreachable ledger before the
-/// worker gives up on it (the job then stays `running` in the ledger).
-const RECORD_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a finished job's outcome is retried against an unreachable ledger. Past it the
+/// job stays `running` until its lease expires and the reclaimer runs it again.
+const RECORD_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Why a running job was stopped before its handler finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    /// The lease expired or was taken over: another attempt owns the job now.
+    LeaseLost,
+    /// The worker is shutting down; the job is handed back to run elsewhere.
+    Drain,
+}
+
+/// Stops a running job and remembers the first reason it was given.
+#[derive(Clone, Default)]
+struct Stopper {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl Stopper {
+    fn stop(&self, reason: StopReason) {
+        self.reason
+            .lock()
+            .expect("stop reason lock")
+            .get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Option<StopReason> {
+        *self.reason.lock().expect("stop reason lock")
+    }
+}
 
 #[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub lease_ttl: Duration,
+    /// Admit the `fault` executor tool (tests only).
+    pub fault_injection: bool,
+}
+
 pub struct JobExecutor {
     ledger: Ledger,
-    /// Names this process in the ledger (`jobs.worker`, event actors).
+    redis: ConnectionManager,
+    keys: Keys,
+    /// Names this process in the ledger (`jobs.worker`, event actors) and in leases.
     worker: String,
+    settings: ExecutorSettings,
+    running: Mutex<HashMap<Uuid, Stopper>>,
+    /// Fired when the process stops: waiting for Postgres to start a job ends.
+    shutdown: CancellationToken,
 }
 
 impl JobExecutor {
-    pub fn new(ledger: Ledger, worker: String) -> JobExecutor {
-        JobExecutor { ledger, worker }
+    pub fn new(
+        ledger: Ledger,
+        redis: ConnectionManager,
+        keys: Keys,
+        worker: String,
+        settings: ExecutorSettings,
+        shutdown: CancellationToken,
+    ) -> JobExecutor {
+        JobExecutor {
+            ledger,
+            redis,
+            keys,
+            worker,
+            settings,
+            running: Mutex::new(HashMap::new()),
+            shutdown,
+        }
     }
 
     pub async fn execute(&self, job_id: Uuid) {
-        let started = match self.ledger.start(job_id, &self.worker).await {
-            Ok(Some(started)) => started,
-            Ok(None) => {
-                tracing::debug!(%job_id, "not startable (duplicate delivery or finished); skipped");
-                return;
-            }
-            Err(err) => {
-                // Still `queued` and dispatched in the ledger: it is pushed again later.
-                tracing::warn!(%job_id, %err, "could not start job; it will be redelivered");
-                return;
-            }
+        let Some(started) = self.start(job_id).await else {
+            return;
         };
-        let span = tracing::info_span!("job", %job_id, attempt = started.attempt);
+        let epoch = started.lease_epoch as u64;
+        let lease = Lease::new(
+            self.keys.job_lease(job_id),
+            self.worker.clone(),
+            self.settings.lease_ttl,
+        );
+        let mut conn = self.redis.clone();
+        if let Err(err) = lease.hold(&mut conn, epoch).await {
+            // The heartbeat finds the lease missing and stops the job; the reclaimer
+            // runs it again once Redis answers.
+            tracing::warn!(%job_id, %err, "could not take the job lease");
+        }
+        let stopper = Stopper::default();
+        self.running
+            .lock()
+            .expect("running jobs lock")
+            .insert(job_id, stopper.clone());
+        let heartbeat = tokio::spawn(heartbeat(
+            lease.clone(),
+            conn.clone(),
+            epoch,
+            self.keys.cancel_flag(job_id),
+            stopper.clone(),
+        ));
+
+        let span = tracing::info_span!("job", %job_id, attempt = started.attempt, epoch);
+        let outcome = self
+            .run_handler(&started, &stopper.token)
+            .instrument(span.clone())
+            .await;
+        heartbeat.abort();
+        let stopped = stopper.reason();
         let _enter = span.enter();
-        let (outcome, retry_at) = match serde_json::from_value::<JobSpec>(started.payload.clone()) {
-            Ok(spec) => {
-                let outcome = AssertUnwindSafe(handlers::run(&spec))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| {
-                        Err(JobFailure {
-                            message: format!("handler panicked: {}", panic_message(&*panic)),
-                            permanent: false,
-                        })
-                    });
-                let retry_at = match &outcome {
-                    Err(failure)
-                        if !failure.permanent && started.attempt < started.max_attempts =>
-                    {
-                        let policy = RetryPolicy::for_queue(spec.queue());
-                        Some(Utc::now() + policy.delay(started.attempt as u32, &mut rand::rng()))
-                    }
-                    _ => None,
-                };
-                (outcome, retry_at)
-            }
-            Err(err) => (
-                Err(JobFailure::permanent(format!(
-                    "payload does not decode: {err}"
-                ))),
-                None,
-            ),
-        };
-        self.record(&started, outcome, retry_at).await;
+        match (outcome, stopped) {
+            (Some((result, retry_at)), _) => self.record(&started, &result, retry_at).await,
+            (None, Some(StopReason::Cancelled)) => self.write(&started, Outcome::Cancelled).await,
+            (None, Some(StopReason::Drain)) => self.write(&started, Outcome::HandedBack).await,
+            (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
+        }
+        if stopped != Some(StopReason::LeaseLost)
+            && let Err(err) = lease.release(&mut conn, epoch).await
+        {
+            tracing::debug!(%err, "could not release the job lease; it expires by itself");
+        }
+        self.running
+            .lock()
+            .expect("running jobs lock")
+            .remove(&job_id);
     }
 
-    /// Writes the outcome; a failure with `retry_at` waits for another attempt, one without
-    /// is dead.
+    /// Starts the job in the ledger. While Postgres is unreachable it keeps trying, holding
+    /// the worker's slot, so the worker takes no more work until Postgres is back.
+    async fn start(&self, job_id: Uuid) -> Option<StartedJob> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.ledger.start(job_id, &self.worker).await {
+                Ok(Some(started)) => return Some(started),
+                Ok(None) => {
+                    tracing::debug!(%job_id, "not startable (duplicate delivery, cancelled or finished)");
+                    return None;
+                }
+                Err(err) => {
+                    tracing::warn!(%job_id, %err, "could not start the job; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// The handler's result and, for a retryable failure, when to try again; `None` when the
+    /// job was stopped first.
+    async fn run_handler(
+        &self,
+        started: &StartedJob,
+        stop: &CancellationToken,
+    ) -> Option<(HandlerResult, Option<DateTime<Utc>>)> {
+        let spec = match serde_json::from_value::<JobSpec>(started.payload.clone()) {
+            Ok(spec) => spec,
+            Err(err) => {
+                let failure = JobFailure::permanent(format!("payload does not decode: {err}"));
+                return Some((Err(failure), None));
+            }
+        };
+        let ctx = JobContext {
+            job_id: started.id,
+            attempt: started.attempt as u32,
+            fault_injection: self.settings.fault_injection,
+        };
+        let handler = AssertUnwindSafe(handlers::run(&spec, &ctx)).catch_unwind();
+        let result = tokio::select! {
+            // The handler stops at its next await point when its future is dropped here.
+            _ = stop.cancelled() => return None,
+            result = handler => result.unwrap_or_else(|panic| {
+                Err(JobFailure::retryable(format!("handler panicked: {}", panic_message(&*panic))))
+            }),
+        };
+        let retry_at = match &result {
+            Err(failure) if !failure.permanent && started.attempt < started.max_attempts => {
+                let delay = failure.retry_after.unwrap_or_else(|| {
+                    RetryPolicy::for_queue(spec.queue())
+                        .delay(started.attempt as u32, &mut rand::rng())
+                });
+                Some(Utc::now() + delay)
+            }
+            _ => None,
+        };
+        Some((result, retry_at))
+    }
+
     async fn record(
         &self,
         job: &StartedJob,
-        outcome: HandlerResult,
+        result: &HandlerResult,
         retry_at: Option<DateTime<Utc>>,
     ) {
-        let deadline = tokio::time::Instant::now() + RECORD_DEADLINE;
+        let outcome = match result {
+            Ok(value) => Outcome::Succeeded(value),
+            Err(failure) => Outcome::Failed {
+                error: &failure.message,
+                retry_at,
+            },
+        };
+        self.write(job, outcome).await
+    }
+
+    async fn write(&self, job: &StartedJob, outcome: Outcome<'_>) {
+        let deadline = Instant::now() + RECORD_DEADLINE;
         let mut pause = Duration::from_millis(100);
         loop {
-            let written = match &outcome {
-                Ok(result) => {
-                    self.ledger
-                        .succeed(job.id, job.lease_epoch, &self.worker, result)
-                        .await
-                }
-                Err(failure) => {
-                    self.ledger
-                        .fail(
-                            job.id,
-                            job.lease_epoch,
-                            &self.worker,
-                            &failure.message,
-                            retry_at,
-                        )
-                        .await
-                }
-            };
-            match written {
+            match self
+                .ledger
+                .finish(job.id, job.lease_epoch, &self.worker, outcome)
+                .await
+            {
                 Ok(true) => return,
                 Ok(false) => {
-                    tracing::warn!(
-                        "stale epoch: another start superseded this one; outcome dropped"
-                    );
+                    tracing::warn!("stale epoch: the job was reclaimed; outcome refused");
                     return;
                 }
-                Err(err) if tokio::time::Instant::now() < deadline => {
+                Err(err) if Instant::now() < deadline => {
                     tracing::warn!(%err, "could not record the outcome; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
@@ -122,6 +259,61 @@ impl JobExecutor {
                     return;
                 }
             }
+        }
+    }
+
+    /// Stops one running job (a cancellation message for it arrived).
+    pub fn stop(&self, job_id: Uuid, reason: StopReason) {
+        if let Some(running) = self.running.lock().expect("running jobs lock").get(&job_id) {
+            running.stop(reason);
+        }
+    }
+
+    /// Hands every job still running back to the ledger and waits, up to `within`, until
+    /// each has recorded that.
+    pub async fn hand_back_all(&self, within: Duration) {
+        for running in self.running.lock().expect("running jobs lock").values() {
+            running.stop(StopReason::Drain);
+        }
+        let deadline = Instant::now() + within;
+        while !self.running.lock().expect("running jobs lock").is_empty()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.lock().expect("running jobs lock").len()
+    }
+}
+
+/// Renews the job lease every third of its ttl until stopped. Stops the job when the lease
+/// is lost, when it cannot be renewed for a whole ttl (the reclaimer may have taken it), or
+/// when cancellation is requested.
+async fn heartbeat(
+    lease: Lease,
+    mut conn: ConnectionManager,
+    epoch: u64,
+    cancel_flag: String,
+    stopper: Stopper,
+) {
+    let every = lease.ttl() / 3;
+    let mut renewed = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stopper.token.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match lease.renew(&mut conn, epoch, &cancel_flag).await {
+            Ok(Renewal::Renewed) => renewed = Instant::now(),
+            Ok(Renewal::RenewedFlagged) => return stopper.stop(StopReason::Cancelled),
+            Ok(Renewal::Lost) => return stopper.stop(StopReason::LeaseLost),
+            Err(err) if renewed.elapsed() >= lease.ttl() => {
+                tracing::warn!(%err, "lease not renewed within its ttl");
+                return stopper.stop(StopReason::LeaseLost);
+            }
+            Err(err) => tracing::debug!(%err, "lease renewal failed; retrying"),
         }
     }
 }

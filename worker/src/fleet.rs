@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use apalis::prelude::*;
+use apalis_redis::ConnectionManager;
 use taskfleet_jobs::Dispatch;
 use taskfleet_storage::{Db, Lease, Ledger, redis as tf_redis, redis::Keys, wait_for};
 use tokio::sync::Notify;
@@ -14,8 +15,10 @@ use uuid::Uuid;
 use crate::{
     cli::WorkerArgs,
     dispatcher::{Dispatcher, DispatcherSettings},
-    executor::JobExecutor,
-    leader, redis_queue,
+    executor::{ExecutorSettings, JobExecutor, StopReason},
+    leader::{self, Housekeeping},
+    reclaimer::Reclaimer,
+    redis_queue,
 };
 
 /// The apalis task function: everything happens in the executor, which records outcomes in
@@ -43,11 +46,38 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let conn = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
     let keys = Keys::new(&args.redis_prefix);
     let ledger = Ledger::new(db.pool.clone());
-    let executor = Arc::new(JobExecutor::new(ledger.clone(), identity.clone()));
+    let shutdown = CancellationToken::new();
+    let executor = Arc::new(JobExecutor::new(
+        ledger.clone(),
+        conn.clone(),
+        keys.clone(),
+        identity.clone(),
+        ExecutorSettings {
+            lease_ttl: args.lease_ttl(),
+            fault_injection: args.fault_injection,
+        },
+        shutdown.clone(),
+    ));
     tracing::info!(%identity, queues = ?args.queues, "worker starting");
 
+    // Cancellation requests for jobs this process runs stop them at once.
+    tokio::spawn(tf_redis::listen(
+        args.redis_url.clone(),
+        keys.cancel_channel(),
+        {
+            let executor = executor.clone();
+            move |payload| {
+                if let Some(job_id) = payload.and_then(|p| p.parse().ok()) {
+                    executor.stop(job_id, StopReason::Cancelled);
+                }
+            }
+        },
+    ));
+
+    let drain = Duration::from_secs(args.drain_timeout_secs);
     let mut monitor = Monitor::new()
-        .shutdown_timeout(Duration::from_secs(args.drain_timeout_secs))
+        // Built lazily: the drain deadline counts from the shutdown signal.
+        .with_terminator(async move { tokio::time::sleep(drain).await })
         .should_restart(|worker, err| {
             tracing::warn!(worker = worker.name(), %err, "queue worker stopped; restarting it");
             true
@@ -77,7 +107,36 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         });
     }
 
-    let shutdown = CancellationToken::new();
+    let elector = tokio::spawn(leader::run(
+        Lease::new(keys.lease("leader"), identity.clone(), args.leader_ttl()),
+        conn.clone(),
+        leader_duties(&args, &ledger, &conn, &keys, &identity),
+        shutdown.clone(),
+    ));
+
+    let result = monitor.run_with_signal(shutdown_signal()).await;
+    // Intake has stopped. Whatever still runs past the drain deadline goes back to the
+    // ledger, and the dispatcher is woken so another worker starts it at once.
+    shutdown.cancel();
+    let unfinished = executor.running_count();
+    executor.hand_back_all(Duration::from_secs(10)).await;
+    if unfinished > 0 {
+        tracing::info!(jobs = unfinished, "handed unfinished jobs back");
+        tf_redis::wake_dispatcher(&mut conn.clone(), &keys).await;
+    }
+    let _ = elector.await;
+    tracing::info!(%identity, "worker stopped");
+    result.map_err(|err| anyhow::anyhow!("worker monitor failed: {err}"))
+}
+
+/// What this process runs while it is the leader.
+fn leader_duties(
+    args: &WorkerArgs,
+    ledger: &Ledger,
+    conn: &ConnectionManager,
+    keys: &Keys,
+    identity: &str,
+) -> leader::Duties {
     let dispatcher_wakeups = Arc::new(Notify::new());
     tokio::spawn(tf_redis::forward_wakeups(
         args.redis_url.clone(),
@@ -85,8 +144,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         dispatcher_wakeups.clone(),
     ));
     let make_dispatcher = {
-        let (ledger, conn, keys, identity) =
-            (ledger.clone(), conn.clone(), keys.clone(), identity.clone());
+        let (ledger, conn, keys, identity) = (
+            ledger.clone(),
+            conn.clone(),
+            keys.clone(),
+            identity.to_owned(),
+        );
         let settings = DispatcherSettings {
             window: args.dispatch_window,
             redispatch_after: Duration::from_secs(args.redispatch_after_secs),
@@ -102,19 +165,32 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             )
         })
     };
-    let lease = Lease::new(keys.lease("leader"), identity.clone(), args.leader_ttl());
-    let elector = tokio::spawn(leader::run(
-        lease,
-        conn.clone(),
-        leader::duties(make_dispatcher, conn.clone(), keys.clone()),
-        shutdown.clone(),
-    ));
-
-    let result = monitor.run_with_signal(shutdown_signal()).await;
-    shutdown.cancel();
-    let _ = elector.await;
-    tracing::info!(%identity, "worker stopped");
-    result.map_err(|err| anyhow::anyhow!("worker monitor failed: {err}"))
+    let make_reclaimer = {
+        let (ledger, conn, keys, actor) = (
+            ledger.clone(),
+            conn.clone(),
+            keys.clone(),
+            identity.to_owned(),
+        );
+        let lease_ttl = args.lease_ttl();
+        Arc::new(move || Reclaimer {
+            ledger: ledger.clone(),
+            conn: conn.clone(),
+            keys: keys.clone(),
+            lease_ttl,
+            actor: actor.clone(),
+        })
+    };
+    leader::duties(
+        make_dispatcher,
+        make_reclaimer,
+        Housekeeping {
+            conn: conn.clone(),
+            keys: keys.clone(),
+            ledger: ledger.clone(),
+            idempotency_retention: Duration::from_secs(args.idempotency_retention_secs),
+        },
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -8,15 +8,17 @@ use std::{sync::Arc, time::Duration};
 
 use apalis_redis::ConnectionManager;
 use taskfleet_jobs::Queue;
-use taskfleet_storage::{Lease, redis::Keys};
+use taskfleet_storage::{Lease, Ledger, redis::Keys};
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::{dispatcher::Dispatcher, redis_queue};
+use crate::{dispatcher::Dispatcher, reclaimer::Reclaimer, redis_queue};
 
 /// How often the leader deletes the Redis copies of finished tasks.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
 const FORGET_BATCH: usize = 5_000;
+/// How often ledger retention (idempotency keys) runs.
+const LEDGER_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// What a leader runs; built anew each time this process becomes leader.
 pub type Duties = Box<dyn Fn(CancellationToken) -> Vec<JoinHandle<()>> + Send + Sync>;
@@ -24,14 +26,14 @@ pub type Duties = Box<dyn Fn(CancellationToken) -> Vec<JoinHandle<()>> + Send + 
 /// The maintenance loops of a leader.
 pub fn duties(
     make_dispatcher: Arc<dyn Fn() -> Dispatcher + Send + Sync>,
-    conn: ConnectionManager,
-    keys: Keys,
+    make_reclaimer: Arc<dyn Fn() -> Reclaimer + Send + Sync>,
+    housekeeping: Housekeeping,
 ) -> Duties {
     Box::new(move |stop: CancellationToken| {
-        let dispatcher = make_dispatcher();
         vec![
-            tokio::spawn(dispatcher.run(stop.clone())),
-            tokio::spawn(housekeeping(conn.clone(), keys.clone(), stop)),
+            tokio::spawn(make_dispatcher().run(stop.clone())),
+            tokio::spawn(make_reclaimer().run(stop.clone())),
+            tokio::spawn(housekeeping.clone().run(stop)),
         ]
     })
 }
@@ -92,24 +94,52 @@ async fn step_down(
     }
 }
 
-/// Deletes the Redis copies of finished tasks (apalis-redis keeps them forever).
-async fn housekeeping(mut conn: ConnectionManager, keys: Keys, stop: CancellationToken) {
-    loop {
-        for queue in Queue::ALL {
-            loop {
-                match redis_queue::forget_done(&mut conn, &keys, queue, FORGET_BATCH).await {
-                    Ok(n) if n == FORGET_BATCH => continue,
-                    Ok(_) => break,
-                    Err(err) => {
-                        tracing::warn!(%err, %queue, "could not delete finished tasks from Redis");
-                        break;
-                    }
+/// Retention chores: Redis copies of finished tasks (apalis-redis keeps them forever) and
+/// idempotency keys past their retention window.
+#[derive(Clone)]
+pub struct Housekeeping {
+    pub conn: ConnectionManager,
+    pub keys: Keys,
+    pub ledger: Ledger,
+    pub idempotency_retention: Duration,
+}
+
+impl Housekeeping {
+    async fn run(mut self, stop: CancellationToken) {
+        let mut last_ledger_pass: Option<Instant> = None;
+        loop {
+            for queue in Queue::ALL {
+                self.forget_done(queue).await;
+            }
+            if last_ledger_pass.is_none_or(|at| at.elapsed() >= LEDGER_HOUSEKEEPING_EVERY) {
+                last_ledger_pass = Some(Instant::now());
+                match self
+                    .ledger
+                    .expire_idempotency_keys(self.idempotency_retention)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "idempotency keys past retention freed"),
+                    Err(err) => tracing::warn!(%err, "could not expire idempotency keys"),
                 }
             }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+            }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+    }
+
+    async fn forget_done(&mut self, queue: Queue) {
+        loop {
+            match redis_queue::forget_done(&mut self.conn, &self.keys, queue, FORGET_BATCH).await {
+                Ok(n) if n == FORGET_BATCH => continue,
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::warn!(%err, %queue, "could not delete finished tasks from Redis");
+                    return;
+                }
+            }
         }
     }
 }

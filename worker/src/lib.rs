@@ -7,4 +7,5 @@ pub mod executor;
 pub mod fleet;
 pub mod handlers;
 pub mod leader;
+pub mod reclaimer;
 pub mod redis_queue;

@@ -4,13 +4,16 @@ use std::time::Duration;
 
 use comrak::{Options, markdown_to_commonmark};
 use serde_json::json;
-use taskfleet_jobs::{ExecutorRun, executor::ExecutorCall};
+use taskfleet_jobs::{
+    ExecutorRun,
+    executor::{ExecutorCall, Fault},
+};
 
-use super::{HandlerResult, JobFailure, changelog};
+use super::{HandlerResult, JobContext, JobFailure, changelog};
 
-pub async fn run(job: &ExecutorRun) -> HandlerResult {
+pub async fn run(job: &ExecutorRun, ctx: &JobContext) -> HandlerResult {
     let call = job
-        .call()
+        .call(ctx.fault_injection)
         .map_err(|invalid| JobFailure::permanent(invalid.message))?;
     Ok(match call {
         ExecutorCall::Noop => json!({}),
@@ -31,7 +34,34 @@ pub async fn run(job: &ExecutorRun) -> HandlerResult {
                 "breaking": log.breaking_count(),
             })
         }
+        ExecutorCall::Fault(fault) => return inject(fault, ctx).await,
     })
+}
+
+/// The `fault` tool: misbehaves as asked, for tests of the failure paths.
+async fn inject(fault: Fault, ctx: &JobContext) -> HandlerResult {
+    match fault {
+        Fault::Fail {
+            times,
+            retry_after_ms,
+            permanent,
+        } => {
+            if times.is_some_and(|times| u64::from(ctx.attempt) > times) {
+                return Ok(json!({ "failed_attempts": ctx.attempt - 1 }));
+            }
+            Err(JobFailure {
+                message: format!("injected failure on attempt {}", ctx.attempt),
+                permanent,
+                retry_after: retry_after_ms.map(Duration::from_millis),
+            })
+        }
+        Fault::Hang => std::future::pending().await,
+        Fault::Panic => panic!("injected panic on attempt {}", ctx.attempt),
+        Fault::Exit => {
+            tracing::warn!(job_id = %ctx.job_id, "injected fault: exiting the worker process");
+            std::process::exit(70)
+        }
+    }
 }
 
 /// Normalises Markdown by parsing it as CommonMark (with GitHub tables, strikethrough and

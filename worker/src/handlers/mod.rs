@@ -7,12 +7,29 @@ pub mod executor;
 use serde_json::Value;
 use taskfleet_jobs::JobSpec;
 
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// What a handler knows about the attempt it runs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub job_id: Uuid,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The `fault` executor tool may run (tests only).
+    pub fault_injection: bool,
+}
+
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFailure {
     pub message: String,
     /// Retrying cannot help (bad input, unknown kind): the job is dead at once.
     pub permanent: bool,
+    /// The handler knows when trying again makes sense (a provider's `Retry-After`); used
+    /// instead of the backoff policy.
+    pub retry_after: Option<Duration>,
 }
 
 impl JobFailure {
@@ -20,6 +37,15 @@ impl JobFailure {
         JobFailure {
             message: message.into(),
             permanent: true,
+            retry_after: None,
+        }
+    }
+
+    pub fn retryable(message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            message: message.into(),
+            permanent: false,
+            retry_after: None,
         }
     }
 }
@@ -27,9 +53,9 @@ impl JobFailure {
 pub type HandlerResult = Result<Value, JobFailure>;
 
 /// Runs the handler of the job's kind.
-pub async fn run(spec: &JobSpec) -> HandlerResult {
+pub async fn run(spec: &JobSpec, ctx: &JobContext) -> HandlerResult {
     match spec {
-        JobSpec::ExecutorRun(run) => executor::run(run).await,
+        JobSpec::ExecutorRun(run) => executor::run(run, ctx).await,
         other => Err(JobFailure::permanent(format!(
             "no handler for job kind `{}` in this worker",
             other.kind()
