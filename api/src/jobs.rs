@@ -209,7 +209,8 @@ impl JobsApi {
 
     /// Retry a dead or cancelled job
     ///
-    /// It runs again from its first attempt; the errors of earlier attempts stay.
+    /// It runs again with a fresh budget of `max_attempts` more attempts; attempt numbers go
+    /// on counting and the errors of earlier attempts stay.
     #[oai(path = "/jobs/:id/retry", method = "post")]
     async fn retry(
         &self,

@@ -608,11 +608,13 @@ impl Ledger {
         self.change_or_current(tenant_id, id, changed).await
     }
 
-    /// Runs a `dead` or `cancelled` job again from its first attempt; its past errors stay.
+    /// Runs a `dead` or `cancelled` job again with a fresh budget of `max_attempts` more
+    /// attempts. Attempt numbers go on counting, and the errors of earlier attempts stay.
     pub async fn retry(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Change> {
         let sql = format!(
             "WITH changed AS (
-                 UPDATE jobs SET state = 'queued', attempt = 0, run_at = now(),
+                 UPDATE jobs SET state = 'queued', max_attempts = attempt + max_attempts,
+                        run_at = now(),
                         dispatched_at = NULL, finished_at = NULL, cancel_requested_at = NULL
                  WHERE tenant_id = $1 AND id = $2 AND state IN ('dead', 'cancelled')
                  RETURNING {JOB_COLUMNS}

@@ -52,6 +52,9 @@ fn free_port() -> u16 {
 /// One test's private slice of Postgres and Redis, plus the processes it started.
 pub struct TestEnv {
     pub database_url: String,
+    /// What the processes under test connect to (a [`Proxy`] when the test routes them).
+    child_database_url: String,
+    child_redis_url: String,
     database: String,
     pub redis_prefix: String,
     pub pool: PgPool,
@@ -77,6 +80,8 @@ impl TestEnv {
             .await
             .expect("Redis answers");
         TestEnv {
+            child_database_url: database_url.clone(),
+            child_redis_url: redis_url(),
             database_url,
             database,
             redis_prefix: format!("tftest:{}", Uuid::new_v4().simple()),
@@ -88,8 +93,8 @@ impl TestEnv {
 
     fn command(&self, binary_name: &str) -> Command {
         let mut cmd = Command::new(binary(binary_name));
-        cmd.env("DATABASE_URL", &self.database_url)
-            .env("REDIS_URL", redis_url())
+        cmd.env("DATABASE_URL", &self.child_database_url)
+            .env("REDIS_URL", &self.child_redis_url)
             .env("TASKFLEET_REDIS_PREFIX", &self.redis_prefix)
             .env(
                 "RUST_LOG",
@@ -97,6 +102,70 @@ impl TestEnv {
             )
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Routes the Postgres connections of processes started from now on through a proxy.
+    pub async fn proxy_postgres(&mut self) -> Proxy {
+        let proxy = Proxy::start("127.0.0.1:5432").await;
+        let (base, database) = self.database_url.rsplit_once('/').unwrap();
+        let (scheme_user, _) = base.rsplit_once('@').unwrap();
+        self.child_database_url = format!("{scheme_user}@127.0.0.1:{}/{database}", proxy.port);
+        proxy
+    }
+
+    /// Routes the Redis connections of processes started from now on through a proxy.
+    pub async fn proxy_redis(&mut self) -> Proxy {
+        let target = redis_url();
+        let proxy = Proxy::start(target.trim_start_matches("redis://").trim_end_matches('/')).await;
+        self.child_redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+        proxy
+    }
+
+    /// Deletes every Redis key of this test's fleet: what a Redis restart without
+    /// persistence, or a `FLUSHALL`, does to it.
+    pub async fn flush_redis(&self) {
+        let mut conn = self.redis.clone();
+        let keys: Vec<String> = conn.keys(format!("{}:*", self.redis_prefix)).await.unwrap();
+        if !keys.is_empty() {
+            let () = conn.del(keys).await.unwrap();
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`, `TERM`) to child `index`.
+    pub fn signal(&mut self, index: usize, signal: &str) {
+        let pid = self.children[index].id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// Kills child `index` with SIGKILL and starts a worker with `args` in its place.
+    pub fn restart_worker(&mut self, index: usize, args: &[&str]) {
+        self.signal(index, "KILL");
+        let _ = self.children[index].wait();
+        let fresh = self.start_worker(args);
+        self.children.swap(index, fresh);
+        self.children.pop();
+    }
+
+    /// Events of one job, oldest first: `(event, actor)`.
+    pub async fn job_events(&self, job: Uuid) -> Vec<(String, String)> {
+        sqlx::query_as("SELECT event, actor FROM job_events WHERE job_id = $1 ORDER BY id")
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// How many events named `event` the ledger holds.
+    pub async fn count_events(&self, event: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM job_events WHERE event = $1")
+            .bind(event)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     /// Creates an API key for `tenant` with the real `taskfleet-api keys create`.
@@ -312,5 +381,51 @@ where
             "timed out waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A TCP proxy in front of Postgres or Redis that a test can cut, to take the service away
+/// from the processes under test (and only from them) and give it back.
+pub struct Proxy {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let target = target.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if *cut_rx.borrow() {
+                    continue; // refused: dropped at once
+                }
+                let (target, mut cut_rx) = (target.clone(), cut_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
     }
 }

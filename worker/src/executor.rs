@@ -136,15 +136,22 @@ impl JobExecutor {
             .run_handler(&started, &stopper.token)
             .instrument(span.clone())
             .await;
-        heartbeat.abort();
         let stopped = stopper.reason();
-        let _enter = span.enter();
-        match (outcome, stopped) {
-            (Some((result, retry_at)), _) => self.record(&started, &result, retry_at).await,
-            (None, Some(StopReason::Cancelled)) => self.write(&started, Outcome::Cancelled).await,
-            (None, Some(StopReason::Drain)) => self.write(&started, Outcome::HandedBack).await,
-            (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
+        async {
+            match (outcome, stopped) {
+                (Some((result, retry_at)), _) => self.record(&started, &result, retry_at).await,
+                (None, Some(StopReason::Cancelled)) => {
+                    self.write(&started, Outcome::Cancelled).await
+                }
+                (None, Some(StopReason::Drain)) => self.write(&started, Outcome::HandedBack).await,
+                (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
+            }
         }
+        .instrument(span)
+        .await;
+        // Beating until the outcome is written keeps a slow write (Postgres away) from
+        // looking like a dead worker.
+        heartbeat.abort();
         if stopped != Some(StopReason::LeaseLost)
             && let Err(err) = lease.release(&mut conn, epoch).await
         {
