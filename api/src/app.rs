@@ -6,11 +6,12 @@ use anyhow::Context;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Route, Server, listener::TcpListener};
 use poem_openapi::error::ParseRequestPayloadError;
 use poem_openapi::{OpenApiService, Tags};
-use taskfleet_storage::{Db, Ledger, Tenants, redis as tf_redis, redis::Keys, wait_for};
+use taskfleet_storage::{Db, EventLog, Ledger, Tenants, redis as tf_redis, redis::Keys, wait_for};
 
 use crate::{
     cli::ApiArgs,
     error::{explain_job_payload, json_error},
+    events::{EventHub, EventsApi},
     health::HealthApi,
     jobs::JobsApi,
     state::AppState,
@@ -23,6 +24,8 @@ const SYSTEM_TENANT: &str = "_system";
 pub enum Tag {
     /// Submit and inspect jobs.
     Jobs,
+    /// Live event streams (Server-Sent Events).
+    Events,
     /// Health and readiness.
     Ops,
 }
@@ -34,12 +37,17 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     let tenants = Tenants::new(db.pool.clone());
     let system_tenant = wait_for("Postgres", || tenants.ensure(SYSTEM_TENANT)).await;
     let redis = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
+    let keys = Keys::new(&args.redis_prefix);
+    let events = EventLog::new(db.pool.clone());
+    let hub = EventHub::start(args.redis_url.clone(), keys.clone(), events.clone());
     Ok(AppState {
         ledger: Ledger::new(db.pool.clone()),
+        events,
+        hub,
         tenants,
         db,
         redis,
-        keys: Keys::new(&args.redis_prefix),
+        keys,
         system_tenant,
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
         fault_injection: args.fault_injection,
@@ -52,9 +60,13 @@ pub fn build_app(
     server_url: String,
     max_body_bytes: usize,
 ) -> impl poem::Endpoint {
-    let api = OpenApiService::new((JobsApi, HealthApi), "taskfleet", env!("CARGO_PKG_VERSION"))
-        .description("Distributed task queue: typed jobs, a Postgres ledger, Redis queues.")
-        .server(server_url);
+    let api = OpenApiService::new(
+        (JobsApi, EventsApi, HealthApi),
+        "taskfleet",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Distributed task queue: typed jobs, a Postgres ledger, Redis queues.")
+    .server(server_url);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()

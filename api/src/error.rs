@@ -17,6 +17,9 @@ pub struct ErrorBody {
 
 #[derive(Debug, ApiResponse)]
 pub enum ApiError {
+    /// A parameter is malformed.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
     /// Missing or unknown API key.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
@@ -45,6 +48,10 @@ fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
 }
 
 impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest(body("bad_request", message))
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::Unauthorized(body("unauthorized", message))
     }

@@ -45,6 +45,9 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     /// Set when cancellation of the running job was asked; it ends `cancelled`.
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// The latest progress its handler reported, in percent.
+    pub progress_percent: Option<f32>,
+    pub progress_message: Option<String>,
 }
 
 impl Job {
@@ -75,6 +78,8 @@ impl Job {
             attempt_errors: record.attempt_errors,
             idempotency_key: record.idempotency_key,
             cancel_requested_at: record.cancel_requested_at,
+            progress_percent: record.progress_percent,
+            progress_message: record.progress_message,
         })
     }
 }

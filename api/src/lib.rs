@@ -5,6 +5,7 @@ pub mod app;
 mod auth;
 pub mod cli;
 mod error;
+mod events;
 mod health;
 mod jobs;
 mod state;

@@ -1,14 +1,19 @@
 //! What every request handler shares.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
-use taskfleet_storage::{Db, Ledger, Tenant, Tenants, redis::Keys};
+use taskfleet_storage::{Db, EventLog, Ledger, Tenant, Tenants, redis::Keys};
+
+use crate::events::EventHub;
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
     pub ledger: Ledger,
+    pub events: EventLog,
+    /// Fans live events out to this process's SSE clients.
+    pub hub: Arc<EventHub>,
     pub tenants: Tenants,
     pub redis: ConnectionManager,
     pub keys: Keys,

@@ -8,18 +8,32 @@ pub enum EventName {
     JobDispatched,
     JobStarted,
     JobRetryScheduled,
+    JobProgress,
     JobSucceeded,
+    /// An attempt failed; `job_retry_scheduled` or `job_dead` follows.
+    JobFailed,
     JobDead,
     JobCancelled,
     JobCancelRequested,
     JobRetried,
     JobHandedBack,
+    LeaseAcquired,
+    LeaseReleased,
     LeaseReclaimed,
+    WorkerOnline,
+    WorkerOffline,
     /// A worker wrote with an epoch that is no longer the job's: nothing changed.
     StaleWriteRejected,
 }
 
 impl EventName {
+    /// Events after which a job does nothing more unless retried by hand.
+    pub const TERMINAL: [EventName; 3] = [
+        EventName::JobSucceeded,
+        EventName::JobDead,
+        EventName::JobCancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventName::JobEnqueued => "job_enqueued",
@@ -27,12 +41,18 @@ impl EventName {
             EventName::JobStarted => "job_started",
             EventName::JobRetryScheduled => "job_retry_scheduled",
             EventName::JobSucceeded => "job_succeeded",
+            EventName::JobProgress => "job_progress",
+            EventName::JobFailed => "job_failed",
             EventName::JobDead => "job_dead",
             EventName::JobCancelled => "job_cancelled",
             EventName::JobCancelRequested => "job_cancel_requested",
             EventName::JobRetried => "job_retried",
             EventName::JobHandedBack => "job_handed_back",
+            EventName::LeaseAcquired => "lease_acquired",
+            EventName::LeaseReleased => "lease_released",
             EventName::LeaseReclaimed => "lease_reclaimed",
+            EventName::WorkerOnline => "worker_online",
+            EventName::WorkerOffline => "worker_offline",
             EventName::StaleWriteRejected => "stale_write_rejected",
         }
     }

@@ -36,11 +36,13 @@ pub struct JobRecord {
     pub attempt_errors: Value,
     pub idempotency_key: Option<String>,
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub progress_percent: Option<f32>,
+    pub progress_message: Option<String>,
 }
 
 const JOB_COLUMNS: &str = "id, tenant_id, queue, kind, payload, state, priority, attempt, \
      max_attempts, run_at, created_at, started_at, finished_at, worker, result, error, \
-     attempt_errors, idempotency_key, cancel_requested_at";
+     attempt_errors, idempotency_key, cancel_requested_at, progress_percent, progress_message";
 
 /// What [`Ledger::insert`] did with one job.
 #[derive(Debug, Clone)]
@@ -138,8 +140,8 @@ pub enum Change {
 /// Appended to a worker's conditional write: when the write matched no row, record that a
 /// stale epoch was refused (`$1` id, `$2` epoch, `$3` worker).
 const STALE_TAIL: &str = "stale AS (
-         INSERT INTO job_events (tenant_id, job_id, event, actor, details)
-         SELECT tenant_id, id, 'stale_write_rejected', $3,
+         INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+         SELECT tenant_id, id, queue, kind, 'stale_write_rejected', $3,
                 jsonb_build_object('epoch', $2, 'current_epoch', lease_epoch, 'state', state)
          FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM changed)
      )";
@@ -205,8 +207,8 @@ impl Ledger {
                      DO NOTHING
                  RETURNING {JOB_COLUMNS}
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, event, actor, details)
-                 SELECT tenant_id, id, '{enqueued}', 'api',
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 SELECT tenant_id, id, queue, kind, '{enqueued}', 'api',
                         jsonb_build_object('queue', queue, 'kind', kind, 'state', state)
                  FROM inserted
              )
@@ -334,10 +336,10 @@ impl Ledger {
                  FROM picked
                  WHERE jobs.id = picked.id AND jobs.dispatched_at IS NULL
                    AND jobs.state IN {DISPATCHABLE}
-                 RETURNING jobs.id, jobs.tenant_id, picked.turn
+                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, picked.turn
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, event, actor)
-                 SELECT tenant_id, id, '{dispatched}', $3 FROM updated
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor)
+                 SELECT tenant_id, id, queue, kind, '{dispatched}', $3 FROM updated
              )
              SELECT id, tenant_id FROM updated ORDER BY turn, id",
             dispatched = EventName::JobDispatched
@@ -369,10 +371,10 @@ impl Ledger {
                  UPDATE jobs SET dispatched_at = now()
                  WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
                    AND dispatched_at < now() - make_interval(secs => $2)
-                 RETURNING id, tenant_id
+                 RETURNING id, tenant_id, queue, kind
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, event, actor, details)
-                 SELECT tenant_id, id, '{dispatched}', $3, '{{\"redispatch\": true}}'
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 SELECT tenant_id, id, queue, kind, '{dispatched}', $3, '{{\"redispatch\": true}}'
                  FROM updated
              )
              SELECT id, tenant_id FROM updated ORDER BY id",
@@ -433,16 +435,20 @@ impl Ledger {
             "WITH started AS (
                  UPDATE jobs SET state = 'running', attempt = attempt + 1,
                                  lease_epoch = lease_epoch + 1, dispatched_at = NULL,
-                                 started_at = now(), worker = $2
+                                 started_at = now(), worker = $2,
+                                 progress_percent = NULL, progress_message = NULL
                  WHERE id = $1 AND state = 'queued'
-                 RETURNING id, tenant_id, payload, attempt, max_attempts, lease_epoch
+                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_epoch
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, event, actor, details)
-                 SELECT tenant_id, id, '{started}', $2, jsonb_build_object('attempt', attempt)
-                 FROM started
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 SELECT tenant_id, id, queue, kind, e.name, $2,
+                        jsonb_build_object('attempt', attempt, 'epoch', lease_epoch)
+                 FROM started CROSS JOIN (VALUES (1, '{started}'), (2, '{acquired}')) AS e(n, name)
+                 ORDER BY e.n
              )
-             SELECT * FROM started",
-            started = EventName::JobStarted
+             SELECT id, tenant_id, payload, attempt, max_attempts, lease_epoch FROM started",
+            started = EventName::JobStarted,
+            acquired = EventName::LeaseAcquired
         );
         sqlx::query_as(&sql)
             .bind(id)
@@ -462,38 +468,52 @@ impl Ledger {
         outcome: Outcome<'_>,
     ) -> sqlx::Result<bool> {
         // $1 id, $2 epoch, $3 worker, $4 result, $5 error, $6 retry_at
-        let (set, event, details) = match outcome {
+        let record_error = "attempt_errors = attempt_errors || jsonb_build_array(\
+             jsonb_build_object('attempt', attempt, 'error', $5, 'at', now()))";
+        let (set, events, details) = match outcome {
             Outcome::Succeeded(_) => (
-                "state = 'succeeded', finished_at = now(), result = $4",
-                EventName::JobSucceeded,
+                "state = 'succeeded', finished_at = now(), result = $4, progress_percent = 100"
+                    .to_owned(),
+                &[EventName::JobSucceeded][..],
                 "'runtime_ms', round(extract(epoch FROM now() - started_at) * 1000)",
             ),
             Outcome::Failed {
                 retry_at: Some(_), ..
             } => (
-                "state = 'retrying', error = $5, run_at = $6, attempt_errors = attempt_errors \
-                 || jsonb_build_array(jsonb_build_object('attempt', attempt, 'error', $5, 'at', now()))",
-                EventName::JobRetryScheduled,
+                format!("state = 'retrying', error = $5, run_at = $6, {record_error}"),
+                &[EventName::JobFailed, EventName::JobRetryScheduled][..],
                 "'error', $5, 'retry_at', $6",
             ),
             Outcome::Failed { retry_at: None, .. } => (
-                "state = 'dead', error = $5, finished_at = now(), attempt_errors = attempt_errors \
-                 || jsonb_build_array(jsonb_build_object('attempt', attempt, 'error', $5, 'at', now()))",
-                EventName::JobDead,
+                format!("state = 'dead', error = $5, finished_at = now(), {record_error}"),
+                &[EventName::JobFailed, EventName::JobDead][..],
                 "'error', $5",
             ),
             Outcome::Cancelled => (
-                "state = 'cancelled', finished_at = now()",
-                EventName::JobCancelled,
+                "state = 'cancelled', finished_at = now()".to_owned(),
+                &[EventName::JobCancelled][..],
                 "'while', 'running'",
             ),
             Outcome::HandedBack => (
                 // Not a failed attempt: the next start counts it again.
-                "state = 'queued', attempt = attempt - 1, run_at = now(), started_at = NULL",
-                EventName::JobHandedBack,
+                "state = 'queued', attempt = attempt - 1, run_at = now(), started_at = NULL"
+                    .to_owned(),
+                &[EventName::JobHandedBack][..],
                 "'reason', 'worker draining'",
             ),
         };
+        // The lease's release comes before a terminal event, so that a job's stream can end
+        // at its terminal event.
+        let (terminal, other): (Vec<&EventName>, Vec<&EventName>) =
+            events.iter().partition(|e| EventName::TERMINAL.contains(e));
+        let names = other
+            .into_iter()
+            .chain([&EventName::LeaseReleased])
+            .chain(terminal)
+            .enumerate()
+            .map(|(n, name)| format!("({n}, '{name}')"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let (result, error, retry_at) = match outcome {
             Outcome::Succeeded(result) => (Some(result), None, None),
             Outcome::Failed { error, retry_at } => (None, Some(error), retry_at),
@@ -503,12 +523,13 @@ impl Ledger {
             "WITH changed AS (
                  UPDATE jobs SET {set}
                  WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
-                 RETURNING id, tenant_id, attempt, started_at
+                 RETURNING id, tenant_id, queue, kind, attempt, started_at
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, event, actor, details)
-                 SELECT tenant_id, id, '{event}', $3,
-                        jsonb_build_object('attempt', attempt, {details})
-                 FROM changed
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 SELECT tenant_id, id, queue, kind, e.name, $3,
+                        jsonb_build_object('attempt', attempt, 'epoch', $2, {details})
+                 FROM changed CROSS JOIN (VALUES {names}) AS e(n, name)
+                 ORDER BY e.n
              ), {STALE_TAIL}
              SELECT count(*) FROM changed"
         );
@@ -519,6 +540,40 @@ impl Ledger {
             .bind(result)
             .bind(error)
             .bind(retry_at)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// Records a running job's progress (under its epoch) and appends `job_progress`.
+    pub async fn progress(
+        &self,
+        id: Uuid,
+        epoch: i64,
+        worker: &str,
+        percent: f32,
+        message: &str,
+    ) -> sqlx::Result<bool> {
+        let sql = format!(
+            "WITH changed AS (
+                 UPDATE jobs SET progress_percent = $4, progress_message = $5
+                 WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
+                 RETURNING id, tenant_id, queue, kind
+             ), events AS (
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 SELECT tenant_id, id, queue, kind, '{progress}', $3,
+                        jsonb_build_object('percent', $4, 'message', $5)
+                 FROM changed
+             )
+             SELECT count(*) FROM changed",
+            progress = EventName::JobProgress
+        );
+        let written: i64 = sqlx::query_scalar(&sql)
+            .bind(id)
+            .bind(epoch)
+            .bind(worker)
+            .bind(percent)
+            .bind(message)
             .fetch_one(&self.pool)
             .await?;
         Ok(written == 1)
@@ -557,16 +612,24 @@ impl Ledger {
                                      ELSE error END
                  FROM decided
                  WHERE jobs.id = decided.id AND jobs.lease_epoch = $2 AND jobs.state = 'running'
-                 RETURNING jobs.id, jobs.tenant_id, jobs.attempt, jobs.worker, decided.next
+                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.attempt,
+                           jobs.worker, decided.next
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, event, actor, details)
-                 SELECT tenant_id, id, '{reclaimed}', $3,
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 SELECT tenant_id, id, queue, kind, '{reclaimed}', $3,
                         jsonb_build_object('epoch', $2, 'attempt', attempt, 'holder', worker,
                                            'next_state', next)
                  FROM changed
+                 UNION ALL
+                 SELECT tenant_id, id, queue, kind,
+                        CASE next WHEN 'dead' THEN '{dead}' ELSE '{cancelled}' END, $3,
+                        jsonb_build_object('attempt', attempt, 'reason', 'lease expired')
+                 FROM changed WHERE next <> 'queued'
              )
              SELECT next FROM changed",
-            reclaimed = EventName::LeaseReclaimed
+            reclaimed = EventName::LeaseReclaimed,
+            dead = EventName::JobDead,
+            cancelled = EventName::JobCancelled
         );
         sqlx::query_scalar(&sql)
             .bind(id)
@@ -590,8 +653,8 @@ impl Ledger {
                    AND state IN ('scheduled', 'queued', 'retrying', 'running')
                  RETURNING {JOB_COLUMNS}
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, event, actor)
-                 SELECT tenant_id, id,
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor)
+                 SELECT tenant_id, id, queue, kind,
                         CASE WHEN state = 'running' THEN '{requested}' ELSE '{cancelled}' END,
                         'api'
                  FROM changed
@@ -619,8 +682,8 @@ impl Ledger {
                  WHERE tenant_id = $1 AND id = $2 AND state IN ('dead', 'cancelled')
                  RETURNING {JOB_COLUMNS}
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, event, actor)
-                 SELECT tenant_id, id, '{retried}', 'api' FROM changed
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor)
+                 SELECT tenant_id, id, queue, kind, '{retried}', 'api' FROM changed
              )
              SELECT * FROM changed",
             retried = EventName::JobRetried

@@ -2,12 +2,14 @@
 //! Redis primitives around it (connections with explicit timeouts, key names, leases, wake-ups).
 
 pub mod db;
+pub mod events;
 pub mod lease;
 pub mod ledger;
 pub mod redis;
 pub mod tenants;
 
 pub use db::Db;
+pub use events::{EventFilter, EventLog, EventRecord};
 pub use lease::{Lease, Renewal};
 pub use ledger::{
     Change, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome, StartedJob,

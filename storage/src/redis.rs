@@ -48,6 +48,11 @@ impl Keys {
         format!("tasks:{}:active:available", self.queue(queue))
     }
 
+    /// The Redis stream the sequencer appends every event to, for live fan-out.
+    pub fn event_stream(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
     /// The lease a worker holds on a running job.
     pub fn job_lease(&self, job_id: uuid::Uuid) -> String {
         format!("{}:lease:job:{job_id}", self.prefix)

@@ -429,3 +429,96 @@ impl Proxy {
         self.cut.send_replace(false);
     }
 }
+
+/// One message of a Server-Sent Events stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseMessage {
+    pub id: i64,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A client reading an SSE response message by message.
+pub struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Api {
+    /// Opens an SSE stream; returns the HTTP status and, for a 200, the stream.
+    pub async fn sse(
+        &self,
+        key: &str,
+        path: &str,
+        last_event_id: Option<i64>,
+    ) -> (u16, Option<Sse>) {
+        let mut request = self.http.get(self.url(path)).bearer_auth(key);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        if status != 200 {
+            return (status, None);
+        }
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        (
+            status,
+            Some(Sse {
+                response,
+                buffer: String::new(),
+            }),
+        )
+    }
+}
+
+impl Sse {
+    /// The next message, or `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<SseMessage> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                // Comment-only blocks are keep-alives.
+                if let Some(id) = id {
+                    let data = serde_json::from_str(&data).expect("event data is JSON");
+                    return Some(SseMessage { id, event, data });
+                }
+                continue;
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Every message until the server ends the stream, failing the test after `within`.
+    pub async fn collect(mut self, within: Duration) -> Vec<SseMessage> {
+        let mut all = Vec::new();
+        tokio::time::timeout(within, async {
+            while let Some(message) = self.next().await {
+                all.push(message);
+            }
+        })
+        .await
+        .expect("the stream ended in time");
+        all
+    }
+}

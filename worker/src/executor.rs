@@ -204,6 +204,9 @@ impl JobExecutor {
             job_id: started.id,
             attempt: started.attempt as u32,
             fault_injection: self.settings.fault_injection,
+            ledger: self.ledger.clone(),
+            epoch: started.lease_epoch,
+            worker: self.worker.clone(),
         };
         let handler = AssertUnwindSafe(handlers::run(&spec, &ctx)).catch_unwind();
         let result = tokio::select! {

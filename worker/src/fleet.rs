@@ -6,8 +6,8 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use apalis::prelude::*;
 use apalis_redis::ConnectionManager;
-use taskfleet_jobs::Dispatch;
-use taskfleet_storage::{Db, Lease, Ledger, redis as tf_redis, redis::Keys, wait_for};
+use taskfleet_jobs::{Dispatch, EventName};
+use taskfleet_storage::{Db, EventLog, Lease, Ledger, redis as tf_redis, redis::Keys, wait_for};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::{
     cli::WorkerArgs,
     dispatcher::{Dispatcher, DispatcherSettings},
+    event_sequencer::EventSequencer,
     executor::{ExecutorSettings, JobExecutor, StopReason},
     leader::{self, Housekeeping},
     reclaimer::Reclaimer,
@@ -59,6 +60,20 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tracing::info!(%identity, queues = ?args.queues, "worker starting");
+    let events = EventLog::new(db.pool.clone());
+    let fleet_event = |event| {
+        let (events, identity) = (events.clone(), identity.clone());
+        let details = serde_json::json!({
+            "queues": args.queues,
+            "concurrency": args.queues.iter().map(|q| (q.as_str(), args.concurrency.for_queue(*q))).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        async move {
+            if let Err(err) = events.record_fleet(event, &identity, details).await {
+                tracing::warn!(%err, "could not record {event}");
+            }
+        }
+    };
+    fleet_event(EventName::WorkerOnline).await;
 
     // Cancellation requests for jobs this process runs stop them at once.
     tokio::spawn(tf_redis::listen(
@@ -110,7 +125,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let elector = tokio::spawn(leader::run(
         Lease::new(keys.lease("leader"), identity.clone(), args.leader_ttl()),
         conn.clone(),
-        leader_duties(&args, &ledger, &conn, &keys, &identity),
+        leader_duties(&args, &ledger, &db.pool, &conn, &keys, &identity),
         shutdown.clone(),
     ));
 
@@ -125,6 +140,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         tf_redis::wake_dispatcher(&mut conn.clone(), &keys).await;
     }
     let _ = elector.await;
+    fleet_event(EventName::WorkerOffline).await;
     tracing::info!(%identity, "worker stopped");
     result.map_err(|err| anyhow::anyhow!("worker monitor failed: {err}"))
 }
@@ -133,6 +149,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 fn leader_duties(
     args: &WorkerArgs,
     ledger: &Ledger,
+    ledger_pool: &sqlx::PgPool,
     conn: &ConnectionManager,
     keys: &Keys,
     identity: &str,
@@ -181,9 +198,22 @@ fn leader_duties(
             actor: actor.clone(),
         })
     };
+    let make_sequencer = {
+        let (events, conn, keys) = (
+            EventLog::new(ledger_pool.clone()),
+            conn.clone(),
+            keys.clone(),
+        );
+        Arc::new(move || EventSequencer {
+            events: events.clone(),
+            conn: conn.clone(),
+            keys: keys.clone(),
+        })
+    };
     leader::duties(
         make_dispatcher,
         make_reclaimer,
+        make_sequencer,
         Housekeeping {
             conn: conn.clone(),
             keys: keys.clone(),

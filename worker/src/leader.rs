@@ -12,7 +12,9 @@ use taskfleet_storage::{Lease, Ledger, redis::Keys};
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::{dispatcher::Dispatcher, reclaimer::Reclaimer, redis_queue};
+use crate::{
+    dispatcher::Dispatcher, event_sequencer::EventSequencer, reclaimer::Reclaimer, redis_queue,
+};
 
 /// How often the leader deletes the Redis copies of finished tasks.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
@@ -27,12 +29,14 @@ pub type Duties = Box<dyn Fn(CancellationToken) -> Vec<JoinHandle<()>> + Send + 
 pub fn duties(
     make_dispatcher: Arc<dyn Fn() -> Dispatcher + Send + Sync>,
     make_reclaimer: Arc<dyn Fn() -> Reclaimer + Send + Sync>,
+    make_sequencer: Arc<dyn Fn() -> EventSequencer + Send + Sync>,
     housekeeping: Housekeeping,
 ) -> Duties {
     Box::new(move |stop: CancellationToken| {
         vec![
             tokio::spawn(make_dispatcher().run(stop.clone())),
             tokio::spawn(make_reclaimer().run(stop.clone())),
+            tokio::spawn(make_sequencer().run(stop.clone())),
             tokio::spawn(housekeeping.clone().run(stop)),
         ]
     })

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod dispatcher;
+pub mod event_sequencer;
 pub mod executor;
 pub mod fleet;
 pub mod handlers;

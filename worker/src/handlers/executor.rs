@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use comrak::{Options, markdown_to_commonmark};
+use comrak::{Arena, Options, format_commonmark, parse_document};
 use serde_json::json;
 use taskfleet_jobs::{
     ExecutorRun,
@@ -18,10 +18,22 @@ pub async fn run(job: &ExecutorRun, ctx: &JobContext) -> HandlerResult {
     Ok(match call {
         ExecutorCall::Noop => json!({}),
         ExecutorCall::Sleep { ms } => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            // Four equal naps, reporting after each of the first three.
+            for quarter in 1..=4u64 {
+                tokio::time::sleep(Duration::from_millis(
+                    ms * quarter / 4 - ms * (quarter - 1) / 4,
+                ))
+                .await;
+                if quarter < 4 {
+                    let message = format!("slept {} of {ms} ms", ms * quarter / 4);
+                    ctx.progress(quarter as f32 * 25.0, &message).await;
+                }
+            }
             json!({ "slept_ms": ms })
         }
-        ExecutorCall::MarkdownFormat { input } => json!({ "markdown": format_markdown(&input) }),
+        ExecutorCall::MarkdownFormat { input } => {
+            json!({ "markdown": format_markdown_reporting(input, ctx).await? })
+        }
         ExecutorCall::ChangelogGenerate {
             input,
             version,
@@ -64,15 +76,50 @@ async fn inject(fault: Fault, ctx: &JobContext) -> HandlerResult {
     }
 }
 
-/// Normalises Markdown by parsing it as CommonMark (with GitHub tables, strikethrough and
-/// task lists) and printing it back in canonical form.
-pub fn format_markdown(input: &str) -> String {
+fn markdown_options() -> Options<'static> {
     let mut options = Options::default();
     options.extension.table = true;
     options.extension.strikethrough = true;
     options.extension.tasklist = true;
     options.extension.autolink = true;
-    markdown_to_commonmark(input, &options)
+    options
+}
+
+/// Normalises Markdown by parsing it as CommonMark (with GitHub tables, strikethrough and
+/// task lists) and printing it back in canonical form. `parsed` hears the number of top-level
+/// blocks once parsing is done.
+pub fn format_markdown(input: &str, parsed: impl FnOnce(usize)) -> Result<String, std::fmt::Error> {
+    let options = markdown_options();
+    let arena = Arena::new();
+    let root = parse_document(&arena, input, &options);
+    parsed(root.children().count());
+    let mut out = String::with_capacity(input.len());
+    format_commonmark(root, &options, &mut out)?;
+    Ok(out)
+}
+
+/// [`format_markdown`] on a blocking thread (large documents are CPU work), reporting
+/// progress once the document is parsed.
+async fn format_markdown_reporting(input: String, ctx: &JobContext) -> Result<String, JobFailure> {
+    let (parsed_tx, parsed_rx) = tokio::sync::oneshot::channel();
+    let work = tokio::task::spawn_blocking(move || {
+        format_markdown(&input, |blocks| {
+            let _ = parsed_tx.send(blocks);
+        })
+    });
+    if let Ok(blocks) = parsed_rx.await {
+        ctx.progress(50.0, &format!("parsed {blocks} blocks; formatting"))
+            .await;
+    }
+    match work.await {
+        Ok(Ok(markdown)) => Ok(markdown),
+        Ok(Err(err)) => Err(JobFailure::permanent(format!(
+            "could not print the document: {err}"
+        ))),
+        Err(err) => Err(JobFailure::retryable(format!(
+            "formatter thread failed: {err}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -81,7 +128,12 @@ mod tests {
 
     #[test]
     fn markdown_is_normalised() {
-        let out = format_markdown("Title\n=====\n\n* a\n* b\n\nsome   *emph*  text\n");
+        let mut blocks = 0;
+        let out = format_markdown("Title\n=====\n\n* a\n* b\n\nsome   *emph*  text\n", |n| {
+            blocks = n
+        })
+        .unwrap();
+        assert_eq!(blocks, 3);
         assert_eq!(out, "# Title\n\n- a\n- b\n\nsome   *emph*  text\n");
     }
 }

@@ -9,9 +9,10 @@ use taskfleet_jobs::JobSpec;
 
 use std::time::Duration;
 
+use taskfleet_storage::Ledger;
 use uuid::Uuid;
 
-/// What a handler knows about the attempt it runs.
+/// What a handler knows about the attempt it runs, and how it reports progress.
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub job_id: Uuid,
@@ -19,6 +20,24 @@ pub struct JobContext {
     pub attempt: u32,
     /// The `fault` executor tool may run (tests only).
     pub fault_injection: bool,
+    pub(crate) ledger: Ledger,
+    pub(crate) epoch: i64,
+    pub(crate) worker: String,
+}
+
+impl JobContext {
+    /// Records progress on the job (its row shows the latest) and appends `job_progress`.
+    /// Best effort: a failed write is logged, and the job goes on.
+    pub async fn progress(&self, percent: f32, message: &str) {
+        let percent = percent.clamp(0.0, 100.0);
+        let written = self
+            .ledger
+            .progress(self.job_id, self.epoch, &self.worker, percent, message)
+            .await;
+        if let Err(err) = written {
+            tracing::debug!(%err, "could not record progress");
+        }
+    }
 }
 
 /// Why an attempt failed.

@@ -1,0 +1,448 @@
+//! Live events over Server-Sent Events.
+//!
+//! One [`EventHub`] per process reads the Redis event stream the leader's sequencer appends
+//! to and broadcasts each event to this process's SSE clients. Every event carries a dense
+//! `seq`: when the hub sees a jump it reads the missing events from Postgres, so a lost
+//! append or a Redis restart does not open a gap. A client resumes with `Last-Event-ID` (the
+//! last `seq` it saw): it is subscribed to the hub first, then replayed from Postgres, then
+//! served live, skipping anything it already got, so the union has no gap and no duplicate.
+
+use std::{borrow::Cow, pin::Pin, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use poem::web::Data;
+use poem_openapi::{
+    Object, OpenApi,
+    param::{Header, Path, Query},
+    payload::EventStream,
+    registry::{MetaSchemaRef, Registry},
+    types::{ToJSON, Type},
+};
+use redis::{
+    AsyncCommands,
+    streams::{StreamReadOptions, StreamReadReply},
+};
+use serde_json::Value;
+use taskfleet_jobs::EventName;
+use taskfleet_storage::{EventFilter, EventLog, EventRecord, redis as tf_redis, redis::Keys};
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+use crate::{auth::TenantKey, error::ApiError, state::AppState};
+
+/// Events a slow client may fall behind the hub before it is dropped (it can resume).
+const HUB_BUFFER: usize = 16_384;
+/// Events queued for one client's connection.
+const CLIENT_BUFFER: usize = 1_024;
+/// Events read from Postgres per replay query.
+const REPLAY_PAGE: i64 = 1_000;
+/// Comment lines sent on idle streams so proxies keep them open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long one `XREAD` blocks; between reads the hub also checks Postgres for missed events.
+const READ_BLOCK: Duration = Duration::from_millis(1_000);
+
+/// An event as streams deliver it.
+#[derive(Debug, Clone, Object)]
+pub struct JobEvent {
+    /// Position in the event stream; the SSE `id`, and what `Last-Event-ID` takes.
+    pub seq: i64,
+    pub ts: DateTime<Utc>,
+    pub job_id: Option<Uuid>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    /// `job_enqueued`, `job_started`, `job_progress`, `job_succeeded`, … (also the SSE `event`).
+    pub event: String,
+    /// Who caused it: `api`, or the worker process's name.
+    pub actor: String,
+    pub details: Value,
+}
+
+/// One event with its JSON rendered once, however many clients receive it.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub record: EventRecord,
+    json: String,
+}
+
+impl SharedEvent {
+    fn new(record: EventRecord) -> SharedEvent {
+        let json = serde_json::to_string(&record).expect("events serialise");
+        SharedEvent { record, json }
+    }
+
+    pub fn to_sse(&self) -> poem::web::sse::Event {
+        poem::web::sse::Event::message(self.json.clone())
+            .id(self.record.seq.to_string())
+            .event_type(self.record.event.clone())
+    }
+}
+
+/// The stream item of the SSE endpoints; documented as [`JobEvent`].
+#[derive(Debug, Clone)]
+pub struct StreamItem(pub Arc<SharedEvent>);
+
+impl Type for StreamItem {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        JobEvent::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        JobEvent::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        JobEvent::register(registry)
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ToJSON for StreamItem {
+    fn to_json(&self) -> Option<Value> {
+        serde_json::from_str(&self.0.json).ok()
+    }
+}
+
+pub type EventStreamBody = Pin<Box<dyn Stream<Item = StreamItem> + Send>>;
+
+/// Fans the Redis event stream out to this process's SSE clients.
+pub struct EventHub {
+    sender: broadcast::Sender<Arc<SharedEvent>>,
+}
+
+impl EventHub {
+    /// Starts the hub's reader; it follows the stream from the newest event on.
+    pub fn start(redis_url: String, keys: Keys, events: EventLog) -> Arc<EventHub> {
+        let (sender, _) = broadcast::channel(HUB_BUFFER);
+        let hub = Arc::new(EventHub { sender });
+        tokio::spawn(read_forever(redis_url, keys, events, hub.sender.clone()));
+        hub
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SharedEvent>> {
+        self.sender.subscribe()
+    }
+}
+
+/// Reads the Redis stream into the hub, filling any gap in `seq` from Postgres.
+async fn read_forever(
+    redis_url: String,
+    keys: Keys,
+    events: EventLog,
+    sender: broadcast::Sender<Arc<SharedEvent>>,
+) {
+    let stream_key = keys.event_stream();
+    let last_seq =
+        taskfleet_storage::wait_for("Postgres (event log)", || events.latest_seq()).await;
+    let mut reader = HubReader {
+        events,
+        sender,
+        last_seq,
+    };
+    loop {
+        // A connection of its own: a blocking XREAD would hold up a shared one.
+        let mut conn = match tf_redis::connect(&redis_url).await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(%err, "event hub cannot reach Redis; reading Postgres meanwhile");
+                reader.catch_up().await;
+                tokio::time::sleep(READ_BLOCK).await;
+                continue;
+            }
+        };
+        // Start from the newest entry: anything older comes from Postgres.
+        let mut last_id = "$".to_owned();
+        loop {
+            let options = StreamReadOptions::default()
+                .block(READ_BLOCK.as_millis() as usize)
+                .count(1_000);
+            let reply: Result<StreamReadReply, _> = conn
+                .xread_options(&[&stream_key], &[&last_id], &options)
+                .await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(err) => {
+                    tracing::warn!(%err, "event stream read failed; reconnecting");
+                    break;
+                }
+            };
+            let mut got_any = false;
+            for entry in reply.keys.into_iter().flat_map(|key| key.ids) {
+                last_id = entry.id.clone();
+                let Some(record) = entry
+                    .get::<String>("event")
+                    .and_then(|json| serde_json::from_str::<EventRecord>(&json).ok())
+                else {
+                    continue;
+                };
+                got_any = true;
+                reader.deliver(record).await;
+            }
+            if !got_any {
+                // Quiet stream: make sure nothing was sequenced without reaching Redis.
+                reader.catch_up().await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct HubReader {
+    events: EventLog,
+    sender: broadcast::Sender<Arc<SharedEvent>>,
+    last_seq: i64,
+}
+
+impl HubReader {
+    /// Broadcasts `record` after any events missing before it.
+    async fn deliver(&mut self, record: EventRecord) {
+        if record.seq <= self.last_seq {
+            return;
+        }
+        if record.seq > self.last_seq + 1 {
+            self.catch_up_to(record.seq - 1).await;
+        }
+        if record.seq == self.last_seq + 1 {
+            self.broadcast(record);
+        }
+    }
+
+    async fn catch_up(&mut self) {
+        self.catch_up_to(i64::MAX).await
+    }
+
+    /// Reads events after `last_seq` up to `until` from Postgres and broadcasts them.
+    async fn catch_up_to(&mut self, until: i64) {
+        while self.last_seq < until {
+            match self.events.all_after(self.last_seq, REPLAY_PAGE).await {
+                Ok(page) if page.is_empty() => return,
+                Ok(page) => {
+                    for record in page.into_iter().take_while(|r| r.seq <= until) {
+                        self.broadcast(record);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "event hub could not read missed events");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn broadcast(&mut self, record: EventRecord) {
+        self.last_seq = record.seq;
+        // No receivers is fine: nobody is listening.
+        let _ = self.sender.send(Arc::new(SharedEvent::new(record)));
+    }
+}
+
+/// What one SSE client asked for.
+pub struct Subscription {
+    pub tenant_id: Uuid,
+    pub filter: EventFilter,
+    /// Replay events after this `seq` first (`Last-Event-ID`).
+    pub after: Option<i64>,
+    /// A job's stream ends after the job's terminal event.
+    pub end_on_terminal: bool,
+}
+
+/// Serves one client: replay, then live, through a bounded queue. The client is dropped when
+/// it falls more than the hub's buffer behind; it resumes with `Last-Event-ID`.
+pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStreamBody {
+    let mut live = hub.subscribe();
+    let (tx, mut rx) = mpsc::channel::<StreamItem>(CLIENT_BUFFER);
+    tokio::spawn(async move {
+        let mut sent = sub.after.unwrap_or(0);
+        if let Some(after) = sub.after {
+            let mut last_was_terminal = false;
+            loop {
+                let page = match events
+                    .after(sub.tenant_id, sent, &sub.filter, REPLAY_PAGE)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(err) => {
+                        tracing::warn!(%err, after, "event replay failed; closing the stream");
+                        return;
+                    }
+                };
+                let last_page = (page.len() as i64) < REPLAY_PAGE;
+                for record in page {
+                    sent = record.seq;
+                    last_was_terminal = is_terminal(&record);
+                    if tx
+                        .send(StreamItem(Arc::new(SharedEvent::new(record))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if last_page {
+                    break;
+                }
+            }
+            // The job already ended, and nothing (a manual retry) came after its end.
+            if sub.end_on_terminal && last_was_terminal {
+                return;
+            }
+        }
+        loop {
+            let shared = match live.recv().await {
+                Ok(shared) => shared,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::info!(
+                        missed,
+                        "SSE client fell behind; dropping it (it can resume)"
+                    );
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if shared.record.seq <= sent || !sub.filter.matches(sub.tenant_id, &shared.record) {
+                continue;
+            }
+            sent = shared.record.seq;
+            let terminal = is_terminal(&shared.record);
+            if tx.send(StreamItem(shared)).await.is_err() {
+                return; // the client went away
+            }
+            if terminal && sub.end_on_terminal {
+                return;
+            }
+        }
+    });
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+fn is_terminal(record: &EventRecord) -> bool {
+    EventName::TERMINAL
+        .iter()
+        .any(|name| name.as_str() == record.event)
+}
+
+/// Parses `Last-Event-ID` from the header or, for clients that cannot set headers, the
+/// `last_event_id` query parameter.
+pub fn last_event_id(
+    header: Option<String>,
+    query: Option<String>,
+) -> Result<Option<i64>, ApiError> {
+    match header.or(query) {
+        None => Ok(None),
+        Some(raw) => match raw.trim().parse::<i64>() {
+            Ok(seq) if seq >= 0 => Ok(Some(seq)),
+            _ => Err(ApiError::bad_request(format!(
+                "Last-Event-ID `{raw}` is not an event id this API sent"
+            ))),
+        },
+    }
+}
+
+fn list(raw: Option<String>) -> Vec<String> {
+    raw.map(|raw| {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+pub struct EventsApi;
+
+#[OpenApi(prefix_path = "/v1", tag = "crate::app::Tag::Events")]
+impl EventsApi {
+    /// Stream the tenant's events (SSE)
+    ///
+    /// `text/event-stream`: each message's `id` is the event's `seq` and its `event` the event
+    /// name; `Last-Event-ID` (header, or the `last_event_id` query parameter) replays what was
+    /// missed, then the stream goes on live. Keep-alive comments every 15 s.
+    #[allow(clippy::too_many_arguments)]
+    #[oai(path = "/events", method = "get")]
+    async fn events(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        /// Only these queues (comma separated).
+        queue: Query<Option<String>>,
+        /// Only these kinds (comma separated).
+        kind: Query<Option<String>>,
+        /// Only these event names (comma separated).
+        event: Query<Option<String>>,
+        #[oai(name = "Last-Event-ID")] last_event_id_header: Header<Option<String>>,
+        last_event_id: Query<Option<String>>,
+    ) -> Result<EventStream<EventStreamBody>, ApiError> {
+        let after = crate::events::last_event_id(last_event_id_header.0, last_event_id.0)?;
+        let filter = EventFilter {
+            job_id: None,
+            queues: list(queue.0),
+            kinds: list(kind.0),
+            events: list(event.0),
+        };
+        Ok(sse(
+            &state,
+            Subscription {
+                tenant_id: auth.0.id,
+                filter,
+                after,
+                end_on_terminal: false,
+            },
+        ))
+    }
+
+    /// Stream one job's events (SSE)
+    ///
+    /// The job's whole history (or what follows `Last-Event-ID`), then live events; the stream
+    /// ends after the job succeeds, dies or is cancelled.
+    #[oai(path = "/jobs/:id/events", method = "get")]
+    async fn job_events(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+        /// Only these event names (comma separated).
+        event: Query<Option<String>>,
+        #[oai(name = "Last-Event-ID")] last_event_id_header: Header<Option<String>>,
+        last_event_id: Query<Option<String>>,
+    ) -> Result<EventStream<EventStreamBody>, ApiError> {
+        let after = crate::events::last_event_id(last_event_id_header.0, last_event_id.0)?;
+        if state.ledger.get(auth.0.id, id.0).await?.is_none() {
+            return Err(ApiError::not_found(format!("no job {}", id.0)));
+        }
+        let filter = EventFilter {
+            job_id: Some(id.0),
+            events: list(event.0),
+            ..EventFilter::default()
+        };
+        let after = Some(after.unwrap_or(0));
+        Ok(sse(
+            &state,
+            Subscription {
+                tenant_id: auth.0.id,
+                filter,
+                after,
+                end_on_terminal: true,
+            },
+        ))
+    }
+}
+
+fn sse(state: &AppState, sub: Subscription) -> EventStream<EventStreamBody> {
+    EventStream::new(serve(&state.hub, state.events.clone(), sub))
+        .keep_alive(KEEP_ALIVE)
+        .to_event(|item: StreamItem| item.0.to_sse())
+}

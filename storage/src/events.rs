@@ -1,0 +1,144 @@
+//! The event log read as a stream. Events are appended by the ledger's state changes (in the
+//! same statements); the leader's sequencer then gives each committed event a dense `seq`
+//! (1, 2, 3, …) in commit order, which streams use as the SSE `id`. Because `seq` has no gaps,
+//! a reader that sees `n + 2` after `n` knows it missed one and reads it here.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{FromRow, PgPool};
+use taskfleet_jobs::EventName;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub ts: DateTime<Utc>,
+    pub tenant_id: Option<Uuid>,
+    pub job_id: Option<Uuid>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    pub event: String,
+    pub actor: String,
+    pub details: Value,
+}
+
+const EVENT_COLUMNS: &str = "seq, ts, tenant_id, job_id, queue, kind, event, actor, details";
+
+/// Which events a stream wants. Empty lists and `None` mean all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub job_id: Option<Uuid>,
+    pub queues: Vec<String>,
+    pub kinds: Vec<String>,
+    pub events: Vec<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, tenant_id: Uuid, event: &EventRecord) -> bool {
+        let any = |wanted: &[String], value: &Option<String>| {
+            wanted.is_empty() || value.as_ref().is_some_and(|v| wanted.contains(v))
+        };
+        event.tenant_id == Some(tenant_id)
+            && self.job_id.is_none_or(|id| event.job_id == Some(id))
+            && any(&self.queues, &event.queue)
+            && any(&self.kinds, &event.kind)
+            && (self.events.is_empty() || self.events.contains(&event.event))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    pool: PgPool,
+}
+
+impl EventLog {
+    pub fn new(pool: PgPool) -> EventLog {
+        EventLog { pool }
+    }
+
+    /// Gives up to `limit` committed, unsequenced events the next `seq` numbers, oldest
+    /// first, and returns them in `seq` order. Run by one sequencer at a time; a second one
+    /// overlapping (during a leader change) fails on the unique `seq` and changes nothing.
+    pub async fn sequence(&self, limit: i64) -> sqlx::Result<Vec<EventRecord>> {
+        sqlx::query_as(&format!(
+            "WITH top AS (SELECT COALESCE(max(seq), 0) AS base FROM job_events),
+             next AS (
+                 SELECT id, row_number() OVER (ORDER BY id) AS n
+                 FROM job_events WHERE seq IS NULL ORDER BY id LIMIT $1
+             ),
+             numbered AS (
+                 UPDATE job_events e SET seq = top.base + next.n
+                 FROM next, top WHERE e.id = next.id
+                 RETURNING {EVENT_COLUMNS}
+             )
+             SELECT * FROM numbered ORDER BY seq"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The highest `seq` given so far.
+    pub async fn latest_seq(&self) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COALESCE(max(seq), 0) FROM job_events")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Events of every tenant after `seq`, in order: fills a live reader's gap.
+    pub async fn all_after(&self, seq: i64, limit: i64) -> sqlx::Result<Vec<EventRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM job_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// A tenant's events after `seq` that pass `filter`, in order: replays what a stream
+    /// client missed.
+    pub async fn after(
+        &self,
+        tenant_id: Uuid,
+        seq: i64,
+        filter: &EventFilter,
+        limit: i64,
+    ) -> sqlx::Result<Vec<EventRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM job_events
+             WHERE tenant_id = $1 AND seq > $2
+               AND ($3::uuid IS NULL OR job_id = $3)
+               AND (cardinality($4::text[]) = 0 OR queue = ANY($4))
+               AND (cardinality($5::text[]) = 0 OR kind = ANY($5))
+               AND (cardinality($6::text[]) = 0 OR event = ANY($6))
+             ORDER BY seq LIMIT $7"
+        ))
+        .bind(tenant_id)
+        .bind(seq)
+        .bind(filter.job_id)
+        .bind(&filter.queues)
+        .bind(&filter.kinds)
+        .bind(&filter.events)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Appends an event about the fleet itself (no tenant, no job).
+    pub async fn record_fleet(
+        &self,
+        event: EventName,
+        actor: &str,
+        details: Value,
+    ) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO job_events (event, actor, details) VALUES ($1, $2, $3)")
+            .bind(event.as_str())
+            .bind(actor)
+            .bind(details)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

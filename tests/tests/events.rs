@@ -1,0 +1,279 @@
+//! The event log and its SSE streams: complete ordered sequences, resume without gap or
+//! duplicate, fan-out to many subscribers, tenant isolation, progress.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use taskfleet_tests::{Api, SseMessage, TestEnv, json, wait_until};
+use uuid::Uuid;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn names(messages: &[SseMessage]) -> Vec<&str> {
+    messages.iter().map(|m| m.event.as_str()).collect()
+}
+
+async fn fleet(faults: bool) -> (TestEnv, Api, String) {
+    let mut env = TestEnv::new().await;
+    let flags: &[(&str, &str)] = if faults {
+        &[("TASKFLEET_FAULT_INJECTION", "true")]
+    } else {
+        &[]
+    };
+    let api = env.start_api(flags).await;
+    env.start_worker(if faults { &["--fault-injection"] } else { &[] });
+    let key = env.create_key("acme");
+    (env, api, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_retries_once_streams_its_whole_ordered_life() {
+    let (env, api, key) = fleet(true).await;
+    let id = api
+        .submit(
+            &key,
+            json!({"kind": "executor.run", "tool": "fault",
+                             "args": {"mode": "fail", "times": 1, "retry_after_ms": 200}}),
+        )
+        .await;
+    let (status, stream) = api.sse(&key, &format!("/v1/jobs/{id}/events"), None).await;
+    assert_eq!(status, 200);
+    let messages = stream.unwrap().collect(WITHIN).await;
+    assert_eq!(
+        names(&messages),
+        [
+            "job_enqueued",
+            "job_dispatched",
+            "job_started",
+            "lease_acquired",
+            "job_failed",
+            "job_retry_scheduled",
+            "lease_released",
+            "job_dispatched",
+            "job_started",
+            "lease_acquired",
+            "lease_released",
+            "job_succeeded",
+        ]
+    );
+    assert!(
+        messages.windows(2).all(|w| w[0].id < w[1].id),
+        "ids increase"
+    );
+    for m in &messages {
+        assert_eq!(m.data["seq"], m.id);
+        assert_eq!(m.data["event"], m.event);
+        assert_eq!(m.data["job_id"], id.to_string());
+        assert_eq!(m.data["queue"], "executor");
+        assert_eq!(m.data["kind"], "executor.run");
+    }
+    assert_eq!(
+        messages[4].data["details"]["error"],
+        "injected failure on attempt 1"
+    );
+    // The ended job's stream replays and closes at once.
+    let again = api
+        .sse(&key, &format!("/v1/jobs/{id}/events"), None)
+        .await
+        .1
+        .unwrap();
+    assert_eq!(again.collect(WITHIN).await, messages);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resuming_with_last_event_id_leaves_no_gap_and_no_duplicate() {
+    let (env, api, key) = fleet(false).await;
+    let (_, mut all_events) = api.sse(&key, "/v1/events", None).await;
+    let id = api
+        .submit(
+            &key,
+            json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": 600}}),
+        )
+        .await;
+    let path = format!("/v1/jobs/{id}/events");
+    let mut first = api.sse(&key, &path, None).await.1.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(first.next().await.expect("an event"));
+    }
+    drop(first); // the client disconnects mid-stream
+    let last = seen.last().unwrap().id;
+    let rest = api
+        .sse(&key, &path, Some(last))
+        .await
+        .1
+        .unwrap()
+        .collect(WITHIN)
+        .await;
+    let full = api
+        .sse(&key, &path, None)
+        .await
+        .1
+        .unwrap()
+        .collect(WITHIN)
+        .await;
+    let union: Vec<SseMessage> = seen.into_iter().chain(rest).collect();
+    assert_eq!(union, full, "the resumed union is exactly the job's stream");
+    let progress: Vec<f64> = full
+        .iter()
+        .filter(|m| m.event == "job_progress")
+        .map(|m| m.data["details"]["percent"].as_f64().unwrap())
+        .collect();
+    assert_eq!(progress, [25.0, 50.0, 75.0], "sleep reports its quarters");
+    let (_, job) = api.get(&key, &format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["progress_percent"], 100.0);
+
+    // The tenant-wide stream, resumed through the query parameter, matches too.
+    let all_events = all_events.as_mut().unwrap();
+    let mut live = Vec::new();
+    while live.len() < full.len() {
+        live.push(all_events.next().await.unwrap());
+    }
+    assert_eq!(live, full);
+    let split = live[2].id;
+    let resumed = api
+        .sse(
+            &key,
+            &format!("/v1/events?last_event_id={split}&event=job_progress,job_succeeded"),
+            None,
+        )
+        .await
+        .1
+        .unwrap();
+    let mut resumed = resumed;
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.push(resumed.next().await.unwrap());
+    }
+    let expected: Vec<SseMessage> = full
+        .iter()
+        .filter(|m| m.id > split && matches!(m.event.as_str(), "job_progress" | "job_succeeded"))
+        .cloned()
+        .collect();
+    assert_eq!(got, expected);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_hundred_subscribers_each_receive_every_event() {
+    let (env, api, key) = fleet(false).await;
+    // Readers run while the jobs do; they stop at the last event once it is known.
+    let (last_tx, last_rx) = tokio::sync::watch::channel(i64::MAX);
+    let mut readers = Vec::new();
+    for _ in 0..500 {
+        let (status, stream) = api.sse(&key, "/v1/events", None).await;
+        assert_eq!(status, 200);
+        let (mut stream, mut last) = (stream.unwrap(), last_rx.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seqs: Vec<i64> = Vec::new();
+            while seqs.last().is_none_or(|seen| seen < &*last.borrow()) {
+                tokio::select! {
+                    message = stream.next() => match message {
+                        Some(message) => seqs.push(message.id),
+                        None => break,
+                    },
+                    _ = last.changed() => {}
+                }
+            }
+            seqs
+        }));
+    }
+    let jobs: Vec<_> = (0..1000)
+        .map(|_| json!({"kind": "executor.run", "tool": "noop"}))
+        .collect();
+    let (status, body) = api
+        .post(&key, "/v1/jobs/batch", &json!({ "jobs": jobs }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    wait_until(
+        WITHIN,
+        "the run finished and every event is numbered",
+        || async {
+            env.count_state("succeeded").await == 1000
+                && sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_events WHERE seq IS NULL")
+                    .fetch_one(&env.pool)
+                    .await
+                    .unwrap()
+                    == 0
+        },
+    )
+    .await;
+    let expected: Vec<i64> = sqlx::query_scalar(
+        "SELECT e.seq FROM job_events e JOIN tenants t ON t.id = e.tenant_id
+         WHERE t.name = 'acme' ORDER BY e.seq",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert!(expected.len() >= 6000, "{} events", expected.len());
+    last_tx.send_replace(*expected.last().unwrap());
+    for reader in readers {
+        let seqs = tokio::time::timeout(Duration::from_secs(120), reader)
+            .await
+            .expect("every subscriber reached the last event")
+            .unwrap();
+        assert_eq!(seqs, expected, "a subscriber missed or repeated events");
+    }
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_see_only_their_own_events_and_bad_ids_are_refused() {
+    let (env, api, acme) = fleet(false).await;
+    let globex = env.create_key("globex");
+    let (_, globex_stream) = api.sse(&globex, "/v1/events", None).await;
+    let mut globex_stream = globex_stream.unwrap();
+    let acme_jobs: Vec<_> = (0..20)
+        .map(|_| json!({"kind": "executor.run", "tool": "noop"}))
+        .collect();
+    let (status, body) = api
+        .post(&acme, "/v1/jobs/batch", &json!({ "jobs": acme_jobs }))
+        .await;
+    assert_eq!(status, 201);
+    let acme_id: Uuid = body["jobs"][0]["id"].as_str().unwrap().parse().unwrap();
+    let globex_id = api
+        .submit(&globex, json!({"kind": "executor.run", "tool": "noop"}))
+        .await;
+    let mut seen = BTreeSet::new();
+    while !seen.contains("job_succeeded") {
+        let message = globex_stream.next().await.unwrap();
+        assert_eq!(message.data["job_id"], globex_id.to_string(), "{message:?}");
+        seen.insert(message.event);
+    }
+    let (status, _) = api
+        .sse(&globex, &format!("/v1/jobs/{acme_id}/events"), None)
+        .await;
+    assert_eq!(status, 404);
+    // A replay from the start holds only the tenant's own events.
+    let replay = api
+        .sse(&globex, &format!("/v1/jobs/{globex_id}/events"), Some(0))
+        .await
+        .1
+        .unwrap();
+    assert!(
+        replay
+            .collect(WITHIN)
+            .await
+            .iter()
+            .all(|m| m.data["job_id"] == globex_id.to_string())
+    );
+
+    for bad in ["abc", "-5", "1.5"] {
+        let resp = api
+            .http
+            .get(api.url("/v1/events"))
+            .bearer_auth(&acme)
+            .header("Last-Event-ID", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "Last-Event-ID {bad}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "bad_request");
+    }
+    let (status, _) = api.get(&acme, "/v1/events?last_event_id=xyz").await;
+    assert_eq!(status, 400);
+    let resp = api.http.get(api.url("/v1/events")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    env.finish().await;
+}
