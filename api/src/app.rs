@@ -17,8 +17,7 @@ use crate::{
     state::AppState,
 };
 
-/// The tenant that owns `/readyz` probe jobs.
-const SYSTEM_TENANT: &str = "_system";
+use taskfleet_storage::tenants::SYSTEM_TENANT;
 
 #[derive(Tags)]
 pub enum Tag {
@@ -50,6 +49,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         keys,
         system_tenant,
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
+        last_round_trip: Default::default(),
         fault_injection: args.fault_injection,
     })
 }

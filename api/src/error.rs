@@ -76,6 +76,9 @@ impl From<taskfleet_storage::InsertError> for ApiError {
             conflict @ taskfleet_storage::InsertError::IdempotencyConflict { .. } => {
                 ApiError::conflict("idempotency_key_reused", conflict.to_string())
             }
+            released @ taskfleet_storage::InsertError::KeyReleased { .. } => {
+                ApiError::conflict("idempotency_key_expired", released.to_string())
+            }
         }
     }
 }

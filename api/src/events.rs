@@ -228,10 +228,13 @@ impl HubReader {
     async fn catch_up_to(&mut self, until: i64) {
         while self.last_seq < until {
             match self.events.all_after(self.last_seq, REPLAY_PAGE).await {
-                Ok(page) if page.is_empty() => return,
                 Ok(page) => {
+                    let before = self.last_seq;
                     for record in page.into_iter().take_while(|r| r.seq <= until) {
                         self.broadcast(record);
+                    }
+                    if self.last_seq == before {
+                        return; // nothing more is numbered yet
                     }
                 }
                 Err(err) => {
@@ -265,9 +268,19 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
     let mut live = hub.subscribe();
     let (tx, mut rx) = mpsc::channel::<StreamItem>(CLIENT_BUFFER);
     tokio::spawn(async move {
+        // A job that has already ended: replay its events (all numbered by now) and stop.
+        let ended = match (sub.end_on_terminal, sub.filter.job_id) {
+            (true, Some(job_id)) => match events.latest_of_job(sub.tenant_id, job_id).await {
+                Ok(latest) => latest.is_some_and(|latest| is_terminal(&latest)),
+                Err(err) => {
+                    tracing::warn!(%err, "could not read the job's latest event; closing the stream");
+                    return;
+                }
+            },
+            _ => false,
+        };
         let mut sent = sub.after.unwrap_or(0);
         if let Some(after) = sub.after {
-            let mut last_was_terminal = false;
             loop {
                 let page = match events
                     .after(sub.tenant_id, sent, &sub.filter, REPLAY_PAGE)
@@ -282,7 +295,6 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
                 let last_page = (page.len() as i64) < REPLAY_PAGE;
                 for record in page {
                     sent = record.seq;
-                    last_was_terminal = is_terminal(&record);
                     if tx
                         .send(StreamItem(Arc::new(SharedEvent::new(record))))
                         .await
@@ -295,13 +307,17 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
                     break;
                 }
             }
-            // The job already ended, and nothing (a manual retry) came after its end.
-            if sub.end_on_terminal && last_was_terminal {
-                return;
-            }
+        }
+        if ended {
+            return;
         }
         loop {
-            let shared = match live.recv().await {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                // The client went away while nothing arrived for it.
+                _ = tx.closed() => return,
+            };
+            let shared = match received {
                 Ok(shared) => shared,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::info!(
@@ -312,15 +328,22 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            if shared.record.seq <= sent || !sub.filter.matches(sub.tenant_id, &shared.record) {
+            let record = &shared.record;
+            if record.seq <= sent || record.tenant_id != Some(sub.tenant_id) {
                 continue;
             }
-            sent = shared.record.seq;
-            let terminal = is_terminal(&shared.record);
-            if tx.send(StreamItem(shared)).await.is_err() {
-                return; // the client went away
+            // The job's terminal event ends its stream, even when the filter hides it.
+            let ends_stream = sub.end_on_terminal
+                && record.job_id.is_some()
+                && record.job_id == sub.filter.job_id
+                && is_terminal(record);
+            if sub.filter.matches(sub.tenant_id, record) {
+                sent = record.seq;
+                if tx.send(StreamItem(shared.clone())).await.is_err() {
+                    return; // the client went away
+                }
             }
-            if terminal && sub.end_on_terminal {
+            if ends_stream {
                 return;
             }
         }

@@ -33,6 +33,9 @@ pub enum ReadyResponse {
     NotReady(Json<Readiness>),
 }
 
+/// How long a successful `/readyz` round trip is reused.
+const ROUND_TRIP_REUSE: Duration = Duration::from_secs(2);
+
 pub struct HealthApi;
 
 #[OpenApi(tag = "crate::app::Tag::Ops")]
@@ -63,7 +66,19 @@ impl HealthApi {
             }
         };
         let round_trip = if postgres.is_ok() && redis.is_ok() {
-            round_trip(&state).await
+            // One probe job at a time, and a success reused briefly: frequent or concurrent
+            // probes must not flood the fleet with jobs.
+            let mut last_success = state.last_round_trip.lock().await;
+            match *last_success {
+                Some(at) if at.elapsed() < ROUND_TRIP_REUSE => Ok(()),
+                _ => {
+                    let outcome = round_trip(&state).await;
+                    if outcome.is_ok() {
+                        *last_success = Some(tokio::time::Instant::now());
+                    }
+                    outcome
+                }
+            }
         } else {
             Err("skipped: Postgres or Redis is not ready".to_owned())
         };

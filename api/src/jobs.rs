@@ -133,6 +133,11 @@ impl JobsApi {
     ) -> Result<Created<Job>, ApiError> {
         let mut spec = body.0;
         if let Some(header) = idempotency_key.0 {
+            if header.is_empty() || header.len() > 255 {
+                return Err(ApiError::invalid(
+                    "Idempotency-Key must be 1 to 255 characters",
+                ));
+            }
             let options = spec.options_mut();
             match &options.idempotency_key {
                 Some(key) if *key != header => {
@@ -223,7 +228,21 @@ impl JobsApi {
         auth: TenantKey,
         id: Path<Uuid>,
     ) -> Result<Json<Job>, ApiError> {
-        let record = changed(state.ledger.retry(auth.0.id, id.0).await?, "retried")?;
+        let Some(job) = state.ledger.get(auth.0.id, id.0).await? else {
+            return Err(ApiError::not_found(format!("no job {}", id.0)));
+        };
+        // A fresh budget: the attempts the job was submitted with (or its kind's default).
+        let budget = serde_json::from_value::<JobSpec>(job.payload)
+            .map(|spec| spec.max_attempts() as i32)
+            .unwrap_or(job.max_attempts);
+        let record = changed(
+            state.ledger.retry(auth.0.id, id.0, budget).await?,
+            "retried",
+        )?;
+        let mut conn = state.redis.clone();
+        if let Err(err) = tf_redis::clear_cancel(&mut conn, &state.keys, id.0).await {
+            tracing::warn!(%err, job_id = %id.0, "could not clear an old cancellation flag");
+        }
         state.wake_dispatcher();
         Ok(Json(Job::from_record(record)?))
     }

@@ -20,6 +20,8 @@ pub struct AppState {
     /// The tenant that owns `/readyz` probe jobs.
     pub system_tenant: Tenant,
     pub ready_timeout: Duration,
+    /// When the latest successful `/readyz` queue round trip ran.
+    pub last_round_trip: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
     /// Admit the `fault` executor tool (tests only).
     pub fault_injection: bool,
 }

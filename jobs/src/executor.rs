@@ -32,7 +32,8 @@ pub enum ExecutorTool {
     /// Fault injection for tests, refused unless the API and the worker run with
     /// `TASKFLEET_FAULT_INJECTION=true`. `args.mode`: `fail` (fail while the attempt is at
     /// most `args.times`, default every attempt; `args.retry_after_ms` hints the delay;
-    /// `args.permanent` forbids retries), `hang`, `panic`, or `exit` (the worker process).
+    /// `args.permanent` forbids retries), `hang`, `slow` (succeed after `args.ms`, reporting
+    /// nothing), `panic`, or `exit` (the worker process).
     #[oai(rename = "fault")]
     #[serde(rename = "fault")]
     Fault,
@@ -96,6 +97,9 @@ pub enum Fault {
         permanent: bool,
     },
     Hang,
+    Slow {
+        ms: u64,
+    },
     Panic,
     Exit,
 }
@@ -149,11 +153,14 @@ impl ExecutorRun {
                         permanent: args.get("permanent").and_then(Value::as_bool) == Some(true),
                     },
                     Some("hang") => Fault::Hang,
+                    Some("slow") => Fault::Slow {
+                        ms: number("ms").unwrap_or(0).min(MAX_SLEEP_MS),
+                    },
                     Some("panic") => Fault::Panic,
                     Some("exit") => Fault::Exit,
                     _ => {
                         return Err(InvalidJob::new(
-                            "tool `fault` needs `args.mode`: fail, hang, panic or exit",
+                            "tool `fault` needs `args.mode`: fail, hang, slow, panic or exit",
                         ));
                     }
                 };

@@ -58,10 +58,15 @@ impl EventLog {
     }
 
     /// Gives up to `limit` committed, unsequenced events the next `seq` numbers, oldest
-    /// first, and returns them in `seq` order. Run by one sequencer at a time; a second one
-    /// overlapping (during a leader change) fails on the unique `seq` and changes nothing.
+    /// first, and returns them in `seq` order. An advisory lock keeps two sequencers (two
+    /// leaders overlapping during a hand-over) from numbering at the same time; the second
+    /// waits, then sees the first one's numbers.
     pub async fn sequence(&self, limit: i64) -> sqlx::Result<Vec<EventRecord>> {
-        sqlx::query_as(&format!(
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('taskfleet.event_sequencer'))")
+            .execute(&mut *tx)
+            .await?;
+        let numbered = sqlx::query_as(&format!(
             "WITH top AS (SELECT COALESCE(max(seq), 0) AS base FROM job_events),
              next AS (
                  SELECT id, row_number() OVER (ORDER BY id) AS n
@@ -75,7 +80,26 @@ impl EventLog {
              SELECT * FROM numbered ORDER BY seq"
         ))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(numbered)
+    }
+
+    /// The latest numbered event of a tenant's job.
+    pub async fn latest_of_job(
+        &self,
+        tenant_id: Uuid,
+        job_id: Uuid,
+    ) -> sqlx::Result<Option<EventRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM job_events
+             WHERE tenant_id = $1 AND job_id = $2 AND seq IS NOT NULL
+             ORDER BY seq DESC LIMIT 1"
+        ))
+        .bind(tenant_id)
+        .bind(job_id)
+        .fetch_optional(&self.pool)
         .await
     }
 

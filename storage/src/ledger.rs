@@ -64,6 +64,8 @@ impl Inserted {
 pub enum InsertError {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    #[error("idempotency key `{key}` expired while this request used it; submit again")]
+    KeyReleased { key: String },
     #[error("idempotency key `{key}` was already used for job {existing} with a different payload")]
     IdempotencyConflict {
         /// Which of the submitted jobs.
@@ -203,6 +205,8 @@ impl Ledger {
                         CASE WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END,
                         priority, max_attempts, GREATEST(COALESCE(run_at, now()), now()), key
                  FROM input
+                 -- Keys in one order, so two batches sharing keys cannot deadlock.
+                 ORDER BY key
                  ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
                      DO NOTHING
                  RETURNING {JOB_COLUMNS}
@@ -251,15 +255,16 @@ impl Ledger {
             let key = keys[index]
                 .as_deref()
                 .expect("only keyed jobs can conflict");
-            let first = existing
+            let Some(first) = existing
                 .iter()
+                .chain(&inserted)
                 .find(|row| row.idempotency_key.as_deref() == Some(key))
-                .or_else(|| {
-                    inserted
-                        .iter()
-                        .find(|row| row.idempotency_key.as_deref() == Some(key))
-                })
-                .expect("a conflicting key belongs to a stored job");
+            else {
+                // Housekeeping freed the key between the insert and this look-up.
+                return Err(InsertError::KeyReleased {
+                    key: key.to_owned(),
+                });
+            };
             if first.payload != payloads[index] {
                 return Err(InsertError::IdempotencyConflict {
                     index,
@@ -356,21 +361,27 @@ impl Ledger {
             .collect())
     }
 
-    /// Jobs dispatched longer ago than `after` and still not started: their Redis copy was
-    /// lost (Redis restarted or flushed) or is stuck. Marks them dispatched again, now, and
+    /// Up to `limit` jobs dispatched longer ago than `after` and still not started, oldest
+    /// first: the dispatcher found fewer copies in Redis than the ledger's window, so these
+    /// copies were lost (Redis restarted or flushed). Marks them dispatched again, now, and
     /// returns them so the dispatcher pushes them once more; a duplicate delivery is harmless
     /// because only one start can win [`Ledger::start`].
     pub async fn redispatch_stale(
         &self,
         queue: Queue,
         after: Duration,
+        limit: i64,
         actor: &str,
     ) -> sqlx::Result<Vec<DispatchedJob>> {
         let sql = format!(
             "WITH updated AS (
                  UPDATE jobs SET dispatched_at = now()
-                 WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
-                   AND dispatched_at < now() - make_interval(secs => $2)
+                 WHERE id IN (
+                     SELECT id FROM jobs
+                     WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
+                       AND dispatched_at < now() - make_interval(secs => $2)
+                     ORDER BY dispatched_at LIMIT $4
+                 ) AND state = 'queued'
                  RETURNING id, tenant_id, queue, kind
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
@@ -384,6 +395,7 @@ impl Ledger {
             .bind(queue.as_str())
             .bind(after.as_secs_f64())
             .bind(actor)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
@@ -480,7 +492,12 @@ impl Ledger {
             Outcome::Failed {
                 retry_at: Some(_), ..
             } => (
-                format!("state = 'retrying', error = $5, run_at = $6, {record_error}"),
+                // A cancellation asked meanwhile wins over the retry.
+                format!(
+                    "state = CASE WHEN cancel_requested_at IS NULL THEN 'retrying' ELSE 'cancelled' END, \
+                     finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END, \
+                     error = $5, run_at = $6, {record_error}"
+                ),
                 &[EventName::JobFailed, EventName::JobRetryScheduled][..],
                 "'error', $5, 'retry_at', $6",
             ),
@@ -502,14 +519,12 @@ impl Ledger {
                 "'reason', 'worker draining'",
             ),
         };
-        // The lease's release comes before a terminal event, so that a job's stream can end
-        // at its terminal event.
-        let (terminal, other): (Vec<&EventName>, Vec<&EventName>) =
-            events.iter().partition(|e| EventName::TERMINAL.contains(e));
-        let names = other
-            .into_iter()
-            .chain([&EventName::LeaseReleased])
-            .chain(terminal)
+        // The last event names the state the job is left in; the lease's release comes just
+        // before it, so a job's stream can end at its terminal event.
+        let (resulting, before) = events.split_last().expect("every outcome has events");
+        let names = before
+            .iter()
+            .chain([&EventName::LeaseReleased, resulting])
             .enumerate()
             .map(|(n, name)| format!("({n}, '{name}')"))
             .collect::<Vec<_>>()
@@ -523,15 +538,20 @@ impl Ledger {
             "WITH changed AS (
                  UPDATE jobs SET {set}
                  WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
-                 RETURNING id, tenant_id, queue, kind, attempt, started_at
+                 RETURNING id, tenant_id, queue, kind, attempt, started_at, state
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT tenant_id, id, queue, kind, e.name, $3,
+                 SELECT tenant_id, id, queue, kind,
+                        CASE WHEN state = 'cancelled' AND e.name = '{retry_scheduled}'
+                             THEN '{cancelled}' ELSE e.name END,
+                        $3,
                         jsonb_build_object('attempt', attempt, 'epoch', $2, {details})
                  FROM changed CROSS JOIN (VALUES {names}) AS e(n, name)
                  ORDER BY e.n
              ), {STALE_TAIL}
-             SELECT count(*) FROM changed"
+             SELECT count(*) FROM changed",
+            retry_scheduled = EventName::JobRetryScheduled,
+            cancelled = EventName::JobCancelled
         );
         let written: i64 = sqlx::query_scalar(&sql)
             .bind(id)
@@ -579,16 +599,15 @@ impl Ledger {
         Ok(written == 1)
     }
 
-    /// Running jobs started before `started_before`, with their epochs: the candidates whose
-    /// leases the reclaimer checks.
-    pub async fn running_since(
-        &self,
-        started_before: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<(Uuid, i64)>> {
+    /// Jobs running for longer than `age`, with their epochs: the candidates whose leases the
+    /// reclaimer checks.
+    pub async fn running_longer_than(&self, age: Duration) -> sqlx::Result<Vec<(Uuid, i64)>> {
+        // Postgres's clock, the one that wrote `started_at`, measures the age.
         sqlx::query_as(
-            "SELECT id, lease_epoch FROM jobs WHERE state = 'running' AND started_at < $1",
+            "SELECT id, lease_epoch FROM jobs
+             WHERE state = 'running' AND started_at < now() - make_interval(secs => $1)",
         )
-        .bind(started_before)
+        .bind(age.as_secs_f64())
         .fetch_all(&self.pool)
         .await
     }
@@ -599,21 +618,21 @@ impl Ledger {
     /// on meanwhile.
     pub async fn reclaim(&self, id: Uuid, epoch: i64, actor: &str) -> sqlx::Result<Option<String>> {
         let sql = format!(
-            "WITH decided AS (
-                 SELECT id, CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
-                                 WHEN attempt >= max_attempts THEN 'dead'
-                                 ELSE 'queued' END AS next
-                 FROM jobs WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
-             ), changed AS (
-                 UPDATE jobs SET state = decided.next, dispatched_at = NULL, run_at = now(),
-                        finished_at = CASE WHEN decided.next = 'queued' THEN NULL ELSE now() END,
-                        error = CASE WHEN decided.next = 'dead'
-                                     THEN 'the worker stopped heartbeating on the last attempt'
-                                     ELSE error END
-                 FROM decided
-                 WHERE jobs.id = decided.id AND jobs.lease_epoch = $2 AND jobs.state = 'running'
-                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.attempt,
-                           jobs.worker, decided.next
+            // The next state is decided from the row as the UPDATE finds it, so a cancel
+            // committed a moment earlier is honoured.
+            "WITH changed AS (
+                 UPDATE jobs SET
+                     state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                                  WHEN attempt >= max_attempts THEN 'dead'
+                                  ELSE 'queued' END,
+                     dispatched_at = NULL, run_at = now(),
+                     finished_at = CASE WHEN cancel_requested_at IS NULL AND attempt < max_attempts
+                                        THEN NULL ELSE now() END,
+                     error = CASE WHEN cancel_requested_at IS NULL AND attempt >= max_attempts
+                                  THEN 'the worker stopped heartbeating on the last attempt'
+                                  ELSE error END
+                 WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
+                 RETURNING id, tenant_id, queue, kind, attempt, worker, state AS next
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
                  SELECT tenant_id, id, queue, kind, '{reclaimed}', $3,
@@ -671,12 +690,12 @@ impl Ledger {
         self.change_or_current(tenant_id, id, changed).await
     }
 
-    /// Runs a `dead` or `cancelled` job again with a fresh budget of `max_attempts` more
-    /// attempts. Attempt numbers go on counting, and the errors of earlier attempts stay.
-    pub async fn retry(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Change> {
+    /// Runs a `dead` or `cancelled` job again with a fresh budget of `budget` more attempts
+    /// (the job's own `max_attempts`). Attempt numbers go on counting, and the errors of earlier attempts stay.
+    pub async fn retry(&self, tenant_id: Uuid, id: Uuid, budget: i32) -> sqlx::Result<Change> {
         let sql = format!(
             "WITH changed AS (
-                 UPDATE jobs SET state = 'queued', max_attempts = attempt + max_attempts,
+                 UPDATE jobs SET state = 'queued', max_attempts = attempt + $3,
                         run_at = now(),
                         dispatched_at = NULL, finished_at = NULL, cancel_requested_at = NULL
                  WHERE tenant_id = $1 AND id = $2 AND state IN ('dead', 'cancelled')
@@ -691,6 +710,7 @@ impl Ledger {
         let changed = sqlx::query_as(&sql)
             .bind(tenant_id)
             .bind(id)
+            .bind(budget)
             .fetch_optional(&self.pool)
             .await?;
         self.change_or_current(tenant_id, id, changed).await
@@ -709,6 +729,26 @@ impl Ledger {
                 None => Change::NotFound,
             },
         })
+    }
+
+    /// Deletes the finished jobs of the tenant called `tenant` older than `age`, with their
+    /// events: the fleet's own probe jobs, which nobody reads later.
+    pub async fn purge_finished(&self, tenant: &str, age: Duration) -> sqlx::Result<u64> {
+        let done = sqlx::query(
+            "WITH gone AS (
+                 DELETE FROM jobs USING tenants t
+                 WHERE t.name = $1 AND jobs.tenant_id = t.id
+                   AND jobs.state IN ('succeeded', 'dead', 'cancelled')
+                   AND jobs.finished_at < now() - make_interval(secs => $2)
+                 RETURNING jobs.id
+             )
+             DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone)",
+        )
+        .bind(tenant)
+        .bind(age.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Frees idempotency keys older than `retention`, so they may be used again.

@@ -38,6 +38,11 @@ impl Keys {
         format!("{}:queue:{}", self.prefix, queue)
     }
 
+    /// The list apalis-redis keeps a queue's waiting tasks in.
+    pub fn queue_active_list(&self, queue: Queue) -> String {
+        format!("{}:active", self.queue(queue))
+    }
+
     /// The channel the API publishes on after accepting work, so the dispatcher wakes at once.
     pub fn dispatch_wake_channel(&self) -> String {
         format!("{}:wake:dispatch", self.prefix)
@@ -45,7 +50,7 @@ impl Keys {
 
     /// The channel apalis-redis publishes on when a task lands in `queue`'s active list.
     pub fn queue_available_channel(&self, queue: Queue) -> String {
-        format!("tasks:{}:active:available", self.queue(queue))
+        format!("tasks:{}:available", self.queue_active_list(queue))
     }
 
     /// The Redis stream the sequencer appends every event to, for live fan-out.
@@ -108,6 +113,17 @@ pub async fn request_cancel(
         .ignore()
         .query_async(conn)
         .await?;
+    Ok(())
+}
+
+/// Removes a cancellation flag once it has been acted on (or the job is retried), so it
+/// cannot stop a later attempt.
+pub async fn clear_cancel(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    job_id: uuid::Uuid,
+) -> Result<(), RedisError> {
+    let _: i64 = conn.del(keys.cancel_flag(job_id)).await?;
     Ok(())
 }
 

@@ -5,6 +5,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// The tenant that owns the fleet's own probe jobs (`/readyz`); housekeeping removes them.
+pub const SYSTEM_TENANT: &str = "_system";
+
 /// Every key starts with this, so a leaked one is easy to recognise in logs and scanners.
 const KEY_PREFIX: &str = "tfk_";
 

@@ -84,6 +84,8 @@ async fn each_executor_tool_stores_its_result() {
             "job_enqueued",
             "job_dispatched",
             "job_started",
+            "lease_acquired",
+            "lease_released",
             "job_succeeded"
         ]
     );

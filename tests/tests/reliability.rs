@@ -216,7 +216,11 @@ async fn cancelled_jobs_never_start_and_running_ones_stop() {
         .map(|(e, _)| e)
         .collect();
     assert!(
-        names.ends_with(&["job_cancel_requested".into(), "job_cancelled".into()]),
+        names.ends_with(&[
+            "job_cancel_requested".into(),
+            "lease_released".into(),
+            "job_cancelled".into()
+        ]),
         "{names:?}"
     );
 

@@ -7,6 +7,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use apalis::prelude::TaskSink;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use chrono::Utc;
+use redis::AsyncCommands;
 use taskfleet_jobs::{Dispatch, Queue};
 use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis::Keys};
 use tokio::sync::Notify;
@@ -30,6 +31,8 @@ pub struct DispatcherSettings {
 pub struct Dispatcher {
     ledger: Ledger,
     storages: HashMap<Queue, RedisStorage<Dispatch, ConnectionManager>>,
+    conn: ConnectionManager,
+    keys: Keys,
     settings: DispatcherSettings,
     /// Names the dispatcher in events.
     actor: String,
@@ -53,6 +56,8 @@ impl Dispatcher {
         Dispatcher {
             ledger,
             storages,
+            conn,
+            keys: keys.clone(),
             settings,
             actor,
             wakeups,
@@ -100,11 +105,19 @@ impl Dispatcher {
     /// One pass over every queue. Returns true when some queue's window filled up while more
     /// work was due, i.e. another round should follow at once.
     pub async fn round(&mut self, sweep_stale: bool) -> anyhow::Result<bool> {
+        let windows: HashMap<Queue, i64> = self.ledger.window_sizes().await?.into_iter().collect();
         if sweep_stale {
-            for queue in Queue::ALL {
+            for (&queue, &in_ledger) in &windows {
+                // Busy workers leave copies waiting in Redis; only copies that are not there
+                // (Redis restarted or flushed) are pushed again.
+                let in_redis: i64 = self.conn.llen(self.keys.queue_active_list(queue)).await?;
+                let missing = in_ledger - in_redis;
+                if missing <= 0 {
+                    continue;
+                }
                 let stale = self
                     .ledger
-                    .redispatch_stale(queue, self.settings.redispatch_after, &self.actor)
+                    .redispatch_stale(queue, self.settings.redispatch_after, missing, &self.actor)
                     .await?;
                 if !stale.is_empty() {
                     tracing::info!(%queue, jobs = stale.len(), "re-pushing jobs whose Redis copy was lost");
@@ -112,7 +125,6 @@ impl Dispatcher {
                 }
             }
         }
-        let windows: HashMap<Queue, i64> = self.ledger.window_sizes().await?.into_iter().collect();
         let mut saturated = false;
         for queue in Queue::ALL {
             let room = self.settings.window - windows.get(&queue).copied().unwrap_or(0);

@@ -20,7 +20,9 @@ use apalis_redis::ConnectionManager;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use taskfleet_jobs::{JobSpec, RetryPolicy};
-use taskfleet_storage::{Lease, Ledger, Outcome, Renewal, StartedJob, redis::Keys};
+use taskfleet_storage::{
+    Lease, Ledger, Outcome, Renewal, StartedJob, redis as tf_redis, redis::Keys,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -77,7 +79,8 @@ pub struct JobExecutor {
     /// Names this process in the ledger (`jobs.worker`, event actors) and in leases.
     worker: String,
     settings: ExecutorSettings,
-    running: Mutex<HashMap<Uuid, Stopper>>,
+    /// Keyed by job and epoch: an old attempt ending must not forget a newer one.
+    running: Mutex<HashMap<(Uuid, i64), Stopper>>,
     /// Fired when the process stops: waiting for Postgres to start a job ends.
     shutdown: CancellationToken,
 }
@@ -122,7 +125,7 @@ impl JobExecutor {
         self.running
             .lock()
             .expect("running jobs lock")
-            .insert(job_id, stopper.clone());
+            .insert((job_id, started.lease_epoch), stopper.clone());
         let heartbeat = tokio::spawn(heartbeat(
             lease.clone(),
             conn.clone(),
@@ -141,7 +144,12 @@ impl JobExecutor {
             match (outcome, stopped) {
                 (Some((result, retry_at)), _) => self.record(&started, &result, retry_at).await,
                 (None, Some(StopReason::Cancelled)) => {
-                    self.write(&started, Outcome::Cancelled).await
+                    self.write(&started, Outcome::Cancelled).await;
+                    if let Err(err) =
+                        tf_redis::clear_cancel(&mut conn.clone(), &self.keys, job_id).await
+                    {
+                        tracing::debug!(%err, "could not clear the cancellation flag");
+                    }
                 }
                 (None, Some(StopReason::Drain)) => self.write(&started, Outcome::HandedBack).await,
                 (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
@@ -160,7 +168,7 @@ impl JobExecutor {
         self.running
             .lock()
             .expect("running jobs lock")
-            .remove(&job_id);
+            .remove(&(job_id, started.lease_epoch));
     }
 
     /// Starts the job in the ledger. While Postgres is unreachable it keeps trying, holding
@@ -210,11 +218,14 @@ impl JobExecutor {
         };
         let handler = AssertUnwindSafe(handlers::run(&spec, &ctx)).catch_unwind();
         let result = tokio::select! {
-            // The handler stops at its next await point when its future is dropped here.
-            _ = stop.cancelled() => return None,
+            // A result that is ready wins over a stop: it is written, and the epoch fence
+            // refuses it if the job moved on meanwhile.
+            biased;
             result = handler => result.unwrap_or_else(|panic| {
                 Err(JobFailure::retryable(format!("handler panicked: {}", panic_message(&*panic))))
             }),
+            // The handler stops at its next await point when its future is dropped here.
+            _ = stop.cancelled() => return None,
         };
         let retry_at = match &result {
             Err(failure) if !failure.permanent && started.attempt < started.max_attempts => {
@@ -274,8 +285,11 @@ impl JobExecutor {
 
     /// Stops one running job (a cancellation message for it arrived).
     pub fn stop(&self, job_id: Uuid, reason: StopReason) {
-        if let Some(running) = self.running.lock().expect("running jobs lock").get(&job_id) {
-            running.stop(reason);
+        let running = self.running.lock().expect("running jobs lock");
+        for ((id, _), stopper) in running.iter() {
+            if *id == job_id {
+                stopper.stop(reason);
+            }
         }
     }
 
@@ -298,8 +312,7 @@ impl JobExecutor {
     }
 }
 
-/// Renews the job lease every third of its ttl until stopped. Stops the job when the lease
-/// is lost, when it cannot be renewed for a whole ttl (the reclaimer may have taken it), or
+/// Renews the job lease every third of its ttl. Stops the job when the lease is lost, when it cannot be renewed for a whole ttl (the reclaimer may have taken it), or
 /// when cancellation is requested.
 async fn heartbeat(
     lease: Lease,
@@ -310,14 +323,16 @@ async fn heartbeat(
 ) {
     let every = lease.ttl() / 3;
     let mut renewed = Instant::now();
+    // Runs until aborted once the outcome is written: a stopped job still holds its lease
+    // while its cancellation or hand-back is recorded.
     loop {
-        tokio::select! {
-            _ = stopper.token.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
+        tokio::time::sleep(every).await;
         match lease.renew(&mut conn, epoch, &cancel_flag).await {
             Ok(Renewal::Renewed) => renewed = Instant::now(),
-            Ok(Renewal::RenewedFlagged) => return stopper.stop(StopReason::Cancelled),
+            Ok(Renewal::RenewedFlagged) => {
+                renewed = Instant::now();
+                stopper.stop(StopReason::Cancelled);
+            }
             Ok(Renewal::Lost) => return stopper.stop(StopReason::LeaseLost),
             Err(err) if renewed.elapsed() >= lease.ttl() => {
                 tracing::warn!(%err, "lease not renewed within its ttl");

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use apalis_redis::ConnectionManager;
 use taskfleet_jobs::Queue;
-use taskfleet_storage::{Lease, Ledger, redis::Keys};
+use taskfleet_storage::{Lease, Ledger, redis::Keys, tenants::SYSTEM_TENANT};
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,9 @@ use crate::{
 /// How often the leader deletes the Redis copies of finished tasks.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
 const FORGET_BATCH: usize = 5_000;
-/// How often ledger retention (idempotency keys) runs.
+/// Finished `/readyz` probe jobs are kept this long.
+const PROBE_RETENTION: Duration = Duration::from_secs(60);
+/// How often ledger retention (idempotency keys, probe jobs) runs.
 const LEDGER_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// What a leader runs; built anew each time this process becomes leader.
@@ -98,8 +100,8 @@ async fn step_down(
     }
 }
 
-/// Retention chores: Redis copies of finished tasks (apalis-redis keeps them forever) and
-/// idempotency keys past their retention window.
+/// Retention chores: Redis copies of finished tasks (apalis-redis keeps them forever),
+/// idempotency keys past their retention window, finished readiness probe jobs.
 #[derive(Clone)]
 pub struct Housekeeping {
     pub conn: ConnectionManager,
@@ -125,6 +127,13 @@ impl Housekeeping {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(jobs = n, "idempotency keys past retention freed"),
                     Err(err) => tracing::warn!(%err, "could not expire idempotency keys"),
+                }
+                let probes = self
+                    .ledger
+                    .purge_finished(SYSTEM_TENANT, PROBE_RETENTION)
+                    .await;
+                if let Err(err) = probes {
+                    tracing::warn!(%err, "could not delete finished readiness probe jobs");
                 }
             }
             tokio::select! {

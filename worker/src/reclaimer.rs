@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use apalis_redis::ConnectionManager;
-use chrono::Utc;
 use taskfleet_storage::{Lease, Ledger, redis as tf_redis, redis::Keys};
 use tokio_util::sync::CancellationToken;
 
@@ -43,8 +42,7 @@ impl Reclaimer {
     /// Reclaims every job running for longer than a ttl without a lease under its epoch.
     pub async fn sweep(&mut self) -> anyhow::Result<usize> {
         // A job started less than a ttl ago may not have taken its lease yet.
-        let started_before = Utc::now() - self.lease_ttl;
-        let candidates = self.ledger.running_since(started_before).await?;
+        let candidates = self.ledger.running_longer_than(self.lease_ttl).await?;
         let mut reclaimed = 0;
         for chunk in candidates.chunks(CHUNK) {
             let lease_keys: Vec<String> = chunk

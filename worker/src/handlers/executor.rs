@@ -68,6 +68,10 @@ async fn inject(fault: Fault, ctx: &JobContext) -> HandlerResult {
             })
         }
         Fault::Hang => std::future::pending().await,
+        Fault::Slow { ms } => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!({ "slept_ms": ms }))
+        }
         Fault::Panic => panic!("injected panic on attempt {}", ctx.attempt),
         Fault::Exit => {
             tracing::warn!(job_id = %ctx.job_id, "injected fault: exiting the worker process");
