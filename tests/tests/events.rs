@@ -70,6 +70,14 @@ async fn a_job_that_retries_once_streams_its_whole_ordered_life() {
         messages[4].data["details"]["error"],
         "injected failure on attempt 1"
     );
+    // Resuming after the end (as EventSource does on its own) closes at once, empty.
+    let last = messages.last().unwrap().id;
+    let resumed = api
+        .sse(&key, &format!("/v1/jobs/{id}/events"), Some(last))
+        .await
+        .1
+        .unwrap();
+    assert_eq!(resumed.collect(WITHIN).await, []);
     // The ended job's stream replays and closes at once.
     let again = api
         .sse(&key, &format!("/v1/jobs/{id}/events"), None)

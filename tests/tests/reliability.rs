@@ -245,6 +245,28 @@ async fn cancelled_jobs_never_start_and_running_ones_stop() {
         (409, Some("invalid_state")),
         "{body}"
     );
+
+    // A job cancelled while running, then retried by hand, runs to the end: the old
+    // cancellation does not stop the new attempt.
+    let slow = api
+        .submit(&key, fault(json!({"mode": "slow", "ms": 1500})))
+        .await;
+    wait_until(Duration::from_secs(20), "the slow job runs", || async {
+        api.get(&key, &format!("/v1/jobs/{slow}")).await.1["state"] == "running"
+    })
+    .await;
+    let (status, _) = api
+        .post(&key, &format!("/v1/jobs/{slow}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let done = api.wait_finished(&key, slow, Duration::from_secs(10)).await;
+    assert_eq!(done["state"], "cancelled");
+    let (status, _) = api
+        .post(&key, &format!("/v1/jobs/{slow}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let done = api.wait_finished(&key, slow, Duration::from_secs(20)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
     env.finish().await;
 }
 
