@@ -15,6 +15,19 @@ use uuid::Uuid;
 
 pub use serde_json::json;
 
+/// Worker flags for failure tests: leases, leadership and lost Redis copies all recover
+/// within seconds instead of the production defaults' tens of seconds.
+pub const FAST_FAILOVER: &[&str] = &[
+    "--concurrency",
+    "16",
+    "--lease-ttl-ms",
+    "2000",
+    "--leader-ttl-ms",
+    "2000",
+    "--redispatch-after-secs",
+    "2",
+];
+
 /// The Postgres server tests create their databases on.
 pub fn admin_database_url() -> String {
     std::env::var("TASKFLEET_TEST_ADMIN_DATABASE_URL")

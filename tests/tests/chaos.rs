@@ -5,18 +5,7 @@
 use std::time::Duration;
 
 use rand::Rng;
-use taskfleet_tests::{TestEnv, json, wait_until};
-
-const WORKER: &[&str] = &[
-    "--concurrency",
-    "16",
-    "--lease-ttl-ms",
-    "2000",
-    "--leader-ttl-ms",
-    "2000",
-    "--redispatch-after-secs",
-    "3",
-];
+use taskfleet_tests::{FAST_FAILOVER as WORKER, TestEnv, json, wait_until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_workers_loses_no_job_and_completes_none_twice() {

@@ -3,18 +3,7 @@
 
 use std::time::Duration;
 
-use taskfleet_tests::{TestEnv, json, wait_until};
-
-const WORKER: &[&str] = &[
-    "--concurrency",
-    "16",
-    "--lease-ttl-ms",
-    "2000",
-    "--leader-ttl-ms",
-    "2000",
-    "--redispatch-after-secs",
-    "2",
-];
+use taskfleet_tests::{FAST_FAILOVER as WORKER, TestEnv, json, wait_until};
 
 async fn submit(api: &taskfleet_tests::Api, key: &str, n: usize) {
     for _ in 0..n / 500 {
