@@ -6,7 +6,9 @@ use anyhow::Context;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Route, Server, listener::TcpListener};
 use poem_openapi::error::ParseRequestPayloadError;
 use poem_openapi::{OpenApiService, Tags};
-use taskfleet_storage::{Db, EventLog, Ledger, Tenants, redis as tf_redis, redis::Keys, wait_for};
+use taskfleet_storage::{
+    Db, EventLog, Ledger, Schedules, Tenants, redis as tf_redis, redis::Keys, wait_for,
+};
 
 use crate::{
     cli::ApiArgs,
@@ -14,6 +16,7 @@ use crate::{
     events::{EventHub, EventsApi},
     health::HealthApi,
     jobs::JobsApi,
+    schedules::SchedulesApi,
     state::AppState,
 };
 
@@ -25,6 +28,8 @@ pub enum Tag {
     Jobs,
     /// Live event streams (Server-Sent Events).
     Events,
+    /// Cron and one-shot schedules that create jobs.
+    Schedules,
     /// Health and readiness.
     Ops,
 }
@@ -41,6 +46,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     let hub = EventHub::start(args.redis_url.clone(), keys.clone(), events.clone());
     Ok(AppState {
         ledger: Ledger::new(db.pool.clone()),
+        schedules: Schedules::new(db.pool.clone()),
         events,
         hub,
         tenants,
@@ -61,7 +67,7 @@ pub fn build_app(
     max_body_bytes: usize,
 ) -> impl poem::Endpoint {
     let api = OpenApiService::new(
-        (JobsApi, EventsApi, HealthApi),
+        (JobsApi, EventsApi, SchedulesApi, HealthApi),
         "taskfleet",
         env!("CARGO_PKG_VERSION"),
     )

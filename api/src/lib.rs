@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod health;
 mod jobs;
+mod schedules;
 mod state;
 
 pub use app::{build_app, serve};

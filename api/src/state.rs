@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
-use taskfleet_storage::{Db, EventLog, Ledger, Tenant, Tenants, redis::Keys};
+use taskfleet_storage::{Db, EventLog, Ledger, Schedules, Tenant, Tenants, redis::Keys};
 
 use crate::events::EventHub;
 
@@ -11,6 +11,7 @@ use crate::events::EventHub;
 pub struct AppState {
     pub db: Db,
     pub ledger: Ledger,
+    pub schedules: Schedules,
     pub events: EventLog,
     /// Fans live events out to this process's SSE clients.
     pub hub: Arc<EventHub>,

@@ -20,6 +20,8 @@ pub enum EventName {
     LeaseAcquired,
     LeaseReleased,
     LeaseReclaimed,
+    ScheduleFired,
+    ScheduleSkipped,
     WorkerOnline,
     WorkerOffline,
     /// A worker wrote with an epoch that is no longer the job's: nothing changed.
@@ -51,6 +53,8 @@ impl EventName {
             EventName::LeaseAcquired => "lease_acquired",
             EventName::LeaseReleased => "lease_released",
             EventName::LeaseReclaimed => "lease_reclaimed",
+            EventName::ScheduleFired => "schedule_fired",
+            EventName::ScheduleSkipped => "schedule_skipped",
             EventName::WorkerOnline => "worker_online",
             EventName::WorkerOffline => "worker_offline",
             EventName::StaleWriteRejected => "stale_write_rejected",

@@ -6,6 +6,7 @@ pub mod event;
 pub mod executor;
 pub mod queue;
 pub mod retry;
+pub mod schedule;
 pub mod spec;
 pub mod state;
 
@@ -13,6 +14,7 @@ pub use event::EventName;
 pub use executor::{ExecutorRun, ExecutorTool};
 pub use queue::Queue;
 pub use retry::RetryPolicy;
+pub use schedule::{MissedPolicy, Timing};
 pub use spec::{InvalidJob, JobOptions, JobSpec};
 pub use state::JobState;
 

@@ -95,6 +95,10 @@ pub struct TestConnector {
 pub struct ScheduleFire {
     pub schedule_id: Uuid,
     pub fire_at: DateTime<Utc>,
+    /// Fired late, once, for slots missed while no scheduler ran.
+    #[oai(default)]
+    #[serde(default)]
+    pub catch_up: bool,
     #[oai(flatten)]
     #[serde(flatten)]
     pub options: JobOptions,
@@ -207,6 +211,9 @@ impl JobSpec {
     pub fn validate(&self, fault_injection: bool) -> Result<(), InvalidJob> {
         match self {
             JobSpec::ExecutorRun(run) => run.call(fault_injection).map(drop),
+            JobSpec::ScheduleFire(_) => Err(InvalidJob::new(
+                "`schedule.fire` jobs are created by schedules; create one under /v1/schedules",
+            )),
             other => Err(InvalidJob::new(format!(
                 "job kind `{}` is not available yet: no worker has a handler for it",
                 other.kind()

@@ -165,6 +165,10 @@ impl Ledger {
         Ledger { pool }
     }
 
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Inserts jobs and their `job_enqueued` events, all or none. A job whose `run_at` is in
     /// the future starts `scheduled`, otherwise `queued`. A job whose idempotency key the
     /// tenant already used comes back as [`Inserted::Existing`] when its payload is the same,

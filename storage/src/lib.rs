@@ -6,6 +6,7 @@ pub mod events;
 pub mod lease;
 pub mod ledger;
 pub mod redis;
+pub mod schedules;
 pub mod tenants;
 
 pub use db::Db;
@@ -14,6 +15,7 @@ pub use lease::{Lease, Renewal};
 pub use ledger::{
     Change, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome, StartedJob,
 };
+pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};
 pub use tenants::{Tenant, Tenants};
 
 /// Retries `connect` with capped back-off until it succeeds, so a process started before

@@ -535,3 +535,23 @@ impl Sse {
         all
     }
 }
+
+impl TestEnv {
+    /// The index of the child process that holds the leader lease.
+    pub async fn leader_index(&self) -> Option<usize> {
+        let mut conn = self.redis.clone();
+        let holder: Option<String> = conn
+            .get(format!("{}:lease:leader", self.redis_prefix))
+            .await
+            .unwrap();
+        // The holder is `host-pid-nonce|epoch`.
+        let pid: u32 = holder?
+            .split('|')
+            .next()?
+            .rsplit('-')
+            .nth(1)?
+            .parse()
+            .ok()?;
+        self.children.iter().position(|child| child.id() == pid)
+    }
+}

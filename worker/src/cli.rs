@@ -23,7 +23,7 @@ pub struct WorkerArgs {
         long,
         env = "TASKFLEET_QUEUES",
         value_delimiter = ',',
-        default_value = "executor"
+        default_value = "executor,schedule"
     )]
     pub queues: Vec<Queue>,
     /// Jobs run at once per queue: `16` for every queue, or `16,executor=64` to override one.

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use taskfleet_jobs::{JobSpec, RetryPolicy};
 use taskfleet_storage::{
-    Lease, Ledger, Outcome, Renewal, StartedJob, redis as tf_redis, redis::Keys,
+    Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, redis as tf_redis, redis::Keys,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +74,7 @@ pub struct ExecutorSettings {
 
 pub struct JobExecutor {
     ledger: Ledger,
+    schedules: Schedules,
     redis: ConnectionManager,
     keys: Keys,
     /// Names this process in the ledger (`jobs.worker`, event actors) and in leases.
@@ -95,6 +96,7 @@ impl JobExecutor {
         shutdown: CancellationToken,
     ) -> JobExecutor {
         JobExecutor {
+            schedules: Schedules::new(ledger.pool().clone()),
             ledger,
             redis,
             keys,
@@ -212,7 +214,11 @@ impl JobExecutor {
             job_id: started.id,
             attempt: started.attempt as u32,
             fault_injection: self.settings.fault_injection,
+            tenant_id: started.tenant_id,
             ledger: self.ledger.clone(),
+            schedules: self.schedules.clone(),
+            redis: self.redis.clone(),
+            keys: self.keys.clone(),
             epoch: started.lease_epoch,
             worker: self.worker.clone(),
         };

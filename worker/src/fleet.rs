@@ -7,7 +7,9 @@ use anyhow::Context;
 use apalis::prelude::*;
 use apalis_redis::ConnectionManager;
 use taskfleet_jobs::{Dispatch, EventName};
-use taskfleet_storage::{Db, EventLog, Lease, Ledger, redis as tf_redis, redis::Keys, wait_for};
+use taskfleet_storage::{
+    Db, EventLog, Lease, Ledger, Schedules, redis as tf_redis, redis::Keys, wait_for,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -20,6 +22,7 @@ use crate::{
     leader::{self, Housekeeping},
     reclaimer::Reclaimer,
     redis_queue,
+    scheduler::Scheduler,
 };
 
 /// The apalis task function: everything happens in the executor, which records outcomes in
@@ -210,10 +213,20 @@ fn leader_duties(
             keys: keys.clone(),
         })
     };
+    let make_scheduler = {
+        let (ledger, conn, keys) = (ledger.clone(), conn.clone(), keys.clone());
+        Arc::new(move || Scheduler {
+            schedules: Schedules::new(ledger.pool().clone()),
+            ledger: ledger.clone(),
+            conn: conn.clone(),
+            keys: keys.clone(),
+        })
+    };
     leader::duties(
         make_dispatcher,
         make_reclaimer,
         make_sequencer,
+        make_scheduler,
         Housekeeping {
             conn: conn.clone(),
             keys: keys.clone(),

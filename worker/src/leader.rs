@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     dispatcher::Dispatcher, event_sequencer::EventSequencer, reclaimer::Reclaimer, redis_queue,
+    scheduler::Scheduler,
 };
 
 /// How often the leader deletes the Redis copies of finished tasks.
@@ -32,6 +33,7 @@ pub fn duties(
     make_dispatcher: Arc<dyn Fn() -> Dispatcher + Send + Sync>,
     make_reclaimer: Arc<dyn Fn() -> Reclaimer + Send + Sync>,
     make_sequencer: Arc<dyn Fn() -> EventSequencer + Send + Sync>,
+    make_scheduler: Arc<dyn Fn() -> Scheduler + Send + Sync>,
     housekeeping: Housekeeping,
 ) -> Duties {
     Box::new(move |stop: CancellationToken| {
@@ -39,6 +41,7 @@ pub fn duties(
             tokio::spawn(make_dispatcher().run(stop.clone())),
             tokio::spawn(make_reclaimer().run(stop.clone())),
             tokio::spawn(make_sequencer().run(stop.clone())),
+            tokio::spawn(make_scheduler().run(stop.clone())),
             tokio::spawn(housekeeping.clone().run(stop)),
         ]
     })

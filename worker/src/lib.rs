@@ -10,3 +10,4 @@ pub mod handlers;
 pub mod leader;
 pub mod reclaimer;
 pub mod redis_queue;
+pub mod scheduler;

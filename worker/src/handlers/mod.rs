@@ -3,13 +3,15 @@
 
 pub mod changelog;
 pub mod executor;
+pub mod schedule;
 
 use serde_json::Value;
 use taskfleet_jobs::JobSpec;
 
 use std::time::Duration;
 
-use taskfleet_storage::Ledger;
+use apalis_redis::ConnectionManager;
+use taskfleet_storage::{Ledger, Schedules, redis::Keys};
 use uuid::Uuid;
 
 /// What a handler knows about the attempt it runs, and how it reports progress.
@@ -20,12 +22,22 @@ pub struct JobContext {
     pub attempt: u32,
     /// The `fault` executor tool may run (tests only).
     pub fault_injection: bool,
+    /// The tenant the job belongs to.
+    pub tenant_id: Uuid,
     pub(crate) ledger: Ledger,
+    pub(crate) schedules: Schedules,
+    pub(crate) redis: ConnectionManager,
+    pub(crate) keys: Keys,
     pub(crate) epoch: i64,
     pub(crate) worker: String,
 }
 
 impl JobContext {
+    /// Tells the dispatcher that the handler created work, so it goes out at once.
+    pub async fn wake_dispatcher(&self) {
+        taskfleet_storage::redis::wake_dispatcher(&mut self.redis.clone(), &self.keys).await
+    }
+
     /// Records progress on the job (its row shows the latest) and appends `job_progress`.
     /// Best effort: a failed write is logged, and the job goes on.
     pub async fn progress(&self, percent: f32, message: &str) {
@@ -75,6 +87,7 @@ pub type HandlerResult = Result<Value, JobFailure>;
 pub async fn run(spec: &JobSpec, ctx: &JobContext) -> HandlerResult {
     match spec {
         JobSpec::ExecutorRun(run) => executor::run(run, ctx).await,
+        JobSpec::ScheduleFire(fire) => schedule::fire(fire, ctx).await,
         other => Err(JobFailure::permanent(format!(
             "no handler for job kind `{}` in this worker",
             other.kind()

@@ -1,0 +1,275 @@
+//! `/v1/schedules`: cron and one-shot schedules whose firings create jobs.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
+use serde_json::Value;
+use taskfleet_jobs::{JobSpec, MissedPolicy, Timing};
+use taskfleet_storage::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord};
+use uuid::Uuid;
+
+use crate::{auth::TenantKey, error::ApiError, state::AppState};
+
+/// Firings shown with a schedule.
+const RECENT_FIRINGS: i64 = 20;
+
+/// A schedule to create, or to replace one with.
+#[derive(Debug, Object)]
+pub struct ScheduleInput {
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: String,
+    /// The job each firing creates: the same typed union as `POST /v1/jobs`.
+    pub target: JobSpec,
+    /// Cron with seconds first: `sec min hour day-of-month month day-of-week [year]`.
+    pub cron: Option<String>,
+    /// IANA time zone the cron expression is read in (default `UTC`).
+    pub time_zone: Option<String>,
+    /// Fire once, at this instant (instead of `cron`).
+    pub at: Option<DateTime<Utc>>,
+    /// Firings missed while no worker ran: `skip` (default) or `catch_up_once`.
+    pub missed: Option<MissedPolicy>,
+}
+
+#[derive(Debug, Object)]
+pub struct ScheduleFiring {
+    pub fire_at: DateTime<Utc>,
+    /// The job this firing created.
+    pub job_id: Uuid,
+    /// Fired late, once, for slots missed while no scheduler ran.
+    pub catch_up: bool,
+    pub fired_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Object)]
+pub struct Schedule {
+    pub id: Uuid,
+    pub name: String,
+    pub target: Value,
+    pub cron: Option<String>,
+    pub time_zone: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+    pub missed: MissedPolicy,
+    pub paused: bool,
+    /// The next slot; absent once a one-shot schedule has fired.
+    pub next_fire_at: Option<DateTime<Utc>>,
+    /// The latest firings, newest first.
+    pub last_firings: Vec<ScheduleFiring>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Object)]
+pub struct ScheduleList {
+    pub schedules: Vec<Schedule>,
+}
+
+#[derive(ApiResponse)]
+pub enum ScheduleCreated {
+    #[oai(status = 201)]
+    Created(Json<Schedule>),
+}
+
+#[derive(ApiResponse)]
+pub enum Deleted {
+    #[oai(status = 204)]
+    Deleted,
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(err: ScheduleError) -> ApiError {
+        match err {
+            ScheduleError::Db(err) => err.into(),
+            taken @ ScheduleError::NameTaken(_) => {
+                ApiError::conflict("name_taken", taken.to_string())
+            }
+        }
+    }
+}
+
+/// Checks a schedule as the scheduler will read it, and works out its first slot.
+fn definition(input: ScheduleInput, fault_injection: bool) -> Result<ScheduleDefinition, ApiError> {
+    input
+        .target
+        .validate(fault_injection)
+        .map_err(|invalid| ApiError::invalid(format!("target: {invalid}")))?;
+    let now = Utc::now();
+    let timing = Timing::parse(
+        input.cron.as_deref(),
+        input.time_zone.as_deref(),
+        input.at,
+        Some(now),
+    )
+    .map_err(|invalid| ApiError::invalid(invalid.message))?;
+    Ok(ScheduleDefinition {
+        name: input.name,
+        target: serde_json::to_value(&input.target).expect("a JobSpec always serialises"),
+        next_fire_at: timing.next_after(now),
+        cron: input.cron,
+        time_zone: input.time_zone,
+        at: input.at,
+        missed: input.missed.unwrap_or_default().as_str().to_owned(),
+    })
+}
+
+async fn present(state: &AppState, record: ScheduleRecord) -> Result<Schedule, ApiError> {
+    let firings = state.schedules.firings(record.id, RECENT_FIRINGS).await?;
+    Ok(Schedule {
+        id: record.id,
+        name: record.name,
+        target: record.target,
+        cron: record.cron,
+        time_zone: record.time_zone,
+        at: record.at,
+        missed: record.missed.parse().unwrap_or_default(),
+        paused: record.paused,
+        next_fire_at: record.next_fire_at,
+        last_firings: firings
+            .into_iter()
+            .map(|f: Firing| ScheduleFiring {
+                fire_at: f.fire_at,
+                job_id: f.job_id,
+                catch_up: f.catch_up,
+                fired_at: f.fired_at,
+            })
+            .collect(),
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    })
+}
+
+fn no_schedule(id: Uuid) -> ApiError {
+    ApiError::not_found(format!("no schedule {id}"))
+}
+
+pub struct SchedulesApi;
+
+#[OpenApi(prefix_path = "/v1", tag = "crate::app::Tag::Schedules")]
+impl SchedulesApi {
+    /// Create a schedule
+    ///
+    /// Either `cron` (seconds first, read in `time_zone`) or one `at` instant. Each firing
+    /// creates the `target` job exactly once, even across scheduler fail-overs.
+    #[oai(path = "/schedules", method = "post")]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        body: Json<ScheduleInput>,
+    ) -> Result<ScheduleCreated, ApiError> {
+        let def = definition(body.0, state.fault_injection)?;
+        let record = state.schedules.create(auth.0.id, &def).await?;
+        Ok(ScheduleCreated::Created(Json(
+            present(&state, record).await?,
+        )))
+    }
+
+    /// List schedules
+    #[oai(path = "/schedules", method = "get")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+    ) -> Result<Json<ScheduleList>, ApiError> {
+        let mut schedules = Vec::new();
+        for record in state.schedules.list(auth.0.id).await? {
+            schedules.push(present(&state, record).await?);
+        }
+        Ok(Json(ScheduleList { schedules }))
+    }
+
+    /// Get a schedule, with its next slot and latest firings
+    #[oai(path = "/schedules/:id", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Json<Schedule>, ApiError> {
+        let record = state
+            .schedules
+            .get(auth.0.id, id.0)
+            .await?
+            .ok_or_else(|| no_schedule(id.0))?;
+        Ok(Json(present(&state, record).await?))
+    }
+
+    /// Replace a schedule
+    ///
+    /// Its next slot is worked out anew; past firings stay.
+    #[oai(path = "/schedules/:id", method = "put")]
+    async fn replace(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+        body: Json<ScheduleInput>,
+    ) -> Result<Json<Schedule>, ApiError> {
+        let def = definition(body.0, state.fault_injection)?;
+        let record = state
+            .schedules
+            .replace(auth.0.id, id.0, &def)
+            .await?
+            .ok_or_else(|| no_schedule(id.0))?;
+        Ok(Json(present(&state, record).await?))
+    }
+
+    /// Delete a schedule
+    #[oai(path = "/schedules/:id", method = "delete")]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Deleted, ApiError> {
+        match state.schedules.delete(auth.0.id, id.0).await? {
+            true => Ok(Deleted::Deleted),
+            false => Err(no_schedule(id.0)),
+        }
+    }
+
+    /// Pause a schedule: it does not fire until resumed
+    #[oai(path = "/schedules/:id/pause", method = "post")]
+    async fn pause(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Json<Schedule>, ApiError> {
+        let record = state
+            .schedules
+            .set_paused(auth.0.id, id.0, true, None)
+            .await?
+            .ok_or_else(|| no_schedule(id.0))?;
+        Ok(Json(present(&state, record).await?))
+    }
+
+    /// Resume a schedule at its next slot after now
+    #[oai(path = "/schedules/:id/resume", method = "post")]
+    async fn resume(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Json<Schedule>, ApiError> {
+        let current = state
+            .schedules
+            .get(auth.0.id, id.0)
+            .await?
+            .ok_or_else(|| no_schedule(id.0))?;
+        let timing = Timing::parse(
+            current.cron.as_deref(),
+            current.time_zone.as_deref(),
+            current.at,
+            None,
+        )
+        .map_err(|invalid| ApiError::invalid(invalid.message))?;
+        // A one-shot whose instant passed while paused does not fire any more.
+        let next = timing.next_after(Utc::now());
+        let record = state
+            .schedules
+            .set_paused(auth.0.id, id.0, false, next)
+            .await?
+            .ok_or_else(|| no_schedule(id.0))?;
+        Ok(Json(present(&state, record).await?))
+    }
+}

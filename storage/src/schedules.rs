@@ -1,0 +1,269 @@
+//! Schedules: stored timing and target job, the slot they fire next, and their firings.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ScheduleRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub target: Value,
+    pub cron: Option<String>,
+    pub time_zone: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+    pub missed: String,
+    pub paused: bool,
+    pub next_fire_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const SCHEDULE_COLUMNS: &str = "id, tenant_id, name, target, cron, time_zone, at, missed, \
+     paused, next_fire_at, created_at, updated_at";
+
+/// A schedule's definition, as created or replaced.
+#[derive(Debug, Clone)]
+pub struct ScheduleDefinition {
+    pub name: String,
+    pub target: Value,
+    pub cron: Option<String>,
+    pub time_zone: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+    pub missed: String,
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Firing {
+    pub fire_at: DateTime<Utc>,
+    pub job_id: Uuid,
+    pub catch_up: bool,
+    pub fired_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("a schedule named `{0}` exists already")]
+    NameTaken(String),
+}
+
+fn name_taken(err: sqlx::Error, name: &str) -> ScheduleError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            ScheduleError::NameTaken(name.to_owned())
+        }
+        _ => ScheduleError::Db(err),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedules {
+    pool: PgPool,
+}
+
+impl Schedules {
+    pub fn new(pool: PgPool) -> Schedules {
+        Schedules { pool }
+    }
+
+    pub async fn create(
+        &self,
+        tenant_id: Uuid,
+        def: &ScheduleDefinition,
+    ) -> Result<ScheduleRecord, ScheduleError> {
+        sqlx::query_as(&format!(
+            "INSERT INTO schedules (id, tenant_id, name, target, cron, time_zone, at, missed,
+                                    next_fire_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             RETURNING {SCHEDULE_COLUMNS}"
+        ))
+        .bind(Uuid::now_v7())
+        .bind(tenant_id)
+        .bind(&def.name)
+        .bind(&def.target)
+        .bind(&def.cron)
+        .bind(&def.time_zone)
+        .bind(def.at)
+        .bind(&def.missed)
+        .bind(def.next_fire_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|err| name_taken(err, &def.name))
+    }
+
+    /// Replaces a schedule's definition (its firings stay).
+    pub async fn replace(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        def: &ScheduleDefinition,
+    ) -> Result<Option<ScheduleRecord>, ScheduleError> {
+        sqlx::query_as(&format!(
+            "UPDATE schedules SET name = $3, target = $4, cron = $5, time_zone = $6, at = $7,
+                    missed = $8, next_fire_at = $9, updated_at = now()
+             WHERE tenant_id = $1 AND id = $2
+             RETURNING {SCHEDULE_COLUMNS}"
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .bind(&def.name)
+        .bind(&def.target)
+        .bind(&def.cron)
+        .bind(&def.time_zone)
+        .bind(def.at)
+        .bind(&def.missed)
+        .bind(def.next_fire_at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|err| name_taken(err, &def.name))
+    }
+
+    pub async fn get(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<ScheduleRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Any tenant's schedule: for the `schedule.fire` handler, whose job names it.
+    pub async fn get_any(&self, id: Uuid) -> sqlx::Result<Option<ScheduleRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    pub async fn list(&self, tenant_id: Uuid) -> sqlx::Result<Vec<ScheduleRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE tenant_id = $1 ORDER BY name"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn delete(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
+        let done = sqlx::query("DELETE FROM schedules WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Pauses, or resumes from `next_fire_at` (the next slot after now).
+    pub async fn set_paused(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        paused: bool,
+        next_fire_at: Option<DateTime<Utc>>,
+    ) -> sqlx::Result<Option<ScheduleRecord>> {
+        sqlx::query_as(&format!(
+            "UPDATE schedules SET paused = $3, updated_at = now(),
+                    next_fire_at = CASE WHEN $3 THEN next_fire_at ELSE $4 END
+             WHERE tenant_id = $1 AND id = $2
+             RETURNING {SCHEDULE_COLUMNS}"
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .bind(paused)
+        .bind(next_fire_at)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Unpaused schedules whose next slot is due, earliest first.
+    pub async fn due(&self, limit: i64) -> sqlx::Result<Vec<ScheduleRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules
+             WHERE NOT paused AND next_fire_at <= now()
+             ORDER BY next_fire_at LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Moves a schedule on from slot `from` to `next`, unless someone else already did.
+    pub async fn advance(
+        &self,
+        id: Uuid,
+        from: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> sqlx::Result<bool> {
+        let done = sqlx::query(
+            "UPDATE schedules SET next_fire_at = $3 WHERE id = $1 AND next_fire_at = $2",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(next)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records that slot `fire_at` created `job_id`; false if the slot had fired already.
+    pub async fn record_firing(
+        &self,
+        schedule_id: Uuid,
+        fire_at: DateTime<Utc>,
+        job_id: Uuid,
+        catch_up: bool,
+    ) -> sqlx::Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO schedule_firings (schedule_id, fire_at, job_id, catch_up)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(schedule_id)
+        .bind(fire_at)
+        .bind(job_id)
+        .bind(catch_up)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The latest firings, newest first.
+    pub async fn firings(&self, schedule_id: Uuid, limit: i64) -> sqlx::Result<Vec<Firing>> {
+        sqlx::query_as(
+            "SELECT fire_at, job_id, catch_up, fired_at FROM schedule_firings
+             WHERE schedule_id = $1 ORDER BY fire_at DESC LIMIT $2",
+        )
+        .bind(schedule_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Appends a schedule event (`schedule_fired`, `schedule_skipped`).
+    pub async fn record_event(
+        &self,
+        schedule: &ScheduleRecord,
+        event: taskfleet_jobs::EventName,
+        job_id: Option<Uuid>,
+        details: Value,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+             VALUES ($1, $2, 'schedule', 'schedule.fire', $3, 'scheduler', $4)",
+        )
+        .bind(schedule.tenant_id)
+        .bind(job_id)
+        .bind(event.as_str())
+        .bind(details)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! Schedules: one target job per slot across several workers and a leader change, missed
+//! slots skipped or caught up once, one-shots, pause and resume, validation, tenant scoping.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use taskfleet_tests::{Api, FAST_FAILOVER, TestEnv, json};
+use uuid::Uuid;
+
+async fn create(api: &Api, key: &str, body: serde_json::Value) -> Uuid {
+    let (status, schedule) = api.post(key, "/v1/schedules", &body).await;
+    assert_eq!(status, 201, "{schedule}");
+    schedule["id"].as_str().unwrap().parse().unwrap()
+}
+
+fn every_second(name: &str, missed: &str) -> serde_json::Value {
+    json!({"name": name, "cron": "* * * * * *", "missed": missed,
+           "target": {"kind": "executor.run", "tool": "noop"}})
+}
+
+/// `(fire_at, catch_up)` of a schedule's firings, oldest first, after checking that each
+/// created its own target job and no other target job exists.
+async fn firings(env: &TestEnv, schedule: Uuid) -> Vec<(DateTime<Utc>, bool)> {
+    let rows: Vec<(DateTime<Utc>, bool, Uuid)> = sqlx::query_as(
+        "SELECT fire_at, catch_up, job_id FROM schedule_firings
+         WHERE schedule_id = $1 ORDER BY fire_at",
+    )
+    .bind(schedule)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let targets: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key LIKE $1 ORDER BY id")
+            .bind(format!("schedule:{schedule}:%"))
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let mut fired_jobs: Vec<Uuid> = rows.iter().map(|(_, _, job)| *job).collect();
+    fired_jobs.sort();
+    assert_eq!(fired_jobs, targets, "one target job per firing, no more");
+    rows.into_iter()
+        .map(|(at, catch_up, _)| (at, catch_up))
+        .collect()
+}
+
+async fn pause_and_settle(api: &Api, key: &str, schedules: &[Uuid]) {
+    for id in schedules {
+        let (status, _) = api
+            .post(key, &format!("/v1/schedules/{id}/pause"), &json!({}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    // Fire jobs already created still run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_second_across_three_workers_fires_exactly_once_a_second() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+    for _ in 0..3 {
+        env.start_worker(FAST_FAILOVER);
+    }
+    let id = create(&api, &key, every_second("heartbeat", "skip")).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    pause_and_settle(&api, &key, &[id]).await;
+
+    let fired = firings(&env, id).await;
+    assert!(fired.len() >= 18, "{} firings in 20 s", fired.len());
+    for pair in fired.windows(2) {
+        assert_eq!(
+            pair[1].0 - pair[0].0,
+            chrono::Duration::seconds(1),
+            "a slot was missed or repeated"
+        );
+    }
+    let (_, schedule) = api.get(&key, &format!("/v1/schedules/{id}")).await;
+    assert_eq!(
+        schedule["last_firings"][0]["fire_at"]
+            .as_str()
+            .map(|s| s.parse::<DateTime<Utc>>().unwrap()),
+        Some(fired.last().unwrap().0)
+    );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_change_skips_or_catches_up_missed_slots_without_duplicates() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+    // A long leader ttl makes the hand-over gap span whole seconds.
+    let flags: Vec<&str> = FAST_FAILOVER
+        .iter()
+        .map(|flag| if *flag == "2000" { "4000" } else { flag })
+        .collect();
+    assert!(flags.windows(2).any(|w| w == ["--leader-ttl-ms", "4000"]));
+    for _ in 0..3 {
+        env.start_worker(&flags);
+    }
+    let skipping = create(&api, &key, every_second("skipping", "skip")).await;
+    let catching_up = create(&api, &key, every_second("catching-up", "catch_up_once")).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let leader = env.leader_index().await.expect("a leader holds the lease");
+    env.signal(leader, "KILL");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    pause_and_settle(&api, &key, &[skipping, catching_up]).await;
+
+    let skipped = firings(&env, skipping).await;
+    let gaps = |fired: &[(DateTime<Utc>, bool)]| {
+        fired
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0).num_seconds() - 1)
+            .sum::<i64>()
+    };
+    assert!(
+        gaps(&skipped) >= 1,
+        "the hand-over missed slots: {skipped:?}"
+    );
+    assert!(skipped.iter().all(|(_, catch_up)| !catch_up));
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_events WHERE event = 'schedule_skipped' AND details->>'schedule_id' = $1",
+    )
+    .bind(skipping.to_string())
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(events >= 1, "skipped slots are recorded");
+
+    let caught_up = firings(&env, catching_up).await;
+    assert_eq!(
+        caught_up.iter().filter(|(_, c)| *c).count(),
+        1,
+        "one catch-up firing: {caught_up:?}"
+    );
+    assert_eq!(
+        gaps(&caught_up) + 1,
+        gaps(&skipped),
+        "the catch-up filled one missed slot"
+    );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_shots_fire_once_and_paused_schedules_wait_for_resume() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+    env.start_worker(&[]);
+    let at = Utc::now() + chrono::Duration::seconds(2);
+    let once = create(
+        &api,
+        &key,
+        json!({"name": "once", "at": at,
+                                          "target": {"kind": "executor.run", "tool": "noop"}}),
+    )
+    .await;
+    let paused = create(&api, &key, every_second("paused", "skip")).await;
+    let (status, body) = api
+        .post(&key, &format!("/v1/schedules/{paused}/pause"), &json!({}))
+        .await;
+    assert_eq!((status, body["paused"].as_bool()), (200, Some(true)));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let fired = firings(&env, once).await;
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].0.timestamp_millis(), at.timestamp_millis());
+    let (_, schedule) = api.get(&key, &format!("/v1/schedules/{once}")).await;
+    assert!(schedule["next_fire_at"].is_null(), "{schedule}");
+    let job_id = schedule["last_firings"][0]["job_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        api.wait_finished(&key, job_id, Duration::from_secs(10))
+            .await["state"],
+        "succeeded"
+    );
+
+    assert!(
+        firings(&env, paused).await.is_empty(),
+        "a paused schedule does not fire"
+    );
+    let resumed_at = Utc::now();
+    let (status, body) = api
+        .post(&key, &format!("/v1/schedules/{paused}/resume"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let next: DateTime<Utc> = body["next_fire_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        next > resumed_at && next <= resumed_at + chrono::Duration::seconds(1),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fired = firings(&env, paused).await;
+    assert!(!fired.is_empty(), "resumed at the next slot");
+    assert!(
+        fired.iter().all(|(at, _)| *at > resumed_at),
+        "nothing from the paused time fired"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn schedules_are_validated_and_scoped_to_their_tenant() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let acme = env.create_key("acme");
+    let globex = env.create_key("globex");
+    let noop = json!({"kind": "executor.run", "tool": "noop"});
+    let past = Utc::now() - chrono::Duration::minutes(1);
+    let cases = [
+        (
+            json!({"name": "a", "cron": "every day", "target": noop}),
+            "invalid cron expression",
+        ),
+        (
+            json!({"name": "a", "cron": "0 * * * * *", "time_zone": "Mars/Olympus", "target": noop}),
+            "unknown time zone",
+        ),
+        (
+            json!({"name": "a", "at": past, "target": noop}),
+            "is in the past",
+        ),
+        (json!({"name": "a", "target": noop}), "give `cron`"),
+        (
+            json!({"name": "a", "cron": "0 * * * * *", "at": Utc::now() + chrono::Duration::hours(1), "target": noop}),
+            "not both",
+        ),
+        (
+            json!({"name": "a", "cron": "0 * * * * *", "target": {"kind": "executor.run", "tool": "sleep"}}),
+            "target: tool `sleep` needs",
+        ),
+        (
+            json!({"name": "a", "cron": "0 * * * * *", "target": {"kind": "agent.prioritise"}}),
+            "agent.prioritise",
+        ),
+        (
+            json!({"name": "a", "cron": "0 * * * * *", "missed": "sometimes", "target": noop}),
+            "MissedPolicy",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = api.post(&acme, "/v1/schedules", &body).await;
+        assert_eq!(status, 422, "{body} -> {answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(expected), "`{message}` lacks `{expected}`");
+    }
+
+    let hourly = json!({"name": "hourly", "cron": "0 0 * * * *", "time_zone": "Europe/Paris", "target": noop});
+    let id = create(&api, &acme, hourly.clone()).await;
+    let (status, body) = api.post(&acme, "/v1/schedules", &hourly).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("name_taken")));
+    let (status, schedule) = api.get(&acme, &format!("/v1/schedules/{id}")).await;
+    assert_eq!(status, 200);
+    let next: DateTime<Utc> = schedule["next_fire_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next.timestamp() % 3600, 0, "the top of an hour");
+
+    let mut changed = hourly.clone();
+    changed["cron"] = json!("0 30 * * * *");
+    let resp = api
+        .http
+        .put(api.url(&format!("/v1/schedules/{id}")))
+        .bearer_auth(&acme)
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["cron"], "0 30 * * * *");
+
+    // Another tenant sees none of it.
+    let (status, _) = api.get(&globex, &format!("/v1/schedules/{id}")).await;
+    assert_eq!(status, 404);
+    let (_, list) = api.get(&globex, "/v1/schedules").await;
+    assert_eq!(list["schedules"], json!([]));
+    let (status, _) = api
+        .post(&globex, &format!("/v1/schedules/{id}/pause"), &json!({}))
+        .await;
+    assert_eq!(status, 404);
+    let resp = api
+        .http
+        .delete(api.url(&format!("/v1/schedules/{id}")))
+        .bearer_auth(&globex)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let (_, list) = api.get(&acme, "/v1/schedules").await;
+    assert_eq!(list["schedules"].as_array().unwrap().len(), 1);
+
+    // schedule.fire is the scheduler's own job, not something to submit.
+    let (status, body) = api
+        .post(
+            &acme,
+            "/v1/jobs",
+            &json!({"kind": "schedule.fire", "schedule_id": id, "fire_at": Utc::now()}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+
+    let resp = api
+        .http
+        .delete(api.url(&format!("/v1/schedules/{id}")))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let (status, _) = api.get(&acme, &format!("/v1/schedules/{id}")).await;
+    assert_eq!(status, 404);
+    env.finish().await;
+}

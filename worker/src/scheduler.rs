@@ -1,0 +1,133 @@
+//! The scheduler (River's periodic job enqueuer plays this role), run by the leader: turns
+//! each due slot of each schedule into a `schedule.fire` job, then moves the schedule on to its
+//! next slot. Slots missed by more than [`MISSED_AFTER`] (no worker ran, or leadership was
+//! changing hands) follow the schedule's policy: `skip` drops them, `catch_up_once` fires once
+//! for the latest of them.
+//!
+//! apalis-cron's `CronStream` fires on every replica with a fresh id per tick (DESIGN.md
+//! hazard 9) and holds one fixed schedule per stream, so the slots are computed here with the
+//! same `cron` crate it wraps, over schedules stored in the ledger; exactly-once comes from
+//! the slot-derived idempotency keys of the fire jobs and their target jobs.
+
+use std::time::Duration;
+
+use apalis_redis::ConnectionManager;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use taskfleet_jobs::{EventName, JobOptions, JobSpec, MissedPolicy, Timing, spec::ScheduleFire};
+use taskfleet_storage::{
+    Ledger, NewJob, ScheduleRecord, Schedules, redis as tf_redis, redis::Keys,
+};
+use tokio_util::sync::CancellationToken;
+
+/// How often due schedules are looked for.
+const TICK: Duration = Duration::from_millis(100);
+/// A slot later than this is missed rather than merely late.
+pub const MISSED_AFTER: Duration = Duration::from_secs(1);
+/// Most slots looked at for one schedule in one round.
+const MAX_SLOTS: usize = 10_000;
+
+pub struct Scheduler {
+    pub schedules: Schedules,
+    pub ledger: Ledger,
+    pub conn: ConnectionManager,
+    pub keys: Keys,
+}
+
+impl Scheduler {
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            if let Err(err) = self.round().await {
+                tracing::warn!(%err, "scheduler round failed");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    pub async fn round(&mut self) -> anyhow::Result<()> {
+        let mut fired = false;
+        for schedule in self.schedules.due(100).await? {
+            fired |= self.fire_due(&schedule, Utc::now()).await?;
+        }
+        if fired {
+            tf_redis::wake_dispatcher(&mut self.conn, &self.keys).await;
+        }
+        Ok(())
+    }
+
+    /// Fires the due slots of one schedule and moves it on; true if it created fire jobs.
+    async fn fire_due(
+        &mut self,
+        schedule: &ScheduleRecord,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
+        let Some(from) = schedule.next_fire_at else {
+            return Ok(false);
+        };
+        let timing = Timing::parse(
+            schedule.cron.as_deref(),
+            schedule.time_zone.as_deref(),
+            schedule.at,
+            None,
+        )?;
+        let mut slots = vec![from];
+        while let Some(next) = timing.next_after(*slots.last().expect("one slot at least")) {
+            if next > now || slots.len() >= MAX_SLOTS {
+                break;
+            }
+            slots.push(next);
+        }
+        let missed_before = now - MISSED_AFTER;
+        let (missed, on_time): (Vec<_>, Vec<_>) =
+            slots.into_iter().partition(|slot| *slot < missed_before);
+        let mut fires: Vec<(DateTime<Utc>, bool)> =
+            on_time.iter().map(|slot| (*slot, false)).collect();
+        let mut skipped = missed.clone();
+        if schedule.missed.parse::<MissedPolicy>()? == MissedPolicy::CatchUpOnce
+            && let Some(latest) = skipped.pop()
+        {
+            fires.insert(0, (latest, true));
+        }
+        let jobs: Vec<NewJob> = fires
+            .iter()
+            .map(|&(fire_at, catch_up)| {
+                NewJob::new(JobSpec::ScheduleFire(ScheduleFire {
+                    schedule_id: schedule.id,
+                    fire_at,
+                    catch_up,
+                    options: JobOptions {
+                        // One fire job per slot, however many schedulers get here.
+                        idempotency_key: Some(format!(
+                            "fire:{}:{}",
+                            schedule.id,
+                            fire_at.to_rfc3339()
+                        )),
+                        ..JobOptions::default()
+                    },
+                }))
+            })
+            .collect();
+        if !jobs.is_empty() {
+            self.ledger.insert(schedule.tenant_id, &jobs).await?;
+        }
+        let last_considered = missed.iter().chain(&on_time).max().copied().unwrap_or(from);
+        let next = timing.next_after(last_considered.max(now));
+        let moved = self.schedules.advance(schedule.id, from, next).await?;
+        if moved && !skipped.is_empty() {
+            let details = json!({
+                "schedule_id": schedule.id,
+                "policy": schedule.missed,
+                "skipped": skipped.len(),
+                "first": skipped.first(),
+                "last": skipped.last(),
+            });
+            self.schedules
+                .record_event(schedule, EventName::ScheduleSkipped, None, details)
+                .await?;
+        }
+        Ok(!jobs.is_empty())
+    }
+}
