@@ -311,6 +311,9 @@ fn changed(change: Change, verb: &str) -> Result<JobRecord, ApiError> {
     }
 }
 
+/// Idempotency keys the scheduler gives the jobs it creates; clients cannot claim them.
+const RESERVED_KEY_PREFIXES: [&str; 2] = ["schedule:", "fire:"];
+
 /// Errors of a batch name the index of the job at fault.
 async fn accept(
     state: &AppState,
@@ -319,7 +322,23 @@ async fn accept(
     batch: bool,
 ) -> Result<Vec<Inserted>, ApiError> {
     for (index, spec) in specs.iter().enumerate() {
-        spec.validate(state.fault_injection).map_err(|invalid| {
+        let reserved = spec
+            .options()
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|key| {
+                RESERVED_KEY_PREFIXES
+                    .iter()
+                    .any(|prefix| key.starts_with(prefix))
+            });
+        let checked = if reserved {
+            Err(taskfleet_jobs::InvalidJob::new(
+                "idempotency keys starting with `schedule:` or `fire:` are reserved for schedules",
+            ))
+        } else {
+            spec.validate(state.fault_injection)
+        };
+        checked.map_err(|invalid| {
             ApiError::invalid(if batch {
                 format!("jobs[{index}]: {invalid}")
             } else {

@@ -100,10 +100,14 @@ fn definition(input: ScheduleInput, fault_injection: bool) -> Result<ScheduleDef
         Some(now),
     )
     .map_err(|invalid| ApiError::invalid(invalid.message))?;
+    let next_fire_at = timing.next_after(now);
+    if next_fire_at.is_none() {
+        return Err(ApiError::invalid("the cron expression never fires again"));
+    }
     Ok(ScheduleDefinition {
         name: input.name,
         target: serde_json::to_value(&input.target).expect("a JobSpec always serialises"),
-        next_fire_at: timing.next_after(now),
+        next_fire_at,
         cron: input.cron,
         time_zone: input.time_zone,
         at: input.at,
@@ -265,11 +269,12 @@ impl SchedulesApi {
         .map_err(|invalid| ApiError::invalid(invalid.message))?;
         // A one-shot whose instant passed while paused does not fire any more.
         let next = timing.next_after(Utc::now());
+        // Not paused: nothing to resume, the schedule stays as it is.
         let record = state
             .schedules
             .set_paused(auth.0.id, id.0, false, next)
             .await?
-            .ok_or_else(|| no_schedule(id.0))?;
+            .unwrap_or(current);
         Ok(Json(present(&state, record).await?))
     }
 }

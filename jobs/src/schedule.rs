@@ -111,10 +111,12 @@ impl Timing {
     /// The first firing strictly after `after`, if any.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
+            // Inside a repeated autumn hour the crate can answer the earlier reading of a
+            // local time that is already past: only a later instant counts.
             Timing::Cron { schedule, zone } => schedule
                 .after(&after.with_timezone(zone))
-                .next()
-                .map(|at| at.with_timezone(&Utc)),
+                .map(|at| at.with_timezone(&Utc))
+                .find(|at| *at > after),
             Timing::Once(at) => (*at > after).then_some(*at),
         }
     }
@@ -158,6 +160,18 @@ mod tests {
         assert_eq!(
             timing.next_after(first).unwrap(),
             utc("2026-10-26T01:30:00Z")
+        );
+    }
+
+    #[test]
+    fn inside_a_repeated_hour_the_next_slot_is_never_in_the_past() {
+        // 01:20Z on 25 October 2026 is 02:20 CET, the second pass through 02:xx in Paris.
+        let timing =
+            Timing::parse(Some("0 */15 * * * *"), Some("Europe/Paris"), None, None).unwrap();
+        let after = utc("2026-10-25T01:20:00Z");
+        assert_eq!(
+            timing.next_after(after).unwrap(),
+            utc("2026-10-25T01:30:00Z")
         );
     }
 

@@ -172,7 +172,8 @@ impl Schedules {
         sqlx::query_as(&format!(
             "UPDATE schedules SET paused = $3, updated_at = now(),
                     next_fire_at = CASE WHEN $3 THEN next_fire_at ELSE $4 END
-             WHERE tenant_id = $1 AND id = $2
+             -- Resuming a running schedule changes nothing (its due slot stays).
+             WHERE tenant_id = $1 AND id = $2 AND ($3 OR paused)
              RETURNING {SCHEDULE_COLUMNS}"
         ))
         .bind(tenant_id)
@@ -195,7 +196,15 @@ impl Schedules {
         .await
     }
 
-    /// Moves a schedule on from slot `from` to `next`, unless someone else already did.
+    /// The database's clock, which `due` compares with.
+    pub async fn now(&self) -> sqlx::Result<DateTime<Utc>> {
+        sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Moves a schedule on from slot `from` to `next`, unless someone else already did or it
+    /// was paused meanwhile.
     pub async fn advance(
         &self,
         id: Uuid,
@@ -203,7 +212,8 @@ impl Schedules {
         next: Option<DateTime<Utc>>,
     ) -> sqlx::Result<bool> {
         let done = sqlx::query(
-            "UPDATE schedules SET next_fire_at = $3 WHERE id = $1 AND next_fire_at = $2",
+            "UPDATE schedules SET next_fire_at = $3
+             WHERE id = $1 AND next_fire_at = $2 AND NOT paused",
         )
         .bind(id)
         .bind(from)
@@ -232,6 +242,21 @@ impl Schedules {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// The job a slot created, if it fired.
+    pub async fn firing(
+        &self,
+        schedule_id: Uuid,
+        fire_at: DateTime<Utc>,
+    ) -> sqlx::Result<Option<Uuid>> {
+        sqlx::query_scalar(
+            "SELECT job_id FROM schedule_firings WHERE schedule_id = $1 AND fire_at = $2",
+        )
+        .bind(schedule_id)
+        .bind(fire_at)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// The latest firings, newest first.

@@ -241,6 +241,10 @@ async fn schedules_are_validated_and_scoped_to_their_tenant() {
             json!({"name": "a", "cron": "0 * * * * *", "missed": "sometimes", "target": noop}),
             "MissedPolicy",
         ),
+        (
+            json!({"name": "a", "cron": "0 0 0 1 1 * 2020", "target": noop}),
+            "never fires",
+        ),
     ];
     for (body, expected) in cases {
         let (status, answer) = api.post(&acme, "/v1/schedules", &body).await;
@@ -292,6 +296,13 @@ async fn schedules_are_validated_and_scoped_to_their_tenant() {
     let (_, list) = api.get(&acme, "/v1/schedules").await;
     assert_eq!(list["schedules"].as_array().unwrap().len(), 1);
 
+    // Slot keys are the scheduler's: a client cannot claim a future slot's job.
+    let claim = json!({"kind": "executor.run", "tool": "noop",
+                       "idempotency_key": format!("schedule:{id}:2030-01-01T00:00:00+00:00")});
+    let (status, body) = api.post(&acme, "/v1/jobs", &claim).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("reserved"));
+
     // schedule.fire is the scheduler's own job, not something to submit.
     let (status, body) = api
         .post(
@@ -312,5 +323,71 @@ async fn schedules_are_validated_and_scoped_to_their_tenant() {
     assert_eq!(resp.status(), 204);
     let (status, _) = api.get(&acme, &format!("/v1/schedules/{id}")).await;
     assert_eq!(status, 404);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
+    use taskfleet_jobs::{JobOptions, JobSpec, spec::ScheduleFire};
+    use taskfleet_storage::{Ledger, NewJob, ScheduleDefinition, Schedules, Tenants, redis::Keys};
+    let env = TestEnv::new().await;
+    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    let (schedules, ledger) = (
+        Schedules::new(env.pool.clone()),
+        Ledger::new(env.pool.clone()),
+    );
+    let now = schedules.now().await.unwrap();
+    let whole = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap();
+    let definition = |name: &str, missed: &str, next: DateTime<Utc>| ScheduleDefinition {
+        name: name.into(),
+        target: json!({"kind": "executor.run", "tool": "noop"}),
+        cron: Some("* * * * * *".into()),
+        time_zone: None,
+        at: None,
+        missed: missed.into(),
+        next_fire_at: Some(next),
+    };
+    // A catch-up schedule whose recent slots already got on-time fire jobs from an earlier
+    // leader that died before moving the schedule on.
+    let first = whole(now) - chrono::Duration::seconds(4);
+    let stalled = schedules
+        .create(tenant.id, &definition("stalled", "catch_up_once", first))
+        .await
+        .unwrap();
+    let earlier: Vec<NewJob> = (0..8)
+        .map(|n| {
+            let fire_at = first + chrono::Duration::seconds(n);
+            NewJob::new(JobSpec::ScheduleFire(ScheduleFire {
+                schedule_id: stalled.id,
+                fire_at,
+                catch_up: false,
+                options: JobOptions {
+                    idempotency_key: Some(format!("fire:{}:{}", stalled.id, fire_at.to_rfc3339())),
+                    ..JobOptions::default()
+                },
+            }))
+        })
+        .collect();
+    ledger.insert(tenant.id, &earlier).await.unwrap();
+    let healthy = schedules
+        .create(tenant.id, &definition("healthy", "skip", whole(now)))
+        .await
+        .unwrap();
+
+    let mut scheduler = taskfleet_worker::scheduler::Scheduler {
+        schedules: schedules.clone(),
+        ledger,
+        conn: env.redis.clone(),
+        keys: Keys::new(&env.redis_prefix),
+    };
+    scheduler.round().await.unwrap();
+    for id in [stalled.id, healthy.id] {
+        let moved = schedules.get(tenant.id, id).await.unwrap().unwrap();
+        assert!(
+            moved.next_fire_at.unwrap() > now,
+            "schedule {} did not move on",
+            moved.name
+        );
+    }
     env.finish().await;
 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use taskfleet_jobs::{EventName, JobOptions, JobSpec, MissedPolicy, Timing, spec::ScheduleFire};
 use taskfleet_storage::{
-    Ledger, NewJob, ScheduleRecord, Schedules, redis as tf_redis, redis::Keys,
+    InsertError, Ledger, NewJob, ScheduleRecord, Schedules, redis as tf_redis, redis::Keys,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -48,9 +48,18 @@ impl Scheduler {
     }
 
     pub async fn round(&mut self) -> anyhow::Result<()> {
+        // One clock for the whole round, Postgres's (the one `due` compares with): a round
+        // that takes long, or a worker clock that is off, does not turn slots into misses.
+        let now = self.schedules.now().await?;
         let mut fired = false;
         for schedule in self.schedules.due(100).await? {
-            fired |= self.fire_due(&schedule, Utc::now()).await?;
+            match self.fire_due(&schedule, now).await {
+                Ok(created) => fired |= created,
+                // One broken schedule must not hold the others back.
+                Err(err) => {
+                    tracing::warn!(%err, schedule = %schedule.id, "could not fire schedule")
+                }
+            }
         }
         if fired {
             tf_redis::wake_dispatcher(&mut self.conn, &self.keys).await;
@@ -111,7 +120,13 @@ impl Scheduler {
             })
             .collect();
         if !jobs.is_empty() {
-            self.ledger.insert(schedule.tenant_id, &jobs).await?;
+            match self.ledger.insert(schedule.tenant_id, &jobs).await {
+                Ok(_) => {}
+                // A slot first fired on time and now seen as missed (or the reverse) after a
+                // leader change: its fire job exists already, which is all that matters.
+                Err(InsertError::IdempotencyConflict { .. } | InsertError::KeyReleased { .. }) => {}
+                Err(InsertError::Db(err)) => return Err(err.into()),
+            }
         }
         let last_considered = missed.iter().chain(&on_time).max().copied().unwrap_or(from);
         let next = timing.next_after(last_considered.max(now));

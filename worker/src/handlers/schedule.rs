@@ -25,6 +25,19 @@ pub async fn fire(job: &ScheduleFire, ctx: &JobContext) -> HandlerResult {
             "the schedule belongs to another tenant",
         ));
     }
+    // The firing record is the guard that outlives idempotency keys: a slot that fired
+    // keeps its one job, however late a repeat of its fire job runs.
+    if let Some(job_id) = ctx
+        .schedules
+        .firing(schedule.id, job.fire_at)
+        .await
+        .map_err(err("read the firing"))?
+    {
+        return Ok(json!({ "job_id": job_id, "created": false, "fire_at": job.fire_at }));
+    }
+    if schedule.paused {
+        return Ok(json!({ "skipped": "the schedule is paused", "fire_at": job.fire_at }));
+    }
     let mut target: JobSpec = serde_json::from_value(schedule.target.clone()).map_err(|e| {
         JobFailure::permanent(format!("the schedule's target does not decode: {e}"))
     })?;
