@@ -119,7 +119,7 @@ async fn round_trip(state: &AppState) -> Result<(), String> {
     let tenant = state.system_tenant.id;
     state
         .ledger
-        .insert(tenant, std::slice::from_ref(&probe))
+        .insert(tenant, std::slice::from_ref(&probe), "readyz")
         .await
         .map_err(|err| format!("could not enqueue the probe job: {err}"))?;
     state.wake_dispatcher();

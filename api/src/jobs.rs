@@ -347,7 +347,7 @@ async fn accept(
         })?;
     }
     let new_jobs: Vec<NewJob> = specs.into_iter().map(NewJob::new).collect();
-    let inserted = state.ledger.insert(auth.0.id, &new_jobs).await?;
+    let inserted = state.ledger.insert(auth.0.id, &new_jobs, "api").await?;
     state.wake_dispatcher();
     Ok(inserted)
 }

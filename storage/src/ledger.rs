@@ -173,10 +173,12 @@ impl Ledger {
     /// the future starts `scheduled`, otherwise `queued`. A job whose idempotency key the
     /// tenant already used comes back as [`Inserted::Existing`] when its payload is the same,
     /// and fails the whole call with [`InsertError::IdempotencyConflict`] when it differs.
+    /// `actor` names who submitted them in their `job_enqueued` events.
     pub async fn insert(
         &self,
         tenant_id: Uuid,
         jobs: &[NewJob],
+        actor: &str,
     ) -> Result<Vec<Inserted>, InsertError> {
         let mut ids = Vec::with_capacity(jobs.len());
         let mut queues = Vec::with_capacity(jobs.len());
@@ -216,7 +218,7 @@ impl Ledger {
                  RETURNING {JOB_COLUMNS}
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT tenant_id, id, queue, kind, '{enqueued}', 'api',
+                 SELECT tenant_id, id, queue, kind, '{enqueued}', $10,
                         jsonb_build_object('queue', queue, 'kind', kind, 'state', state)
                  FROM inserted
              )
@@ -234,6 +236,7 @@ impl Ledger {
             .bind(&max_attempts)
             .bind(&run_ats)
             .bind(&keys)
+            .bind(actor)
             .fetch_all(&mut *tx)
             .await?;
         let mut existing: Vec<JobRecord> = Vec::new();

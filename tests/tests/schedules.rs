@@ -368,7 +368,7 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
             }))
         })
         .collect();
-    ledger.insert(tenant.id, &earlier).await.unwrap();
+    ledger.insert(tenant.id, &earlier, "test").await.unwrap();
     let healthy = schedules
         .create(tenant.id, &definition("healthy", "skip", whole(now)))
         .await

@@ -77,7 +77,7 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
     let spec = serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap();
     let job = NewJob::new(spec);
     ledger
-        .insert(tenant.id, std::slice::from_ref(&job))
+        .insert(tenant.id, std::slice::from_ref(&job), "test")
         .await
         .unwrap();
     let first = ledger.start(job.id, "worker-a").await.unwrap().unwrap();

@@ -120,7 +120,11 @@ impl Scheduler {
             })
             .collect();
         if !jobs.is_empty() {
-            match self.ledger.insert(schedule.tenant_id, &jobs).await {
+            match self
+                .ledger
+                .insert(schedule.tenant_id, &jobs, "scheduler")
+                .await
+            {
                 Ok(_) => {}
                 // A slot first fired on time and now seen as missed (or the reverse) after a
                 // leader change: its fire job exists already, which is all that matters.

@@ -46,7 +46,7 @@ pub async fn fire(job: &ScheduleFire, ctx: &JobContext) -> HandlerResult {
     target.options_mut().run_at = None;
     let created = ctx
         .ledger
-        .insert(schedule.tenant_id, &[NewJob::new(target)])
+        .insert(schedule.tenant_id, &[NewJob::new(target)], &ctx.worker)
         .await;
     let (job_id, created) = match created {
         Ok(mut inserted) => match inserted.remove(0) {
