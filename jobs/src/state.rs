@@ -45,13 +45,6 @@ impl JobState {
             JobState::Cancelled => "cancelled",
         }
     }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Dead | JobState::Cancelled
-        )
-    }
 }
 
 impl fmt::Display for JobState {

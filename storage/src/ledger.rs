@@ -770,19 +770,4 @@ impl Ledger {
         .await?;
         Ok(done.rows_affected())
     }
-
-    /// Events of one job, oldest first: `(event, details)`.
-    pub async fn events(
-        &self,
-        tenant_id: Uuid,
-        job_id: Uuid,
-    ) -> sqlx::Result<Vec<(String, Value)>> {
-        sqlx::query_as(
-            "SELECT event, details FROM job_events WHERE tenant_id = $1 AND job_id = $2 ORDER BY id",
-        )
-        .bind(tenant_id)
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await
-    }
 }

@@ -29,10 +29,6 @@ impl Keys {
         }
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The apalis-redis queue name of `queue`; apalis derives all its keys from it.
     pub fn queue(&self, queue: Queue) -> String {
         format!("{}:queue:{}", self.prefix, queue)
