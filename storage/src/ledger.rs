@@ -149,7 +149,7 @@ const STALE_TAIL: &str = "stale AS (
      )";
 
 /// A job the dispatcher moved into a queue's Redis window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromRow)]
 pub struct DispatchedJob {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -356,16 +356,12 @@ impl Ledger {
              SELECT id, tenant_id FROM updated ORDER BY turn, id",
             dispatched = EventName::JobDispatched
         );
-        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&sql)
+        sqlx::query_as(&sql)
             .bind(queue.as_str())
             .bind(limit)
             .bind(actor)
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, tenant_id)| DispatchedJob { id, tenant_id })
-            .collect())
+            .await
     }
 
     /// Up to `limit` jobs dispatched longer ago than `after` and still not started, oldest
@@ -398,17 +394,13 @@ impl Ledger {
              SELECT id, tenant_id FROM updated ORDER BY id",
             dispatched = EventName::JobDispatched
         );
-        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&sql)
+        sqlx::query_as(&sql)
             .bind(queue.as_str())
             .bind(after.as_secs_f64())
             .bind(actor)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, tenant_id)| DispatchedJob { id, tenant_id })
-            .collect())
+            .await
     }
 
     /// Takes jobs back out of the window after pushing them to Redis failed, so the next

@@ -360,6 +360,15 @@ impl Api {
         body["id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// Submits a batch and returns the API's answer; panics unless it is 201.
+    pub async fn submit_batch(&self, key: &str, jobs: &[Value]) -> Value {
+        let (status, body) = self
+            .post(key, "/v1/jobs/batch", &serde_json::json!({ "jobs": jobs }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
     /// Polls a job until it reaches a terminal state and returns it.
     pub async fn wait_finished(&self, key: &str, id: Uuid, within: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + within;

@@ -174,10 +174,7 @@ async fn batches_are_all_or_nothing_and_listings_page_newest_first() {
             }
         })
         .collect();
-    let (status, body) = api
-        .post(&key, "/v1/jobs/batch", &json!({"jobs": jobs}))
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let body = api.submit_batch(&key, &jobs).await;
     let created = body["jobs"].as_array().unwrap();
     assert_eq!(created.len(), 1000);
     assert_eq!(

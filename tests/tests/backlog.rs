@@ -15,10 +15,7 @@ async fn twenty_thousand_queued_jobs_drain_with_a_bounded_window() {
         .map(|_| json!({"kind": "executor.run", "tool": "noop"}))
         .collect();
     for _ in 0..20 {
-        let (status, body) = api
-            .post(&key, "/v1/jobs/batch", &json!({ "jobs": batch }))
-            .await;
-        assert_eq!(status, 201, "{body}");
+        api.submit_batch(&key, &batch).await;
     }
     assert_eq!(env.count_state("queued").await, 20_000);
 
@@ -63,10 +60,7 @@ async fn one_tenants_backlog_does_not_delay_another_tenants_job() {
         .map(|_| json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": 5}}))
         .collect();
     for _ in 0..5 {
-        let (status, body) = api
-            .post(&busy, "/v1/jobs/batch", &json!({ "jobs": batch }))
-            .await;
-        assert_eq!(status, 201, "{body}");
+        api.submit_batch(&busy, &batch).await;
     }
     wait_until(
         Duration::from_secs(30),

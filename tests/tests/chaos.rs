@@ -21,10 +21,7 @@ async fn killing_workers_loses_no_job_and_completes_none_twice() {
                        "args": {"ms": rng.random_range(0..=200)}, "max_attempts": 25})
             })
             .collect();
-        let (status, body) = api
-            .post(&key, "/v1/jobs/batch", &json!({ "jobs": jobs }))
-            .await;
-        assert_eq!(status, 201, "{body}");
+        api.submit_batch(&key, &jobs).await;
     }
 
     let chaos_until = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -189,10 +189,7 @@ async fn five_hundred_subscribers_each_receive_every_event() {
     let jobs: Vec<_> = (0..1000)
         .map(|_| json!({"kind": "executor.run", "tool": "noop"}))
         .collect();
-    let (status, body) = api
-        .post(&key, "/v1/jobs/batch", &json!({ "jobs": jobs }))
-        .await;
-    assert_eq!(status, 201, "{body}");
+    api.submit_batch(&key, &jobs).await;
     wait_until(
         WITHIN,
         "the run finished and every event is numbered",
@@ -234,10 +231,7 @@ async fn tenants_see_only_their_own_events_and_bad_ids_are_refused() {
     let acme_jobs: Vec<_> = (0..20)
         .map(|_| json!({"kind": "executor.run", "tool": "noop"}))
         .collect();
-    let (status, body) = api
-        .post(&acme, "/v1/jobs/batch", &json!({ "jobs": acme_jobs }))
-        .await;
-    assert_eq!(status, 201);
+    let body = api.submit_batch(&acme, &acme_jobs).await;
     let acme_id: Uuid = body["jobs"][0]["id"].as_str().unwrap().parse().unwrap();
     let globex_id = api
         .submit(&globex, json!({"kind": "executor.run", "tool": "noop"}))

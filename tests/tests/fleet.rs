@@ -20,10 +20,7 @@ async fn a_thousand_jobs_across_two_workers_each_succeed_exactly_once() {
         let jobs: Vec<_> = (0..500)
             .map(|i| json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": i % 7}}))
             .collect();
-        let (status, body) = api
-            .post(&key, "/v1/jobs/batch", &json!({ "jobs": jobs }))
-            .await;
-        assert_eq!(status, 201, "{body}");
+        api.submit_batch(&key, &jobs).await;
     }
     wait_until(
         Duration::from_secs(120),

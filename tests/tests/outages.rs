@@ -10,10 +10,7 @@ async fn submit(api: &taskfleet_tests::Api, key: &str, n: usize) {
         let jobs: Vec<_> = (0..500)
             .map(|i| json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": i % 20}}))
             .collect();
-        let (status, body) = api
-            .post(key, "/v1/jobs/batch", &json!({ "jobs": jobs }))
-            .await;
-        assert_eq!(status, 201, "{body}");
+        api.submit_batch(key, &jobs).await;
     }
 }
 
