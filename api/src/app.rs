@@ -1,26 +1,34 @@
 //! Assembles the routes, middleware and state, and serves them.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Route, Server, listener::TcpListener};
+use poem::{
+    Endpoint, EndpointExt, IntoResponse, Request, Route, Server, get, handler,
+    listener::TcpListener, web::Data,
+};
 use poem_openapi::error::ParseRequestPayloadError;
 use poem_openapi::{OpenApiService, Tags};
 use taskfleet_storage::{
-    Db, EventLog, Ledger, Schedules, Tenants, redis as tf_redis, redis::Keys, wait_for,
+    Db, EventLog, Ledger, Queues, Schedules, Tenants, Workers, redis as tf_redis, redis::Keys,
+    wait_for,
 };
 
 use crate::{
     cli::ApiArgs,
+    dashboard,
     error::{explain_job_payload, json_error},
     events::{EventHub, EventsApi},
+    fleet::FleetApi,
     health::HealthApi,
     jobs::JobsApi,
+    observe::{RouteTemplates, observe},
     schedules::SchedulesApi,
     state::AppState,
 };
 
-use taskfleet_storage::tenants::SYSTEM_TENANT;
+use taskfleet_storage::{Scope, tenants::SYSTEM_TENANT};
+use taskfleet_telemetry::metrics;
 
 #[derive(Tags)]
 pub enum Tag {
@@ -30,12 +38,15 @@ pub enum Tag {
     Events,
     /// Cron and one-shot schedules that create jobs.
     Schedules,
+    /// Queues, workers, and who the key is.
+    Fleet,
     /// Health and readiness.
     Ops,
 }
 
 /// Connects to Postgres and Redis (waiting for them), applies migrations, and returns the state.
 pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
+    metrics::register_api();
     let db = Db::connect_lazy(&args.database_url, 32).context("DATABASE_URL is not valid")?;
     wait_for("Postgres (migrations)", || db.migrate()).await;
     let tenants = Tenants::new(db.pool.clone());
@@ -47,6 +58,8 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     Ok(AppState {
         ledger: Ledger::new(db.pool.clone()),
         schedules: Schedules::new(db.pool.clone()),
+        queues: Queues::new(db.pool.clone()),
+        workers: Workers::new(db.pool.clone()),
         events,
         hub,
         tenants,
@@ -67,7 +80,7 @@ pub fn build_app(
     max_body_bytes: usize,
 ) -> impl poem::Endpoint {
     let api = OpenApiService::new(
-        (JobsApi, EventsApi, SchedulesApi, HealthApi),
+        (JobsApi, EventsApi, SchedulesApi, FleetApi, HealthApi),
         "taskfleet",
         env!("CARGO_PKG_VERSION"),
     )
@@ -75,13 +88,27 @@ pub fn build_app(
     .server(server_url);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
+    let routes = Arc::new(documented_routes(&api.spec()));
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
+        .at("/metrics", get(scrape))
+        .nest("/dashboard", dashboard::routes())
         .around(move |endpoint, req| limit_body(endpoint, req, max_body_bytes))
         .data(state)
+        .around(move |endpoint, req| {
+            let routes = routes.clone();
+            async move { observe(endpoint, req, &routes).await }
+        })
         .catch_all_error(json_error)
+}
+
+/// The paths of the OpenAPI document, e.g. `/v1/jobs/{id}`.
+fn documented_routes(spec: &str) -> RouteTemplates {
+    let spec: serde_json::Value = serde_json::from_str(spec).expect("the spec is JSON");
+    let paths = spec["paths"].as_object().expect("the spec has paths");
+    RouteTemplates::new(paths.keys().cloned())
 }
 
 /// Reads the body up to `limit` bytes and answers 413 past it, whether or not the client sent
@@ -102,6 +129,36 @@ async fn limit_body<E: Endpoint>(
         }
         Err(err) => Err(err),
     }
+}
+
+/// Prometheus scrape: refreshes the gauges read from the ledger, then renders everything.
+/// When the ledger cannot be read its series are left out rather than reported stale.
+#[handler]
+async fn scrape(state: Data<&AppState>) -> impl IntoResponse {
+    let (stats, online) =
+        tokio::join!(state.queues.stats(Scope::All), state.workers.online_count());
+    match (stats, online) {
+        (Ok(stats), Ok(online)) => {
+            for stats in stats {
+                let queue = stats.queue.as_str();
+                for (job_state, n) in stats.depth {
+                    metrics::QUEUE_JOBS
+                        .with_label_values(&[queue, job_state.as_str()])
+                        .set(n);
+                }
+                metrics::QUEUE_PAUSED
+                    .with_label_values(&[queue])
+                    .set(stats.paused.into());
+            }
+            metrics::WORKERS_ONLINE.set(online);
+        }
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::warn!(%err, "metrics: could not read the ledger");
+            metrics::QUEUE_JOBS.reset();
+            metrics::QUEUE_PAUSED.reset();
+        }
+    }
+    metrics::render().with_content_type(metrics::CONTENT_TYPE)
 }
 
 pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {

@@ -63,5 +63,8 @@ pub enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
+        /// An operator key: sees every tenant, lists workers, pauses queues.
+        #[arg(long)]
+        operator: bool,
     },
 }

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// Missing or unknown API key.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// The key's role does not allow this (operator only).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// No such resource for this tenant.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -54,6 +57,10 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::Unauthorized(body("unauthorized", message))
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::Forbidden(body("forbidden", message))
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {

@@ -25,7 +25,10 @@ use redis::{
 };
 use serde_json::Value;
 use taskfleet_jobs::EventName;
-use taskfleet_storage::{EventFilter, EventLog, EventRecord, redis as tf_redis, redis::Keys};
+use taskfleet_storage::{
+    EventFilter, EventLog, EventRecord, Scope, redis as tf_redis, redis::Keys,
+};
+use taskfleet_telemetry::metrics;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
@@ -254,7 +257,8 @@ impl HubReader {
 
 /// What one SSE client asked for.
 pub struct Subscription {
-    pub tenant_id: Uuid,
+    /// Whose events the client may see.
+    pub scope: Scope,
     pub filter: EventFilter,
     /// Replay events after this `seq` first (`Last-Event-ID`).
     pub after: Option<i64>,
@@ -268,9 +272,10 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
     let mut live = hub.subscribe();
     let (tx, mut rx) = mpsc::channel::<StreamItem>(CLIENT_BUFFER);
     tokio::spawn(async move {
+        let _client = SseClient::count();
         // A job that has already ended: replay its events (all numbered by now) and stop.
         let ended = match (sub.end_on_terminal, sub.filter.job_id) {
-            (true, Some(job_id)) => match events.latest_of_job(sub.tenant_id, job_id).await {
+            (true, Some(job_id)) => match events.latest_of_job(sub.scope, job_id).await {
                 Ok(latest) => latest.is_some_and(|latest| is_terminal(&latest)),
                 Err(err) => {
                     tracing::warn!(%err, "could not read the job's latest event; closing the stream");
@@ -283,7 +288,7 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
         if let Some(after) = sub.after {
             loop {
                 let page = match events
-                    .after(sub.tenant_id, sent, &sub.filter, REPLAY_PAGE)
+                    .after(sub.scope, sent, &sub.filter, REPLAY_PAGE)
                     .await
                 {
                     Ok(page) => page,
@@ -329,7 +334,7 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             let record = &shared.record;
-            if record.seq <= sent || record.tenant_id != Some(sub.tenant_id) {
+            if record.seq <= sent || !sub.scope.covers(record.tenant_id) {
                 continue;
             }
             // The job's terminal event ends its stream, even when the filter hides it.
@@ -337,7 +342,7 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
                 && record.job_id.is_some()
                 && record.job_id == sub.filter.job_id
                 && is_terminal(record);
-            if sub.filter.matches(sub.tenant_id, record) {
+            if sub.filter.matches(sub.scope, record) {
                 sent = record.seq;
                 if tx.send(StreamItem(shared.clone())).await.is_err() {
                     return; // the client went away
@@ -349,6 +354,22 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
         }
     });
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// Counts a connected client in `taskfleet_sse_clients` for as long as it lives.
+struct SseClient;
+
+impl SseClient {
+    fn count() -> SseClient {
+        metrics::SSE_CLIENTS.inc();
+        SseClient
+    }
+}
+
+impl Drop for SseClient {
+    fn drop(&mut self) {
+        metrics::SSE_CLIENTS.dec();
+    }
 }
 
 fn is_terminal(record: &EventRecord) -> bool {
@@ -389,7 +410,10 @@ pub struct EventsApi;
 
 #[OpenApi(prefix_path = "/v1", tag = "crate::app::Tag::Events")]
 impl EventsApi {
-    /// Stream the tenant's events (SSE)
+    /// Stream events (SSE)
+    ///
+    /// A tenant key sees its own jobs' events; an operator key sees every tenant's and the
+    /// fleet's own (`worker_online`, `queue_paused`, …).
     ///
     /// `text/event-stream`: each message's `id` is the event's `seq` and its `event` the event
     /// name; `Last-Event-ID` (header, or the `last_event_id` query parameter) replays what was
@@ -419,7 +443,7 @@ impl EventsApi {
         Ok(sse(
             &state,
             Subscription {
-                tenant_id: auth.0.id,
+                scope: auth.0.scope(),
                 filter,
                 after,
                 end_on_terminal: false,
@@ -443,7 +467,7 @@ impl EventsApi {
         last_event_id: Query<Option<String>>,
     ) -> Result<EventStream<EventStreamBody>, ApiError> {
         let after = crate::events::last_event_id(last_event_id_header.0, last_event_id.0)?;
-        if state.ledger.get(auth.0.id, id.0).await?.is_none() {
+        if state.ledger.get(auth.0.scope(), id.0).await?.is_none() {
             return Err(ApiError::not_found(format!("no job {}", id.0)));
         }
         let filter = EventFilter {
@@ -455,7 +479,7 @@ impl EventsApi {
         Ok(sse(
             &state,
             Subscription {
-                tenant_id: auth.0.id,
+                scope: auth.0.scope(),
                 filter,
                 after,
                 end_on_terminal: true,

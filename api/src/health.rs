@@ -6,7 +6,7 @@ use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use redis::AsyncCommands;
 use taskfleet_jobs::{ExecutorRun, ExecutorTool, JobOptions, JobSpec, JobState};
-use taskfleet_storage::NewJob;
+use taskfleet_storage::{NewJob, Scope};
 
 use crate::state::AppState;
 
@@ -110,12 +110,15 @@ impl HealthApi {
 
 /// Submits a `noop` job as the system tenant and waits for a worker to finish it.
 async fn round_trip(state: &AppState) -> Result<(), String> {
-    let probe = NewJob::new(JobSpec::ExecutorRun(ExecutorRun {
-        tool: ExecutorTool::Noop,
-        input: None,
-        args: None,
-        options: JobOptions::default(),
-    }));
+    let probe = NewJob::new(
+        JobSpec::ExecutorRun(ExecutorRun {
+            tool: ExecutorTool::Noop,
+            input: None,
+            args: None,
+            options: JobOptions::default(),
+        }),
+        None,
+    );
     let tenant = state.system_tenant.id;
     state
         .ledger
@@ -128,7 +131,7 @@ async fn round_trip(state: &AppState) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let job = state
             .ledger
-            .get(tenant, probe.id)
+            .get(Scope::Tenant(tenant), probe.id)
             .await
             .map_err(|err| err.to_string())?;
         if job.is_some_and(|job| job.state == JobState::Succeeded.as_str()) {

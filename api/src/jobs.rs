@@ -9,10 +9,12 @@ use poem_openapi::{
 };
 use serde_json::Value;
 use taskfleet_jobs::{JobSpec, JobState, Queue};
-use taskfleet_storage::{Change, Inserted, JobFilter, JobRecord, NewJob, redis as tf_redis};
+use taskfleet_storage::{
+    Change, Inserted, JobFilter, JobRecord, NewJob, Role, Scope, redis as tf_redis,
+};
 use uuid::Uuid;
 
-use crate::{auth::TenantKey, error::ApiError, state::AppState};
+use crate::{auth::TenantKey, error::ApiError, observe::RequestId, state::AppState};
 
 /// Most jobs one batch request may carry.
 pub const MAX_BATCH: usize = 1_000;
@@ -21,6 +23,8 @@ pub const MAX_BATCH: usize = 1_000;
 #[derive(Debug, Clone, Object)]
 pub struct Job {
     pub id: Uuid,
+    /// The tenant's name.
+    pub tenant: String,
     pub queue: Queue,
     pub kind: String,
     pub state: JobState,
@@ -48,6 +52,8 @@ pub struct Job {
     /// The latest progress its handler reported, in percent.
     pub progress_percent: Option<f32>,
     pub progress_message: Option<String>,
+    /// The `X-Request-ID` of the request that created the job; its worker logs carry it.
+    pub request_id: Option<String>,
 }
 
 impl Job {
@@ -63,6 +69,7 @@ impl Job {
             queue: record.queue.parse().map_err(|_| corrupt("queue"))?,
             state: record.state.parse().map_err(|_| corrupt("state"))?,
             id: record.id,
+            tenant: record.tenant,
             kind: record.kind,
             payload: record.payload,
             priority: record.priority,
@@ -80,6 +87,7 @@ impl Job {
             cancel_requested_at: record.cancel_requested_at,
             progress_percent: record.progress_percent,
             progress_message: record.progress_message,
+            request_id: record.request_id,
         })
     }
 }
@@ -126,6 +134,7 @@ impl JobsApi {
         &self,
         state: Data<&AppState>,
         auth: TenantKey,
+        request_id: Data<&RequestId>,
         body: Json<JobSpec>,
         /// Same as the body's `idempotency_key`.
         #[oai(name = "Idempotency-Key")]
@@ -148,7 +157,9 @@ impl JobsApi {
                 _ => options.idempotency_key = Some(header),
             }
         }
-        let inserted = accept(&state, &auth, vec![spec], false).await?.remove(0);
+        let inserted = accept(&state, &auth, &request_id, vec![spec], false)
+            .await?
+            .remove(0);
         Ok(match inserted {
             Inserted::Created(record) => Created::Created(Json(Job::from_record(record)?)),
             Inserted::Existing(record) => Created::Existing(Json(Job::from_record(record)?)),
@@ -163,6 +174,7 @@ impl JobsApi {
         &self,
         state: Data<&AppState>,
         auth: TenantKey,
+        request_id: Data<&RequestId>,
         body: Json<BatchRequest>,
     ) -> Result<Created<JobList>, ApiError> {
         let specs = body.0.jobs;
@@ -172,7 +184,7 @@ impl JobsApi {
                 specs.len()
             )));
         }
-        let jobs = accept(&state, &auth, specs, true)
+        let jobs = accept(&state, &auth, &request_id, specs, true)
             .await?
             .into_iter()
             .map(|inserted| Job::from_record(inserted.record().clone()))
@@ -188,7 +200,7 @@ impl JobsApi {
         auth: TenantKey,
         id: Path<Uuid>,
     ) -> Result<Json<Job>, ApiError> {
-        match state.ledger.get(auth.0.id, id.0).await? {
+        match state.ledger.get(auth.0.scope(), id.0).await? {
             Some(record) => Ok(Json(Job::from_record(record)?)),
             None => Err(ApiError::not_found(format!("no job {}", id.0))),
         }
@@ -206,7 +218,10 @@ impl JobsApi {
         auth: TenantKey,
         id: Path<Uuid>,
     ) -> Result<Json<Job>, ApiError> {
-        let record = changed(state.ledger.cancel(auth.0.id, id.0).await?, "cancelled")?;
+        let record = changed(
+            state.ledger.cancel(auth.0.scope(), id.0).await?,
+            "cancelled",
+        )?;
         if record.cancel_requested_at.is_some() && record.state == JobState::Running.as_str() {
             let mut conn = state.redis.clone();
             if let Err(err) = tf_redis::request_cancel(&mut conn, &state.keys, id.0).await {
@@ -228,7 +243,7 @@ impl JobsApi {
         auth: TenantKey,
         id: Path<Uuid>,
     ) -> Result<Json<Job>, ApiError> {
-        let Some(job) = state.ledger.get(auth.0.id, id.0).await? else {
+        let Some(job) = state.ledger.get(auth.0.scope(), id.0).await? else {
             return Err(ApiError::not_found(format!("no job {}", id.0)));
         };
         // A fresh budget: the attempts the job was submitted with (or its kind's default).
@@ -236,7 +251,7 @@ impl JobsApi {
             .map(|spec| spec.max_attempts() as i32)
             .unwrap_or(job.max_attempts);
         let record = changed(
-            state.ledger.retry(auth.0.id, id.0, budget).await?,
+            state.ledger.retry(auth.0.scope(), id.0, budget).await?,
             "retried",
         )?;
         let mut conn = state.redis.clone();
@@ -249,7 +264,8 @@ impl JobsApi {
 
     /// List jobs
     ///
-    /// Newest first, filtered, one page at a time.
+    /// Newest first, filtered, one page at a time. A tenant key lists its own jobs; an
+    /// operator key lists every tenant's, or one tenant's with `tenant`.
     #[allow(clippy::too_many_arguments)]
     #[oai(path = "/jobs", method = "get")]
     async fn list(
@@ -259,6 +275,8 @@ impl JobsApi {
         #[oai(name = "state")] job_state: Query<Option<JobState>>,
         queue: Query<Option<Queue>>,
         kind: Query<Option<String>>,
+        /// Only this tenant's jobs (by name). Operator keys only, or a tenant key's own name.
+        tenant: Query<Option<String>>,
         /// Created at or after this instant.
         created_after: Query<Option<DateTime<Utc>>>,
         /// Created before this instant.
@@ -286,7 +304,20 @@ impl JobsApi {
             before,
             limit,
         };
-        let records = state.ledger.list(auth.0.id, &filter).await?;
+        let scope = match tenant.0 {
+            None => auth.0.scope(),
+            Some(name) if name == auth.0.name => Scope::Tenant(auth.0.id),
+            Some(name) if auth.0.role == Role::Operator => match state.tenants.find(&name).await? {
+                Some(id) => Scope::Tenant(id),
+                None => return Err(ApiError::not_found(format!("no tenant `{name}`"))),
+            },
+            Some(_) => {
+                return Err(ApiError::forbidden(
+                    "only operator keys can list another tenant's jobs",
+                ));
+            }
+        };
+        let records = state.ledger.list(scope, &filter).await?;
         let next_cursor = (records.len() as i64 == limit)
             .then(|| records.last().map(|r| r.id.to_string()))
             .flatten();
@@ -318,6 +349,7 @@ const RESERVED_KEY_PREFIXES: [&str; 2] = ["schedule:", "fire:"];
 async fn accept(
     state: &AppState,
     auth: &TenantKey,
+    request_id: &RequestId,
     specs: Vec<JobSpec>,
     batch: bool,
 ) -> Result<Vec<Inserted>, ApiError> {
@@ -346,7 +378,10 @@ async fn accept(
             })
         })?;
     }
-    let new_jobs: Vec<NewJob> = specs.into_iter().map(NewJob::new).collect();
+    let new_jobs: Vec<NewJob> = specs
+        .into_iter()
+        .map(|spec| NewJob::new(spec, Some(request_id.0.clone())))
+        .collect();
     let inserted = state.ledger.insert(auth.0.id, &new_jobs, "api").await?;
     state.wake_dispatcher();
     Ok(inserted)

@@ -1,13 +1,17 @@
 //! The taskfleet REST service: typed job submission and inspection over the Postgres ledger,
-//! health and readiness, the OpenAPI document and Swagger UI.
+//! live event streams, fleet views (queues, workers), health and readiness, Prometheus
+//! metrics, the dashboard, the OpenAPI document and Swagger UI.
 
 pub mod app;
 mod auth;
 pub mod cli;
+mod dashboard;
 mod error;
 mod events;
+mod fleet;
 mod health;
 mod jobs;
+mod observe;
 mod schedules;
 mod state;
 

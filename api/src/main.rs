@@ -3,21 +3,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use taskfleet_api::cli::{ApiArgs, Command, KeysCommand};
-use taskfleet_storage::{Db, Tenants};
-use tracing_subscriber::EnvFilter;
+use taskfleet_storage::{Db, Role, Tenants};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = ApiArgs::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        logs.json().init()
-    } else {
-        logs.init()
-    }
+    taskfleet_telemetry::logs::init(args.log_json);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -41,14 +32,21 @@ async fn run(args: ApiArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys {
-            command: KeysCommand::Create { tenant },
+            command: KeysCommand::Create { tenant, operator },
         } => {
+            let role = if operator {
+                Role::Operator
+            } else {
+                Role::Tenant
+            };
             let db = Db::connect_lazy(&args.database_url, 2)?;
             db.migrate().await.context("migrations failed")?;
-            let (tenant, key) = Tenants::new(db.pool).create_key(&tenant).await?;
+            let (tenant, key) = Tenants::new(db.pool).create_key(&tenant, role).await?;
             eprintln!(
-                "created an API key for tenant {} ({})",
-                tenant.name, tenant.id
+                "created an {} API key for tenant {} ({})",
+                role.as_str(),
+                tenant.name,
+                tenant.id
             );
             println!("{key}");
             Ok(())

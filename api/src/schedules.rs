@@ -5,7 +5,7 @@ use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
 use serde_json::Value;
 use taskfleet_jobs::{JobSpec, MissedPolicy, Timing};
-use taskfleet_storage::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord};
+use taskfleet_storage::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Scope};
 use uuid::Uuid;
 
 use crate::{auth::TenantKey, error::ApiError, state::AppState};
@@ -175,7 +175,7 @@ impl SchedulesApi {
         auth: TenantKey,
     ) -> Result<Json<ScheduleList>, ApiError> {
         let mut schedules = Vec::new();
-        for record in state.schedules.list(auth.0.id).await? {
+        for record in state.schedules.list(auth.0.scope()).await? {
             schedules.push(present(&state, record).await?);
         }
         Ok(Json(ScheduleList { schedules }))
@@ -191,7 +191,7 @@ impl SchedulesApi {
     ) -> Result<Json<Schedule>, ApiError> {
         let record = state
             .schedules
-            .get(auth.0.id, id.0)
+            .get(auth.0.scope(), id.0)
             .await?
             .ok_or_else(|| no_schedule(id.0))?;
         Ok(Json(present(&state, record).await?))
@@ -257,7 +257,7 @@ impl SchedulesApi {
     ) -> Result<Json<Schedule>, ApiError> {
         let current = state
             .schedules
-            .get(auth.0.id, id.0)
+            .get(Scope::Tenant(auth.0.id), id.0)
             .await?
             .ok_or_else(|| no_schedule(id.0))?;
         let timing = Timing::parse(

@@ -3,7 +3,9 @@
 use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
-use taskfleet_storage::{Db, EventLog, Ledger, Schedules, Tenant, Tenants, redis::Keys};
+use taskfleet_storage::{
+    Db, EventLog, Ledger, Queues, Schedules, Tenant, Tenants, Workers, redis::Keys,
+};
 
 use crate::events::EventHub;
 
@@ -12,6 +14,8 @@ pub struct AppState {
     pub db: Db,
     pub ledger: Ledger,
     pub schedules: Schedules,
+    pub queues: Queues,
+    pub workers: Workers,
     pub events: EventLog,
     /// Fans live events out to this process's SSE clients.
     pub hub: Arc<EventHub>,

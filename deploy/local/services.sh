@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure Redis and Postgres answer on their default local ports, installing them with
-# apt-get when missing (fresh Debian machine), and that protoc and friends are present.
+# apt-get when missing (fresh Debian machine), and that the tools the tests drive (Chromium,
+# ChromeDriver, promtool) are present.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -13,6 +14,10 @@ need_pkg() { # need_pkg COMMAND PACKAGE
 }
 
 need_pkg redis-server redis-server
+# The test suite drives the dashboard in headless Chromium and lints metrics with promtool.
+need_pkg chromium chromium
+need_pkg chromedriver chromium-driver
+need_pkg promtool prometheus
 need_pkg redis-cli redis-tools
 need_pkg psql postgresql-client
 if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then need_pkg pg_ctlcluster postgresql; fi

@@ -24,6 +24,9 @@ pub enum EventName {
     ScheduleSkipped,
     WorkerOnline,
     WorkerOffline,
+    /// An operator paused a queue: its jobs are accepted but do not start.
+    QueuePaused,
+    QueueResumed,
     /// A worker wrote with an epoch that is no longer the job's: nothing changed.
     StaleWriteRejected,
 }
@@ -57,6 +60,8 @@ impl EventName {
             EventName::ScheduleSkipped => "schedule_skipped",
             EventName::WorkerOnline => "worker_online",
             EventName::WorkerOffline => "worker_offline",
+            EventName::QueuePaused => "queue_paused",
+            EventName::QueueResumed => "queue_resumed",
             EventName::StaleWriteRejected => "stale_write_rejected",
         }
     }

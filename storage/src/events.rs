@@ -10,6 +10,8 @@ use sqlx::{FromRow, PgPool};
 use taskfleet_jobs::EventName;
 use uuid::Uuid;
 
+use crate::tenants::Scope;
+
 #[derive(Debug, Clone, PartialEq, FromRow, Serialize, Deserialize)]
 pub struct EventRecord {
     pub seq: i64,
@@ -35,11 +37,13 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
-    pub fn matches(&self, tenant_id: Uuid, event: &EventRecord) -> bool {
+    /// Whether `event` is one `scope` may see and this filter wants. Fleet events (no
+    /// tenant) are visible to operators only.
+    pub fn matches(&self, scope: Scope, event: &EventRecord) -> bool {
         let any = |wanted: &[String], value: &Option<String>| {
             wanted.is_empty() || value.as_ref().is_some_and(|v| wanted.contains(v))
         };
-        event.tenant_id == Some(tenant_id)
+        scope.covers(event.tenant_id)
             && self.job_id.is_none_or(|id| event.job_id == Some(id))
             && any(&self.queues, &event.queue)
             && any(&self.kinds, &event.kind)
@@ -86,18 +90,18 @@ impl EventLog {
         Ok(numbered)
     }
 
-    /// The latest numbered event of a tenant's job.
+    /// The latest numbered event of a job in `scope`.
     pub async fn latest_of_job(
         &self,
-        tenant_id: Uuid,
+        scope: Scope,
         job_id: Uuid,
     ) -> sqlx::Result<Option<EventRecord>> {
         sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM job_events
-             WHERE tenant_id = $1 AND job_id = $2 AND seq IS NOT NULL
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND job_id = $2 AND seq IS NOT NULL
              ORDER BY seq DESC LIMIT 1"
         ))
-        .bind(tenant_id)
+        .bind(scope.tenant_id())
         .bind(job_id)
         .fetch_optional(&self.pool)
         .await
@@ -121,25 +125,25 @@ impl EventLog {
         .await
     }
 
-    /// A tenant's events after `seq` that pass `filter`, in order: replays what a stream
+    /// The events in `scope` after `seq` that pass `filter`, in order: replays what a stream
     /// client missed.
     pub async fn after(
         &self,
-        tenant_id: Uuid,
+        scope: Scope,
         seq: i64,
         filter: &EventFilter,
         limit: i64,
     ) -> sqlx::Result<Vec<EventRecord>> {
         sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM job_events
-             WHERE tenant_id = $1 AND seq > $2
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND seq > $2
                AND ($3::uuid IS NULL OR job_id = $3)
                AND (cardinality($4::text[]) = 0 OR queue = ANY($4))
                AND (cardinality($5::text[]) = 0 OR kind = ANY($5))
                AND (cardinality($6::text[]) = 0 OR event = ANY($6))
              ORDER BY seq LIMIT $7"
         ))
-        .bind(tenant_id)
+        .bind(scope.tenant_id())
         .bind(seq)
         .bind(filter.job_id)
         .bind(&filter.queues)

@@ -119,6 +119,15 @@ impl Lease {
         })
     }
 
+    /// Who holds the lease at `key` now, if anyone.
+    pub async fn holder(
+        conn: &mut ConnectionManager,
+        key: &str,
+    ) -> Result<Option<String>, RedisError> {
+        let value: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
+        Ok(value.and_then(|value| Some(value.rsplit_once('|')?.0.to_owned())))
+    }
+
     /// The epochs of the leases at `keys`, `None` where a lease is absent.
     pub async fn epochs(
         conn: &mut ConnectionManager,

@@ -11,14 +11,21 @@ use sqlx::{FromRow, PgPool};
 use taskfleet_jobs::{EventName, JobSpec, JobState, Queue};
 use uuid::Uuid;
 
+use crate::tenants::Scope;
+
 /// States the dispatcher may move into a queue's Redis window.
 const DISPATCHABLE: &str = "('scheduled', 'queued', 'retrying')";
+
+/// Holds back the jobs of paused queues from dispatch (`queue` is the job's).
+const NOT_PAUSED: &str = "NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue)";
 
 /// A job as stored.
 #[derive(Debug, Clone, FromRow)]
 pub struct JobRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
+    /// The tenant's name.
+    pub tenant: String,
     pub queue: String,
     pub kind: String,
     pub payload: Value,
@@ -38,11 +45,15 @@ pub struct JobRecord {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub progress_percent: Option<f32>,
     pub progress_message: Option<String>,
+    /// The `X-Request-ID` of the request that created the job.
+    pub request_id: Option<String>,
 }
 
-const JOB_COLUMNS: &str = "id, tenant_id, queue, kind, payload, state, priority, attempt, \
-     max_attempts, run_at, created_at, started_at, finished_at, worker, result, error, \
-     attempt_errors, idempotency_key, cancel_requested_at, progress_percent, progress_message";
+const JOB_COLUMNS: &str = "id, tenant_id, \
+     (SELECT t.name FROM tenants t WHERE t.id = jobs.tenant_id) AS tenant, queue, kind, \
+     payload, state, priority, attempt, max_attempts, run_at, created_at, started_at, \
+     finished_at, worker, result, error, attempt_errors, idempotency_key, \
+     cancel_requested_at, progress_percent, progress_message, request_id";
 
 /// What [`Ledger::insert`] did with one job.
 #[derive(Debug, Clone)]
@@ -80,13 +91,16 @@ pub enum InsertError {
 pub struct NewJob {
     pub id: Uuid,
     pub spec: JobSpec,
+    /// The request (or parent job's request) that created it, for log correlation.
+    pub request_id: Option<String>,
 }
 
 impl NewJob {
-    pub fn new(spec: JobSpec) -> NewJob {
+    pub fn new(spec: JobSpec, request_id: Option<String>) -> NewJob {
         NewJob {
             id: Uuid::now_v7(),
             spec,
+            request_id,
         }
     }
 }
@@ -96,6 +110,11 @@ impl NewJob {
 pub struct StartedJob {
     pub id: Uuid,
     pub tenant_id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    /// How long it waited between being due and this start (pickup latency).
+    pub waited_seconds: f64,
+    pub request_id: Option<String>,
     pub payload: Value,
     pub attempt: i32,
     pub max_attempts: i32,
@@ -148,6 +167,14 @@ const STALE_TAIL: &str = "stale AS (
          FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM changed)
      )";
 
+/// A running job the reclaimer took back.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Reclaimed {
+    pub queue: String,
+    /// `queued`, `cancelled` or `dead`.
+    pub next: String,
+}
+
 /// A job the dispatcher moved into a queue's Redis window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromRow)]
 pub struct DispatchedJob {
@@ -188,6 +215,7 @@ impl Ledger {
         let mut max_attempts = Vec::with_capacity(jobs.len());
         let mut run_ats = Vec::with_capacity(jobs.len());
         let mut keys = Vec::with_capacity(jobs.len());
+        let mut request_ids = Vec::with_capacity(jobs.len());
         for job in jobs {
             let options = job.spec.options();
             ids.push(job.id);
@@ -198,18 +226,22 @@ impl Ledger {
             max_attempts.push(job.spec.max_attempts() as i32);
             run_ats.push(options.run_at);
             keys.push(options.idempotency_key.clone());
+            request_ids.push(job.request_id.as_deref());
         }
         let sql = format!(
             "WITH input AS (
                  SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::jsonb[],
-                                      $6::int2[], $7::int4[], $8::timestamptz[], $9::text[])
-                     AS t(id, queue, kind, payload, priority, max_attempts, run_at, key)
+                                      $6::int2[], $7::int4[], $8::timestamptz[], $9::text[],
+                                      $11::text[])
+                     AS t(id, queue, kind, payload, priority, max_attempts, run_at, key,
+                          request_id)
              ), inserted AS (
                  INSERT INTO jobs (id, tenant_id, queue, kind, payload, state, priority,
-                                   max_attempts, run_at, idempotency_key)
+                                   max_attempts, run_at, idempotency_key, request_id)
                  SELECT id, $1, queue, kind, payload,
                         CASE WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END,
-                        priority, max_attempts, GREATEST(COALESCE(run_at, now()), now()), key
+                        priority, max_attempts, GREATEST(COALESCE(run_at, now()), now()), key,
+                        request_id
                  FROM input
                  -- Keys in one order, so two batches sharing keys cannot deadlock.
                  ORDER BY key
@@ -219,7 +251,8 @@ impl Ledger {
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
                  SELECT tenant_id, id, queue, kind, '{enqueued}', $10,
-                        jsonb_build_object('queue', queue, 'kind', kind, 'state', state)
+                        jsonb_strip_nulls(jsonb_build_object('queue', queue, 'kind', kind,
+                                          'state', state, 'request_id', request_id))
                  FROM inserted
              )
              SELECT * FROM inserted",
@@ -237,6 +270,7 @@ impl Ledger {
             .bind(&run_ats)
             .bind(&keys)
             .bind(actor)
+            .bind(&request_ids)
             .fetch_all(&mut *tx)
             .await?;
         let mut existing: Vec<JobRecord> = Vec::new();
@@ -285,21 +319,22 @@ impl Ledger {
         Ok(answers)
     }
 
-    pub async fn get(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<JobRecord>> {
+    pub async fn get(&self, scope: Scope, id: Uuid) -> sqlx::Result<Option<JobRecord>> {
         sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2"
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2"
         ))
-        .bind(tenant_id)
+        .bind(scope.tenant_id())
         .bind(id)
         .fetch_optional(&self.pool)
         .await
     }
 
-    /// A page of a tenant's jobs, newest first.
-    pub async fn list(&self, tenant_id: Uuid, filter: &JobFilter) -> sqlx::Result<Vec<JobRecord>> {
+    /// A page of the jobs in `scope`, newest first.
+    pub async fn list(&self, scope: Scope, filter: &JobFilter) -> sqlx::Result<Vec<JobRecord>> {
         sqlx::query_as(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE tenant_id = $1
+             WHERE ($1::uuid IS NULL OR tenant_id = $1)
                AND ($2::text IS NULL OR state = $2)
                AND ($3::text IS NULL OR queue = $3)
                AND ($4::text IS NULL OR kind = $4)
@@ -309,7 +344,7 @@ impl Ledger {
              ORDER BY id DESC
              LIMIT $8"
         ))
-        .bind(tenant_id)
+        .bind(scope.tenant_id())
         .bind(filter.state.map(JobState::as_str))
         .bind(filter.queue.map(Queue::as_str))
         .bind(filter.kind.as_deref())
@@ -337,7 +372,7 @@ impl Ledger {
                      SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn
                      FROM jobs
                      WHERE tenant_id = t.id AND queue = $1 AND dispatched_at IS NULL
-                       AND state IN {DISPATCHABLE} AND run_at <= now()
+                       AND state IN {DISPATCHABLE} AND run_at <= now() AND {NOT_PAUSED}
                      ORDER BY priority DESC, run_at, id
                      LIMIT $2
                  ) j
@@ -382,7 +417,7 @@ impl Ledger {
                  WHERE id IN (
                      SELECT id FROM jobs
                      WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
-                       AND dispatched_at < now() - make_interval(secs => $2)
+                       AND dispatched_at < now() - make_interval(secs => $2) AND {NOT_PAUSED}
                      ORDER BY dispatched_at LIMIT $4
                  ) AND state = 'queued'
                  RETURNING id, tenant_id, queue, kind
@@ -429,27 +464,38 @@ impl Ledger {
             .collect())
     }
 
-    /// The earliest `run_at` of any job not yet dispatched, so the dispatcher can sleep
-    /// exactly until it is due.
+    /// The earliest `run_at` of any job not yet dispatched (paused queues aside), so the
+    /// dispatcher can sleep exactly until it is due.
     pub async fn next_run_at(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
         sqlx::query_scalar(&format!(
-            "SELECT min(run_at) FROM jobs WHERE dispatched_at IS NULL AND state IN {DISPATCHABLE}"
+            "SELECT min(run_at) FROM jobs
+             WHERE dispatched_at IS NULL AND state IN {DISPATCHABLE} AND {NOT_PAUSED}"
         ))
         .fetch_one(&self.pool)
         .await
     }
 
     /// Starts a job: only a `queued` job can start, so of several deliveries of the same
-    /// job exactly one wins. Raises the attempt and the fencing epoch.
+    /// job exactly one wins. Raises the attempt and the fencing epoch. A job of a paused
+    /// queue does not start: it leaves the Redis window (`dispatched_at` cleared) and waits
+    /// in the ledger until the queue is resumed.
     pub async fn start(&self, id: Uuid, worker: &str) -> sqlx::Result<Option<StartedJob>> {
         let sql = format!(
-            "WITH started AS (
+            "WITH paused AS (
+                 SELECT EXISTS (SELECT 1 FROM queue_pauses p JOIN jobs j ON j.queue = p.queue
+                                WHERE j.id = $1) AS yes
+             ), parked AS (
+                 UPDATE jobs SET dispatched_at = NULL
+                 WHERE id = $1 AND state = 'queued' AND (SELECT yes FROM paused)
+             ), started AS (
                  UPDATE jobs SET state = 'running', attempt = attempt + 1,
                                  lease_epoch = lease_epoch + 1, dispatched_at = NULL,
                                  started_at = now(), worker = $2,
                                  progress_percent = NULL, progress_message = NULL
-                 WHERE id = $1 AND state = 'queued'
-                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_epoch
+                 WHERE id = $1 AND state = 'queued' AND NOT (SELECT yes FROM paused)
+                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts,
+                           lease_epoch, request_id,
+                           EXTRACT(EPOCH FROM now() - run_at)::float8 AS waited_seconds
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
                  SELECT tenant_id, id, queue, kind, e.name, $2,
@@ -457,7 +503,7 @@ impl Ledger {
                  FROM started CROSS JOIN (VALUES (1, '{started}'), (2, '{acquired}')) AS e(n, name)
                  ORDER BY e.n
              )
-             SELECT id, tenant_id, payload, attempt, max_attempts, lease_epoch FROM started",
+             SELECT * FROM started",
             started = EventName::JobStarted,
             acquired = EventName::LeaseAcquired
         );
@@ -483,7 +529,9 @@ impl Ledger {
              jsonb_build_object('attempt', attempt, 'error', $5, 'at', now()))";
         let (set, events, details) = match outcome {
             Outcome::Succeeded(_) => (
-                "state = 'succeeded', finished_at = now(), result = $4, progress_percent = 100"
+                // Earlier attempts' errors stay in `attempt_errors`; the job has none now.
+                "state = 'succeeded', finished_at = now(), result = $4, error = NULL, \
+                 progress_percent = 100"
                     .to_owned(),
                 &[EventName::JobSucceeded][..],
                 "'runtime_ms', round(extract(epoch FROM now() - started_at) * 1000)",
@@ -613,9 +661,14 @@ impl Ledger {
 
     /// Takes a running job whose lease expired away from its holder: back to `queued` (it
     /// runs again, its next start raising the attempt), `cancelled` if cancellation was asked,
-    /// `dead` if that was its last attempt. Returns the new state, or `None` if the epoch moved
-    /// on meanwhile.
-    pub async fn reclaim(&self, id: Uuid, epoch: i64, actor: &str) -> sqlx::Result<Option<String>> {
+    /// `dead` if that was its last attempt. Returns its queue and new state, or `None` if the
+    /// epoch moved on meanwhile.
+    pub async fn reclaim(
+        &self,
+        id: Uuid,
+        epoch: i64,
+        actor: &str,
+    ) -> sqlx::Result<Option<Reclaimed>> {
         let sql = format!(
             // The next state is decided from the row as the UPDATE finds it, so a cancel
             // committed a moment earlier is honoured.
@@ -644,12 +697,12 @@ impl Ledger {
                         jsonb_build_object('attempt', attempt, 'reason', 'lease expired')
                  FROM changed WHERE next <> 'queued'
              )
-             SELECT next FROM changed",
+             SELECT queue, next FROM changed",
             reclaimed = EventName::LeaseReclaimed,
             dead = EventName::JobDead,
             cancelled = EventName::JobCancelled
         );
-        sqlx::query_scalar(&sql)
+        sqlx::query_as(&sql)
             .bind(id)
             .bind(epoch)
             .bind(actor)
@@ -659,7 +712,7 @@ impl Ledger {
 
     /// Cancels a tenant's job: a job not yet running becomes `cancelled` at once; a running
     /// one is marked `cancel_requested_at` and its worker stops it.
-    pub async fn cancel(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Change> {
+    pub async fn cancel(&self, scope: Scope, id: Uuid) -> sqlx::Result<Change> {
         let sql = format!(
             "WITH changed AS (
                  UPDATE jobs SET
@@ -667,7 +720,7 @@ impl Ledger {
                      finished_at = CASE WHEN state = 'running' THEN NULL ELSE now() END,
                      cancel_requested_at = CASE WHEN state = 'running' THEN now() END,
                      dispatched_at = NULL
-                 WHERE tenant_id = $1 AND id = $2
+                 WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2
                    AND state IN ('scheduled', 'queued', 'retrying', 'running')
                  RETURNING {JOB_COLUMNS}
              ), events AS (
@@ -682,22 +735,23 @@ impl Ledger {
             cancelled = EventName::JobCancelled
         );
         let changed = sqlx::query_as(&sql)
-            .bind(tenant_id)
+            .bind(scope.tenant_id())
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        self.change_or_current(tenant_id, id, changed).await
+        self.change_or_current(scope, id, changed).await
     }
 
     /// Runs a `dead` or `cancelled` job again with a fresh budget of `budget` more attempts
     /// (the job's own `max_attempts`). Attempt numbers go on counting, and the errors of earlier attempts stay.
-    pub async fn retry(&self, tenant_id: Uuid, id: Uuid, budget: i32) -> sqlx::Result<Change> {
+    pub async fn retry(&self, scope: Scope, id: Uuid, budget: i32) -> sqlx::Result<Change> {
         let sql = format!(
             "WITH changed AS (
                  UPDATE jobs SET state = 'queued', max_attempts = attempt + $3,
                         run_at = now(),
                         dispatched_at = NULL, finished_at = NULL, cancel_requested_at = NULL
-                 WHERE tenant_id = $1 AND id = $2 AND state IN ('dead', 'cancelled')
+                 WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2
+                   AND state IN ('dead', 'cancelled')
                  RETURNING {JOB_COLUMNS}
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor)
@@ -707,23 +761,23 @@ impl Ledger {
             retried = EventName::JobRetried
         );
         let changed = sqlx::query_as(&sql)
-            .bind(tenant_id)
+            .bind(scope.tenant_id())
             .bind(id)
             .bind(budget)
             .fetch_optional(&self.pool)
             .await?;
-        self.change_or_current(tenant_id, id, changed).await
+        self.change_or_current(scope, id, changed).await
     }
 
     async fn change_or_current(
         &self,
-        tenant_id: Uuid,
+        scope: Scope,
         id: Uuid,
         changed: Option<JobRecord>,
     ) -> sqlx::Result<Change> {
         Ok(match changed {
             Some(record) => Change::Done(record),
-            None => match self.get(tenant_id, id).await? {
+            None => match self.get(scope, id).await? {
                 Some(record) => Change::NotAllowed(record),
                 None => Change::NotFound,
             },

@@ -1,22 +1,28 @@
-//! Everything taskfleet persists: the Postgres ledger (tenants, API keys, jobs, events) and the
-//! Redis primitives around it (connections with explicit timeouts, key names, leases, wake-ups).
+//! Everything taskfleet persists: the Postgres ledger (tenants, API keys, jobs, events, queue
+//! pauses, the worker registry) and the Redis primitives around it (connections with
+//! explicit timeouts, key names, leases, wake-ups).
 
 pub mod db;
 pub mod events;
 pub mod lease;
 pub mod ledger;
+pub mod queues;
 pub mod redis;
 pub mod schedules;
 pub mod tenants;
+pub mod workers;
 
 pub use db::Db;
 pub use events::{EventFilter, EventLog, EventRecord};
 pub use lease::{Lease, Renewal};
 pub use ledger::{
-    Change, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome, StartedJob,
+    Change, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome, Reclaimed,
+    StartedJob,
 };
+pub use queues::{QueueStats, Queues};
 pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};
-pub use tenants::{Tenant, Tenants};
+pub use tenants::{Role, Scope, Tenant, Tenants};
+pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};
 
 /// Retries `connect` with capped back-off until it succeeds, so a process started before
 /// Postgres or Redis waits for them instead of exiting.

@@ -69,9 +69,9 @@ impl Keys {
         format!("{}:cancel", self.prefix)
     }
 
-    /// A named lease (the leader lease is `lease("leader")`).
-    pub fn lease(&self, name: &str) -> String {
-        format!("{}:lease:{}", self.prefix, name)
+    /// The lease whose holder is the fleet's leader.
+    pub fn leader_lease(&self) -> String {
+        format!("{}:lease:leader", self.prefix)
     }
 }
 

@@ -5,6 +5,8 @@ use serde_json::Value;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
+use crate::tenants::Scope;
+
 #[derive(Debug, Clone, FromRow)]
 pub struct ScheduleRecord {
     pub id: Uuid,
@@ -123,31 +125,24 @@ impl Schedules {
         .map_err(|err| name_taken(err, &def.name))
     }
 
-    pub async fn get(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<ScheduleRecord>> {
+    /// A schedule in `scope` (the `schedule.fire` handler reads any tenant's).
+    pub async fn get(&self, scope: Scope, id: Uuid) -> sqlx::Result<Option<ScheduleRecord>> {
         sqlx::query_as(&format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE tenant_id = $1 AND id = $2"
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2"
         ))
-        .bind(tenant_id)
+        .bind(scope.tenant_id())
         .bind(id)
         .fetch_optional(&self.pool)
         .await
     }
 
-    /// Any tenant's schedule: for the `schedule.fire` handler, whose job names it.
-    pub async fn get_any(&self, id: Uuid) -> sqlx::Result<Option<ScheduleRecord>> {
+    pub async fn list(&self, scope: Scope) -> sqlx::Result<Vec<ScheduleRecord>> {
         sqlx::query_as(&format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1"
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY name, id"
         ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-    }
-
-    pub async fn list(&self, tenant_id: Uuid) -> sqlx::Result<Vec<ScheduleRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE tenant_id = $1 ORDER BY name"
-        ))
-        .bind(tenant_id)
+        .bind(scope.tenant_id())
         .fetch_all(&self.pool)
         .await
     }

@@ -2,6 +2,9 @@
 //! servers, runs the real `taskfleet-api` and `taskfleet-worker` binaries as child processes,
 //! and removes everything it created when dropped.
 
+pub mod browser;
+pub mod prometheus;
+
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -55,7 +58,7 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free local port")
@@ -73,6 +76,8 @@ pub struct TestEnv {
     pub pool: PgPool,
     pub redis: redis::aio::ConnectionManager,
     children: Vec<Child>,
+    /// Where children's stderr goes once [`TestEnv::capture_logs`] was called.
+    log_dir: Option<PathBuf>,
 }
 
 impl TestEnv {
@@ -101,7 +106,30 @@ impl TestEnv {
             pool: db.pool,
             redis,
             children: Vec::new(),
+            log_dir: None,
         }
+    }
+
+    /// Sends the logs (stderr) of processes started from now on to files that
+    /// [`TestEnv::logs`] reads; without it they are shown with the test's output.
+    pub fn capture_logs(&mut self) {
+        let dir = std::env::temp_dir().join(format!("tf-logs-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("log directory");
+        self.log_dir = Some(dir);
+    }
+
+    /// Everything the processes started since [`TestEnv::capture_logs`] have logged so far.
+    pub fn logs(&self) -> String {
+        let dir = self.log_dir.as_ref().expect("capture_logs was called");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|file| std::fs::read_to_string(file).unwrap())
+            .collect()
     }
 
     fn command(&self, binary_name: &str) -> Command {
@@ -114,6 +142,10 @@ impl TestEnv {
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null());
+        if let Some(dir) = &self.log_dir {
+            let file = dir.join(format!("{binary_name}-{}.log", Uuid::new_v4().simple()));
+            cmd.stderr(std::fs::File::create(file).expect("log file"));
+        }
         cmd
     }
 
@@ -183,9 +215,19 @@ impl TestEnv {
 
     /// Creates an API key for `tenant` with the real `taskfleet-api keys create`.
     pub fn create_key(&self, tenant: &str) -> String {
+        self.keys_create(&["--tenant", tenant])
+    }
+
+    /// Creates an operator key (every tenant, workers, queue pauses) for `tenant`.
+    pub fn create_operator_key(&self, tenant: &str) -> String {
+        self.keys_create(&["--tenant", tenant, "--operator"])
+    }
+
+    fn keys_create(&self, args: &[&str]) -> String {
         let out = self
             .command("taskfleet-api")
-            .args(["keys", "create", "--tenant", tenant])
+            .args(["keys", "create"])
+            .args(args)
             .stderr(Stdio::null())
             .output()
             .expect("taskfleet-api runs");
@@ -218,9 +260,15 @@ impl TestEnv {
 
     /// Starts a `taskfleet-worker` with extra flags; returns its index in `children`.
     pub fn start_worker(&mut self, args: &[&str]) -> usize {
+        self.start_worker_env(args, &[])
+    }
+
+    /// [`TestEnv::start_worker`] with extra environment variables.
+    pub fn start_worker_env(&mut self, args: &[&str], env: &[(&str, &str)]) -> usize {
         let child = self
             .command("taskfleet-worker")
             .args(args)
+            .envs(env.iter().copied())
             .spawn()
             .expect("taskfleet-worker starts");
         self.children.push(child);
@@ -291,6 +339,9 @@ impl TestEnv {
             ))
             .execute(&mut admin)
             .await;
+        }
+        if let Some(dir) = &self.log_dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
@@ -396,8 +447,24 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    wait_for_some(within, what, || {
+        let checked = check();
+        async move { checked.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `check` until it gives a value and returns it, failing the test after `within`.
+pub async fn wait_for_some<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting until {what}"
@@ -553,14 +620,12 @@ impl TestEnv {
             .get(format!("{}:lease:leader", self.redis_prefix))
             .await
             .unwrap();
-        // The holder is `host-pid-nonce|epoch`.
-        let pid: u32 = holder?
-            .split('|')
-            .next()?
-            .rsplit('-')
-            .nth(1)?
-            .parse()
-            .ok()?;
+        self.worker_index(holder?.split('|').next()?)
+    }
+
+    /// The child running the worker process called `name` (`host-pid-nonce`).
+    pub fn worker_index(&self, name: &str) -> Option<usize> {
+        let pid: u32 = name.rsplit('-').nth(1)?.parse().ok()?;
         self.children.iter().position(|child| child.id() == pid)
     }
 }

@@ -329,7 +329,9 @@ async fn schedules_are_validated_and_scoped_to_their_tenant() {
 #[tokio::test]
 async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
     use taskfleet_jobs::{JobOptions, JobSpec, spec::ScheduleFire};
-    use taskfleet_storage::{Ledger, NewJob, ScheduleDefinition, Schedules, Tenants, redis::Keys};
+    use taskfleet_storage::{
+        Ledger, NewJob, ScheduleDefinition, Schedules, Scope, Tenants, redis::Keys,
+    };
     let env = TestEnv::new().await;
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let (schedules, ledger) = (
@@ -357,15 +359,22 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
     let earlier: Vec<NewJob> = (0..8)
         .map(|n| {
             let fire_at = first + chrono::Duration::seconds(n);
-            NewJob::new(JobSpec::ScheduleFire(ScheduleFire {
-                schedule_id: stalled.id,
-                fire_at,
-                catch_up: false,
-                options: JobOptions {
-                    idempotency_key: Some(format!("fire:{}:{}", stalled.id, fire_at.to_rfc3339())),
-                    ..JobOptions::default()
-                },
-            }))
+            NewJob::new(
+                JobSpec::ScheduleFire(ScheduleFire {
+                    schedule_id: stalled.id,
+                    fire_at,
+                    catch_up: false,
+                    options: JobOptions {
+                        idempotency_key: Some(format!(
+                            "fire:{}:{}",
+                            stalled.id,
+                            fire_at.to_rfc3339()
+                        )),
+                        ..JobOptions::default()
+                    },
+                }),
+                None,
+            )
         })
         .collect();
     ledger.insert(tenant.id, &earlier, "test").await.unwrap();
@@ -382,7 +391,11 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
     };
     scheduler.round().await.unwrap();
     for id in [stalled.id, healthy.id] {
-        let moved = schedules.get(tenant.id, id).await.unwrap().unwrap();
+        let moved = schedules
+            .get(Scope::Tenant(tenant.id), id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
             moved.next_fire_at.unwrap() > now,
             "schedule {} did not move on",

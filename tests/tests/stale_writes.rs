@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use taskfleet_tests::{TestEnv, json, wait_until};
+use taskfleet_tests::{
+    TestEnv, free_port, json,
+    prometheus::{sample, scrape},
+    wait_until,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_workers_late_completion_is_rejected() {
@@ -20,7 +24,8 @@ async fn a_paused_workers_late_completion_is_rejected() {
         "1500",
         "--fault-injection",
     ];
-    let paused = env.start_worker(&lease);
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let paused = env.start_worker(&[&lease[..], &["--metrics-addr", &metrics_addr]].concat());
     let id = api
         .submit(
             &key,
@@ -65,17 +70,31 @@ async fn a_paused_workers_late_completion_is_rejected() {
     }
     let (_, job) = api.get(&key, &format!("/v1/jobs/{id}")).await;
     assert_eq!(job, done, "the ledger kept the second worker's outcome");
+    // The woken worker's metrics count exactly the refusals the ledger recorded for it.
+    let refused = events
+        .iter()
+        .filter(|(event, actor)| event == "stale_write_rejected" && actor == &first_worker)
+        .count();
+    let metrics = scrape(&format!("http://{metrics_addr}")).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "taskfleet_stale_writes_rejected_total",
+            &[("queue", "executor")]
+        ),
+        refused as f64
+    );
     env.finish().await;
 }
 
 #[tokio::test]
 async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
-    use taskfleet_storage::{Ledger, NewJob, Outcome, Tenants};
+    use taskfleet_storage::{Ledger, NewJob, Outcome, Scope, Tenants};
     let env = TestEnv::new().await;
     let ledger = Ledger::new(env.pool.clone());
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let spec = serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap();
-    let job = NewJob::new(spec);
+    let job = NewJob::new(spec, None);
     ledger
         .insert(tenant.id, std::slice::from_ref(&job), "test")
         .await
@@ -86,6 +105,7 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
             .reclaim(job.id, first.lease_epoch, "leader")
             .await
             .unwrap()
+            .map(|reclaimed| reclaimed.next)
             .as_deref(),
         Some("queued")
     );
@@ -117,7 +137,11 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
             .await
             .unwrap()
     );
-    let record = ledger.get(tenant.id, job.id).await.unwrap().unwrap();
+    let record = ledger
+        .get(Scope::Tenant(tenant.id), job.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (record.state.as_str(), record.result),
         ("succeeded", Some(on_time))

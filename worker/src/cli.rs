@@ -58,6 +58,10 @@ pub struct WorkerArgs {
     /// Emit logs as JSON lines.
     #[arg(long, env = "TASKFLEET_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. `127.0.0.1:9101`); off when
+    /// unset.
+    #[arg(long, env = "TASKFLEET_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 impl WorkerArgs {

@@ -10,6 +10,7 @@ use chrono::Utc;
 use redis::AsyncCommands;
 use taskfleet_jobs::{Dispatch, Queue};
 use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis::Keys};
+use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -133,6 +134,9 @@ impl Dispatcher {
             }
             let due = self.ledger.dispatch_due(queue, room, &self.actor).await?;
             saturated |= due.len() as i64 == room;
+            metrics::JOBS_DISPATCHED
+                .with_label_values(&[queue.as_str()])
+                .inc_by(due.len() as u64);
             if !due.is_empty() {
                 self.push(queue, &due).await?;
             }

@@ -12,7 +12,10 @@
 use std::{
     collections::HashMap,
     panic::AssertUnwindSafe,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -21,8 +24,10 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use taskfleet_jobs::{JobSpec, RetryPolicy};
 use taskfleet_storage::{
-    Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, redis as tf_redis, redis::Keys,
+    Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, WorkerCounts, redis as tf_redis,
+    redis::Keys,
 };
+use taskfleet_telemetry::metrics;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -84,6 +89,9 @@ pub struct JobExecutor {
     running: Mutex<HashMap<(Uuid, i64), Stopper>>,
     /// Fired when the process stops: waiting for Postgres to start a job ends.
     shutdown: CancellationToken,
+    /// Attempts finished and, of those, failed, for the worker registry.
+    processed: AtomicI64,
+    failed: AtomicI64,
 }
 
 impl JobExecutor {
@@ -104,6 +112,8 @@ impl JobExecutor {
             settings,
             running: Mutex::new(HashMap::new()),
             shutdown,
+            processed: AtomicI64::new(0),
+            failed: AtomicI64::new(0),
         }
     }
 
@@ -111,6 +121,12 @@ impl JobExecutor {
         let Some(started) = self.start(job_id).await else {
             return;
         };
+        let labels = [started.queue.as_str(), started.kind.as_str()];
+        metrics::JOB_QUEUE_WAIT
+            .with_label_values(&labels)
+            .observe(started.waited_seconds.max(0.0));
+        metrics::WORKER_ACTIVE_JOBS.inc();
+        let began = Instant::now();
         let epoch = started.lease_epoch as u64;
         let lease = Lease::new(
             self.keys.job_lease(job_id),
@@ -136,7 +152,18 @@ impl JobExecutor {
             stopper.clone(),
         ));
 
-        let span = tracing::info_span!("job", %job_id, attempt = started.attempt, epoch);
+        // Every log line of the attempt carries these, so one job's story can be grepped
+        // across the fleet and joined to the request that created it.
+        let span = tracing::info_span!(
+            "job",
+            %job_id,
+            queue = %started.queue,
+            kind = %started.kind,
+            attempt = started.attempt,
+            epoch,
+            worker = %self.worker,
+            request_id = started.request_id.as_deref(),
+        );
         let outcome = self
             .run_handler(&started, &stopper.token)
             .instrument(span.clone())
@@ -171,6 +198,10 @@ impl JobExecutor {
             .lock()
             .expect("running jobs lock")
             .remove(&(job_id, started.lease_epoch));
+        metrics::WORKER_ACTIVE_JOBS.dec();
+        metrics::JOB_DURATION
+            .with_label_values(&labels)
+            .observe(began.elapsed().as_secs_f64());
     }
 
     /// Starts the job in the ledger. While Postgres is unreachable it keeps trying, holding
@@ -215,6 +246,7 @@ impl JobExecutor {
             attempt: started.attempt as u32,
             fault_injection: self.settings.fault_injection,
             tenant_id: started.tenant_id,
+            request_id: started.request_id.clone(),
             ledger: self.ledger.clone(),
             schedules: self.schedules.clone(),
             redis: self.redis.clone(),
@@ -271,9 +303,12 @@ impl JobExecutor {
                 .finish(job.id, job.lease_epoch, &self.worker, outcome)
                 .await
             {
-                Ok(true) => return,
+                Ok(true) => return self.count(job, outcome),
                 Ok(false) => {
                     tracing::warn!("stale epoch: the job was reclaimed; outcome refused");
+                    metrics::STALE_WRITES_REJECTED
+                        .with_label_values(&[job.queue.as_str()])
+                        .inc();
                     return;
                 }
                 Err(err) if Instant::now() < deadline => {
@@ -286,6 +321,38 @@ impl JobExecutor {
                     return;
                 }
             }
+        }
+    }
+
+    /// Counts a recorded outcome in the metrics and the worker's totals. A hand-back is not
+    /// an attempt's end: the job runs again without counting an attempt.
+    fn count(&self, job: &StartedJob, outcome: Outcome<'_>) {
+        let name = match outcome {
+            Outcome::Succeeded(_) => "succeeded",
+            Outcome::Failed {
+                retry_at: Some(_), ..
+            } => "retry",
+            Outcome::Failed { retry_at: None, .. } => "dead",
+            Outcome::Cancelled => "cancelled",
+            Outcome::HandedBack => return,
+        };
+        // Inside the job's span: the line carries job id, queue, kind, attempt, worker and
+        // request id.
+        tracing::info!(outcome = name, "attempt recorded");
+        metrics::JOBS
+            .with_label_values(&[job.queue.as_str(), job.kind.as_str(), name])
+            .inc();
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        if matches!(outcome, Outcome::Failed { .. }) {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What this process has finished so far, for the worker registry.
+    pub fn counts(&self) -> WorkerCounts {
+        WorkerCounts {
+            processed: self.processed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
         }
     }
 

@@ -8,8 +8,10 @@ use apalis::prelude::*;
 use apalis_redis::ConnectionManager;
 use taskfleet_jobs::{Dispatch, EventName};
 use taskfleet_storage::{
-    Db, EventLog, Lease, Ledger, Schedules, redis as tf_redis, redis::Keys, wait_for,
+    Db, EventLog, Lease, Ledger, Schedules, WorkerInfo, Workers, redis as tf_redis, redis::Keys,
+    wait_for, workers::HEARTBEAT_EVERY,
 };
+use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -33,17 +35,26 @@ async fn execute(dispatch: Dispatch, executor: Data<Arc<JobExecutor>>) -> Result
     Ok(())
 }
 
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned())
+}
+
 /// A name unique to this process start: apalis-redis refuses a worker name seen within its
 /// orphan window (hazard 3), and the ledger records who ran what.
 fn process_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".to_owned());
     let nonce = Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &nonce[..8])
+    format!("{}-{}-{}", host_name(), std::process::id(), &nonce[..8])
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    metrics::register_worker();
+    // Bound first, so a taken port stops the worker before it takes any job.
+    let metrics_server = match &args.metrics_addr {
+        Some(addr) => Some(crate::metrics_server::bind(addr).await?),
+        None => None,
+    };
     let identity = process_identity();
     let db = Db::connect_lazy(&args.database_url, 16).context("DATABASE_URL is not valid")?;
     wait_for("Postgres (migrations)", || db.migrate()).await;
@@ -63,12 +74,40 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tracing::info!(%identity, queues = ?args.queues, "worker starting");
+    let concurrency: std::collections::BTreeMap<_, _> = args
+        .queues
+        .iter()
+        .map(|q| (q.as_str(), args.concurrency.for_queue(*q)))
+        .collect();
+    for (queue, n) in &concurrency {
+        metrics::WORKER_CONCURRENCY
+            .with_label_values(&[*queue])
+            .set(*n as i64);
+    }
+    let workers = Workers::new(db.pool.clone());
+    let info = WorkerInfo {
+        name: identity.clone(),
+        host: host_name(),
+        pid: std::process::id() as i32,
+        queues: args.queues.iter().map(|q| q.as_str().to_owned()).collect(),
+        concurrency: serde_json::json!(concurrency),
+    };
+    wait_for("Postgres (worker registry)", || workers.register(&info)).await;
+    tokio::spawn(heartbeat(
+        workers.clone(),
+        identity.clone(),
+        executor.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(server) = metrics_server {
+        tokio::spawn(server.serve(shutdown.clone()));
+    }
     let events = EventLog::new(db.pool.clone());
     let fleet_event = |event| {
         let (events, identity) = (events.clone(), identity.clone());
         let details = serde_json::json!({
             "queues": args.queues,
-            "concurrency": args.queues.iter().map(|q| (q.as_str(), args.concurrency.for_queue(*q))).collect::<std::collections::BTreeMap<_, _>>(),
+            "concurrency": concurrency,
         });
         async move {
             if let Err(err) = events.record_fleet(event, &identity, details).await {
@@ -126,7 +165,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
 
     let elector = tokio::spawn(leader::run(
-        Lease::new(keys.lease("leader"), identity.clone(), args.leader_ttl()),
+        Lease::new(keys.leader_lease(), identity.clone(), args.leader_ttl()),
         conn.clone(),
         leader_duties(&args, &ledger, &db.pool, &conn, &keys, &identity),
         shutdown.clone(),
@@ -143,9 +182,31 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         tf_redis::wake_dispatcher(&mut conn.clone(), &keys).await;
     }
     let _ = elector.await;
+    if let Err(err) = workers.heartbeat(&identity, executor.counts(), true).await {
+        tracing::warn!(%err, "could not mark this worker stopped in the registry");
+    }
     fleet_event(EventName::WorkerOffline).await;
     tracing::info!(%identity, "worker stopped");
     result.map_err(|err| anyhow::anyhow!("worker monitor failed: {err}"))
+}
+
+/// Keeps this worker's registry row fresh: its heartbeat age tells the dashboard and the
+/// `taskfleet_workers_online` gauge whether it is alive.
+async fn heartbeat(
+    workers: Workers,
+    name: String,
+    executor: Arc<JobExecutor>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+        }
+        if let Err(err) = workers.heartbeat(&name, executor.counts(), false).await {
+            tracing::warn!(%err, "could not heartbeat the worker registry");
+        }
+    }
 }
 
 /// What this process runs while it is the leader.
@@ -231,6 +292,7 @@ fn leader_duties(
             conn: conn.clone(),
             keys: keys.clone(),
             ledger: ledger.clone(),
+            workers: Workers::new(ledger.pool().clone()),
             idempotency_retention: Duration::from_secs(args.idempotency_retention_secs),
         },
     )

@@ -8,7 +8,8 @@ use std::{sync::Arc, time::Duration};
 
 use apalis_redis::ConnectionManager;
 use taskfleet_jobs::Queue;
-use taskfleet_storage::{Lease, Ledger, redis::Keys, tenants::SYSTEM_TENANT};
+use taskfleet_storage::{Lease, Ledger, Workers, redis::Keys, tenants::SYSTEM_TENANT};
+use taskfleet_telemetry::metrics;
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +23,9 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
 const FORGET_BATCH: usize = 5_000;
 /// Finished `/readyz` probe jobs are kept this long.
 const PROBE_RETENTION: Duration = Duration::from_secs(60);
-/// How often ledger retention (idempotency keys, probe jobs) runs.
+/// Workers not heard from for this long leave the registry.
+const WORKER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often ledger retention (idempotency keys, probe jobs, old workers) runs.
 const LEDGER_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// What a leader runs; built anew each time this process becomes leader.
@@ -62,6 +65,7 @@ pub async fn run(
                 Some((_, renewed, ..)) => *renewed = Instant::now(),
                 None => {
                     tracing::info!(epoch, "became leader");
+                    metrics::WORKER_IS_LEADER.set(1);
                     let stop = shutdown.child_token();
                     let tasks = duties(stop.clone());
                     held = Some((epoch, Instant::now(), stop, tasks));
@@ -96,6 +100,7 @@ async fn step_down(
 ) {
     if let Some((epoch, _, stop, tasks)) = held.take() {
         tracing::info!(epoch, why, "stepping down as leader");
+        metrics::WORKER_IS_LEADER.set(0);
         stop.cancel();
         for task in tasks {
             let _ = task.await;
@@ -110,6 +115,7 @@ pub struct Housekeeping {
     pub conn: ConnectionManager,
     pub keys: Keys,
     pub ledger: Ledger,
+    pub workers: Workers,
     pub idempotency_retention: Duration,
 }
 
@@ -137,6 +143,9 @@ impl Housekeeping {
                     .await;
                 if let Err(err) = probes {
                     tracing::warn!(%err, "could not delete finished readiness probe jobs");
+                }
+                if let Err(err) = self.workers.forget_older_than(WORKER_RETENTION).await {
+                    tracing::warn!(%err, "could not forget long-gone workers");
                 }
             }
             tokio::select! {

@@ -8,6 +8,7 @@ pub mod executor;
 pub mod fleet;
 pub mod handlers;
 pub mod leader;
+pub mod metrics_server;
 pub mod reclaimer;
 pub mod redis_queue;
 pub mod scheduler;

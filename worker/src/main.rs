@@ -2,18 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use taskfleet_worker::{cli::WorkerArgs, fleet};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = WorkerArgs::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    if args.log_json {
-        logs.json().init()
-    } else {
-        logs.init()
-    }
+    taskfleet_telemetry::logs::init(args.log_json);
     match fleet::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use apalis_redis::ConnectionManager;
 use taskfleet_storage::{Lease, Ledger, redis as tf_redis, redis::Keys};
+use taskfleet_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
 /// Leases are checked this many at a time (one `MGET`).
@@ -54,8 +55,11 @@ impl Reclaimer {
                 if held == Some(epoch as u64) {
                     continue;
                 }
-                if let Some(next) = self.ledger.reclaim(id, epoch, &self.actor).await? {
-                    tracing::info!(%id, epoch, %next, "lease expired; job reclaimed");
+                if let Some(job) = self.ledger.reclaim(id, epoch, &self.actor).await? {
+                    tracing::info!(%id, epoch, next = %job.next, "lease expired; job reclaimed");
+                    metrics::LEASES_RECLAIMED
+                        .with_label_values(&[job.queue.as_str()])
+                        .inc();
                     reclaimed += 1;
                 }
             }

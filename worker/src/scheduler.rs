@@ -103,20 +103,23 @@ impl Scheduler {
         let jobs: Vec<NewJob> = fires
             .iter()
             .map(|&(fire_at, catch_up)| {
-                NewJob::new(JobSpec::ScheduleFire(ScheduleFire {
-                    schedule_id: schedule.id,
-                    fire_at,
-                    catch_up,
-                    options: JobOptions {
-                        // One fire job per slot, however many schedulers get here.
-                        idempotency_key: Some(format!(
-                            "fire:{}:{}",
-                            schedule.id,
-                            fire_at.to_rfc3339()
-                        )),
-                        ..JobOptions::default()
-                    },
-                }))
+                NewJob::new(
+                    JobSpec::ScheduleFire(ScheduleFire {
+                        schedule_id: schedule.id,
+                        fire_at,
+                        catch_up,
+                        options: JobOptions {
+                            // One fire job per slot, however many schedulers get here.
+                            idempotency_key: Some(format!(
+                                "fire:{}:{}",
+                                schedule.id,
+                                fire_at.to_rfc3339()
+                            )),
+                            ..JobOptions::default()
+                        },
+                    }),
+                    None,
+                )
             })
             .collect();
         if !jobs.is_empty() {

@@ -24,6 +24,8 @@ pub struct JobContext {
     pub fault_injection: bool,
     /// The tenant the job belongs to.
     pub tenant_id: Uuid,
+    /// The request that created the job; jobs it creates carry it on.
+    pub request_id: Option<String>,
     pub(crate) ledger: Ledger,
     pub(crate) schedules: Schedules,
     pub(crate) redis: ConnectionManager,

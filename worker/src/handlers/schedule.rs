@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use taskfleet_jobs::{EventName, JobSpec, spec::ScheduleFire};
-use taskfleet_storage::{InsertError, Inserted, NewJob};
+use taskfleet_storage::{InsertError, Inserted, NewJob, Scope};
 
 use super::{HandlerResult, JobContext, JobFailure};
 
@@ -13,7 +13,7 @@ pub async fn fire(job: &ScheduleFire, ctx: &JobContext) -> HandlerResult {
     let store = err("read the schedule");
     let Some(schedule) = ctx
         .schedules
-        .get_any(job.schedule_id)
+        .get(Scope::All, job.schedule_id)
         .await
         .map_err(store)?
     else {
@@ -46,7 +46,11 @@ pub async fn fire(job: &ScheduleFire, ctx: &JobContext) -> HandlerResult {
     target.options_mut().run_at = None;
     let created = ctx
         .ledger
-        .insert(schedule.tenant_id, &[NewJob::new(target)], &ctx.worker)
+        .insert(
+            schedule.tenant_id,
+            &[NewJob::new(target, ctx.request_id.clone())],
+            &ctx.worker,
+        )
         .await;
     let (job_id, created) = match created {
         Ok(mut inserted) => match inserted.remove(0) {

@@ -1,0 +1,818 @@
+// taskfleet dashboard: a Flower-like view of workers, queues, jobs and schedules.
+// Plain ES2020, no build step, no external resources: the API embeds this file as is.
+// Every string from the API reaches the DOM through textContent / text nodes only.
+'use strict';
+
+const STATES = ['scheduled', 'queued', 'running', 'retrying', 'succeeded', 'dead', 'cancelled'];
+const ACTIVE_STATES = new Set(['scheduled', 'queued', 'running', 'retrying']);
+const RETRYABLE_STATES = new Set(['dead', 'cancelled']);
+const TERMINAL_EVENTS = new Set(['job_succeeded', 'job_dead', 'job_cancelled']);
+const KEY_STORAGE = 'taskfleet.apiKey';
+const PAGE_SIZE = 50;
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+const state = {
+  key: null, // the API key (also in sessionStorage, so a reload keeps the session)
+  me: null, // GET /v1/me
+  session: 0, // bumped on login/logout so late responses of an old session are dropped
+  tab: null,
+  timer: null, // refresh interval of the shown tab
+  eventsStream: null, // GET /v1/events, open while the jobs tab is shown
+  jobs: { list: [], rows: new Map(), next: null, loadedMore: false, filters: {} },
+  detail: null, // the open job panel: { id, job, stream, lastId, terminalSeen, seqs }
+  debounces: new Map(),
+};
+
+// ---------------------------------------------------------------- small helpers
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+const isOperator = () => state.me?.role === 'operator';
+const shortId = (id) => String(id ?? '').slice(0, 8);
+const sleep = (ms, signal) =>
+  new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+  });
+
+// Builds an element. Children that are strings become text nodes, so data is never parsed as HTML.
+function h(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (value == null || value === false) continue;
+    if (name === 'class') node.className = value;
+    else if (name === 'dataset') Object.assign(node.dataset, value);
+    else if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? '' : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child != null && child !== false) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  return node;
+}
+
+function setText(selector, value) {
+  $(selector).textContent = value == null || value === '' ? '—' : String(value);
+}
+
+// Runs fn once `ms` after the last call with the same key.
+function debounce(key, ms, fn) {
+  clearTimeout(state.debounces.get(key));
+  state.debounces.set(key, setTimeout(() => {
+    state.debounces.delete(key);
+    Promise.resolve().then(fn).catch(reportError);
+  }, ms));
+}
+
+function clearDebounces(prefix = '') {
+  for (const [key, timer] of state.debounces) {
+    if (key.startsWith(prefix)) { clearTimeout(timer); state.debounces.delete(key); }
+  }
+}
+
+// ---------------------------------------------------------------- formatting
+
+const fmtTime = (ts) => (ts ? new Date(ts).toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'medium' }) : '—');
+const fmtClock = (ts) => (ts ? new Date(ts).toLocaleTimeString() : '');
+
+function fmtDuration(seconds) {
+  const s = Math.abs(seconds);
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} d`;
+}
+
+// "in 12 s" / "3 s ago"
+function fmtRelative(ts) {
+  const seconds = (Date.parse(ts) - Date.now()) / 1000;
+  return seconds >= 0 ? `in ${fmtDuration(seconds)}` : `${fmtDuration(seconds)} ago`;
+}
+
+function fmtSeconds(seconds) {
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  return fmtDuration(seconds);
+}
+
+const pretty = (value) => JSON.stringify(value, null, 2);
+const truncate = (text, max) => (text.length > max ? `${text.slice(0, max - 1)}…` : text);
+
+// A one-line summary of an event's details: `key=value …`.
+function summarize(details) {
+  if (details == null || typeof details !== 'object') return truncate(String(details ?? ''), 140);
+  const pairs = Object.entries(details).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`);
+  return truncate(pairs.join(' '), 140);
+}
+
+// datetime-local values are local wall time; the API wants RFC3339 UTC.
+function toRfc3339(local) {
+  if (!local) return '';
+  const date = new Date(local);
+  return Number.isNaN(date.getTime()) ? '' : date.toISOString();
+}
+
+// ---------------------------------------------------------------- API access
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    Object.assign(this, { status, code });
+  }
+}
+
+const authHeaders = (extra = {}) => ({ Authorization: `Bearer ${state.key}`, ...extra });
+
+async function errorFrom(response) {
+  const body = await response.json().catch(() => null);
+  const err = new ApiError(response.status, body?.error ?? `http_${response.status}`,
+    body?.message ?? (response.statusText || `HTTP ${response.status}`));
+  if (response.status === 401) logout(err.message);
+  return err;
+}
+
+async function api(method, path, body) {
+  const session = state.session;
+  const init = { method, headers: authHeaders({ Accept: 'application/json' }), cache: 'no-store' };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init).catch((err) => {
+    throw new ApiError(0, 'network', `Cannot reach the API: ${err.message}`);
+  });
+  if (session !== state.session) throw Object.assign(new ApiError(0, 'stale', ''), { silent: true });
+  if (!response.ok) throw await errorFrom(response);
+  return response.status === 204 ? null : response.json().catch(() => null);
+}
+
+function reportError(err) {
+  if (!err || err.silent || err.name === 'AbortError') return;
+  if (err.status === 401) return; // logout() already shows it on the login form
+  console.error(err);
+  $('#error-text').textContent = err.message || String(err);
+  $('#error-banner').title = err.code ?? '';
+  $('#error-banner').hidden = false;
+}
+
+// ---------------------------------------------------------------- SSE over fetch()
+
+// Incremental text/event-stream parser. push() takes decoded text in any chunking; it calls
+// onMessage({id, event, data}) at each blank line that ends a message with data.
+function createSseParser(onMessage) {
+  let buffer = '', event = '', data = [];
+  let lastId = null; // persists across messages, as in EventSource
+
+  function handleLine(line) {
+    if (line === '') { // end of a message
+      if (data.length) onMessage({ id: lastId, event: event || 'message', data: data.join('\n') });
+      [data, event] = [[], ''];
+      return;
+    }
+    if (line.startsWith(':')) return; // comment, e.g. keep-alive
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'data') data.push(value);
+    else if (field === 'event') event = value;
+    else if (field === 'id' && !value.includes('\0')) lastId = value;
+    // `retry` and unknown fields are ignored: reconnection timing is ours.
+  }
+
+  return {
+    push(chunk) {
+      buffer += chunk;
+      let start = 0;
+      for (let i = 0; i < buffer.length; i++) {
+        const c = buffer[i];
+        if (c !== '\n' && c !== '\r') continue;
+        if (c === '\r' && i === buffer.length - 1) break; // may be half of a \r\n split across chunks
+        handleLine(buffer.slice(start, i));
+        if (c === '\r' && buffer[i + 1] === '\n') i++;
+        start = i + 1;
+      }
+      buffer = buffer.slice(start);
+    },
+    get lastId() { return lastId; },
+  };
+}
+
+// EventSource cannot send the Authorization header, so streams are read with fetch().
+// Reconnects with Last-Event-ID (backoff 1 s doubling to 10 s) as long as reconnect() says so;
+// stop() aborts. onStatus gets 'live' | 'reconnecting' | 'closed'.
+function openStream(path, { onEvent, reconnect = () => true, lastId = null, onStatus = () => {} }) {
+  const controller = new AbortController();
+  const stream = { lastId, done: false, stop: () => controller.abort() };
+  (async () => {
+    let delay = 1000;
+    while (!controller.signal.aborted) {
+      try {
+        if (await readStream(path, stream, controller.signal, onEvent, onStatus)) delay = 1000;
+      } catch (err) {
+        if (controller.signal.aborted) break;
+        // Client errors (bad id, forbidden, gone) will not heal by retrying.
+        if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 429) {
+          reportError(err);
+          break;
+        }
+      }
+      if (controller.signal.aborted || !reconnect()) break;
+      onStatus('reconnecting');
+      await sleep(delay, controller.signal);
+      delay = Math.min(delay * 2, 10000);
+    }
+    stream.done = true;
+    onStatus('closed');
+  })();
+  return stream;
+}
+
+// One connection: resolves when the server ends the stream (true if any message came).
+async function readStream(path, stream, signal, onEvent, onStatus) {
+  const headers = authHeaders({ Accept: 'text/event-stream' });
+  if (stream.lastId != null) headers['Last-Event-ID'] = stream.lastId;
+  const response = await fetch(path, { headers, signal, cache: 'no-store' });
+  if (!response.ok) throw await errorFrom(response);
+  onStatus('live');
+  let received = false;
+  const parser = createSseParser((message) => {
+    received = true;
+    if (message.id != null) stream.lastId = message.id;
+    try { onEvent(message.event, JSON.parse(message.data), message.id); } catch (err) {
+      console.error('bad event', message, err); // one bad message must not end the stream
+    }
+  });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return received;
+    parser.push(value);
+  }
+}
+
+const LIVE_TEXT = { live: '● live', reconnecting: '○ reconnecting…', closed: '' };
+const showLiveStatus = (selector) => (status) =>
+  Object.assign($(selector), { textContent: LIVE_TEXT[status], className: `live-status ${status}` });
+
+// ---------------------------------------------------------------- login / logout
+
+async function login(key) {
+  state.session++;
+  state.key = key;
+  $('#login-error').hidden = true;
+  try {
+    state.me = await api('GET', '/v1/me');
+  } catch (err) {
+    if (err.status !== 401) showLoginError(err.message); // a 401 already logged us out
+    state.key = null;
+    return;
+  }
+  sessionStorage.setItem(KEY_STORAGE, key);
+  enterApp();
+}
+
+function showLoginError(message) {
+  Object.assign($('#login-error'), { textContent: message, hidden: !message });
+}
+
+function enterApp() {
+  const operator = isOperator();
+  $('#whoami').textContent = `${state.me.tenant} · ${state.me.role}`;
+  for (const node of $$('[data-operator-only]')) node.hidden = !operator;
+  showLoggedIn(true);
+  $('#api-key').value = '';
+  fetchQueues().catch(reportError); // fills the queue filter
+  showTab(location.hash.slice(1));
+}
+
+function logout(message = '') {
+  state.session++;
+  stopTabWork();
+  closeDetail();
+  clearDebounces();
+  sessionStorage.removeItem(KEY_STORAGE);
+  [state.key, state.me, state.tab] = [null, null, null];
+  history.replaceState(null, '', location.pathname); // the next key starts on the default tab
+  state.jobs = { list: [], rows: new Map(), next: null, loadedMore: false, filters: {} };
+  // Nothing of the old session stays in the DOM for the next key.
+  for (const tbody of $$('main tbody')) tbody.replaceChildren();
+  $('#whoami').textContent = '';
+  $('#error-banner').hidden = true;
+  showLoggedIn(false);
+  showLoginError(message);
+  $('#api-key').focus();
+}
+
+function showLoggedIn(yes) {
+  for (const selector of ['#app', '#tabs', '#logout']) $(selector).hidden = !yes;
+  $('#login-view').hidden = yes;
+}
+
+// ---------------------------------------------------------------- tabs
+
+const TABS = {
+  workers: { refresh: refreshWorkers, every: 5000 },
+  queues: { refresh: refreshQueues, every: 5000 },
+  jobs: { refresh: () => refreshJobs(), every: 10000 },
+  schedules: { refresh: refreshSchedules, every: 10000 },
+};
+
+function showTab(name) {
+  const known = Object.prototype.hasOwnProperty.call(TABS, name);
+  if (!known || (name === 'workers' && !isOperator())) name = 'jobs';
+  stopTabWork();
+  state.tab = name;
+  for (const button of $$('button[data-tab]')) {
+    button.classList.toggle('active', button.dataset.tab === name);
+    button.setAttribute('aria-selected', String(button.dataset.tab === name));
+  }
+  for (const section of $$('section.tab')) section.hidden = section.id !== `tab-${name}`;
+  history.replaceState(null, '', `#${name}`);
+
+  const tab = TABS[name];
+  if (name === 'jobs') {
+    state.jobs.filters = readFilters();
+    startJobEvents();
+  }
+  tab.refresh().catch(reportError);
+  // Skip polls while the page is in the background; the next visible tick catches up.
+  state.timer = setInterval(() => {
+    if (!document.hidden) tab.refresh().catch(reportError);
+  }, tab.every);
+}
+
+function stopTabWork() {
+  clearInterval(state.timer);
+  state.timer = null;
+  state.eventsStream?.stop();
+  state.eventsStream = null;
+  showLiveStatus('#jobs-live')('closed');
+  clearDebounces('jobs');
+}
+
+// Replaces a table's body with `rows`, or one row saying `emptyText`.
+function fillTable(selector, rows, emptyText) {
+  const columns = $(`${selector} thead tr`).children.length;
+  const empty = h('tr', { class: 'empty' }, h('td', { colspan: columns }, emptyText));
+  $(`${selector} tbody`).replaceChildren(...(rows.length ? rows : [empty]));
+}
+
+function jobLink(id) {
+  const open = (event) => { event.preventDefault(); openJob(id); };
+  return h('a', { href: '#', class: 'job-link mono', title: id, onclick: open }, shortId(id));
+}
+
+const badge = (kind, text) => h('span', { class: `badge ${kind}` }, text);
+
+// ---------------------------------------------------------------- workers
+
+async function refreshWorkers() {
+  const { workers } = await api('GET', '/v1/workers');
+  fillTable('#workers-table', workers.map(workerRow), 'No workers registered.');
+}
+
+function workerRow(w) {
+  const queues = (w.queues ?? []).map((q) => `${q} ×${w.concurrency?.[q] ?? '?'}`).join(', ');
+  const active = w.active_jobs ?? [];
+  return h('tr', { dataset: { worker: w.name }, class: w.online ? null : 'offline' },
+    h('td', {},
+      h('span', { class: 'name', title: `${w.host ?? ''} pid ${w.pid ?? '?'}` }, w.name),
+      w.leader ? [' ', h('span', { class: 'badge leader' }, 'leader')] : null),
+    h('td', {}, w.online ? badge('online', 'online') : badge('offline', 'offline')),
+    h('td', { title: fmtTime(w.last_heartbeat_at) }, `${fmtDuration(w.heartbeat_age_seconds ?? 0)} ago`),
+    h('td', {}, queues || '—'),
+    h('td', { class: 'active-jobs' }, String(active.length),
+      active.length ? [' ', active.map((id, i) => [i ? ', ' : '', jobLink(id)])] : null),
+    h('td', { class: 'num' }, w.processed ?? 0),
+    h('td', { class: 'num' }, w.failed ?? 0));
+}
+
+// ---------------------------------------------------------------- queues
+
+async function refreshQueues() {
+  fillTable('#queues-table', (await fetchQueues()).map(queueRow), 'No queues.');
+}
+
+async function fetchQueues() {
+  const { queues } = await api('GET', '/v1/queues');
+  updateQueueOptions(queues.map((q) => q.name));
+  return queues;
+}
+
+// Keeps the queue filter in line with the API's queues, preserving the selection.
+function updateQueueOptions(names) {
+  const select = $('#filter-queue');
+  const current = $$('option', select).slice(1).map((o) => o.value);
+  if (current.join() === names.join()) return;
+  const selected = select.value;
+  select.replaceChildren(h('option', { value: '' }, 'all'), ...names.map((n) => h('option', { value: n }, n)));
+  select.value = names.includes(selected) ? selected : '';
+}
+
+function queueRow(q) {
+  const tr = h('tr', { dataset: { queue: q.name }, class: q.paused ? 'paused' : null },
+    h('td', { class: 'name' }, q.name),
+    h('td', {}, q.paused ? badge('paused', 'paused') : null),
+    STATES.map((s) => {
+      const count = q.depth?.[s] ?? 0;
+      return h('td', { class: `num depth state-${s}${count ? '' : ' zero'}`, dataset: { state: s } }, count);
+    }),
+    h('td', {}, sparkline(q.throughput ?? [])),
+    h('td', { class: 'num' }, q.failure_rate == null ? '—' : `${(q.failure_rate * 100).toFixed(1)}%`),
+    h('td', { class: 'num' }, q.wait_p95_seconds == null ? '—' : fmtSeconds(q.wait_p95_seconds)),
+    isOperator()
+      ? h('td', {}, h('button', {
+        type: 'button', class: 'pause-toggle', onclick: (event) => togglePause(q, tr, event.currentTarget),
+      }, q.paused ? 'Resume' : 'Pause'))
+      : null);
+  return tr;
+}
+
+async function togglePause(q, tr, button) {
+  button.disabled = true;
+  try {
+    const updated = await api('POST', `/v1/queues/${encodeURIComponent(q.name)}/${q.paused ? 'resume' : 'pause'}`);
+    tr.replaceWith(queueRow(updated));
+  } catch (err) {
+    reportError(err);
+    button.disabled = false;
+  }
+}
+
+// Succeeded per minute over the 15 throughput entries, oldest on the left.
+function sparkline(points) {
+  const [width, height] = [90, 20];
+  const values = points.map((p) => p.succeeded ?? 0);
+  const max = Math.max(1, ...values); // an idle queue draws a flat line at the bottom
+  const step = values.length > 1 ? width / (values.length - 1) : 0;
+  const y = (v) => (height - 1 - (v / max) * (height - 2)).toFixed(1);
+  const coords = values.map((v, i) => `${(i * step).toFixed(1)},${y(v)}`).join(' ');
+  const node = svg('svg', { class: 'sparkline', width, height, viewBox: `0 0 ${width} ${height}` });
+  const title = svg('title');
+  title.textContent = `succeeded per minute: ${values.join(', ')}`;
+  node.append(title, svg('polyline', { points: coords, fill: 'none' }));
+  return node;
+}
+
+// ---------------------------------------------------------------- jobs list
+
+function readFilters() {
+  const text = (selector) => $(selector).value.trim();
+  return {
+    state: text('#filter-state'),
+    queue: text('#filter-queue'),
+    kind: text('#filter-kind'),
+    tenant: isOperator() ? text('#filter-tenant') : '',
+    created_after: toRfc3339(text('#filter-after')),
+    created_before: toRfc3339(text('#filter-before')),
+  };
+}
+
+function jobsPath(extra = {}) {
+  const params = new URLSearchParams();
+  for (const [name, value] of Object.entries({ ...state.jobs.filters, limit: PAGE_SIZE, ...extra })) {
+    if (value !== '' && value != null) params.set(name, value);
+  }
+  return `/v1/jobs?${params}`;
+}
+
+// Fetches the first page. Rows brought in by "Load more" stay below it, so a poll does
+// not throw away what the user paged to; `reset` starts over (new filters).
+async function refreshJobs(reset = false) {
+  const page = await api('GET', jobsPath());
+  const jobs = state.jobs;
+  if (reset || !jobs.loadedMore) {
+    jobs.list = page.jobs;
+    jobs.next = page.next_cursor;
+    jobs.loadedMore = false;
+  } else {
+    const fresh = new Set(page.jobs.map((j) => j.id));
+    const last = page.jobs[page.jobs.length - 1];
+    const older = last
+      ? jobs.list.filter((j) => !fresh.has(j.id) && Date.parse(j.created_at) <= Date.parse(last.created_at))
+      : [];
+    jobs.list = [...page.jobs, ...older];
+  }
+  renderJobs();
+}
+
+async function loadMoreJobs() {
+  const jobs = state.jobs;
+  if (!jobs.next) return;
+  const page = await api('GET', jobsPath({ cursor: jobs.next }));
+  const have = new Set(jobs.list.map((j) => j.id));
+  jobs.list.push(...page.jobs.filter((j) => !have.has(j.id)));
+  jobs.next = page.next_cursor;
+  jobs.loadedMore = true;
+  renderJobs();
+}
+
+// Re-uses each job's <tr>, so rows keep their identity across refreshes.
+function renderJobs() {
+  const rows = new Map();
+  for (const job of state.jobs.list) {
+    const tr = state.jobs.rows.get(job.id) ?? h('tr', { dataset: { jobId: job.id } });
+    rows.set(job.id, fillJobRow(tr, job));
+  }
+  state.jobs.rows = rows;
+  fillTable('#jobs-table', [...rows.values()], 'No jobs match these filters.');
+  $('#jobs-more').hidden = !state.jobs.next;
+}
+
+function fillJobRow(tr, job) {
+  tr.replaceChildren(
+    h('td', { class: 'mono', title: job.id }, shortId(job.id)),
+    h('td', {}, job.tenant ?? ''),
+    h('td', {}, job.queue),
+    h('td', {}, job.kind),
+    h('td', { class: `state state-${job.state}` }, job.state),
+    h('td', { class: 'num' }, `${job.attempt}/${job.max_attempts}`),
+    h('td', { title: job.created_at }, fmtTime(job.created_at)),
+    h('td', {}, progressBar(job)));
+  tr.classList.toggle('selected', state.detail?.id === job.id);
+  return tr;
+}
+
+function progressValue(job) {
+  if (job.progress_percent != null) return job.progress_percent;
+  return job.state === 'succeeded' ? 100 : 0;
+}
+
+function progressBar(job) {
+  const value = progressValue(job);
+  return h('span', { class: 'progress-cell', title: job.progress_message ?? '' },
+    h('progress', { max: 100, value }), ` ${Math.round(value)}%`);
+}
+
+// Replaces one job in the table, in place.
+function updateJobRow(job) {
+  const index = state.jobs.list.findIndex((j) => j.id === job.id);
+  if (index < 0) return;
+  state.jobs.list[index] = job;
+  const tr = state.jobs.rows.get(job.id);
+  if (tr) fillJobRow(tr, job);
+}
+
+function startJobEvents() {
+  state.eventsStream?.stop();
+  const show = showLiveStatus('#jobs-live');
+  const stream = openStream('/v1/events', {
+    onEvent: onFleetEvent,
+    onStatus: (status) => { if (state.eventsStream === stream) show(status); }, // not a stopped one's
+  });
+  state.eventsStream = stream;
+}
+
+// Live list: refresh rows whose job changed; a new matching job reloads the first page.
+function onFleetEvent(name, event) {
+  const id = event.job_id;
+  if (!id) return; // fleet events (worker_online, …) do not touch the list
+  if (state.jobs.rows.has(id)) {
+    debounce(`jobs:${id}`, 200, async () => updateJobRow(await api('GET', `/v1/jobs/${id}`)));
+  } else if (name === 'job_enqueued' && matchesFilters(event)) {
+    debounce('jobs:first-page', 500, () => refreshJobs());
+  }
+}
+
+// Whether a job_enqueued event may belong in the list as currently filtered.
+function matchesFilters(event) {
+  const f = state.jobs.filters;
+  const ts = Date.parse(event.ts);
+  if (f.state && f.state !== 'queued' && f.state !== 'scheduled') return false;
+  if (f.queue && event.queue !== f.queue) return false;
+  if (f.kind && event.kind !== f.kind) return false;
+  if (f.tenant && event.tenant && event.tenant !== f.tenant) return false;
+  if (f.created_after && ts < Date.parse(f.created_after)) return false;
+  if (f.created_before && ts >= Date.parse(f.created_before)) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------- job detail
+
+function openJob(id) {
+  if (state.detail?.id === id) return;
+  closeDetail();
+  const detail = { id, job: null, stream: null, lastId: null, terminalSeen: false, seqs: new Set() };
+  state.detail = detail;
+  // Nothing of the previous job may linger while this one loads.
+  const cleared = '#job-detail dd, #job-detail pre, #job-detail ol, #job-detail ul, #job-detail .progress-line span';
+  for (const node of $$(cleared)) node.textContent = '';
+  $('#job-short-id').textContent = shortId(id);
+  $('#job-id').textContent = id;
+  $('#job-state').textContent = '';
+  $('#job-state').className = 'state';
+  $('#job-progress').value = 0;
+  disableJobActions();
+  setJobMessage('');
+  $('#job-detail').hidden = false;
+  document.body.classList.add('detail-open'); // the lists make room rather than hide under it
+  for (const [rowId, tr] of state.jobs.rows) tr.classList.toggle('selected', rowId === id);
+  followJob();
+  refreshDetail(detail).catch((err) => jobError(detail, err));
+}
+
+function closeDetail() {
+  const detail = state.detail;
+  if (!detail) return;
+  detail.stream?.stop();
+  clearDebounces('detail');
+  state.detail = null;
+  showLiveStatus('#job-live')('closed');
+  $('#job-detail').hidden = true;
+  document.body.classList.remove('detail-open');
+  state.jobs.rows.get(detail.id)?.classList.remove('selected');
+}
+
+// Opens the job's event stream unless one is running. The stream replays the job's history
+// (or what follows lastId), then goes live, and the server ends it after a terminal event.
+function followJob() {
+  const detail = state.detail;
+  if (!detail || (detail.stream && !detail.stream.done)) return;
+  detail.stream = openStream(`/v1/jobs/${encodeURIComponent(detail.id)}/events`, {
+    lastId: detail.lastId,
+    onEvent: (name, event, id) => onJobEvent(detail, name, event, id),
+    // A stream cut before the terminal event (network, API restart) resumes where it was.
+    reconnect: () => !detail.terminalSeen && state.detail === detail,
+    onStatus: (status) => { if (state.detail === detail) showLiveStatus('#job-live')(status); },
+  });
+}
+
+function onJobEvent(detail, name, event, id) {
+  if (state.detail !== detail) return;
+  if (id != null) detail.lastId = id;
+  const seq = String(event.seq ?? id);
+  if (detail.seqs.has(seq)) return; // replay after a reconnect may repeat one
+  detail.seqs.add(seq);
+  // Only the latest event counts: a retried job has an old job_dead in its history.
+  detail.terminalSeen = TERMINAL_EVENTS.has(name);
+  $('#job-events').append(eventItem(name, event));
+  debounce(`detail:${detail.id}`, 200, () => refreshDetail(detail));
+}
+
+function eventItem(name, event) {
+  const details = summarize(event.details);
+  return h('li', { dataset: { event: event.event ?? name }, class: `event-${event.event ?? name}` },
+    h('time', { datetime: event.ts, title: fmtTime(event.ts) }, fmtClock(event.ts)),
+    h('span', { class: 'event-name' }, event.event ?? name),
+    h('span', { class: 'event-actor' }, event.actor ?? ''),
+    h('span', { class: 'event-details', title: event.details == null ? null : pretty(event.details) }, details));
+}
+
+async function refreshDetail(detail) {
+  const job = await api('GET', `/v1/jobs/${encodeURIComponent(detail.id)}`);
+  if (state.detail !== detail) return;
+  renderDetail(job);
+  updateJobRow(job);
+}
+
+// Element id suffix → Job field, for the plain and the timestamp fields of the panel.
+const DETAIL_TEXT = { tenant: 'tenant', queue: 'queue', kind: 'kind', priority: 'priority', worker: 'worker',
+  'request-id': 'request_id', 'idempotency-key': 'idempotency_key', error: 'error' };
+const DETAIL_TIMES = { created: 'created_at', 'run-at': 'run_at', started: 'started_at',
+  finished: 'finished_at', 'cancel-requested': 'cancel_requested_at' };
+
+function renderDetail(job) {
+  state.detail.job = job;
+  for (const [id, field] of Object.entries(DETAIL_TEXT)) setText(`#job-${id}`, job[field]);
+  for (const [id, field] of Object.entries(DETAIL_TIMES)) setText(`#job-${id}`, fmtTime(job[field]));
+  setText('#job-attempt', `${job.attempt}/${job.max_attempts}`);
+
+  Object.assign($('#job-state'), { textContent: job.state, className: `state state-${job.state}` });
+
+  const value = progressValue(job);
+  $('#job-progress').value = value;
+  $('#job-progress-text').textContent = `${Math.round(value)}%`;
+  $('#job-progress-message').textContent = job.progress_message ?? '';
+
+  $('#job-payload').textContent = pretty(job.payload ?? null);
+  const hasResult = job.result != null;
+  Object.assign($('#job-result'), { hidden: !hasResult, textContent: hasResult ? pretty(job.result) : '' });
+  $('#job-result-title').hidden = !hasResult;
+
+  $('#job-errors').replaceChildren(...(job.attempt_errors ?? []).map((e) =>
+    h('li', {}, `attempt ${e.attempt}: ${e.error} (${fmtTime(e.at)})`)));
+
+  $('#job-retry').disabled = !RETRYABLE_STATES.has(job.state);
+  $('#job-cancel').disabled = !ACTIVE_STATES.has(job.state);
+  // Running again (retried, here or elsewhere) while our stream has ended: follow it again.
+  if (ACTIVE_STATES.has(job.state)) followJob();
+}
+
+async function jobAction(action) {
+  const detail = state.detail;
+  if (!detail) return;
+  disableJobActions(); // no double clicks while the request runs
+  setJobMessage('');
+  try {
+    const job = await api('POST', `/v1/jobs/${encodeURIComponent(detail.id)}/${action}`);
+    if (state.detail !== detail) return;
+    // The job runs again: its old terminal event must no longer end (or block) the stream,
+    // which resumes from the last id seen.
+    if (action === 'retry') detail.terminalSeen = false;
+    setJobMessage(action === 'retry' ? 'Retry queued.' : 'Cancellation requested.', 'ok');
+    if (job?.id && job.state) {
+      renderDetail(job);
+      updateJobRow(job);
+    } else {
+      await refreshDetail(detail);
+    }
+  } catch (err) {
+    jobError(detail, err);
+    if (state.detail === detail && detail.job) renderDetail(detail.job); // restore the buttons
+  }
+}
+
+function disableJobActions() {
+  for (const button of $$('#job-retry, #job-cancel')) button.disabled = true;
+}
+
+function jobError(detail, err) {
+  if (err.silent || state.detail !== detail) return;
+  setJobMessage(err.message, 'error');
+  reportError(err);
+}
+
+function setJobMessage(text, kind = '') {
+  Object.assign($('#job-message'), { textContent: text, className: kind, hidden: !text });
+}
+
+// ---------------------------------------------------------------- schedules
+
+async function refreshSchedules() {
+  const { schedules } = await api('GET', '/v1/schedules');
+  fillTable('#schedules-table', schedules.map(scheduleRow), 'No schedules.');
+}
+
+function describeTarget(target) {
+  if (target == null || typeof target !== 'object') return truncate(String(target ?? ''), 80);
+  return truncate([target.kind, target.queue].filter(Boolean).join(' · ') || JSON.stringify(target), 80);
+}
+
+function scheduleRow(s) {
+  const when = s.cron
+    ? [h('code', {}, s.cron), ` ${s.time_zone ?? 'UTC'}`]
+    : s.at ? `at ${fmtTime(s.at)}` : '—';
+  const firings = (s.last_firings ?? []).slice(0, 5);
+  return h('tr', { dataset: { scheduleId: s.id }, class: s.paused ? 'paused' : null },
+    h('td', {}, h('span', { class: 'name' }, s.name),
+      h('div', { class: 'sub', title: pretty(s.target ?? null) }, describeTarget(s.target))),
+    h('td', {}, when, s.missed ? h('div', { class: 'sub' }, `missed: ${s.missed}`) : null),
+    h('td', {}, s.paused ? badge('paused', 'paused') : 'no'),
+    h('td', {}, s.next_fire_at
+      ? [fmtTime(s.next_fire_at), h('div', { class: 'sub' }, fmtRelative(s.next_fire_at))]
+      : '—'),
+    h('td', {}, firings.length
+      ? h('ul', { class: 'firings' }, firings.map((f) => h('li', {},
+        h('span', { title: `fired ${fmtTime(f.fired_at)}` }, fmtTime(f.fire_at)), ' → ', jobLink(f.job_id),
+        f.catch_up ? h('span', { class: 'sub' }, ' (catch-up)') : null)))
+      : '—'));
+}
+
+// ---------------------------------------------------------------- wiring
+
+function init() {
+  $('#login-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const key = $('#api-key').value.trim();
+    if (key) login(key);
+  });
+  $('#logout').addEventListener('click', () => logout());
+  $('#error-dismiss').addEventListener('click', () => { $('#error-banner').hidden = true; });
+  for (const button of $$('button[data-tab]')) {
+    button.addEventListener('click', () => showTab(button.dataset.tab));
+  }
+  $('#job-filters').addEventListener('submit', (event) => {
+    event.preventDefault();
+    state.jobs.filters = readFilters();
+    clearDebounces('jobs');
+    refreshJobs(true).catch(reportError);
+  });
+  $('#jobs-more').addEventListener('click', () => loadMoreJobs().catch(reportError));
+  $('#jobs-table tbody').addEventListener('click', (event) => {
+    const tr = event.target.closest('tr[data-job-id]');
+    if (tr) openJob(tr.dataset.jobId);
+  });
+  $('#job-close').addEventListener('click', closeDetail);
+  $('#job-retry').addEventListener('click', () => jobAction('retry'));
+  $('#job-cancel').addEventListener('click', () => jobAction('cancel'));
+  // A typed or bookmarked #queues etc. switches tabs.
+  window.addEventListener('hashchange', () => {
+    if (state.me && location.hash.slice(1) !== state.tab) showTab(location.hash.slice(1));
+  });
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && state.detail) closeDetail();
+  });
+
+  const saved = sessionStorage.getItem(KEY_STORAGE);
+  if (saved) login(saved);
+  else $('#api-key').focus();
+}
+
+init();
