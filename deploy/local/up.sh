@@ -14,8 +14,10 @@ fi
 "$bin/taskfleet-api" migrate
 
 nohup "$bin/taskfleet-api" >var/log/api.log 2>&1 & echo $! >var/run/api.pid
+# Worker metrics on 9101 and 9102, where deploy/prometheus/prometheus.yml scrapes them.
 for i in 1 2; do
-  nohup "$bin/taskfleet-worker" >"var/log/worker-$i.log" 2>&1 & echo $! >"var/run/worker-$i.pid"
+  TASKFLEET_WORKER_METRICS_ADDR="127.0.0.1:910$i" nohup "$bin/taskfleet-worker" \
+    >"var/log/worker-$i.log" 2>&1 & echo $! >"var/run/worker-$i.pid"
 done
 
 url="http://$TASKFLEET_API_ADDR"
@@ -29,12 +31,16 @@ if ! curl -fsS "$url/readyz" >/dev/null; then
   exit 1
 fi
 key=$("$bin/taskfleet-api" keys create --tenant "${TASKFLEET_TENANT:-demo}" 2>/dev/null)
+ops_key=$("$bin/taskfleet-api" keys create --tenant ops --operator 2>/dev/null)
 cat <<MSG
 taskfleet is running (api + 2 workers; logs in var/log, stop with 'make down').
-  API:        $url/v1
-  Swagger UI: $url/docs
-  OpenAPI:    $url/openapi.json
-  API key:    $key
+  Dashboard:    $url/dashboard   (sign in with the operator key)
+  API:          $url/v1
+  Swagger UI:   $url/docs
+  OpenAPI:      $url/openapi.json
+  Metrics:      $url/metrics, http://127.0.0.1:9101/metrics, http://127.0.0.1:9102/metrics
+  API key:      $key   (tenant ${TASKFLEET_TENANT:-demo})
+  Operator key: $ops_key   (sees every tenant, the workers, queue pauses)
 
 Try it:
   curl -s -X POST $url/v1/jobs -H "Authorization: Bearer $key" \\
