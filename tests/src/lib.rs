@@ -42,14 +42,17 @@ pub fn redis_url() -> String {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-/// Where cargo put the binaries: the test executable lives in `<target>/debug/deps/`.
+/// Where cargo put the binaries: beside the running executable, or one level up when it is
+/// a test executable in `<target>/<profile>/deps/`.
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable is in <target>/<profile>/deps")
-        .join(name);
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("the executable is in a directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("deps is in <target>/<profile>")
+    } else {
+        dir
+    };
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)",
@@ -273,6 +276,11 @@ impl TestEnv {
             .expect("taskfleet-worker starts");
         self.children.push(child);
         self.children.len() - 1
+    }
+
+    /// The process id of child `index`.
+    pub fn pid(&self, index: usize) -> u32 {
+        self.children[index].id()
     }
 
     /// True while the child process `index` has not exited.
