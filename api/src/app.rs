@@ -69,6 +69,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         system_tenant,
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
         last_round_trip: Default::default(),
+        ledger_gauges_at: Default::default(),
         fault_injection: args.fault_injection,
     })
 }
@@ -131,10 +132,26 @@ async fn limit_body<E: Endpoint>(
     }
 }
 
+/// How long the ledger-read gauges are reused: scrapes (or anyone who can reach the port)
+/// cost the ledger at most one round of queries this often.
+const LEDGER_GAUGES_REUSE: Duration = Duration::from_secs(5);
+
 /// Prometheus scrape: refreshes the gauges read from the ledger, then renders everything.
 /// When the ledger cannot be read its series are left out rather than reported stale.
 #[handler]
 async fn scrape(state: Data<&AppState>) -> impl IntoResponse {
+    let mut refreshed = state.ledger_gauges_at.lock().await;
+    if refreshed.is_none_or(|at| at.elapsed() >= LEDGER_GAUGES_REUSE) {
+        *refreshed = refresh_ledger_gauges(&state)
+            .await
+            .then(tokio::time::Instant::now);
+    }
+    drop(refreshed);
+    metrics::render().with_content_type(metrics::CONTENT_TYPE)
+}
+
+/// Whether the ledger could be read.
+async fn refresh_ledger_gauges(state: &AppState) -> bool {
     let (stats, online) =
         tokio::join!(state.queues.stats(Scope::All), state.workers.online_count());
     match (stats, online) {
@@ -150,15 +167,19 @@ async fn scrape(state: Data<&AppState>) -> impl IntoResponse {
                     .with_label_values(&[queue])
                     .set(stats.paused.into());
             }
-            metrics::WORKERS_ONLINE.set(online);
+            metrics::WORKERS_ONLINE
+                .with_label_values::<&str>(&[])
+                .set(online);
+            true
         }
         (Err(err), _) | (_, Err(err)) => {
             tracing::warn!(%err, "metrics: could not read the ledger");
             metrics::QUEUE_JOBS.reset();
             metrics::QUEUE_PAUSED.reset();
+            metrics::WORKERS_ONLINE.reset();
+            false
         }
     }
-    metrics::render().with_content_type(metrics::CONTENT_TYPE)
 }
 
 pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use poem::{Endpoint, IntoResponse, PathPattern, Request, Response};
+use poem::{Endpoint, IntoResponse, PathPattern, Request, Response, http::StatusCode};
 use taskfleet_telemetry::metrics;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -47,12 +47,22 @@ impl RouteTemplates {
         RouteTemplates(documented.into_iter().collect())
     }
 
-    /// The label of a matched pattern; requests that matched no route share one label, so
+    /// The label of a matched pattern. Requests that matched no route share one label (the
+    /// nested routers answer those 404s under their prefix, `/` or `/dashboard`), so
     /// scanners cannot blow up the metric's cardinality.
-    fn label(&self, pattern: Option<&PathPattern>) -> String {
-        let Some(pattern) = pattern else {
-            return "unmatched".to_owned();
+    fn label(&self, pattern: Option<&PathPattern>, status: StatusCode) -> String {
+        let Some(pattern) = pattern.filter(|_| status != StatusCode::NOT_FOUND) else {
+            return self
+                .documented(pattern)
+                .unwrap_or_else(|| "unmatched".to_owned());
         };
+        self.documented(Some(pattern))
+            .unwrap_or_else(|| pattern.0.to_string())
+    }
+
+    /// The documented template `pattern` stands for, if any.
+    fn documented(&self, pattern: Option<&PathPattern>) -> Option<String> {
+        let pattern = pattern?;
         let is_param = |part: &str| part.starts_with(':') || part.starts_with('{');
         let matched: Vec<&str> = pattern.0.split('/').collect();
         self.0
@@ -65,7 +75,6 @@ impl RouteTemplates {
                     })
             })
             .cloned()
-            .unwrap_or_else(|| pattern.0.to_string())
     }
 }
 
@@ -91,7 +100,7 @@ pub async fn observe<E: Endpoint>(
         }
     };
     let status = resp.status();
-    let route = routes.label(pattern.as_ref());
+    let route = routes.label(pattern.as_ref(), status);
     let elapsed = started.elapsed();
     metrics::HTTP_REQUEST_DURATION
         .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
@@ -119,12 +128,27 @@ mod tests {
         let routes = RouteTemplates::new(
             ["/v1/jobs/{id}", "/v1/jobs/{id}/events", "/v1/jobs/batch"].map(String::from),
         );
-        let label = |pattern: &str| routes.label(Some(&PathPattern(pattern.into())));
-        assert_eq!(label("/v1/jobs/:param0/events"), "/v1/jobs/{id}/events");
-        assert_eq!(label("/v1/jobs/:param0"), "/v1/jobs/{id}");
-        assert_eq!(label("/v1/jobs/batch"), "/v1/jobs/batch");
-        assert_eq!(label("/metrics"), "/metrics");
-        assert_eq!(routes.label(None), "unmatched");
+        let label =
+            |pattern: &str, status| routes.label(Some(&PathPattern(pattern.into())), status);
+        assert_eq!(
+            label("/v1/jobs/:param0/events", StatusCode::OK),
+            "/v1/jobs/{id}/events"
+        );
+        assert_eq!(label("/v1/jobs/:param0", StatusCode::OK), "/v1/jobs/{id}");
+        // A documented route's own 404 (no such job) keeps its label.
+        assert_eq!(
+            label("/v1/jobs/:param0", StatusCode::NOT_FOUND),
+            "/v1/jobs/{id}"
+        );
+        assert_eq!(
+            label("/v1/jobs/batch", StatusCode::CREATED),
+            "/v1/jobs/batch"
+        );
+        assert_eq!(label("/metrics", StatusCode::OK), "/metrics");
+        // Paths nothing serves: the nested routers' 404s, and no pattern at all.
+        assert_eq!(label("/", StatusCode::NOT_FOUND), "unmatched");
+        assert_eq!(label("/dashboard", StatusCode::NOT_FOUND), "unmatched");
+        assert_eq!(routes.label(None, StatusCode::NOT_FOUND), "unmatched");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct AppState {
     pub ready_timeout: Duration,
     /// When the latest successful `/readyz` queue round trip ran.
     pub last_round_trip: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// When `/metrics` last read its gauges from the ledger.
+    pub ledger_gauges_at: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
     /// Admit the `fault` executor tool (tests only).
     pub fault_injection: bool,
 }

@@ -96,9 +96,10 @@ impl EventLog {
         scope: Scope,
         job_id: Uuid,
     ) -> sqlx::Result<Option<EventRecord>> {
+        let condition = scope.condition("$1");
         sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM job_events
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND job_id = $2 AND seq IS NOT NULL
+             WHERE {condition} AND job_id = $2 AND seq IS NOT NULL
              ORDER BY seq DESC LIMIT 1"
         ))
         .bind(scope.tenant_id())
@@ -134,9 +135,10 @@ impl EventLog {
         filter: &EventFilter,
         limit: i64,
     ) -> sqlx::Result<Vec<EventRecord>> {
+        let condition = scope.condition("$1");
         sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM job_events
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND seq > $2
+             WHERE {condition} AND seq > $2
                AND ($3::uuid IS NULL OR job_id = $3)
                AND (cardinality($4::text[]) = 0 OR queue = ANY($4))
                AND (cardinality($5::text[]) = 0 OR kind = ANY($5))

@@ -11,13 +11,19 @@ use sqlx::{FromRow, PgPool};
 use taskfleet_jobs::{EventName, JobSpec, JobState, Queue};
 use uuid::Uuid;
 
-use crate::tenants::Scope;
+use crate::tenants::{SYSTEM_TENANT, Scope};
 
 /// States the dispatcher may move into a queue's Redis window.
 const DISPATCHABLE: &str = "('scheduled', 'queued', 'retrying')";
 
-/// Holds back the jobs of paused queues from dispatch (`queue` is the job's).
-const NOT_PAUSED: &str = "NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue)";
+/// True for a job (`jobs` row) its queue's pause holds back. The fleet's own readiness
+/// probes are exempt, so `/readyz` still tells whether workers run while a queue is paused.
+fn held_by_pause() -> String {
+    format!(
+        "(EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue)
+          AND jobs.tenant_id <> (SELECT t.id FROM tenants t WHERE t.name = '{SYSTEM_TENANT}'))"
+    )
+}
 
 /// A job as stored.
 #[derive(Debug, Clone, FromRow)]
@@ -171,6 +177,7 @@ const STALE_TAIL: &str = "stale AS (
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Reclaimed {
     pub queue: String,
+    pub kind: String,
     /// `queued`, `cancelled` or `dead`.
     pub next: String,
 }
@@ -320,9 +327,10 @@ impl Ledger {
     }
 
     pub async fn get(&self, scope: Scope, id: Uuid) -> sqlx::Result<Option<JobRecord>> {
+        let condition = scope.condition("$1");
         sqlx::query_as(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2"
+             WHERE {condition} AND id = $2"
         ))
         .bind(scope.tenant_id())
         .bind(id)
@@ -332,9 +340,10 @@ impl Ledger {
 
     /// A page of the jobs in `scope`, newest first.
     pub async fn list(&self, scope: Scope, filter: &JobFilter) -> sqlx::Result<Vec<JobRecord>> {
+        let condition = scope.condition("$1");
         sqlx::query_as(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE ($1::uuid IS NULL OR tenant_id = $1)
+             WHERE {condition}
                AND ($2::text IS NULL OR state = $2)
                AND ($3::text IS NULL OR queue = $3)
                AND ($4::text IS NULL OR kind = $4)
@@ -372,7 +381,7 @@ impl Ledger {
                      SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn
                      FROM jobs
                      WHERE tenant_id = t.id AND queue = $1 AND dispatched_at IS NULL
-                       AND state IN {DISPATCHABLE} AND run_at <= now() AND {NOT_PAUSED}
+                       AND state IN {DISPATCHABLE} AND run_at <= now() AND NOT {held}
                      ORDER BY priority DESC, run_at, id
                      LIMIT $2
                  ) j
@@ -389,6 +398,7 @@ impl Ledger {
                  SELECT tenant_id, id, queue, kind, '{dispatched}', $3 FROM updated
              )
              SELECT id, tenant_id FROM updated ORDER BY turn, id",
+            held = held_by_pause(),
             dispatched = EventName::JobDispatched
         );
         sqlx::query_as(&sql)
@@ -417,7 +427,7 @@ impl Ledger {
                  WHERE id IN (
                      SELECT id FROM jobs
                      WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
-                       AND dispatched_at < now() - make_interval(secs => $2) AND {NOT_PAUSED}
+                       AND dispatched_at < now() - make_interval(secs => $2) AND NOT {held}
                      ORDER BY dispatched_at LIMIT $4
                  ) AND state = 'queued'
                  RETURNING id, tenant_id, queue, kind
@@ -427,6 +437,7 @@ impl Ledger {
                  FROM updated
              )
              SELECT id, tenant_id FROM updated ORDER BY id",
+            held = held_by_pause(),
             dispatched = EventName::JobDispatched
         );
         sqlx::query_as(&sql)
@@ -469,7 +480,8 @@ impl Ledger {
     pub async fn next_run_at(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
         sqlx::query_scalar(&format!(
             "SELECT min(run_at) FROM jobs
-             WHERE dispatched_at IS NULL AND state IN {DISPATCHABLE} AND {NOT_PAUSED}"
+             WHERE dispatched_at IS NULL AND state IN {DISPATCHABLE} AND NOT {held}",
+            held = held_by_pause()
         ))
         .fetch_one(&self.pool)
         .await
@@ -481,18 +493,15 @@ impl Ledger {
     /// in the ledger until the queue is resumed.
     pub async fn start(&self, id: Uuid, worker: &str) -> sqlx::Result<Option<StartedJob>> {
         let sql = format!(
-            "WITH paused AS (
-                 SELECT EXISTS (SELECT 1 FROM queue_pauses p JOIN jobs j ON j.queue = p.queue
-                                WHERE j.id = $1) AS yes
-             ), parked AS (
+            "WITH parked AS (
                  UPDATE jobs SET dispatched_at = NULL
-                 WHERE id = $1 AND state = 'queued' AND (SELECT yes FROM paused)
+                 WHERE id = $1 AND state = 'queued' AND {held}
              ), started AS (
                  UPDATE jobs SET state = 'running', attempt = attempt + 1,
                                  lease_epoch = lease_epoch + 1, dispatched_at = NULL,
                                  started_at = now(), worker = $2,
                                  progress_percent = NULL, progress_message = NULL
-                 WHERE id = $1 AND state = 'queued' AND NOT (SELECT yes FROM paused)
+                 WHERE id = $1 AND state = 'queued' AND NOT {held}
                  RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts,
                            lease_epoch, request_id,
                            EXTRACT(EPOCH FROM now() - run_at)::float8 AS waited_seconds
@@ -504,6 +513,7 @@ impl Ledger {
                  ORDER BY e.n
              )
              SELECT * FROM started",
+            held = held_by_pause(),
             started = EventName::JobStarted,
             acquired = EventName::LeaseAcquired
         );
@@ -514,16 +524,17 @@ impl Ledger {
             .await
     }
 
-    /// Ends an attempt with `outcome`, if `epoch` is still the job's and it is running.
-    /// Returns false when the epoch is stale: nothing changed, and a `stale_write_rejected`
-    /// event records the attempt.
+    /// Ends an attempt with `outcome`, if `epoch` is still the job's and it is running, and
+    /// returns the job's state now (a failure asked to retry ends `cancelled` when
+    /// cancellation was requested meanwhile). `None` when the epoch is stale: nothing
+    /// changed, and a `stale_write_rejected` event records the attempt.
     pub async fn finish(
         &self,
         id: Uuid,
         epoch: i64,
         worker: &str,
         outcome: Outcome<'_>,
-    ) -> sqlx::Result<bool> {
+    ) -> sqlx::Result<Option<String>> {
         // $1 id, $2 epoch, $3 worker, $4 result, $5 error, $6 retry_at
         let record_error = "attempt_errors = attempt_errors || jsonb_build_array(\
              jsonb_build_object('attempt', attempt, 'error', $5, 'at', now()))";
@@ -596,20 +607,19 @@ impl Ledger {
                  FROM changed CROSS JOIN (VALUES {names}) AS e(n, name)
                  ORDER BY e.n
              ), {STALE_TAIL}
-             SELECT count(*) FROM changed",
+             SELECT state FROM changed",
             retry_scheduled = EventName::JobRetryScheduled,
             cancelled = EventName::JobCancelled
         );
-        let written: i64 = sqlx::query_scalar(&sql)
+        sqlx::query_scalar(&sql)
             .bind(id)
             .bind(epoch)
             .bind(worker)
             .bind(result)
             .bind(error)
             .bind(retry_at)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(written == 1)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// Records a running job's progress (under its epoch) and appends `job_progress`.
@@ -697,7 +707,7 @@ impl Ledger {
                         jsonb_build_object('attempt', attempt, 'reason', 'lease expired')
                  FROM changed WHERE next <> 'queued'
              )
-             SELECT queue, next FROM changed",
+             SELECT queue, kind, next FROM changed",
             reclaimed = EventName::LeaseReclaimed,
             dead = EventName::JobDead,
             cancelled = EventName::JobCancelled
@@ -713,6 +723,7 @@ impl Ledger {
     /// Cancels a tenant's job: a job not yet running becomes `cancelled` at once; a running
     /// one is marked `cancel_requested_at` and its worker stops it.
     pub async fn cancel(&self, scope: Scope, id: Uuid) -> sqlx::Result<Change> {
+        let condition = scope.condition("$1");
         let sql = format!(
             "WITH changed AS (
                  UPDATE jobs SET
@@ -720,7 +731,7 @@ impl Ledger {
                      finished_at = CASE WHEN state = 'running' THEN NULL ELSE now() END,
                      cancel_requested_at = CASE WHEN state = 'running' THEN now() END,
                      dispatched_at = NULL
-                 WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2
+                 WHERE {condition} AND id = $2
                    AND state IN ('scheduled', 'queued', 'retrying', 'running')
                  RETURNING {JOB_COLUMNS}
              ), events AS (
@@ -745,12 +756,13 @@ impl Ledger {
     /// Runs a `dead` or `cancelled` job again with a fresh budget of `budget` more attempts
     /// (the job's own `max_attempts`). Attempt numbers go on counting, and the errors of earlier attempts stay.
     pub async fn retry(&self, scope: Scope, id: Uuid, budget: i32) -> sqlx::Result<Change> {
+        let condition = scope.condition("$1");
         let sql = format!(
             "WITH changed AS (
                  UPDATE jobs SET state = 'queued', max_attempts = attempt + $3,
                         run_at = now(),
                         dispatched_at = NULL, finished_at = NULL, cancel_requested_at = NULL
-                 WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2
+                 WHERE {condition} AND id = $2
                    AND state IN ('dead', 'cancelled')
                  RETURNING {JOB_COLUMNS}
              ), events AS (

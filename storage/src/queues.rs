@@ -86,11 +86,12 @@ impl Queues {
 
     /// Every queue's statistics over the jobs in `scope`.
     pub async fn stats(&self, scope: Scope) -> sqlx::Result<Vec<QueueStats>> {
+        let condition = scope.condition("$1");
         let tenant = scope.tenant_id();
-        let depths: Vec<(String, String, i64)> = sqlx::query_as(
+        let depths: Vec<(String, String, i64)> = sqlx::query_as(&format!(
             "SELECT queue, state, count(*) FROM jobs
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) GROUP BY queue, state",
-        )
+             WHERE {condition} GROUP BY queue, state"
+        ))
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
@@ -99,27 +100,27 @@ impl Queues {
             .await?;
         let first_minute = now.duration_trunc(TimeDelta::minutes(1)).expect("minute")
             - TimeDelta::minutes(STATS_MINUTES - 1);
-        let minutes: Vec<(String, DateTime<Utc>, i64, i64, i64)> = sqlx::query_as(
+        let minutes: Vec<(String, DateTime<Utc>, i64, i64, i64)> = sqlx::query_as(&format!(
             "SELECT queue, date_trunc('minute', finished_at) AS minute,
                     count(*) FILTER (WHERE state = 'succeeded'),
                     count(*) FILTER (WHERE state = 'dead'),
                     count(*) FILTER (WHERE state = 'cancelled')
              FROM jobs
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND finished_at >= $2
-             GROUP BY 1, 2",
-        )
+             WHERE {condition} AND finished_at >= $2
+             GROUP BY 1, 2"
+        ))
         .bind(tenant)
         .bind(first_minute)
         .fetch_all(&self.pool)
         .await?;
-        let waits: Vec<(String, Option<f64>)> = sqlx::query_as(
+        let waits: Vec<(String, Option<f64>)> = sqlx::query_as(&format!(
             "SELECT queue, percentile_cont(0.95) WITHIN GROUP (
                         ORDER BY EXTRACT(EPOCH FROM started_at - run_at)::float8)
              FROM jobs
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND finished_at >= $2
+             WHERE {condition} AND finished_at >= $2
                AND started_at IS NOT NULL AND started_at >= run_at
-             GROUP BY queue",
-        )
+             GROUP BY queue"
+        ))
         .bind(tenant)
         .bind(first_minute)
         .fetch_all(&self.pool)

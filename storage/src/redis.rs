@@ -95,6 +95,18 @@ pub async fn wake_dispatcher(conn: &mut ConnectionManager, keys: &Keys) {
     }
 }
 
+/// Wakes the idle workers of `queue` after the dispatcher pushed to it. apalis-redis 1.0
+/// stores every pushed task in its scheduled set, due now (`run_at` is never below the
+/// current second), and publishes its `available` event only for tasks it appends to the
+/// active list directly, which is never: without this, workers see new work only at their
+/// next poll. Best effort, like [`wake_dispatcher`].
+pub async fn wake_workers(conn: &mut ConnectionManager, keys: &Keys, queue: Queue) {
+    let published: Result<i64, _> = conn.publish(keys.queue_available_channel(queue), 1).await;
+    if let Err(err) = published {
+        tracing::debug!(%err, %queue, "could not publish a worker wake-up");
+    }
+}
+
 /// Asks the worker running `job_id` to stop it: a flag its heartbeat reads (kept a day, past
 /// any lease), and a message for an immediate stop.
 pub async fn request_cancel(
@@ -145,6 +157,8 @@ pub async fn listen(url: String, channel: String, mut on_message: impl FnMut(Opt
 
 /// Fires `notify` on every message of `channel` (see [`listen`]).
 pub async fn forward_wakeups(url: String, channel: String, notify: std::sync::Arc<Notify>) {
+    // One waiter per `Notify` (a dispatcher, or one queue's worker); a wake-up that arrives
+    // while it is busy is kept as a permit rather than lost.
     listen(url, channel, move |_| notify.notify_waiters()).await
 }
 

@@ -127,9 +127,10 @@ impl Schedules {
 
     /// A schedule in `scope` (the `schedule.fire` handler reads any tenant's).
     pub async fn get(&self, scope: Scope, id: Uuid) -> sqlx::Result<Option<ScheduleRecord>> {
+        let condition = scope.condition("$1");
         sqlx::query_as(&format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2"
+             WHERE {condition} AND id = $2"
         ))
         .bind(scope.tenant_id())
         .bind(id)
@@ -138,9 +139,10 @@ impl Schedules {
     }
 
     pub async fn list(&self, scope: Scope) -> sqlx::Result<Vec<ScheduleRecord>> {
+        let condition = scope.condition("$1");
         sqlx::query_as(&format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY name, id"
+             WHERE {condition} ORDER BY name, id"
         ))
         .bind(scope.tenant_id())
         .fetch_all(&self.pool)

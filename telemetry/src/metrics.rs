@@ -42,7 +42,7 @@ fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Histog
 pub static JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "taskfleet_jobs_total",
-        "Job attempts finished by this worker, by queue, kind and outcome (succeeded, retry, dead, cancelled).",
+        "Job attempts ended, by queue, kind and outcome (succeeded, retry, dead, cancelled), counted by the worker that recorded the outcome (the leader's reclaimer for workers that died).",
         &["queue", "kind", "outcome"],
     )
 });
@@ -130,12 +130,13 @@ pub static QUEUE_PAUSED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         &["queue"],
     )
 });
-pub static WORKERS_ONLINE: LazyLock<IntGauge> = LazyLock::new(|| {
-    IntGauge::new(
+/// Without labels; a vector only so that it can be dropped when the ledger is unreadable.
+pub static WORKERS_ONLINE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
         "taskfleet_workers_online",
         "Worker processes with a recent heartbeat in the ledger.",
+        &[],
     )
-    .expect("valid metric definition")
 });
 pub static SSE_CLIENTS: LazyLock<IntGauge> = LazyLock::new(|| {
     IntGauge::new(
@@ -155,6 +156,18 @@ pub static PROVIDER_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| 
         LATENCY_BUCKETS,
     )
 });
+
+/// The `outcome` label of an attempt that left its job in ledger state `state`; `None` for
+/// `queued` (handed back or reclaimed to run again: not an attempt's end).
+pub fn outcome_of(state: &str) -> Option<&'static str> {
+    match state {
+        "succeeded" => Some("succeeded"),
+        "retrying" => Some("retry"),
+        "dead" => Some("dead"),
+        "cancelled" => Some("cancelled"),
+        _ => None,
+    }
+}
 
 fn register(collectors: Vec<Box<dyn Collector>>) {
     for collector in collectors {

@@ -373,6 +373,18 @@ async fn operators_see_every_tenant_and_tenants_only_their_own() {
     env.finish().await;
 }
 
+/// Events named `event` of the tenant `acme`'s jobs (readiness probes are another tenant's).
+async fn acme_events(env: &TestEnv, event: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM job_events
+         WHERE event = $1 AND tenant_id = (SELECT id FROM tenants WHERE name = 'acme')",
+    )
+    .bind(event)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
 async fn dispatched(env: &TestEnv) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE dispatched_at IS NOT NULL")
         .fetch_one(&env.pool)
@@ -422,15 +434,18 @@ async fn a_paused_queue_starts_nothing_until_resumed() {
     )
     .await;
     let later = job_ids(&api.submit_batch(&key, &vec![noop(); 5]).await).await;
+    // The fleet's own readiness probe is not held back: /readyz still proves workers run.
+    let ready = api.http.get(api.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(env.count_events("job_started").await, 0);
+    assert_eq!(acme_events(&env, "job_started").await, 0);
     assert_eq!(
         dispatched(&env).await,
         0,
         "paused jobs are not dispatched again"
     );
     assert_eq!(
-        env.count_events("job_dispatched").await,
+        acme_events(&env, "job_dispatched").await,
         10,
         "no dispatch churn"
     );
@@ -557,11 +572,17 @@ async fn metrics_stay_up_and_drop_ledger_series_while_postgres_is_away() {
     );
 
     postgres.cut();
-    let text = scrape(&api.base).await;
-    assert!(
-        !text.contains("taskfleet_queue_jobs{"),
-        "no stale ledger numbers:\n{text}"
-    );
+    // Ledger numbers are reused for a few seconds, then dropped rather than reported stale.
+    let text = wait_for_some(
+        Duration::from_secs(30),
+        "ledger series are dropped",
+        || async {
+            let text = scrape(&api.base).await;
+            (!text.contains("taskfleet_queue_jobs{")).then_some(text)
+        },
+    )
+    .await;
+    assert!(!text.contains("taskfleet_workers_online "), "{text}");
     assert!(text.contains("taskfleet_http_request_duration_seconds_count"));
     assert_eq!(promtool_problems(&text), "");
 
@@ -575,5 +596,81 @@ async fn metrics_stay_up_and_drop_ledger_series_while_postgres_is_away() {
         },
     )
     .await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pausing_the_schedule_queue_leaves_missed_slots_to_each_schedules_policy() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+    let ops = env.create_operator_key("ops");
+    env.start_worker(&[]);
+    let (status, schedule) = api
+        .post(
+            &key,
+            "/v1/schedules",
+            &json!({"name": "every-second", "cron": "* * * * * *", "missed": "skip",
+                    "target": {"kind": "executor.run", "tool": "noop"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{schedule}");
+    let fired = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM schedule_firings")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    wait_until(Duration::from_secs(20), "the schedule fires", || async {
+        fired().await >= 2
+    })
+    .await;
+
+    assert_eq!(
+        api.post(&ops, "/v1/queues/schedule/pause", &json!({}))
+            .await
+            .0,
+        200
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at_pause = fired().await;
+    let fire_jobs = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE kind = 'schedule.fire'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    let fire_jobs_at_pause = fire_jobs().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        fire_jobs().await,
+        fire_jobs_at_pause,
+        "nothing fires while paused"
+    );
+    assert_eq!(fired().await, at_pause);
+
+    assert_eq!(
+        api.post(&ops, "/v1/queues/schedule/resume", &json!({}))
+            .await
+            .0,
+        200
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the schedule fires again",
+        || async { fired().await >= at_pause + 2 },
+    )
+    .await;
+    // The four or so slots that passed while paused were skipped, as the policy says, not
+    // fired in a burst.
+    assert!(env.count_events("schedule_skipped").await >= 1);
+    let burst: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM schedule_firings
+         WHERE fired_at > now() - interval '2 seconds'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(burst <= 3, "{burst} firings in the last two seconds");
     env.finish().await;
 }

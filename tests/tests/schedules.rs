@@ -385,6 +385,7 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
 
     let mut scheduler = taskfleet_worker::scheduler::Scheduler {
         schedules: schedules.clone(),
+        queues: taskfleet_storage::Queues::new(env.pool.clone()),
         ledger,
         conn: env.redis.clone(),
         keys: Keys::new(&env.redis_prefix),

@@ -113,8 +113,8 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
     assert!(second.lease_epoch > first.lease_epoch);
 
     let late = json!({"from": "a"});
-    assert!(
-        !ledger
+    assert_eq!(
+        ledger
             .finish(
                 job.id,
                 first.lease_epoch,
@@ -122,11 +122,12 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
                 Outcome::Succeeded(&late)
             )
             .await
-            .unwrap()
+            .unwrap(),
+        None
     );
     assert_eq!(env.count_events("stale_write_rejected").await, 1);
     let on_time = json!({"from": "b"});
-    assert!(
+    assert_eq!(
         ledger
             .finish(
                 job.id,
@@ -136,6 +137,8 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
             )
             .await
             .unwrap()
+            .as_deref(),
+        Some("succeeded")
     );
     let record = ledger
         .get(Scope::Tenant(tenant.id), job.id)

@@ -9,7 +9,7 @@ use apalis_redis::{ConnectionManager, RedisStorage};
 use chrono::Utc;
 use redis::AsyncCommands;
 use taskfleet_jobs::{Dispatch, Queue};
-use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis::Keys};
+use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis as tf_redis, redis::Keys};
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -134,9 +134,6 @@ impl Dispatcher {
             }
             let due = self.ledger.dispatch_due(queue, room, &self.actor).await?;
             saturated |= due.len() as i64 == room;
-            metrics::JOBS_DISPATCHED
-                .with_label_values(&[queue.as_str()])
-                .inc_by(due.len() as u64);
             if !due.is_empty() {
                 self.push(queue, &due).await?;
             }
@@ -158,6 +155,10 @@ impl Dispatcher {
                 ids.len()
             );
         }
+        metrics::JOBS_DISPATCHED
+            .with_label_values(&[queue.as_str()])
+            .inc_by(jobs.len() as u64);
+        tf_redis::wake_workers(&mut self.conn, &self.keys, queue).await;
         Ok(())
     }
 }

@@ -39,6 +39,23 @@ use crate::handlers::{self, HandlerResult, JobContext, JobFailure};
 /// job stays `running` until its lease expires and the reclaimer runs it again.
 const RECORD_DEADLINE: Duration = Duration::from_secs(300);
 
+/// Counts a running job in `taskfleet_worker_active_jobs` for as long as it lives, however
+/// the attempt ends.
+struct ActiveJob;
+
+impl ActiveJob {
+    fn count() -> ActiveJob {
+        metrics::WORKER_ACTIVE_JOBS.inc();
+        ActiveJob
+    }
+}
+
+impl Drop for ActiveJob {
+    fn drop(&mut self) {
+        metrics::WORKER_ACTIVE_JOBS.dec();
+    }
+}
+
 /// Why a running job was stopped before its handler finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -121,11 +138,10 @@ impl JobExecutor {
         let Some(started) = self.start(job_id).await else {
             return;
         };
-        let labels = [started.queue.as_str(), started.kind.as_str()];
         metrics::JOB_QUEUE_WAIT
-            .with_label_values(&labels)
+            .with_label_values(&[started.queue.as_str(), started.kind.as_str()])
             .observe(started.waited_seconds.max(0.0));
-        metrics::WORKER_ACTIVE_JOBS.inc();
+        let _active = ActiveJob::count();
         let began = Instant::now();
         let epoch = started.lease_epoch as u64;
         let lease = Lease::new(
@@ -171,16 +187,20 @@ impl JobExecutor {
         let stopped = stopper.reason();
         async {
             match (outcome, stopped) {
-                (Some((result, retry_at)), _) => self.record(&started, &result, retry_at).await,
+                (Some((result, retry_at)), _) => {
+                    self.record(&started, &result, retry_at, began).await
+                }
                 (None, Some(StopReason::Cancelled)) => {
-                    self.write(&started, Outcome::Cancelled).await;
+                    self.write(&started, Outcome::Cancelled, began).await;
                     if let Err(err) =
                         tf_redis::clear_cancel(&mut conn.clone(), &self.keys, job_id).await
                     {
                         tracing::debug!(%err, "could not clear the cancellation flag");
                     }
                 }
-                (None, Some(StopReason::Drain)) => self.write(&started, Outcome::HandedBack).await,
+                (None, Some(StopReason::Drain)) => {
+                    self.write(&started, Outcome::HandedBack, began).await
+                }
                 (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
             }
         }
@@ -198,10 +218,6 @@ impl JobExecutor {
             .lock()
             .expect("running jobs lock")
             .remove(&(job_id, started.lease_epoch));
-        metrics::WORKER_ACTIVE_JOBS.dec();
-        metrics::JOB_DURATION
-            .with_label_values(&labels)
-            .observe(began.elapsed().as_secs_f64());
     }
 
     /// Starts the job in the ledger. While Postgres is unreachable it keeps trying, holding
@@ -283,6 +299,7 @@ impl JobExecutor {
         job: &StartedJob,
         result: &HandlerResult,
         retry_at: Option<DateTime<Utc>>,
+        began: Instant,
     ) {
         let outcome = match result {
             Ok(value) => Outcome::Succeeded(value),
@@ -291,10 +308,11 @@ impl JobExecutor {
                 retry_at,
             },
         };
-        self.write(job, outcome).await
+        self.write(job, outcome, began).await
     }
 
-    async fn write(&self, job: &StartedJob, outcome: Outcome<'_>) {
+    /// Records the outcome of the attempt that started at `began`.
+    async fn write(&self, job: &StartedJob, outcome: Outcome<'_>, began: Instant) {
         let deadline = Instant::now() + RECORD_DEADLINE;
         let mut pause = Duration::from_millis(100);
         loop {
@@ -303,8 +321,8 @@ impl JobExecutor {
                 .finish(job.id, job.lease_epoch, &self.worker, outcome)
                 .await
             {
-                Ok(true) => return self.count(job, outcome),
-                Ok(false) => {
+                Ok(Some(state)) => return self.count(job, &state, began),
+                Ok(None) => {
                     tracing::warn!("stale epoch: the job was reclaimed; outcome refused");
                     metrics::STALE_WRITES_REJECTED
                         .with_label_values(&[job.queue.as_str()])
@@ -324,18 +342,16 @@ impl JobExecutor {
         }
     }
 
-    /// Counts a recorded outcome in the metrics and the worker's totals. A hand-back is not
-    /// an attempt's end: the job runs again without counting an attempt.
-    fn count(&self, job: &StartedJob, outcome: Outcome<'_>) {
-        let name = match outcome {
-            Outcome::Succeeded(_) => "succeeded",
-            Outcome::Failed {
-                retry_at: Some(_), ..
-            } => "retry",
-            Outcome::Failed { retry_at: None, .. } => "dead",
-            Outcome::Cancelled => "cancelled",
-            Outcome::HandedBack => return,
+    /// Counts an attempt the ledger recorded, by the state it left the job in, in the
+    /// metrics and the worker's totals. A hand-back (back to `queued`) is not an attempt's
+    /// end: the job runs again without counting an attempt.
+    fn count(&self, job: &StartedJob, state: &str, began: Instant) {
+        let Some(name) = metrics::outcome_of(state) else {
+            return;
         };
+        metrics::JOB_DURATION
+            .with_label_values(&[job.queue.as_str(), job.kind.as_str()])
+            .observe(began.elapsed().as_secs_f64());
         // Inside the job's span: the line carries job id, queue, kind, attempt, worker and
         // request id.
         tracing::info!(outcome = name, "attempt recorded");
@@ -343,7 +359,7 @@ impl JobExecutor {
             .with_label_values(&[job.queue.as_str(), job.kind.as_str(), name])
             .inc();
         self.processed.fetch_add(1, Ordering::Relaxed);
-        if matches!(outcome, Outcome::Failed { .. }) {
+        if matches!(name, "retry" | "dead") {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -8,8 +8,8 @@ use apalis::prelude::*;
 use apalis_redis::ConnectionManager;
 use taskfleet_jobs::{Dispatch, EventName};
 use taskfleet_storage::{
-    Db, EventLog, Lease, Ledger, Schedules, WorkerInfo, Workers, redis as tf_redis, redis::Keys,
-    wait_for, workers::HEARTBEAT_EVERY,
+    Db, EventLog, Lease, Ledger, Queues, Schedules, WorkerInfo, Workers, redis as tf_redis,
+    redis::Keys, wait_for, workers::HEARTBEAT_EVERY,
 };
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
@@ -278,6 +278,7 @@ fn leader_duties(
         let (ledger, conn, keys) = (ledger.clone(), conn.clone(), keys.clone());
         Arc::new(move || Scheduler {
             schedules: Schedules::new(ledger.pool().clone()),
+            queues: Queues::new(ledger.pool().clone()),
             ledger: ledger.clone(),
             conn: conn.clone(),
             keys: keys.clone(),

@@ -60,6 +60,12 @@ impl Reclaimer {
                     metrics::LEASES_RECLAIMED
                         .with_label_values(&[job.queue.as_str()])
                         .inc();
+                    // Out of attempts, or cancelled meanwhile: the attempt ends here.
+                    if let Some(outcome) = metrics::outcome_of(&job.next) {
+                        metrics::JOBS
+                            .with_label_values(&[job.queue.as_str(), job.kind.as_str(), outcome])
+                            .inc();
+                    }
                     reclaimed += 1;
                 }
             }

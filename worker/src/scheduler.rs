@@ -14,9 +14,11 @@ use std::time::Duration;
 use apalis_redis::ConnectionManager;
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use taskfleet_jobs::{EventName, JobOptions, JobSpec, MissedPolicy, Timing, spec::ScheduleFire};
+use taskfleet_jobs::{
+    EventName, JobOptions, JobSpec, MissedPolicy, Queue, Timing, spec::ScheduleFire,
+};
 use taskfleet_storage::{
-    InsertError, Ledger, NewJob, ScheduleRecord, Schedules, redis as tf_redis, redis::Keys,
+    InsertError, Ledger, NewJob, Queues, ScheduleRecord, Schedules, redis as tf_redis, redis::Keys,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +31,7 @@ const MAX_SLOTS: usize = 10_000;
 
 pub struct Scheduler {
     pub schedules: Schedules,
+    pub queues: Queues,
     pub ledger: Ledger,
     pub conn: ConnectionManager,
     pub keys: Keys,
@@ -48,6 +51,12 @@ impl Scheduler {
     }
 
     pub async fn round(&mut self) -> anyhow::Result<()> {
+        // While an operator pauses the `schedule` queue nothing fires; the slots that pass
+        // meanwhile are missed, and each schedule's policy decides about them on resume,
+        // instead of a pile of fire jobs running all at once.
+        if self.queues.paused().await?.contains(&Queue::Schedule) {
+            return Ok(());
+        }
         // One clock for the whole round, Postgres's (the one `due` compares with): a round
         // that takes long, or a worker clock that is off, does not turn slots into misses.
         let now = self.schedules.now().await?;
