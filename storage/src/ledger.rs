@@ -3,7 +3,7 @@
 //! event log cannot disagree. Writes from a worker name the job's `lease_epoch`; a write with
 //! a stale epoch matches no row and changes nothing.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -141,18 +141,51 @@ pub struct JobFilter {
 }
 
 /// How an attempt ended, as [`Ledger::finish`] records it.
-#[derive(Debug, Clone, Copy)]
-pub enum Outcome<'a> {
-    Succeeded(&'a Value),
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded(Value),
     /// With `retry_at` the job waits in `retrying`; without, it is dead.
     Failed {
-        error: &'a str,
+        error: String,
         retry_at: Option<DateTime<Utc>>,
     },
     /// Stopped on request.
     Cancelled,
     /// Given back unfinished by a draining worker, to run elsewhere at once.
     HandedBack,
+}
+
+/// Outcomes that one statement records together: the same columns change the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum OutcomeKind {
+    Succeeded,
+    Retry,
+    Dead,
+    Cancelled,
+    HandedBack,
+}
+
+impl Outcome {
+    fn kind(&self) -> OutcomeKind {
+        match self {
+            Outcome::Succeeded(_) => OutcomeKind::Succeeded,
+            Outcome::Failed {
+                retry_at: Some(_), ..
+            } => OutcomeKind::Retry,
+            Outcome::Failed { retry_at: None, .. } => OutcomeKind::Dead,
+            Outcome::Cancelled => OutcomeKind::Cancelled,
+            Outcome::HandedBack => OutcomeKind::HandedBack,
+        }
+    }
+}
+
+/// One attempt's end, written under the attempt's epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub id: Uuid,
+    pub epoch: i64,
+    pub worker: String,
+    pub outcome: Outcome,
 }
 
 /// The answer to a request to change a job's state.
@@ -163,15 +196,6 @@ pub enum Change {
     NotAllowed(JobRecord),
     NotFound,
 }
-
-/// Appended to a worker's conditional write: when the write matched no row, record that a
-/// stale epoch was refused (`$1` id, `$2` epoch, `$3` worker).
-const STALE_TAIL: &str = "stale AS (
-         INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
-         SELECT tenant_id, id, queue, kind, 'stale_write_rejected', $3,
-                jsonb_build_object('epoch', $2, 'current_epoch', lease_epoch, 'state', state)
-         FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM changed)
-     )";
 
 /// A running job the reclaimer took back.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -487,89 +511,138 @@ impl Ledger {
         .await
     }
 
-    /// Starts a job: only a `queued` job can start, so of several deliveries of the same
-    /// job exactly one wins. Raises the attempt and the fencing epoch. A job of a paused
-    /// queue does not start: it leaves the Redis window (`dispatched_at` cleared) and waits
-    /// in the ledger until the queue is resumed.
+    /// Starts one job; see [`Ledger::start_many`].
     pub async fn start(&self, id: Uuid, worker: &str) -> sqlx::Result<Option<StartedJob>> {
+        Ok(self.start_many(&[id], worker).await?.remove(0))
+    }
+
+    /// Starts jobs, in one statement however many: only a `queued` job can start, so of
+    /// several deliveries of the same job exactly one wins (within one call, the first).
+    /// Raises each started job's attempt and fencing epoch. A job of a paused queue does not
+    /// start: it leaves the Redis window (`dispatched_at` cleared) and waits in the ledger
+    /// until the queue is resumed. Returns, in order, each started job or `None`.
+    pub async fn start_many(
+        &self,
+        ids: &[Uuid],
+        worker: &str,
+    ) -> sqlx::Result<Vec<Option<StartedJob>>> {
         let sql = format!(
-            "WITH parked AS (
+            "WITH input AS (
+                 SELECT DISTINCT id FROM UNNEST($1::uuid[]) AS t(id)
+             ), parked AS (
                  UPDATE jobs SET dispatched_at = NULL
-                 WHERE id = $1 AND state = 'queued' AND {held}
+                 FROM input
+                 WHERE jobs.id = input.id AND jobs.state = 'queued' AND {held}
              ), started AS (
                  UPDATE jobs SET state = 'running', attempt = attempt + 1,
                                  lease_epoch = lease_epoch + 1, dispatched_at = NULL,
                                  started_at = now(), worker = $2,
                                  progress_percent = NULL, progress_message = NULL
-                 WHERE id = $1 AND state = 'queued' AND NOT {held}
-                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts,
-                           lease_epoch, request_id,
-                           EXTRACT(EPOCH FROM now() - run_at)::float8 AS waited_seconds
+                 FROM input
+                 WHERE jobs.id = input.id AND jobs.state = 'queued' AND NOT {held}
+                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.payload,
+                           jobs.attempt, jobs.max_attempts, jobs.lease_epoch, jobs.request_id,
+                           EXTRACT(EPOCH FROM now() - jobs.run_at)::float8 AS waited_seconds
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
                  SELECT tenant_id, id, queue, kind, e.name, $2,
                         jsonb_build_object('attempt', attempt, 'epoch', lease_epoch)
                  FROM started CROSS JOIN (VALUES (1, '{started}'), (2, '{acquired}')) AS e(n, name)
-                 ORDER BY e.n
+                 ORDER BY started.id, e.n
              )
              SELECT * FROM started",
             held = held_by_pause(),
             started = EventName::JobStarted,
             acquired = EventName::LeaseAcquired
         );
-        sqlx::query_as(&sql)
-            .bind(id)
+        let rows: Vec<StartedJob> = sqlx::query_as(&sql)
+            .bind(ids)
             .bind(worker)
-            .fetch_optional(&self.pool)
-            .await
+            .fetch_all(&self.pool)
+            .await?;
+        let mut started: HashMap<Uuid, StartedJob> =
+            rows.into_iter().map(|job| (job.id, job)).collect();
+        // `remove` hands a job to its first delivery only.
+        Ok(ids.iter().map(|id| started.remove(id)).collect())
     }
 
-    /// Ends an attempt with `outcome`, if `epoch` is still the job's and it is running, and
-    /// returns the job's state now (a failure asked to retry ends `cancelled` when
-    /// cancellation was requested meanwhile). `None` when the epoch is stale: nothing
-    /// changed, and a `stale_write_rejected` event records the attempt.
+    /// Ends one attempt; see [`Ledger::finish_many`].
     pub async fn finish(
         &self,
         id: Uuid,
         epoch: i64,
         worker: &str,
-        outcome: Outcome<'_>,
+        outcome: Outcome,
     ) -> sqlx::Result<Option<String>> {
-        // $1 id, $2 epoch, $3 worker, $4 result, $5 error, $6 retry_at
+        let finish = Finish {
+            id,
+            epoch,
+            worker: worker.to_owned(),
+            outcome,
+        };
+        Ok(self.finish_many(&[finish]).await?.remove(0))
+    }
+
+    /// Ends attempts, each only if its `epoch` is still the job's and the job is running,
+    /// and returns, in order, each job's state now (a failure asked to retry ends
+    /// `cancelled` when cancellation was requested meanwhile). `None` where the epoch is
+    /// stale: nothing changed, and a `stale_write_rejected` event records the attempt. One
+    /// statement per kind of outcome, however many attempts.
+    pub async fn finish_many(&self, finishes: &[Finish]) -> sqlx::Result<Vec<Option<String>>> {
+        let mut states: HashMap<(Uuid, i64), String> = HashMap::new();
+        let mut kinds: Vec<OutcomeKind> = finishes.iter().map(|f| f.outcome.kind()).collect();
+        kinds.sort_by_key(|kind| *kind as u8);
+        kinds.dedup();
+        for kind in kinds {
+            let group: Vec<&Finish> = finishes
+                .iter()
+                .filter(|f| f.outcome.kind() == kind)
+                .collect();
+            states.extend(self.finish_kind(kind, &group).await?);
+        }
+        Ok(finishes
+            .iter()
+            .map(|f| states.remove(&(f.id, f.epoch)))
+            .collect())
+    }
+
+    async fn finish_kind(
+        &self,
+        kind: OutcomeKind,
+        finishes: &[&Finish],
+    ) -> sqlx::Result<Vec<((Uuid, i64), String)>> {
         let record_error = "attempt_errors = attempt_errors || jsonb_build_array(\
-             jsonb_build_object('attempt', attempt, 'error', $5, 'at', now()))";
-        let (set, events, details) = match outcome {
-            Outcome::Succeeded(_) => (
+             jsonb_build_object('attempt', attempt, 'error', input.error, 'at', now()))";
+        let (set, events, details) = match kind {
+            OutcomeKind::Succeeded => (
                 // Earlier attempts' errors stay in `attempt_errors`; the job has none now.
-                "state = 'succeeded', finished_at = now(), result = $4, error = NULL, \
-                 progress_percent = 100"
+                "state = 'succeeded', finished_at = now(), result = input.result, \
+                 error = NULL, progress_percent = 100"
                     .to_owned(),
                 &[EventName::JobSucceeded][..],
                 "'runtime_ms', round(extract(epoch FROM now() - started_at) * 1000)",
             ),
-            Outcome::Failed {
-                retry_at: Some(_), ..
-            } => (
+            OutcomeKind::Retry => (
                 // A cancellation asked meanwhile wins over the retry.
                 format!(
                     "state = CASE WHEN cancel_requested_at IS NULL THEN 'retrying' ELSE 'cancelled' END, \
                      finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END, \
-                     error = $5, run_at = $6, {record_error}"
+                     error = input.error, run_at = input.retry_at, {record_error}"
                 ),
                 &[EventName::JobFailed, EventName::JobRetryScheduled][..],
-                "'error', $5, 'retry_at', $6",
+                "'error', error, 'retry_at', retry_at",
             ),
-            Outcome::Failed { retry_at: None, .. } => (
-                format!("state = 'dead', error = $5, finished_at = now(), {record_error}"),
+            OutcomeKind::Dead => (
+                format!("state = 'dead', error = input.error, finished_at = now(), {record_error}"),
                 &[EventName::JobFailed, EventName::JobDead][..],
-                "'error', $5",
+                "'error', error",
             ),
-            Outcome::Cancelled => (
+            OutcomeKind::Cancelled => (
                 "state = 'cancelled', finished_at = now()".to_owned(),
                 &[EventName::JobCancelled][..],
                 "'while', 'running'",
             ),
-            Outcome::HandedBack => (
+            OutcomeKind::HandedBack => (
                 // Not a failed attempt: the next start counts it again.
                 "state = 'queued', attempt = attempt - 1, run_at = now(), started_at = NULL"
                     .to_owned(),
@@ -587,39 +660,74 @@ impl Ledger {
             .map(|(n, name)| format!("({n}, '{name}')"))
             .collect::<Vec<_>>()
             .join(", ");
-        let (result, error, retry_at) = match outcome {
-            Outcome::Succeeded(result) => (Some(result), None, None),
-            Outcome::Failed { error, retry_at } => (None, Some(error), retry_at),
-            Outcome::Cancelled | Outcome::HandedBack => (None, None, None),
-        };
+        let mut ids = Vec::with_capacity(finishes.len());
+        let mut epochs = Vec::with_capacity(finishes.len());
+        let mut workers = Vec::with_capacity(finishes.len());
+        let mut results = Vec::with_capacity(finishes.len());
+        let mut errors = Vec::with_capacity(finishes.len());
+        let mut retry_ats = Vec::with_capacity(finishes.len());
+        for finish in finishes {
+            ids.push(finish.id);
+            epochs.push(finish.epoch);
+            workers.push(finish.worker.as_str());
+            let (result, error, retry_at) = match &finish.outcome {
+                Outcome::Succeeded(result) => (Some(result), None, None),
+                Outcome::Failed { error, retry_at } => (None, Some(error.as_str()), *retry_at),
+                Outcome::Cancelled | Outcome::HandedBack => (None, None, None),
+            };
+            results.push(result);
+            errors.push(error);
+            retry_ats.push(retry_at);
+        }
         let sql = format!(
-            "WITH changed AS (
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::jsonb[],
+                                      $5::text[], $6::timestamptz[])
+                     AS t(id, epoch, worker, result, error, retry_at)
+             ), changed AS (
                  UPDATE jobs SET {set}
-                 WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
-                 RETURNING id, tenant_id, queue, kind, attempt, started_at, state
+                 FROM input
+                 WHERE jobs.id = input.id AND jobs.lease_epoch = input.epoch
+                   AND jobs.state = 'running'
+                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.attempt,
+                           jobs.started_at, jobs.state, input.epoch, input.worker,
+                           input.error, input.retry_at
              ), events AS (
                  INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
                  SELECT tenant_id, id, queue, kind,
                         CASE WHEN state = 'cancelled' AND e.name = '{retry_scheduled}'
                              THEN '{cancelled}' ELSE e.name END,
-                        $3,
-                        jsonb_build_object('attempt', attempt, 'epoch', $2, {details})
+                        worker,
+                        jsonb_build_object('attempt', attempt, 'epoch', epoch, {details})
                  FROM changed CROSS JOIN (VALUES {names}) AS e(n, name)
-                 ORDER BY e.n
-             ), {STALE_TAIL}
-             SELECT state FROM changed",
+                 ORDER BY changed.id, e.n
+             ), stale AS (
+                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 SELECT j.tenant_id, j.id, j.queue, j.kind, '{stale}', input.worker,
+                        jsonb_build_object('epoch', input.epoch, 'current_epoch', j.lease_epoch,
+                                           'state', j.state)
+                 FROM input JOIN jobs j ON j.id = input.id
+                 WHERE NOT EXISTS (SELECT 1 FROM changed c
+                                   WHERE c.id = input.id AND c.epoch = input.epoch)
+             )
+             SELECT id, epoch, state FROM changed",
             retry_scheduled = EventName::JobRetryScheduled,
-            cancelled = EventName::JobCancelled
+            cancelled = EventName::JobCancelled,
+            stale = EventName::StaleWriteRejected,
         );
-        sqlx::query_scalar(&sql)
-            .bind(id)
-            .bind(epoch)
-            .bind(worker)
-            .bind(result)
-            .bind(error)
-            .bind(retry_at)
-            .fetch_optional(&self.pool)
-            .await
+        let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(&sql)
+            .bind(&ids)
+            .bind(&epochs)
+            .bind(&workers)
+            .bind(&results)
+            .bind(&errors)
+            .bind(&retry_ats)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, epoch, state)| ((id, epoch), state))
+            .collect())
     }
 
     /// Records a running job's progress (under its epoch) and appends `job_progress`.

@@ -16,8 +16,8 @@ pub use db::Db;
 pub use events::{EventFilter, EventLog, EventRecord};
 pub use lease::{Lease, Renewal};
 pub use ledger::{
-    Change, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome, Reclaimed,
-    StartedJob,
+    Change, Finish, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome,
+    Reclaimed, StartedJob,
 };
 pub use queues::{QueueStats, Queues};
 pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};

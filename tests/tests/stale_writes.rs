@@ -1,8 +1,11 @@
 //! A worker paused past its lease ttl loses the job: the reclaimer gives it to another
 //! worker, and nothing the paused worker does after waking lands in the ledger. The fence
-//! itself, a write naming an old epoch, is checked directly against the ledger too.
+//! itself, a write naming an old epoch, is checked directly against the ledger too, with
+//! batched starts and outcomes.
 
 use std::time::Duration;
+
+use uuid::Uuid;
 
 use taskfleet_tests::{
     TestEnv, free_port, json,
@@ -119,7 +122,7 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
                 job.id,
                 first.lease_epoch,
                 "worker-a",
-                Outcome::Succeeded(&late)
+                Outcome::Succeeded(late.clone())
             )
             .await
             .unwrap(),
@@ -133,7 +136,7 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
                 job.id,
                 second.lease_epoch,
                 "worker-b",
-                Outcome::Succeeded(&on_time)
+                Outcome::Succeeded(on_time.clone())
             )
             .await
             .unwrap()
@@ -150,5 +153,87 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
         ("succeeded", Some(on_time))
     );
     assert_eq!(record.attempt, 2);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_the_stale_one() {
+    use taskfleet_storage::{Finish, Ledger, NewJob, Outcome, Tenants};
+    let env = TestEnv::new().await;
+    let ledger = Ledger::new(env.pool.clone());
+    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    let jobs: Vec<NewJob> = (0..5)
+        .map(|_| {
+            let spec = json!({"kind": "executor.run", "tool": "noop", "max_attempts": 3});
+            NewJob::new(serde_json::from_value(spec).unwrap(), None)
+        })
+        .collect();
+    ledger.insert(tenant.id, &jobs, "test").await.unwrap();
+    // One start for all five, with job 0 delivered twice: only its first delivery starts it.
+    let mut ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
+    ids.push(jobs[0].id);
+    let mut started = ledger.start_many(&ids, "worker-a").await.unwrap();
+    assert!(
+        started.pop().unwrap().is_none(),
+        "a duplicate delivery does not start"
+    );
+    let started: Vec<_> = started.into_iter().map(Option::unwrap).collect();
+    assert!(
+        started
+            .iter()
+            .all(|job| job.attempt == 1 && job.lease_epoch == 1)
+    );
+    assert_eq!(env.count_events("job_started").await, 5);
+    let finish = |n: usize, epoch_offset: i64, outcome| Finish {
+        id: started[n].id,
+        epoch: started[n].lease_epoch + epoch_offset,
+        worker: "worker-a".to_owned(),
+        outcome,
+    };
+    let retry_at = chrono::Utc::now() + chrono::Duration::seconds(30);
+    let failed = |retry_at| Outcome::Failed {
+        error: "boom".to_owned(),
+        retry_at,
+    };
+    let states = ledger
+        .finish_many(&[
+            finish(0, 0, Outcome::Succeeded(json!({"n": 0}))),
+            finish(1, 0, failed(Some(retry_at))),
+            finish(2, 0, failed(None)),
+            finish(3, -1, Outcome::Succeeded(json!({"late": true}))),
+            finish(4, 0, Outcome::Succeeded(json!({"n": 4}))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        states,
+        [
+            Some("succeeded".to_owned()),
+            Some("retrying".to_owned()),
+            Some("dead".to_owned()),
+            None,
+            Some("succeeded".to_owned()),
+        ]
+    );
+    assert_eq!(env.count_events("stale_write_rejected").await, 1);
+    assert_eq!(
+        env.count_state("running").await,
+        1,
+        "the stale write changed nothing"
+    );
+    // Each job's events end with the event naming its state, after the lease's release.
+    for (n, last) in [
+        (0, "job_succeeded"),
+        (1, "job_retry_scheduled"),
+        (2, "job_dead"),
+    ] {
+        let events = env.job_events(started[n].id).await;
+        let names: Vec<&str> = events.iter().map(|(event, _)| event.as_str()).collect();
+        assert_eq!(
+            &names[names.len() - 2..],
+            ["lease_released", last],
+            "{names:?}"
+        );
+    }
     env.finish().await;
 }

@@ -24,8 +24,8 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use taskfleet_jobs::{JobSpec, RetryPolicy};
 use taskfleet_storage::{
-    Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, WorkerCounts, redis as tf_redis,
-    redis::Keys,
+    Finish, Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, WorkerCounts,
+    redis as tf_redis, redis::Keys,
 };
 use taskfleet_telemetry::metrics;
 use tokio::time::Instant;
@@ -33,7 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::handlers::{self, HandlerResult, JobContext, JobFailure};
+use crate::{
+    group_commit::GroupCommit,
+    handlers::{self, HandlerResult, JobContext, JobFailure},
+};
 
 /// How long a finished job's outcome is retried against an unreachable ledger. Past it the
 /// job stays `running` until its lease expires and the reclaimer runs it again.
@@ -96,6 +99,10 @@ pub struct ExecutorSettings {
 
 pub struct JobExecutor {
     ledger: Ledger,
+    /// Starts jobs in batches.
+    starts: GroupCommit<Uuid, Option<StartedJob>>,
+    /// Records outcomes in batches.
+    finishes: GroupCommit<Finish, Option<String>>,
     schedules: Schedules,
     redis: ConnectionManager,
     keys: Keys,
@@ -122,6 +129,20 @@ impl JobExecutor {
     ) -> JobExecutor {
         JobExecutor {
             schedules: Schedules::new(ledger.pool().clone()),
+            starts: GroupCommit::start({
+                let (ledger, worker) = (ledger.clone(), worker.clone());
+                move |ids: Vec<Uuid>| {
+                    let (ledger, worker) = (ledger.clone(), worker.clone());
+                    async move { ledger.start_many(&ids, &worker).await }
+                }
+            }),
+            finishes: GroupCommit::start({
+                let ledger = ledger.clone();
+                move |finishes: Vec<Finish>| {
+                    let ledger = ledger.clone();
+                    async move { ledger.finish_many(&finishes).await }
+                }
+            }),
             ledger,
             redis,
             keys,
@@ -225,7 +246,7 @@ impl JobExecutor {
     async fn start(&self, job_id: Uuid) -> Option<StartedJob> {
         let mut pause = Duration::from_millis(100);
         loop {
-            match self.ledger.start(job_id, &self.worker).await {
+            match self.starts.submit(job_id).await {
                 Ok(Some(started)) => return Some(started),
                 Ok(None) => {
                     tracing::debug!(%job_id, "not startable (duplicate delivery, cancelled or finished)");
@@ -302,9 +323,9 @@ impl JobExecutor {
         began: Instant,
     ) {
         let outcome = match result {
-            Ok(value) => Outcome::Succeeded(value),
+            Ok(value) => Outcome::Succeeded(value.clone()),
             Err(failure) => Outcome::Failed {
-                error: &failure.message,
+                error: failure.message.clone(),
                 retry_at,
             },
         };
@@ -312,15 +333,17 @@ impl JobExecutor {
     }
 
     /// Records the outcome of the attempt that started at `began`.
-    async fn write(&self, job: &StartedJob, outcome: Outcome<'_>, began: Instant) {
+    async fn write(&self, job: &StartedJob, outcome: Outcome, began: Instant) {
         let deadline = Instant::now() + RECORD_DEADLINE;
         let mut pause = Duration::from_millis(100);
+        let finish = Finish {
+            id: job.id,
+            epoch: job.lease_epoch,
+            worker: self.worker.clone(),
+            outcome,
+        };
         loop {
-            match self
-                .ledger
-                .finish(job.id, job.lease_epoch, &self.worker, outcome)
-                .await
-            {
+            match self.finishes.submit(finish.clone()).await {
                 Ok(Some(state)) => return self.count(job, &state, began),
                 Ok(None) => {
                     tracing::warn!("stale epoch: the job was reclaimed; outcome refused");

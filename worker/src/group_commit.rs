@@ -1,0 +1,75 @@
+//! Group commit for the ledger's hot writes (River's batch completer plays this role for
+//! completions; here starts go the same way). Executors hand their item over and wait for
+//! its answer; one task writes everything that queued up while its previous write ran, in
+//! one call. An idle worker writes each item at once; a busy one writes hundreds per
+//! statement instead of one each, which is what lets the ledger keep up with the workers.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::sync::{mpsc, oneshot};
+
+/// Most items written by one call.
+const MAX_BATCH: usize = 1_000;
+/// Items waiting at most; executors wait to hand theirs over beyond this.
+const MAX_WAITING: usize = 10_000;
+
+/// One item's answer. The error is shared by every item of the failed write.
+pub type Answer<Out> = Result<Out, Arc<sqlx::Error>>;
+
+pub struct GroupCommit<In, Out> {
+    queue: mpsc::Sender<(In, oneshot::Sender<Answer<Out>>)>,
+}
+
+impl<In, Out> Clone for GroupCommit<In, Out> {
+    fn clone(&self) -> Self {
+        GroupCommit {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
+    /// Starts the writing task. `write` gets a batch and answers one `Out` per item, in
+    /// order. The task ends when every clone of the returned handle is gone.
+    pub fn start<W, F>(mut write: W) -> GroupCommit<In, Out>
+    where
+        W: FnMut(Vec<In>) -> F + Send + 'static,
+        F: Future<Output = sqlx::Result<Vec<Out>>> + Send,
+    {
+        let (queue, mut waiting) = mpsc::channel::<(In, oneshot::Sender<Answer<Out>>)>(MAX_WAITING);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let (items, answers): (Vec<In>, Vec<_>) = batch.drain(..).unzip();
+                match write(items).await {
+                    Ok(outs) => {
+                        debug_assert_eq!(outs.len(), answers.len());
+                        for (answer, out) in answers.into_iter().zip(outs) {
+                            let _ = answer.send(Ok(out));
+                        }
+                    }
+                    // Every item of the batch gets the error; its sender retries as it would
+                    // after a write of its own.
+                    Err(err) => {
+                        let err = Arc::new(err);
+                        for answer in answers {
+                            let _ = answer.send(Err(err.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        GroupCommit { queue }
+    }
+
+    /// Writes `item` with whatever else is waiting and returns its answer.
+    pub async fn submit(&self, item: In) -> Answer<Out> {
+        let (answer, answered) = oneshot::channel();
+        if self.queue.send((item, answer)).await.is_err() {
+            return Err(Arc::new(sqlx::Error::PoolClosed));
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(Arc::new(sqlx::Error::PoolClosed)))
+    }
+}
