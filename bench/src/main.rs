@@ -8,7 +8,7 @@ mod stats;
 
 use std::{fmt::Write as _, path::PathBuf};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use ours::Sizes;
 use peers::Peer;
 use stats::Latency;
@@ -25,6 +25,9 @@ struct Args {
     /// Skip Celery and BullMQ (they are installed from PyPI and npm on first use).
     #[arg(long)]
     no_peers: bool,
+    /// Run only these measures (comma-separated), e.g. `--only burn-down,apalis`.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Measure>,
     /// Write the report here (Markdown).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -39,13 +42,25 @@ struct Args {
     redis_url: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Measure {
+    BurnDown,
+    Pickup,
+    Api,
+    Sse,
+    Apalis,
+    Bullmq,
+    Celery,
+}
+
+/// What was measured; `None` where a measure did not run.
 struct Report {
     sizes: Sizes,
-    burn_down: ours::BurnDown,
-    pickup: Latency,
-    api: ours::ApiRate,
-    sse: Latency,
-    apalis: Peer,
+    burn_down: Option<ours::BurnDown>,
+    pickup: Option<Latency>,
+    api: Option<ours::ApiRate>,
+    sse: Option<Latency>,
+    apalis: Option<Peer>,
     celery: Option<Peer>,
     bullmq: Option<Peer>,
 }
@@ -64,8 +79,20 @@ fn machine() -> String {
     format!("{cores} cores ({cpu})")
 }
 
-fn ratio(ours: f64, peer: Option<f64>) -> String {
-    peer.map_or("—".to_owned(), |peer| format!("{:.2}×", ours / peer))
+fn ratio(ours: Option<f64>, peer: Option<f64>) -> String {
+    match (ours, peer) {
+        (Some(ours), Some(peer)) => format!("{:.2}×", ours / peer),
+        _ => "—".to_owned(),
+    }
+}
+
+/// `figure` formatted, or a dash where it was not measured.
+fn shown<T>(figure: Option<T>, format: impl Fn(T) -> String) -> String {
+    figure.map_or("—".to_owned(), format)
+}
+
+fn latency(l: Latency) -> String {
+    format!("{:.1} / {:.1} / {:.1} ms", l.p50, l.p99, l.max)
 }
 
 impl Report {
@@ -89,65 +116,73 @@ impl Report {
             "| measure | taskfleet | raw apalis-redis | BullMQ | Celery | target |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|");
-        let peer_rate =
-            |peer: &Option<Peer>| drain(peer).map_or("—".to_owned(), |r| format!("{r:.0}/s"));
+        let per_second = |rate: f64| format!("{rate:.0}/s");
+        let drain_rate = |peer: &Option<Peer>| shown(drain(peer), per_second);
+        let ours_rate = self.burn_down.map(|b| b.per_second);
         let _ = writeln!(
             out,
-            "| burn-down, {} no-op jobs, {} workers × {} (full ledger lifecycle) | {:.0}/s | {:.0}/s | {} | {} | ≥ BullMQ, ≥ 10× Celery |",
+            "| burn-down, {} no-op jobs, {} workers × {} (full ledger lifecycle) | {} | {} | {} | {} | ≥ BullMQ, ≥ 10× Celery |",
             s.burn_down_jobs,
             s.workers,
             s.concurrency,
-            self.burn_down.per_second,
-            self.apalis.drain_per_second,
-            peer_rate(&self.bullmq),
-            peer_rate(&self.celery)
+            shown(ours_rate, per_second),
+            drain_rate(&self.apalis),
+            drain_rate(&self.bullmq),
+            drain_rate(&self.celery)
         );
-        let bull_pickup = self.bullmq.and_then(|p| p.pickup);
         let _ = writeln!(
             out,
-            "| pickup latency p50 / p99 / max, {} jobs at {}/s | {:.1} / {:.1} / {:.1} ms | — | {} | — | p99 ≤ 5 ms |",
+            "| pickup latency p50 / p99 / max, {} jobs at {}/s | {} | — | {} | — | p99 ≤ 5 ms |",
             s.pickup_jobs,
             s.pickup_per_second,
-            self.pickup.p50,
-            self.pickup.p99,
-            self.pickup.max,
-            bull_pickup.map_or("—".to_owned(), |l| format!(
-                "{:.1} / {:.1} / {:.1} ms",
-                l.p50, l.p99, l.max
+            shown(self.pickup, latency),
+            shown(self.bullmq.and_then(|p| p.pickup), latency)
+        );
+        let _ = writeln!(
+            out,
+            "| API, single `POST /v1/jobs`, 64 connections | {} | | | | ≥ 5,000/s |",
+            shown(self.api.map(|a| a.single_per_second), per_second)
+        );
+        let _ = writeln!(
+            out,
+            "| API, `POST /v1/jobs/batch` of 1,000, 8 connections | {} | | | | ≥ 50,000/s |",
+            shown(self.api.map(|a| a.batch_jobs_per_second), |r| format!(
+                "{r:.0} jobs/s"
             ))
         );
         let _ = writeln!(
             out,
-            "| API, single `POST /v1/jobs`, 64 connections | {:.0}/s | | | | ≥ 5,000/s |",
-            self.api.single_per_second
+            "| SSE delivery p50 / p99, {} subscribers, {} jobs | {} | | | | |",
+            s.sse_subscribers,
+            s.sse_jobs,
+            shown(self.sse, |l| format!(
+                "{:.1} / {:.1} ms ({} deliveries)",
+                l.p50, l.p99, l.samples
+            ))
         );
         let _ = writeln!(
             out,
-            "| API, `POST /v1/jobs/batch` of 1,000, 8 connections | {:.0} jobs/s | | | | ≥ 50,000/s |",
-            self.api.batch_jobs_per_second
-        );
-        let _ = writeln!(
-            out,
-            "| SSE delivery p50 / p99, {} subscribers, {} jobs | {:.1} / {:.1} ms ({} deliveries) | | | | |",
-            s.sse_subscribers, s.sse_jobs, self.sse.p50, self.sse.p99, self.sse.samples
-        );
-        let _ = writeln!(
-            out,
-            "| peak RSS during burn-down: worker / API | {:.1} / {:.1} MiB | | | | worker ≤ 64 MiB |",
-            self.burn_down.worker_peak_rss_mib, self.burn_down.api_peak_rss_mib
+            "| peak RSS during burn-down: worker / API | {} | | | | worker ≤ 64 MiB |",
+            shown(self.burn_down, |b| format!(
+                "{:.1} / {:.1} MiB",
+                b.worker_peak_rss_mib, b.api_peak_rss_mib
+            ))
         );
         let _ = writeln!(
             out,
             "\nRatios (taskfleet / peer, burn-down): raw apalis-redis {}, BullMQ {}, Celery {}.",
-            ratio(
-                self.burn_down.per_second,
-                Some(self.apalis.drain_per_second)
-            ),
-            ratio(self.burn_down.per_second, drain(&self.bullmq)),
-            ratio(self.burn_down.per_second, drain(&self.celery)),
+            ratio(ours_rate, drain(&self.apalis)),
+            ratio(ours_rate, drain(&self.bullmq)),
+            ratio(ours_rate, drain(&self.celery)),
         );
         out
     }
+}
+
+/// Shows a figure as soon as it is measured, so a later failure does not lose it.
+fn announce<T: std::fmt::Debug>(figure: T) -> T {
+    eprintln!("  {figure:?}");
+    figure
 }
 
 #[tokio::main]
@@ -177,45 +212,65 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let with_peers = !args.smoke && !args.no_peers;
+    let runs = |measure: Measure| {
+        let peer = matches!(measure, Measure::Bullmq | Measure::Celery);
+        (args.only.is_empty() || args.only.contains(&measure)) && (with_peers || !peer)
+    };
     std::fs::create_dir_all(&args.work_dir)?;
-    eprintln!("taskfleet burn-down ({} jobs)…", sizes.burn_down_jobs);
-    let burn_down = ours::burn_down(&sizes).await?;
-    eprintln!("taskfleet pickup latency…");
-    let pickup = ours::pickup(&sizes).await?;
-    eprintln!("taskfleet API enqueue rate…");
-    let api = ours::api_rate(&sizes).await?;
-    eprintln!("taskfleet SSE fan-out…");
-    let sse = ours::sse(&sizes).await?;
-    eprintln!("raw apalis-redis…");
-    let apalis =
-        peers::apalis_redis(&args.redis_url, sizes.burn_down_jobs, sizes.concurrency).await?;
-    let (mut celery, mut bullmq) = (None, None);
-    if with_peers {
+    // Absolute: the peers run from other directories.
+    let work_dir = std::fs::canonicalize(&args.work_dir)?;
+    let mut report = Report {
+        sizes: sizes.clone(),
+        burn_down: None,
+        pickup: None,
+        api: None,
+        sse: None,
+        apalis: None,
+        celery: None,
+        bullmq: None,
+    };
+    if runs(Measure::BurnDown) {
+        eprintln!("taskfleet burn-down ({} jobs)…", sizes.burn_down_jobs);
+        report.burn_down = Some(announce(ours::burn_down(&sizes).await?));
+    }
+    if runs(Measure::Pickup) {
+        eprintln!("taskfleet pickup latency…");
+        report.pickup = Some(announce(ours::pickup(&sizes).await?));
+    }
+    if runs(Measure::Api) {
+        eprintln!("taskfleet API enqueue rate…");
+        report.api = Some(announce(ours::api_rate(&sizes).await?));
+    }
+    if runs(Measure::Sse) {
+        eprintln!("taskfleet SSE fan-out…");
+        report.sse = Some(announce(ours::sse(&sizes).await?));
+    }
+    if runs(Measure::Apalis) {
+        eprintln!("raw apalis-redis…");
+        report.apalis = Some(announce(
+            peers::apalis_redis(&args.redis_url, sizes.burn_down_jobs, sizes.concurrency).await?,
+        ));
+    }
+    if runs(Measure::Bullmq) {
         eprintln!("BullMQ…");
-        bullmq = Some(
+        report.bullmq = Some(announce(
             peers::bullmq(
-                &args.work_dir,
+                &work_dir,
                 &args.redis_url,
                 sizes.burn_down_jobs,
                 sizes.pickup_jobs,
                 sizes.pickup_per_second,
             )
             .await?,
-        );
+        ));
+    }
+    if runs(Measure::Celery) {
         eprintln!("Celery…");
-        celery = Some(peers::celery(&args.work_dir, &args.redis_url, sizes.burn_down_jobs).await?);
+        report.celery = Some(announce(
+            peers::celery(&work_dir, &args.redis_url, sizes.burn_down_jobs).await?,
+        ));
     }
-    let report = Report {
-        sizes,
-        burn_down,
-        pickup,
-        api,
-        sse,
-        apalis,
-        celery,
-        bullmq,
-    }
-    .markdown();
+    let report = report.markdown();
     println!("{report}");
     if let Some(out) = args.out {
         let mut doc = String::from("# Benchmarks\n\n");

@@ -85,7 +85,10 @@ async fn count_completion(
 }
 
 /// apalis-redis with its defaults, but for what it needs to run at all: polling every 10 ms
-/// (a bare storage fetches only on its 30 s heartbeat, hazard 8) and fetching 100 at a time.
+/// (a bare storage fetches only on its 30 s heartbeat, hazard 8), fetching 100 at a time, and
+/// fed in windows the way our dispatcher feeds it. Every push lands in the scheduled set and
+/// a fetch moves all of it at once, so a backlog of about 8,000 pushed up front kills the
+/// worker (hazard 1); the feeder keeps at most [`APALIS_WINDOW`] × 2 waiting.
 pub async fn apalis_redis(
     redis_url: &str,
     jobs: usize,
@@ -96,16 +99,13 @@ pub async fn apalis_redis(
     let config = apalis_redis::Config::default()
         .queue(format!("tfbench-{}", Uuid::new_v4().simple()))
         .batch_size(100);
-    let mut storage: RedisStorage<Dispatch, _> =
+    let storage: RedisStorage<Dispatch, _> =
         RedisStorage::new(conn.clone()).with_config(config.clone());
-    for at in (0..jobs).step_by(1000) {
-        let tasks = (at..(at + 1000).min(jobs))
-            .map(|_| Dispatch {
-                job_id: Uuid::now_v7(),
-            })
-            .collect();
-        storage.push_bulk(tasks).await?;
-    }
+    // Never resolves once everything is pushed: only a failed push ends the run early.
+    let feeding = async {
+        feed_apalis(storage, jobs).await?;
+        std::future::pending::<anyhow::Result<()>>().await
+    };
     let completions = Arc::new(Completions::default());
     let worker = {
         let completions = completions.clone();
@@ -130,13 +130,24 @@ pub async fn apalis_redis(
         Ok(())
     };
     let deadline = Duration::from_secs(60 + jobs as u64 / 100);
-    tokio::time::timeout(
-        deadline,
-        Monitor::new().register(worker).run_with_signal(all_done),
-    )
-    .await
-    .context("raw apalis-redis did not drain in time")?
-    .map_err(|err| anyhow::anyhow!("apalis monitor: {err}"))?;
+    let drained = async {
+        tokio::select! {
+            // Restarted like our own queue workers are; each death is reported.
+            ran = Monitor::new()
+                .register(worker)
+                .should_restart(|worker, err| {
+                    eprintln!("raw apalis-redis worker {} stopped: {err}; restarting", worker.name());
+                    true
+                })
+                .run_with_signal(all_done) => {
+                ran.map_err(|err| anyhow::anyhow!("apalis monitor: {err}"))
+            }
+            fed = feeding => fed,
+        }
+    };
+    tokio::time::timeout(deadline, drained)
+        .await
+        .context("raw apalis-redis did not drain in time")??;
     let (first, last) = (
         completions.first.lock().unwrap().unwrap(),
         completions.last.lock().unwrap().unwrap(),
@@ -146,6 +157,36 @@ pub async fn apalis_redis(
         drain_per_second: rate(jobs - 1, last - first),
         pickup: None,
     })
+}
+
+/// Jobs pushed to raw apalis-redis at a time.
+const APALIS_WINDOW: usize = 1_000;
+
+/// Pushes `jobs` tasks, a window at a time, whenever fewer than a window wait.
+async fn feed_apalis(
+    mut storage: RedisStorage<Dispatch, ConnectionManager>,
+    jobs: usize,
+) -> anyhow::Result<()> {
+    let config = storage.get_config().clone();
+    let mut pushed = 0;
+    while pushed < jobs {
+        let conn = storage.get_connection();
+        let scheduled: usize = conn.zcard(config.scheduled_jobs_set()).await?;
+        let active: usize = conn.llen(config.active_jobs_list()).await?;
+        if scheduled + active >= APALIS_WINDOW {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let window = APALIS_WINDOW.min(jobs - pushed);
+        let tasks = (0..window)
+            .map(|_| Dispatch {
+                job_id: Uuid::now_v7(),
+            })
+            .collect();
+        storage.push_bulk(tasks).await?;
+        pushed += window;
+    }
+    Ok(())
 }
 
 /// Celery 5 with the Redis broker: prefork, one process per core, results ignored.

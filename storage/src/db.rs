@@ -36,3 +36,22 @@ impl Db {
         Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATOR;
+
+    #[test]
+    fn every_migration_file_is_built_in() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let files = std::fs::read_dir(dir)
+            .expect("the migrations directory")
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+            })
+            .count();
+        assert_eq!(MIGRATOR.iter().count(), files);
+    }
+}
