@@ -278,10 +278,14 @@ async fn main() -> anyhow::Result<()> {
         doc.push_str(concat!(
             "\nHow each figure is taken (`bench/`): burn-down submits the backlog through the batch API, then starts the ",
             "workers, and divides the jobs by the time from the first start to the last success in the ledger (every ",
-            "start and success is checked to be recorded). Peers drain a pre-filled queue and are timed from the first ",
+            "start and success is checked to be recorded). Celery and BullMQ drain a pre-filled queue; raw apalis-redis is fed ",
+            "in windows of 1,000, as our dispatcher feeds Redis (a backlog pushed at once breaks it: DESIGN.md hazard 1). ",
+            "Peers are timed from the first ",
             "completion to the last. Pickup latency runs from sending `POST /v1/jobs` to the ledger's start of the job ",
             "(BullMQ: from `queue.add` to the processor's start). SSE latency runs from an event's ledger timestamp to ",
-            "its arrival at each subscriber. RSS is each process's `VmHWM`.\n"
+            "its arrival at each subscriber (the 500 clients run on the same cores as the fleet). RSS is each ",
+            "process's `VmHWM`.\n\nWhat limits these figures and what to change next: ",
+            "[ADR 0007](adr/0007-hot-path.md).\n"
         ));
         std::fs::write(&out, doc)?;
         eprintln!("wrote {}", out.display());

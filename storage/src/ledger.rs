@@ -587,8 +587,10 @@ impl Ledger {
     /// and returns, in order, each job's state now (a failure asked to retry ends
     /// `cancelled` when cancellation was requested meanwhile). `None` where the epoch is
     /// stale: nothing changed, and a `stale_write_rejected` event records the attempt. One
-    /// statement per kind of outcome, however many attempts.
+    /// statement per kind of outcome, however many attempts, all in one transaction: a batch
+    /// lands whole or not at all, so a retry after an error never finds half of it done.
     pub async fn finish_many(&self, finishes: &[Finish]) -> sqlx::Result<Vec<Option<String>>> {
+        let mut tx = self.pool.begin().await?;
         let mut states: HashMap<(Uuid, i64), String> = HashMap::new();
         let mut kinds: Vec<OutcomeKind> = finishes.iter().map(|f| f.outcome.kind()).collect();
         kinds.sort_by_key(|kind| *kind as u8);
@@ -598,135 +600,12 @@ impl Ledger {
                 .iter()
                 .filter(|f| f.outcome.kind() == kind)
                 .collect();
-            states.extend(self.finish_kind(kind, &group).await?);
+            states.extend(finish_kind(&mut tx, kind, &group).await?);
         }
+        tx.commit().await?;
         Ok(finishes
             .iter()
             .map(|f| states.remove(&(f.id, f.epoch)))
-            .collect())
-    }
-
-    async fn finish_kind(
-        &self,
-        kind: OutcomeKind,
-        finishes: &[&Finish],
-    ) -> sqlx::Result<Vec<((Uuid, i64), String)>> {
-        let record_error = "attempt_errors = attempt_errors || jsonb_build_array(\
-             jsonb_build_object('attempt', attempt, 'error', input.error, 'at', now()))";
-        let (set, events, details) = match kind {
-            OutcomeKind::Succeeded => (
-                // Earlier attempts' errors stay in `attempt_errors`; the job has none now.
-                "state = 'succeeded', finished_at = now(), result = input.result, \
-                 error = NULL, progress_percent = 100"
-                    .to_owned(),
-                &[EventName::JobSucceeded][..],
-                "'runtime_ms', round(extract(epoch FROM now() - started_at) * 1000)",
-            ),
-            OutcomeKind::Retry => (
-                // A cancellation asked meanwhile wins over the retry.
-                format!(
-                    "state = CASE WHEN cancel_requested_at IS NULL THEN 'retrying' ELSE 'cancelled' END, \
-                     finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END, \
-                     error = input.error, run_at = input.retry_at, {record_error}"
-                ),
-                &[EventName::JobFailed, EventName::JobRetryScheduled][..],
-                "'error', error, 'retry_at', retry_at",
-            ),
-            OutcomeKind::Dead => (
-                format!("state = 'dead', error = input.error, finished_at = now(), {record_error}"),
-                &[EventName::JobFailed, EventName::JobDead][..],
-                "'error', error",
-            ),
-            OutcomeKind::Cancelled => (
-                "state = 'cancelled', finished_at = now()".to_owned(),
-                &[EventName::JobCancelled][..],
-                "'while', 'running'",
-            ),
-            OutcomeKind::HandedBack => (
-                // Not a failed attempt: the next start counts it again.
-                "state = 'queued', attempt = attempt - 1, run_at = now(), started_at = NULL"
-                    .to_owned(),
-                &[EventName::JobHandedBack][..],
-                "'reason', 'worker draining'",
-            ),
-        };
-        // The last event names the state the job is left in; the lease's release comes just
-        // before it, so a job's stream can end at its terminal event.
-        let (resulting, before) = events.split_last().expect("every outcome has events");
-        let names = before
-            .iter()
-            .chain([&EventName::LeaseReleased, resulting])
-            .enumerate()
-            .map(|(n, name)| format!("({n}, '{name}')"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut ids = Vec::with_capacity(finishes.len());
-        let mut epochs = Vec::with_capacity(finishes.len());
-        let mut workers = Vec::with_capacity(finishes.len());
-        let mut results = Vec::with_capacity(finishes.len());
-        let mut errors = Vec::with_capacity(finishes.len());
-        let mut retry_ats = Vec::with_capacity(finishes.len());
-        for finish in finishes {
-            ids.push(finish.id);
-            epochs.push(finish.epoch);
-            workers.push(finish.worker.as_str());
-            let (result, error, retry_at) = match &finish.outcome {
-                Outcome::Succeeded(result) => (Some(result), None, None),
-                Outcome::Failed { error, retry_at } => (None, Some(error.as_str()), *retry_at),
-                Outcome::Cancelled | Outcome::HandedBack => (None, None, None),
-            };
-            results.push(result);
-            errors.push(error);
-            retry_ats.push(retry_at);
-        }
-        let sql = format!(
-            "WITH input AS (
-                 SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::jsonb[],
-                                      $5::text[], $6::timestamptz[])
-                     AS t(id, epoch, worker, result, error, retry_at)
-             ), changed AS (
-                 UPDATE jobs SET {set}
-                 FROM input
-                 WHERE jobs.id = input.id AND jobs.lease_epoch = input.epoch
-                   AND jobs.state = 'running'
-                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.attempt,
-                           jobs.started_at, jobs.state, input.epoch, input.worker,
-                           input.error, input.retry_at
-             ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT tenant_id, id, queue, kind,
-                        CASE WHEN state = 'cancelled' AND e.name = '{retry_scheduled}'
-                             THEN '{cancelled}' ELSE e.name END,
-                        worker,
-                        jsonb_build_object('attempt', attempt, 'epoch', epoch, {details})
-                 FROM changed CROSS JOIN (VALUES {names}) AS e(n, name)
-                 ORDER BY changed.id, e.n
-             ), stale AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT j.tenant_id, j.id, j.queue, j.kind, '{stale}', input.worker,
-                        jsonb_build_object('epoch', input.epoch, 'current_epoch', j.lease_epoch,
-                                           'state', j.state)
-                 FROM input JOIN jobs j ON j.id = input.id
-                 WHERE NOT EXISTS (SELECT 1 FROM changed c
-                                   WHERE c.id = input.id AND c.epoch = input.epoch)
-             )
-             SELECT id, epoch, state FROM changed",
-            retry_scheduled = EventName::JobRetryScheduled,
-            cancelled = EventName::JobCancelled,
-            stale = EventName::StaleWriteRejected,
-        );
-        let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(&sql)
-            .bind(&ids)
-            .bind(&epochs)
-            .bind(&workers)
-            .bind(&results)
-            .bind(&errors)
-            .bind(&retry_ats)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, epoch, state)| ((id, epoch), state))
             .collect())
     }
 
@@ -936,4 +815,128 @@ impl Ledger {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// One kind of outcome for [`Ledger::finish_many`], inside its transaction.
+async fn finish_kind(
+    tx: &mut sqlx::PgConnection,
+    kind: OutcomeKind,
+    finishes: &[&Finish],
+) -> sqlx::Result<Vec<((Uuid, i64), String)>> {
+    let record_error = "attempt_errors = attempt_errors || jsonb_build_array(\
+         jsonb_build_object('attempt', attempt, 'error', input.error, 'at', now()))";
+    let (set, events, details) = match kind {
+        OutcomeKind::Succeeded => (
+            // Earlier attempts' errors stay in `attempt_errors`; the job has none now.
+            "state = 'succeeded', finished_at = now(), result = input.result, \
+             error = NULL, progress_percent = 100"
+                .to_owned(),
+            &[EventName::JobSucceeded][..],
+            "'runtime_ms', round(extract(epoch FROM now() - started_at) * 1000)",
+        ),
+        OutcomeKind::Retry => (
+            // A cancellation asked meanwhile wins over the retry.
+            format!(
+                "state = CASE WHEN cancel_requested_at IS NULL THEN 'retrying' ELSE 'cancelled' END, \
+                 finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END, \
+                 error = input.error, run_at = input.retry_at, {record_error}"
+            ),
+            &[EventName::JobFailed, EventName::JobRetryScheduled][..],
+            "'error', error, 'retry_at', retry_at",
+        ),
+        OutcomeKind::Dead => (
+            format!("state = 'dead', error = input.error, finished_at = now(), {record_error}"),
+            &[EventName::JobFailed, EventName::JobDead][..],
+            "'error', error",
+        ),
+        OutcomeKind::Cancelled => (
+            "state = 'cancelled', finished_at = now()".to_owned(),
+            &[EventName::JobCancelled][..],
+            "'while', 'running'",
+        ),
+        OutcomeKind::HandedBack => (
+            // Not a failed attempt: the next start counts it again.
+            "state = 'queued', attempt = attempt - 1, run_at = now(), started_at = NULL".to_owned(),
+            &[EventName::JobHandedBack][..],
+            "'reason', 'worker draining'",
+        ),
+    };
+    // The last event names the state the job is left in; the lease's release comes just
+    // before it, so a job's stream can end at its terminal event.
+    let (resulting, before) = events.split_last().expect("every outcome has events");
+    let names = before
+        .iter()
+        .chain([&EventName::LeaseReleased, resulting])
+        .enumerate()
+        .map(|(n, name)| format!("({n}, '{name}')"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut ids = Vec::with_capacity(finishes.len());
+    let mut epochs = Vec::with_capacity(finishes.len());
+    let mut workers = Vec::with_capacity(finishes.len());
+    let mut results = Vec::with_capacity(finishes.len());
+    let mut errors = Vec::with_capacity(finishes.len());
+    let mut retry_ats = Vec::with_capacity(finishes.len());
+    for finish in finishes {
+        ids.push(finish.id);
+        epochs.push(finish.epoch);
+        workers.push(finish.worker.as_str());
+        let (result, error, retry_at) = match &finish.outcome {
+            Outcome::Succeeded(result) => (Some(result), None, None),
+            Outcome::Failed { error, retry_at } => (None, Some(error.as_str()), *retry_at),
+            Outcome::Cancelled | Outcome::HandedBack => (None, None, None),
+        };
+        results.push(result);
+        errors.push(error);
+        retry_ats.push(retry_at);
+    }
+    let sql = format!(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::jsonb[],
+                                  $5::text[], $6::timestamptz[])
+                 AS t(id, epoch, worker, result, error, retry_at)
+         ), changed AS (
+             UPDATE jobs SET {set}
+             FROM input
+             WHERE jobs.id = input.id AND jobs.lease_epoch = input.epoch
+               AND jobs.state = 'running'
+             RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.attempt,
+                       jobs.started_at, jobs.state, input.epoch, input.worker,
+                       input.error, input.retry_at
+         ), events AS (
+             INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+             SELECT tenant_id, id, queue, kind,
+                    CASE WHEN state = 'cancelled' AND e.name = '{retry_scheduled}'
+                         THEN '{cancelled}' ELSE e.name END,
+                    worker,
+                    jsonb_build_object('attempt', attempt, 'epoch', epoch, {details})
+             FROM changed CROSS JOIN (VALUES {names}) AS e(n, name)
+             ORDER BY changed.id, e.n
+         ), stale AS (
+             INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+             SELECT j.tenant_id, j.id, j.queue, j.kind, '{stale}', input.worker,
+                    jsonb_build_object('epoch', input.epoch, 'current_epoch', j.lease_epoch,
+                                       'state', j.state)
+             FROM input JOIN jobs j ON j.id = input.id
+             WHERE NOT EXISTS (SELECT 1 FROM changed c
+                               WHERE c.id = input.id AND c.epoch = input.epoch)
+         )
+         SELECT id, epoch, state FROM changed",
+        retry_scheduled = EventName::JobRetryScheduled,
+        cancelled = EventName::JobCancelled,
+        stale = EventName::StaleWriteRejected,
+    );
+    let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(&sql)
+        .bind(&ids)
+        .bind(&epochs)
+        .bind(&workers)
+        .bind(&results)
+        .bind(&errors)
+        .bind(&retry_ats)
+        .fetch_all(tx)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, epoch, state)| ((id, epoch), state))
+        .collect())
 }

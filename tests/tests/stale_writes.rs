@@ -237,3 +237,94 @@ async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_
     }
     env.finish().await;
 }
+
+/// Jobs of the `acme` tenant, started by `worker-a`, ready for outcomes.
+async fn started_jobs(
+    env: &TestEnv,
+    n: usize,
+) -> (
+    taskfleet_storage::Ledger,
+    Vec<taskfleet_storage::StartedJob>,
+) {
+    use taskfleet_storage::{Ledger, NewJob, Tenants};
+    let ledger = Ledger::new(env.pool.clone());
+    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|_| {
+            let spec = json!({"kind": "executor.run", "tool": "noop", "max_attempts": 3});
+            NewJob::new(serde_json::from_value(spec).unwrap(), None)
+        })
+        .collect();
+    ledger.insert(tenant.id, &jobs, "test").await.unwrap();
+    let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
+    let started = ledger.start_many(&ids, "worker-a").await.unwrap();
+    (ledger, started.into_iter().map(Option::unwrap).collect())
+}
+
+fn finish_of(
+    job: &taskfleet_storage::StartedJob,
+    outcome: taskfleet_storage::Outcome,
+) -> taskfleet_storage::Finish {
+    taskfleet_storage::Finish {
+        id: job.id,
+        epoch: job.lease_epoch,
+        worker: "worker-a".to_owned(),
+        outcome,
+    }
+}
+
+/// Postgres cannot store a NUL in text: an outcome carrying one is refused.
+fn refused_outcome() -> taskfleet_storage::Outcome {
+    taskfleet_storage::Outcome::Failed {
+        error: "bad\0byte".to_owned(),
+        retry_at: None,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_outcomes_lands_whole_or_not_at_all() {
+    use taskfleet_storage::Outcome;
+    let env = TestEnv::new().await;
+    let (ledger, started) = started_jobs(&env, 2).await;
+    // The success is written first (its own statement); the refused failure fails the batch.
+    let batch = [
+        finish_of(&started[0], Outcome::Succeeded(json!({"ok": true}))),
+        finish_of(&started[1], refused_outcome()),
+    ];
+    assert!(ledger.finish_many(&batch).await.is_err());
+    assert_eq!(
+        env.count_state("running").await,
+        2,
+        "nothing of the batch landed"
+    );
+    assert_eq!(env.count_events("job_succeeded").await, 0);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn an_outcome_the_ledger_refuses_does_not_fail_the_others_batched_with_it() {
+    use taskfleet_storage::{Finish, Outcome};
+    use taskfleet_worker::group_commit::GroupCommit;
+    let env = TestEnv::new().await;
+    let (ledger, started) = started_jobs(&env, 2).await;
+    let finishes = GroupCommit::start(move |batch: Vec<Finish>| {
+        let ledger = ledger.clone();
+        async move { ledger.finish_many(&batch).await }
+    });
+    // A single-threaded runtime queues both before the writer runs: they share one batch.
+    let (good, bad) = tokio::join!(
+        finishes.submit(finish_of(
+            &started[0],
+            Outcome::Succeeded(json!({"ok": true}))
+        )),
+        finishes.submit(finish_of(&started[1], refused_outcome())),
+    );
+    assert_eq!(good.unwrap().as_deref(), Some("succeeded"));
+    assert!(
+        bad.is_err(),
+        "the refused outcome is reported to its own sender"
+    );
+    assert_eq!(env.count_state("succeeded").await, 1);
+    assert_eq!(env.count_state("running").await, 1);
+    env.finish().await;
+}

@@ -28,9 +28,10 @@ impl<In, Out> Clone for GroupCommit<In, Out> {
     }
 }
 
-impl<In: Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
+impl<In: Clone + Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
     /// Starts the writing task. `write` gets a batch and answers one `Out` per item, in
-    /// order. The task ends when every clone of the returned handle is gone.
+    /// order, landing the batch whole or not at all. The task ends when every clone of the
+    /// returned handle is gone.
     pub fn start<W, F>(mut write: W) -> GroupCommit<In, Out>
     where
         W: FnMut(Vec<In>) -> F + Send + 'static,
@@ -41,21 +42,28 @@ impl<In: Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
             let mut batch = Vec::new();
             while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let (items, answers): (Vec<In>, Vec<_>) = batch.drain(..).unzip();
-                match write(items).await {
-                    Ok(outs) => {
-                        debug_assert_eq!(outs.len(), answers.len());
-                        for (answer, out) in answers.into_iter().zip(outs) {
-                            let _ = answer.send(Ok(out));
+                let outs = match write(items.clone()).await {
+                    Ok(outs) => outs.into_iter().map(Ok).collect(),
+                    // The database refused the statement: one item it cannot take (a NUL in
+                    // an error text, say) must not fail the others, so each is written alone.
+                    Err(sqlx::Error::Database(_)) if items.len() > 1 => {
+                        let mut outs = Vec::with_capacity(items.len());
+                        for item in items {
+                            let out = write(vec![item]).await.map(|mut one| one.remove(0));
+                            outs.push(out.map_err(Arc::new));
                         }
+                        outs
                     }
-                    // Every item of the batch gets the error; its sender retries as it would
-                    // after a write of its own.
+                    // Postgres unreachable, or a lone item refused: every item gets the error
+                    // and its sender retries as it would after a write of its own.
                     Err(err) => {
                         let err = Arc::new(err);
-                        for answer in answers {
-                            let _ = answer.send(Err(err.clone()));
-                        }
+                        answers.iter().map(|_| Err(err.clone())).collect::<Vec<_>>()
                     }
+                };
+                debug_assert_eq!(outs.len(), answers.len());
+                for (answer, out) in answers.into_iter().zip(outs) {
+                    let _ = answer.send(out);
                 }
             }
         });
