@@ -140,7 +140,7 @@ pub struct JobFilter {
     pub limit: i64,
 }
 
-/// How an attempt ended, as [`Ledger::finish`] records it.
+/// How an attempt ended, as [`Ledger::finish_many`] records it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Succeeded(Value),
@@ -437,7 +437,7 @@ impl Ledger {
     /// first: the dispatcher found fewer copies in Redis than the ledger's window, so these
     /// copies were lost (Redis restarted or flushed). Marks them dispatched again, now, and
     /// returns them so the dispatcher pushes them once more; a duplicate delivery is harmless
-    /// because only one start can win [`Ledger::start`].
+    /// because only one start can win [`Ledger::start_many`].
     pub async fn redispatch_stale(
         &self,
         queue: Queue,
@@ -511,11 +511,6 @@ impl Ledger {
         .await
     }
 
-    /// Starts one job; see [`Ledger::start_many`].
-    pub async fn start(&self, id: Uuid, worker: &str) -> sqlx::Result<Option<StartedJob>> {
-        Ok(self.start_many(&[id], worker).await?.remove(0))
-    }
-
     /// Starts jobs, in one statement however many: only a `queued` job can start, so of
     /// several deliveries of the same job exactly one wins (within one call, the first).
     /// Raises each started job's attempt and fencing epoch. A job of a paused queue does not
@@ -564,23 +559,6 @@ impl Ledger {
             rows.into_iter().map(|job| (job.id, job)).collect();
         // `remove` hands a job to its first delivery only.
         Ok(ids.iter().map(|id| started.remove(id)).collect())
-    }
-
-    /// Ends one attempt; see [`Ledger::finish_many`].
-    pub async fn finish(
-        &self,
-        id: Uuid,
-        epoch: i64,
-        worker: &str,
-        outcome: Outcome,
-    ) -> sqlx::Result<Option<String>> {
-        let finish = Finish {
-            id,
-            epoch,
-            worker: worker.to_owned(),
-            outcome,
-        };
-        Ok(self.finish_many(&[finish]).await?.remove(0))
     }
 
     /// Ends attempts, each only if its `epoch` is still the job's and the job is running,

@@ -92,7 +92,7 @@ async fn a_paused_workers_late_completion_is_rejected() {
 
 #[tokio::test]
 async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
-    use taskfleet_storage::{Ledger, NewJob, Outcome, Scope, Tenants};
+    use taskfleet_storage::{Finish, Ledger, NewJob, Outcome, Scope, Tenants};
     let env = TestEnv::new().await;
     let ledger = Ledger::new(env.pool.clone());
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
@@ -102,7 +102,12 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
         .insert(tenant.id, std::slice::from_ref(&job), "test")
         .await
         .unwrap();
-    let first = ledger.start(job.id, "worker-a").await.unwrap().unwrap();
+    let first = ledger
+        .start_many(&[job.id], "worker-a")
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
     assert_eq!(
         ledger
             .reclaim(job.id, first.lease_epoch, "leader")
@@ -112,36 +117,32 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
             .as_deref(),
         Some("queued")
     );
-    let second = ledger.start(job.id, "worker-b").await.unwrap().unwrap();
+    let second = ledger
+        .start_many(&[job.id], "worker-b")
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
     assert!(second.lease_epoch > first.lease_epoch);
 
-    let late = json!({"from": "a"});
-    assert_eq!(
-        ledger
-            .finish(
-                job.id,
-                first.lease_epoch,
-                "worker-a",
-                Outcome::Succeeded(late.clone())
-            )
-            .await
-            .unwrap(),
-        None
-    );
+    let late = Finish {
+        id: job.id,
+        epoch: first.lease_epoch,
+        worker: "worker-a".to_owned(),
+        outcome: Outcome::Succeeded(json!({"from": "a"})),
+    };
+    assert_eq!(ledger.finish_many(&[late]).await.unwrap(), [None]);
     assert_eq!(env.count_events("stale_write_rejected").await, 1);
     let on_time = json!({"from": "b"});
+    let on_time_write = Finish {
+        id: job.id,
+        epoch: second.lease_epoch,
+        worker: "worker-b".to_owned(),
+        outcome: Outcome::Succeeded(on_time.clone()),
+    };
     assert_eq!(
-        ledger
-            .finish(
-                job.id,
-                second.lease_epoch,
-                "worker-b",
-                Outcome::Succeeded(on_time.clone())
-            )
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("succeeded")
+        ledger.finish_many(&[on_time_write]).await.unwrap(),
+        [Some("succeeded".to_owned())]
     );
     let record = ledger
         .get(Scope::Tenant(tenant.id), job.id)
