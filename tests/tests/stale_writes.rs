@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use taskfleet_storage::{Finish, Ledger, NewJob, Outcome, Scope, StartedJob, Tenants};
 use uuid::Uuid;
 
 use taskfleet_tests::{
@@ -90,62 +91,78 @@ async fn a_paused_workers_late_completion_is_rejected() {
     env.finish().await;
 }
 
-#[tokio::test]
-async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
-    use taskfleet_storage::{Finish, Ledger, NewJob, Outcome, Scope, Tenants};
-    let env = TestEnv::new().await;
+/// `n` queued no-op jobs of the `acme` tenant, put straight into the ledger; returns the
+/// tenant's id and the jobs' ids.
+async fn queued_jobs(env: &TestEnv, n: usize) -> (Ledger, Uuid, Vec<Uuid>) {
     let ledger = Ledger::new(env.pool.clone());
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
-    let spec = serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap();
-    let job = NewJob::new(spec, None);
-    ledger
-        .insert(tenant.id, std::slice::from_ref(&job), "test")
-        .await
-        .unwrap();
-    let first = ledger
-        .start_many(&[job.id], "worker-a")
-        .await
-        .unwrap()
-        .remove(0)
-        .unwrap();
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|_| {
+            let spec = json!({"kind": "executor.run", "tool": "noop", "max_attempts": 3});
+            NewJob::new(serde_json::from_value(spec).unwrap(), None)
+        })
+        .collect();
+    ledger.insert(tenant.id, &jobs, "test").await.unwrap();
+    (ledger, tenant.id, jobs.iter().map(|job| job.id).collect())
+}
+
+/// `n` jobs of the `acme` tenant, started by `worker-a`, ready for outcomes.
+async fn started_jobs(env: &TestEnv, n: usize) -> (Ledger, Vec<StartedJob>) {
+    let (ledger, _, ids) = queued_jobs(env, n).await;
+    let started = ledger.start_many(&ids, "worker-a").await.unwrap();
+    (ledger, started.into_iter().map(Option::unwrap).collect())
+}
+
+/// `job`'s outcome as `worker` reports it, under the epoch it was started with.
+fn finish_of(job: &StartedJob, worker: &str, outcome: Outcome) -> Finish {
+    Finish {
+        id: job.id,
+        epoch: job.lease_epoch,
+        worker: worker.to_owned(),
+        outcome,
+    }
+}
+
+#[tokio::test]
+async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
+    let env = TestEnv::new().await;
+    let (ledger, tenant, ids) = queued_jobs(&env, 1).await;
+    let id = ids[0];
+    let start = |worker| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .start_many(&[id], worker)
+                .await
+                .unwrap()
+                .remove(0)
+                .unwrap()
+        }
+    };
+    let first = start("worker-a").await;
     assert_eq!(
         ledger
-            .reclaim(job.id, first.lease_epoch, "leader")
+            .reclaim(first.id, first.lease_epoch, "leader")
             .await
             .unwrap()
             .map(|reclaimed| reclaimed.next)
             .as_deref(),
         Some("queued")
     );
-    let second = ledger
-        .start_many(&[job.id], "worker-b")
-        .await
-        .unwrap()
-        .remove(0)
-        .unwrap();
+    let second = start("worker-b").await;
     assert!(second.lease_epoch > first.lease_epoch);
 
-    let late = Finish {
-        id: job.id,
-        epoch: first.lease_epoch,
-        worker: "worker-a".to_owned(),
-        outcome: Outcome::Succeeded(json!({"from": "a"})),
-    };
+    let late = finish_of(&first, "worker-a", Outcome::Succeeded(json!({"from": "a"})));
     assert_eq!(ledger.finish_many(&[late]).await.unwrap(), [None]);
     assert_eq!(env.count_events("stale_write_rejected").await, 1);
     let on_time = json!({"from": "b"});
-    let on_time_write = Finish {
-        id: job.id,
-        epoch: second.lease_epoch,
-        worker: "worker-b".to_owned(),
-        outcome: Outcome::Succeeded(on_time.clone()),
-    };
+    let on_time_write = finish_of(&second, "worker-b", Outcome::Succeeded(on_time.clone()));
     assert_eq!(
         ledger.finish_many(&[on_time_write]).await.unwrap(),
         [Some("succeeded".to_owned())]
     );
     let record = ledger
-        .get(Scope::Tenant(tenant.id), job.id)
+        .get(Scope::Tenant(tenant), first.id)
         .await
         .unwrap()
         .unwrap();
@@ -159,20 +176,10 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
 
 #[tokio::test]
 async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_the_stale_one() {
-    use taskfleet_storage::{Finish, Ledger, NewJob, Outcome, Tenants};
     let env = TestEnv::new().await;
-    let ledger = Ledger::new(env.pool.clone());
-    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
-    let jobs: Vec<NewJob> = (0..5)
-        .map(|_| {
-            let spec = json!({"kind": "executor.run", "tool": "noop", "max_attempts": 3});
-            NewJob::new(serde_json::from_value(spec).unwrap(), None)
-        })
-        .collect();
-    ledger.insert(tenant.id, &jobs, "test").await.unwrap();
+    let (ledger, _, mut ids) = queued_jobs(&env, 5).await;
     // One start for all five, with job 0 delivered twice: only its first delivery starts it.
-    let mut ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
-    ids.push(jobs[0].id);
+    ids.push(ids[0]);
     let mut started = ledger.start_many(&ids, "worker-a").await.unwrap();
     assert!(
         started.pop().unwrap().is_none(),
@@ -185,12 +192,7 @@ async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_
             .all(|job| job.attempt == 1 && job.lease_epoch == 1)
     );
     assert_eq!(env.count_events("job_started").await, 5);
-    let finish = |n: usize, epoch_offset: i64, outcome| Finish {
-        id: started[n].id,
-        epoch: started[n].lease_epoch + epoch_offset,
-        worker: "worker-a".to_owned(),
-        outcome,
-    };
+    let finish = |n: usize, outcome| finish_of(&started[n], "worker-a", outcome);
     let retry_at = chrono::Utc::now() + chrono::Duration::seconds(30);
     let failed = |retry_at| Outcome::Failed {
         error: "boom".to_owned(),
@@ -198,11 +200,14 @@ async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_
     };
     let states = ledger
         .finish_many(&[
-            finish(0, 0, Outcome::Succeeded(json!({"n": 0}))),
-            finish(1, 0, failed(Some(retry_at))),
-            finish(2, 0, failed(None)),
-            finish(3, -1, Outcome::Succeeded(json!({"late": true}))),
-            finish(4, 0, Outcome::Succeeded(json!({"n": 4}))),
+            finish(0, Outcome::Succeeded(json!({"n": 0}))),
+            finish(1, failed(Some(retry_at))),
+            finish(2, failed(None)),
+            Finish {
+                epoch: started[3].lease_epoch - 1,
+                ..finish(3, Outcome::Succeeded(json!({"late": true})))
+            },
+            finish(4, Outcome::Succeeded(json!({"n": 4}))),
         ])
         .await
         .unwrap();
@@ -239,44 +244,9 @@ async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_
     env.finish().await;
 }
 
-/// Jobs of the `acme` tenant, started by `worker-a`, ready for outcomes.
-async fn started_jobs(
-    env: &TestEnv,
-    n: usize,
-) -> (
-    taskfleet_storage::Ledger,
-    Vec<taskfleet_storage::StartedJob>,
-) {
-    use taskfleet_storage::{Ledger, NewJob, Tenants};
-    let ledger = Ledger::new(env.pool.clone());
-    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
-    let jobs: Vec<NewJob> = (0..n)
-        .map(|_| {
-            let spec = json!({"kind": "executor.run", "tool": "noop", "max_attempts": 3});
-            NewJob::new(serde_json::from_value(spec).unwrap(), None)
-        })
-        .collect();
-    ledger.insert(tenant.id, &jobs, "test").await.unwrap();
-    let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
-    let started = ledger.start_many(&ids, "worker-a").await.unwrap();
-    (ledger, started.into_iter().map(Option::unwrap).collect())
-}
-
-fn finish_of(
-    job: &taskfleet_storage::StartedJob,
-    outcome: taskfleet_storage::Outcome,
-) -> taskfleet_storage::Finish {
-    taskfleet_storage::Finish {
-        id: job.id,
-        epoch: job.lease_epoch,
-        worker: "worker-a".to_owned(),
-        outcome,
-    }
-}
-
 /// Postgres cannot store a NUL in text: an outcome carrying one is refused.
-fn refused_outcome() -> taskfleet_storage::Outcome {
-    taskfleet_storage::Outcome::Failed {
+fn refused_outcome() -> Outcome {
+    Outcome::Failed {
         error: "bad\0byte".to_owned(),
         retry_at: None,
     }
@@ -284,13 +254,16 @@ fn refused_outcome() -> taskfleet_storage::Outcome {
 
 #[tokio::test]
 async fn a_batch_of_outcomes_lands_whole_or_not_at_all() {
-    use taskfleet_storage::Outcome;
     let env = TestEnv::new().await;
     let (ledger, started) = started_jobs(&env, 2).await;
     // The success is written first (its own statement); the refused failure fails the batch.
     let batch = [
-        finish_of(&started[0], Outcome::Succeeded(json!({"ok": true}))),
-        finish_of(&started[1], refused_outcome()),
+        finish_of(
+            &started[0],
+            "worker-a",
+            Outcome::Succeeded(json!({"ok": true})),
+        ),
+        finish_of(&started[1], "worker-a", refused_outcome()),
     ];
     assert!(ledger.finish_many(&batch).await.is_err());
     assert_eq!(
@@ -304,11 +277,10 @@ async fn a_batch_of_outcomes_lands_whole_or_not_at_all() {
 
 #[tokio::test]
 async fn an_outcome_the_ledger_refuses_does_not_fail_the_others_batched_with_it() {
-    use taskfleet_storage::{Finish, Outcome};
     use taskfleet_worker::group_commit::GroupCommit;
     let env = TestEnv::new().await;
     let (ledger, started) = started_jobs(&env, 2).await;
-    let finishes = GroupCommit::start(move |batch: Vec<Finish>| {
+    let finishes = GroupCommit::start(move |batch: std::sync::Arc<Vec<Finish>>| {
         let ledger = ledger.clone();
         async move { ledger.finish_many(&batch).await }
     });
@@ -316,9 +288,10 @@ async fn an_outcome_the_ledger_refuses_does_not_fail_the_others_batched_with_it(
     let (good, bad) = tokio::join!(
         finishes.submit(finish_of(
             &started[0],
+            "worker-a",
             Outcome::Succeeded(json!({"ok": true}))
         )),
-        finishes.submit(finish_of(&started[1], refused_outcome())),
+        finishes.submit(finish_of(&started[1], "worker-a", refused_outcome())),
     );
     assert_eq!(good.unwrap().as_deref(), Some("succeeded"));
     assert!(

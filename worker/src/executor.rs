@@ -131,14 +131,14 @@ impl JobExecutor {
             schedules: Schedules::new(ledger.pool().clone()),
             starts: GroupCommit::start({
                 let (ledger, worker) = (ledger.clone(), worker.clone());
-                move |ids: Vec<Uuid>| {
+                move |ids: Arc<Vec<Uuid>>| {
                     let (ledger, worker) = (ledger.clone(), worker.clone());
                     async move { ledger.start_many(&ids, &worker).await }
                 }
             }),
             finishes: GroupCommit::start({
                 let ledger = ledger.clone();
-                move |finishes: Vec<Finish>| {
+                move |finishes: Arc<Vec<Finish>>| {
                     let ledger = ledger.clone();
                     async move { ledger.finish_many(&finishes).await }
                 }

@@ -28,13 +28,14 @@ impl<In, Out> Clone for GroupCommit<In, Out> {
     }
 }
 
-impl<In: Clone + Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
-    /// Starts the writing task. `write` gets a batch and answers one `Out` per item, in
+impl<In: Clone + Send + Sync + 'static, Out: Send + 'static> GroupCommit<In, Out> {
+    /// Starts the writing task. `write` gets a batch (shared, so a batch Postgres refuses
+    /// can be split without copying every accepted one) and answers one `Out` per item, in
     /// order, landing the batch whole or not at all. The task ends when every clone of the
     /// returned handle is gone.
     pub fn start<W, F>(mut write: W) -> GroupCommit<In, Out>
     where
-        W: FnMut(Vec<In>) -> F + Send + 'static,
+        W: FnMut(Arc<Vec<In>>) -> F + Send + 'static,
         F: Future<Output = sqlx::Result<Vec<Out>>> + Send,
     {
         let (queue, mut waiting) = mpsc::channel::<(In, oneshot::Sender<Answer<Out>>)>(MAX_WAITING);
@@ -42,14 +43,17 @@ impl<In: Clone + Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
             let mut batch = Vec::new();
             while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let (items, answers): (Vec<In>, Vec<_>) = batch.drain(..).unzip();
+                let items = Arc::new(items);
                 let outs = match write(items.clone()).await {
                     Ok(outs) => outs.into_iter().map(Ok).collect(),
                     // The database refused the statement: one item it cannot take (a NUL in
                     // an error text, say) must not fail the others, so each is written alone.
                     Err(sqlx::Error::Database(_)) if items.len() > 1 => {
                         let mut outs = Vec::with_capacity(items.len());
-                        for item in items {
-                            let out = write(vec![item]).await.map(|mut one| one.remove(0));
+                        for item in items.iter() {
+                            let out = write(Arc::new(vec![item.clone()]))
+                                .await
+                                .map(|mut one| one.remove(0));
                             outs.push(out.map_err(Arc::new));
                         }
                         outs
