@@ -127,6 +127,16 @@ pub struct StartedJob {
     pub lease_epoch: i64,
 }
 
+/// A queue's Redis window as the ledger sees it; see [`Ledger::windows`].
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub queue: Queue,
+    /// Jobs dispatched to Redis and not yet started.
+    pub size: i64,
+    /// Some job is due and not yet dispatched.
+    pub due: bool,
+}
+
 /// Filters of `GET /v1/jobs`. `before` is the pagination cursor: the last id of the previous
 /// page (ids are UUIDv7, so id order is creation order).
 #[derive(Debug, Clone, Default)]
@@ -485,17 +495,33 @@ impl Ledger {
         Ok(done.rows_affected())
     }
 
-    /// How many jobs of each queue sit in its Redis window (dispatched, not yet started).
-    pub async fn window_sizes(&self) -> sqlx::Result<Vec<(Queue, i64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT queue, count(*) FROM jobs
-             WHERE state = 'queued' AND dispatched_at IS NOT NULL GROUP BY queue",
-        )
+    /// Every queue's Redis window: how many of its jobs sit there (dispatched, not yet
+    /// started), and whether any of its jobs is due and waiting to be dispatched. One query,
+    /// so a round of the dispatcher touches only the queues that have work.
+    pub async fn windows(&self) -> sqlx::Result<Vec<Window>> {
+        let queues: Vec<&str> = Queue::ALL.iter().map(|queue| queue.as_str()).collect();
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(&format!(
+            "SELECT q.queue,
+                    (SELECT count(*) FROM jobs
+                     WHERE queue = q.queue AND state = 'queued' AND dispatched_at IS NOT NULL),
+                    EXISTS (SELECT 1 FROM jobs
+                            WHERE queue = q.queue AND dispatched_at IS NULL
+                              AND state IN {DISPATCHABLE} AND run_at <= now() AND NOT {held})
+             FROM UNNEST($1::text[]) AS q(queue)",
+            held = held_by_pause()
+        ))
+        .bind(&queues)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(queue, n)| Some((queue.parse().ok()?, n)))
+            .filter_map(|(queue, size, due)| {
+                Some(Window {
+                    queue: queue.parse().ok()?,
+                    size,
+                    due,
+                })
+            })
             .collect())
     }
 

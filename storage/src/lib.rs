@@ -17,7 +17,7 @@ pub use events::{EventFilter, EventLog, EventRecord};
 pub use lease::{Lease, Renewal};
 pub use ledger::{
     Change, Finish, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome,
-    Reclaimed, StartedJob,
+    Reclaimed, StartedJob, Window,
 };
 pub use queues::{QueueStats, Queues};
 pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};

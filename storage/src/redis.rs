@@ -159,7 +159,7 @@ pub async fn listen(url: String, channel: String, mut on_message: impl FnMut(Opt
 pub async fn forward_wakeups(url: String, channel: String, notify: std::sync::Arc<Notify>) {
     // One waiter per `Notify` (a dispatcher, or one queue's worker); a wake-up that arrives
     // while it is busy is kept as a permit rather than lost.
-    listen(url, channel, move |_| notify.notify_waiters()).await
+    listen(url, channel, move |_| notify.notify_one()).await
 }
 
 async fn subscribe(url: &str, channel: &str) -> Result<redis::aio::PubSub, RedisError> {

@@ -106,13 +106,14 @@ impl Dispatcher {
     /// One pass over every queue. Returns true when some queue's window filled up while more
     /// work was due, i.e. another round should follow at once.
     pub async fn round(&mut self, sweep_stale: bool) -> anyhow::Result<bool> {
-        let windows: HashMap<Queue, i64> = self.ledger.window_sizes().await?.into_iter().collect();
+        let windows = self.ledger.windows().await?;
         if sweep_stale {
-            for (&queue, &in_ledger) in &windows {
+            for window in windows.iter().filter(|window| window.size > 0) {
                 // Busy workers leave copies waiting in Redis; only copies that are not there
                 // (Redis restarted or flushed) are pushed again.
+                let queue = window.queue;
                 let in_redis: i64 = self.conn.llen(self.keys.queue_active_list(queue)).await?;
-                let missing = in_ledger - in_redis;
+                let missing = window.size - in_redis;
                 if missing <= 0 {
                     continue;
                 }
@@ -127,15 +128,18 @@ impl Dispatcher {
             }
         }
         let mut saturated = false;
-        for queue in Queue::ALL {
-            let room = self.settings.window - windows.get(&queue).copied().unwrap_or(0);
+        for window in windows.iter().filter(|window| window.due) {
+            let room = self.settings.window - window.size;
             if room <= 0 {
                 continue;
             }
-            let due = self.ledger.dispatch_due(queue, room, &self.actor).await?;
+            let due = self
+                .ledger
+                .dispatch_due(window.queue, room, &self.actor)
+                .await?;
             saturated |= due.len() as i64 == room;
             if !due.is_empty() {
-                self.push(queue, &due).await?;
+                self.push(window.queue, &due).await?;
             }
         }
         Ok(saturated)
