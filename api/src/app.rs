@@ -55,8 +55,10 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     let keys = Keys::new(&args.redis_prefix);
     let events = EventLog::new(db.pool.clone());
     let hub = EventHub::start(args.redis_url.clone(), keys.clone(), events.clone());
+    let ledger = Ledger::new(db.pool.clone());
     Ok(AppState {
-        ledger: Ledger::new(db.pool.clone()),
+        submissions: crate::state::submissions(ledger.clone()),
+        ledger,
         schedules: Schedules::new(db.pool.clone()),
         queues: Queues::new(db.pool.clone()),
         workers: Workers::new(db.pool.clone()),

@@ -92,6 +92,19 @@ impl From<taskfleet_storage::InsertError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> ApiError {
+        ApiError::from(&err)
+    }
+}
+
+/// A group commit's error, shared by every request of its batch.
+impl From<std::sync::Arc<sqlx::Error>> for ApiError {
+    fn from(err: std::sync::Arc<sqlx::Error>) -> ApiError {
+        ApiError::from(&*err)
+    }
+}
+
+impl From<&sqlx::Error> for ApiError {
+    fn from(err: &sqlx::Error) -> ApiError {
         match err {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::Io(_)

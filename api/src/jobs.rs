@@ -378,11 +378,21 @@ async fn accept(
             })
         })?;
     }
-    let new_jobs: Vec<NewJob> = specs
+    let mut new_jobs: Vec<NewJob> = specs
         .into_iter()
         .map(|spec| NewJob::new(spec, Some(request_id.0.clone())))
         .collect();
-    let inserted = state.ledger.insert(auth.0.id, &new_jobs, "api").await?;
+    // A lone job without a key shares its insert with other requests'; anything that must
+    // land all-or-nothing or may meet an idempotency key goes alone.
+    let lone = new_jobs.len() == 1 && new_jobs[0].spec.options().idempotency_key.is_none();
+    let inserted = if lone {
+        let job = new_jobs.pop().expect("one job");
+        vec![Inserted::Created(
+            state.submissions.submit((auth.0.id, job)).await?,
+        )]
+    } else {
+        state.ledger.insert(auth.0.id, &new_jobs, "api").await?
+    };
     state.wake_dispatcher();
     Ok(inserted)
 }

@@ -4,8 +4,10 @@ use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
 use taskfleet_storage::{
-    Db, EventLog, Ledger, Queues, Schedules, Tenant, Tenants, Workers, redis::Keys,
+    Db, EventLog, GroupCommit, InsertError, Inserted, JobRecord, Ledger, NewJob, Queues, Schedules,
+    Tenant, Tenants, Workers, redis::Keys,
 };
+use uuid::Uuid;
 
 use crate::events::EventHub;
 
@@ -13,6 +15,9 @@ use crate::events::EventHub;
 pub struct AppState {
     pub db: Db,
     pub ledger: Ledger,
+    /// Inserts single jobs without an idempotency key, many requests' per statement; see
+    /// [`submissions`].
+    pub submissions: GroupCommit<(Uuid, NewJob), JobRecord>,
     pub schedules: Schedules,
     pub queues: Queues,
     pub workers: Workers,
@@ -41,4 +46,29 @@ impl AppState {
             async move { taskfleet_storage::redis::wake_dispatcher(&mut conn, &keys).await },
         );
     }
+}
+
+/// The group commit behind [`AppState::submissions`]: each item is a tenant and its job.
+pub fn submissions(ledger: Ledger) -> GroupCommit<(Uuid, NewJob), JobRecord> {
+    GroupCommit::start(move |batch: Arc<Vec<(Uuid, NewJob)>>| {
+        let ledger = ledger.clone();
+        async move {
+            let (tenants, jobs): (Vec<Uuid>, Vec<NewJob>) = batch.iter().cloned().unzip();
+            let inserted =
+                ledger
+                    .insert_for(&tenants, &jobs, "api")
+                    .await
+                    .map_err(|err| match err {
+                        InsertError::Db(err) => err,
+                        // Only jobs without an idempotency key come here; none can conflict.
+                        other => sqlx::Error::Protocol(other.to_string()),
+                    })?;
+            Ok(inserted
+                .into_iter()
+                .map(|inserted| match inserted {
+                    Inserted::Created(record) | Inserted::Existing(record) => record,
+                })
+                .collect())
+        }
+    })
 }

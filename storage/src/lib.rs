@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod events;
+pub mod group_commit;
 pub mod lease;
 pub mod ledger;
 pub mod queues;
@@ -14,6 +15,7 @@ pub mod workers;
 
 pub use db::Db;
 pub use events::{EventFilter, EventLog, EventRecord};
+pub use group_commit::GroupCommit;
 pub use lease::{Lease, Renewal};
 pub use ledger::{
     Change, Finish, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome,

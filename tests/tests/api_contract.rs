@@ -277,3 +277,70 @@ async fn openapi_document_and_swagger_ui_are_served() {
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_submissions_of_two_tenants_written_together_stay_each_tenants_own() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let keys = [env.create_key("acme"), env.create_key("globex")];
+    // Interleaved and concurrent, so the API's group commit writes both tenants' jobs in the
+    // same statements: rounds go on until one statement (one `created_at`, the transaction's
+    // time) held jobs of both.
+    let (mut submitted, mut mixed) = (Vec::<(usize, uuid::Uuid)>::new(), 0_i64);
+    // At most 10 rounds: 500 jobs a tenant, one page.
+    for _round in 0..10 {
+        let mut sent = tokio::task::JoinSet::new();
+        for n in 0..100 {
+            let (api, key) = (api.clone(), keys[n % 2].clone());
+            sent.spawn(async move {
+                let job = json!({"kind": "executor.run", "tool": "noop"});
+                (n % 2, api.submit(&key, job).await)
+            });
+        }
+        submitted.extend(sent.join_all().await);
+        mixed = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT created_at FROM jobs GROUP BY created_at
+                                   HAVING count(DISTINCT tenant_id) > 1) AS shared",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if mixed > 0 {
+            break;
+        }
+    }
+    assert!(
+        mixed > 0,
+        "no statement held both tenants' jobs in 10 rounds"
+    );
+    for (tenant, key) in keys.iter().enumerate() {
+        let (status, page) = api.get(key, "/v1/jobs?limit=500").await;
+        assert_eq!(status, 200, "{page}");
+        let mut listed: Vec<&str> = page["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|job| job["id"].as_str().unwrap())
+            .collect();
+        let mut own: Vec<String> = submitted
+            .iter()
+            .filter(|(owner, _)| *owner == tenant)
+            .map(|(_, id)| id.to_string())
+            .collect();
+        listed.sort();
+        own.sort();
+        assert_eq!(listed, own, "tenant {tenant} lists exactly its own jobs");
+        let (theirs, _) = submitted
+            .iter()
+            .find(|(owner, _)| *owner != tenant)
+            .unwrap();
+        let (_, other_id) = submitted.iter().find(|(owner, _)| owner == theirs).unwrap();
+        let (status, _) = api.get(key, &format!("/v1/jobs/{other_id}")).await;
+        assert_eq!(status, 404, "another tenant's job is not found");
+    }
+    assert_eq!(
+        env.count_events("job_enqueued").await,
+        submitted.len() as i64
+    );
+    env.finish().await;
+}

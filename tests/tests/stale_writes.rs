@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use taskfleet_storage::{Finish, Ledger, NewJob, Outcome, Scope, StartedJob, Tenants};
+use taskfleet_storage::{Finish, GroupCommit, Ledger, NewJob, Outcome, Scope, StartedJob, Tenants};
 use uuid::Uuid;
 
 use taskfleet_tests::{
@@ -277,7 +277,6 @@ async fn a_batch_of_outcomes_lands_whole_or_not_at_all() {
 
 #[tokio::test]
 async fn an_outcome_the_ledger_refuses_does_not_fail_the_others_batched_with_it() {
-    use taskfleet_worker::group_commit::GroupCommit;
     let env = TestEnv::new().await;
     let (ledger, started) = started_jobs(&env, 2).await;
     let finishes = GroupCommit::start(move |batch: std::sync::Arc<Vec<Finish>>| {

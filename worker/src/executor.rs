@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use taskfleet_jobs::{JobSpec, RetryPolicy};
 use taskfleet_storage::{
-    Finish, Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, WorkerCounts,
+    Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, WorkerCounts,
     redis as tf_redis, redis::Keys,
 };
 use taskfleet_telemetry::metrics;
@@ -33,10 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{
-    group_commit::GroupCommit,
-    handlers::{self, HandlerResult, JobContext, JobFailure},
-};
+use crate::handlers::{self, HandlerResult, JobContext, JobFailure};
 
 /// How long a finished job's outcome is retried against an unreachable ledger. Past it the
 /// job stays `running` until its lease expires and the reclaimer runs it again.

@@ -6,7 +6,6 @@ pub mod dispatcher;
 pub mod event_sequencer;
 pub mod executor;
 pub mod fleet;
-pub mod group_commit;
 pub mod handlers;
 pub mod leader;
 pub mod metrics_server;

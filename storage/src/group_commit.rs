@@ -1,8 +1,8 @@
 //! Group commit for the ledger's hot writes (River's batch completer plays this role for
-//! completions; here starts go the same way). Executors hand their item over and wait for
-//! its answer; one task writes everything that queued up while its previous write ran, in
-//! one call. An idle worker writes each item at once; a busy one writes hundreds per
-//! statement instead of one each, which is what lets the ledger keep up with the workers.
+//! completions; here the API's submissions and the workers' starts go the same way).
+//! Callers hand their item over and wait for its answer; one task writes everything that
+//! queued up while its previous write ran, in one call. An idle process writes each item at once; a busy one writes hundreds per
+//! statement instead of one each, which is what lets the ledger keep up.
 
 use std::{future::Future, sync::Arc};
 
