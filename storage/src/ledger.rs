@@ -331,8 +331,8 @@ impl Ledger {
         if inserted.len() < jobs.len() {
             existing = sqlx::query_as(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs
-                 JOIN UNNEST($1::uuid[], $2::text[]) AS used(tenant_id, key)
-                   ON jobs.tenant_id = used.tenant_id AND jobs.idempotency_key = used.key
+                 JOIN UNNEST($1::uuid[], $2::text[]) AS used(owner, used_key)
+                   ON jobs.tenant_id = used.owner AND jobs.idempotency_key = used.used_key
                  WHERE NOT (jobs.id = ANY($3))"
             ))
             .bind(tenants)
