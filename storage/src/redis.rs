@@ -157,8 +157,8 @@ pub async fn listen(url: String, channel: String, mut on_message: impl FnMut(Opt
 
 /// Fires `notify` on every message of `channel` (see [`listen`]).
 pub async fn forward_wakeups(url: String, channel: String, notify: std::sync::Arc<Notify>) {
-    // One waiter per `Notify` (a dispatcher, or one queue's worker); a wake-up that arrives
-    // while it is busy is kept as a permit rather than lost.
+    // One waiter per `Notify` (the dispatcher); a wake-up that arrives while it is busy is
+    // kept as a permit rather than lost.
     listen(url, channel, move |_| notify.notify_one()).await
 }
 

@@ -23,7 +23,7 @@ use crate::{
     executor::{ExecutorSettings, JobExecutor, StopReason},
     leader::{self, Housekeeping},
     reclaimer::Reclaimer,
-    redis_queue,
+    redis_queue::{self, Wakeups},
     scheduler::Scheduler,
 };
 
@@ -140,11 +140,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             true
         });
     for &queue in &args.queues {
-        let wakeups = Arc::new(Notify::new());
-        tokio::spawn(tf_redis::forward_wakeups(
+        let wakeups = Arc::new(Wakeups::default());
+        let signals = wakeups.clone();
+        tokio::spawn(tf_redis::listen(
             args.redis_url.clone(),
             keys.queue_available_channel(queue),
-            wakeups.clone(),
+            move |_| signals.signal(),
         ));
         let (conn, keys, executor) = (conn.clone(), keys.clone(), executor.clone());
         let concurrency = args.concurrency.for_queue(queue);
