@@ -127,7 +127,7 @@ pub async fn burn_down(sizes: &Sizes) -> anyhow::Result<BurnDown> {
     .fetch_one(&env.pool)
     .await?;
     let lifecycle: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM job_events WHERE event IN ('job_started', 'job_succeeded')",
+        "SELECT count(*) FROM all_job_events WHERE event IN ('job_started', 'job_succeeded')",
     )
     .fetch_one(&env.pool)
     .await?;

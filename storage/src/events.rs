@@ -1,6 +1,7 @@
-//! The event log read as a stream. Events are appended by the ledger's state changes (in the
-//! same statements); the leader's sequencer then gives each committed event a dense `seq`
-//! (1, 2, 3, …) in commit order, which streams use as the SSE `id`. Because `seq` has no gaps,
+//! The event log read as a stream. Events are appended to `job_events_pending` by the
+//! ledger's state changes (in the same statements); the leader's sequencer then moves each
+//! committed event into `job_events` with a dense `seq` (1, 2, 3, …) in commit order, which
+//! streams use as the SSE `id`. Because `seq` has no gaps,
 //! a reader that sees `n + 2` after `n` knows it missed one and reads it here.
 
 use chrono::{DateTime, Utc};
@@ -61,10 +62,11 @@ impl EventLog {
         EventLog { pool }
     }
 
-    /// Gives up to `limit` committed, unsequenced events the next `seq` numbers, oldest
-    /// first, and returns them in `seq` order. An advisory lock keeps two sequencers (two
-    /// leaders overlapping during a hand-over) from numbering at the same time; the second
-    /// waits, then sees the first one's numbers.
+    /// Moves up to `limit` committed events from `job_events_pending` into `job_events`,
+    /// oldest first, giving them the next `seq` numbers, and returns them in `seq` order.
+    /// Each event is written once with its number (no update through every index). An
+    /// advisory lock keeps two sequencers (two leaders overlapping during a hand-over) from
+    /// numbering at the same time; the second waits, then no longer sees what the first moved.
     pub async fn sequence(&self, limit: i64) -> sqlx::Result<Vec<EventRecord>> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('taskfleet.event_sequencer'))")
@@ -72,13 +74,17 @@ impl EventLog {
             .await?;
         let numbered = sqlx::query_as(&format!(
             "WITH top AS (SELECT COALESCE(max(seq), 0) AS base FROM job_events),
-             next AS (
-                 SELECT id, row_number() OVER (ORDER BY id) AS n
-                 FROM job_events WHERE seq IS NULL ORDER BY id LIMIT $1
+             taken AS (
+                 DELETE FROM job_events_pending
+                 WHERE id IN (SELECT id FROM job_events_pending ORDER BY id LIMIT $1)
+                 RETURNING *
              ),
              numbered AS (
-                 UPDATE job_events e SET seq = top.base + next.n
-                 FROM next, top WHERE e.id = next.id
+                 INSERT INTO job_events (seq, id, ts, tenant_id, job_id, queue, kind, event,
+                                         actor, details)
+                 SELECT top.base + row_number() OVER (ORDER BY taken.id), taken.id, ts,
+                        tenant_id, job_id, queue, kind, event, actor, details
+                 FROM taken, top
                  RETURNING {EVENT_COLUMNS}
              )
              SELECT * FROM numbered ORDER BY seq"
@@ -99,7 +105,7 @@ impl EventLog {
         let condition = scope.condition("$1");
         sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM job_events
-             WHERE {condition} AND job_id = $2 AND seq IS NOT NULL
+             WHERE {condition} AND job_id = $2
              ORDER BY seq DESC LIMIT 1"
         ))
         .bind(scope.tenant_id())
@@ -163,7 +169,7 @@ impl EventLog {
         actor: &str,
         details: Value,
     ) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO job_events (event, actor, details) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO job_events_pending (event, actor, details) VALUES ($1, $2, $3)")
             .bind(event.as_str())
             .bind(actor)
             .bind(details)

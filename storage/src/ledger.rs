@@ -303,7 +303,7 @@ impl Ledger {
                      DO NOTHING
                  RETURNING {JOB_COLUMNS}
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
                  SELECT tenant_id, id, queue, kind, '{enqueued}', $10,
                         jsonb_strip_nulls(jsonb_build_object('queue', queue, 'kind', kind,
                                           'state', state, 'request_id', request_id))
@@ -441,7 +441,7 @@ impl Ledger {
                    AND jobs.state IN {DISPATCHABLE}
                  RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, picked.turn
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor)
+                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor)
                  SELECT tenant_id, id, queue, kind, '{dispatched}', $3 FROM updated
              )
              SELECT id, tenant_id FROM updated ORDER BY turn, id",
@@ -479,7 +479,7 @@ impl Ledger {
                  ) AND state = 'queued'
                  RETURNING id, tenant_id, queue, kind
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
                  SELECT tenant_id, id, queue, kind, '{dispatched}', $3, '{{\"redispatch\": true}}'
                  FROM updated
              )
@@ -578,16 +578,14 @@ impl Ledger {
                            jobs.attempt, jobs.max_attempts, jobs.lease_epoch, jobs.request_id,
                            EXTRACT(EPOCH FROM now() - jobs.run_at)::float8 AS waited_seconds
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT tenant_id, id, queue, kind, e.name, $2,
+                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
+                 SELECT tenant_id, id, queue, kind, '{started}', $2,
                         jsonb_build_object('attempt', attempt, 'epoch', lease_epoch)
-                 FROM started CROSS JOIN (VALUES (1, '{started}'), (2, '{acquired}')) AS e(n, name)
-                 ORDER BY started.id, e.n
+                 FROM started
              )
              SELECT * FROM started",
             held = held_by_pause(),
-            started = EventName::JobStarted,
-            acquired = EventName::LeaseAcquired
+            started = EventName::JobStarted
         );
         let rows: Vec<StartedJob> = sqlx::query_as(&sql)
             .bind(ids)
@@ -641,7 +639,7 @@ impl Ledger {
                  WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
                  RETURNING id, tenant_id, queue, kind
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
                  SELECT tenant_id, id, queue, kind, '{progress}', $3,
                         jsonb_build_object('percent', $4, 'message', $5)
                  FROM changed
@@ -700,7 +698,7 @@ impl Ledger {
                  WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
                  RETURNING id, tenant_id, queue, kind, attempt, worker, state AS next
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
                  SELECT tenant_id, id, queue, kind, '{reclaimed}', $3,
                         jsonb_build_object('epoch', $2, 'attempt', attempt, 'holder', worker,
                                            'next_state', next)
@@ -739,7 +737,7 @@ impl Ledger {
                    AND state IN ('scheduled', 'queued', 'retrying', 'running')
                  RETURNING {JOB_COLUMNS}
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor)
+                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor)
                  SELECT tenant_id, id, queue, kind,
                         CASE WHEN state = 'running' THEN '{requested}' ELSE '{cancelled}' END,
                         'api'
@@ -770,7 +768,7 @@ impl Ledger {
                    AND state IN ('dead', 'cancelled')
                  RETURNING {JOB_COLUMNS}
              ), events AS (
-                 INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor)
+                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor)
                  SELECT tenant_id, id, queue, kind, '{retried}', 'api' FROM changed
              )
              SELECT * FROM changed",
@@ -878,12 +876,10 @@ async fn finish_kind(
             "'reason', 'worker draining'",
         ),
     };
-    // The last event names the state the job is left in; the lease's release comes just
-    // before it, so a job's stream can end at its terminal event.
-    let (resulting, before) = events.split_last().expect("every outcome has events");
-    let names = before
+    // The last event names the state the job is left in (the lease ends with it), so a
+    // job's stream can end at its terminal event.
+    let names = events
         .iter()
-        .chain([&EventName::LeaseReleased, resulting])
         .enumerate()
         .map(|(n, name)| format!("({n}, '{name}')"))
         .collect::<Vec<_>>()
@@ -921,7 +917,7 @@ async fn finish_kind(
                        jobs.started_at, jobs.state, input.epoch, input.worker,
                        input.error, input.retry_at
          ), events AS (
-             INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+             INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
              SELECT tenant_id, id, queue, kind,
                     CASE WHEN state = 'cancelled' AND e.name = '{retry_scheduled}'
                          THEN '{cancelled}' ELSE e.name END,
@@ -930,7 +926,7 @@ async fn finish_kind(
              FROM changed CROSS JOIN (VALUES {names}) AS e(n, name)
              ORDER BY changed.id, e.n
          ), stale AS (
-             INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+             INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
              SELECT j.tenant_id, j.id, j.queue, j.kind, '{stale}', input.worker,
                     jsonb_build_object('epoch', input.epoch, 'current_epoch', j.lease_epoch,
                                        'state', j.state)

@@ -71,7 +71,7 @@ impl Queues {
         };
         let sql = format!(
             "WITH changed AS ({change}), events AS (
-                 INSERT INTO job_events (queue, event, actor)
+                 INSERT INTO job_events_pending (queue, event, actor)
                  SELECT queue, '{event}', $2 FROM changed
              )
              SELECT count(*) FROM changed"

@@ -277,7 +277,7 @@ impl Schedules {
         details: Value,
     ) -> sqlx::Result<()> {
         sqlx::query(
-            "INSERT INTO job_events (tenant_id, job_id, queue, kind, event, actor, details)
+            "INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
              VALUES ($1, $2, 'schedule', 'schedule.fire', $3, 'scheduler', $4)",
         )
         .bind(schedule.tenant_id)

@@ -200,7 +200,7 @@ impl TestEnv {
 
     /// Events of one job, oldest first: `(event, actor)`.
     pub async fn job_events(&self, job: Uuid) -> Vec<(String, String)> {
-        sqlx::query_as("SELECT event, actor FROM job_events WHERE job_id = $1 ORDER BY id")
+        sqlx::query_as("SELECT event, actor FROM all_job_events WHERE job_id = $1 ORDER BY id")
             .bind(job)
             .fetch_all(&self.pool)
             .await
@@ -209,7 +209,7 @@ impl TestEnv {
 
     /// How many events named `event` the ledger holds.
     pub async fn count_events(&self, event: &str) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM job_events WHERE event = $1")
+        sqlx::query_scalar("SELECT count(*) FROM all_job_events WHERE event = $1")
             .bind(event)
             .fetch_one(&self.pool)
             .await

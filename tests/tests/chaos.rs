@@ -41,7 +41,7 @@ async fn killing_workers_loses_no_job_and_completes_none_twice() {
 
     let successes_per_job: Vec<i64> = sqlx::query_scalar(
         "SELECT count(e.id) FROM jobs j
-         LEFT JOIN job_events e ON e.job_id = j.id AND e.event = 'job_succeeded'
+         LEFT JOIN all_job_events e ON e.job_id = j.id AND e.event = 'job_succeeded'
          GROUP BY j.id",
     )
     .fetch_all(&env.pool)

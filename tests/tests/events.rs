@@ -44,14 +44,10 @@ async fn a_job_that_retries_once_streams_its_whole_ordered_life() {
             "job_enqueued",
             "job_dispatched",
             "job_started",
-            "lease_acquired",
             "job_failed",
-            "lease_released",
             "job_retry_scheduled",
             "job_dispatched",
             "job_started",
-            "lease_acquired",
-            "lease_released",
             "job_succeeded",
         ]
     );
@@ -67,7 +63,7 @@ async fn a_job_that_retries_once_streams_its_whole_ordered_life() {
         assert_eq!(m.data["kind"], "executor.run");
     }
     assert_eq!(
-        messages[4].data["details"]["error"],
+        messages[3].data["details"]["error"],
         "injected failure on attempt 1"
     );
     // Resuming after the end (as EventSource does on its own) closes at once, empty.
@@ -195,7 +191,7 @@ async fn five_hundred_subscribers_each_receive_every_event() {
         "the run finished and every event is numbered",
         || async {
             env.count_state("succeeded").await == 1000
-                && sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_events WHERE seq IS NULL")
+                && sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_events_pending")
                     .fetch_one(&env.pool)
                     .await
                     .unwrap()
@@ -210,7 +206,8 @@ async fn five_hundred_subscribers_each_receive_every_event() {
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    assert!(expected.len() >= 6000, "{} events", expected.len());
+    // Four per job: enqueued, dispatched, started, succeeded.
+    assert!(expected.len() >= 4000, "{} events", expected.len());
     last_tx.send_replace(*expected.last().unwrap());
     for reader in readers {
         let seqs = tokio::time::timeout(Duration::from_secs(120), reader)

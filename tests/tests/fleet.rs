@@ -30,7 +30,7 @@ async fn a_thousand_jobs_across_two_workers_each_succeed_exactly_once() {
     .await;
 
     let starts: Vec<(i64, i32)> = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM job_events e WHERE e.job_id = j.id AND e.event = 'job_started'),
+        "SELECT (SELECT count(*) FROM all_job_events e WHERE e.job_id = j.id AND e.event = 'job_started'),
                 j.attempt
          FROM jobs j",
     )
@@ -111,7 +111,7 @@ async fn a_duplicate_delivery_runs_the_job_once() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let starts: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM job_events WHERE job_id = $1 AND event = 'job_started'",
+        "SELECT count(*) FROM all_job_events WHERE job_id = $1 AND event = 'job_started'",
     )
     .bind(id)
     .fetch_one(&env.pool)

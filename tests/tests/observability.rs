@@ -247,7 +247,7 @@ async fn request_ids_reach_jobs_and_every_log_line_of_their_attempts() {
     let done = api.wait_finished(&key, id, Duration::from_secs(30)).await;
     assert_eq!(done["state"], "succeeded");
     let enqueued: Value = sqlx::query_scalar(
-        "SELECT details FROM job_events WHERE job_id = $1 AND event = 'job_enqueued'",
+        "SELECT details FROM all_job_events WHERE job_id = $1 AND event = 'job_enqueued'",
     )
     .bind(id)
     .fetch_one(&env.pool)
@@ -376,7 +376,7 @@ async fn operators_see_every_tenant_and_tenants_only_their_own() {
 /// Events named `event` of the tenant `acme`'s jobs (readiness probes are another tenant's).
 async fn acme_events(env: &TestEnv, event: &str) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM job_events
+        "SELECT count(*) FROM all_job_events
          WHERE event = $1 AND tenant_id = (SELECT id FROM tenants WHERE name = 'acme')",
     )
     .bind(event)

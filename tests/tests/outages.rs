@@ -43,7 +43,7 @@ async fn redis_restarted_and_flushed_mid_run_loses_no_job() {
     )
     .await;
     let twice: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT job_id FROM job_events WHERE event = 'job_succeeded'
+        "SELECT count(*) FROM (SELECT job_id FROM all_job_events WHERE event = 'job_succeeded'
                                GROUP BY job_id HAVING count(*) > 1) AS t",
     )
     .fetch_one(&env.pool)

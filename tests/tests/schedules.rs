@@ -120,7 +120,7 @@ async fn a_leader_change_skips_or_catches_up_missed_slots_without_duplicates() {
     );
     assert!(skipped.iter().all(|(_, catch_up)| !catch_up));
     let events: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM job_events WHERE event = 'schedule_skipped' AND details->>'schedule_id' = $1",
+        "SELECT count(*) FROM all_job_events WHERE event = 'schedule_skipped' AND details->>'schedule_id' = $1",
     )
     .bind(skipping.to_string())
     .fetch_one(&env.pool)
