@@ -127,16 +127,6 @@ pub struct StartedJob {
     pub lease_epoch: i64,
 }
 
-/// A queue's Redis window as the ledger sees it; see [`Ledger::windows`].
-#[derive(Debug, Clone, Copy)]
-pub struct Window {
-    pub queue: Queue,
-    /// Jobs dispatched to Redis and not yet started.
-    pub size: i64,
-    /// Some job is due and not yet dispatched.
-    pub due: bool,
-}
-
 /// Filters of `GET /v1/jobs`. `before` is the pagination cursor: the last id of the previous
 /// page (ids are UUIDv7, so id order is creation order).
 #[derive(Debug, Clone, Default)]
@@ -508,33 +498,43 @@ impl Ledger {
         Ok(done.rows_affected())
     }
 
-    /// Every queue's Redis window: how many of its jobs sit there (dispatched, not yet
-    /// started), and whether any of its jobs is due and waiting to be dispatched. One query,
-    /// so a round of the dispatcher touches only the queues that have work.
-    pub async fn windows(&self) -> sqlx::Result<Vec<Window>> {
+    /// The queues that have a job due and not yet dispatched (paused queues aside), in one
+    /// query, so a round of the dispatcher touches only the queues that have work. Each
+    /// queue's lookup stops at its first due job (`LIMIT 1`): written as `WHERE EXISTS`, the
+    /// planner made it a semi-join that read the whole backlog every round.
+    pub async fn queues_with_due_work(&self) -> sqlx::Result<Vec<Queue>> {
         let queues: Vec<&str> = Queue::ALL.iter().map(|queue| queue.as_str()).collect();
-        let rows: Vec<(String, i64, bool)> = sqlx::query_as(&format!(
-            "SELECT q.queue,
-                    (SELECT count(*) FROM jobs
-                     WHERE queue = q.queue AND state = 'queued' AND dispatched_at IS NOT NULL),
-                    EXISTS (SELECT 1 FROM jobs
-                            WHERE queue = q.queue AND dispatched_at IS NULL
-                              AND state IN {DISPATCHABLE} AND run_at <= now() AND NOT {held})
-             FROM UNNEST($1::text[]) AS q(queue)",
+        let due: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT q.queue FROM UNNEST($1::text[]) AS q(queue)
+             CROSS JOIN LATERAL (
+                 SELECT 1 FROM jobs
+                 WHERE queue = q.queue AND dispatched_at IS NULL
+                   AND state IN {DISPATCHABLE} AND run_at <= now() AND NOT {held}
+                 LIMIT 1
+             ) AS due",
             held = held_by_pause()
         ))
         .bind(&queues)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
+        Ok(due.iter().filter_map(|queue| queue.parse().ok()).collect())
+    }
+
+    /// How many jobs of each queue the ledger counts in its Redis window (dispatched, not
+    /// yet started); queues with none are left out. Counting reads every entry of the
+    /// window's index, dead ones too, so the dispatcher asks only when it sweeps for lost
+    /// copies and sizes the window from Redis otherwise.
+    pub async fn window_sizes(&self) -> sqlx::Result<Vec<(Queue, i64)>> {
+        let sizes: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT queue, count(*) FROM jobs
+             WHERE state = 'queued' AND dispatched_at IS NOT NULL
+             GROUP BY queue",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(sizes
             .into_iter()
-            .filter_map(|(queue, size, due)| {
-                Some(Window {
-                    queue: queue.parse().ok()?,
-                    size,
-                    due,
-                })
-            })
+            .filter_map(|(queue, size)| Some((queue.parse().ok()?, size)))
             .collect())
     }
 

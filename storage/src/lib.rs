@@ -19,7 +19,7 @@ pub use group_commit::GroupCommit;
 pub use lease::{Lease, Renewal};
 pub use ledger::{
     Change, Finish, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome,
-    Reclaimed, StartedJob, Window,
+    Reclaimed, StartedJob,
 };
 pub use queues::{QueueStats, Queues};
 pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};

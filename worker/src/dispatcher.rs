@@ -7,7 +7,6 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use apalis::prelude::TaskSink;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use chrono::Utc;
-use redis::AsyncCommands;
 use taskfleet_jobs::{Dispatch, Queue};
 use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis as tf_redis, redis::Keys};
 use taskfleet_telemetry::metrics;
@@ -103,46 +102,56 @@ impl Dispatcher {
         }
     }
 
-    /// One pass over every queue. Returns true when some queue's window filled up while more
-    /// work was due, i.e. another round should follow at once.
+    /// One pass over the queues with due work. Returns true when some queue's window filled
+    /// up while more work was due, i.e. another round should follow at once.
     pub async fn round(&mut self, sweep_stale: bool) -> anyhow::Result<bool> {
-        let windows = self.ledger.windows().await?;
         if sweep_stale {
-            for window in windows.iter().filter(|window| window.size > 0) {
-                // Busy workers leave copies waiting in Redis; only copies that are not there
-                // (Redis restarted or flushed) are pushed again.
-                let queue = window.queue;
-                let in_redis: i64 = self.conn.llen(self.keys.queue_active_list(queue)).await?;
-                let missing = window.size - in_redis;
-                if missing <= 0 {
-                    continue;
-                }
-                let stale = self
-                    .ledger
-                    .redispatch_stale(queue, self.settings.redispatch_after, missing, &self.actor)
-                    .await?;
-                if !stale.is_empty() {
-                    tracing::info!(%queue, jobs = stale.len(), "re-pushing jobs whose Redis copy was lost");
-                    self.push(queue, &stale).await?;
-                }
-            }
+            self.sweep_stale().await?;
         }
+        let due = self.ledger.queues_with_due_work().await?;
+        if due.is_empty() {
+            return Ok(false);
+        }
+        // The window is sized from Redis: counting it in the ledger reads every dead index
+        // entry a burst leaves behind, and was the costliest query of a busy round.
+        let waiting = redis_queue::waiting(&mut self.conn, &self.keys, &due).await?;
         let mut saturated = false;
-        for window in windows.iter().filter(|window| window.due) {
-            let room = self.settings.window - window.size;
+        for (queue, waiting) in due.into_iter().zip(waiting) {
+            let room = self.settings.window - waiting;
             if room <= 0 {
                 continue;
             }
-            let due = self
-                .ledger
-                .dispatch_due(window.queue, room, &self.actor)
-                .await?;
-            saturated |= due.len() as i64 == room;
-            if !due.is_empty() {
-                self.push(window.queue, &due).await?;
+            let dispatched = self.ledger.dispatch_due(queue, room, &self.actor).await?;
+            saturated |= dispatched.len() as i64 == room;
+            if !dispatched.is_empty() {
+                self.push(queue, &dispatched).await?;
             }
         }
         Ok(saturated)
+    }
+
+    /// Pushes again the jobs the ledger counts in a window whose Redis copies are gone
+    /// (Redis restarted or flushed). Busy workers leave copies waiting in Redis, so only
+    /// the difference is looked for, among jobs dispatched long enough ago.
+    async fn sweep_stale(&mut self) -> anyhow::Result<()> {
+        let sizes = self.ledger.window_sizes().await?;
+        let queues: Vec<Queue> = sizes.iter().map(|(queue, _)| *queue).collect();
+        let waiting = redis_queue::waiting(&mut self.conn, &self.keys, &queues).await?;
+        for ((queue, size), waiting) in sizes.into_iter().zip(waiting) {
+            let missing = size - waiting;
+            if missing <= 0 {
+                continue;
+            }
+            let stale = self
+                .ledger
+                .redispatch_stale(queue, self.settings.redispatch_after, missing, &self.actor)
+                .await?;
+            if !stale.is_empty() {
+                tracing::info!(%queue, jobs = stale.len(), "re-pushing jobs whose Redis copy was lost");
+                self.push(queue, &stale).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn push(&mut self, queue: Queue, jobs: &[DispatchedJob]) -> anyhow::Result<()> {

@@ -189,6 +189,23 @@ impl ConnectionLike for WatchedConnection {
     }
 }
 
+/// How many pushed tasks of each of `queues` wait in Redis, not yet fetched: apalis keeps a
+/// push in the scheduled set until a fetch moves it to the active list. One round trip.
+pub async fn waiting(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[Queue],
+) -> Result<Vec<i64>, RedisError> {
+    let mut pipe = redis::pipe();
+    for &queue in queues {
+        let config = config(keys, queue);
+        pipe.llen(config.active_jobs_list())
+            .zcard(config.scheduled_jobs_set());
+    }
+    let counts: Vec<i64> = pipe.query_async(conn).await?;
+    Ok(counts.chunks(2).map(|pair| pair.iter().sum()).collect())
+}
+
 /// `KEYS[1]` done set, `KEYS[2]` data hash, `KEYS[3]` metadata prefix; `ARGV[1]` batch.
 /// apalis-redis keeps every finished task's data, metadata and id forever; the ledger holds
 /// the outcome, so Redis copies of finished tasks are deleted.
