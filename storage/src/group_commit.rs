@@ -1,15 +1,21 @@
 //! Group commit for the ledger's hot writes (River's batch completer plays this role for
 //! completions; here the API's submissions and the workers' starts go the same way).
 //! Callers hand their item over and wait for its answer; one task writes everything that
-//! queued up while its previous write ran, in one call. An idle process writes each item at once; a busy one writes hundreds per
-//! statement instead of one each, which is what lets the ledger keep up.
+//! queued up while its previous write ran, in one call. An idle process writes each item at
+//! once; a busy one (its last write held more than one item) first lingers [`LINGER`] for
+//! more. Writing many items per statement instead of one each is what lets the ledger keep
+//! up.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 
 /// Most items written by one call.
 const MAX_BATCH: usize = 1_000;
+/// How long a busy writer waits for more items before writing. Measured on the burn-down:
+/// without it, starts and outcomes were written about 8 to a statement and 2,800–3,200
+/// jobs/s drained; with 2 ms, 12–15 to a statement and 3,600–3,800 jobs/s; 5 ms did no better. An idle writer does not wait, so pickup latency does not pay for it.
+const LINGER: Duration = Duration::from_millis(2);
 /// Items waiting at most; executors wait to hand theirs over beyond this.
 const MAX_WAITING: usize = 10_000;
 
@@ -41,7 +47,17 @@ impl<In: Clone + Send + Sync + 'static, Out: Send + 'static> GroupCommit<In, Out
         let (queue, mut waiting) = mpsc::channel::<(In, oneshot::Sender<Answer<Out>>)>(MAX_WAITING);
         tokio::spawn(async move {
             let mut batch = Vec::new();
+            let mut busy = false;
             while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                if busy && batch.len() < MAX_BATCH {
+                    tokio::time::sleep(LINGER).await;
+                    while batch.len() < MAX_BATCH
+                        && let Ok(item) = waiting.try_recv()
+                    {
+                        batch.push(item);
+                    }
+                }
+                busy = batch.len() > 1;
                 let (items, answers): (Vec<In>, Vec<_>) = batch.drain(..).unzip();
                 let items = Arc::new(items);
                 let outs = match write(items.clone()).await {
