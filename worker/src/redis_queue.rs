@@ -196,6 +196,10 @@ pub async fn waiting(
     keys: &Keys,
     queues: &[Queue],
 ) -> Result<Vec<i64>, RedisError> {
+    // Redis refuses an empty pipeline.
+    if queues.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut pipe = redis::pipe();
     for &queue in queues {
         let config = config(keys, queue);
@@ -327,6 +331,40 @@ mod tests {
             woken_now(&wakeups).await,
             "the call that saw a signal in flight signals again"
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_counts_pushed_tasks_of_each_queue_and_none_for_no_queue() {
+        let mut conn = connection().await;
+        let prefix = format!("taskfleet-test:{}", uuid::Uuid::now_v7());
+        let keys = Keys::new(prefix.clone());
+        assert_eq!(
+            waiting(&mut conn, &keys, &[]).await.unwrap(),
+            Vec::<i64>::new()
+        );
+        let mut storage = storage(conn.clone(), &keys, Queue::Executor);
+        let pushed = (0..3)
+            .map(|_| Dispatch {
+                job_id: uuid::Uuid::now_v7(),
+            })
+            .collect();
+        apalis::prelude::TaskSink::push_bulk(&mut storage, pushed)
+            .await
+            .unwrap();
+        assert_eq!(
+            waiting(&mut conn, &keys, &[Queue::Executor, Queue::Schedule])
+                .await
+                .unwrap(),
+            [3, 0]
+        );
+        let leftovers: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::AsyncCommands::del(&mut conn, leftovers)
+            .await
+            .unwrap();
     }
 
     /// Whether a wake-up is waiting (it is taken).
