@@ -76,7 +76,9 @@ impl EventLog {
             "WITH top AS (SELECT COALESCE(max(seq), 0) AS base FROM job_events),
              taken AS (
                  DELETE FROM job_events_pending
-                 WHERE id IN (SELECT id FROM job_events_pending ORDER BY id LIMIT $1)
+                 -- An array, not `IN (subquery)`: that became a hash join reading the whole
+                 -- table, so rounds slowed as a burst's events piled up.
+                 WHERE id = ANY (ARRAY(SELECT id FROM job_events_pending ORDER BY id LIMIT $1))
                  RETURNING *
              ),
              numbered AS (
