@@ -538,7 +538,9 @@ pub struct SseMessage<D = Value> {
 /// A client reading an SSE response message by message.
 pub struct Sse {
     response: reqwest::Response,
-    buffer: String,
+    /// Bytes as received: a chunk may end inside a character, so text is decoded a whole
+    /// message at a time.
+    buffer: Vec<u8>,
     /// Where the unread part of `buffer` begins: messages are read in place and the buffer
     /// is compacted once per chunk, not shifted once per message.
     read: usize,
@@ -573,7 +575,7 @@ impl Api {
             status,
             Some(Sse {
                 response,
-                buffer: String::new(),
+                buffer: Vec::new(),
                 read: 0,
             }),
         )
@@ -590,8 +592,9 @@ impl Sse {
     /// benchmark's 500 clients) skips building the whole JSON value.
     pub async fn next_as<D: serde::de::DeserializeOwned>(&mut self) -> Option<SseMessage<D>> {
         loop {
-            if let Some(end) = self.buffer[self.read..].find("\n\n") {
-                let block = &self.buffer[self.read..self.read + end];
+            if let Some(end) = memchr::memmem::find(&self.buffer[self.read..], b"\n\n") {
+                let block = std::str::from_utf8(&self.buffer[self.read..self.read + end])
+                    .expect("SSE messages are UTF-8");
                 let (mut id, mut event, mut data) = (None, String::new(), String::new());
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id: ") {
@@ -613,7 +616,7 @@ impl Sse {
             self.buffer.drain(..self.read);
             self.read = 0;
             match self.response.chunk().await {
-                Ok(Some(chunk)) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Ok(None) | Err(_) => return None,
             }
         }
