@@ -301,26 +301,22 @@ mod tests {
             wakeups: wakeups.clone(),
         };
         let key = format!("taskfleet-test:{}:never-pushed", uuid::Uuid::now_v7());
+        // A Redis call that takes `seconds`: a blocking pop from a list nobody pushes to.
+        let wait_in_redis = |conn: &mut WatchedConnection, seconds: f64| {
+            let mut conn = conn.clone();
+            let pop = redis::cmd("BLPOP").arg(&key).arg(seconds).to_owned();
+            async move {
+                let _: Option<(String, String)> = pop.query_async(&mut conn).await.unwrap();
+            }
+        };
 
         // A call that nothing signals during leaves no wake-up behind.
-        let _: Option<(String, String)> = redis::cmd("BLPOP")
-            .arg(&key)
-            .arg(0.05)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        wait_in_redis(&mut conn, 0.05).await;
         assert!(!woken_now(&wakeups).await);
 
         // A signal arrives, and is taken, while the call is in flight (as a fetch that read
         // the queue before the push): the worker is woken again once the call returns.
-        let call = async {
-            let _: Option<(String, String)> = redis::cmd("BLPOP")
-                .arg(&key)
-                .arg(0.3)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        };
+        let call = wait_in_redis(&mut conn, 0.3);
         let signal_and_take = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             wakeups.signal();
