@@ -2,7 +2,12 @@
 -- without one and then updated (a non-HOT update through every index of the table, for
 -- every event). State changes append to `job_events_pending`, narrow and indexed only by
 -- id; the sequencer moves committed rows from there into `job_events`, numbering them as it
--- goes (ADR 0004, ADR 0007).
+-- goes (ADR 0004, ADR 0007). Stop the whole fleet for this upgrade: older binaries cannot
+-- write events once it has run.
+
+-- Writers and an older sequencer wait until the move below is done, so no event committed
+-- meanwhile is deleted uncopied or numbered twice.
+LOCK TABLE job_events IN EXCLUSIVE MODE;
 
 CREATE TABLE job_events_pending (
     id         bigint PRIMARY KEY DEFAULT nextval('job_events_id_seq'),

@@ -1,14 +1,22 @@
 -- A job's tenant must exist, as before, but checked once per statement instead of once per
 -- row: the foreign key ran a `SELECT … FOR KEY SHARE` on `tenants` for every inserted job,
--- about a sixth of Postgres's time in batch submissions (ADR 0007). The three triggers keep
--- what the key guaranteed: no job names a missing tenant, a job's tenant never changes, and
--- a tenant with jobs cannot be deleted (nothing deletes tenants today).
+-- about a sixth of Postgres's time in batch submissions (ADR 0007). The triggers keep what
+-- the key guaranteed: no job names a missing tenant (the check locks each tenant it finds,
+-- as the key did, so a concurrent delete waits and then sees the job), a job's tenant never
+-- changes, and a tenant with jobs is neither deleted nor truncated (nothing deletes tenants
+-- today).
 ALTER TABLE jobs DROP CONSTRAINT jobs_tenant_id_fkey;
 
 CREATE FUNCTION jobs_name_existing_tenants() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    named bigint;
+    found bigint;
 BEGIN
-    IF EXISTS (SELECT 1 FROM new_jobs n
-               WHERE NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = n.tenant_id)) THEN
+    SELECT count(DISTINCT tenant_id) INTO named FROM new_jobs;
+    SELECT count(*) INTO found FROM (
+        SELECT 1 FROM tenants WHERE id IN (SELECT tenant_id FROM new_jobs) FOR KEY SHARE
+    ) AS locked;
+    IF found <> named THEN
         RAISE foreign_key_violation USING MESSAGE = 'a job names a tenant that does not exist';
     END IF;
     RETURN NULL;
@@ -43,3 +51,13 @@ $$;
 CREATE TRIGGER tenants_deleted_without_jobs AFTER DELETE ON tenants
     REFERENCING OLD TABLE AS gone_tenants
     FOR EACH STATEMENT EXECUTE FUNCTION tenants_deleted_without_jobs();
+CREATE FUNCTION tenants_truncated_without_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM jobs) THEN
+        RAISE foreign_key_violation USING MESSAGE = 'tenants with jobs cannot be truncated';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tenants_truncated_without_jobs BEFORE TRUNCATE ON tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION tenants_truncated_without_jobs();

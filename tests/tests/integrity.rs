@@ -1,9 +1,17 @@
 //! What Postgres itself guarantees about jobs and tenants, whichever code writes: a job names
-//! a tenant that exists and keeps it, and a tenant with jobs is not deleted.
+//! a tenant that exists and keeps it, and a tenant with jobs is neither deleted nor truncated.
 
 use taskfleet_storage::{InsertError, Ledger, NewJob, Tenants};
 use taskfleet_tests::{TestEnv, json};
 use uuid::Uuid;
+
+/// The SQLSTATE of the error a statement must have failed with.
+fn sqlstate<T: std::fmt::Debug>(result: Result<T, sqlx::Error>) -> String {
+    match result {
+        Err(sqlx::Error::Database(err)) => err.code().expect("a SQLSTATE").into_owned(),
+        other => panic!("expected a database error, got {other:?}"),
+    }
+}
 
 fn noop() -> NewJob {
     NewJob::new(
@@ -37,12 +45,16 @@ async fn jobs_name_tenants_that_exist_and_keep_them() {
         .bind(globex.id)
         .execute(&env.pool)
         .await;
-    assert!(moved.is_err(), "a job's tenant never changes");
+    assert_eq!(sqlstate(moved), "23001", "a job's tenant never changes");
     let deleted = sqlx::query("DELETE FROM tenants WHERE id = $1")
         .bind(acme.id)
         .execute(&env.pool)
         .await;
-    assert!(deleted.is_err(), "a tenant with jobs stays");
+    assert_eq!(sqlstate(deleted), "23503", "a tenant with jobs stays");
+    let truncated = sqlx::query("TRUNCATE tenants CASCADE")
+        .execute(&env.pool)
+        .await;
+    assert_eq!(sqlstate(truncated), "23503", "tenants with jobs stay");
     // A tenant without jobs can go.
     sqlx::query("DELETE FROM tenants WHERE id = $1")
         .bind(globex.id)
