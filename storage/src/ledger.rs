@@ -799,7 +799,9 @@ impl Ledger {
     }
 
     /// Deletes the finished jobs of the tenant called `tenant` older than `age`, with their
-    /// events: the fleet's own probe jobs, which nobody reads later.
+    /// events: the fleet's own probe jobs, which nobody reads later. The newest numbered
+    /// event stays whatever it belongs to: the sequencer numbers on from it, and a `seq`
+    /// streamed once must never be given again.
     pub async fn purge_finished(&self, tenant: &str, age: Duration) -> sqlx::Result<u64> {
         let done = sqlx::query(
             "WITH gone AS (
@@ -808,8 +810,12 @@ impl Ledger {
                    AND jobs.state IN ('succeeded', 'dead', 'cancelled')
                    AND jobs.finished_at < now() - make_interval(secs => $2)
                  RETURNING jobs.id
+             ), waiting AS (
+                 DELETE FROM job_events_pending WHERE job_id IN (SELECT id FROM gone)
              )
-             DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone)",
+             DELETE FROM job_events
+             WHERE job_id IN (SELECT id FROM gone)
+               AND seq < (SELECT max(seq) FROM job_events)",
         )
         .bind(tenant)
         .bind(age.as_secs_f64())

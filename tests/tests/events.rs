@@ -276,3 +276,57 @@ async fn tenants_see_only_their_own_events_and_bad_ids_are_refused() {
     assert_eq!(resp.status(), 401);
     env.finish().await;
 }
+
+/// The leader purges its old probe jobs with their events; the newest numbered event stays,
+/// so the next event is numbered after every `seq` a stream has already shown.
+#[tokio::test]
+async fn purging_probe_jobs_never_hands_out_a_seq_again() {
+    use taskfleet_storage::{
+        EventLog, Finish, Ledger, NewJob, Outcome, Tenants, tenants::SYSTEM_TENANT,
+    };
+
+    let env = TestEnv::new().await;
+    let (ledger, events) = (
+        Ledger::new(env.pool.clone()),
+        EventLog::new(env.pool.clone()),
+    );
+    let tenants = Tenants::new(env.pool.clone());
+    let noop = || {
+        NewJob::new(
+            serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap(),
+            None,
+        )
+    };
+    let probe = noop();
+    let system = tenants.ensure(SYSTEM_TENANT).await.unwrap();
+    ledger
+        .insert(system.id, std::slice::from_ref(&probe), "readyz")
+        .await
+        .unwrap();
+    let started = ledger.start_many(&[probe.id], "worker-a").await.unwrap();
+    let epoch = started[0].as_ref().unwrap().lease_epoch;
+    let finish = Finish {
+        id: probe.id,
+        epoch,
+        worker: "worker-a".to_owned(),
+        outcome: Outcome::Succeeded(json!(null)),
+    };
+    ledger.finish_many(&[finish]).await.unwrap();
+    let newest = events.sequence(100).await.unwrap().last().unwrap().seq;
+
+    ledger
+        .purge_finished(SYSTEM_TENANT, Duration::ZERO)
+        .await
+        .unwrap();
+    let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM all_job_events")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [newest], "only the newest numbered event stays");
+
+    let acme = tenants.ensure("acme").await.unwrap();
+    ledger.insert(acme.id, &[noop()], "api").await.unwrap();
+    let next = events.sequence(100).await.unwrap();
+    assert_eq!(next[0].seq, newest + 1);
+    env.finish().await;
+}
