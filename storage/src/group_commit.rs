@@ -2,11 +2,15 @@
 //! completions; here the API's submissions and the workers' starts go the same way).
 //! Callers hand their item over and wait for its answer; one task writes everything that
 //! queued up while its previous write ran, in one call. An idle process writes each item at
-//! once; a busy one (its last write held more than one item) first lingers [`LINGER`] for
-//! more. Writing many items per statement instead of one each is what lets the ledger keep
-//! up.
+//! once; a busy one (its last write, less than [`IDLE_AFTER`] ago, held more than one item)
+//! first lingers [`LINGER`] for more. Writing many items per statement instead of one each
+//! is what lets the ledger keep up.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,6 +20,8 @@ const MAX_BATCH: usize = 1_000;
 /// without it, starts and outcomes were written about 8 to a statement and 2,800–3,200
 /// jobs/s drained; with 2 ms, 12–15 to a statement and 3,600–3,800 jobs/s; 5 ms did no better. An idle writer does not wait, so pickup latency does not pay for it.
 const LINGER: Duration = Duration::from_millis(2);
+/// A writer that has written nothing for this long is idle, whatever its last write held.
+const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// Items waiting at most; executors wait to hand theirs over beyond this.
 const MAX_WAITING: usize = 10_000;
 
@@ -48,8 +54,11 @@ impl<In: Clone + Send + Sync + 'static, Out: Send + 'static> GroupCommit<In, Out
         tokio::spawn(async move {
             let mut batch = Vec::new();
             let mut busy = false;
+            let mut last_write = Instant::now();
             while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                if busy && batch.len() < MAX_BATCH {
+                // Busy means the last write held several items and ended moments ago; after
+                // a pause, even one that follows a burst, the writer is idle again.
+                if busy && last_write.elapsed() < IDLE_AFTER && batch.len() < MAX_BATCH {
                     tokio::time::sleep(LINGER).await;
                     while batch.len() < MAX_BATCH
                         && let Ok(item) = waiting.try_recv()
@@ -81,6 +90,7 @@ impl<In: Clone + Send + Sync + 'static, Out: Send + 'static> GroupCommit<In, Out
                         answers.iter().map(|_| Err(err.clone())).collect::<Vec<_>>()
                     }
                 };
+                last_write = Instant::now();
                 debug_assert_eq!(outs.len(), answers.len());
                 for (answer, out) in answers.into_iter().zip(outs) {
                     let _ = answer.send(out);
