@@ -1,7 +1,8 @@
 //! The event log read as a stream. Events are appended to `job_events_pending` by the
 //! ledger's state changes (in the same statements); the leader's sequencer then moves each
-//! committed event into `job_events` with a dense `seq` (1, 2, 3, …) in commit order, which
-//! streams use as the SSE `id`. Because `seq` has no gaps,
+//! committed event into `job_events` with a dense `seq` (1, 2, 3, …) in the order events
+//! become visible (a job's own events in the order they happened), which streams use as the
+//! SSE `id`. Because `seq` has no gaps,
 //! a reader that sees `n + 2` after `n` knows it missed one and reads it here.
 
 use chrono::{DateTime, Utc};

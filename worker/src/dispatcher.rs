@@ -1,6 +1,7 @@
 //! The dispatcher: moves due jobs from the ledger into each queue's Redis window, run only by
-//! the elected leader. Each queue's window is kept at most `window` jobs, far below the size
-//! at which apalis-redis's Lua scripts fail (hazard 1), and filled fairly across tenants.
+//! the elected leader. Each queue's window holds about `window` jobs waiting in Redis (tasks
+//! fetched but not yet started are not counted), far below the size at which apalis-redis's
+//! Lua scripts fail (hazard 1), and is filled fairly across tenants.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
