@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 1_000;
 /// How long a busy writer waits for more items before writing. Measured on the burn-down:
 /// without it, starts and outcomes were written about 8 to a statement and 2,800–3,200
-/// jobs/s drained; with 2 ms, 12–15 to a statement and 3,600–3,800 jobs/s; 5 ms did no better. An idle writer does not wait, so pickup latency does not pay for it.
+/// jobs/s drained; with 2 ms, 12–15 to a statement and 3,600–3,800 jobs/s; 5 ms did no
+/// better. An idle writer does not wait, so pickup latency does not pay for it.
 const LINGER: Duration = Duration::from_millis(2);
 /// A writer that has written nothing for this long is idle, whatever its last write held.
 const IDLE_AFTER: Duration = Duration::from_millis(100);

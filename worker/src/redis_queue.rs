@@ -78,7 +78,7 @@ pub fn backend(
 /// The dispatcher's "new work" signals for one queue's worker in this process.
 ///
 /// apalis fetches only when its task is polled, so every signal must end in a fetch that
-/// starts after it. Two things lose signals in apalis 1.0's own poll strategies (ADR 0007):
+/// starts after it. Two things lose signals in apalis 1.0's own poll strategies (ADR 0002):
 /// `Strategy` stops at the first source that is ready, leaving the others (and the next
 /// wait of that one) without the task's waker; and a signal consumed while a fetch is in
 /// flight is spent on a fetch that may have read Redis before the push, after which apalis
