@@ -412,29 +412,35 @@ impl Ledger {
         actor: &str,
     ) -> sqlx::Result<Vec<DispatchedJob>> {
         let sql = format!(
-            "WITH picked AS (
-                 SELECT j.id, j.turn FROM tenants t
+            "WITH candidates AS (
+                 SELECT j.id, row_number() OVER (PARTITION BY t.id
+                                                 ORDER BY j.priority DESC, j.run_at, j.id) AS turn
+                 FROM tenants t
                  CROSS JOIN LATERAL (
-                     SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn
-                     FROM jobs
+                     SELECT id, priority, run_at FROM jobs
                      WHERE tenant_id = t.id AND queue = $1 AND dispatched_at IS NULL
                        AND state IN {DISPATCHABLE} AND run_at <= now() AND NOT {held}
                      ORDER BY priority DESC, run_at, id
                      LIMIT $2
+                     -- Locked as they are picked, so the update needs no second look at
+                     -- them; a job someone else is changing waits for the next round.
+                     FOR UPDATE SKIP LOCKED
                  ) j
-                 ORDER BY j.turn
-                 LIMIT $2
+             ), picked AS (
+                 SELECT id, turn FROM candidates ORDER BY turn LIMIT $2
              ), updated AS (
+                 -- By id alone: given the pick's conditions as well, the planner took the
+                 -- ready index (which it believes nearly empty during a burst nobody has
+                 -- analyzed yet) and read the whole backlog for each round.
                  UPDATE jobs SET dispatched_at = now(), state = 'queued'
-                 FROM picked
-                 WHERE jobs.id = picked.id AND jobs.dispatched_at IS NULL
-                   AND jobs.state IN {DISPATCHABLE}
-                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, picked.turn
+                 WHERE id = ANY (ARRAY(SELECT id FROM picked))
+                 RETURNING id, tenant_id, queue, kind
              ), events AS (
                  INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor)
                  SELECT tenant_id, id, queue, kind, '{dispatched}', $3 FROM updated
              )
-             SELECT id, tenant_id FROM updated ORDER BY turn, id",
+             SELECT updated.id, updated.tenant_id FROM updated JOIN picked USING (id)
+             ORDER BY picked.turn, updated.id",
             held = held_by_pause(),
             dispatched = EventName::JobDispatched
         );
