@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use redis::aio::ConnectionManager;
 use taskfleet_storage::{
     Db, EventLog, GroupCommit, InsertError, Inserted, JobRecord, Ledger, NewJob, Queues, Schedules,
-    Tenant, Tenants, Workers, redis::Keys,
+    Tenant, Tenants, Workers, group_commit::LINGER_WHILE_CALLERS_WAIT, redis::Keys,
 };
 use uuid::Uuid;
 
@@ -50,12 +50,13 @@ impl AppState {
 
 /// The group commit behind [`AppState::submissions`]: each item is a tenant and its job.
 pub fn submissions(ledger: Ledger) -> GroupCommit<(Uuid, NewJob), JobRecord> {
-    GroupCommit::start(move |batch: Arc<Vec<(Uuid, NewJob)>>| {
-        let ledger = ledger.clone();
-        async move {
-            let (tenants, jobs): (Vec<Uuid>, Vec<NewJob>) = batch.iter().cloned().unzip();
-            let inserted =
-                ledger
+    GroupCommit::start(
+        LINGER_WHILE_CALLERS_WAIT,
+        move |batch: Arc<Vec<(Uuid, NewJob)>>| {
+            let ledger = ledger.clone();
+            async move {
+                let (tenants, jobs): (Vec<Uuid>, Vec<NewJob>) = batch.iter().cloned().unzip();
+                let inserted = ledger
                     .insert_for(&tenants, &jobs, "api")
                     .await
                     .map_err(|err| match err {
@@ -63,12 +64,13 @@ pub fn submissions(ledger: Ledger) -> GroupCommit<(Uuid, NewJob), JobRecord> {
                         // Only jobs without an idempotency key come here; none can conflict.
                         other => sqlx::Error::Protocol(other.to_string()),
                     })?;
-            Ok(inserted
-                .into_iter()
-                .map(|inserted| match inserted {
-                    Inserted::Created(record) | Inserted::Existing(record) => record,
-                })
-                .collect())
-        }
-    })
+                Ok(inserted
+                    .into_iter()
+                    .map(|inserted| match inserted {
+                        Inserted::Created(record) | Inserted::Existing(record) => record,
+                    })
+                    .collect())
+            }
+        },
+    )
 }

@@ -3,8 +3,8 @@
 //! Callers hand their item over and wait for its answer; one task writes everything that
 //! queued up while its previous write ran, in one call. An idle process writes each item at
 //! once; a busy one (its last write, less than [`IDLE_AFTER`] ago, held more than one item)
-//! first lingers [`LINGER`] for more. Writing many items per statement instead of one each
-//! is what lets the ledger keep up.
+//! first lingers for more, as long as its owner chose. Writing many items per statement
+//! instead of one each is what lets the ledger keep up.
 
 use std::{
     future::Future,
@@ -16,11 +16,12 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most items written by one call.
 const MAX_BATCH: usize = 1_000;
-/// How long a busy writer waits for more items before writing. Measured on the burn-down:
-/// without it, starts and outcomes were written about 8 to a statement and 2,800–3,200
-/// jobs/s drained; with 2 ms, 12–15 to a statement and 3,600–3,800 jobs/s; 5 ms did no
-/// better. An idle writer does not wait, so pickup latency does not pay for it.
-const LINGER: Duration = Duration::from_millis(2);
+/// How long a busy writer waits for more items when its callers wait for the answer before
+/// going on (a job's start, a submission's 201). Measured on the burn-down when outcomes
+/// were waited for too: without it, starts and outcomes were written about 8 to a statement
+/// and 2,800–3,200 jobs/s drained; with 2 ms, 12–15 to a statement and 3,600–3,800 jobs/s;
+/// 5 ms did no better. An idle writer does not wait, so pickup latency does not pay for it.
+pub const LINGER_WHILE_CALLERS_WAIT: Duration = Duration::from_millis(2);
 /// A writer that has written nothing for this long is idle, whatever its last write held.
 const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// Items waiting at most; executors wait to hand theirs over beyond this.
@@ -42,11 +43,11 @@ impl<In, Out> Clone for GroupCommit<In, Out> {
 }
 
 impl<In: Clone + Send + Sync + 'static, Out: Send + 'static> GroupCommit<In, Out> {
-    /// Starts the writing task. `write` gets a batch (shared, so a batch Postgres refuses
-    /// can be split without copying every accepted one) and answers one `Out` per item, in
-    /// order, landing the batch whole or not at all. The task ends when every clone of the
-    /// returned handle is gone.
-    pub fn start<W, F>(mut write: W) -> GroupCommit<In, Out>
+    /// Starts the writing task, which lingers `linger` for more items while busy. `write`
+    /// gets a batch (shared, so a batch Postgres refuses can be split without copying every
+    /// accepted one) and answers one `Out` per item, in order, landing the batch whole or not
+    /// at all. The task ends when every clone of the returned handle is gone.
+    pub fn start<W, F>(linger: Duration, mut write: W) -> GroupCommit<In, Out>
     where
         W: FnMut(Arc<Vec<In>>) -> F + Send + 'static,
         F: Future<Output = sqlx::Result<Vec<Out>>> + Send,
@@ -60,7 +61,7 @@ impl<In: Clone + Send + Sync + 'static, Out: Send + 'static> GroupCommit<In, Out
                 // Busy means the last write held several items and ended moments ago; after
                 // a pause, even one that follows a burst, the writer is idle again.
                 if busy && last_write.elapsed() < IDLE_AFTER && batch.len() < MAX_BATCH {
-                    tokio::time::sleep(LINGER).await;
+                    tokio::time::sleep(linger).await;
                     while batch.len() < MAX_BATCH
                         && let Ok(item) = waiting.try_recv()
                     {

@@ -120,3 +120,73 @@ async fn a_duplicate_delivery_runs_the_job_once() {
     assert_eq!(starts, 1);
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_waiting_for_the_ledger_keeps_its_lease_and_frees_its_slot() {
+    let mut env = TestEnv::new().await;
+    let api = env
+        .start_api(&[("TASKFLEET_FAULT_INJECTION", "true")])
+        .await;
+    env.start_worker(&["--concurrency", "1", "--fault-injection"]);
+    let key = env.create_key("acme");
+    let state_of = |id: uuid::Uuid| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let slow = api
+        .submit(
+            &key,
+            json!({"kind": "executor.run", "tool": "fault", "args": {"mode": "slow", "ms": 1500}}),
+        )
+        .await;
+    wait_until(Duration::from_secs(20), "the slow job runs", || async {
+        state_of(slow).await == "running"
+    })
+    .await;
+    // Hold the slow job's row, so its outcome cannot be written when its handler ends.
+    let mut blocker = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(slow)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let quick = api
+        .submit(&key, json!({"kind": "executor.run", "tool": "noop"}))
+        .await;
+    // One slot: the quick job can start only once the slow one's handler has ended and the
+    // slot no longer waits for the ledger.
+    wait_until(Duration::from_secs(20), "the quick job starts", || async {
+        state_of(quick).await == "running"
+    })
+    .await;
+    assert_eq!(
+        state_of(slow).await,
+        "running",
+        "its outcome is not written yet"
+    );
+    let lease = format!("{}:lease:job:{slow}", env.redis_prefix);
+    let mut conn = env.redis.clone();
+    assert!(
+        conn.exists::<_, bool>(&lease).await.unwrap(),
+        "a job keeps its lease until its outcome is recorded"
+    );
+
+    blocker.rollback().await.unwrap();
+    for id in [slow, quick] {
+        let job = api.wait_finished(&key, id, Duration::from_secs(20)).await;
+        assert_eq!(job["state"], "succeeded");
+        assert_eq!(job["attempt"], 1);
+    }
+    wait_until(Duration::from_secs(10), "the lease is released", || {
+        let (mut conn, lease) = (conn.clone(), lease.clone());
+        async move { !conn.exists::<_, bool>(&lease).await.unwrap() }
+    })
+    .await;
+    env.finish().await;
+}

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use taskfleet_storage::{Finish, GroupCommit, Ledger, NewJob, Outcome, Scope, StartedJob, Tenants};
+use taskfleet_storage::{
+    Finish, GroupCommit, Ledger, NewJob, Outcome, Scope, StartedJob, Tenants,
+    group_commit::LINGER_WHILE_CALLERS_WAIT,
+};
 use uuid::Uuid;
 
 use taskfleet_tests::{
@@ -275,10 +278,13 @@ async fn a_batch_of_outcomes_lands_whole_or_not_at_all() {
 async fn an_outcome_the_ledger_refuses_does_not_fail_the_others_batched_with_it() {
     let env = TestEnv::new().await;
     let (ledger, started) = started_jobs(&env, 2).await;
-    let finishes = GroupCommit::start(move |batch: std::sync::Arc<Vec<Finish>>| {
-        let ledger = ledger.clone();
-        async move { ledger.finish_many(&batch).await }
-    });
+    let finishes = GroupCommit::start(
+        LINGER_WHILE_CALLERS_WAIT,
+        move |batch: std::sync::Arc<Vec<Finish>>| {
+            let ledger = ledger.clone();
+            async move { ledger.finish_many(&batch).await }
+        },
+    );
     // A single-threaded runtime queues both before the writer runs: they share one batch.
     let (good, bad) = tokio::join!(
         finishes.submit(finish_of(

@@ -6,8 +6,10 @@
 //!    handler runs; the heartbeat also notices a cancellation request;
 //! 3. run the handler with panics caught, until it ends or is stopped (cancelled, lease
 //!    lost, or the worker drains);
-//! 4. record the outcome under the epoch, retrying while Postgres is unreachable. A write
-//!    with a stale epoch changes nothing (the ledger logs it).
+//! 4. hand the outcome to the background and take the next job: outcomes are written in
+//!    batches under each attempt's epoch (retrying while Postgres is unreachable), and each
+//!    job keeps its lease until its outcome is in. A write with a stale epoch changes
+//!    nothing (the ledger logs it).
 
 use std::{
     collections::HashMap,
@@ -25,10 +27,10 @@ use futures::FutureExt;
 use taskfleet_jobs::{JobSpec, RetryPolicy};
 use taskfleet_storage::{
     Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, WorkerCounts,
-    redis as tf_redis, redis::Keys,
+    group_commit::LINGER_WHILE_CALLERS_WAIT, redis as tf_redis, redis::Keys,
 };
 use taskfleet_telemetry::metrics;
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -38,6 +40,14 @@ use crate::handlers::{self, HandlerResult, JobContext, JobFailure};
 /// How long a finished job's outcome is retried against an unreachable ledger. Past it the
 /// job stays `running` until its lease expires and the reclaimer runs it again.
 const RECORD_DEADLINE: Duration = Duration::from_secs(300);
+/// Outcomes handed over and not yet recorded, at most: beyond it an executor waits to hand
+/// over its own, so a slow ledger slows intake instead of piling up attempts (River's
+/// completer blocks its producers the same way).
+const MAX_UNRECORDED: usize = 20_000;
+/// How long the outcome writer, while busy, waits for more outcomes. No delivery waits for
+/// an outcome's answer, so lingering costs only how soon a finished job reads as finished,
+/// and buys statements of many outcomes instead of a dozen.
+const OUTCOME_LINGER: Duration = Duration::from_millis(20);
 
 /// Counts a running job in `taskfleet_worker_active_jobs` for as long as it lives, however
 /// the attempt ends.
@@ -87,6 +97,18 @@ impl Stopper {
     }
 }
 
+/// A started attempt whose handler is done, on its way to having its outcome recorded.
+struct Attempt {
+    started: StartedJob,
+    /// Why the handler was stopped before it finished, if it was.
+    stopped: Option<StopReason>,
+    lease: Lease,
+    conn: ConnectionManager,
+    heartbeat: JoinHandle<()>,
+    began: Instant,
+    _active: ActiveJob,
+}
+
 #[derive(Debug, Clone)]
 pub struct ExecutorSettings {
     pub lease_ttl: Duration,
@@ -100,6 +122,8 @@ pub struct JobExecutor {
     starts: GroupCommit<Uuid, Option<StartedJob>>,
     /// Records outcomes in batches.
     finishes: GroupCommit<Finish, Option<String>>,
+    /// Permits for outcomes not yet recorded ([`MAX_UNRECORDED`]).
+    unrecorded: Arc<Semaphore>,
     schedules: Schedules,
     redis: ConnectionManager,
     keys: Keys,
@@ -126,20 +150,21 @@ impl JobExecutor {
     ) -> JobExecutor {
         JobExecutor {
             schedules: Schedules::new(ledger.pool().clone()),
-            starts: GroupCommit::start({
+            starts: GroupCommit::start(LINGER_WHILE_CALLERS_WAIT, {
                 let (ledger, worker) = (ledger.clone(), worker.clone());
                 move |ids: Arc<Vec<Uuid>>| {
                     let (ledger, worker) = (ledger.clone(), worker.clone());
                     async move { ledger.start_many(&ids, &worker).await }
                 }
             }),
-            finishes: GroupCommit::start({
+            finishes: GroupCommit::start(OUTCOME_LINGER, {
                 let ledger = ledger.clone();
                 move |finishes: Arc<Vec<Finish>>| {
                     let ledger = ledger.clone();
                     async move { ledger.finish_many(&finishes).await }
                 }
             }),
+            unrecorded: Arc::new(Semaphore::new(MAX_UNRECORDED)),
             ledger,
             redis,
             keys,
@@ -152,14 +177,14 @@ impl JobExecutor {
         }
     }
 
-    pub async fn execute(&self, job_id: Uuid) {
+    pub async fn execute(self: &Arc<Self>, job_id: Uuid) {
         let Some(started) = self.start(job_id).await else {
             return;
         };
         metrics::JOB_QUEUE_WAIT
             .with_label_values(&[started.queue.as_str(), started.kind.as_str()])
             .observe(started.waited_seconds.max(0.0));
-        let _active = ActiveJob::count();
+        let active = ActiveJob::count();
         let began = Instant::now();
         let epoch = started.lease_epoch as u64;
         let lease = Lease::new(
@@ -202,40 +227,72 @@ impl JobExecutor {
             .run_handler(&started, &stopper.token)
             .instrument(span.clone())
             .await;
-        let stopped = stopper.reason();
-        async {
-            match (outcome, stopped) {
-                (Some((result, retry_at)), _) => {
-                    self.record(&started, &result, retry_at, began).await
-                }
-                (None, Some(StopReason::Cancelled)) => {
-                    self.write(&started, Outcome::Cancelled, began).await;
-                    if let Err(err) =
-                        tf_redis::clear_cancel(&mut conn.clone(), &self.keys, job_id).await
-                    {
-                        tracing::debug!(%err, "could not clear the cancellation flag");
-                    }
-                }
-                (None, Some(StopReason::Drain)) => {
-                    self.write(&started, Outcome::HandedBack, began).await
-                }
-                (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
+        let attempt = Attempt {
+            started,
+            stopped: stopper.reason(),
+            lease,
+            conn,
+            heartbeat,
+            began,
+            _active: active,
+        };
+        let permit = self
+            .unrecorded
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the outcome permits are never closed");
+        let executor = self.clone();
+        tokio::spawn(
+            async move {
+                executor.conclude(attempt, outcome).await;
+                drop(permit);
             }
+            .instrument(span),
+        );
+    }
+
+    /// Records how the attempt ended, then lets go of the job: its heartbeat, its lease and
+    /// its place among the running jobs.
+    async fn conclude(
+        &self,
+        attempt: Attempt,
+        outcome: Option<(HandlerResult, Option<DateTime<Utc>>)>,
+    ) {
+        let Attempt {
+            started,
+            stopped,
+            lease,
+            mut conn,
+            heartbeat,
+            began,
+            _active,
+        } = attempt;
+        match (outcome, stopped) {
+            (Some((result, retry_at)), _) => self.record(&started, &result, retry_at, began).await,
+            (None, Some(StopReason::Cancelled)) => {
+                self.write(&started, Outcome::Cancelled, began).await;
+                if let Err(err) = tf_redis::clear_cancel(&mut conn, &self.keys, started.id).await {
+                    tracing::debug!(%err, "could not clear the cancellation flag");
+                }
+            }
+            (None, Some(StopReason::Drain)) => {
+                self.write(&started, Outcome::HandedBack, began).await
+            }
+            (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
         }
-        .instrument(span)
-        .await;
         // Beating until the outcome is written keeps a slow write (Postgres away) from
         // looking like a dead worker.
         heartbeat.abort();
         if stopped != Some(StopReason::LeaseLost)
-            && let Err(err) = lease.release(&mut conn, epoch).await
+            && let Err(err) = lease.release(&mut conn, started.lease_epoch as u64).await
         {
             tracing::debug!(%err, "could not release the job lease; it expires by itself");
         }
         self.running
             .lock()
             .expect("running jobs lock")
-            .remove(&(job_id, started.lease_epoch));
+            .remove(&(started.id, started.lease_epoch));
     }
 
     /// Starts the job in the ledger. While Postgres is unreachable it keeps trying, holding
@@ -403,7 +460,7 @@ impl JobExecutor {
     }
 
     /// Hands every job still running back to the ledger and waits, up to `within`, until
-    /// each has recorded that.
+    /// each has recorded that, and every finished job its outcome.
     pub async fn hand_back_all(&self, within: Duration) {
         for running in self.running.lock().expect("running jobs lock").values() {
             running.stop(StopReason::Drain);
