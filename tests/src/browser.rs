@@ -27,7 +27,9 @@ impl Browser {
     /// Starts ChromeDriver and a headless Chromium with a fresh profile.
     pub async fn start() -> Browser {
         let port = free_port();
-        let driver = Command::new("chromedriver")
+        let mut driver = Command::new("chromedriver");
+        crate::dies_with_its_starter(&mut driver);
+        let driver = driver
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

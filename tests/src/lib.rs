@@ -6,6 +6,7 @@ pub mod browser;
 pub mod prometheus;
 
 use std::{
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -59,6 +60,22 @@ fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Has the kernel kill the process `cmd` starts when the thread that started it ends (for a
+/// test, when its runtime does). A test process killed before it can unwind (a signal;
+/// `cargo test | head` closing its pipe) must not leave servers running: they would load
+/// the machine and skew every later test and benchmark.
+pub fn dies_with_its_starter(cmd: &mut Command) {
+    // SAFETY: the closure only makes a system call, as `pre_exec` requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -145,6 +162,7 @@ impl TestEnv {
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null());
+        dies_with_its_starter(&mut cmd);
         if let Some(dir) = &self.log_dir {
             let file = dir.join(format!("{binary_name}-{}.log", Uuid::new_v4().simple()));
             cmd.stderr(std::fs::File::create(file).expect("log file"));
