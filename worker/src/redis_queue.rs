@@ -47,8 +47,10 @@ pub fn config(keys: &Keys, queue: Queue) -> apalis_redis::Config {
         .lock_tasks(false)
         // Must stay on: apalis only acknowledges (removes from in-flight) with it.
         .persist_results(true)
-        // Publishes `…:active:available`, which wakes idle workers.
-        .emit_events(true)
+        // apalis would publish every acknowledged task on a channel nobody reads (its
+        // `available` event is only for pushes straight to the active list, which we never
+        // make); workers are woken by the dispatcher's own signal (`wake_workers`).
+        .emit_events(false)
 }
 
 /// The storage the dispatcher pushes into (over a plain connection) and workers fetch from
