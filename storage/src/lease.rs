@@ -2,16 +2,21 @@
 //! epoch that only grows. The leader election uses one; a holder that stalls past the ttl
 //! loses it and cannot renew it back.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use redis::{Script, aio::ConnectionManager};
 
 use crate::redis::RedisError;
 
+// The scripts are made once: making a `Script` hashes its source, and job leases are set
+// and released for every job.
+
 /// `KEYS[1]` lease, `KEYS[2]` epoch counter; `ARGV[1]` holder, `ARGV[2]` ttl ms.
 /// Grants the lease when free (raising the epoch), renews it when this holder has it.
 /// Returns the epoch held, or 0 when another holder has the lease.
-const ACQUIRE: &str = r#"
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local current = redis.call('GET', KEYS[1])
 if current then
     local holder, epoch = string.match(current, '^(.*)|(%d+)$')
@@ -24,19 +29,27 @@ end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. epoch, 'PX', ARGV[2])
 return epoch
-"#;
+"#,
+    )
+});
 
 /// `KEYS[1]` lease; `ARGV[1]` holder|epoch. Deletes the lease only if it is still ours.
-const RELEASE: &str = r#"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
-"#;
+"#,
+    )
+});
 
 /// `KEYS[1]` lease, `KEYS[2]` a flag to report; `ARGV[1]` holder|epoch, `ARGV[2]` ttl ms.
 /// Renews the lease only if it is still ours: 0 lost, 1 renewed, 2 renewed and the flag is set.
-const RENEW: &str = r#"
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
 end
@@ -45,7 +58,9 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     return 2
 end
 return 1
-"#;
+"#,
+    )
+});
 
 /// The answer of [`Lease::renew`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +90,7 @@ impl Lease {
 
     /// Takes or renews the lease: `Some(epoch)` while we hold it, `None` while another does.
     pub async fn acquire(&self, conn: &mut ConnectionManager) -> Result<Option<u64>, RedisError> {
-        let epoch: u64 = Script::new(ACQUIRE)
+        let epoch: u64 = ACQUIRE
             .key(&self.key)
             .key(format!("{}:epoch", self.key))
             .arg(&self.holder)
@@ -85,17 +100,26 @@ impl Lease {
         Ok((epoch > 0).then_some(epoch))
     }
 
-    /// Takes the lease with an epoch issued elsewhere (a job's epoch comes from the ledger's
-    /// start, which only one worker can win), replacing whatever it held.
-    pub async fn hold(&self, conn: &mut ConnectionManager, epoch: u64) -> Result<(), RedisError> {
-        let () = redis::cmd("SET")
-            .arg(&self.key)
-            .arg(self.token(epoch))
-            .arg("PX")
-            .arg(self.ttl.as_millis() as u64)
-            .query_async(conn)
-            .await?;
-        Ok(())
+    /// Takes each lease with an epoch issued elsewhere (a job's epoch comes from the ledger's
+    /// start, which only one worker can win), replacing whatever it held; one round trip
+    /// for all of them.
+    pub async fn hold_all(
+        conn: &mut ConnectionManager,
+        leases: &[(Lease, u64)],
+    ) -> Result<(), RedisError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (lease, epoch) in leases {
+            pipe.cmd("SET")
+                .arg(&lease.key)
+                .arg(lease.token(*epoch))
+                .arg("PX")
+                .arg(lease.ttl.as_millis() as u64)
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await
     }
 
     /// Extends the lease if we still hold it with `epoch`, and reports whether `flag` exists.
@@ -105,7 +129,7 @@ impl Lease {
         epoch: u64,
         flag: &str,
     ) -> Result<Renewal, RedisError> {
-        let answer: u8 = Script::new(RENEW)
+        let answer: u8 = RENEW
             .key(&self.key)
             .key(flag)
             .arg(self.token(epoch))
@@ -153,11 +177,25 @@ impl Lease {
         conn: &mut ConnectionManager,
         epoch: u64,
     ) -> Result<(), RedisError> {
-        let _: i64 = Script::new(RELEASE)
-            .key(&self.key)
-            .arg(self.token(epoch))
-            .invoke_async(conn)
-            .await?;
-        Ok(())
+        Lease::release_all(conn, &[(self.clone(), epoch)]).await
+    }
+
+    /// Gives up each lease still held with its epoch (one taken over meanwhile stays with
+    /// its new holder); one round trip for all of them.
+    pub async fn release_all(
+        conn: &mut ConnectionManager,
+        leases: &[(Lease, u64)],
+    ) -> Result<(), RedisError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        // A pipeline does not load a script Redis has forgotten (after a restart) by itself.
+        pipe.load_script(&RELEASE).ignore();
+        for (lease, epoch) in leases {
+            pipe.invoke_script(RELEASE.key(&lease.key).arg(lease.token(*epoch)))
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await
     }
 }

@@ -1,9 +1,10 @@
 //! Runs one delivered job (River's job executor plays this role):
 //!
 //! 1. start it in the ledger: of several deliveries of one job only one can, and the start
-//!    raises the job's fencing epoch;
-//! 2. hold the job's Redis lease under that epoch and heartbeat it every ttl/3 while the
-//!    handler runs; the heartbeat also notices a cancellation request;
+//!    raises the job's fencing epoch; the job's Redis lease is then taken under that epoch
+//!    (starts, and later the leases' releases, go a batch at a time);
+//! 2. heartbeat the lease every ttl/3 while the handler runs; the heartbeat also notices a
+//!    cancellation request;
 //! 3. run the handler with panics caught, until it ends or is stopped (cancelled, lease
 //!    lost, or the worker drains);
 //! 4. hand the outcome to the background and take the next job: outcomes are written in
@@ -102,11 +103,51 @@ struct Attempt {
     started: StartedJob,
     /// Why the handler was stopped before it finished, if it was.
     stopped: Option<StopReason>,
-    lease: Lease,
     conn: ConnectionManager,
     heartbeat: JoinHandle<()>,
     began: Instant,
     _active: ActiveJob,
+}
+
+/// The Redis leases of this worker's jobs. They are taken and given up a batch at a time,
+/// as the ledger starts jobs and records outcomes, in one round trip per batch.
+#[derive(Clone)]
+struct JobLeases {
+    redis: ConnectionManager,
+    keys: Keys,
+    /// Holds the leases.
+    worker: String,
+    ttl: Duration,
+}
+
+impl JobLeases {
+    fn lease(&self, job_id: Uuid) -> Lease {
+        Lease::new(self.keys.job_lease(job_id), self.worker.clone(), self.ttl)
+    }
+
+    /// Takes the leases of jobs just started, under the epochs their starts raised.
+    async fn hold(&self, started: impl Iterator<Item = &StartedJob>) {
+        let leases: Vec<(Lease, u64)> = started
+            .map(|job| (self.lease(job.id), job.lease_epoch as u64))
+            .collect();
+        if let Err(err) = Lease::hold_all(&mut self.redis.clone(), &leases).await {
+            // Each job's heartbeat finds its lease missing and stops the job; the reclaimer
+            // runs it again once Redis answers.
+            tracing::warn!(%err, jobs = leases.len(), "could not take the job leases");
+        }
+    }
+
+    /// Gives up the leases of attempts whose outcomes were just recorded. A stale attempt's
+    /// lease, taken over meanwhile, stays with its new holder.
+    async fn release(&self, finishes: &[Finish]) {
+        let leases: Vec<(Lease, u64)> = finishes
+            .iter()
+            .map(|finish| (self.lease(finish.id), finish.epoch as u64))
+            .collect();
+        if let Err(err) = Lease::release_all(&mut self.redis.clone(), &leases).await {
+            tracing::debug!(%err, "could not release job leases; they expire by themselves");
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +165,7 @@ pub struct JobExecutor {
     finishes: GroupCommit<Finish, Option<String>>,
     /// Permits for outcomes not yet recorded ([`MAX_UNRECORDED`]).
     unrecorded: Arc<Semaphore>,
+    leases: JobLeases,
     schedules: Schedules,
     redis: ConnectionManager,
     keys: Keys,
@@ -148,23 +190,38 @@ impl JobExecutor {
         settings: ExecutorSettings,
         shutdown: CancellationToken,
     ) -> JobExecutor {
+        let leases = JobLeases {
+            redis: redis.clone(),
+            keys: keys.clone(),
+            worker: worker.clone(),
+            ttl: settings.lease_ttl,
+        };
         JobExecutor {
             schedules: Schedules::new(ledger.pool().clone()),
             starts: GroupCommit::start(LINGER_WHILE_CALLERS_WAIT, {
-                let (ledger, worker) = (ledger.clone(), worker.clone());
+                let (ledger, leases) = (ledger.clone(), leases.clone());
                 move |ids: Arc<Vec<Uuid>>| {
-                    let (ledger, worker) = (ledger.clone(), worker.clone());
-                    async move { ledger.start_many(&ids, &worker).await }
+                    let (ledger, leases) = (ledger.clone(), leases.clone());
+                    async move {
+                        let started = ledger.start_many(&ids, &leases.worker).await?;
+                        leases.hold(started.iter().flatten()).await;
+                        Ok(started)
+                    }
                 }
             }),
             finishes: GroupCommit::start(OUTCOME_LINGER, {
-                let ledger = ledger.clone();
+                let (ledger, leases) = (ledger.clone(), leases.clone());
                 move |finishes: Arc<Vec<Finish>>| {
-                    let ledger = ledger.clone();
-                    async move { ledger.finish_many(&finishes).await }
+                    let (ledger, leases) = (ledger.clone(), leases.clone());
+                    async move {
+                        let states = ledger.finish_many(&finishes).await?;
+                        leases.release(&finishes).await;
+                        Ok(states)
+                    }
                 }
             }),
             unrecorded: Arc::new(Semaphore::new(MAX_UNRECORDED)),
+            leases,
             ledger,
             redis,
             keys,
@@ -187,24 +244,14 @@ impl JobExecutor {
         let active = ActiveJob::count();
         let began = Instant::now();
         let epoch = started.lease_epoch as u64;
-        let lease = Lease::new(
-            self.keys.job_lease(job_id),
-            self.worker.clone(),
-            self.settings.lease_ttl,
-        );
-        let mut conn = self.redis.clone();
-        if let Err(err) = lease.hold(&mut conn, epoch).await {
-            // The heartbeat finds the lease missing and stops the job; the reclaimer
-            // runs it again once Redis answers.
-            tracing::warn!(%job_id, %err, "could not take the job lease");
-        }
+        let conn = self.redis.clone();
         let stopper = Stopper::default();
         self.running
             .lock()
             .expect("running jobs lock")
             .insert((job_id, started.lease_epoch), stopper.clone());
         let heartbeat = tokio::spawn(heartbeat(
-            lease.clone(),
+            self.leases.lease(job_id),
             conn.clone(),
             epoch,
             self.keys.cancel_flag(job_id),
@@ -230,7 +277,6 @@ impl JobExecutor {
         let attempt = Attempt {
             started,
             stopped: stopper.reason(),
-            lease,
             conn,
             heartbeat,
             began,
@@ -252,8 +298,8 @@ impl JobExecutor {
         );
     }
 
-    /// Records how the attempt ended, then lets go of the job: its heartbeat, its lease and
-    /// its place among the running jobs.
+    /// Records how the attempt ended (the outcome writer then releases the job's lease), and
+    /// lets go of the job: its heartbeat and its place among the running jobs.
     async fn conclude(
         &self,
         attempt: Attempt,
@@ -262,7 +308,6 @@ impl JobExecutor {
         let Attempt {
             started,
             stopped,
-            lease,
             mut conn,
             heartbeat,
             began,
@@ -282,13 +327,9 @@ impl JobExecutor {
             (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
         }
         // Beating until the outcome is written keeps a slow write (Postgres away) from
-        // looking like a dead worker.
+        // looking like a dead worker. A lease lost, or an outcome never written, is left to
+        // expire: the reclaimer then runs the job again.
         heartbeat.abort();
-        if stopped != Some(StopReason::LeaseLost)
-            && let Err(err) = lease.release(&mut conn, started.lease_epoch as u64).await
-        {
-            tracing::debug!(%err, "could not release the job lease; it expires by itself");
-        }
         self.running
             .lock()
             .expect("running jobs lock")
