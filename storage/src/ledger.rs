@@ -412,28 +412,31 @@ impl Ledger {
         actor: &str,
     ) -> sqlx::Result<Vec<DispatchedJob>> {
         let sql = format!(
-            "WITH candidates AS (
-                 SELECT j.id, row_number() OVER (PARTITION BY t.id
-                                                 ORDER BY j.priority DESC, j.run_at, j.id) AS turn
-                 FROM tenants t
+            "WITH picked AS MATERIALIZED (
+                 SELECT j.id, j.turn FROM tenants t
                  CROSS JOIN LATERAL (
-                     SELECT id, priority, run_at FROM jobs
+                     SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn
+                     FROM jobs
                      WHERE tenant_id = t.id AND queue = $1 AND dispatched_at IS NULL
                        AND state IN {DISPATCHABLE} AND run_at <= now() AND NOT {held}
                      ORDER BY priority DESC, run_at, id
                      LIMIT $2
-                     -- Locked as they are picked, so the update needs no second look at
-                     -- them; a job someone else is changing waits for the next round.
-                     FOR UPDATE SKIP LOCKED
                  ) j
-             ), picked AS (
-                 SELECT id, turn FROM candidates ORDER BY turn LIMIT $2
-             ), updated AS (
-                 -- By id alone: given the pick's conditions as well, the planner took the
-                 -- ready index (which it believes nearly empty during a burst nobody has
-                 -- analyzed yet) and read the whole backlog for each round.
-                 UPDATE jobs SET dispatched_at = now(), state = 'queued'
+                 ORDER BY j.turn
+                 LIMIT $2
+             ), locked AS (
+                 -- Only the picked jobs are locked, and found by id alone: given the pick's
+                 -- conditions as well, the planner took the ready index (which it believes
+                 -- nearly empty during a burst nobody has analyzed yet) and read the whole
+                 -- backlog for each round. A locked row is its latest version, so the
+                 -- conditions are checked again below, on what the lock returned.
+                 SELECT id, dispatched_at, state FROM jobs
                  WHERE id = ANY (ARRAY(SELECT id FROM picked))
+                 FOR NO KEY UPDATE SKIP LOCKED
+             ), updated AS (
+                 UPDATE jobs SET dispatched_at = now(), state = 'queued'
+                 WHERE id = ANY (ARRAY(SELECT id FROM locked
+                                       WHERE dispatched_at IS NULL AND state IN {DISPATCHABLE}))
                  RETURNING id, tenant_id, queue, kind
              ), events AS (
                  INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor)

@@ -62,16 +62,22 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Has the kernel kill the process `cmd` starts when the thread that started it ends (for a
-/// test, when its runtime does). A test process killed before it can unwind (a signal;
-/// `cargo test | head` closing its pipe) must not leave servers running: they would load
-/// the machine and skew every later test and benchmark.
+/// Has the kernel kill the process `cmd` starts when the thread that started it ends: call
+/// it from a test's own thread (or a program's main thread), never from a pool thread that
+/// may end early. A test process killed before it can unwind (a signal; `cargo test | head`
+/// closing its pipe) must not leave servers running: they would load the machine and skew
+/// every later test and benchmark.
 pub fn dies_with_its_starter(cmd: &mut Command) {
-    // SAFETY: the closure only makes a system call, as `pre_exec` requires.
+    let starter = std::process::id();
+    // SAFETY: the closure only makes system calls, as `pre_exec` requires.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The starter may have died before the request above was made.
+            if libc::getppid() as u32 != starter {
+                libc::_exit(1);
             }
             Ok(())
         });

@@ -142,7 +142,7 @@ async fn an_outcome_waiting_for_the_ledger_keeps_its_lease_and_frees_its_slot() 
     let slow = api
         .submit(
             &key,
-            json!({"kind": "executor.run", "tool": "fault", "args": {"mode": "slow", "ms": 1500}}),
+            json!({"kind": "executor.run", "tool": "fault", "args": {"mode": "slow", "ms": 5000}}),
         )
         .await;
     wait_until(Duration::from_secs(20), "the slow job runs", || async {

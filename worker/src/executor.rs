@@ -50,8 +50,8 @@ const MAX_UNRECORDED: usize = 20_000;
 /// and buys statements of many outcomes instead of a dozen.
 const OUTCOME_LINGER: Duration = Duration::from_millis(20);
 
-/// Counts a running job in `taskfleet_worker_active_jobs` for as long as it lives, however
-/// the attempt ends.
+/// Counts a running job in `taskfleet_worker_active_jobs` while its handler runs, however
+/// the attempt ends (an outcome waiting to be written is not counted).
 struct ActiveJob;
 
 impl ActiveJob {
@@ -105,8 +105,8 @@ struct Attempt {
     stopped: Option<StopReason>,
     conn: ConnectionManager,
     heartbeat: JoinHandle<()>,
-    began: Instant,
-    _active: ActiveJob,
+    /// How long the handler ran, for the duration metric (the outcome's write not included).
+    ran: Duration,
 }
 
 /// The Redis leases of this worker's jobs. They are taken and given up a batch at a time,
@@ -215,7 +215,8 @@ impl JobExecutor {
                     let (ledger, leases) = (ledger.clone(), leases.clone());
                     async move {
                         let states = ledger.finish_many(&finishes).await?;
-                        leases.release(&finishes).await;
+                        // Off the writer's path: a slow Redis must not hold up the ledger.
+                        tokio::spawn(async move { leases.release(&finishes).await });
                         Ok(states)
                     }
                 }
@@ -241,7 +242,7 @@ impl JobExecutor {
         metrics::JOB_QUEUE_WAIT
             .with_label_values(&[started.queue.as_str(), started.kind.as_str()])
             .observe(started.waited_seconds.max(0.0));
-        let active = ActiveJob::count();
+        let _active = ActiveJob::count();
         let began = Instant::now();
         let epoch = started.lease_epoch as u64;
         let conn = self.redis.clone();
@@ -279,8 +280,7 @@ impl JobExecutor {
             stopped: stopper.reason(),
             conn,
             heartbeat,
-            began,
-            _active: active,
+            ran: began.elapsed(),
         };
         let permit = self
             .unrecorded
@@ -310,20 +310,17 @@ impl JobExecutor {
             stopped,
             mut conn,
             heartbeat,
-            began,
-            _active,
+            ran,
         } = attempt;
         match (outcome, stopped) {
-            (Some((result, retry_at)), _) => self.record(&started, &result, retry_at, began).await,
+            (Some((result, retry_at)), _) => self.record(&started, &result, retry_at, ran).await,
             (None, Some(StopReason::Cancelled)) => {
-                self.write(&started, Outcome::Cancelled, began).await;
+                self.write(&started, Outcome::Cancelled, ran).await;
                 if let Err(err) = tf_redis::clear_cancel(&mut conn, &self.keys, started.id).await {
                     tracing::debug!(%err, "could not clear the cancellation flag");
                 }
             }
-            (None, Some(StopReason::Drain)) => {
-                self.write(&started, Outcome::HandedBack, began).await
-            }
+            (None, Some(StopReason::Drain)) => self.write(&started, Outcome::HandedBack, ran).await,
             (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
         }
         // Beating until the outcome is written keeps a slow write (Postgres away) from
@@ -415,7 +412,7 @@ impl JobExecutor {
         job: &StartedJob,
         result: &HandlerResult,
         retry_at: Option<DateTime<Utc>>,
-        began: Instant,
+        ran: Duration,
     ) {
         let outcome = match result {
             Ok(value) => Outcome::Succeeded(value.clone()),
@@ -424,11 +421,11 @@ impl JobExecutor {
                 retry_at,
             },
         };
-        self.write(job, outcome, began).await
+        self.write(job, outcome, ran).await
     }
 
-    /// Records the outcome of the attempt that started at `began`.
-    async fn write(&self, job: &StartedJob, outcome: Outcome, began: Instant) {
+    /// Records the outcome of an attempt whose handler ran for `ran`.
+    async fn write(&self, job: &StartedJob, outcome: Outcome, ran: Duration) {
         let deadline = Instant::now() + RECORD_DEADLINE;
         let mut pause = Duration::from_millis(100);
         let finish = Finish {
@@ -439,7 +436,7 @@ impl JobExecutor {
         };
         loop {
             match self.finishes.submit(finish.clone()).await {
-                Ok(Some(state)) => return self.count(job, &state, began),
+                Ok(Some(state)) => return self.count(job, &state, ran),
                 Ok(None) => {
                     tracing::warn!("stale epoch: the job was reclaimed; outcome refused");
                     metrics::STALE_WRITES_REJECTED
@@ -463,13 +460,13 @@ impl JobExecutor {
     /// Counts an attempt the ledger recorded, by the state it left the job in, in the
     /// metrics and the worker's totals. A hand-back (back to `queued`) is not an attempt's
     /// end: the job runs again without counting an attempt.
-    fn count(&self, job: &StartedJob, state: &str, began: Instant) {
+    fn count(&self, job: &StartedJob, state: &str, ran: Duration) {
         let Some(name) = metrics::outcome_of(state) else {
             return;
         };
         metrics::JOB_DURATION
             .with_label_values(&[job.queue.as_str(), job.kind.as_str()])
-            .observe(began.elapsed().as_secs_f64());
+            .observe(ran.as_secs_f64());
         // Inside the job's span: the line carries job id, queue, kind, attempt, worker and
         // request id.
         tracing::info!(outcome = name, "attempt recorded");

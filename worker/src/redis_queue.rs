@@ -47,9 +47,11 @@ pub fn config(keys: &Keys, queue: Queue) -> apalis_redis::Config {
         .lock_tasks(false)
         // Must stay on: apalis only acknowledges (removes from in-flight) with it.
         .persist_results(true)
-        // apalis would publish every acknowledged task on a channel nobody reads (its
-        // `available` event is only for pushes straight to the active list, which we never
-        // make); workers are woken by the dispatcher's own signal (`wake_workers`).
+        // apalis would publish every acknowledged task on a channel nobody reads. Its
+        // `available` event is only for tasks put straight on the active list, which here
+        // happens only when apalis hands back a stopping worker's buffered tasks, and the
+        // idle poll finds those; new work wakes workers through the dispatcher's own
+        // signal (`wake_workers`).
         .emit_events(false)
 }
 
