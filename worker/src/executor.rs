@@ -103,7 +103,6 @@ struct Attempt {
     started: StartedJob,
     /// Why the handler was stopped before it finished, if it was.
     stopped: Option<StopReason>,
-    conn: ConnectionManager,
     heartbeat: JoinHandle<()>,
     /// How long the handler ran, for the duration metric (the outcome's write not included).
     ran: Duration,
@@ -245,7 +244,6 @@ impl JobExecutor {
         let _active = ActiveJob::count();
         let began = Instant::now();
         let epoch = started.lease_epoch as u64;
-        let conn = self.redis.clone();
         let stopper = Stopper::default();
         self.running
             .lock()
@@ -253,7 +251,7 @@ impl JobExecutor {
             .insert((job_id, started.lease_epoch), stopper.clone());
         let heartbeat = tokio::spawn(heartbeat(
             self.leases.lease(job_id),
-            conn.clone(),
+            self.redis.clone(),
             epoch,
             self.keys.cancel_flag(job_id),
             stopper.clone(),
@@ -278,7 +276,6 @@ impl JobExecutor {
         let attempt = Attempt {
             started,
             stopped: stopper.reason(),
-            conn,
             heartbeat,
             ran: began.elapsed(),
         };
@@ -308,7 +305,6 @@ impl JobExecutor {
         let Attempt {
             started,
             stopped,
-            mut conn,
             heartbeat,
             ran,
         } = attempt;
@@ -316,7 +312,9 @@ impl JobExecutor {
             (Some((result, retry_at)), _) => self.record(&started, &result, retry_at, ran).await,
             (None, Some(StopReason::Cancelled)) => {
                 self.write(&started, Outcome::Cancelled, ran).await;
-                if let Err(err) = tf_redis::clear_cancel(&mut conn, &self.keys, started.id).await {
+                if let Err(err) =
+                    tf_redis::clear_cancel(&mut self.redis.clone(), &self.keys, started.id).await
+                {
                     tracing::debug!(%err, "could not clear the cancellation flag");
                 }
             }
