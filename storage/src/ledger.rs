@@ -457,7 +457,8 @@ impl Ledger {
 
     /// Up to `limit` jobs dispatched longer ago than `after` and still not started, oldest
     /// first: the dispatcher found fewer copies in Redis than the ledger's window, so these
-    /// copies were lost (Redis restarted or flushed). Marks them dispatched again, now, and
+    /// copies were lost (Redis restarted or flushed, or a worker took them and died before
+    /// starting them). Marks them dispatched again, now, and
     /// returns them so the dispatcher pushes them once more; a duplicate delivery is harmless
     /// because only one start can win [`Ledger::start_many`].
     pub async fn redispatch_stale(

@@ -29,14 +29,9 @@ impl Keys {
         }
     }
 
-    /// The apalis-redis queue name of `queue`; apalis derives all its keys from it.
-    pub fn queue(&self, queue: Queue) -> String {
-        format!("{}:queue:{}", self.prefix, queue)
-    }
-
-    /// The list apalis-redis keeps a queue's waiting tasks in.
-    pub fn queue_active_list(&self, queue: Queue) -> String {
-        format!("{}:active", self.queue(queue))
+    /// The list of dispatched job ids waiting for a worker of `queue`.
+    pub fn queue_list(&self, queue: Queue) -> String {
+        format!("{}:queue:{queue}:waiting", self.prefix)
     }
 
     /// The channel the API publishes on after accepting work, so the dispatcher wakes at once.
@@ -44,9 +39,10 @@ impl Keys {
         format!("{}:wake:dispatch", self.prefix)
     }
 
-    /// The channel apalis-redis publishes on when a task lands in `queue`'s active list.
-    pub fn queue_available_channel(&self, queue: Queue) -> String {
-        format!("tasks:{}:available", self.queue_active_list(queue))
+    /// The channel the dispatcher publishes on after pushing to `queue`, so its idle
+    /// workers fetch at once.
+    pub fn queue_wake_channel(&self, queue: Queue) -> String {
+        format!("{}:wake:queue:{queue}", self.prefix)
     }
 
     /// The Redis stream the sequencer appends every event to, for live fan-out.
@@ -92,18 +88,6 @@ pub async fn wake_dispatcher(conn: &mut ConnectionManager, keys: &Keys) {
     let published: Result<i64, _> = conn.publish(keys.dispatch_wake_channel(), 1).await;
     if let Err(err) = published {
         tracing::debug!(%err, "could not publish a dispatcher wake-up");
-    }
-}
-
-/// Wakes the idle workers of `queue` after the dispatcher pushed to it. apalis-redis 1.0
-/// stores every pushed task in its scheduled set, due now (`run_at` is never below the
-/// current second), and publishes its `available` event only for tasks it appends to the
-/// active list directly, which is never: without this, workers see new work only at their
-/// next poll. Best effort, like [`wake_dispatcher`].
-pub async fn wake_workers(conn: &mut ConnectionManager, keys: &Keys, queue: Queue) {
-    let published: Result<i64, _> = conn.publish(keys.queue_available_channel(queue), 1).await;
-    if let Err(err) = published {
-        tracing::debug!(%err, %queue, "could not publish a worker wake-up");
     }
 }
 

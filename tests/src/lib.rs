@@ -334,12 +334,11 @@ impl TestEnv {
             .unwrap()
     }
 
-    /// `LLEN` of a queue's apalis-redis active list.
-    pub async fn redis_active_len(&self, queue: &str) -> i64 {
+    /// How many dispatched job ids wait in `queue`'s Redis list.
+    pub async fn redis_waiting_len(&self, queue: taskfleet_jobs::Queue) -> i64 {
         let mut conn = self.redis.clone();
-        conn.llen(format!("{}:queue:{queue}:active", self.redis_prefix))
-            .await
-            .unwrap()
+        let keys = taskfleet_storage::redis::Keys::new(&self.redis_prefix);
+        conn.llen(keys.queue_list(queue)).await.unwrap()
     }
 
     async fn cleanup(&mut self) {
@@ -350,18 +349,6 @@ impl TestEnv {
             .unwrap_or_default();
         if !keys.is_empty() {
             let _: Result<(), _> = conn.del(keys).await;
-        }
-        // apalis-redis registers every queue in one global set.
-        let queues: Vec<String> = conn
-            .zrange("core:apalis:queues:list", 0, -1)
-            .await
-            .unwrap_or_default();
-        let ours: Vec<&String> = queues
-            .iter()
-            .filter(|q| q.starts_with(&self.redis_prefix))
-            .collect();
-        if !ours.is_empty() {
-            let _: Result<(), _> = conn.zrem("core:apalis:queues:list", ours).await;
         }
         self.pool.close().await;
         if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {

@@ -1,11 +1,12 @@
 //! Many jobs across several worker processes: every job succeeds exactly once in the ledger,
-//! the Redis window stays bounded, duplicate deliveries are harmless, and Redis forgets
-//! finished tasks.
+//! duplicate deliveries are harmless, Redis keeps nothing of finished jobs, and an outcome
+//! waiting for the ledger frees its slot but keeps its lease.
 
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use taskfleet_tests::{TestEnv, json, wait_until};
+use taskfleet_jobs::Queue;
+use taskfleet_tests::{FAST_FAILOVER, TestEnv, json, wait_until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_jobs_across_two_workers_each_succeed_exactly_once() {
@@ -56,29 +57,27 @@ async fn a_thousand_jobs_across_two_workers_each_succeed_exactly_once() {
         assert!(env.is_running(w), "a worker died");
     }
 
-    // The leader deletes Redis copies of finished tasks: the ledger keeps the outcome.
-    let data_key = format!("{}:queue:executor:data", env.redis_prefix);
-    let mut conn = env.redis.clone();
+    // Redis keeps nothing of a finished job: its id left the queue's list when a worker
+    // took it, and its lease went when its outcome was recorded.
+    let prefix = env.redis_prefix.clone();
     wait_until(
         Duration::from_secs(20),
-        "Redis forgot the finished tasks",
+        "Redis holds nothing of the finished jobs",
         || {
-            let (mut conn, data_key) = (conn.clone(), data_key.clone());
-            async move { conn.hlen::<_, i64>(&data_key).await.unwrap() == 0 }
+            let (mut conn, prefix) = (env.redis.clone(), prefix.clone());
+            async move {
+                let lists: Vec<String> = conn.keys(format!("{prefix}:queue:*")).await.unwrap();
+                let leases: Vec<String> = conn.keys(format!("{prefix}:lease:job:*")).await.unwrap();
+                lists.is_empty() && leases.is_empty()
+            }
         },
     )
     .await;
-    let done: i64 = conn
-        .scard(format!("{}:queue:executor:done", env.redis_prefix))
-        .await
-        .unwrap();
-    assert_eq!(done, 0);
     env.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_duplicate_delivery_runs_the_job_once() {
-    use apalis::prelude::TaskSink;
     let mut env = TestEnv::new().await;
     let api = env.start_api(&[]).await;
     let key = env.create_key("acme");
@@ -90,13 +89,9 @@ async fn a_duplicate_delivery_runs_the_job_once() {
         .await;
     // Deliver the same job twice more behind the dispatcher's back, before any worker runs.
     let keys = taskfleet_storage::redis::Keys::new(&env.redis_prefix);
-    let mut storage = taskfleet_worker::redis_queue::storage(
-        env.redis.clone(),
-        &keys,
-        taskfleet_jobs::Queue::Executor,
-    );
-    let dispatch = taskfleet_jobs::Dispatch { job_id: id };
-    storage.push_bulk(vec![dispatch, dispatch]).await.unwrap();
+    taskfleet_worker::redis_queue::push(&mut env.redis.clone(), &keys, Queue::Executor, &[id, id])
+        .await
+        .unwrap();
     env.start_worker(&["--concurrency", "4"]);
     env.start_worker(&["--concurrency", "4"]);
     let job = api.wait_finished(&key, id, Duration::from_secs(30)).await;
@@ -106,7 +101,7 @@ async fn a_duplicate_delivery_runs_the_job_once() {
     wait_until(
         Duration::from_secs(20),
         "every delivery was consumed",
-        || async { env.redis_active_len("executor").await == 0 },
+        || async { env.redis_waiting_len(Queue::Executor).await == 0 },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -188,5 +183,61 @@ async fn an_outcome_waiting_for_the_ledger_keeps_its_lease_and_frees_its_slot() 
         async move { !conn.exists::<_, bool>(&lease).await.unwrap() }
     })
     .await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_a_worker_took_from_redis_and_never_started_run_again() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+    // A leader that serves only the schedule queue: it dispatches executor jobs to Redis,
+    // where nobody takes them.
+    let mut leader_flags = FAST_FAILOVER.to_vec();
+    leader_flags.extend(["--queues", "schedule"]);
+    env.start_worker(&leader_flags);
+    let jobs: Vec<_> = (0..3)
+        .map(|_| json!({"kind": "executor.run", "tool": "noop"}))
+        .collect();
+    let body = api.submit_batch(&key, &jobs).await;
+    let ids: Vec<uuid::Uuid> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    wait_until(
+        Duration::from_secs(20),
+        "the jobs were pushed to Redis",
+        || async { env.redis_waiting_len(Queue::Executor).await == 3 },
+    )
+    .await;
+    // A worker takes them, as its fetch would, and dies before starting any.
+    let keys = taskfleet_storage::redis::Keys::new(&env.redis_prefix);
+    let taken: Vec<String> = redis::cmd("LPOP")
+        .arg(keys.queue_list(Queue::Executor))
+        .arg(3)
+        .query_async(&mut env.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 3);
+
+    // The leader's sweep pushes them again; a live worker runs each once.
+    let mut worker_flags = FAST_FAILOVER.to_vec();
+    worker_flags.extend(["--queues", "executor"]);
+    env.start_worker(&worker_flags);
+    for id in ids {
+        let job = api.wait_finished(&key, id, Duration::from_secs(30)).await;
+        assert_eq!(job["state"], "succeeded");
+        assert_eq!(job["attempt"], 1);
+    }
+    let redispatches: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM all_job_events
+         WHERE event = 'job_dispatched' AND details->>'redispatch' = 'true'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(redispatches, 3, "each lost job was dispatched again once");
     env.finish().await;
 }

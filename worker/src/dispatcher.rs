@@ -1,15 +1,14 @@
 //! The dispatcher: moves due jobs from the ledger into each queue's Redis window, run only by
 //! the elected leader. Each queue's window holds about `window` jobs waiting in Redis (tasks
-//! fetched but not yet started are not counted), far below the size at which apalis-redis's
-//! Lua scripts fail (hazard 1), and is filled fairly across tenants.
+//! taken by a worker are not counted), so Redis holds a small, disposable window of work and
+//! the ledger the backlog; the window is filled fairly across tenants.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use apalis::prelude::TaskSink;
-use apalis_redis::{ConnectionManager, RedisStorage};
 use chrono::Utc;
-use taskfleet_jobs::{Dispatch, Queue};
-use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis as tf_redis, redis::Keys};
+use redis::aio::ConnectionManager;
+use taskfleet_jobs::Queue;
+use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis::Keys};
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +30,6 @@ pub struct DispatcherSettings {
 
 pub struct Dispatcher {
     ledger: Ledger,
-    storages: HashMap<Queue, RedisStorage<Dispatch, ConnectionManager>>,
     conn: ConnectionManager,
     keys: Keys,
     settings: DispatcherSettings,
@@ -50,13 +48,8 @@ impl Dispatcher {
         actor: String,
         wakeups: Arc<Notify>,
     ) -> Dispatcher {
-        let storages = Queue::ALL
-            .into_iter()
-            .map(|queue| (queue, redis_queue::storage(conn.clone(), keys, queue)))
-            .collect();
         Dispatcher {
             ledger,
-            storages,
             conn,
             keys: keys.clone(),
             settings,
@@ -156,13 +149,8 @@ impl Dispatcher {
     }
 
     async fn push(&mut self, queue: Queue, jobs: &[DispatchedJob]) -> anyhow::Result<()> {
-        let storage = self
-            .storages
-            .get_mut(&queue)
-            .expect("a storage exists for every queue");
-        let tasks = jobs.iter().map(|job| Dispatch { job_id: job.id }).collect();
-        if let Err(err) = storage.push_bulk(tasks).await {
-            let ids: Vec<_> = jobs.iter().map(|job| job.id).collect();
+        let ids: Vec<_> = jobs.iter().map(|job| job.id).collect();
+        if let Err(err) = redis_queue::push(&mut self.conn, &self.keys, queue, &ids).await {
             self.ledger.undispatch(&ids).await?;
             anyhow::bail!(
                 "pushing {} jobs to Redis queue {queue} failed: {err}",
@@ -172,7 +160,6 @@ impl Dispatcher {
         metrics::JOBS_DISPATCHED
             .with_label_values(&[queue.as_str()])
             .inc_by(jobs.len() as u64);
-        tf_redis::wake_workers(&mut self.conn, &self.keys, queue).await;
         Ok(())
     }
 }

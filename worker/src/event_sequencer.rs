@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use apalis_redis::ConnectionManager;
+use redis::aio::ConnectionManager;
 use taskfleet_storage::{EventLog, EventRecord, redis::Keys};
 use tokio_util::sync::CancellationToken;
 

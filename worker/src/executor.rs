@@ -22,9 +22,9 @@ use std::{
     time::Duration,
 };
 
-use apalis_redis::ConnectionManager;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
+use redis::aio::ConnectionManager;
 use taskfleet_jobs::{JobSpec, RetryPolicy};
 use taskfleet_storage::{
     Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, WorkerCounts,

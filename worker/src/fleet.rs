@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use apalis::prelude::*;
-use apalis_redis::ConnectionManager;
+use redis::aio::ConnectionManager;
 use taskfleet_jobs::{Dispatch, EventName};
 use taskfleet_storage::{
     Db, EventLog, Lease, Ledger, Queues, Schedules, WorkerInfo, Workers, redis as tf_redis,
@@ -27,9 +27,8 @@ use crate::{
     scheduler::Scheduler,
 };
 
-/// The apalis task function: everything happens in the executor, which records outcomes in
-/// the ledger. It always returns `Ok`, so apalis-redis's own retry path (hard-coded 25
-/// attempts, hazard 4) never fires.
+/// The apalis task function: everything happens in the executor, which records outcomes,
+/// and retries, in the ledger.
 async fn execute(dispatch: Dispatch, executor: Data<Arc<JobExecutor>>) -> Result<(), BoxDynError> {
     executor.execute(dispatch.job_id).await;
     Ok(())
@@ -41,8 +40,8 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "host".to_owned())
 }
 
-/// A name unique to this process start: apalis-redis refuses a worker name seen within its
-/// orphan window (hazard 3), and the ledger records who ran what.
+/// A name unique to this process start: the ledger records who ran what, and a restarted
+/// process must not pass for the one before it.
 fn process_identity() -> String {
     let nonce = Uuid::new_v4().simple().to_string();
     format!("{}-{}-{}", host_name(), std::process::id(), &nonce[..8])
@@ -144,7 +143,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let signals = wakeups.clone();
         tokio::spawn(tf_redis::listen(
             args.redis_url.clone(),
-            keys.queue_available_channel(queue),
+            keys.queue_wake_channel(queue),
             move |_| signals.signal(),
         ));
         let (conn, keys, executor) = (conn.clone(), keys.clone(), executor.clone());
@@ -156,6 +155,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     conn.clone(),
                     &keys,
                     queue,
+                    concurrency,
                     wakeups.clone(),
                 ))
                 .concurrency(concurrency)
@@ -291,8 +291,6 @@ fn leader_duties(
         make_sequencer,
         make_scheduler,
         Housekeeping {
-            conn: conn.clone(),
-            keys: keys.clone(),
             ledger: ledger.clone(),
             workers: Workers::new(ledger.pool().clone()),
             idempotency_retention: Duration::from_secs(args.idempotency_retention_secs),

@@ -1,32 +1,28 @@
 //! Leader election: every worker process competes for one Redis lease; the holder runs the
-//! fleet-maintenance loops (the dispatcher and Redis housekeeping). The lease is renewed every
-//! third of its ttl; a holder that cannot renew within the ttl stops its loops, so two leaders
+//! fleet-maintenance loops (the dispatcher, the reclaimer, the event sequencer, the scheduler
+//! and ledger housekeeping). The lease is renewed every third of its ttl; a holder that cannot renew within the ttl stops its loops, so two leaders
 //! overlap at most briefly, and the dispatcher's conditional ledger writes make even that
 //! overlap harmless.
 
 use std::{sync::Arc, time::Duration};
 
-use apalis_redis::ConnectionManager;
-use taskfleet_jobs::Queue;
-use taskfleet_storage::{Lease, Ledger, Workers, redis::Keys, tenants::SYSTEM_TENANT};
+use redis::aio::ConnectionManager;
+use taskfleet_storage::{Lease, Ledger, Workers, tenants::SYSTEM_TENANT};
 use taskfleet_telemetry::metrics;
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    dispatcher::Dispatcher, event_sequencer::EventSequencer, reclaimer::Reclaimer, redis_queue,
+    dispatcher::Dispatcher, event_sequencer::EventSequencer, reclaimer::Reclaimer,
     scheduler::Scheduler,
 };
 
-/// How often the leader deletes the Redis copies of finished tasks.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
-const FORGET_BATCH: usize = 5_000;
 /// Finished `/readyz` probe jobs are kept this long.
 const PROBE_RETENTION: Duration = Duration::from_secs(60);
 /// Workers not heard from for this long leave the registry.
 const WORKER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often ledger retention (idempotency keys, probe jobs, old workers) runs.
-const LEDGER_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// What a leader runs; built anew each time this process becomes leader.
 pub type Duties = Box<dyn Fn(CancellationToken) -> Vec<JoinHandle<()>> + Send + Sync>;
@@ -108,62 +104,40 @@ async fn step_down(
     }
 }
 
-/// Retention chores: Redis copies of finished tasks (apalis-redis keeps them forever),
-/// idempotency keys past their retention window, finished readiness probe jobs.
+/// Retention chores: idempotency keys past their retention window, finished readiness probe
+/// jobs, long-gone workers.
 #[derive(Clone)]
 pub struct Housekeeping {
-    pub conn: ConnectionManager,
-    pub keys: Keys,
     pub ledger: Ledger,
     pub workers: Workers,
     pub idempotency_retention: Duration,
 }
 
 impl Housekeeping {
-    async fn run(mut self, stop: CancellationToken) {
-        let mut last_ledger_pass: Option<Instant> = None;
+    async fn run(self, stop: CancellationToken) {
         loop {
-            for queue in Queue::ALL {
-                self.forget_done(queue).await;
+            match self
+                .ledger
+                .expire_idempotency_keys(self.idempotency_retention)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "idempotency keys past retention freed"),
+                Err(err) => tracing::warn!(%err, "could not expire idempotency keys"),
             }
-            if last_ledger_pass.is_none_or(|at| at.elapsed() >= LEDGER_HOUSEKEEPING_EVERY) {
-                last_ledger_pass = Some(Instant::now());
-                match self
-                    .ledger
-                    .expire_idempotency_keys(self.idempotency_retention)
-                    .await
-                {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(jobs = n, "idempotency keys past retention freed"),
-                    Err(err) => tracing::warn!(%err, "could not expire idempotency keys"),
-                }
-                let probes = self
-                    .ledger
-                    .purge_finished(SYSTEM_TENANT, PROBE_RETENTION)
-                    .await;
-                if let Err(err) = probes {
-                    tracing::warn!(%err, "could not delete finished readiness probe jobs");
-                }
-                if let Err(err) = self.workers.forget_older_than(WORKER_RETENTION).await {
-                    tracing::warn!(%err, "could not forget long-gone workers");
-                }
+            let probes = self
+                .ledger
+                .purge_finished(SYSTEM_TENANT, PROBE_RETENTION)
+                .await;
+            if let Err(err) = probes {
+                tracing::warn!(%err, "could not delete finished readiness probe jobs");
+            }
+            if let Err(err) = self.workers.forget_older_than(WORKER_RETENTION).await {
+                tracing::warn!(%err, "could not forget long-gone workers");
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
-            }
-        }
-    }
-
-    async fn forget_done(&mut self, queue: Queue) {
-        loop {
-            match redis_queue::forget_done(&mut self.conn, &self.keys, queue, FORGET_BATCH).await {
-                Ok(n) if n == FORGET_BATCH => continue,
-                Ok(_) => return,
-                Err(err) => {
-                    tracing::warn!(%err, %queue, "could not delete finished tasks from Redis");
-                    return;
-                }
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use apalis_redis::ConnectionManager;
+use redis::aio::ConnectionManager;
 use taskfleet_storage::{Lease, Ledger, redis as tf_redis, redis::Keys};
 use taskfleet_telemetry::metrics;
 use tokio_util::sync::CancellationToken;

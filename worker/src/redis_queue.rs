@@ -1,82 +1,333 @@
-//! The apalis-redis side of a queue: how its storage is configured, how idle workers wake,
-//! and how finished tasks are removed from Redis. Each setting answers one hazard of
-//! apalis-redis 1.0.0 listed in DESIGN.md; `docs/adr/0002-apalis-redis-guards.md` explains them.
+//! A queue's Redis side: the list of dispatched job ids workers take from, our apalis
+//! backend over it, and how idle workers wake (ADR 0008).
+//!
+//! The ledger holds each job and decides who runs it, so Redis only has to carry ids from
+//! the dispatcher to free slots. A queue is one list: the dispatcher appends a round's ids
+//! with one `RPUSH`, and a worker takes as many as it has free slots with one `LPOP key n`.
+//! Nothing is acknowledged in Redis: a worker that dies holding ids it never started leaves
+//! them `dispatched` in the ledger, and the dispatcher's sweep pushes them again.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
-use apalis::prelude::{PollSnapshot, PollStrategy, PollWith};
-use apalis_redis::{ConnectionManager, RedisStorage};
-use futures::{Stream, StreamExt};
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value, aio::ConnectionLike};
+use apalis::prelude::{
+    Backend, Layer, PollSnapshot, PollStrategy, PollWith, Service, Task, WorkerContext,
+};
+use apalis_core::backend::{BackendConfig, finalize::Ephemeral};
+use futures::{FutureExt, Stream, StreamExt, future::BoxFuture};
+use redis::{
+    Cmd, Pipeline, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManager},
+};
 use taskfleet_jobs::{Dispatch, Queue};
 use taskfleet_storage::redis::{Keys, RedisError};
 use tokio::{
     sync::Notify,
     time::{Interval, MissedTickBehavior},
 };
+use uuid::Uuid;
 
-/// The apalis backend of one queue: apalis-redis, woken by a signal rather than a timer.
-pub type QueueBackend = PollWith<RedisStorage<Dispatch, WatchedConnection>, WakeStrategy>;
+/// The apalis backend of one queue: its Redis list, woken by a signal rather than a timer.
+pub type QueueBackend = PollWith<RedisQueue, WakeStrategy>;
 
 /// How often an idle worker looks at its queue when no wake-up arrives: a backstop for
-/// wake-ups published while its subscription was down (Redis restarting), and for hosts
-/// whose clocks disagree (apalis makes a push due at the dispatcher's current second, and a
-/// fetch takes what is due by the worker's; a worker behind by δ finds nothing for pushes in
-/// the first δ of each second until it looks again).
+/// wake-ups published while its subscription was down (Redis restarting) and for a fetch
+/// that failed.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
-/// apalis-redis settings for `queue`.
-pub fn config(keys: &Keys, queue: Queue) -> apalis_redis::Config {
-    apalis_redis::Config::default()
-        .queue(keys.queue(queue))
-        // Fetch one task at a time: a worker holding prefetched tasks skips heartbeats and
-        // loses them to the orphan sweep (hazard 2); and the ledger, not Redis, is the backlog.
-        .batch_size(1)
-        // Orphans are re-queued after 2 s × 15 = 30 s without a heartbeat, instead of 300 s.
-        .heartbeat_interval(Duration::from_secs(2))
-        .missed_heartbeats(15)
-        // Locks only add a round trip: the ledger's start is what decides who runs a job.
-        .lock_tasks(false)
-        // Must stay on: apalis only acknowledges (removes from in-flight) with it.
-        .persist_results(true)
-        // apalis would publish every acknowledged task on a channel nobody reads. Its
-        // `available` event is only for tasks put straight on the active list, which here
-        // happens only when apalis hands back a stopping worker's buffered tasks, and the
-        // idle poll finds those; new work wakes workers through the dispatcher's own
-        // signal (`wake_workers`).
-        .emit_events(false)
-}
-
-/// The storage the dispatcher pushes into (over a plain connection) and workers fetch from
-/// (over a [`WatchedConnection`]).
-pub fn storage<C: ConnectionLike + Clone + Send + Sync + 'static>(
-    conn: C,
+/// Appends `jobs` to `queue`'s list and wakes the queue's idle workers, in one round trip.
+pub async fn push(
+    conn: &mut ConnectionManager,
     keys: &Keys,
     queue: Queue,
-) -> RedisStorage<Dispatch, C> {
-    RedisStorage::new(conn).with_config(config(keys, queue))
+    jobs: &[Uuid],
+) -> Result<(), RedisError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = jobs.iter().map(Uuid::to_string).collect();
+    redis::pipe()
+        .rpush(keys.queue_list(queue), ids)
+        .ignore()
+        .publish(keys.queue_wake_channel(queue), 1)
+        .ignore()
+        .query_async(conn)
+        .await
 }
 
-/// A worker backend that fetches when `wakeups` signals, and at least every [`IDLE_POLL`].
+/// How many dispatched ids of each of `queues` wait in Redis, not yet taken by a worker.
+/// One round trip.
+pub async fn waiting(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[Queue],
+) -> Result<Vec<i64>, RedisError> {
+    // Redis refuses an empty pipeline.
+    if queues.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for &queue in queues {
+        pipe.llen(keys.queue_list(queue));
+    }
+    pipe.query_async(conn).await
+}
+
+/// A worker backend for `queue` that fetches when `wakeups` signals, and at least every
+/// [`IDLE_POLL`].
 pub fn backend(
     conn: ConnectionManager,
     keys: &Keys,
     queue: Queue,
+    concurrency: usize,
     wakeups: Arc<Wakeups>,
 ) -> QueueBackend {
-    let conn = WatchedConnection {
-        conn,
-        wakeups: wakeups.clone(),
-    };
-    PollWith::new(storage(conn, keys, queue), WakeStrategy::new(wakeups))
+    let list = RedisQueue::new(conn, keys, queue, concurrency, wakeups.clone());
+    PollWith::new(list, WakeStrategy::new(wakeups))
+}
+
+/// One queue's list, as an apalis backend. Each fetch takes as many ids as the worker has
+/// free slots, so a worker never holds jobs it cannot start while another could.
+pub struct RedisQueue {
+    conn: WatchedConnection,
+    list: String,
+    concurrency: usize,
+    /// Jobs handed to the worker whose handler has not returned; kept by [`CountRunning`].
+    running: Arc<AtomicUsize>,
+    /// Ids taken by the last fetch and not yet handed out.
+    fetched: VecDeque<Uuid>,
+    fetch: Option<BoxFuture<'static, Result<Vec<Uuid>, RedisError>>>,
+    /// On shutdown, puts ids taken but never handed out back at the head of the list.
+    give_back: Option<BoxFuture<'static, ()>>,
+    /// Whether the last fetch failed; errors are logged once per outage.
+    failing: bool,
+}
+
+impl RedisQueue {
+    /// Takes at most `concurrency` jobs at a time; its Redis calls are watched for
+    /// `wakeups` (see [`WatchedConnection`]).
+    pub fn new(
+        conn: ConnectionManager,
+        keys: &Keys,
+        queue: Queue,
+        concurrency: usize,
+        wakeups: Arc<Wakeups>,
+    ) -> RedisQueue {
+        RedisQueue {
+            conn: WatchedConnection { conn, wakeups },
+            list: keys.queue_list(queue),
+            concurrency,
+            running: Arc::new(AtomicUsize::new(0)),
+            fetched: VecDeque::new(),
+            fetch: None,
+            give_back: None,
+            failing: false,
+        }
+    }
+
+    fn take(&self, count: usize) -> BoxFuture<'static, Result<Vec<Uuid>, RedisError>> {
+        let (mut conn, list) = (self.conn.clone(), self.list.clone());
+        async move {
+            // `LPOP key count` answers nil for a missing (empty) list.
+            let ids: Option<Vec<String>> = redis::cmd("LPOP")
+                .arg(&list)
+                .arg(count)
+                .query_async(&mut conn)
+                .await?;
+            Ok(ids
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|id| match id.parse() {
+                    Ok(id) => Some(id),
+                    Err(_) => {
+                        tracing::warn!(%list, %id, "skipping an entry that is not a job id");
+                        None
+                    }
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    /// Slots not taken by running jobs or by ids already fetched; at least one, since apalis
+    /// asks for a task only when its concurrency limit has room.
+    fn free_slots(&self) -> usize {
+        self.concurrency
+            .saturating_sub(self.running.load(Ordering::SeqCst) + self.fetched.len())
+            .max(1)
+    }
+}
+
+impl Backend for RedisQueue {
+    type Task = Task<Dispatch>;
+    type Error = RedisError;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), RedisError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Task<Dispatch>, RedisError>>> {
+        loop {
+            if let Some(job_id) = self.fetched.pop_front() {
+                self.running.fetch_add(1, Ordering::SeqCst);
+                return Poll::Ready(Some(Ok(Task::new(Dispatch { job_id }))));
+            }
+            let fetch = match &mut self.fetch {
+                Some(fetch) => fetch,
+                None => {
+                    self.fetch = Some(self.take(self.free_slots()));
+                    continue;
+                }
+            };
+            let fetched = ready!(fetch.poll_unpin(cx));
+            self.fetch = None;
+            match fetched {
+                Ok(ids) => {
+                    if std::mem::take(&mut self.failing) {
+                        tracing::info!(list = %self.list, "fetching from Redis again");
+                    }
+                    if ids.is_empty() {
+                        // The wake strategy holds the waker: a signal or the idle tick
+                        // brings the next fetch.
+                        return Poll::Pending;
+                    }
+                    self.fetched.extend(ids);
+                }
+                Err(err) => {
+                    if !std::mem::replace(&mut self.failing, true) {
+                        tracing::warn!(%err, list = %self.list, "fetch failed; retrying at each idle tick");
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Called once no job of this worker runs any more: ids fetched and never handed out
+    /// (a fetch can land after intake stopped) go back to the head of the list, in order.
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), RedisError>> {
+        if let Some(fetch) = &mut self.fetch {
+            if let Ok(ids) = ready!(fetch.poll_unpin(cx)) {
+                self.fetched.extend(ids);
+            }
+            self.fetch = None;
+        }
+        if self.give_back.is_none() && !self.fetched.is_empty() {
+            let ids: Vec<String> = self
+                .fetched
+                .drain(..)
+                .rev()
+                .map(|id| id.to_string())
+                .collect();
+            let (mut conn, list) = (self.conn.clone(), self.list.clone());
+            self.give_back = Some(
+                async move {
+                    let given_back: Result<i64, RedisError> =
+                        redis::cmd("LPUSH").arg(&list).arg(&ids).query_async(&mut conn).await;
+                    if let Err(err) = given_back {
+                        tracing::warn!(%err, jobs = ids.len(), "could not give fetched jobs back; the dispatcher's sweep pushes them again");
+                    }
+                }
+                .boxed(),
+            );
+        }
+        if let Some(give_back) = &mut self.give_back {
+            ready!(give_back.poll_unpin(cx));
+            self.give_back = None;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for RedisQueue {
+    type Args = Dispatch;
+    type Id = apalis::prelude::RandomId;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = CountRunning;
+
+    fn config(&self) -> &() {
+        &()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> CountRunning {
+        CountRunning(self.running.clone())
+    }
+}
+
+/// Counts down [`RedisQueue::running`] when a job's handler returns (or its future is
+/// dropped), so the next fetch knows how many slots are free.
+#[derive(Clone)]
+pub struct CountRunning(Arc<AtomicUsize>);
+
+impl<S> Layer<S> for CountRunning {
+    type Service = CountedService<S>;
+
+    fn layer(&self, inner: S) -> CountedService<S> {
+        CountedService {
+            inner,
+            running: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CountedService<S> {
+    inner: S,
+    running: Arc<AtomicUsize>,
+}
+
+impl<S, Request> Service<Request> for CountedService<S>
+where
+    S: Service<Request>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let ran = Ran(self.running.clone());
+        let job = self.inner.call(request);
+        async move {
+            let _ran = ran;
+            job.await
+        }
+        .boxed()
+    }
+}
+
+/// Counts one job down when dropped.
+struct Ran(Arc<AtomicUsize>);
+
+impl Drop for Ran {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The dispatcher's "new work" signals for one queue's worker in this process.
@@ -196,56 +447,6 @@ impl ConnectionLike for WatchedConnection {
     }
 }
 
-/// How many pushed tasks of each of `queues` wait in Redis, not yet fetched: apalis keeps a
-/// push in the scheduled set until a fetch moves it to the active list. One round trip.
-pub async fn waiting(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    queues: &[Queue],
-) -> Result<Vec<i64>, RedisError> {
-    // Redis refuses an empty pipeline.
-    if queues.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for &queue in queues {
-        let config = config(keys, queue);
-        pipe.llen(config.active_jobs_list())
-            .zcard(config.scheduled_jobs_set());
-    }
-    let counts: Vec<i64> = pipe.query_async(conn).await?;
-    Ok(counts.chunks(2).map(|pair| pair.iter().sum()).collect())
-}
-
-/// `KEYS[1]` done set, `KEYS[2]` data hash, `KEYS[3]` metadata prefix; `ARGV[1]` batch.
-/// apalis-redis keeps every finished task's data, metadata and id forever; the ledger holds
-/// the outcome, so Redis copies of finished tasks are deleted.
-const FORGET_DONE: &str = r#"
-local ids = redis.call('SPOP', KEYS[1], ARGV[1])
-for _, id in ipairs(ids) do
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('DEL', KEYS[3] .. ':' .. id)
-end
-return #ids
-"#;
-
-/// Deletes the Redis copies of up to `batch` finished tasks of `queue`; returns how many.
-pub async fn forget_done(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    queue: Queue,
-    batch: usize,
-) -> Result<usize, RedisError> {
-    let config = config(keys, queue);
-    Script::new(FORGET_DONE)
-        .key(config.done_jobs_set())
-        .key(config.job_data_hash())
-        .key(config.job_meta_hash())
-        .arg(batch)
-        .invoke_async(conn)
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -274,7 +475,9 @@ mod tests {
     async fn connection() -> ConnectionManager {
         let url = std::env::var("TASKFLEET_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-        apalis_redis::connect(url).await.expect("Redis answers")
+        taskfleet_storage::redis::connect(&url)
+            .await
+            .expect("Redis answers")
     }
 
     #[tokio::test]
@@ -337,37 +540,80 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiting_counts_pushed_tasks_of_each_queue_and_none_for_no_queue() {
+    async fn a_fetch_takes_only_free_slots_and_a_stop_gives_unstarted_ids_back_in_order() {
         let mut conn = connection().await;
-        let prefix = format!("taskfleet-test:{}", uuid::Uuid::now_v7());
-        let keys = Keys::new(prefix.clone());
+        let keys = Keys::new(format!("taskfleet-test:{}", Uuid::now_v7()));
+        let queue = Queue::Executor;
         assert_eq!(
             waiting(&mut conn, &keys, &[]).await.unwrap(),
             Vec::<i64>::new()
         );
-        let mut storage = storage(conn.clone(), &keys, Queue::Executor);
-        let pushed = (0..3)
-            .map(|_| Dispatch {
-                job_id: uuid::Uuid::now_v7(),
-            })
-            .collect();
-        apalis::prelude::TaskSink::push_bulk(&mut storage, pushed)
-            .await
-            .unwrap();
+        let jobs: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        push(&mut conn, &keys, queue, &jobs).await.unwrap();
         assert_eq!(
-            waiting(&mut conn, &keys, &[Queue::Executor, Queue::Schedule])
+            waiting(&mut conn, &keys, &[queue, Queue::Schedule])
                 .await
                 .unwrap(),
-            [3, 0]
+            [5, 0]
         );
-        let leftovers: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut conn)
+
+        let mut list = RedisQueue::new(conn.clone(), &keys, queue, 3, Arc::default());
+        let mut worker = WorkerContext::new("test-worker");
+        let mut handed_out = Vec::new();
+        for _ in 0..3 {
+            handed_out.push(next_job(&mut list, &worker).await);
+        }
+        // Three slots, three jobs running: one fetch took three ids and left two.
+        assert_eq!(handed_out, jobs[..3]);
+        assert_eq!(waiting(&mut conn, &keys, &[queue]).await.unwrap(), [2]);
+
+        // One handler returns through the backend's layer; the next fetch takes one id.
+        let mut counted = list.middleware(&mut worker).layer(Done);
+        Service::call(&mut counted, ()).await.unwrap();
+        assert_eq!(next_job(&mut list, &worker).await, jobs[3]);
+        assert_eq!(waiting(&mut conn, &keys, &[queue]).await.unwrap(), [1]);
+
+        // Ids a worker fetched and never handed out go back to the head, in order, when it
+        // stops.
+        let unstarted = [Uuid::now_v7(), Uuid::now_v7()];
+        list.fetched.extend(unstarted);
+        std::future::poll_fn(|cx| list.poll_close(cx, &worker))
             .await
             .unwrap();
-        let _: () = redis::AsyncCommands::del(&mut conn, leftovers)
+        let left: Vec<String> =
+            redis::AsyncCommands::lrange(&mut conn, keys.queue_list(queue), 0, -1)
+                .await
+                .unwrap();
+        let expected: Vec<String> = [unstarted[0], unstarted[1], jobs[4]]
+            .iter()
+            .map(Uuid::to_string)
+            .collect();
+        assert_eq!(left, expected);
+        let _: () = redis::AsyncCommands::del(&mut conn, keys.queue_list(queue))
             .await
             .unwrap();
+    }
+
+    async fn next_job(list: &mut RedisQueue, worker: &WorkerContext) -> Uuid {
+        let task = std::future::poll_fn(|cx| list.poll_next(cx, worker)).await;
+        task.expect("a task").expect("no error").args.job_id
+    }
+
+    /// A handler that returns at once.
+    struct Done;
+
+    impl Service<()> for Done {
+        type Response = ();
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<(), Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: ()) -> Self::Future {
+            std::future::ready(Ok(()))
+        }
     }
 
     /// Whether a wake-up is waiting (it is taken).

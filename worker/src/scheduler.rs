@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use apalis_redis::ConnectionManager;
 use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
 use serde_json::json;
 use taskfleet_jobs::{
     EventName, JobOptions, JobSpec, MissedPolicy, Queue, Timing, spec::ScheduleFire,

@@ -10,7 +10,7 @@ use taskfleet_jobs::JobSpec;
 
 use std::time::Duration;
 
-use apalis_redis::ConnectionManager;
+use redis::aio::ConnectionManager;
 use taskfleet_storage::{Ledger, Schedules, redis::Keys};
 use uuid::Uuid;
 
