@@ -455,16 +455,17 @@ impl Ledger {
             .await
     }
 
-    /// Up to `limit` jobs dispatched longer ago than `after` and still not started, oldest
-    /// first: the dispatcher found fewer copies in Redis than the ledger's window, so these
+    /// Up to `limit` jobs dispatched longer ago than `after`, still not started and not
+    /// among `waiting` (the ids still in the queue's Redis list), oldest first: their Redis
     /// copies were lost (Redis restarted or flushed, or a worker took them and died before
-    /// starting them). Marks them dispatched again, now, and
-    /// returns them so the dispatcher pushes them once more; a duplicate delivery is harmless
-    /// because only one start can win [`Ledger::start_many`].
+    /// starting them). Marks them dispatched again, now, and returns them so the dispatcher
+    /// pushes them once more; a duplicate delivery is harmless because only one start can
+    /// win [`Ledger::start_many`].
     pub async fn redispatch_stale(
         &self,
         queue: Queue,
         after: Duration,
+        waiting: &[Uuid],
         limit: i64,
         actor: &str,
     ) -> sqlx::Result<Vec<DispatchedJob>> {
@@ -475,6 +476,7 @@ impl Ledger {
                      SELECT id FROM jobs
                      WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
                        AND dispatched_at < now() - make_interval(secs => $2) AND NOT {held}
+                       AND id <> ALL($5)
                      ORDER BY dispatched_at LIMIT $4
                  ) AND state = 'queued'
                  RETURNING id, tenant_id, queue, kind
@@ -492,6 +494,7 @@ impl Ledger {
             .bind(after.as_secs_f64())
             .bind(actor)
             .bind(limit)
+            .bind(waiting)
             .fetch_all(&self.pool)
             .await
     }
@@ -616,6 +619,14 @@ impl Ledger {
     /// lands whole or not at all, so a retry after an error never finds half of it done.
     pub async fn finish_many(&self, finishes: &[Finish]) -> sqlx::Result<Vec<Option<String>>> {
         let mut tx = self.pool.begin().await?;
+        // The planner finds the running jobs through `jobs_running`, which it believes small.
+        // A burst leaves an entry there for every job that ran since the last vacuum, and a
+        // bitmap scan visits them all in every batch (20,000 by the end of a burn-down, the
+        // costliest part of recording outcomes); a plain index scan marks them dead as it
+        // passes, so the next batch skips them.
+        sqlx::query("SET LOCAL enable_bitmapscan = off")
+            .execute(&mut *tx)
+            .await?;
         let mut states: HashMap<(Uuid, i64), String> = HashMap::new();
         let mut kinds: Vec<OutcomeKind> = finishes.iter().map(|f| f.outcome.kind()).collect();
         kinds.sort_by_key(|kind| *kind as u8);
@@ -947,8 +958,9 @@ async fn finish_kind(
                     jsonb_build_object('epoch', input.epoch, 'current_epoch', j.lease_epoch,
                                        'state', j.state)
              FROM input JOIN jobs j ON j.id = input.id
-             WHERE NOT EXISTS (SELECT 1 FROM changed c
-                               WHERE c.id = input.id AND c.epoch = input.epoch)
+             -- `NOT IN` over a hashed subplan: written as `NOT EXISTS`, the planner, which
+             -- expects one changed row, compared every input with every changed row.
+             WHERE (input.id, input.epoch) NOT IN (SELECT id, epoch FROM changed)
          )
          SELECT id, epoch, state FROM changed",
         retry_scheduled = EventName::JobRetryScheduled,

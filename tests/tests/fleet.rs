@@ -187,7 +187,7 @@ async fn an_outcome_waiting_for_the_ledger_keeps_its_lease_and_frees_its_slot() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn jobs_a_worker_took_from_redis_and_never_started_run_again() {
+async fn jobs_whose_redis_copies_were_lost_are_pushed_again_exactly() {
     let mut env = TestEnv::new().await;
     let api = env.start_api(&[]).await;
     let key = env.create_key("acme");
@@ -196,37 +196,51 @@ async fn jobs_a_worker_took_from_redis_and_never_started_run_again() {
     let mut leader_flags = FAST_FAILOVER.to_vec();
     leader_flags.extend(["--queues", "schedule"]);
     env.start_worker(&leader_flags);
-    let jobs: Vec<_> = (0..3)
+    let jobs: Vec<_> = (0..6)
         .map(|_| json!({"kind": "executor.run", "tool": "noop"}))
         .collect();
     let body = api.submit_batch(&key, &jobs).await;
-    let ids: Vec<uuid::Uuid> = body["jobs"]
+    let mut ids: Vec<uuid::Uuid> = body["jobs"]
         .as_array()
         .unwrap()
         .iter()
         .map(|job| job["id"].as_str().unwrap().parse().unwrap())
         .collect();
+    ids.sort();
     wait_until(
         Duration::from_secs(20),
         "the jobs were pushed to Redis",
-        || async { env.redis_waiting_len(Queue::Executor).await == 3 },
+        || async { env.redis_waiting_len(Queue::Executor).await == 6 },
     )
     .await;
-    // A worker takes them, as its fetch would, and dies before starting any.
+    // Three copies are lost, not the oldest: all six were dispatched in one round, so only
+    // the list tells which (a worker that took some and died loses the head instead).
     let keys = taskfleet_storage::redis::Keys::new(&env.redis_prefix);
-    let taken: Vec<String> = redis::cmd("LPOP")
-        .arg(keys.queue_list(Queue::Executor))
-        .arg(3)
-        .query_async(&mut env.redis.clone())
-        .await
-        .unwrap();
-    assert_eq!(taken.len(), 3);
+    let list = keys.queue_list(Queue::Executor);
+    let mut conn = env.redis.clone();
+    let pushed: Vec<String> = conn.lrange(&list, 0, -1).await.unwrap();
+    for lost in pushed.iter().skip(1).step_by(2) {
+        let removed: i64 = conn.lrem(&list, 1, lost).await.unwrap();
+        assert_eq!(removed, 1);
+    }
 
-    // The leader's sweep pushes them again; a live worker runs each once.
+    // The leader's sweep pushes exactly those three again: the list holds each job once.
+    wait_until(
+        Duration::from_secs(20),
+        "the lost jobs were pushed again",
+        || async { env.redis_waiting_len(Queue::Executor).await == 6 },
+    )
+    .await;
+    let waiting: Vec<String> = conn.lrange(&list, 0, -1).await.unwrap();
+    let mut waiting: Vec<uuid::Uuid> = waiting.iter().map(|id| id.parse().unwrap()).collect();
+    waiting.sort();
+    assert_eq!(waiting, ids, "each job waits once, none twice");
+
+    // A live worker runs each once.
     let mut worker_flags = FAST_FAILOVER.to_vec();
     worker_flags.extend(["--queues", "executor"]);
     env.start_worker(&worker_flags);
-    for id in ids {
+    for &id in &ids {
         let job = api.wait_finished(&key, id, Duration::from_secs(30)).await;
         assert_eq!(job["state"], "succeeded");
         assert_eq!(job["attempt"], 1);
@@ -238,6 +252,6 @@ async fn jobs_a_worker_took_from_redis_and_never_started_run_again() {
     .fetch_one(&env.pool)
     .await
     .unwrap();
-    assert_eq!(redispatches, 3, "each lost job was dispatched again once");
+    assert_eq!(redispatches, 3, "only the lost jobs were dispatched again");
     env.finish().await;
 }

@@ -124,21 +124,29 @@ impl Dispatcher {
         Ok(saturated)
     }
 
-    /// Pushes again the jobs the ledger counts in a window whose Redis copies are gone
-    /// (Redis restarted or flushed). Busy workers leave copies waiting in Redis, so only
-    /// the difference is looked for, among jobs dispatched long enough ago.
+    /// Pushes again the jobs the ledger counts in a window whose Redis copies are gone:
+    /// Redis restarted or flushed, or a worker took them and died before starting them.
+    /// Busy workers leave copies waiting in Redis, so only the difference is looked for,
+    /// among jobs dispatched long enough ago and not waiting in the list (read whole: it is
+    /// at most a window long).
     async fn sweep_stale(&mut self) -> anyhow::Result<()> {
         let sizes = self.ledger.window_sizes().await?;
         let queues: Vec<Queue> = sizes.iter().map(|(queue, _)| *queue).collect();
-        let waiting = redis_queue::waiting(&mut self.conn, &self.keys, &queues).await?;
+        let waiting = redis_queue::waiting_ids(&mut self.conn, &self.keys, &queues).await?;
         for ((queue, size), waiting) in sizes.into_iter().zip(waiting) {
-            let missing = size - waiting;
+            let missing = size - waiting.len() as i64;
             if missing <= 0 {
                 continue;
             }
             let stale = self
                 .ledger
-                .redispatch_stale(queue, self.settings.redispatch_after, missing, &self.actor)
+                .redispatch_stale(
+                    queue,
+                    self.settings.redispatch_after,
+                    &waiting,
+                    missing,
+                    &self.actor,
+                )
                 .await?;
             if !stale.is_empty() {
                 tracing::info!(%queue, jobs = stale.len(), "re-pushing jobs whose Redis copy was lost");

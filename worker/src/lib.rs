@@ -1,4 +1,4 @@
-//! taskfleet workers: apalis workers over apalis-redis for the chosen queues, the handlers
+//! taskfleet workers: apalis workers over our Redis list backend for the chosen queues, the handlers
 //! that run each job kind, and the fleet-maintenance loops that the elected leader runs.
 
 pub mod cli;

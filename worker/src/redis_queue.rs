@@ -81,6 +81,27 @@ pub async fn waiting(
     pipe.query_async(conn).await
 }
 
+/// The ids waiting in each of `queues`' lists. One round trip; each list is at most a
+/// dispatch window long.
+pub async fn waiting_ids(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[Queue],
+) -> Result<Vec<Vec<Uuid>>, RedisError> {
+    if queues.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for &queue in queues {
+        pipe.lrange(keys.queue_list(queue), 0, -1);
+    }
+    let lists: Vec<Vec<String>> = pipe.query_async(conn).await?;
+    Ok(lists
+        .into_iter()
+        .map(|ids| ids.iter().filter_map(|id| id.parse().ok()).collect())
+        .collect())
+}
+
 /// A worker backend for `queue` that fetches when `wakeups` signals, and at least every
 /// [`IDLE_POLL`].
 pub fn backend(
@@ -106,7 +127,7 @@ pub struct RedisQueue {
     fetched: VecDeque<Uuid>,
     fetch: Option<BoxFuture<'static, Result<Vec<Uuid>, RedisError>>>,
     /// On shutdown, puts ids taken but never handed out back at the head of the list.
-    give_back: Option<BoxFuture<'static, ()>>,
+    giving_back: Option<BoxFuture<'static, ()>>,
     /// Whether the last fetch failed; errors are logged once per outage.
     failing: bool,
 }
@@ -114,7 +135,7 @@ pub struct RedisQueue {
 impl RedisQueue {
     /// Takes at most `concurrency` jobs at a time; its Redis calls are watched for
     /// `wakeups` (see [`WatchedConnection`]).
-    pub fn new(
+    fn new(
         conn: ConnectionManager,
         keys: &Keys,
         queue: Queue,
@@ -128,7 +149,7 @@ impl RedisQueue {
             running: Arc::new(AtomicUsize::new(0)),
             fetched: VecDeque::new(),
             fetch: None,
-            give_back: None,
+            giving_back: None,
             failing: false,
         }
     }
@@ -155,6 +176,41 @@ impl RedisQueue {
                 .collect())
         }
         .boxed()
+    }
+
+    /// Ids fetched and never handed out, then those of a fetch still in flight, go back to
+    /// the head of the list in that order; `None` when there are none.
+    fn give_back(&mut self) -> Option<BoxFuture<'static, ()>> {
+        let (fetch, fetched) = (self.fetch.take(), std::mem::take(&mut self.fetched));
+        if fetch.is_none() && fetched.is_empty() {
+            return None;
+        }
+        let (mut conn, list) = (self.conn.clone(), self.list.clone());
+        let giving_back = async move {
+            let mut ids = Vec::from(fetched);
+            if let Some(fetch) = fetch {
+                match fetch.await {
+                    Ok(more) => ids.extend(more),
+                    Err(err) => {
+                        tracing::warn!(%err, %list, "a fetch failed while the worker stopped")
+                    }
+                }
+            }
+            if ids.is_empty() {
+                return;
+            }
+            // `LPUSH` puts each argument at the head in turn: the last one given ends first.
+            let reversed: Vec<String> = ids.iter().rev().map(Uuid::to_string).collect();
+            let given_back: Result<i64, RedisError> = redis::cmd("LPUSH")
+                .arg(&list)
+                .arg(&reversed)
+                .query_async(&mut conn)
+                .await;
+            if let Err(err) = given_back {
+                tracing::warn!(%err, jobs = ids.len(), "could not give fetched jobs back; the dispatcher's sweep pushes them again");
+            }
+        };
+        Some(giving_back.boxed())
     }
 
     /// Slots not taken by running jobs or by ids already fetched; at least one, since apalis
@@ -226,36 +282,28 @@ impl Backend for RedisQueue {
         cx: &mut Context<'_>,
         _: &WorkerContext,
     ) -> Poll<Result<(), RedisError>> {
-        if let Some(fetch) = &mut self.fetch {
-            if let Ok(ids) = ready!(fetch.poll_unpin(cx)) {
-                self.fetched.extend(ids);
-            }
-            self.fetch = None;
+        if self.giving_back.is_none() {
+            self.giving_back = self.give_back();
         }
-        if self.give_back.is_none() && !self.fetched.is_empty() {
-            let ids: Vec<String> = self
-                .fetched
-                .drain(..)
-                .rev()
-                .map(|id| id.to_string())
-                .collect();
-            let (mut conn, list) = (self.conn.clone(), self.list.clone());
-            self.give_back = Some(
-                async move {
-                    let given_back: Result<i64, RedisError> =
-                        redis::cmd("LPUSH").arg(&list).arg(&ids).query_async(&mut conn).await;
-                    if let Err(err) = given_back {
-                        tracing::warn!(%err, jobs = ids.len(), "could not give fetched jobs back; the dispatcher's sweep pushes them again");
-                    }
-                }
-                .boxed(),
-            );
-        }
-        if let Some(give_back) = &mut self.give_back {
-            ready!(give_back.poll_unpin(cx));
-            self.give_back = None;
+        if let Some(giving_back) = &mut self.giving_back {
+            ready!(giving_back.poll_unpin(cx));
+            self.giving_back = None;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A worker dropped before it closed (its drain deadline passed) gives its unstarted ids back
+/// from a task of their own; should the process exit first, the dispatcher's sweep pushes
+/// them again.
+impl Drop for RedisQueue {
+    fn drop(&mut self) {
+        let giving_back = self.giving_back.take().or_else(|| self.give_back());
+        if let (Some(giving_back), Ok(runtime)) =
+            (giving_back, tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(giving_back);
+        }
     }
 }
 
@@ -559,11 +607,12 @@ mod tests {
 
         let mut list = RedisQueue::new(conn.clone(), &keys, queue, 3, Arc::default());
         let mut worker = WorkerContext::new("test-worker");
-        let mut handed_out = Vec::new();
-        for _ in 0..3 {
+        let mut handed_out = vec![next_job(&mut list, &worker).await];
+        // Three slots free: one fetch took three ids at once.
+        assert_eq!(waiting(&mut conn, &keys, &[queue]).await.unwrap(), [2]);
+        for _ in 0..2 {
             handed_out.push(next_job(&mut list, &worker).await);
         }
-        // Three slots, three jobs running: one fetch took three ids and left two.
         assert_eq!(handed_out, jobs[..3]);
         assert_eq!(waiting(&mut conn, &keys, &[queue]).await.unwrap(), [2]);
 
@@ -574,28 +623,44 @@ mod tests {
         assert_eq!(waiting(&mut conn, &keys, &[queue]).await.unwrap(), [1]);
 
         // Ids a worker fetched and never handed out go back to the head, in order, when it
-        // stops.
+        // stops…
         let unstarted = [Uuid::now_v7(), Uuid::now_v7()];
         list.fetched.extend(unstarted);
         std::future::poll_fn(|cx| list.poll_close(cx, &worker))
             .await
             .unwrap();
-        let left: Vec<String> =
-            redis::AsyncCommands::lrange(&mut conn, keys.queue_list(queue), 0, -1)
-                .await
-                .unwrap();
-        let expected: Vec<String> = [unstarted[0], unstarted[1], jobs[4]]
-            .iter()
-            .map(Uuid::to_string)
-            .collect();
-        assert_eq!(left, expected);
-        let _: () = redis::AsyncCommands::del(&mut conn, keys.queue_list(queue))
+        assert_eq!(
+            waiting_ids(&mut conn, &keys, &[queue]).await.unwrap(),
+            [[unstarted[0], unstarted[1], jobs[4]]]
+        );
+        // …and when it is dropped without stopping (its drain deadline passed).
+        let list_key = keys.queue_list(queue);
+        let _: () = redis::AsyncCommands::del(&mut conn, &list_key)
+            .await
+            .unwrap();
+        list.fetched.extend(unstarted);
+        drop(list);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while waiting(&mut conn.clone(), &keys, &[queue]).await.unwrap() != [2] {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("a dropped worker gives its fetched ids back");
+        assert_eq!(
+            waiting_ids(&mut conn, &keys, &[queue]).await.unwrap(),
+            [unstarted]
+        );
+        let _: () = redis::AsyncCommands::del(&mut conn, &list_key)
             .await
             .unwrap();
     }
 
     async fn next_job(list: &mut RedisQueue, worker: &WorkerContext) -> Uuid {
-        let task = std::future::poll_fn(|cx| list.poll_next(cx, worker)).await;
+        let next = std::future::poll_fn(|cx| list.poll_next(cx, worker));
+        let task = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("a job waits in the list");
         task.expect("a task").expect("no error").args.job_id
     }
 
