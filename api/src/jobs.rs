@@ -393,6 +393,12 @@ async fn accept(
     } else {
         state.ledger.insert(auth.0.id, &new_jobs, "api").await?
     };
-    state.wake_dispatcher();
+    // Jobs the API pushed to Redis itself need no dispatcher round.
+    if inserted
+        .iter()
+        .any(|inserted| inserted.record().dispatched_at.is_none())
+    {
+        state.wake_dispatcher();
+    }
     Ok(inserted)
 }

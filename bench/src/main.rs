@@ -57,7 +57,7 @@ enum Measure {
 struct Report {
     sizes: Sizes,
     burn_down: Option<ours::BurnDown>,
-    pickup: Option<Latency>,
+    pickup: Option<ours::Pickup>,
     api: Option<ours::ApiRate>,
     sse: Option<Latency>,
     apalis: Option<Peer>,
@@ -135,8 +135,21 @@ impl Report {
             "| pickup latency p50 / p99 / max, {} jobs at {}/s | {} | — | {} | — | p99 ≤ 5 ms |",
             s.pickup_jobs,
             s.pickup_per_second,
-            shown(self.pickup, latency),
+            shown(self.pickup.map(|p| p.total), latency),
             shown(self.bullmq.and_then(|p| p.pickup), latency)
+        );
+        let _ = writeln!(
+            out,
+            "| pickup by stage, p50 / p99: request → ledger row, row → pushed to Redis, pushed → started | {} | | | | |",
+            shown(self.pickup, |p| {
+                let pair = |l: Latency| format!("{:.1} / {:.1}", l.p50, l.p99);
+                format!(
+                    "{}, {}, {} ms",
+                    pair(p.accepted),
+                    pair(p.dispatched),
+                    pair(p.started)
+                )
+            })
         );
         let _ = writeln!(
             out,

@@ -150,7 +150,24 @@ pub async fn burn_down(sizes: &Sizes) -> anyhow::Result<BurnDown> {
 
 /// Run 2: jobs submitted one at a time at a steady rate to a ready fleet; from sending the
 /// request to the ledger's start of the job.
-pub async fn pickup(sizes: &Sizes) -> anyhow::Result<Latency> {
+/// Pickup latency, whole and by stage (from the ledger's timestamps).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pickup {
+    /// From sending `POST /v1/jobs` to the ledger's start of the job.
+    pub total: Latency,
+    /// From sending the request to the job's row (`created_at`, in the API's insert).
+    pub accepted: Latency,
+    /// From the row to its push to Redis (`job_dispatched`: the API's own insert when it
+    /// pushes the job itself, else the dispatcher's round).
+    pub dispatched: Latency,
+    /// From the push to the start (`started_at`, in the worker's start).
+    pub started: Latency,
+}
+
+/// A job's id, row creation, push to Redis and start.
+type Stamps = (Uuid, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+
+pub async fn pickup(sizes: &Sizes) -> anyhow::Result<Pickup> {
     let (env, api, key, _) = fleet(sizes, sizes.workers).await;
     until_ready(&api).await?;
     let every = Duration::from_secs_f64(1.0 / sizes.pickup_per_second);
@@ -167,20 +184,28 @@ pub async fn pickup(sizes: &Sizes) -> anyhow::Result<Latency> {
     let sent: Vec<(Uuid, DateTime<Utc>)> = sent.join_all().await;
     until_succeeded(&env, sizes.pickup_jobs, Duration::from_secs(60)).await?;
     let ids: Vec<Uuid> = sent.iter().map(|(id, _)| *id).collect();
-    let started: Vec<(Uuid, DateTime<Utc>)> =
-        sqlx::query_as("SELECT id, started_at FROM jobs WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&env.pool)
-            .await?;
-    let millis = started
-        .iter()
-        .map(|(id, started)| {
-            let at = sent.iter().find(|(sent_id, _)| sent_id == id).unwrap().1;
-            (*started - at).num_microseconds().unwrap() as f64 / 1e3
-        })
-        .collect();
+    let sent_at: std::collections::HashMap<Uuid, DateTime<Utc>> = sent.into_iter().collect();
+    let stamps: Vec<Stamps> = sqlx::query_as(
+        "SELECT j.id, j.created_at,
+                (SELECT max(e.ts) FROM all_job_events e
+                 WHERE e.job_id = j.id AND e.event = 'job_dispatched'),
+                j.started_at
+         FROM jobs j WHERE j.id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&env.pool)
+    .await?;
     env.finish().await;
-    Ok(Latency::of(millis))
+    let millis = |from: DateTime<Utc>, to: DateTime<Utc>| {
+        (to - from).num_microseconds().unwrap_or_default() as f64 / 1e3
+    };
+    let stage = |of: &dyn Fn(&Stamps) -> f64| Latency::of(stamps.iter().map(of).collect());
+    Ok(Pickup {
+        total: stage(&|(id, _, _, started)| millis(sent_at[id], *started)),
+        accepted: stage(&|(id, created, _, _)| millis(sent_at[id], *created)),
+        dispatched: stage(&|(_, created, dispatched, _)| millis(*created, *dispatched)),
+        started: stage(&|(_, _, dispatched, started)| millis(*dispatched, *started)),
+    })
 }
 
 #[derive(Debug, Clone, Copy, Default)]

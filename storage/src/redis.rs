@@ -91,6 +91,65 @@ pub async fn wake_dispatcher(conn: &mut ConnectionManager, keys: &Keys) {
     }
 }
 
+/// Appends `jobs` to `queue`'s list and wakes the queue's idle workers, in one round trip.
+pub async fn push_jobs(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queue: Queue,
+    jobs: &[uuid::Uuid],
+) -> Result<(), RedisError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = jobs.iter().map(uuid::Uuid::to_string).collect();
+    redis::pipe()
+        .rpush(keys.queue_list(queue), ids)
+        .ignore()
+        .publish(keys.queue_wake_channel(queue), 1)
+        .ignore()
+        .query_async(conn)
+        .await
+}
+
+/// How many dispatched ids of each of `queues` wait in Redis, not yet taken by a worker.
+/// One round trip.
+pub async fn waiting(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[Queue],
+) -> Result<Vec<i64>, RedisError> {
+    // Redis refuses an empty pipeline.
+    if queues.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for &queue in queues {
+        pipe.llen(keys.queue_list(queue));
+    }
+    pipe.query_async(conn).await
+}
+
+/// The ids waiting in each of `queues`' lists. One round trip; each list is at most a
+/// dispatch window long.
+pub async fn waiting_ids(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[Queue],
+) -> Result<Vec<Vec<uuid::Uuid>>, RedisError> {
+    if queues.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for &queue in queues {
+        pipe.lrange(keys.queue_list(queue), 0, -1);
+    }
+    let lists: Vec<Vec<String>> = pipe.query_async(conn).await?;
+    Ok(lists
+        .into_iter()
+        .map(|ids| ids.iter().filter_map(|id| id.parse().ok()).collect())
+        .collect())
+}
+
 /// Asks the worker running `job_id` to stop it: a flag its heartbeat reads (kept a day, past
 /// any lease), and a message for an immediate stop.
 pub async fn request_cancel(

@@ -86,7 +86,8 @@ pub static WORKER_IS_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static JOBS_DISPATCHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "taskfleet_jobs_dispatched_total",
-        "Jobs the leader's dispatcher moved from the ledger into a queue's Redis window.",
+        "Jobs moved from the ledger into a queue's Redis window: by the leader's dispatcher, \
+         or by the API for a lone submission to a short queue.",
         &["queue"],
     )
 });
@@ -201,6 +202,7 @@ pub fn register_api() {
         Box::new(WORKERS_ONLINE.clone()),
         Box::new(SSE_CLIENTS.clone()),
         Box::new(PROVIDER_REQUEST_DURATION.clone()),
+        Box::new(JOBS_DISPATCHED.clone()),
     ]);
 }
 

@@ -89,7 +89,7 @@ async fn a_duplicate_delivery_runs_the_job_once() {
         .await;
     // Deliver the same job twice more behind the dispatcher's back, before any worker runs.
     let keys = taskfleet_storage::redis::Keys::new(&env.redis_prefix);
-    taskfleet_worker::redis_queue::push(&mut env.redis.clone(), &keys, Queue::Executor, &[id, id])
+    taskfleet_storage::redis::push_jobs(&mut env.redis.clone(), &keys, Queue::Executor, &[id, id])
         .await
         .unwrap();
     env.start_worker(&["--concurrency", "4"]);
@@ -253,5 +253,87 @@ async fn jobs_whose_redis_copies_were_lost_are_pushed_again_exactly() {
     .await
     .unwrap();
     assert_eq!(redispatches, 3, "only the lost jobs were dispatched again");
+    env.finish().await;
+}
+
+/// Who pushed job `id` to Redis, for each time it was pushed: `api` or a worker's name.
+async fn dispatched_by(env: &TestEnv, id: uuid::Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT actor FROM all_job_events WHERE job_id = $1 AND event = 'job_dispatched'
+         ORDER BY ts",
+    )
+    .bind(id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_pushes_a_lone_job_while_its_queue_is_short_and_leaves_the_rest_to_the_dispatcher()
+{
+    let mut env = TestEnv::new().await;
+    // A window of 8: the API pushes while the list holds fewer than one id.
+    let api = env.start_api(&[("TASKFLEET_DISPATCH_WINDOW", "8")]).await;
+    let key = env.create_key("acme");
+    let ops = env.create_operator_key("ops");
+    // A leader that serves only the schedule queue, so executor jobs stay in the list.
+    let mut leader_flags = FAST_FAILOVER.to_vec();
+    leader_flags.extend(["--queues", "schedule"]);
+    env.start_worker(&leader_flags);
+    let noop = || json!({"kind": "executor.run", "tool": "noop"});
+
+    // An empty list: the API pushes the job itself.
+    let first = api.submit(&key, noop()).await;
+    assert_eq!(env.redis_waiting_len(Queue::Executor).await, 1);
+    assert_eq!(dispatched_by(&env, first).await, ["api"]);
+
+    // The list is no longer short: the dispatcher pushes the next one.
+    let second = api.submit(&key, noop()).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the dispatcher pushed the second job",
+        || async { env.redis_waiting_len(Queue::Executor).await == 2 },
+    )
+    .await;
+    let pushers = dispatched_by(&env, second).await;
+    assert_eq!(pushers.len(), 1);
+    assert_ne!(pushers[0], "api");
+
+    // A paused queue gets nothing pushed, by the API or anyone, and a scheduled job waits
+    // for its time.
+    let _: () = redis::AsyncCommands::del(
+        &mut env.redis.clone(),
+        taskfleet_storage::redis::Keys::new(&env.redis_prefix).queue_list(Queue::Executor),
+    )
+    .await
+    .unwrap();
+    let (status, body) = api
+        .post(&ops, "/v1/queues/executor/pause", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let held = api.submit(&key, noop()).await;
+    let later = api
+        .submit(
+            &key,
+            json!({"kind": "executor.run", "tool": "noop", "run_at": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.redis_waiting_len(Queue::Executor).await, 0);
+    assert!(dispatched_by(&env, held).await.is_empty());
+    assert!(dispatched_by(&env, later).await.is_empty());
+
+    // Every job pushed runs once a worker serves the queue.
+    let (status, body) = api
+        .post(&ops, "/v1/queues/executor/resume", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut worker_flags = FAST_FAILOVER.to_vec();
+    worker_flags.extend(["--queues", "executor"]);
+    env.start_worker(&worker_flags);
+    for id in [first, second, held] {
+        let job = api.wait_finished(&key, id, Duration::from_secs(30)).await;
+        assert_eq!(job["state"], "succeeded");
+    }
     env.finish().await;
 }

@@ -30,7 +30,7 @@ async fn jobs_name_tenants_that_exist_and_keep_them() {
 
     // One statement holding a job of a tenant that does not exist lands none of its jobs.
     let refused = ledger
-        .insert_for(&[acme.id, Uuid::now_v7()], &[noop(), noop()], "test")
+        .insert_for(&[acme.id, Uuid::now_v7()], &[noop(), noop()], &[], "test")
         .await;
     match refused {
         Err(InsertError::Db(sqlx::Error::Database(err))) => {

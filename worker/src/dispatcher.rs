@@ -8,12 +8,10 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use redis::aio::ConnectionManager;
 use taskfleet_jobs::Queue;
-use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis::Keys};
+use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis as tf_redis, redis::Keys};
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-use crate::redis_queue;
 
 /// Pause between rounds while some queue has more due work than room in its window.
 const BUSY_PAUSE: Duration = Duration::from_millis(10);
@@ -108,7 +106,7 @@ impl Dispatcher {
         }
         // The window is sized from Redis: counting it in the ledger reads every dead index
         // entry a burst leaves behind, and was the costliest query of a busy round.
-        let waiting = redis_queue::waiting(&mut self.conn, &self.keys, &due).await?;
+        let waiting = tf_redis::waiting(&mut self.conn, &self.keys, &due).await?;
         let mut saturated = false;
         for (queue, waiting) in due.into_iter().zip(waiting) {
             let room = self.settings.window - waiting;
@@ -132,7 +130,7 @@ impl Dispatcher {
     async fn sweep_stale(&mut self) -> anyhow::Result<()> {
         let sizes = self.ledger.window_sizes().await?;
         let queues: Vec<Queue> = sizes.iter().map(|(queue, _)| *queue).collect();
-        let waiting = redis_queue::waiting_ids(&mut self.conn, &self.keys, &queues).await?;
+        let waiting = tf_redis::waiting_ids(&mut self.conn, &self.keys, &queues).await?;
         for ((queue, size), waiting) in sizes.into_iter().zip(waiting) {
             let missing = size - waiting.len() as i64;
             if missing <= 0 {
@@ -158,7 +156,7 @@ impl Dispatcher {
 
     async fn push(&mut self, queue: Queue, jobs: &[DispatchedJob]) -> anyhow::Result<()> {
         let ids: Vec<_> = jobs.iter().map(|job| job.id).collect();
-        if let Err(err) = redis_queue::push(&mut self.conn, &self.keys, queue, &ids).await {
+        if let Err(err) = tf_redis::push_jobs(&mut self.conn, &self.keys, queue, &ids).await {
             self.ledger.undispatch(&ids).await?;
             anyhow::bail!(
                 "pushing {} jobs to Redis queue {queue} failed: {err}",

@@ -43,65 +43,6 @@ pub type QueueBackend = PollWith<RedisQueue, WakeStrategy>;
 /// that failed.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
-/// Appends `jobs` to `queue`'s list and wakes the queue's idle workers, in one round trip.
-pub async fn push(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    queue: Queue,
-    jobs: &[Uuid],
-) -> Result<(), RedisError> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<String> = jobs.iter().map(Uuid::to_string).collect();
-    redis::pipe()
-        .rpush(keys.queue_list(queue), ids)
-        .ignore()
-        .publish(keys.queue_wake_channel(queue), 1)
-        .ignore()
-        .query_async(conn)
-        .await
-}
-
-/// How many dispatched ids of each of `queues` wait in Redis, not yet taken by a worker.
-/// One round trip.
-pub async fn waiting(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    queues: &[Queue],
-) -> Result<Vec<i64>, RedisError> {
-    // Redis refuses an empty pipeline.
-    if queues.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for &queue in queues {
-        pipe.llen(keys.queue_list(queue));
-    }
-    pipe.query_async(conn).await
-}
-
-/// The ids waiting in each of `queues`' lists. One round trip; each list is at most a
-/// dispatch window long.
-pub async fn waiting_ids(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    queues: &[Queue],
-) -> Result<Vec<Vec<Uuid>>, RedisError> {
-    if queues.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for &queue in queues {
-        pipe.lrange(keys.queue_list(queue), 0, -1);
-    }
-    let lists: Vec<Vec<String>> = pipe.query_async(conn).await?;
-    Ok(lists
-        .into_iter()
-        .map(|ids| ids.iter().filter_map(|id| id.parse().ok()).collect())
-        .collect())
-}
-
 /// A worker backend for `queue` that fetches when `wakeups` signals, and at least every
 /// [`IDLE_POLL`].
 pub fn backend(
@@ -503,6 +444,7 @@ mod tests {
     };
 
     use super::*;
+    use taskfleet_storage::redis::{push_jobs, waiting, waiting_ids};
 
     /// Records whether it was woken.
     #[derive(Default)]
@@ -597,7 +539,7 @@ mod tests {
             Vec::<i64>::new()
         );
         let jobs: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
-        push(&mut conn, &keys, queue, &jobs).await.unwrap();
+        push_jobs(&mut conn, &keys, queue, &jobs).await.unwrap();
         assert_eq!(
             waiting(&mut conn, &keys, &[queue, Queue::Schedule])
                 .await
