@@ -39,12 +39,6 @@ impl Keys {
         format!("{}:wake:dispatch", self.prefix)
     }
 
-    /// The channel the dispatcher publishes on after pushing to `queue`, so its idle
-    /// workers fetch at once.
-    pub fn queue_wake_channel(&self, queue: Queue) -> String {
-        format!("{}:wake:queue:{queue}", self.prefix)
-    }
-
     /// The Redis stream the sequencer appends every event to, for live fan-out.
     pub fn event_stream(&self) -> String {
         format!("{}:events", self.prefix)
@@ -91,7 +85,7 @@ pub async fn wake_dispatcher(conn: &mut ConnectionManager, keys: &Keys) {
     }
 }
 
-/// Appends `jobs` to `queue`'s list and wakes the queue's idle workers, in one round trip.
+/// Appends `jobs` to `queue`'s list; workers waiting on it take them at once.
 pub async fn push_jobs(
     conn: &mut ConnectionManager,
     keys: &Keys,
@@ -102,13 +96,8 @@ pub async fn push_jobs(
         return Ok(());
     }
     let ids: Vec<String> = jobs.iter().map(uuid::Uuid::to_string).collect();
-    redis::pipe()
-        .rpush(keys.queue_list(queue), ids)
-        .ignore()
-        .publish(keys.queue_wake_channel(queue), 1)
-        .ignore()
-        .query_async(conn)
-        .await
+    let _: i64 = conn.rpush(keys.queue_list(queue), ids).await?;
+    Ok(())
 }
 
 /// How many dispatched ids of each of `queues` wait in Redis, not yet taken by a worker.

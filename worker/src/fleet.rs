@@ -23,7 +23,7 @@ use crate::{
     executor::{ExecutorSettings, JobExecutor, StopReason},
     leader::{self, Housekeeping},
     reclaimer::Reclaimer,
-    redis_queue::{self, Wakeups},
+    redis_queue::RedisQueue,
     scheduler::Scheduler,
 };
 
@@ -139,25 +139,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             true
         });
     for &queue in &args.queues {
-        let wakeups = Arc::new(Wakeups::default());
-        let signals = wakeups.clone();
-        tokio::spawn(tf_redis::listen(
-            args.redis_url.clone(),
-            keys.queue_wake_channel(queue),
-            move |_| signals.signal(),
-        ));
-        let (conn, keys, executor) = (conn.clone(), keys.clone(), executor.clone());
+        // A connection of the queue's own: its fetches block in Redis until ids arrive.
+        let fetches = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
+        let (keys, executor) = (keys.clone(), executor.clone());
         let concurrency = args.concurrency.for_queue(queue);
         let name = format!("{identity}-{queue}");
         monitor = monitor.register(move |restarts| {
             WorkerBuilder::new(format!("{name}-{restarts}"))
-                .backend(redis_queue::backend(
-                    conn.clone(),
-                    &keys,
-                    queue,
-                    concurrency,
-                    wakeups.clone(),
-                ))
+                .backend(RedisQueue::new(fetches.clone(), &keys, queue, concurrency))
                 .concurrency(concurrency)
                 .parallelize(tokio::spawn)
                 .data(executor.clone())

@@ -1,65 +1,45 @@
-//! A queue's Redis side: the list of dispatched job ids workers take from, our apalis
-//! backend over it, and how idle workers wake (ADR 0008).
+//! Our apalis backend over a queue's Redis list of dispatched job ids (ADR 0008).
 //!
 //! The ledger holds each job and decides who runs it, so Redis only has to carry ids from
-//! the dispatcher to free slots. A queue is one list: the dispatcher appends a round's ids
-//! with one `RPUSH`, and a worker takes as many as it has free slots with one `LPOP key n`.
-//! Nothing is acknowledged in Redis: a worker that dies holding ids it never started leaves
-//! them `dispatched` in the ledger, and the dispatcher's sweep pushes them again.
+//! the dispatcher (or the API) to free slots. A queue is one list: ids are appended with
+//! `RPUSH`, and a worker takes as many as it has free slots with one blocking pop
+//! (`BLMPOP`) on a connection of its own. Redis answers the pop the moment ids arrive, so no
+//! wake-up message can be lost and no timer polls; an idle worker makes one call per
+//! [`BLOCK`]. Nothing is acknowledged in Redis: a worker that dies holding ids it never
+//! started leaves them `dispatched` in the ledger, and the dispatcher's sweep pushes them
+//! again.
 
 use std::{
     collections::VecDeque,
+    future::Future,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
 };
 
-use apalis::prelude::{
-    Backend, Layer, PollSnapshot, PollStrategy, PollWith, Service, Task, WorkerContext,
-};
+use apalis::prelude::{Backend, Layer, Service, Task, WorkerContext};
 use apalis_core::backend::{BackendConfig, finalize::Ephemeral};
-use futures::{FutureExt, Stream, StreamExt, future::BoxFuture};
-use redis::{
-    Cmd, Pipeline, RedisFuture, Value,
-    aio::{ConnectionLike, ConnectionManager},
-};
+use futures::{FutureExt, future::BoxFuture};
+use redis::aio::ConnectionManager;
 use taskfleet_jobs::{Dispatch, Queue};
 use taskfleet_storage::redis::{Keys, RedisError};
-use tokio::{
-    sync::Notify,
-    time::{Interval, MissedTickBehavior},
-};
+use tokio::time::Sleep;
 use uuid::Uuid;
 
-/// The apalis backend of one queue: its Redis list, woken by a signal rather than a timer.
-pub type QueueBackend = PollWith<RedisQueue, WakeStrategy>;
-
-/// How often an idle worker looks at its queue when no wake-up arrives: a backstop for
-/// wake-ups published while its subscription was down (Redis restarting) and for a fetch
-/// that failed.
-const IDLE_POLL: Duration = Duration::from_millis(50);
-
-/// A worker backend for `queue` that fetches when `wakeups` signals, and at least every
-/// [`IDLE_POLL`].
-pub fn backend(
-    conn: ConnectionManager,
-    keys: &Keys,
-    queue: Queue,
-    concurrency: usize,
-    wakeups: Arc<Wakeups>,
-) -> QueueBackend {
-    let list = RedisQueue::new(conn, keys, queue, concurrency, wakeups.clone());
-    PollWith::new(list, WakeStrategy::new(wakeups))
-}
+/// How long one fetch waits on an empty list before it is issued again.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Pause before fetching again after Redis refused a fetch or did not answer it.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// One queue's list, as an apalis backend. Each fetch takes as many ids as the worker has
 /// free slots, so a worker never holds jobs it cannot start while another could.
 pub struct RedisQueue {
-    conn: WatchedConnection,
+    /// Blocking pops hold their connection until they return: it must be this worker's own.
+    conn: ConnectionManager,
     list: String,
     concurrency: usize,
     /// Jobs handed to the worker whose handler has not returned; kept by [`CountRunning`].
@@ -69,28 +49,30 @@ pub struct RedisQueue {
     fetch: Option<BoxFuture<'static, Result<Vec<Uuid>, RedisError>>>,
     /// On shutdown, puts ids taken but never handed out back at the head of the list.
     giving_back: Option<BoxFuture<'static, ()>>,
+    /// Set after a failed fetch: the next one waits for it.
+    retry: Option<Pin<Box<Sleep>>>,
     /// Whether the last fetch failed; errors are logged once per outage.
     failing: bool,
 }
 
 impl RedisQueue {
-    /// Takes at most `concurrency` jobs at a time; its Redis calls are watched for
-    /// `wakeups` (see [`WatchedConnection`]).
-    fn new(
+    /// A backend for `queue` that takes at most `concurrency` jobs at a time, fetching over
+    /// `conn`, a connection nothing else uses.
+    pub fn new(
         conn: ConnectionManager,
         keys: &Keys,
         queue: Queue,
         concurrency: usize,
-        wakeups: Arc<Wakeups>,
     ) -> RedisQueue {
         RedisQueue {
-            conn: WatchedConnection { conn, wakeups },
+            conn,
             list: keys.queue_list(queue),
             concurrency,
             running: Arc::new(AtomicUsize::new(0)),
             fetched: VecDeque::new(),
             fetch: None,
             giving_back: None,
+            retry: None,
             failing: false,
         }
     }
@@ -98,13 +80,19 @@ impl RedisQueue {
     fn take(&self, count: usize) -> BoxFuture<'static, Result<Vec<Uuid>, RedisError>> {
         let (mut conn, list) = (self.conn.clone(), self.list.clone());
         async move {
-            // `LPOP key count` answers nil for a missing (empty) list.
-            let ids: Option<Vec<String>> = redis::cmd("LPOP")
+            // Answers at once with up to `count` ids, or as soon as one arrives, or nil once
+            // the block is over.
+            let popped: Option<(String, Vec<String>)> = redis::cmd("BLMPOP")
+                .arg(BLOCK.as_secs_f64())
+                .arg(1)
                 .arg(&list)
+                .arg("LEFT")
+                .arg("COUNT")
                 .arg(count)
                 .query_async(&mut conn)
                 .await?;
-            Ok(ids
+            Ok(popped
+                .map(|(_, ids)| ids)
                 .unwrap_or_default()
                 .into_iter()
                 .filter_map(|id| match id.parse() {
@@ -185,6 +173,10 @@ impl Backend for RedisQueue {
                 self.running.fetch_add(1, Ordering::SeqCst);
                 return Poll::Ready(Some(Ok(Task::new(Dispatch { job_id }))));
             }
+            if let Some(retry) = &mut self.retry {
+                ready!(retry.as_mut().poll(cx));
+                self.retry = None;
+            }
             let fetch = match &mut self.fetch {
                 Some(fetch) => fetch,
                 None => {
@@ -195,22 +187,18 @@ impl Backend for RedisQueue {
             let fetched = ready!(fetch.poll_unpin(cx));
             self.fetch = None;
             match fetched {
+                // None within the block: the loop issues the next fetch.
                 Ok(ids) => {
                     if std::mem::take(&mut self.failing) {
                         tracing::info!(list = %self.list, "fetching from Redis again");
-                    }
-                    if ids.is_empty() {
-                        // The wake strategy holds the waker: a signal or the idle tick
-                        // brings the next fetch.
-                        return Poll::Pending;
                     }
                     self.fetched.extend(ids);
                 }
                 Err(err) => {
                     if !std::mem::replace(&mut self.failing, true) {
-                        tracing::warn!(%err, list = %self.list, "fetch failed; retrying at each idle tick");
+                        tracing::warn!(%err, list = %self.list, "fetch failed; retrying");
                     }
-                    return Poll::Pending;
+                    self.retry = Some(Box::pin(tokio::time::sleep(RETRY_AFTER)));
                 }
             }
         }
@@ -319,148 +307,12 @@ impl Drop for Ran {
     }
 }
 
-/// The dispatcher's "new work" signals for one queue's worker in this process.
-///
-/// apalis fetches only when its task is polled, so every signal must end in a fetch that
-/// starts after it. Two things lose signals in apalis 1.0's own poll strategies (ADR 0002):
-/// `Strategy` stops at the first source that is ready, leaving the others (and the next
-/// wait of that one) without the task's waker; and a signal consumed while a fetch is in
-/// flight is spent on a fetch that may have read Redis before the push, after which apalis
-/// parks until something else wakes it. [`WakeStrategy`] fixes the first, and
-/// [`WatchedConnection`] the second.
-#[derive(Debug, Default)]
-pub struct Wakeups {
-    notify: Notify,
-    /// Signals received so far; lets a Redis call tell whether one came while it ran.
-    signals: AtomicU64,
-}
-
-impl Wakeups {
-    /// New work was pushed: wake the fetch loop (kept as a permit if it is busy).
-    pub fn signal(&self) {
-        self.signals.fetch_add(1, Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-
-    fn count(&self) -> u64 {
-        self.signals.load(Ordering::SeqCst)
-    }
-}
-
-/// Drives apalis's fetch loop from [`Wakeups`] and an idle interval. Each poll drains both
-/// sources until they are pending, so the task's waker is always registered with both.
-pub struct WakeStrategy {
-    signals: Pin<Box<dyn Stream<Item = ()> + Send + Sync>>,
-    idle: Option<Interval>,
-}
-
-impl WakeStrategy {
-    fn new(wakeups: Arc<Wakeups>) -> WakeStrategy {
-        let signals = futures::stream::unfold(wakeups, |wakeups| async move {
-            wakeups.notify.notified().await;
-            Some(((), wakeups))
-        });
-        WakeStrategy {
-            signals: Box::pin(signals),
-            idle: None,
-        }
-    }
-}
-
-impl PollStrategy for WakeStrategy {
-    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
-        let mut woken = false;
-        while self.signals.poll_next_unpin(cx).is_ready() {
-            woken = true;
-        }
-        // Created on first use: an interval needs the runtime, the backend is built outside it.
-        let idle = self.idle.get_or_insert_with(|| {
-            let mut idle = tokio::time::interval(IDLE_POLL);
-            idle.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            idle
-        });
-        while idle.poll_tick(cx).is_ready() {
-            woken = true;
-        }
-        if woken {
-            Poll::Ready(Some(()))
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-/// The worker backend's Redis connection. When a signal arrives while one of its calls (a
-/// fetch above all) is in flight, it signals again once the call returns, so a fetch that
-/// read the queue before the push is followed by one that reads it after.
-#[derive(Clone)]
-pub struct WatchedConnection {
-    conn: ConnectionManager,
-    wakeups: Arc<Wakeups>,
-}
-
-impl WatchedConnection {
-    fn signal_again_if_missed(&self, before: u64) {
-        if self.wakeups.count() != before {
-            self.wakeups.notify.notify_one();
-        }
-    }
-}
-
-impl ConnectionLike for WatchedConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let before = self.wakeups.count();
-        Box::pin(async move {
-            let reply = self.conn.req_packed_command(cmd).await;
-            self.signal_again_if_missed(before);
-            reply
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        let before = self.wakeups.count();
-        Box::pin(async move {
-            let replies = self.conn.req_packed_commands(pipeline, offset, count).await;
-            self.signal_again_if_missed(before);
-            replies
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        self.conn.get_db()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::atomic::AtomicBool,
-        task::{Wake, Waker},
-    };
+    use std::task::Waker;
 
     use super::*;
     use taskfleet_storage::redis::{push_jobs, waiting, waiting_ids};
-
-    /// Records whether it was woken.
-    #[derive(Default)]
-    struct Flag(AtomicBool);
-
-    impl Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
-    impl Flag {
-        fn take(&self) -> bool {
-            self.0.swap(false, Ordering::SeqCst)
-        }
-    }
 
     async fn connection() -> ConnectionManager {
         let url = std::env::var("TASKFLEET_TEST_REDIS_URL")
@@ -471,62 +323,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_poll_that_takes_a_wake_up_still_hears_the_next_one_and_the_idle_tick() {
-        let wakeups = Arc::new(Wakeups::default());
-        let mut strategy = WakeStrategy::new(wakeups.clone());
-        let flag = Arc::new(Flag::default());
-        let waker = Waker::from(flag.clone());
-        let mut cx = Context::from_waker(&waker);
-        let snapshot = PollSnapshot::default();
-
-        // The interval's first tick is immediate; a signal is waiting too.
-        wakeups.signal();
-        assert!(strategy.poll_drive(&mut cx, &snapshot).is_ready());
-        flag.take();
-        // apalis's `Strategy` would hold no waker here; ours hears the next signal…
-        wakeups.signal();
-        assert!(flag.take(), "a signal after a ready poll wakes the worker");
-        assert!(strategy.poll_drive(&mut cx, &snapshot).is_ready());
-        // …and, with no signal at all, the idle tick.
-        flag.take();
-        tokio::time::sleep(IDLE_POLL * 2).await;
-        assert!(flag.take(), "the idle interval wakes the worker");
-    }
-
-    #[tokio::test]
-    async fn a_wake_up_during_a_redis_call_is_repeated_when_the_call_returns() {
-        let wakeups = Arc::new(Wakeups::default());
-        let mut conn = WatchedConnection {
-            conn: connection().await,
-            wakeups: wakeups.clone(),
-        };
-        let key = format!("taskfleet-test:{}:never-pushed", uuid::Uuid::now_v7());
-        // A Redis call that takes `seconds`: a blocking pop from a list nobody pushes to.
-        let wait_in_redis = |conn: &mut WatchedConnection, seconds: f64| {
-            let mut conn = conn.clone();
-            let pop = redis::cmd("BLPOP").arg(&key).arg(seconds).to_owned();
-            async move {
-                let _: Option<(String, String)> = pop.query_async(&mut conn).await.unwrap();
-            }
-        };
-
-        // A call that nothing signals during leaves no wake-up behind.
-        wait_in_redis(&mut conn, 0.05).await;
-        assert!(!woken_now(&wakeups).await);
-
-        // A signal arrives, and is taken, while the call is in flight (as a fetch that read
-        // the queue before the push): the worker is woken again once the call returns.
-        let call = wait_in_redis(&mut conn, 0.3);
-        let signal_and_take = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            wakeups.signal();
-            assert!(woken_now(&wakeups).await, "the signal itself wakes");
-        };
-        tokio::join!(call, signal_and_take);
-        assert!(
-            woken_now(&wakeups).await,
-            "the call that saw a signal in flight signals again"
-        );
+    async fn a_fetch_waiting_on_an_empty_list_takes_an_id_the_moment_it_is_pushed() {
+        let mut conn = connection().await;
+        let keys = Keys::new(format!("taskfleet-test:{}", Uuid::now_v7()));
+        let queue = Queue::Executor;
+        let mut list = RedisQueue::new(connection().await, &keys, queue, 4);
+        let worker = WorkerContext::new("test-worker");
+        // Nothing waits: the fetch blocks in Redis.
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(list.poll_next(&mut cx, &worker).is_pending());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let job = Uuid::now_v7();
+        push_jobs(&mut conn, &keys, queue, &[job]).await.unwrap();
+        // Well within one block: Redis answered the waiting pop, not a later one.
+        let taken = tokio::time::timeout(BLOCK / 2, next_job(&mut list, &worker)).await;
+        assert_eq!(taken.expect("the push ends the wait"), job);
+        assert_eq!(waiting(&mut conn, &keys, &[queue]).await.unwrap(), [0]);
     }
 
     #[tokio::test]
@@ -547,7 +359,7 @@ mod tests {
             [5, 0]
         );
 
-        let mut list = RedisQueue::new(conn.clone(), &keys, queue, 3, Arc::default());
+        let mut list = RedisQueue::new(connection().await, &keys, queue, 3);
         let mut worker = WorkerContext::new("test-worker");
         let mut handed_out = vec![next_job(&mut list, &worker).await];
         // Three slots free: one fetch took three ids at once.
@@ -621,12 +433,5 @@ mod tests {
         fn call(&mut self, _: ()) -> Self::Future {
             std::future::ready(Ok(()))
         }
-    }
-
-    /// Whether a wake-up is waiting (it is taken).
-    async fn woken_now(wakeups: &Wakeups) -> bool {
-        tokio::time::timeout(Duration::from_millis(10), wakeups.notify.notified())
-            .await
-            .is_ok()
     }
 }
