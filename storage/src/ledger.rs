@@ -60,8 +60,7 @@ pub struct JobRecord {
 const JOB_COLUMNS: &str = "id, tenant_id, \
      (SELECT t.name FROM tenants t WHERE t.id = jobs.tenant_id) AS tenant, queue, kind, \
      payload, state, priority, attempt, max_attempts, run_at, dispatched_at, created_at, \
-     started_at, \
-     finished_at, worker, result, error, attempt_errors, idempotency_key, \
+     started_at, finished_at, worker, result, error, attempt_errors, idempotency_key, \
      cancel_requested_at, progress_percent, progress_message, request_id";
 
 /// What [`Ledger::insert`] did with one job.
@@ -247,9 +246,10 @@ impl Ledger {
 
     /// [`Ledger::insert`] for jobs of several tenants at once, `tenants[i]` owning `jobs[i]`:
     /// the API's group commit writes many requests' jobs in one statement this way. Where
-    /// `dispatch[i]` is true, `jobs[i]` is also marked dispatched (with its event) when it is
-    /// due now and its queue is not paused: the caller pushes it to Redis itself, sparing it
-    /// a dispatcher round. The created records show which were (`dispatched_at`).
+    /// `dispatch[i]` is true (missing entries are false), `jobs[i]` is also marked
+    /// dispatched (with its event) when it is due now and its queue is not paused: the
+    /// caller pushes it to Redis itself, sparing it a dispatcher round. The created records
+    /// show which were (`dispatched_at`).
     pub async fn insert_for(
         &self,
         tenants: &[Uuid],
