@@ -57,12 +57,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     let hub = EventHub::start(args.redis_url.clone(), keys.clone(), events.clone());
     let ledger = Ledger::new(db.pool.clone());
     Ok(AppState {
-        submissions: crate::state::submissions(
-            ledger.clone(),
-            redis.clone(),
-            keys.clone(),
-            (args.dispatch_window / 8).max(1),
-        ),
+        submissions: crate::state::submissions(ledger.clone(), redis.clone(), keys.clone()),
         ledger,
         schedules: Schedules::new(db.pool.clone()),
         queues: Queues::new(db.pool.clone()),

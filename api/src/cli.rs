@@ -37,12 +37,6 @@ pub struct ApiArgs {
     /// production.
     #[arg(long, env = "TASKFLEET_FAULT_INJECTION", default_value_t = false)]
     pub fault_injection: bool,
-    /// The workers' dispatch window (most jobs of one queue held in Redis at a time). The API
-    /// pushes a lone, due submission to Redis itself while its queue's list holds fewer than
-    /// an eighth of it, sparing the job a dispatcher round; beyond that, the dispatcher's fair
-    /// rounds take over.
-    #[arg(long, env = "TASKFLEET_DISPATCH_WINDOW", default_value_t = 500)]
-    pub dispatch_window: i64,
     /// Emit logs as JSON lines.
     #[arg(long, env = "TASKFLEET_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

@@ -1,6 +1,10 @@
 //! What every request handler shares.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use redis::aio::ConnectionManager;
 use taskfleet_jobs::Queue;
@@ -52,22 +56,27 @@ impl AppState {
 }
 
 /// The group commit behind [`AppState::submissions`]: each item is a tenant and its job.
-/// Jobs of queues whose Redis list holds fewer than `push_below` ids are pushed by the API
-/// itself once their rows are in (a job due now, in a queue not paused): an idle fleet starts
-/// them without waiting for a dispatcher round.
+/// While a queue's Redis list is empty, one job of that queue per write (due now, in a queue
+/// not paused) is pushed by the API itself once its row is in: an idle fleet starts it
+/// without waiting for a dispatcher round, and the list never holds more than the
+/// dispatcher's window plus one job per API process.
 pub fn submissions(
     ledger: Ledger,
     redis: ConnectionManager,
     keys: Keys,
-    push_below: i64,
 ) -> GroupCommit<(Uuid, NewJob), JobRecord> {
+    let pushes = OwnPushes {
+        redis,
+        keys,
+        paused_until: Arc::default(),
+    };
     GroupCommit::start(
         LINGER_WHILE_CALLERS_WAIT,
         move |batch: Arc<Vec<(Uuid, NewJob)>>| {
-            let (ledger, mut redis, keys) = (ledger.clone(), redis.clone(), keys.clone());
+            let (ledger, pushes) = (ledger.clone(), pushes.clone());
             async move {
                 let (tenants, jobs): (Vec<Uuid>, Vec<NewJob>) = batch.iter().cloned().unzip();
-                let dispatch = room_to_push(&mut redis, &keys, &jobs, push_below).await;
+                let dispatch = pushes.room(&jobs).await;
                 let inserted = ledger
                     .insert_for(&tenants, &jobs, &dispatch, "api")
                     .await
@@ -82,75 +91,98 @@ pub fn submissions(
                         Inserted::Created(record) | Inserted::Existing(record) => record,
                     })
                     .collect();
-                push_dispatched(&ledger, &mut redis, &keys, &records).await;
+                pushes.push(&ledger, &records).await;
                 Ok(records)
             }
         },
     )
 }
 
-/// Which of `jobs` may be pushed by the API: as many of each queue's as its list has room
-/// for below `push_below`. None when Redis does not answer (the dispatcher will push them).
-async fn room_to_push(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    jobs: &[NewJob],
-    push_below: i64,
-) -> Vec<bool> {
-    let mut queues: Vec<Queue> = jobs.iter().map(|job| job.spec.queue()).collect();
-    queues.sort();
-    queues.dedup();
-    let mut room: HashMap<Queue, i64> = match tf_redis::waiting(redis, keys, &queues).await {
-        Ok(waiting) => queues
-            .into_iter()
-            .zip(waiting)
-            .map(|(queue, waiting)| (queue, push_below - waiting))
-            .collect(),
-        Err(err) => {
-            tracing::debug!(%err, "could not size the Redis lists; the dispatcher pushes these jobs");
-            HashMap::new()
-        }
-    };
-    jobs.iter()
-        .map(|job| match room.get_mut(&job.spec.queue()) {
-            Some(left) if *left > 0 => {
-                *left -= 1;
-                true
-            }
-            _ => false,
-        })
-        .collect()
+/// The longest a submission waits on Redis for the API's own push. Accepting work must not
+/// depend on Redis: past this, the job is left to the dispatcher.
+const REDIS_BUDGET: Duration = Duration::from_millis(50);
+/// After Redis failed or was slow, the API leaves every push to the dispatcher this long.
+const REDIS_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The API's own pushes of lone submissions to empty queues.
+#[derive(Clone)]
+struct OwnPushes {
+    redis: ConnectionManager,
+    keys: Keys,
+    /// Set when Redis last failed a push or its sizing: no pushes until then.
+    paused_until: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
-/// Pushes the jobs the insert marked dispatched. Should Redis refuse, they are taken back out
-/// of the window and the dispatcher is woken to push them.
-async fn push_dispatched(
-    ledger: &Ledger,
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    records: &[JobRecord],
-) {
-    let mut by_queue: HashMap<Queue, Vec<Uuid>> = HashMap::new();
-    for record in records
-        .iter()
-        .filter(|record| record.dispatched_at.is_some())
-    {
-        if let Ok(queue) = record.queue.parse() {
-            by_queue.entry(queue).or_default().push(record.id);
+impl OwnPushes {
+    /// Which of `jobs` the API may push: the first of each queue whose list is empty. None
+    /// while Redis is failing.
+    async fn room(&self, jobs: &[NewJob]) -> Vec<bool> {
+        let held = *self.paused_until.lock().expect("push pause lock");
+        if held.is_some_and(|until| Instant::now() < until) {
+            return vec![false; jobs.len()];
         }
+        let mut queues: Vec<Queue> = jobs.iter().map(|job| job.spec.queue()).collect();
+        queues.sort();
+        queues.dedup();
+        let waiting = tokio::time::timeout(
+            REDIS_BUDGET,
+            tf_redis::waiting(&mut self.redis.clone(), &self.keys, &queues),
+        )
+        .await;
+        let mut empty: HashMap<Queue, bool> = match waiting {
+            Ok(Ok(waiting)) => queues
+                .into_iter()
+                .zip(waiting)
+                .map(|(queue, waiting)| (queue, waiting == 0))
+                .collect(),
+            _ => {
+                tracing::debug!("Redis did not size the lists in time; the dispatcher pushes");
+                self.pause_pushes();
+                return vec![false; jobs.len()];
+            }
+        };
+        // The first job of each empty queue takes its place.
+        jobs.iter()
+            .map(|job| empty.get_mut(&job.spec.queue()).is_some_and(std::mem::take))
+            .collect()
     }
-    for (queue, ids) in by_queue {
-        match tf_redis::push_jobs(redis, keys, queue, &ids).await {
-            Ok(()) => metrics::JOBS_DISPATCHED
-                .with_label_values(&[queue.as_str()])
-                .inc_by(ids.len() as u64),
-            Err(err) => {
-                tracing::warn!(%err, %queue, jobs = ids.len(), "could not push jobs to Redis; the dispatcher will");
-                if let Err(err) = ledger.undispatch(&ids).await {
-                    tracing::warn!(%err, "could not take the jobs back; the stale-dispatch sweep will push them");
-                }
-                tf_redis::wake_dispatcher(redis, keys).await;
+
+    /// Pushes the jobs the insert marked dispatched. Should Redis refuse or be slow, they are
+    /// taken back out of the window and the dispatcher is woken to push them (a push that
+    /// lands after all only adds a duplicate, which the ledger's start refuses).
+    async fn push(&self, ledger: &Ledger, records: &[JobRecord]) {
+        let mut by_queue: HashMap<Queue, Vec<Uuid>> = HashMap::new();
+        for record in records
+            .iter()
+            .filter(|record| record.dispatched_at.is_some())
+        {
+            if let Ok(queue) = record.queue.parse() {
+                by_queue.entry(queue).or_default().push(record.id);
             }
         }
+        for (queue, ids) in by_queue {
+            let pushed = tokio::time::timeout(
+                REDIS_BUDGET,
+                tf_redis::push_jobs(&mut self.redis.clone(), &self.keys, queue, &ids),
+            )
+            .await;
+            if let Ok(Ok(())) = pushed {
+                metrics::JOBS_DISPATCHED
+                    .with_label_values(&[queue.as_str()])
+                    .inc_by(ids.len() as u64);
+                continue;
+            }
+            tracing::warn!(%queue, jobs = ids.len(), "could not push jobs to Redis; the dispatcher will");
+            self.pause_pushes();
+            if let Err(err) = ledger.undispatch(&ids).await {
+                tracing::warn!(%err, "could not take the jobs back; the stale-dispatch sweep will push them");
+            }
+            let (mut redis, keys) = (self.redis.clone(), self.keys.clone());
+            tokio::spawn(async move { tf_redis::wake_dispatcher(&mut redis, &keys).await });
+        }
+    }
+
+    fn pause_pushes(&self) {
+        *self.paused_until.lock().expect("push pause lock") = Some(Instant::now() + REDIS_BACKOFF);
     }
 }

@@ -65,6 +65,26 @@ impl Keys {
     }
 }
 
+/// The oldest Redis major version taskfleet runs on: workers wait for work in `BLMPOP`,
+/// which Redis 7.0 introduced.
+pub const MIN_MAJOR_VERSION: u32 = 7;
+
+/// The major version of the Redis server behind `conn`.
+pub async fn major_version(conn: &mut ConnectionManager) -> Result<u32, RedisError> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    major_version_in(&info).ok_or_else(|| {
+        RedisError::from(std::io::Error::other("INFO server names no redis_version"))
+    })
+}
+
+/// The major version in the text of `INFO server` (`redis_version:7.0.15`).
+fn major_version_in(info: &str) -> Option<u32> {
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))?;
+    version.split('.').next()?.trim().parse().ok()
+}
+
 /// A connection manager with explicit timeouts that reconnects by itself.
 pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
     let client = Client::open(url)?;
@@ -201,4 +221,17 @@ async fn subscribe(url: &str, channel: &str) -> Result<redis::aio::PubSub, Redis
         .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::major_version_in;
+
+    #[test]
+    fn the_major_version_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(major_version_in(info), Some(7));
+        assert_eq!(major_version_in("redis_version:6.2.14\r\n"), Some(6));
+        assert_eq!(major_version_in("# Server\r\n"), None);
+    }
 }

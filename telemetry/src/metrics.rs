@@ -87,7 +87,7 @@ pub static JOBS_DISPATCHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "taskfleet_jobs_dispatched_total",
         "Jobs moved from the ledger into a queue's Redis window: by the leader's dispatcher, \
-         or by the API for a lone submission to a short queue.",
+         or by the API for a lone submission to an empty queue.",
         &["queue"],
     )
 });

@@ -492,49 +492,76 @@ where
     }
 }
 
-/// A TCP proxy in front of Postgres or Redis that a test can cut, to take the service away
-/// from the processes under test (and only from them) and give it back.
+/// A TCP proxy in front of Postgres or Redis that a test can cut or stall, to take the
+/// service away from the processes under test (and only from them) and give it back.
 pub struct Proxy {
     pub port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
+    link: tokio::sync::watch::Sender<Link>,
+}
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    /// Connections are dropped and new ones refused: the service is down.
+    Cut,
+    /// Connections stay open and nothing passes: the service hangs.
+    Stalled,
 }
 
 impl Proxy {
     pub async fn start(target: &str) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let (link, link_rx) = tokio::sync::watch::channel(Link::Up);
         let target = target.to_owned();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if *cut_rx.borrow() {
-                    continue; // refused: dropped at once
-                }
-                let (target, mut cut_rx) = (target.clone(), cut_rx.clone());
+                let (target, mut link_rx) = (target.clone(), link_rx.clone());
                 tokio::spawn(async move {
+                    let at_accept = *link_rx.borrow();
+                    match at_accept {
+                        Link::Cut => return, // refused: dropped at once
+                        Link::Stalled => {
+                            let _ = link_rx.wait_for(|link| *link != Link::Stalled).await;
+                            return;
+                        }
+                        Link::Up => {}
+                    }
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                        _ = link_rx.wait_for(|link| *link != Link::Up) => {}
+                    }
+                    // Stalled: hold both ends open, silent, until the link changes again.
+                    if *link_rx.borrow() == Link::Stalled {
+                        let _ = link_rx.wait_for(|link| *link != Link::Stalled).await;
                     }
                 });
             }
         });
-        Proxy { port, cut }
+        Proxy { port, link }
     }
 
     /// Drops every connection through the proxy and refuses new ones.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.link.send_replace(Link::Cut);
     }
 
+    /// Holds every connection open with nothing passing, new ones too, as a hung server or
+    /// a lost network would.
+    pub fn stall(&self) {
+        self.link.send_replace(Link::Stalled);
+    }
+
+    /// Lets new connections through again; connections cut or stalled meanwhile are gone.
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.link.send_replace(Link::Up);
     }
 }
 

@@ -269,11 +269,10 @@ async fn dispatched_by(env: &TestEnv, id: uuid::Uuid) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_api_pushes_a_lone_job_while_its_queue_is_short_and_leaves_the_rest_to_the_dispatcher()
+async fn the_api_pushes_a_lone_job_while_its_queue_is_empty_and_leaves_the_rest_to_the_dispatcher()
 {
     let mut env = TestEnv::new().await;
-    // A window of 8: the API pushes while the list holds fewer than one id.
-    let api = env.start_api(&[("TASKFLEET_DISPATCH_WINDOW", "8")]).await;
+    let api = env.start_api(&[]).await;
     let key = env.create_key("acme");
     let ops = env.create_operator_key("ops");
     // A leader that serves only the schedule queue, so executor jobs stay in the list.
@@ -287,7 +286,7 @@ async fn the_api_pushes_a_lone_job_while_its_queue_is_short_and_leaves_the_rest_
     assert_eq!(env.redis_waiting_len(Queue::Executor).await, 1);
     assert_eq!(dispatched_by(&env, first).await, ["api"]);
 
-    // The list is no longer short: the dispatcher pushes the next one.
+    // The list is not empty: the dispatcher pushes the next one.
     let second = api.submit(&key, noop()).await;
     wait_until(
         Duration::from_secs(20),
@@ -299,41 +298,38 @@ async fn the_api_pushes_a_lone_job_while_its_queue_is_short_and_leaves_the_rest_
     assert_eq!(pushers.len(), 1);
     assert_ne!(pushers[0], "api");
 
-    // A paused queue gets nothing pushed, by the API or anyone, and a scheduled job waits
-    // for its time.
-    let _: () = redis::AsyncCommands::del(
-        &mut env.redis.clone(),
-        taskfleet_storage::redis::Keys::new(&env.redis_prefix).queue_list(Queue::Executor),
-    )
-    .await
-    .unwrap();
-    let (status, body) = api
-        .post(&ops, "/v1/queues/executor/pause", &json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let held = api.submit(&key, noop()).await;
+    // A worker empties the list. A job scheduled for later is not pushed even so…
+    let mut worker_flags = FAST_FAILOVER.to_vec();
+    worker_flags.extend(["--queues", "executor"]);
+    env.start_worker(&worker_flags);
+    for id in [first, second] {
+        let job = api.wait_finished(&key, id, Duration::from_secs(30)).await;
+        assert_eq!(job["state"], "succeeded");
+    }
     let later = api
         .submit(
             &key,
             json!({"kind": "executor.run", "tool": "noop", "run_at": "2999-01-01T00:00:00Z"}),
         )
         .await;
+    // …nor a job of a paused queue.
+    let (status, body) = api
+        .post(&ops, "/v1/queues/executor/pause", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let held = api.submit(&key, noop()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(env.redis_waiting_len(Queue::Executor).await, 0);
-    assert!(dispatched_by(&env, held).await.is_empty());
     assert!(dispatched_by(&env, later).await.is_empty());
+    assert!(dispatched_by(&env, held).await.is_empty());
+    assert_eq!(env.count_state("scheduled").await, 1);
+    assert_eq!(env.count_state("queued").await, 1);
 
-    // Every job pushed runs once a worker serves the queue.
+    // Resumed, the held job is dispatched and runs.
     let (status, body) = api
         .post(&ops, "/v1/queues/executor/resume", &json!({}))
         .await;
     assert_eq!(status, 200, "{body}");
-    let mut worker_flags = FAST_FAILOVER.to_vec();
-    worker_flags.extend(["--queues", "executor"]);
-    env.start_worker(&worker_flags);
-    for id in [first, second, held] {
-        let job = api.wait_finished(&key, id, Duration::from_secs(30)).await;
-        assert_eq!(job["state"], "succeeded");
-    }
+    let job = api.wait_finished(&key, held, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "succeeded");
     env.finish().await;
 }

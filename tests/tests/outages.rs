@@ -54,6 +54,38 @@ async fn redis_restarted_and_flushed_mid_run_loses_no_job() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hung_redis_does_not_hold_up_lone_submissions() {
+    let mut env = TestEnv::new().await;
+    let redis = env.proxy_redis().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+    env.start_worker(WORKER);
+    let noop = || json!({"kind": "executor.run", "tool": "noop"});
+    let before = api.submit(&key, noop()).await;
+    api.wait_finished(&key, before, Duration::from_secs(30))
+        .await;
+
+    // Redis hangs: the API, which pushes a lone job to an empty queue itself, answers
+    // anyway, leaving the push to the dispatcher instead of waiting on Redis.
+    redis.stall();
+    let mut during = Vec::new();
+    for _ in 0..3 {
+        let submitted = tokio::time::timeout(Duration::from_secs(1), api.submit(&key, noop()));
+        during.push(
+            submitted
+                .await
+                .expect("a lone submission is answered while Redis hangs"),
+        );
+    }
+    redis.restore();
+    for id in during {
+        let job = api.wait_finished(&key, id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], "succeeded");
+    }
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn postgres_down_for_ten_seconds_gives_503s_and_loses_nothing() {
     let mut env = TestEnv::new().await;
     let postgres = env.proxy_postgres().await;

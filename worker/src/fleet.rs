@@ -58,6 +58,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let db = Db::connect_lazy(&args.database_url, 16).context("DATABASE_URL is not valid")?;
     wait_for("Postgres (migrations)", || db.migrate()).await;
     let conn = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
+    let version = tf_redis::major_version(&mut conn.clone())
+        .await
+        .context("could not read the Redis server's version")?;
+    anyhow::ensure!(
+        version >= tf_redis::MIN_MAJOR_VERSION,
+        "Redis {}.0 or newer is required (workers wait for work with BLMPOP); this server is {version}.x",
+        tf_redis::MIN_MAJOR_VERSION
+    );
     let keys = Keys::new(&args.redis_prefix);
     let ledger = Ledger::new(db.pool.clone());
     let shutdown = CancellationToken::new();
@@ -141,12 +149,18 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     for &queue in &args.queues {
         // A connection of the queue's own: its fetches block in Redis until ids arrive.
         let fetches = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
-        let (keys, executor) = (keys.clone(), executor.clone());
+        let (conn, keys, executor) = (conn.clone(), keys.clone(), executor.clone());
         let concurrency = args.concurrency.for_queue(queue);
         let name = format!("{identity}-{queue}");
         monitor = monitor.register(move |restarts| {
             WorkerBuilder::new(format!("{name}-{restarts}"))
-                .backend(RedisQueue::new(fetches.clone(), &keys, queue, concurrency))
+                .backend(RedisQueue::new(
+                    fetches.clone(),
+                    conn.clone(),
+                    &keys,
+                    queue,
+                    concurrency,
+                ))
                 .concurrency(concurrency)
                 .parallelize(tokio::spawn)
                 .data(executor.clone())

@@ -27,7 +27,7 @@ use futures::{FutureExt, future::BoxFuture};
 use redis::aio::ConnectionManager;
 use taskfleet_jobs::{Dispatch, Queue};
 use taskfleet_storage::redis::{Keys, RedisError};
-use tokio::time::Sleep;
+use tokio::{task::JoinHandle, time::Sleep};
 use uuid::Uuid;
 
 /// How long one fetch waits on an empty list before it is issued again.
@@ -38,7 +38,9 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// One queue's list, as an apalis backend. Each fetch takes as many ids as the worker has
 /// free slots, so a worker never holds jobs it cannot start while another could.
 pub struct RedisQueue {
-    /// Blocking pops hold their connection until they return: it must be this worker's own.
+    /// Blocking pops hold their connection until they return: it must be this queue's own.
+    fetches: ConnectionManager,
+    /// Gives fetched ids back: the fetching connection may be blocked by the next fetch.
     conn: ConnectionManager,
     list: String,
     concurrency: usize,
@@ -46,7 +48,9 @@ pub struct RedisQueue {
     running: Arc<AtomicUsize>,
     /// Ids taken by the last fetch and not yet handed out.
     fetched: VecDeque<Uuid>,
-    fetch: Option<BoxFuture<'static, Result<Vec<Uuid>, RedisError>>>,
+    /// The fetch in flight, in a task of its own, so that it runs (and, when the worker is
+    /// stopping, gives its ids back) whether or not apalis polls the backend.
+    fetch: Option<JoinHandle<Result<Vec<Uuid>, RedisError>>>,
     /// On shutdown, puts ids taken but never handed out back at the head of the list.
     giving_back: Option<BoxFuture<'static, ()>>,
     /// Set after a failed fetch: the next one waits for it.
@@ -57,14 +61,16 @@ pub struct RedisQueue {
 
 impl RedisQueue {
     /// A backend for `queue` that takes at most `concurrency` jobs at a time, fetching over
-    /// `conn`, a connection nothing else uses.
+    /// `fetches`, a connection nothing else uses, and giving ids back over `conn`.
     pub fn new(
+        fetches: ConnectionManager,
         conn: ConnectionManager,
         keys: &Keys,
         queue: Queue,
         concurrency: usize,
     ) -> RedisQueue {
         RedisQueue {
+            fetches,
             conn,
             list: keys.queue_list(queue),
             concurrency,
@@ -77,9 +83,16 @@ impl RedisQueue {
         }
     }
 
-    fn take(&self, count: usize) -> BoxFuture<'static, Result<Vec<Uuid>, RedisError>> {
-        let (mut conn, list) = (self.conn.clone(), self.list.clone());
-        async move {
+    /// Starts a fetch of up to `count` ids. Ids that arrive once `worker` is stopping (its
+    /// pop was already waiting in Redis) go straight back to the list.
+    fn take(
+        &self,
+        count: usize,
+        worker: &WorkerContext,
+    ) -> JoinHandle<Result<Vec<Uuid>, RedisError>> {
+        let (mut fetches, conn) = (self.fetches.clone(), self.conn.clone());
+        let (list, worker) = (self.list.clone(), worker.clone());
+        tokio::spawn(async move {
             // Answers at once with up to `count` ids, or as soon as one arrives, or nil once
             // the block is over.
             let popped: Option<(String, Vec<String>)> = redis::cmd("BLMPOP")
@@ -89,9 +102,9 @@ impl RedisQueue {
                 .arg("LEFT")
                 .arg("COUNT")
                 .arg(count)
-                .query_async(&mut conn)
+                .query_async(&mut fetches)
                 .await?;
-            Ok(popped
+            let ids: Vec<Uuid> = popped
                 .map(|(_, ids)| ids)
                 .unwrap_or_default()
                 .into_iter()
@@ -102,9 +115,13 @@ impl RedisQueue {
                         None
                     }
                 })
-                .collect())
-        }
-        .boxed()
+                .collect();
+            if worker.is_shutting_down() && !ids.is_empty() {
+                put_back(conn, list, ids).await;
+                return Ok(Vec::new());
+            }
+            Ok(ids)
+        })
     }
 
     /// Ids fetched and never handed out, then those of a fetch still in flight, go back to
@@ -114,30 +131,19 @@ impl RedisQueue {
         if fetch.is_none() && fetched.is_empty() {
             return None;
         }
-        let (mut conn, list) = (self.conn.clone(), self.list.clone());
+        let (conn, list) = (self.conn.clone(), self.list.clone());
         let giving_back = async move {
             let mut ids = Vec::from(fetched);
             if let Some(fetch) = fetch {
                 match fetch.await {
-                    Ok(more) => ids.extend(more),
-                    Err(err) => {
+                    Ok(Ok(more)) => ids.extend(more),
+                    Ok(Err(err)) => {
                         tracing::warn!(%err, %list, "a fetch failed while the worker stopped")
                     }
+                    Err(err) => tracing::warn!(%err, %list, "a fetch ended abnormally"),
                 }
             }
-            if ids.is_empty() {
-                return;
-            }
-            // `LPUSH` puts each argument at the head in turn: the last one given ends first.
-            let reversed: Vec<String> = ids.iter().rev().map(Uuid::to_string).collect();
-            let given_back: Result<i64, RedisError> = redis::cmd("LPUSH")
-                .arg(&list)
-                .arg(&reversed)
-                .query_async(&mut conn)
-                .await;
-            if let Err(err) = given_back {
-                tracing::warn!(%err, jobs = ids.len(), "could not give fetched jobs back; the dispatcher's sweep pushes them again");
-            }
+            put_back(conn, list, ids).await;
         };
         Some(giving_back.boxed())
     }
@@ -166,7 +172,7 @@ impl Backend for RedisQueue {
     fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
-        _: &WorkerContext,
+        worker: &WorkerContext,
     ) -> Poll<Option<Result<Task<Dispatch>, RedisError>>> {
         loop {
             if let Some(job_id) = self.fetched.pop_front() {
@@ -180,11 +186,13 @@ impl Backend for RedisQueue {
             let fetch = match &mut self.fetch {
                 Some(fetch) => fetch,
                 None => {
-                    self.fetch = Some(self.take(self.free_slots()));
+                    self.fetch = Some(self.take(self.free_slots(), worker));
                     continue;
                 }
             };
-            let fetched = ready!(fetch.poll_unpin(cx));
+            let fetched = ready!(fetch.poll_unpin(cx)).unwrap_or_else(|ended| {
+                Err(RedisError::from(std::io::Error::other(ended.to_string())))
+            });
             self.fetch = None;
             match fetched {
                 // None within the block: the loop issues the next fetch.
@@ -233,6 +241,23 @@ impl Drop for RedisQueue {
         {
             runtime.spawn(giving_back);
         }
+    }
+}
+
+/// Puts `ids` back at the head of `list`, in order.
+async fn put_back(mut conn: ConnectionManager, list: String, ids: Vec<Uuid>) {
+    if ids.is_empty() {
+        return;
+    }
+    // `LPUSH` puts each argument at the head in turn: the last one given ends first.
+    let reversed: Vec<String> = ids.iter().rev().map(Uuid::to_string).collect();
+    let given_back: Result<i64, RedisError> = redis::cmd("LPUSH")
+        .arg(&list)
+        .arg(&reversed)
+        .query_async(&mut conn)
+        .await;
+    if let Err(err) = given_back {
+        tracing::warn!(%err, jobs = ids.len(), "could not give fetched jobs back; the dispatcher's sweep pushes them again");
     }
 }
 
@@ -327,7 +352,7 @@ mod tests {
         let mut conn = connection().await;
         let keys = Keys::new(format!("taskfleet-test:{}", Uuid::now_v7()));
         let queue = Queue::Executor;
-        let mut list = RedisQueue::new(connection().await, &keys, queue, 4);
+        let mut list = RedisQueue::new(connection().await, conn.clone(), &keys, queue, 4);
         let worker = WorkerContext::new("test-worker");
         // Nothing waits: the fetch blocks in Redis.
         let mut cx = Context::from_waker(Waker::noop());
@@ -359,7 +384,7 @@ mod tests {
             [5, 0]
         );
 
-        let mut list = RedisQueue::new(connection().await, &keys, queue, 3);
+        let mut list = RedisQueue::new(connection().await, conn.clone(), &keys, queue, 3);
         let mut worker = WorkerContext::new("test-worker");
         let mut handed_out = vec![next_job(&mut list, &worker).await];
         // Three slots free: one fetch took three ids at once.
@@ -406,6 +431,39 @@ mod tests {
             [unstarted]
         );
         let _: () = redis::AsyncCommands::del(&mut conn, &list_key)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn ids_that_reach_a_stopping_worker_go_straight_back() {
+        let mut conn = connection().await;
+        let keys = Keys::new(format!("taskfleet-test:{}", Uuid::now_v7()));
+        let queue = Queue::Executor;
+        let mut list = RedisQueue::new(connection().await, conn.clone(), &keys, queue, 4);
+        let mut worker = WorkerContext::new("test-worker");
+        worker.start().unwrap();
+        // A fetch waits in Redis on the empty list…
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(list.poll_next(&mut cx, &worker).is_pending());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // …when the worker begins to stop; apalis polls the backend no more, yet an id
+        // pushed now is back in the list within the block, not held until the drain ends.
+        worker.stop().unwrap();
+        let job = Uuid::now_v7();
+        push_jobs(&mut conn, &keys, queue, &[job]).await.unwrap();
+        tokio::time::timeout(BLOCK / 2, async {
+            while waiting_ids(&mut conn.clone(), &keys, &[queue])
+                .await
+                .unwrap()
+                != [[job]]
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the stopping worker gave the id back");
+        let _: () = redis::AsyncCommands::del(&mut conn, keys.queue_list(queue))
             .await
             .unwrap();
     }
