@@ -58,9 +58,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let db = Db::connect_lazy(&args.database_url, 16).context("DATABASE_URL is not valid")?;
     wait_for("Postgres (migrations)", || db.migrate()).await;
     let conn = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
-    let version = tf_redis::major_version(&mut conn.clone())
-        .await
-        .context("could not read the Redis server's version")?;
+    let version = wait_for("Redis (version)", || {
+        let mut conn = conn.clone();
+        async move { tf_redis::major_version(&mut conn).await }
+    })
+    .await;
     anyhow::ensure!(
         version >= tf_redis::MIN_MAJOR_VERSION,
         "Redis {}.0 or newer is required (workers wait for work with BLMPOP); this server is {version}.x",
