@@ -48,10 +48,7 @@ pub struct AppState {
 impl AppState {
     /// Wakes the dispatcher without making the caller wait on Redis.
     pub fn wake_dispatcher(&self) {
-        let (mut conn, keys) = (self.redis.clone(), self.keys.clone());
-        tokio::spawn(
-            async move { taskfleet_storage::redis::wake_dispatcher(&mut conn, &keys).await },
-        );
+        wake_dispatcher_soon(&self.redis, &self.keys);
     }
 }
 
@@ -177,12 +174,17 @@ impl OwnPushes {
             if let Err(err) = ledger.undispatch(&ids).await {
                 tracing::warn!(%err, "could not take the jobs back; the stale-dispatch sweep will push them");
             }
-            let (mut redis, keys) = (self.redis.clone(), self.keys.clone());
-            tokio::spawn(async move { tf_redis::wake_dispatcher(&mut redis, &keys).await });
+            wake_dispatcher_soon(&self.redis, &self.keys);
         }
     }
 
     fn pause_pushes(&self) {
         *self.paused_until.lock().expect("push pause lock") = Some(Instant::now() + REDIS_BACKOFF);
     }
+}
+
+/// Wakes the dispatcher from a task of its own, so no caller waits on Redis.
+fn wake_dispatcher_soon(redis: &ConnectionManager, keys: &Keys) {
+    let (mut redis, keys) = (redis.clone(), keys.clone());
+    tokio::spawn(async move { tf_redis::wake_dispatcher(&mut redis, &keys).await });
 }

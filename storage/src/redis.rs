@@ -153,10 +153,25 @@ pub async fn waiting_ids(
         pipe.lrange(keys.queue_list(queue), 0, -1);
     }
     let lists: Vec<Vec<String>> = pipe.query_async(conn).await?;
-    Ok(lists
-        .into_iter()
-        .map(|ids| ids.iter().filter_map(|id| id.parse().ok()).collect())
+    Ok(queues
+        .iter()
+        .zip(lists)
+        .map(|(&queue, ids)| job_ids(&keys.queue_list(queue), ids))
         .collect())
+}
+
+/// The job ids among entries read from `list`; anything else is logged and skipped.
+pub fn job_ids(list: &str, entries: Vec<String>) -> Vec<uuid::Uuid> {
+    entries
+        .into_iter()
+        .filter_map(|entry| match entry.parse() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                tracing::warn!(%list, %entry, "skipping an entry that is not a job id");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Asks the worker running `job_id` to stop it: a flag its heartbeat reads (kept a day, past

@@ -26,7 +26,7 @@ use apalis_core::backend::{BackendConfig, finalize::Ephemeral};
 use futures::{FutureExt, future::BoxFuture};
 use redis::aio::ConnectionManager;
 use taskfleet_jobs::{Dispatch, Queue};
-use taskfleet_storage::redis::{Keys, RedisError};
+use taskfleet_storage::redis::{Keys, RedisError, job_ids};
 use tokio::{task::JoinHandle, time::Sleep};
 use uuid::Uuid;
 
@@ -104,18 +104,7 @@ impl RedisQueue {
                 .arg(count)
                 .query_async(&mut fetches)
                 .await?;
-            let ids: Vec<Uuid> = popped
-                .map(|(_, ids)| ids)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|id| match id.parse() {
-                    Ok(id) => Some(id),
-                    Err(_) => {
-                        tracing::warn!(%list, %id, "skipping an entry that is not a job id");
-                        None
-                    }
-                })
-                .collect();
+            let ids = job_ids(&list, popped.map(|(_, ids)| ids).unwrap_or_default());
             if worker.is_shutting_down() && !ids.is_empty() {
                 put_back(conn, list, ids).await;
                 return Ok(Vec::new());
