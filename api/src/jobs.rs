@@ -7,6 +7,7 @@ use poem_openapi::{
     param::{Header, Path, Query},
     payload::Json,
 };
+use serde::Serialize;
 use serde_json::Value;
 use taskfleet_jobs::{JobSpec, JobState, Queue};
 use taskfleet_storage::{
@@ -14,13 +15,19 @@ use taskfleet_storage::{
 };
 use uuid::Uuid;
 
-use crate::{auth::TenantKey, error::ApiError, observe::RequestId, state::AppState};
+use crate::{
+    auth::TenantKey,
+    error::ApiError,
+    json::{self, SerdeJson},
+    observe::RequestId,
+    state::AppState,
+};
 
 /// Most jobs one batch request may carry.
 pub const MAX_BATCH: usize = 1_000;
 
 /// A job as the ledger holds it.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct Job {
     pub id: Uuid,
     /// The tenant's name.
@@ -34,9 +41,13 @@ pub struct Job {
     /// Attempts started so far.
     pub attempt: i32,
     pub max_attempts: i32,
+    #[serde(serialize_with = "json::rfc3339")]
     pub run_at: DateTime<Utc>,
+    #[serde(serialize_with = "json::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "json::rfc3339_or_null")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "json::rfc3339_or_null")]
     pub finished_at: Option<DateTime<Utc>>,
     /// The worker process that ran the latest attempt.
     pub worker: Option<String>,
@@ -48,6 +59,7 @@ pub struct Job {
     pub attempt_errors: Value,
     pub idempotency_key: Option<String>,
     /// Set when cancellation of the running job was asked; it ends `cancelled`.
+    #[serde(serialize_with = "json::rfc3339_or_null")]
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// The latest progress its handler reported, in percent.
     pub progress_percent: Option<f32>,
@@ -98,12 +110,12 @@ pub struct BatchRequest {
     pub jobs: Vec<JobSpec>,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct JobList {
     pub jobs: Vec<Job>,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct JobPage {
     /// Newest first.
     pub jobs: Vec<Job>,
@@ -112,13 +124,13 @@ pub struct JobPage {
 }
 
 #[derive(ApiResponse)]
-pub enum Created<T: poem_openapi::types::ToJSON> {
+pub enum Created<T: poem_openapi::types::Type + Serialize + Send> {
     /// Accepted: recorded in the ledger and queued or scheduled.
     #[oai(status = 201)]
-    Created(Json<T>),
+    Created(SerdeJson<T>),
     /// The idempotency key was used before with the same payload: the first job.
     #[oai(status = 200)]
-    Existing(Json<T>),
+    Existing(SerdeJson<T>),
 }
 
 pub struct JobsApi;
@@ -161,8 +173,8 @@ impl JobsApi {
             .await?
             .remove(0);
         Ok(match inserted {
-            Inserted::Created(record) => Created::Created(Json(Job::from_record(record)?)),
-            Inserted::Existing(record) => Created::Existing(Json(Job::from_record(record)?)),
+            Inserted::Created(record) => Created::Created(SerdeJson(Job::from_record(record)?)),
+            Inserted::Existing(record) => Created::Existing(SerdeJson(Job::from_record(record)?)),
         })
     }
 
@@ -189,7 +201,7 @@ impl JobsApi {
             .into_iter()
             .map(|inserted| Job::from_record(inserted.record().clone()))
             .collect::<Result<_, _>>()?;
-        Ok(Created::Created(Json(JobList { jobs })))
+        Ok(Created::Created(SerdeJson(JobList { jobs })))
     }
 
     /// Get a job
@@ -199,9 +211,9 @@ impl JobsApi {
         state: Data<&AppState>,
         auth: TenantKey,
         id: Path<Uuid>,
-    ) -> Result<Json<Job>, ApiError> {
+    ) -> Result<SerdeJson<Job>, ApiError> {
         match state.ledger.get(auth.0.scope(), id.0).await? {
-            Some(record) => Ok(Json(Job::from_record(record)?)),
+            Some(record) => Ok(SerdeJson(Job::from_record(record)?)),
             None => Err(ApiError::not_found(format!("no job {}", id.0))),
         }
     }
@@ -217,7 +229,7 @@ impl JobsApi {
         state: Data<&AppState>,
         auth: TenantKey,
         id: Path<Uuid>,
-    ) -> Result<Json<Job>, ApiError> {
+    ) -> Result<SerdeJson<Job>, ApiError> {
         let record = changed(
             state.ledger.cancel(auth.0.scope(), id.0).await?,
             "cancelled",
@@ -229,7 +241,7 @@ impl JobsApi {
                 tracing::warn!(%err, job_id = %id.0, "could not signal the cancellation");
             }
         }
-        Ok(Json(Job::from_record(record)?))
+        Ok(SerdeJson(Job::from_record(record)?))
     }
 
     /// Retry a dead or cancelled job
@@ -242,7 +254,7 @@ impl JobsApi {
         state: Data<&AppState>,
         auth: TenantKey,
         id: Path<Uuid>,
-    ) -> Result<Json<Job>, ApiError> {
+    ) -> Result<SerdeJson<Job>, ApiError> {
         let Some(job) = state.ledger.get(auth.0.scope(), id.0).await? else {
             return Err(ApiError::not_found(format!("no job {}", id.0)));
         };
@@ -259,7 +271,7 @@ impl JobsApi {
             tracing::warn!(%err, job_id = %id.0, "could not clear an old cancellation flag");
         }
         state.wake_dispatcher();
-        Ok(Json(Job::from_record(record)?))
+        Ok(SerdeJson(Job::from_record(record)?))
     }
 
     /// List jobs
@@ -286,7 +298,7 @@ impl JobsApi {
         /// Page size, 1 to 500 (default 50).
         #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
         limit: Query<Option<i64>>,
-    ) -> Result<Json<JobPage>, ApiError> {
+    ) -> Result<SerdeJson<JobPage>, ApiError> {
         let before =
             match cursor.0 {
                 Some(cursor) => Some(cursor.parse::<Uuid>().map_err(|_| {
@@ -325,7 +337,7 @@ impl JobsApi {
             .into_iter()
             .map(Job::from_record)
             .collect::<Result<_, _>>()?;
-        Ok(Json(JobPage { jobs, next_cursor }))
+        Ok(SerdeJson(JobPage { jobs, next_cursor }))
     }
 }
 
@@ -401,4 +413,69 @@ async fn accept(
         state.wake_dispatcher();
     }
     Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use poem_openapi::types::ToJSON;
+    use serde_json::json;
+
+    use super::*;
+
+    fn job(finished: bool) -> Job {
+        let at = Utc.with_ymd_and_hms(2026, 11, 30, 4, 20, 24).unwrap()
+            + chrono::Duration::microseconds(123_456);
+        Job {
+            id: Uuid::now_v7(),
+            tenant: "acme".into(),
+            queue: Queue::Executor,
+            kind: "executor.run".into(),
+            state: if finished {
+                JobState::Succeeded
+            } else {
+                JobState::Queued
+            },
+            payload: json!({"kind": "executor.run", "command": "noop", "nested": [1, {"a": null}]}),
+            priority: -3,
+            attempt: 2,
+            max_attempts: 5,
+            run_at: at,
+            created_at: at,
+            started_at: finished.then_some(at),
+            finished_at: finished.then_some(at),
+            worker: finished.then_some("worker-1".into()),
+            result: finished.then_some(json!({"ok": true})),
+            error: finished.then_some("boom".into()),
+            attempt_errors: json!([{"attempt": 1, "error": "boom", "at": "2026-11-30T04:20:24Z"}]),
+            idempotency_key: finished.then_some("key".into()),
+            cancel_requested_at: finished.then_some(at),
+            progress_percent: finished.then_some(62.5),
+            progress_message: finished.then_some("halfway".into()),
+            request_id: finished.then_some("req-1".into()),
+        }
+    }
+
+    /// Job answers are written by serde ([`SerdeJson`]); they must be what poem-openapi
+    /// would have written from the documented schema, with every field set and with none.
+    #[test]
+    fn job_answers_written_by_serde_match_the_documented_json() {
+        for finished in [true, false] {
+            let job = job(finished);
+            assert_eq!(serde_json::to_value(&job).unwrap(), job.to_json().unwrap());
+            let page = JobPage {
+                jobs: vec![job.clone(), job.clone()],
+                next_cursor: finished.then(|| job.id.to_string()),
+            };
+            assert_eq!(
+                serde_json::to_value(&page).unwrap(),
+                page.to_json().unwrap()
+            );
+            let list = JobList { jobs: vec![job] };
+            assert_eq!(
+                serde_json::to_value(&list).unwrap(),
+                list.to_json().unwrap()
+            );
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod events;
 mod fleet;
 mod health;
 mod jobs;
+mod json;
 mod observe;
 mod schedules;
 mod state;
