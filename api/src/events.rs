@@ -74,6 +74,12 @@ impl SharedEvent {
         SharedEvent { record, json }
     }
 
+    /// An event as the sequencer appended it to the Redis stream: the same JSON, kept as is.
+    fn from_stream(json: String) -> Option<SharedEvent> {
+        let record = serde_json::from_str(&json).ok()?;
+        Some(SharedEvent { record, json })
+    }
+
     pub fn to_sse(&self) -> poem::web::sse::Event {
         poem::web::sse::Event::message(self.json.clone())
             .id(self.record.seq.to_string())
@@ -185,14 +191,11 @@ async fn read_forever(
             let mut got_any = false;
             for entry in reply.keys.into_iter().flat_map(|key| key.ids) {
                 last_id = entry.id.clone();
-                let Some(record) = entry
-                    .get::<String>("event")
-                    .and_then(|json| serde_json::from_str::<EventRecord>(&json).ok())
-                else {
+                let Some(seq) = entry.get::<i64>("seq") else {
                     continue;
                 };
                 got_any = true;
-                reader.deliver(record).await;
+                reader.deliver(seq, || entry.get("event")).await;
             }
             if !got_any {
                 // Quiet stream: make sure nothing was sequenced without reaching Redis.
@@ -210,16 +213,26 @@ struct HubReader {
 }
 
 impl HubReader {
-    /// Broadcasts `record` after any events missing before it.
-    async fn deliver(&mut self, record: EventRecord) {
-        if record.seq <= self.last_seq {
+    /// Broadcasts event `seq` (its JSON from `json`) after any events missing before it.
+    /// While this process has no SSE client the event is only counted: decoding every event
+    /// of a busy fleet for nobody was most of an idle API's work. A client that connects
+    /// later reads anything older from Postgres.
+    async fn deliver(&mut self, seq: i64, json: impl FnOnce() -> Option<String>) {
+        if seq <= self.last_seq {
             return;
         }
-        if record.seq > self.last_seq + 1 {
-            self.catch_up_to(record.seq - 1).await;
+        if self.sender.receiver_count() == 0 {
+            self.last_seq = seq;
+            return;
         }
-        if record.seq == self.last_seq + 1 {
-            self.broadcast(record);
+        if seq > self.last_seq + 1 {
+            self.catch_up_to(seq - 1).await;
+        }
+        // An entry that does not decode is read from Postgres when the next one shows the gap.
+        if seq == self.last_seq + 1
+            && let Some(event) = json().and_then(SharedEvent::from_stream)
+        {
+            self.broadcast(event);
         }
     }
 
@@ -234,7 +247,7 @@ impl HubReader {
                 Ok(page) => {
                     let before = self.last_seq;
                     for record in page.into_iter().take_while(|r| r.seq <= until) {
-                        self.broadcast(record);
+                        self.broadcast(SharedEvent::new(record));
                     }
                     if self.last_seq == before {
                         return; // nothing more is numbered yet
@@ -248,10 +261,10 @@ impl HubReader {
         }
     }
 
-    fn broadcast(&mut self, record: EventRecord) {
-        self.last_seq = record.seq;
+    fn broadcast(&mut self, event: SharedEvent) {
+        self.last_seq = event.record.seq;
         // No receivers is fine: nobody is listening.
-        let _ = self.sender.send(Arc::new(SharedEvent::new(record)));
+        let _ = self.sender.send(Arc::new(event));
     }
 }
 
@@ -492,4 +505,64 @@ fn sse(state: &AppState, sub: Subscription) -> EventStream<EventStreamBody> {
     EventStream::new(serve(&state.hub, state.events.clone(), sub))
         .keep_alive(KEEP_ALIVE)
         .to_event(|item: StreamItem| item.0.to_sse())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A hub reader whose Postgres is never reached: each test only feeds it consecutive
+    /// events, which need no catch-up.
+    fn reader() -> HubReader {
+        let (sender, _) = broadcast::channel(16);
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        HubReader {
+            events: EventLog::new(pool),
+            sender,
+            last_seq: 0,
+        }
+    }
+
+    fn stream_json(seq: i64) -> String {
+        serde_json::to_string(&EventRecord {
+            seq,
+            ts: Utc::now(),
+            tenant_id: None,
+            job_id: Some(Uuid::now_v7()),
+            queue: Some("executor".into()),
+            kind: Some("executor.run".into()),
+            event: "job_started".into(),
+            actor: "worker-1".into(),
+            details: json!({"attempt": 1, "epoch": 1}),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_clients_the_hub_counts_events_without_decoding_them() {
+        let mut reader = reader();
+        for seq in 1..=3 {
+            reader
+                .deliver(seq, || panic!("event {seq} decoded for nobody"))
+                .await;
+        }
+        assert_eq!(reader.last_seq, 3);
+    }
+
+    #[tokio::test]
+    async fn clients_receive_the_stream_entry_as_the_sequencer_wrote_it() {
+        let mut reader = reader();
+        let mut client = reader.sender.subscribe();
+        let json = stream_json(1);
+        reader.deliver(1, || Some(json.clone())).await;
+        let event = client.try_recv().unwrap();
+        assert_eq!(event.json, json);
+        assert_eq!(event.record.seq, 1);
+        // Already delivered: neither decoded again nor sent twice.
+        reader.deliver(1, || panic!("decoded twice")).await;
+        assert!(client.try_recv().is_err());
+        assert_eq!(reader.last_seq, 1);
+    }
 }
