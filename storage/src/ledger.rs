@@ -13,6 +13,9 @@ use uuid::Uuid;
 
 use crate::tenants::{SYSTEM_TENANT, Scope};
 
+/// Statements about at most this many jobs run on their generic plans ([`Ledger::begin_for`]).
+const FEW_ITEMS: usize = 4;
+
 /// States the dispatcher may move into a queue's Redis window.
 const DISPATCHABLE: &str = "('scheduled', 'queued', 'retrying')";
 
@@ -229,6 +232,29 @@ impl Ledger {
         &self.pool
     }
 
+    /// A transaction for a statement about `items` jobs. Postgres plans the hot statements
+    /// below again at every call: a custom plan, which sees how short the id arrays are, is
+    /// costed below the generic one. At a steady 200 jobs a second, one or two jobs to a
+    /// statement, that planning was more than half of Postgres's time (ADR 0007), so a
+    /// statement about a few jobs runs on its generic plan, made once per connection. A
+    /// batch keeps its custom plan: the planning is shared by many jobs, and generic plans
+    /// for every size made the burn-down 6% slower. Only for statements whose generic plan
+    /// is the custom one (look-ups by id, inserts from arrays); a query with optional
+    /// filters (`$1 IS NULL OR …`) needs its custom plan.
+    async fn begin_for(
+        &self,
+        items: usize,
+    ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        if items <= FEW_ITEMS {
+            // One round trip for both.
+            self.pool
+                .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+                .await
+        } else {
+            self.pool.begin().await
+        }
+    }
+
     /// Inserts jobs and their `job_enqueued` events, all or none. A job whose `run_at` is in
     /// the future starts `scheduled`, otherwise `queued`. A job whose idempotency key the
     /// tenant already used comes back as [`Inserted::Existing`] when its payload is the same,
@@ -326,7 +352,7 @@ impl Ledger {
             dispatched = EventName::JobDispatched,
             held = held_by_pause(),
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_for(jobs.len()).await?;
         let inserted: Vec<JobRecord> = sqlx::query_as(&sql)
             .bind(tenants)
             .bind(&ids)
@@ -542,6 +568,8 @@ impl Ledger {
     /// planner made it a semi-join that read the whole backlog every round.
     pub async fn queues_with_due_work(&self) -> sqlx::Result<Vec<Queue>> {
         let queues: Vec<&str> = Queue::ALL.iter().map(|queue| queue.as_str()).collect();
+        // A statement about no job in particular, run once per dispatcher round.
+        let mut tx = self.begin_for(0).await?;
         let due: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT q.queue FROM UNNEST($1::text[]) AS q(queue)
              CROSS JOIN LATERAL (
@@ -553,8 +581,9 @@ impl Ledger {
             held = held_by_pause()
         ))
         .bind(&queues)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(due.iter().filter_map(|queue| queue.parse().ok()).collect())
     }
 
@@ -625,11 +654,16 @@ impl Ledger {
             held = held_by_pause(),
             started = EventName::JobStarted
         );
-        let rows: Vec<StartedJob> = sqlx::query_as(&sql)
-            .bind(ids)
-            .bind(worker)
-            .fetch_all(&self.pool)
-            .await?;
+        let query = sqlx::query_as(&sql).bind(ids).bind(worker);
+        // A batch goes without a transaction of its own: two round trips fewer.
+        let rows: Vec<StartedJob> = if ids.len() <= FEW_ITEMS {
+            let mut tx = self.begin_for(ids.len()).await?;
+            let rows = query.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        } else {
+            query.fetch_all(&self.pool).await?
+        };
         let mut started: HashMap<Uuid, StartedJob> =
             rows.into_iter().map(|job| (job.id, job)).collect();
         // `remove` hands a job to its first delivery only.
@@ -643,14 +677,14 @@ impl Ledger {
     /// statement per kind of outcome, however many attempts, all in one transaction: a batch
     /// lands whole or not at all, so a retry after an error never finds half of it done.
     pub async fn finish_many(&self, finishes: &[Finish]) -> sqlx::Result<Vec<Option<String>>> {
-        let mut tx = self.pool.begin().await?;
         // The planner finds the running jobs through `jobs_running`, which it believes small.
         // A burst leaves an entry there for every job that ran since the last vacuum, and a
         // bitmap scan visits them all in every batch (20,000 by the end of a burn-down, the
         // costliest part of recording outcomes); a plain index scan marks them dead as it
         // passes, so the next batch skips them.
-        sqlx::query("SET LOCAL enable_bitmapscan = off")
-            .execute(&mut *tx)
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL enable_bitmapscan = off")
             .await?;
         let mut states: HashMap<(Uuid, i64), String> = HashMap::new();
         let mut kinds: Vec<OutcomeKind> = finishes.iter().map(|f| f.outcome.kind()).collect();
@@ -1005,4 +1039,36 @@ async fn finish_kind(
         .into_iter()
         .map(|(id, epoch, state)| ((id, epoch), state))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FEW_ITEMS, Ledger};
+
+    async fn plan_cache_mode(ledger: &Ledger, items: usize) -> String {
+        let mut tx = ledger.begin_for(items).await.expect("Postgres answers");
+        sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("Postgres answers")
+    }
+
+    #[tokio::test]
+    async fn statements_about_a_few_jobs_use_generic_plans_and_batches_their_own() {
+        let url = std::env::var("TASKFLEET_TEST_ADMIN_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let ledger = Ledger::new(sqlx::PgPool::connect_lazy(&url).unwrap());
+        assert_eq!(plan_cache_mode(&ledger, 1).await, "force_generic_plan");
+        assert_eq!(
+            plan_cache_mode(&ledger, FEW_ITEMS).await,
+            "force_generic_plan"
+        );
+        assert_eq!(plan_cache_mode(&ledger, FEW_ITEMS + 1).await, "auto");
+        // `SET LOCAL` ends with its transaction: the connection goes back to the pool as it was.
+        let after: String = sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(ledger.pool())
+            .await
+            .unwrap();
+        assert_eq!(after, "auto");
+    }
 }
