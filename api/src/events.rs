@@ -74,10 +74,11 @@ impl SharedEvent {
         SharedEvent { record, json }
     }
 
-    /// An event as the sequencer appended it to the Redis stream: the same JSON, kept as is.
-    fn from_stream(json: String) -> Option<SharedEvent> {
-        let record = serde_json::from_str(&json).ok()?;
-        Some(SharedEvent { record, json })
+    /// Event `seq` as the sequencer appended it to the Redis stream: the same JSON, kept as
+    /// is. `None` when it does not decode or is not that event.
+    fn from_stream(seq: i64, json: String) -> Option<SharedEvent> {
+        let record: EventRecord = serde_json::from_str(&json).ok()?;
+        (record.seq == seq).then_some(SharedEvent { record, json })
     }
 
     pub fn to_sse(&self) -> poem::web::sse::Event {
@@ -230,7 +231,7 @@ impl HubReader {
         }
         // An entry that does not decode is read from Postgres when the next one shows the gap.
         if seq == self.last_seq + 1
-            && let Some(event) = json().and_then(SharedEvent::from_stream)
+            && let Some(event) = json().and_then(|json| SharedEvent::from_stream(seq, json))
         {
             self.broadcast(event);
         }
@@ -562,6 +563,9 @@ mod tests {
         assert_eq!(event.record.seq, 1);
         // Already delivered: neither decoded again nor sent twice.
         reader.deliver(1, || panic!("decoded twice")).await;
+        assert!(client.try_recv().is_err());
+        // An entry whose JSON is another event's is not passed on as this one.
+        reader.deliver(2, || Some(stream_json(3))).await;
         assert!(client.try_recv().is_err());
         assert_eq!(reader.last_seq, 1);
     }

@@ -1,9 +1,9 @@
 //! A JSON answer written straight from its value by serde. poem-openapi's `Json<T>` first
 //! converts the whole answer into a `serde_json::Value` tree (a map per object, every job's
 //! payload cloned) and then writes the tree: for a 1,000-job batch that was most of the API's
-//! time (ADR 0007). The schema in the OpenAPI document is `T`'s, as with `Json<T>`, and the
-//! bytes are the same: `T`'s `Serialize` must write what its `ToJSON` would (a unit test per
-//! type checks it).
+//! time (ADR 0007). The schema in the OpenAPI document is `T`'s, as with `Json<T>`, and so is
+//! the JSON (keys come in declaration order rather than sorted): `T`'s `Serialize` must write
+//! what its `ToJSON` would (a unit test per type checks it).
 
 use chrono::{DateTime, Utc};
 use poem::{IntoResponse, Response};
@@ -73,6 +73,15 @@ pub fn rfc3339_or_null<S: Serializer>(
 ) -> Result<S::Ok, S::Error> {
     match at {
         Some(at) => rfc3339(at, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A `real` as poem-openapi writes one: widened to `f64` (33.3 reads 33.29999923706055), so
+/// that a value reads the same from every answer.
+pub fn real_or_null<S: Serializer>(value: &Option<f32>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.serialize_f64(f64::from(*value)),
         None => serializer.serialize_none(),
     }
 }
