@@ -201,7 +201,7 @@ impl JobsApi {
         let jobs = accept(&state, &auth, &request_id, specs, true)
             .await?
             .into_iter()
-            .map(|inserted| Job::from_record(inserted.record().clone()))
+            .map(|inserted| Job::from_record(inserted.into_record()))
             .collect::<Result<_, _>>()?;
         Ok(Created::Created(SerdeJson(JobList { jobs })))
     }

@@ -80,6 +80,12 @@ impl Inserted {
             Inserted::Created(record) | Inserted::Existing(record) => record,
         }
     }
+
+    pub fn into_record(self) -> JobRecord {
+        match self {
+            Inserted::Created(record) | Inserted::Existing(record) => record,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
