@@ -31,6 +31,10 @@ struct Args {
     /// Write the report here (Markdown).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Jobs in the burn-down instead of its size's default (20,000; 500 for `--smoke`): a
+    /// longer run to profile. Peers drain as many.
+    #[arg(long)]
+    burn_down_jobs: Option<usize>,
     /// Where the peers' virtualenv and node_modules live.
     #[arg(long, default_value = "var/bench")]
     work_dir: PathBuf,
@@ -201,7 +205,7 @@ fn announce<T: std::fmt::Debug>(figure: T) -> T {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sizes = if args.smoke {
+    let mut sizes = if args.smoke {
         Sizes {
             burn_down_jobs: 500,
             workers: 1,
@@ -224,6 +228,9 @@ async fn main() -> anyhow::Result<()> {
             sse_jobs: 1_000,
         }
     };
+    if let Some(jobs) = args.burn_down_jobs {
+        sizes.burn_down_jobs = jobs;
+    }
     let with_peers = !args.smoke && !args.no_peers;
     let runs = |measure: Measure| {
         let peer = matches!(measure, Measure::Bullmq | Measure::Celery);
