@@ -82,12 +82,8 @@ pub fn submissions(
                         // Only jobs without an idempotency key come here; none can conflict.
                         other => sqlx::Error::Protocol(other.to_string()),
                     })?;
-                let records: Vec<JobRecord> = inserted
-                    .into_iter()
-                    .map(|inserted| match inserted {
-                        Inserted::Created(record) | Inserted::Existing(record) => record,
-                    })
-                    .collect();
+                let records: Vec<JobRecord> =
+                    inserted.into_iter().map(Inserted::into_record).collect();
                 pushes.push(&ledger, &records).await;
                 Ok(records)
             }
