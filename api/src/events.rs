@@ -1,9 +1,10 @@
 //! Live events over Server-Sent Events.
 //!
-//! One [`EventHub`] per process reads the Redis event stream the leader's sequencer appends
-//! to and broadcasts each event to this process's SSE clients. Every event carries a dense
-//! `seq`: when the hub sees a jump it reads the missing events from Postgres, so a lost
-//! append or a Redis restart does not open a gap. A client resumes with `Last-Event-ID` (the
+//! One [`EventHub`] per process follows the Redis event stream, where the leader's sequencer
+//! appends how far it has numbered events (their dense `seq`), and broadcasts the events up
+//! to there, read from Postgres, to this process's SSE clients. Reading by `seq` from where
+//! it stopped, the hub cannot skip one, and while the stream is quiet it checks Postgres, so
+//! a lost append or a Redis restart does not open a gap either. A client resumes with `Last-Event-ID` (the
 //! last `seq` it saw): it is subscribed to the hub first, then replayed from Postgres, then
 //! served live, skipping anything it already got, so the union has no gap and no duplicate.
 
@@ -74,13 +75,6 @@ impl SharedEvent {
         SharedEvent { record, json }
     }
 
-    /// Event `seq` as the sequencer appended it to the Redis stream: the same JSON, kept as
-    /// is. `None` when it does not decode or is not that event.
-    fn from_stream(seq: i64, json: String) -> Option<SharedEvent> {
-        let record: EventRecord = serde_json::from_str(&json).ok()?;
-        (record.seq == seq).then_some(SharedEvent { record, json })
-    }
-
     pub fn to_sse(&self) -> poem::web::sse::Event {
         poem::web::sse::Event::message(self.json.clone())
             .id(self.record.seq.to_string())
@@ -147,7 +141,7 @@ impl EventHub {
     }
 }
 
-/// Reads the Redis stream into the hub, filling any gap in `seq` from Postgres.
+/// Follows the Redis stream's notices of how far events are numbered; see [`HubReader`].
 async fn read_forever(
     redis_url: String,
     keys: Keys,
@@ -189,18 +183,19 @@ async fn read_forever(
                     break;
                 }
             };
-            let mut got_any = false;
-            for entry in reply.keys.into_iter().flat_map(|key| key.ids) {
+            let entries: Vec<_> = reply.keys.into_iter().flat_map(|key| key.ids).collect();
+            if let Some(entry) = entries.last() {
                 last_id = entry.id.clone();
-                let Some(seq) = entry.get::<i64>("seq") else {
-                    continue;
-                };
-                got_any = true;
-                reader.deliver(seq, || entry.get("event")).await;
             }
-            if !got_any {
+            // Only the newest notice matters: each says how far numbering has got.
+            match entries
+                .iter()
+                .filter_map(|entry| entry.get::<i64>("seq"))
+                .max()
+            {
+                Some(seq) => reader.numbered_up_to(seq).await,
                 // Quiet stream: make sure nothing was sequenced without reaching Redis.
-                reader.catch_up().await;
+                None => reader.catch_up().await,
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -214,11 +209,11 @@ struct HubReader {
 }
 
 impl HubReader {
-    /// Broadcasts event `seq` (its JSON from `json`) after any events missing before it.
-    /// While this process has no SSE client the event is only counted: decoding every event
-    /// of a busy fleet for nobody was most of an idle API's work. A client that connects
-    /// later reads anything older from Postgres.
-    async fn deliver(&mut self, seq: i64, json: impl FnOnce() -> Option<String>) {
+    /// Numbering has reached `seq`: reads the events up to it from Postgres and broadcasts
+    /// them. While this process has no SSE client it only notes how far numbering got:
+    /// reading every event of a busy fleet for nobody was most of an idle API's work. A
+    /// client that connects later replays anything older from Postgres itself.
+    async fn numbered_up_to(&mut self, seq: i64) {
         if seq <= self.last_seq {
             return;
         }
@@ -226,15 +221,7 @@ impl HubReader {
             self.last_seq = seq;
             return;
         }
-        if seq > self.last_seq + 1 {
-            self.catch_up_to(seq - 1).await;
-        }
-        // An entry that does not decode is read from Postgres when the next one shows the gap.
-        if seq == self.last_seq + 1
-            && let Some(event) = json().and_then(|json| SharedEvent::from_stream(seq, json))
-        {
-            self.broadcast(event);
-        }
+        self.catch_up_to(seq).await;
     }
 
     async fn catch_up(&mut self) {
@@ -510,15 +497,17 @@ fn sse(state: &AppState, sub: Subscription) -> EventStream<EventStreamBody> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use sqlx::postgres::PgPoolOptions;
 
     use super::*;
 
-    /// A hub reader whose Postgres is never reached: each test only feeds it consecutive
-    /// events, which need no catch-up.
+    /// A hub reader whose Postgres cannot be reached: every read fails at once.
     fn reader() -> HubReader {
         let (sender, _) = broadcast::channel(16);
-        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(100))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
         HubReader {
             events: EventLog::new(pool),
             sender,
@@ -526,47 +515,26 @@ mod tests {
         }
     }
 
-    fn stream_json(seq: i64) -> String {
-        serde_json::to_string(&EventRecord {
-            seq,
-            ts: Utc::now(),
-            tenant_id: None,
-            job_id: Some(Uuid::now_v7()),
-            queue: Some("executor".into()),
-            kind: Some("executor.run".into()),
-            event: "job_started".into(),
-            actor: "worker-1".into(),
-            details: json!({"attempt": 1, "epoch": 1}),
-        })
-        .unwrap()
-    }
-
     #[tokio::test]
-    async fn without_clients_the_hub_counts_events_without_decoding_them() {
+    async fn without_clients_the_hub_notes_the_numbering_without_reading_events() {
         let mut reader = reader();
-        for seq in 1..=3 {
-            reader
-                .deliver(seq, || panic!("event {seq} decoded for nobody"))
-                .await;
-        }
-        assert_eq!(reader.last_seq, 3);
+        reader.numbered_up_to(3).await;
+        reader.numbered_up_to(7).await;
+        // Had it read Postgres, the read would have failed and left it at 0.
+        assert_eq!(reader.last_seq, 7);
+        reader.numbered_up_to(5).await;
+        assert_eq!(reader.last_seq, 7, "an older notice changes nothing");
     }
 
     #[tokio::test]
-    async fn clients_receive_the_stream_entry_as_the_sequencer_wrote_it() {
+    async fn with_clients_events_it_could_not_read_are_not_skipped() {
         let mut reader = reader();
         let mut client = reader.sender.subscribe();
-        let json = stream_json(1);
-        reader.deliver(1, || Some(json.clone())).await;
-        let event = client.try_recv().unwrap();
-        assert_eq!(event.json, json);
-        assert_eq!(event.record.seq, 1);
-        // Already delivered: neither decoded again nor sent twice.
-        reader.deliver(1, || panic!("decoded twice")).await;
+        reader.numbered_up_to(3).await;
+        assert_eq!(
+            reader.last_seq, 0,
+            "the next notice or quiet check reads them again"
+        );
         assert!(client.try_recv().is_err());
-        // An entry whose JSON is another event's is not passed on as this one.
-        reader.deliver(2, || Some(stream_json(3))).await;
-        assert!(client.try_recv().is_err());
-        assert_eq!(reader.last_seq, 1);
     }
 }

@@ -2,11 +2,11 @@
 //! ledger's state changes (in the same statements); the leader's sequencer then moves each
 //! committed event into `job_events` with a dense `seq` (1, 2, 3, …) in the order events
 //! become visible (a job's own events in the order they happened), which streams use as the
-//! SSE `id`. Because `seq` has no gaps,
-//! a reader that sees `n + 2` after `n` knows it missed one and reads it here.
+//! SSE `id`. Because `seq` has no gaps, a reader that knows numbering has reached `n` reads
+//! everything after the last event it has up to `n` here.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::{FromRow, PgPool};
 use taskfleet_jobs::EventName;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::tenants::Scope;
 
-#[derive(Debug, Clone, PartialEq, FromRow, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
 pub struct EventRecord {
     pub seq: i64,
     pub ts: DateTime<Utc>,
@@ -53,6 +53,14 @@ impl EventFilter {
     }
 }
 
+/// What one [`EventLog::sequence`] round numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbered {
+    pub count: usize,
+    /// The highest `seq` it gave; `None` when it numbered nothing.
+    pub last_seq: Option<i64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct EventLog {
     pool: PgPool,
@@ -64,16 +72,18 @@ impl EventLog {
     }
 
     /// Moves up to `limit` committed events from `job_events_pending` into `job_events`,
-    /// oldest first, giving them the next `seq` numbers, and returns them in `seq` order.
-    /// Each event is written once with its number (no update through every index). An
-    /// advisory lock keeps two sequencers (two leaders overlapping during a hand-over) from
-    /// numbering at the same time; the second waits, then no longer sees what the first moved.
-    pub async fn sequence(&self, limit: i64) -> sqlx::Result<Vec<EventRecord>> {
+    /// oldest first, giving them the next `seq` numbers. Each event is written once with its
+    /// number (no update through every index). Only the count and the highest number come
+    /// back: readers that want the events read them by `seq` (sending every event to the
+    /// sequencer to relay cost about a sixth of a burn-down, ADR 0007). An advisory lock
+    /// keeps two sequencers (two leaders overlapping during a hand-over) from numbering at
+    /// the same time; the second waits, then no longer sees what the first moved.
+    pub async fn sequence(&self, limit: i64) -> sqlx::Result<Numbered> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('taskfleet.event_sequencer'))")
             .execute(&mut *tx)
             .await?;
-        let numbered = sqlx::query_as(&format!(
+        let (count, last_seq): (i64, Option<i64>) = sqlx::query_as(
             "WITH top AS (SELECT COALESCE(max(seq), 0) AS base FROM job_events),
              taken AS (
                  DELETE FROM job_events_pending
@@ -88,15 +98,18 @@ impl EventLog {
                  SELECT top.base + row_number() OVER (ORDER BY taken.id), taken.id, ts,
                         tenant_id, job_id, queue, kind, event, actor, details
                  FROM taken, top
-                 RETURNING {EVENT_COLUMNS}
+                 RETURNING seq
              )
-             SELECT * FROM numbered ORDER BY seq"
-        ))
+             SELECT count(*), max(seq) FROM numbered",
+        )
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(numbered)
+        Ok(Numbered {
+            count: count as usize,
+            last_seq,
+        })
     }
 
     /// The latest numbered event of a job in `scope`.

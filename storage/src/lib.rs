@@ -14,7 +14,7 @@ pub mod tenants;
 pub mod workers;
 
 pub use db::Db;
-pub use events::{EventFilter, EventLog, EventRecord};
+pub use events::{EventFilter, EventLog, EventRecord, Numbered};
 pub use group_commit::GroupCommit;
 pub use lease::{Lease, Renewal};
 pub use ledger::{

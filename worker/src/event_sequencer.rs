@@ -1,20 +1,22 @@
 //! The event sequencer, run by the leader: numbers committed events (`seq`, dense and in
-//! commit order) and appends them to the Redis event stream that API replicas fan out to
-//! their SSE clients. When Redis misses an append, readers notice the gap in `seq` and read
-//! the missing events from Postgres, so a failed append loses nothing.
+//! commit order) and tells API replicas over the Redis event stream how far numbering has
+//! got. The stream carries only that number, one entry a round; a replica with SSE clients
+//! reads the events themselves from Postgres by `seq`. When Redis misses an append, replicas
+//! still find the events in Postgres (they check it while the stream is quiet), so a failed
+//! append loses nothing.
 
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use taskfleet_storage::{EventLog, EventRecord, redis::Keys};
+use taskfleet_storage::{EventLog, redis::Keys};
 use tokio_util::sync::CancellationToken;
 
 /// Most events numbered in one round.
 const BATCH: i64 = 5_000;
 /// Pause between rounds while no events wait.
 const IDLE_PAUSE: Duration = Duration::from_millis(10);
-/// The Redis stream keeps about this many recent events; older ones are read from Postgres.
-const STREAM_LENGTH: usize = 100_000;
+/// The Redis stream keeps about this many recent rounds; readers need only the newest.
+const STREAM_LENGTH: usize = 10_000;
 
 pub struct EventSequencer {
     pub events: EventLog,
@@ -40,33 +42,28 @@ impl EventSequencer {
         }
     }
 
-    /// Numbers the waiting events and publishes them; returns how many.
+    /// Numbers the waiting events and announces the highest number; returns how many.
     pub async fn round(&mut self) -> anyhow::Result<usize> {
-        let batch = self.events.sequence(BATCH).await?;
-        if !batch.is_empty()
-            && let Err(err) = self.publish(&batch).await
+        let numbered = self.events.sequence(BATCH).await?;
+        if let Some(last_seq) = numbered.last_seq
+            && let Err(err) = self.announce(last_seq).await
         {
-            tracing::warn!(%err, events = batch.len(), "could not append events to the Redis stream");
+            tracing::warn!(%err, last_seq, "could not append to the Redis event stream");
         }
-        Ok(batch.len())
+        Ok(numbered.count)
     }
 
-    async fn publish(&mut self, batch: &[EventRecord]) -> anyhow::Result<()> {
-        let mut pipe = redis::pipe();
-        for event in batch {
-            pipe.cmd("XADD")
-                .arg(self.keys.event_stream())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_LENGTH)
-                .arg("*")
-                .arg("seq")
-                .arg(event.seq)
-                .arg("event")
-                .arg(serde_json::to_string(event)?)
-                .ignore();
-        }
-        let () = pipe.query_async(&mut self.conn).await?;
+    async fn announce(&mut self, last_seq: i64) -> anyhow::Result<()> {
+        let _: String = redis::cmd("XADD")
+            .arg(self.keys.event_stream())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_LENGTH)
+            .arg("*")
+            .arg("seq")
+            .arg(last_seq)
+            .query_async(&mut self.conn)
+            .await?;
         Ok(())
     }
 }
