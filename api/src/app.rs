@@ -49,7 +49,10 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     metrics::register_api();
     let db = Db::connect_lazy(&args.database_url, 32).context("DATABASE_URL is not valid")?;
     wait_for("Postgres (migrations)", || db.migrate()).await;
-    let tenants = Tenants::new(db.pool.clone());
+    let tenants = Tenants::with_key_cache(
+        db.pool.clone(),
+        Duration::from_secs(args.api_key_cache_secs),
+    );
     let system_tenant = wait_for("Postgres", || tenants.ensure(SYSTEM_TENANT)).await;
     let redis = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
     let keys = Keys::new(&args.redis_prefix);

@@ -1,4 +1,4 @@
-//! Command line of `taskfleet-api`: serve (the default), `migrate`, `keys create`.
+//! Command line of `taskfleet-api`: serve (the default), `migrate`, `keys create`, `keys revoke`.
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +30,11 @@ pub struct ApiArgs {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "TASKFLEET_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// How long an API key that authenticated is remembered, in seconds: a key revoked
+    /// meanwhile works on for up to this long on each API process. 0 looks every request's
+    /// key up in Postgres.
+    #[arg(long, env = "TASKFLEET_API_KEY_CACHE_SECS", default_value_t = 2)]
+    pub api_key_cache_secs: u64,
     /// How long `/readyz` waits for its `noop` job to come back, in milliseconds.
     #[arg(long, env = "TASKFLEET_READY_TIMEOUT_MS", default_value_t = 5_000)]
     pub ready_timeout_ms: u64,
@@ -66,5 +71,11 @@ pub enum KeysCommand {
         /// An operator key: sees every tenant, lists workers, pauses queues.
         #[arg(long)]
         operator: bool,
+    },
+    /// Revoke an API key. API processes refuse it within their TASKFLEET_API_KEY_CACHE_SECS.
+    Revoke {
+        /// The whole key, or its first 12 characters (`tfk_` and 8 more) when no other key
+        /// starts with them.
+        key: String,
     },
 }

@@ -51,5 +51,17 @@ async fn run(args: ApiArgs) -> anyhow::Result<()> {
             println!("{key}");
             Ok(())
         }
+        Command::Keys {
+            command: KeysCommand::Revoke { key },
+        } => {
+            let db = Db::connect_lazy(&args.database_url, 2)?;
+            db.migrate().await.context("migrations failed")?;
+            let (shown, tenant) = Tenants::new(db.pool).revoke_key(&key).await?;
+            eprintln!(
+                "revoked the API key {shown}… of tenant {tenant}; API processes refuse it \
+                 within their TASKFLEET_API_KEY_CACHE_SECS"
+            );
+            Ok(())
+        }
     }
 }

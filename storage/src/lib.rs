@@ -23,7 +23,7 @@ pub use ledger::{
 };
 pub use queues::{QueueStats, Queues};
 pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};
-pub use tenants::{Role, Scope, Tenant, Tenants};
+pub use tenants::{RevokeError, Role, Scope, Tenant, Tenants};
 pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};
 
 /// Retries `connect` with capped back-off until it succeeds, so a process started before

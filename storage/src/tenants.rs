@@ -1,5 +1,11 @@
 //! Tenants and their API keys. A key is shown once; only its SHA-256 is stored.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -10,6 +16,10 @@ pub const SYSTEM_TENANT: &str = "_system";
 
 /// Every key starts with this, so a leaked one is easy to recognise in logs and scanners.
 const KEY_PREFIX: &str = "tfk_";
+/// How much of a key is stored in clear (`api_keys.key_prefix`) to tell keys apart.
+const SHOWN_LENGTH: usize = KEY_PREFIX.len() + 8;
+/// Most keys a [`KeyCache`] holds; a fleet with more looks the rest up each time.
+const CACHED_KEYS: usize = 10_000;
 
 /// What a key may see and do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,15 +97,68 @@ impl Tenant {
 #[derive(Debug, Clone)]
 pub struct Tenants {
     pool: PgPool,
+    keys: Option<Arc<KeyCache>>,
 }
 
 fn hash_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
+/// Keys that authenticated lately, so a busy API does not look the same key up in Postgres
+/// for every request (a tenth of a single submission's cost, ADR 0007). The price: a key
+/// revoked meanwhile keeps working on each API process until its entry is `ttl` old.
+#[derive(Debug)]
+struct KeyCache {
+    ttl: Duration,
+    /// By the key's SHA-256: the tenant it names and when it was looked up.
+    entries: Mutex<HashMap<Vec<u8>, (Tenant, Instant)>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &[u8]) -> Option<Tenant> {
+        let entries = self.entries.lock().expect("key cache lock");
+        let (tenant, at) = entries.get(hash)?;
+        (at.elapsed() < self.ttl).then(|| tenant.clone())
+    }
+
+    fn put(&self, hash: Vec<u8>, tenant: Tenant) {
+        let mut entries = self.entries.lock().expect("key cache lock");
+        if entries.len() >= CACHED_KEYS {
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        }
+        if entries.len() < CACHED_KEYS {
+            entries.insert(hash, (tenant, Instant::now()));
+        }
+    }
+}
+
+/// Why [`Tenants::revoke_key`] revoked nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// Holds the key's first 12 characters, never the whole key.
+    #[error("no unrevoked API key matches `{0}…`")]
+    NotFound(String),
+    #[error("{count} API keys start with `{prefix}`; give the whole key")]
+    Ambiguous { prefix: String, count: i64 },
+}
+
 impl Tenants {
     pub fn new(pool: PgPool) -> Tenants {
-        Tenants { pool }
+        Tenants { pool, keys: None }
+    }
+
+    /// Like [`Tenants::new`], remembering each key that authenticated for `ttl` (none when
+    /// zero): see `KeyCache`.
+    pub fn with_key_cache(pool: PgPool, ttl: Duration) -> Tenants {
+        let keys = (!ttl.is_zero()).then(|| {
+            Arc::new(KeyCache {
+                ttl,
+                entries: Mutex::default(),
+            })
+        });
+        Tenants { pool, keys }
     }
 
     /// The tenant called `name`, created if new.
@@ -141,26 +204,31 @@ impl Tenants {
         .bind(Uuid::now_v7())
         .bind(tenant.id)
         .bind(hash_key(&key))
-        .bind(&key[..KEY_PREFIX.len() + 8])
+        .bind(&key[..SHOWN_LENGTH])
         .bind(role.as_str())
         .execute(&self.pool)
         .await?;
         Ok((tenant, key))
     }
 
-    /// The tenant a key belongs to, if the key exists and is not revoked.
+    /// The tenant a key belongs to, if the key exists and is not revoked (or, with a key
+    /// cache, was not when it was last looked up).
     pub async fn authenticate(&self, key: &str) -> sqlx::Result<Option<Tenant>> {
         if !key.starts_with(KEY_PREFIX) {
             return Ok(None);
+        }
+        let hash = hash_key(key);
+        if let Some(tenant) = self.keys.as_ref().and_then(|keys| keys.get(&hash)) {
+            return Ok(Some(tenant));
         }
         let row: Option<(Uuid, String, String)> = sqlx::query_as(
             "SELECT t.id, t.name, k.role FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
-        .bind(hash_key(key))
+        .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(id, name, role)| Tenant {
+        let tenant = row.map(|(id, name, role)| Tenant {
             id,
             name,
             role: if role == "operator" {
@@ -168,6 +236,106 @@ impl Tenants {
             } else {
                 Role::Tenant
             },
-        }))
+        });
+        if let (Some(keys), Some(tenant)) = (&self.keys, &tenant) {
+            keys.put(hash, tenant.clone());
+        }
+        Ok(tenant)
+    }
+
+    /// Revokes the API key `key` names: the whole key, or its first 12 characters (what
+    /// `api_keys.key_prefix` shows) when no other unrevoked key starts with them. Returns
+    /// the key's shown prefix and its tenant's name.
+    pub async fn revoke_key(&self, key: &str) -> Result<(String, String), RevokeError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = if key.len() == SHOWN_LENGTH {
+            sqlx::query_scalar(
+                "SELECT id FROM api_keys WHERE key_prefix = $1 AND revoked_at IS NULL FOR UPDATE",
+            )
+            .bind(key)
+            .fetch_all(&mut *tx)
+            .await?
+        } else {
+            sqlx::query_scalar(
+                "SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL FOR UPDATE",
+            )
+            .bind(hash_key(key))
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        let id = match ids.as_slice() {
+            [id] => *id,
+            [] => {
+                let shown = key.get(..SHOWN_LENGTH).unwrap_or(key);
+                return Err(RevokeError::NotFound(shown.to_owned()));
+            }
+            _ => {
+                return Err(RevokeError::Ambiguous {
+                    prefix: key.to_owned(),
+                    count: ids.len() as i64,
+                });
+            }
+        };
+        let revoked = sqlx::query_as(
+            "UPDATE api_keys k SET revoked_at = now() FROM tenants t
+             WHERE k.id = $1 AND t.id = k.tenant_id
+             RETURNING k.key_prefix, t.name",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(ttl: Duration) -> KeyCache {
+        KeyCache {
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn tenant() -> Tenant {
+        Tenant {
+            id: Uuid::now_v7(),
+            name: "acme".into(),
+            role: Role::Tenant,
+        }
+    }
+
+    #[test]
+    fn a_remembered_key_is_forgotten_after_its_ttl() {
+        let keys = cache(Duration::from_millis(50));
+        let acme = tenant();
+        keys.put(hash_key("tfk_a"), acme.clone());
+        assert_eq!(keys.get(&hash_key("tfk_a")), Some(acme));
+        assert_eq!(keys.get(&hash_key("tfk_b")), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(keys.get(&hash_key("tfk_a")), None);
+    }
+
+    #[test]
+    fn a_full_cache_makes_room_only_from_expired_entries() {
+        let keys = cache(Duration::from_secs(60));
+        for i in 0..CACHED_KEYS {
+            keys.put(hash_key(&format!("tfk_{i}")), tenant());
+        }
+        keys.put(hash_key("tfk_late"), tenant());
+        assert_eq!(keys.get(&hash_key("tfk_late")), None, "looked up each time");
+        assert!(keys.get(&hash_key("tfk_0")).is_some());
+
+        let keys = cache(Duration::from_millis(20));
+        for i in 0..CACHED_KEYS {
+            keys.put(hash_key(&format!("tfk_{i}")), tenant());
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        keys.put(hash_key("tfk_late"), tenant());
+        assert!(keys.get(&hash_key("tfk_late")).is_some());
+        assert_eq!(keys.entries.lock().unwrap().len(), 1);
     }
 }

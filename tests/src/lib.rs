@@ -251,15 +251,17 @@ impl TestEnv {
     }
 
     fn keys_create(&self, args: &[&str]) -> String {
-        let out = self
-            .command("taskfleet-api")
-            .args(["keys", "create"])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .expect("taskfleet-api runs");
+        let out = self.api_command(&[&["keys", "create"], args].concat());
         assert!(out.status.success(), "keys create failed");
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Runs one of `taskfleet-api`'s admin commands (`keys revoke KEY`, …) to its end.
+    pub fn api_command(&self, args: &[&str]) -> std::process::Output {
+        self.command("taskfleet-api")
+            .args(args)
+            .output()
+            .expect("taskfleet-api runs")
     }
 
     /// Starts `taskfleet-api` on a free port and waits until it answers.

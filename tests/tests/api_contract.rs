@@ -2,7 +2,9 @@
 //! size limits, batches, listing with filters and cursors. No worker runs here, so accepted
 //! jobs stay queued.
 
-use taskfleet_tests::{TestEnv, json};
+use std::time::Duration;
+
+use taskfleet_tests::{TestEnv, json, wait_until};
 
 #[tokio::test]
 async fn requests_need_a_valid_key_and_see_only_their_tenant() {
@@ -342,5 +344,79 @@ async fn single_submissions_of_two_tenants_written_together_stay_each_tenants_ow
         env.count_events("job_enqueued").await,
         submitted.len() as i64
     );
+    env.finish().await;
+}
+
+/// `keys revoke` ends a key: at once on an API that looks every key up, within
+/// `TASKFLEET_API_KEY_CACHE_SECS` on one that remembers keys. A shown prefix revokes only
+/// when it names one key, and the tenant's other keys keep working.
+#[tokio::test]
+async fn a_revoked_key_is_refused_once_no_api_remembers_it() {
+    let mut env = TestEnv::new().await;
+    let remembers = env
+        .start_api(&[("TASKFLEET_API_KEY_CACHE_SECS", "1")])
+        .await;
+    let looks_up = env
+        .start_api(&[("TASKFLEET_API_KEY_CACHE_SECS", "0")])
+        .await;
+    let key = env.create_key("acme");
+    let other = env.create_key("acme");
+    for api in [&remembers, &looks_up] {
+        assert_eq!(api.get(&key, "/v1/jobs").await.0, 200);
+    }
+
+    let out = env.api_command(&["keys", "revoke", &key[..12]]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&key[..12]) && said.contains("acme"), "{said}");
+    assert!(
+        !said.contains(&key),
+        "the whole key is never printed: {said}"
+    );
+    assert_eq!(looks_up.get(&key, "/v1/jobs").await.0, 401);
+    wait_until(
+        Duration::from_secs(5),
+        "the API that remembers keys refuses the revoked one",
+        || async { remembers.get(&key, "/v1/jobs").await.0 == 401 },
+    )
+    .await;
+    for api in [&remembers, &looks_up] {
+        assert_eq!(api.get(&other, "/v1/jobs").await.0, 200);
+    }
+
+    // Revoked already: nothing to revoke, and the command says so.
+    let out = env.api_command(&["keys", "revoke", &key]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no unrevoked API key matches"), "{said}");
+    assert!(
+        !said.contains(&key),
+        "the whole key is never printed: {said}"
+    );
+
+    // A prefix two keys share revokes neither.
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, key_hash, key_prefix, role)
+         SELECT gen_random_uuid(), tenant_id, '\\x00', key_prefix, role FROM api_keys
+         WHERE key_prefix = $1",
+    )
+    .bind(&other[..12])
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let out = env.api_command(&["keys", "revoke", &other[..12]]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("give the whole key"), "{said}");
+    assert_eq!(looks_up.get(&other, "/v1/jobs").await.0, 200);
+
+    // The whole key names it.
+    let out = env.api_command(&["keys", "revoke", &other]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(looks_up.get(&other, "/v1/jobs").await.0, 401);
     env.finish().await;
 }
