@@ -180,6 +180,8 @@ async fn read_forever(
                 Ok(reply) => reply,
                 Err(err) => {
                     tracing::warn!(%err, "event stream read failed; reconnecting");
+                    // Redis may answer yet refuse the stream: clients still get their events.
+                    reader.catch_up().await;
                     break;
                 }
             };

@@ -158,6 +158,57 @@ async fn resuming_with_last_event_id_leaves_no_gap_and_no_duplicate() {
     env.finish().await;
 }
 
+/// While the Redis event stream cannot be used (every append and read of it fails), a live
+/// client still gets every event: the API's hub reads them from Postgres.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_clients_get_every_event_while_the_redis_stream_is_broken() {
+    let (env, api, key) = fleet(false).await;
+    let (status, stream) = api.sse(&key, "/v1/events", None).await;
+    assert_eq!(status, 200);
+    let mut stream = stream.unwrap();
+    // A string where the stream belongs: `XADD` and `XREAD` fail with WRONGTYPE.
+    let stream_key = taskfleet_storage::redis::Keys::new(&env.redis_prefix).event_stream();
+    let () = redis::pipe()
+        .del(&stream_key)
+        .ignore()
+        .set(&stream_key, "not a stream")
+        .ignore()
+        .query_async(&mut env.redis.clone())
+        .await
+        .unwrap();
+    // The hub's blocking read in progress when the stream broke ends empty, and the hub
+    // reads the first job's events from Postgres as it does for a quiet stream; its next
+    // reads fail at once, so the second job's events come only through its error path.
+    for _ in 0..2 {
+        let id = api
+            .submit(&key, json!({"kind": "executor.run", "tool": "noop"}))
+            .await;
+        let mut seen = Vec::new();
+        tokio::time::timeout(WITHIN, async {
+            while let Some(message) = stream.next().await {
+                if message.data["job_id"] == id.to_string() {
+                    seen.push(message.event.clone());
+                    if message.event == "job_succeeded" {
+                        break;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the job's events arrive");
+        assert_eq!(
+            seen,
+            [
+                "job_enqueued",
+                "job_dispatched",
+                "job_started",
+                "job_succeeded"
+            ]
+        );
+    }
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn five_hundred_subscribers_each_receive_every_event() {
     let (env, api, key) = fleet(false).await;
