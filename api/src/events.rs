@@ -3,10 +3,11 @@
 //! One [`EventHub`] per process follows the Redis event stream, where the leader's sequencer
 //! appends how far it has numbered events (their dense `seq`), and broadcasts the events up
 //! to there, read from Postgres, to this process's SSE clients. Reading by `seq` from where
-//! it stopped, the hub cannot skip one, and while the stream is quiet it checks Postgres, so
-//! a lost append or a Redis restart does not open a gap either. A client resumes with `Last-Event-ID` (the
-//! last `seq` it saw): it is subscribed to the hub first, then replayed from Postgres, then
-//! served live, skipping anything it already got, so the union has no gap and no duplicate.
+//! it stopped, the hub cannot skip one, and while the stream is quiet or unreadable it
+//! checks Postgres, so a lost append or a Redis restart does not open a gap either. A client
+//! resumes with `Last-Event-ID` (the last `seq` it saw): it is subscribed to the hub first,
+//! then replayed from Postgres, then served live, skipping anything it already got, so the
+//! union has no gap and no duplicate.
 
 use std::{borrow::Cow, pin::Pin, sync::Arc, time::Duration};
 
@@ -122,13 +123,13 @@ impl ToJSON for StreamItem {
 
 pub type EventStreamBody = Pin<Box<dyn Stream<Item = StreamItem> + Send>>;
 
-/// Fans the Redis event stream out to this process's SSE clients.
+/// Fans the events the Redis stream announces out to this process's SSE clients.
 pub struct EventHub {
     sender: broadcast::Sender<Arc<SharedEvent>>,
 }
 
 impl EventHub {
-    /// Starts the hub's reader; it follows the stream from the newest event on.
+    /// Starts the hub's reader; it follows events from the newest one numbered when it starts.
     pub fn start(redis_url: String, keys: Keys, events: EventLog) -> Arc<EventHub> {
         let (sender, _) = broadcast::channel(HUB_BUFFER);
         let hub = Arc::new(EventHub { sender });
@@ -226,7 +227,24 @@ impl HubReader {
         self.catch_up_to(seq).await;
     }
 
+    /// Reads and broadcasts whatever was numbered since the last event; without SSE clients
+    /// it only notes how far numbering got, as [`HubReader::numbered_up_to`] does.
     async fn catch_up(&mut self) {
+        if self.sender.receiver_count() == 0 {
+            // The number is read before looking again: a client that subscribed meanwhile
+            // is served by the full read below.
+            match self.events.latest_seq().await {
+                Ok(latest) if self.sender.receiver_count() == 0 => {
+                    self.last_seq = self.last_seq.max(latest);
+                    return;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "event hub could not read how far events are numbered");
+                    return;
+                }
+            }
+        }
         self.catch_up_to(i64::MAX).await
     }
 

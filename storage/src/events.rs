@@ -137,7 +137,7 @@ impl EventLog {
             .await
     }
 
-    /// Events of every tenant after `seq`, in order: fills a live reader's gap.
+    /// Events of every tenant after `seq`, in order: what the API's event hub broadcasts.
     pub async fn all_after(&self, seq: i64, limit: i64) -> sqlx::Result<Vec<EventRecord>> {
         sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM job_events WHERE seq > $1 ORDER BY seq LIMIT $2"

@@ -39,7 +39,8 @@ impl Keys {
         format!("{}:wake:dispatch", self.prefix)
     }
 
-    /// The Redis stream the sequencer appends every event to, for live fan-out.
+    /// The Redis stream where the sequencer announces how far events are numbered, one entry
+    /// a round; API processes read the events themselves from Postgres.
     pub fn event_stream(&self) -> String {
         format!("{}:events", self.prefix)
     }

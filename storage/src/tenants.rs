@@ -110,24 +110,37 @@ fn hash_key(key: &str) -> Vec<u8> {
 #[derive(Debug)]
 struct KeyCache {
     ttl: Duration,
-    /// By the key's SHA-256: the tenant it names and when it was looked up.
-    entries: Mutex<HashMap<Vec<u8>, (Tenant, Instant)>>,
+    entries: Mutex<CachedKeys>,
+}
+
+#[derive(Debug, Default)]
+struct CachedKeys {
+    /// By the key's SHA-256: the tenant it names and when the lookup that found it began.
+    by_hash: HashMap<Vec<u8>, (Tenant, Instant)>,
+    /// When a full cache last dropped its expired entries: at most once a `ttl`, so a cache
+    /// full of live keys is not scanned at every miss.
+    swept_at: Option<Instant>,
 }
 
 impl KeyCache {
     fn get(&self, hash: &[u8]) -> Option<Tenant> {
         let entries = self.entries.lock().expect("key cache lock");
-        let (tenant, at) = entries.get(hash)?;
+        let (tenant, at) = entries.by_hash.get(hash)?;
         (at.elapsed() < self.ttl).then(|| tenant.clone())
     }
 
-    fn put(&self, hash: Vec<u8>, tenant: Tenant) {
+    /// Remembers `tenant` for the key `hash`, as of `looked_up_at` (before the lookup, so no
+    /// entry outlives its lookup by more than `ttl`).
+    fn put(&self, hash: Vec<u8>, tenant: Tenant, looked_up_at: Instant) {
         let mut entries = self.entries.lock().expect("key cache lock");
-        if entries.len() >= CACHED_KEYS {
-            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        if entries.by_hash.len() >= CACHED_KEYS
+            && entries.swept_at.is_none_or(|at| at.elapsed() >= self.ttl)
+        {
+            entries.by_hash.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            entries.swept_at = Some(Instant::now());
         }
-        if entries.len() < CACHED_KEYS {
-            entries.insert(hash, (tenant, Instant::now()));
+        if entries.by_hash.len() < CACHED_KEYS {
+            entries.by_hash.insert(hash, (tenant, looked_up_at));
         }
     }
 }
@@ -221,6 +234,7 @@ impl Tenants {
         if let Some(tenant) = self.keys.as_ref().and_then(|keys| keys.get(&hash)) {
             return Ok(Some(tenant));
         }
+        let looked_up_at = Instant::now();
         let row: Option<(Uuid, String, String)> = sqlx::query_as(
             "SELECT t.id, t.name, k.role FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
@@ -238,7 +252,7 @@ impl Tenants {
             },
         });
         if let (Some(keys), Some(tenant)) = (&self.keys, &tenant) {
-            keys.put(hash, tenant.clone());
+            keys.put(hash, tenant.clone(), looked_up_at);
         }
         Ok(tenant)
     }
@@ -263,15 +277,13 @@ impl Tenants {
             .fetch_all(&mut *tx)
             .await?
         };
+        let shown = key.get(..SHOWN_LENGTH).unwrap_or(key).to_owned();
         let id = match ids.as_slice() {
             [id] => *id,
-            [] => {
-                let shown = key.get(..SHOWN_LENGTH).unwrap_or(key);
-                return Err(RevokeError::NotFound(shown.to_owned()));
-            }
+            [] => return Err(RevokeError::NotFound(shown)),
             _ => {
                 return Err(RevokeError::Ambiguous {
-                    prefix: key.to_owned(),
+                    prefix: shown,
                     count: ids.len() as i64,
                 });
             }
@@ -309,33 +321,47 @@ mod tests {
     }
 
     #[test]
-    fn a_remembered_key_is_forgotten_after_its_ttl() {
+    fn a_remembered_key_is_forgotten_ttl_after_its_lookup_began() {
         let keys = cache(Duration::from_millis(50));
         let acme = tenant();
-        keys.put(hash_key("tfk_a"), acme.clone());
-        assert_eq!(keys.get(&hash_key("tfk_a")), Some(acme));
+        keys.put(hash_key("tfk_a"), acme.clone(), Instant::now());
+        assert_eq!(keys.get(&hash_key("tfk_a")), Some(acme.clone()));
         assert_eq!(keys.get(&hash_key("tfk_b")), None);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(keys.get(&hash_key("tfk_a")), None);
+        // A lookup that began a ttl ago is stale as soon as it ends.
+        let began = Instant::now() - Duration::from_millis(50);
+        keys.put(hash_key("tfk_a"), acme, began);
+        assert_eq!(keys.get(&hash_key("tfk_a")), None);
+    }
+
+    fn fill(keys: &KeyCache) {
+        for i in 0..CACHED_KEYS {
+            keys.put(hash_key(&format!("tfk_{i}")), tenant(), Instant::now());
+        }
     }
 
     #[test]
-    fn a_full_cache_makes_room_only_from_expired_entries() {
+    fn a_full_cache_makes_room_only_from_expired_entries_once_a_ttl() {
         let keys = cache(Duration::from_secs(60));
-        for i in 0..CACHED_KEYS {
-            keys.put(hash_key(&format!("tfk_{i}")), tenant());
-        }
-        keys.put(hash_key("tfk_late"), tenant());
+        fill(&keys);
+        keys.put(hash_key("tfk_late"), tenant(), Instant::now());
         assert_eq!(keys.get(&hash_key("tfk_late")), None, "looked up each time");
         assert!(keys.get(&hash_key("tfk_0")).is_some());
+        let swept_at = keys.entries.lock().unwrap().swept_at;
+        assert!(swept_at.is_some());
+        keys.put(hash_key("tfk_later"), tenant(), Instant::now());
+        assert_eq!(
+            keys.entries.lock().unwrap().swept_at,
+            swept_at,
+            "no second sweep within the ttl"
+        );
 
         let keys = cache(Duration::from_millis(20));
-        for i in 0..CACHED_KEYS {
-            keys.put(hash_key(&format!("tfk_{i}")), tenant());
-        }
+        fill(&keys);
         std::thread::sleep(Duration::from_millis(30));
-        keys.put(hash_key("tfk_late"), tenant());
+        keys.put(hash_key("tfk_late"), tenant(), Instant::now());
         assert!(keys.get(&hash_key("tfk_late")).is_some());
-        assert_eq!(keys.entries.lock().unwrap().len(), 1);
+        assert_eq!(keys.entries.lock().unwrap().by_hash.len(), 1);
     }
 }

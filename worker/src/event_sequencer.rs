@@ -2,8 +2,8 @@
 //! commit order) and tells API replicas over the Redis event stream how far numbering has
 //! got. The stream carries only that number, one entry a round; a replica with SSE clients
 //! reads the events themselves from Postgres by `seq`. When Redis misses an append, replicas
-//! still find the events in Postgres (they check it while the stream is quiet), so a failed
-//! append loses nothing.
+//! still find the events in Postgres (they check it while the stream is quiet or
+//! unreadable), so a failed append loses nothing.
 
 use std::time::Duration;
 
