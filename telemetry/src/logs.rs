@@ -1,11 +1,16 @@
-//! Log output of both binaries: `RUST_LOG`-style filtering (default `info`), human-readable
-//! lines or JSON lines. Fields of the enclosing spans (request id, job id, queue, kind,
+//! Log output of both binaries: `RUST_LOG`-style filtering (default `DEFAULT_FILTER`),
+//! human-readable lines or JSON lines. Fields of the enclosing spans (request id, job id, queue, kind,
 //! attempt, worker) are carried into every line.
 
 use tracing_subscriber::EnvFilter;
 
+/// `info`, without Postgres's notices (such as every migration run's "relation
+/// `_sqlx_migrations` already exists, skipping"), which sqlx logs at `info`.
+const DEFAULT_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
 pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
