@@ -1,6 +1,6 @@
 //! Log output of both binaries: `RUST_LOG`-style filtering (default `DEFAULT_FILTER`),
-//! human-readable lines or JSON lines. Fields of the enclosing spans (request id, job id, queue, kind,
-//! attempt, worker) are carried into every line.
+//! human-readable lines or JSON lines. Fields of the enclosing spans (request id, job id,
+//! queue, kind, attempt, worker) are carried into every line.
 
 use tracing_subscriber::EnvFilter;
 
