@@ -262,21 +262,16 @@ impl Tenants {
     /// the key's shown prefix and its tenant's name.
     pub async fn revoke_key(&self, key: &str) -> Result<(String, String), RevokeError> {
         let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = if key.len() == SHOWN_LENGTH {
-            sqlx::query_scalar(
-                "SELECT id FROM api_keys WHERE key_prefix = $1 AND revoked_at IS NULL FOR UPDATE",
-            )
-            .bind(key)
-            .fetch_all(&mut *tx)
-            .await?
-        } else {
-            sqlx::query_scalar(
-                "SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL FOR UPDATE",
-            )
-            .bind(hash_key(key))
-            .fetch_all(&mut *tx)
-            .await?
-        };
+        // A shown prefix matches by `key_prefix`, a whole key by its hash.
+        let prefix = (key.len() == SHOWN_LENGTH).then_some(key);
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM api_keys
+             WHERE (key_prefix = $1 OR key_hash = $2) AND revoked_at IS NULL FOR UPDATE",
+        )
+        .bind(prefix)
+        .bind(hash_key(key))
+        .fetch_all(&mut *tx)
+        .await?;
         let shown = key.get(..SHOWN_LENGTH).unwrap_or(key).to_owned();
         let id = match ids.as_slice() {
             [id] => *id,
