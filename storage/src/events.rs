@@ -1,8 +1,8 @@
-//! The event log read as a stream. Events are appended to `job_events_pending` by the
-//! ledger's state changes (in the same statements); the leader's sequencer then moves each
-//! committed event into `job_events` with a dense `seq` (1, 2, 3, …) in the order events
-//! become visible (a job's own events in the order they happened), which streams use as the
-//! SSE `id`. Because `seq` has no gaps, a reader that knows numbering has reached `n` reads
+//! The event log read as a stream. The ledger's state changes append their events to
+//! `job_event_batches` (in the same statements, one row a statement); the leader's sequencer
+//! then moves each committed event into `job_events` with a dense `seq` (1, 2, 3, …) in the
+//! order events become visible (a job's own events in the order they happened), which
+//! streams use as the SSE `id`. Because `seq` has no gaps, a reader that knows numbering has reached `n` reads
 //! everything after the last event it has up to `n` here.
 
 use chrono::{DateTime, Utc};
@@ -28,6 +28,22 @@ pub struct EventRecord {
 }
 
 const EVENT_COLUMNS: &str = "seq, ts, tenant_id, job_id, queue, kind, event, actor, details";
+
+/// SQL appending the events that `rows` selects (columns `tenant_id`, `job_id`, `queue`,
+/// `kind`, `event`, `actor`, `details`, in the order they happened) as one batch waiting for
+/// the sequencer; nothing when it selects none. One row a statement instead of one an event:
+/// each row written here is deleted again a round later (ADR 0007).
+pub(crate) fn append_events(rows: &str) -> String {
+    format!(
+        "INSERT INTO job_event_batches (n, entries)
+         SELECT count(*),
+                array_agg(ROW(event_id, tenant_id, job_id, queue, kind, event, actor, details)
+                          ::job_event_entry ORDER BY event_id)
+         -- Numbered in `rows`' order: a job's events keep the order they happened in.
+         FROM (SELECT nextval('job_events_id_seq') AS event_id, * FROM ({rows}) AS rows) AS e
+         HAVING count(*) > 0"
+    )
+}
 
 /// Which events a stream wants. Empty lists and `None` mean all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,8 +87,9 @@ impl EventLog {
         EventLog { pool }
     }
 
-    /// Moves up to `limit` committed events from `job_events_pending` into `job_events`,
-    /// oldest first, giving them the next `seq` numbers. Each event is written once with its
+    /// Moves about `limit` committed events (whole batches, at least one) from
+    /// `job_event_batches` into `job_events`, oldest first, giving them the next `seq` numbers;
+    /// a count of at least `limit` means more may wait. Each event is written once with its
     /// number (no update through every index). Only the count and the highest number come
     /// back: readers that want the events read them by `seq` (sending every event to the
     /// sequencer to relay cost about a sixth of a burn-down, ADR 0007). An advisory lock
@@ -86,18 +103,22 @@ impl EventLog {
         let (count, last_seq): (i64, Option<i64>) = sqlx::query_as(
             "WITH top AS (SELECT COALESCE(max(seq), 0) AS base FROM job_events),
              taken AS (
-                 DELETE FROM job_events_pending
+                 DELETE FROM job_event_batches
                  -- An array, not `IN (subquery)`: that became a hash join reading the whole
-                 -- table, so rounds slowed as a burst's events piled up.
-                 WHERE id = ANY (ARRAY(SELECT id FROM job_events_pending ORDER BY id LIMIT $1))
-                 RETURNING *
+                 -- table, so rounds slowed as a burst's events piled up. Batches are taken
+                 -- while the events before them number fewer than the limit.
+                 WHERE id = ANY (ARRAY(
+                     SELECT id FROM (SELECT id, sum(n) OVER (ORDER BY id) - n AS before
+                                     FROM job_event_batches ORDER BY id LIMIT $1) AS b
+                     WHERE before < $1))
+                 RETURNING ts, entries
              ),
              numbered AS (
                  INSERT INTO job_events (seq, id, ts, tenant_id, job_id, queue, kind, event,
                                          actor, details)
-                 SELECT top.base + row_number() OVER (ORDER BY taken.id), taken.id, ts,
-                        tenant_id, job_id, queue, kind, event, actor, details
-                 FROM taken, top
+                 SELECT top.base + row_number() OVER (ORDER BY e.id), e.id, taken.ts,
+                        e.tenant_id, e.job_id, e.queue, e.kind, e.event, e.actor, e.details
+                 FROM taken CROSS JOIN LATERAL unnest(taken.entries) AS e, top
                  RETURNING seq
              )
              SELECT count(*), max(seq) FROM numbered",
@@ -185,7 +206,9 @@ impl EventLog {
         actor: &str,
         details: Value,
     ) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO job_events_pending (event, actor, details) VALUES ($1, $2, $3)")
+        let rows = "SELECT NULL::uuid AS tenant_id, NULL::uuid AS job_id, NULL::text AS queue,
+                           NULL::text AS kind, $1 AS event, $2 AS actor, $3::jsonb AS details";
+        sqlx::query(&append_events(rows))
             .bind(event.as_str())
             .bind(actor)
             .bind(details)

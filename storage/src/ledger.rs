@@ -11,7 +11,10 @@ use sqlx::{Connection, FromRow, PgPool};
 use taskfleet_jobs::{EventName, JobSpec, JobState, Queue};
 use uuid::Uuid;
 
-use crate::tenants::{SYSTEM_TENANT, Scope};
+use crate::{
+    events::append_events,
+    tenants::{SYSTEM_TENANT, Scope},
+};
 
 /// Statements about at most this many jobs run on their generic plans ([`Ledger::begin_for`]).
 const FEW_ITEMS: usize = 4;
@@ -339,9 +342,11 @@ impl Ledger {
                  ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
                      DO NOTHING
                  RETURNING {JOB_COLUMNS}
-             ), events AS (
-                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT tenant_id, id, queue, kind, event, $10, details
+             ), events AS ({events})
+             SELECT * FROM inserted",
+            held = held_by_pause(),
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, event, $10 AS actor, details
                  FROM (
                      SELECT tenant_id, id, queue, kind, 0 AS n, '{enqueued}' AS event,
                             jsonb_strip_nulls(jsonb_build_object('queue', queue, 'kind', kind,
@@ -352,12 +357,10 @@ impl Ledger {
                      SELECT tenant_id, id, queue, kind, 1, '{dispatched}', '{{}}'
                      FROM inserted WHERE dispatched_at IS NOT NULL
                  ) AS e
-                 ORDER BY id, n
-             )
-             SELECT * FROM inserted",
-            enqueued = EventName::JobEnqueued,
-            dispatched = EventName::JobDispatched,
-            held = held_by_pause(),
+                 ORDER BY id, n",
+                enqueued = EventName::JobEnqueued,
+                dispatched = EventName::JobDispatched,
+            )),
         );
         let mut tx = self.begin_for(jobs.len()).await?;
         let inserted: Vec<JobRecord> = sqlx::query_as(&sql)
@@ -496,14 +499,16 @@ impl Ledger {
                  WHERE id = ANY (ARRAY(SELECT id FROM locked
                                        WHERE dispatched_at IS NULL AND state IN {DISPATCHABLE}))
                  RETURNING id, tenant_id, queue, kind
-             ), events AS (
-                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor)
-                 SELECT tenant_id, id, queue, kind, '{dispatched}', $3 FROM updated
-             )
+             ), events AS ({events})
              SELECT updated.id, updated.tenant_id FROM updated JOIN picked USING (id)
              ORDER BY picked.turn, updated.id",
             held = held_by_pause(),
-            dispatched = EventName::JobDispatched
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, '{dispatched}' AS event,
+                        $3 AS actor, '{{}}'::jsonb AS details
+                 FROM updated",
+                dispatched = EventName::JobDispatched
+            )),
         );
         sqlx::query_as(&sql)
             .bind(queue.as_str())
@@ -538,14 +543,15 @@ impl Ledger {
                      ORDER BY dispatched_at LIMIT $4
                  ) AND state = 'queued'
                  RETURNING id, tenant_id, queue, kind
-             ), events AS (
-                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT tenant_id, id, queue, kind, '{dispatched}', $3, '{{\"redispatch\": true}}'
-                 FROM updated
-             )
+             ), events AS ({events})
              SELECT id, tenant_id FROM updated ORDER BY id",
             held = held_by_pause(),
-            dispatched = EventName::JobDispatched
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, '{dispatched}' AS event,
+                        $3 AS actor, '{{\"redispatch\": true}}'::jsonb AS details
+                 FROM updated",
+                dispatched = EventName::JobDispatched
+            )),
         );
         sqlx::query_as(&sql)
             .bind(queue.as_str())
@@ -653,15 +659,15 @@ impl Ledger {
                  RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.payload,
                            jobs.attempt, jobs.max_attempts, jobs.lease_epoch, jobs.request_id,
                            EXTRACT(EPOCH FROM now() - jobs.run_at)::float8 AS waited_seconds
-             ), events AS (
-                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT tenant_id, id, queue, kind, '{started}', $2,
-                        jsonb_build_object('attempt', attempt, 'epoch', lease_epoch)
-                 FROM started
-             )
+             ), events AS ({events})
              SELECT * FROM started",
             held = held_by_pause(),
-            started = EventName::JobStarted
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, '{started}' AS event, $2 AS actor,
+                        jsonb_build_object('attempt', attempt, 'epoch', lease_epoch) AS details
+                 FROM started",
+                started = EventName::JobStarted
+            )),
         );
         let query = sqlx::query_as(&sql).bind(ids).bind(worker);
         // A batch goes without a transaction of its own: two round trips fewer.
@@ -738,14 +744,14 @@ impl Ledger {
                  UPDATE jobs SET progress_percent = $4, progress_message = $5
                  WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
                  RETURNING id, tenant_id, queue, kind
-             ), events AS (
-                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT tenant_id, id, queue, kind, '{progress}', $3,
-                        jsonb_build_object('percent', $4, 'message', $5)
-                 FROM changed
-             )
+             ), events AS ({events})
              SELECT count(*) FROM changed",
-            progress = EventName::JobProgress
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, '{progress}' AS event, $3 AS actor,
+                        jsonb_build_object('percent', $4, 'message', $5) AS details
+                 FROM changed",
+                progress = EventName::JobProgress
+            )),
         );
         let written: i64 = sqlx::query_scalar(&sql)
             .bind(id)
@@ -797,22 +803,22 @@ impl Ledger {
                                   ELSE error END
                  WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
                  RETURNING id, tenant_id, queue, kind, attempt, worker, state AS next
-             ), events AS (
-                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
-                 SELECT tenant_id, id, queue, kind, '{reclaimed}', $3,
+             ), events AS ({events})
+             SELECT queue, kind, next FROM changed",
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, '{reclaimed}' AS event, $3 AS actor,
                         jsonb_build_object('epoch', $2, 'attempt', attempt, 'holder', worker,
-                                           'next_state', next)
+                                           'next_state', next) AS details
                  FROM changed
                  UNION ALL
                  SELECT tenant_id, id, queue, kind,
                         CASE next WHEN 'dead' THEN '{dead}' ELSE '{cancelled}' END, $3,
                         jsonb_build_object('attempt', attempt, 'reason', 'lease expired')
-                 FROM changed WHERE next <> 'queued'
-             )
-             SELECT queue, kind, next FROM changed",
-            reclaimed = EventName::LeaseReclaimed,
-            dead = EventName::JobDead,
-            cancelled = EventName::JobCancelled
+                 FROM changed WHERE next <> 'queued'",
+                reclaimed = EventName::LeaseReclaimed,
+                dead = EventName::JobDead,
+                cancelled = EventName::JobCancelled
+            )),
         );
         sqlx::query_as(&sql)
             .bind(id)
@@ -836,16 +842,17 @@ impl Ledger {
                  WHERE {condition} AND id = $2
                    AND state IN ('scheduled', 'queued', 'retrying', 'running')
                  RETURNING {JOB_COLUMNS}
-             ), events AS (
-                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor)
-                 SELECT tenant_id, id, queue, kind,
-                        CASE WHEN state = 'running' THEN '{requested}' ELSE '{cancelled}' END,
-                        'api'
-                 FROM changed
-             )
+             ), events AS ({events})
              SELECT * FROM changed",
-            requested = EventName::JobCancelRequested,
-            cancelled = EventName::JobCancelled
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind,
+                        CASE WHEN state = 'running' THEN '{requested}' ELSE '{cancelled}' END
+                            AS event,
+                        'api' AS actor, '{{}}'::jsonb AS details
+                 FROM changed",
+                requested = EventName::JobCancelRequested,
+                cancelled = EventName::JobCancelled
+            )),
         );
         let changed = sqlx::query_as(&sql)
             .bind(scope.tenant_id())
@@ -867,12 +874,14 @@ impl Ledger {
                  WHERE {condition} AND id = $2
                    AND state IN ('dead', 'cancelled')
                  RETURNING {JOB_COLUMNS}
-             ), events AS (
-                 INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor)
-                 SELECT tenant_id, id, queue, kind, '{retried}', 'api' FROM changed
-             )
+             ), events AS ({events})
              SELECT * FROM changed",
-            retried = EventName::JobRetried
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, '{retried}' AS event,
+                        'api' AS actor, '{{}}'::jsonb AS details
+                 FROM changed",
+                retried = EventName::JobRetried
+            )),
         );
         let changed = sqlx::query_as(&sql)
             .bind(scope.tenant_id())
@@ -911,7 +920,15 @@ impl Ledger {
                    AND jobs.finished_at < now() - make_interval(secs => $2)
                  RETURNING jobs.id
              ), waiting AS (
-                 DELETE FROM job_events_pending WHERE job_id IN (SELECT id FROM gone)
+                 -- Their events still waiting for numbers leave their batches.
+                 UPDATE job_event_batches b
+                 SET entries = kept.entries, n = cardinality(kept.entries)
+                 FROM (SELECT id,
+                              ARRAY(SELECT e FROM unnest(entries) AS e
+                                    WHERE e.job_id IS NULL
+                                       OR e.job_id NOT IN (SELECT id FROM gone)) AS entries
+                       FROM job_event_batches) AS kept
+                 WHERE b.id = kept.id AND b.n <> cardinality(kept.entries)
              )
              DELETE FROM job_events
              WHERE job_id IN (SELECT id FROM gone)
@@ -1022,29 +1039,35 @@ async fn finish_kind(
              RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.attempt,
                        jobs.started_at, jobs.state, input.epoch, input.worker,
                        input.error, input.retry_at
-         ), events AS (
-             INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
-             SELECT tenant_id, id, queue, kind,
-                    CASE WHEN state = 'cancelled' AND e.name = '{retry_scheduled}'
-                         THEN '{cancelled}' ELSE e.name END,
-                    worker,
-                    jsonb_build_object('attempt', attempt, 'epoch', epoch, {details})
-             FROM changed CROSS JOIN (VALUES {names}) AS e(n, name)
-             ORDER BY changed.id, e.n
-         ), stale AS (
-             INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
-             SELECT j.tenant_id, j.id, j.queue, j.kind, '{stale}', input.worker,
-                    jsonb_build_object('epoch', input.epoch, 'current_epoch', j.lease_epoch,
-                                       'state', j.state)
-             FROM input JOIN jobs j ON j.id = input.id
-             -- `NOT IN` over a hashed subplan: written as `NOT EXISTS`, the planner, which
-             -- expects one changed row, compared every input with every changed row.
-             WHERE (input.id, input.epoch) NOT IN (SELECT id, epoch FROM changed)
-         )
+         ), events AS ({events})
          SELECT id, epoch, state FROM changed",
-        retry_scheduled = EventName::JobRetryScheduled,
-        cancelled = EventName::JobCancelled,
-        stale = EventName::StaleWriteRejected,
+        events = append_events(&format!(
+            "SELECT tenant_id, job_id, queue, kind, event, actor, details
+             FROM (
+                 SELECT tenant_id, id AS job_id, queue, kind,
+                        CASE WHEN state = 'cancelled' AND e.name = '{retry_scheduled}'
+                             THEN '{cancelled}' ELSE e.name END AS event,
+                        worker AS actor,
+                        jsonb_build_object('attempt', attempt, 'epoch', epoch, {details})
+                            AS details,
+                        e.n
+                 FROM changed CROSS JOIN (VALUES {names}) AS e(n, name)
+                 UNION ALL
+                 SELECT j.tenant_id, j.id, j.queue, j.kind, '{stale}', input.worker,
+                        jsonb_build_object('epoch', input.epoch, 'current_epoch', j.lease_epoch,
+                                           'state', j.state),
+                        0
+                 FROM input JOIN jobs j ON j.id = input.id
+                 -- `NOT IN` over a hashed subplan: written as `NOT EXISTS`, the planner,
+                 -- which expects one changed row, compared every input with every changed
+                 -- row.
+                 WHERE (input.id, input.epoch) NOT IN (SELECT id, epoch FROM changed)
+             ) AS e
+             ORDER BY job_id, n",
+            retry_scheduled = EventName::JobRetryScheduled,
+            cancelled = EventName::JobCancelled,
+            stale = EventName::StaleWriteRejected,
+        )),
     );
     let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(&sql)
         .bind(&ids)

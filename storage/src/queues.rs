@@ -7,7 +7,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgPool;
 use taskfleet_jobs::{EventName, JobState, Queue};
 
-use crate::tenants::Scope;
+use crate::{events::append_events, tenants::Scope};
 
 /// How far back throughput, failure rate and wait time look.
 pub const STATS_MINUTES: i64 = 15;
@@ -70,11 +70,13 @@ impl Queues {
             )
         };
         let sql = format!(
-            "WITH changed AS ({change}), events AS (
-                 INSERT INTO job_events_pending (queue, event, actor)
-                 SELECT queue, '{event}', $2 FROM changed
-             )
-             SELECT count(*) FROM changed"
+            "WITH changed AS ({change}), events AS ({events})
+             SELECT count(*) FROM changed",
+            events = append_events(&format!(
+                "SELECT NULL::uuid AS tenant_id, NULL::uuid AS job_id, queue, NULL::text AS kind,
+                        '{event}' AS event, $2 AS actor, '{{}}'::jsonb AS details
+                 FROM changed"
+            )),
         );
         let changed: i64 = sqlx::query_scalar(&sql)
             .bind(queue.as_str())

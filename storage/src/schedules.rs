@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::tenants::Scope;
+use crate::{events::append_events, tenants::Scope};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ScheduleRecord {
@@ -276,10 +276,10 @@ impl Schedules {
         job_id: Option<Uuid>,
         details: Value,
     ) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO job_events_pending (tenant_id, job_id, queue, kind, event, actor, details)
-             VALUES ($1, $2, 'schedule', 'schedule.fire', $3, 'scheduler', $4)",
-        )
+        sqlx::query(&append_events(
+            "SELECT $1::uuid AS tenant_id, $2::uuid AS job_id, 'schedule' AS queue,
+                    'schedule.fire' AS kind, $3 AS event, 'scheduler' AS actor, $4::jsonb AS details",
+        ))
         .bind(schedule.tenant_id)
         .bind(job_id)
         .bind(event.as_str())

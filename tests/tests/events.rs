@@ -242,7 +242,7 @@ async fn five_hundred_subscribers_each_receive_every_event() {
         "the run finished and every event is numbered",
         || async {
             env.count_state("succeeded").await == 1000
-                && sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_events_pending")
+                && sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_event_batches")
                     .fetch_one(&env.pool)
                     .await
                     .unwrap()
@@ -380,5 +380,120 @@ async fn purging_probe_jobs_never_hands_out_a_seq_again() {
     let next = events.sequence(100).await.unwrap();
     assert_eq!(next.count, 1);
     assert_eq!(next.last_seq, Some(newest + 1));
+    env.finish().await;
+}
+
+/// Each statement's events wait for their numbers as one batch; the sequencer takes whole
+/// batches, at least one, until a round holds its limit, and numbers them in the order they
+/// happened.
+#[tokio::test]
+async fn the_sequencer_numbers_whole_batches_in_order() {
+    use taskfleet_storage::{EventLog, Ledger, NewJob, Tenants};
+
+    let env = TestEnv::new().await;
+    let (ledger, events) = (
+        Ledger::new(env.pool.clone()),
+        EventLog::new(env.pool.clone()),
+    );
+    let acme = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    let three = || -> Vec<NewJob> {
+        (0..3)
+            .map(|_| {
+                NewJob::new(
+                    serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"}))
+                        .unwrap(),
+                    None,
+                )
+            })
+            .collect()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let jobs = three();
+        ids.extend(jobs.iter().map(|job| job.id));
+        ledger.insert(acme.id, &jobs, "api").await.unwrap();
+    }
+    let batches: Vec<i32> = sqlx::query_scalar("SELECT n FROM job_event_batches ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(batches, [3, 3, 3], "one batch a statement");
+
+    // Before the second batch three events wait, fewer than four: it is taken; before the
+    // third, six.
+    assert_eq!(events.sequence(4).await.unwrap().count, 6);
+    // A batch larger than the limit is taken whole.
+    assert_eq!(events.sequence(1).await.unwrap().count, 3);
+    assert_eq!(events.sequence(1).await.unwrap().count, 0);
+
+    let numbered: Vec<(i64, uuid::Uuid)> =
+        sqlx::query_as("SELECT seq, job_id FROM job_events ORDER BY seq")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let seqs: Vec<i64> = numbered.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+    let jobs: Vec<uuid::Uuid> = numbered.iter().map(|(_, job)| *job).collect();
+    let mut submitted = ids.clone();
+    // Within a statement events go in job order; statements in the order they committed.
+    for chunk in submitted.chunks_mut(3) {
+        chunk.sort();
+    }
+    assert_eq!(jobs, submitted);
+    env.finish().await;
+}
+
+/// Purging a probe job whose events still wait for their numbers takes them out of their
+/// batches, and leaves other jobs' events in the same batch to be numbered.
+#[tokio::test]
+async fn purging_a_job_takes_its_waiting_events_out_of_shared_batches() {
+    use taskfleet_storage::{Finish, Ledger, NewJob, Outcome, Tenants, tenants::SYSTEM_TENANT};
+
+    let env = TestEnv::new().await;
+    let ledger = Ledger::new(env.pool.clone());
+    let tenants = Tenants::new(env.pool.clone());
+    let noop = || {
+        NewJob::new(
+            serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap(),
+            None,
+        )
+    };
+    let (probe, other) = (noop(), noop());
+    let system = tenants.ensure(SYSTEM_TENANT).await.unwrap();
+    let acme = tenants.ensure("acme").await.unwrap();
+    // One statement for both tenants' jobs: their `job_enqueued` events share a batch.
+    ledger
+        .insert_for(
+            &[system.id, acme.id],
+            &[probe.clone(), other.clone()],
+            &[],
+            "api",
+        )
+        .await
+        .unwrap();
+    let started = ledger.start_many(&[probe.id], "worker-a").await.unwrap();
+    let finish = Finish {
+        id: probe.id,
+        epoch: started[0].as_ref().unwrap().lease_epoch,
+        worker: "worker-a".to_owned(),
+        outcome: Outcome::Succeeded(json!(null)),
+    };
+    ledger.finish_many(&[finish]).await.unwrap();
+
+    ledger
+        .purge_finished(SYSTEM_TENANT, Duration::ZERO)
+        .await
+        .unwrap();
+    let waiting: Vec<(Option<uuid::Uuid>, String)> =
+        sqlx::query_as("SELECT job_id, event FROM all_job_events ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(waiting, [(Some(other.id), "job_enqueued".to_owned())]);
+    let numbered = taskfleet_storage::EventLog::new(env.pool.clone())
+        .sequence(100)
+        .await
+        .unwrap();
+    assert_eq!((numbered.count, numbered.last_seq), (1, Some(1)));
     env.finish().await;
 }

@@ -28,7 +28,7 @@ impl EventSequencer {
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
             let pause = match self.round().await {
-                Ok(n) if n as i64 == BATCH => Duration::ZERO,
+                Ok(n) if n as i64 >= BATCH => Duration::ZERO,
                 Ok(_) => IDLE_PAUSE,
                 Err(err) => {
                     tracing::warn!(%err, "event sequencing failed");
