@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{Connection, FromRow, PgPool};
+use sqlx::{Connection, FromRow, PgPool, postgres::PgPoolOptions};
 use taskfleet_jobs::{EventName, JobSpec, JobState, Queue};
 use uuid::Uuid;
 
@@ -16,8 +16,11 @@ use crate::{
     tenants::{SYSTEM_TENANT, Scope},
 };
 
-/// Statements about at most this many jobs run on their generic plans ([`Ledger::begin_for`]).
+/// Statements about at most this many jobs run on their generic plans ([`Ledger::pool_for`]).
 const FEW_ITEMS: usize = 4;
+/// Connections kept for statements about a few jobs: they come one or two at a time, while
+/// a busy fleet groups its jobs into batches on the main pool.
+const FEW_ITEMS_CONNECTIONS: u32 = 4;
 
 /// States the dispatcher may move into a queue's Redis window.
 const DISPATCHABLE: &str = "('scheduled', 'queued', 'retrying')";
@@ -230,39 +233,45 @@ pub struct DispatchedJob {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pool: PgPool,
+    /// Connections to the same database whose statements always run on their generic plans.
+    generic_plans: PgPool,
 }
 
 impl Ledger {
     pub fn new(pool: PgPool) -> Ledger {
-        Ledger { pool }
+        let options = (*pool.connect_options())
+            .clone()
+            .options([("plan_cache_mode", "force_generic_plan")]);
+        let generic_plans = PgPoolOptions::new()
+            .max_connections(FEW_ITEMS_CONNECTIONS.min(pool.options().get_max_connections()))
+            .acquire_timeout(pool.options().get_acquire_timeout())
+            .connect_lazy_with(options);
+        Ledger {
+            pool,
+            generic_plans,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    /// A transaction for a statement about `items` jobs. Postgres plans the hot statements
-    /// below again at every call: a custom plan, which sees how short the id arrays are, is
-    /// costed below the generic one. At a steady 200 jobs a second, one or two jobs to a
-    /// statement, that planning was more than half of Postgres's time (ADR 0007), so a
-    /// statement about a few jobs runs on its generic plan, made once per connection.
-    /// Batches go as before: Postgres chooses their plans. Only for statements whose generic
-    /// plan is the custom one (look-ups by id, inserts from arrays); a query with optional
-    /// filters (`$1 IS NULL OR …`) needs its custom plan.
-    async fn begin_for(
-        &self,
-        items: usize,
-    ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        let mut tx = self.pool.begin().await?;
-        // A statement of its own, not sent with the `BEGIN` as `finish_many` does: should it
-        // fail there, sqlx would return the connection to the pool inside the aborted
-        // transaction, and a transaction the pool owns cannot close its connection instead.
+    /// The pool for a statement about `items` jobs. Postgres plans the hot statements below
+    /// again at every call: a custom plan, which sees how short the id arrays are, is costed
+    /// below the generic one. At a steady 200 jobs a second, one or two jobs to a statement,
+    /// that planning was more than half of Postgres's time (ADR 0007), so a statement about a
+    /// few jobs goes to connections that run it on its generic plan, made once per
+    /// connection. (Setting `plan_cache_mode` per transaction instead cost three round trips
+    /// more for every lone job: `BEGIN`, the `SET` and `COMMIT`.) Batches go to the main
+    /// pool: Postgres chooses their plans. Only for statements whose generic plan is the
+    /// custom one (look-ups by id, inserts from arrays); a query with optional filters
+    /// (`$1 IS NULL OR …`) needs its custom plan.
+    fn pool_for(&self, items: usize) -> &PgPool {
         if items <= FEW_ITEMS {
-            sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
-                .execute(&mut *tx)
-                .await?;
+            &self.generic_plans
+        } else {
+            &self.pool
         }
-        Ok(tx)
     }
 
     /// Inserts jobs and their `job_enqueued` events, all or none. A job whose `run_at` is in
@@ -362,8 +371,16 @@ impl Ledger {
                 dispatched = EventName::JobDispatched,
             )),
         );
-        let mut tx = self.begin_for(jobs.len()).await?;
-        let inserted: Vec<JobRecord> = sqlx::query_as(&sql)
+        let pool = self.pool_for(jobs.len());
+        // Keyed jobs may meet earlier ones, looked up below in the same transaction. Without
+        // keys the statement alone decides, and a statement is atomic: no transaction, two
+        // round trips fewer.
+        let mut tx = if keys.iter().any(Option::is_some) {
+            Some(pool.begin().await?)
+        } else {
+            None
+        };
+        let query = sqlx::query_as(&sql)
             .bind(tenants)
             .bind(&ids)
             .bind(&queues)
@@ -375,11 +392,15 @@ impl Ledger {
             .bind(&keys)
             .bind(actor)
             .bind(&request_ids)
-            .bind(&dispatch)
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(&dispatch);
+        let inserted: Vec<JobRecord> = match tx.as_mut() {
+            Some(tx) => query.fetch_all(&mut **tx).await?,
+            None => query.fetch_all(pool).await?,
+        };
         let mut existing: Vec<JobRecord> = Vec::new();
-        if inserted.len() < jobs.len() {
+        if let Some(tx) = tx.as_mut()
+            && inserted.len() < jobs.len()
+        {
             existing = sqlx::query_as(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs
                  JOIN UNNEST($1::uuid[], $2::text[]) AS used(owner, used_key)
@@ -389,7 +410,7 @@ impl Ledger {
             .bind(tenants)
             .bind(&keys)
             .bind(&ids)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
         }
         // Answer in the order the jobs were submitted.
@@ -420,7 +441,9 @@ impl Ledger {
             }
             answers.push(Inserted::Existing(first.clone()));
         }
-        tx.commit().await?;
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
         Ok(answers)
     }
 
@@ -669,16 +692,11 @@ impl Ledger {
                 started = EventName::JobStarted
             )),
         );
-        let query = sqlx::query_as(&sql).bind(ids).bind(worker);
-        // A batch goes without a transaction of its own: two round trips fewer.
-        let rows: Vec<StartedJob> = if ids.len() <= FEW_ITEMS {
-            let mut tx = self.begin_for(ids.len()).await?;
-            let rows = query.fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            rows
-        } else {
-            query.fetch_all(&self.pool).await?
-        };
+        let rows: Vec<StartedJob> = sqlx::query_as(&sql)
+            .bind(ids)
+            .bind(worker)
+            .fetch_all(self.pool_for(ids.len()))
+            .await?;
         let mut started: HashMap<Uuid, StartedJob> =
             rows.into_iter().map(|job| (job.id, job)).collect();
         // `remove` hands a job to its first delivery only.
@@ -1089,9 +1107,8 @@ mod tests {
     use super::{FEW_ITEMS, Ledger};
 
     async fn plan_cache_mode(ledger: &Ledger, items: usize) -> String {
-        let mut tx = ledger.begin_for(items).await.expect("Postgres answers");
         sqlx::query_scalar("SHOW plan_cache_mode")
-            .fetch_one(&mut *tx)
+            .fetch_one(ledger.pool_for(items))
             .await
             .expect("Postgres answers")
     }
@@ -1100,12 +1117,7 @@ mod tests {
     async fn statements_about_a_few_jobs_use_generic_plans_and_batches_their_own() {
         let url = std::env::var("TASKFLEET_TEST_ADMIN_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        // One connection, so every check below runs on the same one.
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy(&url)
-            .unwrap();
-        let ledger = Ledger::new(pool);
+        let ledger = Ledger::new(crate::Db::connect_lazy(&url, 2).unwrap().pool);
         let outside: String = sqlx::query_scalar("SHOW plan_cache_mode")
             .fetch_one(ledger.pool())
             .await
@@ -1117,11 +1129,11 @@ mod tests {
             "force_generic_plan"
         );
         assert_eq!(plan_cache_mode(&ledger, FEW_ITEMS + 1).await, outside);
-        // `SET LOCAL` ends with its transaction: the connection goes back to the pool as it was.
-        let after: String = sqlx::query_scalar("SHOW plan_cache_mode")
-            .fetch_one(ledger.pool())
+        // The generic-plan connections keep the main pool's own settings.
+        let jit: String = sqlx::query_scalar("SHOW jit")
+            .fetch_one(ledger.pool_for(1))
             .await
             .unwrap();
-        assert_eq!(after, outside);
+        assert_eq!(jit, "off");
     }
 }
