@@ -32,13 +32,15 @@ const EVENT_COLUMNS: &str = "seq, ts, tenant_id, job_id, queue, kind, event, act
 /// SQL appending the events that `rows` selects (columns `tenant_id`, `job_id`, `queue`,
 /// `kind`, `event`, `actor`, `details`, in the order they happened) as one batch waiting for
 /// the sequencer; nothing when it selects none. One row a statement instead of one an event:
-/// each row written here is deleted again a round later (ADR 0007).
+/// each row written here is deleted again a round later (ADR 0007). `event` and `actor` must
+/// never be null (callers write them from the code): `job_events` refuses a null there, and
+/// the sequencer would then stop at that batch.
 pub(crate) fn append_events(rows: &str) -> String {
     format!(
         "INSERT INTO job_event_batches (n, entries)
          SELECT count(*),
-                array_agg(ROW(event_id, tenant_id, job_id, queue, kind, event, actor, details)
-                          ::job_event_entry ORDER BY event_id)
+                array_agg(ROW(event_id, tenant_id, job_id, queue, kind, event, actor,
+                              COALESCE(details, '{{}}'))::job_event_entry ORDER BY event_id)
          -- Numbered in `rows`' order: a job's events keep the order they happened in.
          FROM (SELECT nextval('job_events_id_seq') AS event_id, * FROM ({rows}) AS rows) AS e
          HAVING count(*) > 0"

@@ -261,13 +261,17 @@ impl Ledger {
     /// below the generic one. At a steady 200 jobs a second, one or two jobs to a statement,
     /// that planning was more than half of Postgres's time (ADR 0007), so a statement about a
     /// few jobs goes to connections that run it on its generic plan, made once per
-    /// connection. (Setting `plan_cache_mode` per transaction instead cost three round trips
+    /// connection, when one of them is free or may still be opened; otherwise to the main
+    /// pool (planned each time) rather than queueing behind them. (Setting `plan_cache_mode` per transaction instead cost three round trips
     /// more for every lone job: `BEGIN`, the `SET` and `COMMIT`.) Batches go to the main
     /// pool: Postgres chooses their plans. Only for statements whose generic plan is the
     /// custom one (look-ups by id, inserts from arrays); a query with optional filters
     /// (`$1 IS NULL OR …`) needs its custom plan.
     fn pool_for(&self, items: usize) -> &PgPool {
-        if items <= FEW_ITEMS {
+        let generic = &self.generic_plans;
+        if items <= FEW_ITEMS
+            && (generic.num_idle() > 0 || generic.size() < generic.options().get_max_connections())
+        {
             &self.generic_plans
         } else {
             &self.pool
@@ -945,7 +949,8 @@ impl Ledger {
                               ARRAY(SELECT e FROM unnest(entries) AS e
                                     WHERE e.job_id IS NULL
                                        OR e.job_id NOT IN (SELECT id FROM gone)) AS entries
-                       FROM job_event_batches) AS kept
+                       FROM job_event_batches
+                       WHERE EXISTS (SELECT 1 FROM gone)) AS kept
                  WHERE b.id = kept.id AND b.n <> cardinality(kept.entries)
              )
              DELETE FROM job_events
@@ -1074,7 +1079,8 @@ async fn finish_kind(
                  SELECT j.tenant_id, j.id, j.queue, j.kind, '{stale}', input.worker,
                         jsonb_build_object('epoch', input.epoch, 'current_epoch', j.lease_epoch,
                                            'state', j.state),
-                        0
+                        -- Before the job's own events, whose last must stay its last.
+                        -1
                  FROM input JOIN jobs j ON j.id = input.id
                  -- `NOT IN` over a hashed subplan: written as `NOT EXISTS`, the planner,
                  -- which expects one changed row, compared every input with every changed

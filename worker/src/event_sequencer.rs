@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use taskfleet_storage::{EventLog, redis::Keys};
 use tokio_util::sync::CancellationToken;
 
-/// Most events numbered in one round.
+/// Events numbered in one round: whole batches, so a round may pass it by one batch.
 const BATCH: i64 = 5_000;
 /// Pause between rounds while no events wait.
 const IDLE_PAUSE: Duration = Duration::from_millis(10);
