@@ -497,3 +497,51 @@ async fn purging_a_job_takes_its_waiting_events_out_of_shared_batches() {
     assert_eq!((numbered.count, numbered.last_seq), (1, Some(1)));
     env.finish().await;
 }
+
+/// A stale write refused in the same outcome batch as the job's own outcome is recorded
+/// before it: the terminal event stays the job's last, where its stream ends.
+#[tokio::test]
+async fn a_stale_write_in_the_same_batch_comes_before_the_terminal_event() {
+    use taskfleet_storage::{EventLog, Finish, Ledger, NewJob, Outcome, Tenants};
+
+    let env = TestEnv::new().await;
+    let ledger = Ledger::new(env.pool.clone());
+    let acme = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    let job = NewJob::new(
+        serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap(),
+        None,
+    );
+    ledger
+        .insert(acme.id, std::slice::from_ref(&job), "api")
+        .await
+        .unwrap();
+    let started = ledger.start_many(&[job.id], "worker-b").await.unwrap();
+    let epoch = started[0].as_ref().unwrap().lease_epoch;
+    let finish = |epoch, worker: &str| Finish {
+        id: job.id,
+        epoch,
+        worker: worker.to_owned(),
+        outcome: Outcome::Succeeded(json!(null)),
+    };
+    ledger
+        .finish_many(&[finish(epoch, "worker-b"), finish(epoch - 1, "worker-a")])
+        .await
+        .unwrap();
+    EventLog::new(env.pool.clone()).sequence(100).await.unwrap();
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT event FROM job_events WHERE job_id = $1 ORDER BY seq")
+            .bind(job.id)
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        events,
+        [
+            "job_enqueued",
+            "job_started",
+            "stale_write_rejected",
+            "job_succeeded"
+        ]
+    );
+    env.finish().await;
+}
