@@ -262,17 +262,17 @@ impl Ledger {
     /// that planning was more than half of Postgres's time (ADR 0007), so a statement about a
     /// few jobs goes to connections that run it on its generic plan, made once per
     /// connection, when one of them is free or may still be opened; otherwise to the main
-    /// pool (planned each time) rather than queueing behind them. (Setting `plan_cache_mode` per transaction instead cost three round trips
-    /// more for every lone job: `BEGIN`, the `SET` and `COMMIT`.) Batches go to the main
-    /// pool: Postgres chooses their plans. Only for statements whose generic plan is the
-    /// custom one (look-ups by id, inserts from arrays); a query with optional filters
-    /// (`$1 IS NULL OR …`) needs its custom plan.
+    /// pool (planned each time) rather than queueing behind them. (Setting `plan_cache_mode`
+    /// per transaction instead cost three round trips more for every lone job: `BEGIN`, the
+    /// `SET` and `COMMIT`.) Batches go to the main pool: Postgres chooses their plans. Only
+    /// for statements whose generic plan is the custom one (look-ups by id, inserts from
+    /// arrays); a query with optional filters (`$1 IS NULL OR …`) needs its custom plan.
     fn pool_for(&self, items: usize) -> &PgPool {
         let generic = &self.generic_plans;
         if items <= FEW_ITEMS
             && (generic.num_idle() > 0 || generic.size() < generic.options().get_max_connections())
         {
-            &self.generic_plans
+            generic
         } else {
             &self.pool
         }
