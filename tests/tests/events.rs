@@ -527,13 +527,14 @@ async fn a_stale_write_in_the_same_batch_comes_before_the_terminal_event() {
         .finish_many(&[finish(epoch, "worker-b"), finish(epoch - 1, "worker-a")])
         .await
         .unwrap();
+    // The sequencer numbers events in id order.
     EventLog::new(env.pool.clone()).sequence(100).await.unwrap();
-    let events: Vec<String> =
-        sqlx::query_scalar("SELECT event FROM job_events WHERE job_id = $1 ORDER BY seq")
-            .bind(job.id)
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
+    let events: Vec<String> = env
+        .job_events(job.id)
+        .await
+        .into_iter()
+        .map(|(event, _)| event)
+        .collect();
     assert_eq!(
         events,
         [
