@@ -8,6 +8,14 @@ use uuid::Uuid;
 
 const WITHIN: Duration = Duration::from_secs(60);
 
+/// A no-op job for the tests that drive the ledger directly.
+fn noop_job() -> taskfleet_storage::NewJob {
+    taskfleet_storage::NewJob::new(
+        serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap(),
+        None,
+    )
+}
+
 fn names(messages: &[SseMessage]) -> Vec<&str> {
     messages.iter().map(|m| m.event.as_str()).collect()
 }
@@ -332,9 +340,7 @@ async fn tenants_see_only_their_own_events_and_bad_ids_are_refused() {
 /// so the next event is numbered after every `seq` a stream has already shown.
 #[tokio::test]
 async fn purging_probe_jobs_never_hands_out_a_seq_again() {
-    use taskfleet_storage::{
-        EventLog, Finish, Ledger, NewJob, Outcome, Tenants, tenants::SYSTEM_TENANT,
-    };
+    use taskfleet_storage::{EventLog, Finish, Ledger, Outcome, Tenants, tenants::SYSTEM_TENANT};
 
     let env = TestEnv::new().await;
     let (ledger, events) = (
@@ -342,13 +348,7 @@ async fn purging_probe_jobs_never_hands_out_a_seq_again() {
         EventLog::new(env.pool.clone()),
     );
     let tenants = Tenants::new(env.pool.clone());
-    let noop = || {
-        NewJob::new(
-            serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap(),
-            None,
-        )
-    };
-    let probe = noop();
+    let probe = noop_job();
     let system = tenants.ensure(SYSTEM_TENANT).await.unwrap();
     ledger
         .insert(system.id, std::slice::from_ref(&probe), "readyz")
@@ -376,7 +376,7 @@ async fn purging_probe_jobs_never_hands_out_a_seq_again() {
     assert_eq!(left, [newest], "only the newest numbered event stays");
 
     let acme = tenants.ensure("acme").await.unwrap();
-    ledger.insert(acme.id, &[noop()], "api").await.unwrap();
+    ledger.insert(acme.id, &[noop_job()], "api").await.unwrap();
     let next = events.sequence(100).await.unwrap();
     assert_eq!(next.count, 1);
     assert_eq!(next.last_seq, Some(newest + 1));
@@ -396,17 +396,7 @@ async fn the_sequencer_numbers_whole_batches_in_order() {
         EventLog::new(env.pool.clone()),
     );
     let acme = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
-    let three = || -> Vec<NewJob> {
-        (0..3)
-            .map(|_| {
-                NewJob::new(
-                    serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"}))
-                        .unwrap(),
-                    None,
-                )
-            })
-            .collect()
-    };
+    let three = || -> Vec<NewJob> { (0..3).map(|_| noop_job()).collect() };
     let mut ids = Vec::new();
     for _ in 0..3 {
         let jobs = three();
@@ -447,18 +437,12 @@ async fn the_sequencer_numbers_whole_batches_in_order() {
 /// batches, and leaves other jobs' events in the same batch to be numbered.
 #[tokio::test]
 async fn purging_a_job_takes_its_waiting_events_out_of_shared_batches() {
-    use taskfleet_storage::{Finish, Ledger, NewJob, Outcome, Tenants, tenants::SYSTEM_TENANT};
+    use taskfleet_storage::{Finish, Ledger, Outcome, Tenants, tenants::SYSTEM_TENANT};
 
     let env = TestEnv::new().await;
     let ledger = Ledger::new(env.pool.clone());
     let tenants = Tenants::new(env.pool.clone());
-    let noop = || {
-        NewJob::new(
-            serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap(),
-            None,
-        )
-    };
-    let (probe, other) = (noop(), noop());
+    let (probe, other) = (noop_job(), noop_job());
     let system = tenants.ensure(SYSTEM_TENANT).await.unwrap();
     let acme = tenants.ensure("acme").await.unwrap();
     // One statement for both tenants' jobs: their `job_enqueued` events share a batch.
@@ -502,15 +486,12 @@ async fn purging_a_job_takes_its_waiting_events_out_of_shared_batches() {
 /// before it: the terminal event stays the job's last, where its stream ends.
 #[tokio::test]
 async fn a_stale_write_in_the_same_batch_comes_before_the_terminal_event() {
-    use taskfleet_storage::{EventLog, Finish, Ledger, NewJob, Outcome, Tenants};
+    use taskfleet_storage::{EventLog, Finish, Ledger, Outcome, Tenants};
 
     let env = TestEnv::new().await;
     let ledger = Ledger::new(env.pool.clone());
     let acme = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
-    let job = NewJob::new(
-        serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap(),
-        None,
-    );
+    let job = noop_job();
     ledger
         .insert(acme.id, std::slice::from_ref(&job), "api")
         .await
