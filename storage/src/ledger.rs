@@ -28,8 +28,11 @@ const DISPATCHABLE: &str = "('scheduled', 'queued', 'retrying')";
 /// True for a job (`jobs` row) its queue's pause holds back. The fleet's own readiness
 /// probes are exempt, so `/readyz` still tells whether workers run while a queue is paused.
 fn held_by_pause() -> String {
+    // The first test runs once per statement: while no queue is paused (nearly always),
+    // `parked` in `start_many` is skipped whole and no row probes `queue_pauses`.
     format!(
-        "(EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue)
+        "((SELECT EXISTS (SELECT 1 FROM queue_pauses))
+          AND EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue)
           AND jobs.tenant_id <> (SELECT t.id FROM tenants t WHERE t.name = '{SYSTEM_TENANT}'))"
     )
 }
