@@ -9,16 +9,17 @@
 //! then replayed from Postgres, then served live, skipping anything it already got, so the
 //! union has no gap and no duplicate.
 
-use std::{borrow::Cow, pin::Pin, sync::Arc, time::Duration};
+use std::{borrow::Cow, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
-use futures::Stream;
-use poem::web::Data;
+use futures::{Stream, StreamExt};
+use poem::{Body, IntoResponse, Response, web::Data};
 use poem_openapi::{
-    Object, OpenApi,
+    ApiResponse, Object, OpenApi,
     param::{Header, Path, Query},
     payload::EventStream,
-    registry::{MetaSchemaRef, Registry},
+    registry::{MetaResponses, MetaSchemaRef, Registry},
     types::{ToJSON, Type},
 };
 use redis::{
@@ -44,6 +45,8 @@ const CLIENT_BUFFER: usize = 1_024;
 const REPLAY_PAGE: i64 = 1_000;
 /// Comment lines sent on idle streams so proxies keep them open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Bytes of events one write to a client gathers at most (events already waiting for it).
+const WRITE_BYTES: usize = 64 * 1024;
 /// How long one `XREAD` blocks; between reads the hub also checks Postgres for missed events.
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
@@ -63,23 +66,29 @@ pub struct JobEvent {
     pub details: Value,
 }
 
-/// One event with its JSON rendered once, however many clients receive it.
+/// One event with its JSON and its SSE message rendered once, however many clients receive
+/// it.
 #[derive(Debug)]
 pub struct SharedEvent {
     pub record: EventRecord,
     json: String,
+    /// `id: <seq>`, `event: <name>` and `data: <json>` lines, as poem's SSE writer wrote them
+    /// (the JSON is compact, so one `data` line).
+    message: Bytes,
 }
 
 impl SharedEvent {
     fn new(record: EventRecord) -> SharedEvent {
         let json = serde_json::to_string(&record).expect("events serialise");
-        SharedEvent { record, json }
-    }
-
-    pub fn to_sse(&self) -> poem::web::sse::Event {
-        poem::web::sse::Event::message(self.json.clone())
-            .id(self.record.seq.to_string())
-            .event_type(self.record.event.clone())
+        let message = format!(
+            "id: {}\nevent: {}\ndata: {json}\n\n",
+            record.seq, record.event
+        );
+        SharedEvent {
+            record,
+            json,
+            message: Bytes::from(message),
+        }
     }
 }
 
@@ -453,7 +462,7 @@ impl EventsApi {
         event: Query<Option<String>>,
         #[oai(name = "Last-Event-ID")] last_event_id_header: Header<Option<String>>,
         last_event_id: Query<Option<String>>,
-    ) -> Result<EventStream<EventStreamBody>, ApiError> {
+    ) -> Result<SseResponse, ApiError> {
         let after = crate::events::last_event_id(last_event_id_header.0, last_event_id.0)?;
         let filter = EventFilter {
             job_id: None,
@@ -486,7 +495,7 @@ impl EventsApi {
         event: Query<Option<String>>,
         #[oai(name = "Last-Event-ID")] last_event_id_header: Header<Option<String>>,
         last_event_id: Query<Option<String>>,
-    ) -> Result<EventStream<EventStreamBody>, ApiError> {
+    ) -> Result<SseResponse, ApiError> {
         let after = crate::events::last_event_id(last_event_id_header.0, last_event_id.0)?;
         if state.ledger.get(auth.0.scope(), id.0).await?.is_none() {
             return Err(ApiError::not_found(format!("no job {}", id.0)));
@@ -509,10 +518,71 @@ impl EventsApi {
     }
 }
 
-fn sse(state: &AppState, sub: Subscription) -> EventStream<EventStreamBody> {
-    EventStream::new(serve(&state.hub, state.events.clone(), sub))
-        .keep_alive(KEEP_ALIVE)
-        .to_event(|item: StreamItem| item.0.to_sse())
+fn sse(state: &AppState, sub: Subscription) -> SseResponse {
+    SseResponse {
+        events: serve(&state.hub, state.events.clone(), sub),
+        keep_alive: KEEP_ALIVE,
+    }
+}
+
+/// The SSE endpoints' answer: documented as poem-openapi's [`EventStream`] of [`JobEvent`]s,
+/// written by us. poem's writer formats every event again for every client and hands each
+/// to the connection as a write of its own; with 500 subscribers that was most of the API's
+/// time in the fan-out (ADR 0007). Here every client writes the message rendered once per
+/// event, and as many of its waiting events as fit [`WRITE_BYTES`] in one write.
+pub struct SseResponse {
+    events: EventStreamBody,
+    /// How often a comment line goes out, whatever else does.
+    keep_alive: Duration,
+}
+
+impl ApiResponse for SseResponse {
+    fn meta() -> MetaResponses {
+        EventStream::<EventStreamBody>::meta()
+    }
+
+    fn register(registry: &mut Registry) {
+        EventStream::<EventStreamBody>::register(registry)
+    }
+}
+
+impl IntoResponse for SseResponse {
+    fn into_response(self) -> Response {
+        let SseResponse { events, keep_alive } = self;
+        // Fused: a write may gather up to the end of the events, and the next poll then
+        // asks again.
+        let mut events = events.fuse();
+        let mut keep_alive =
+            tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+        let writes = futures::stream::poll_fn(move |cx| {
+            let first = match events.poll_next_unpin(cx) {
+                Poll::Ready(Some(StreamItem(first))) => first,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    return keep_alive
+                        .poll_tick(cx)
+                        .map(|_| Some(Ok::<_, std::io::Error>(Bytes::from_static(b":\n\n"))));
+                }
+            };
+            let mut gathered: Option<BytesMut> = None;
+            while gathered.as_ref().map_or(first.message.len(), BytesMut::len) < WRITE_BYTES {
+                let Poll::Ready(Some(StreamItem(next))) = events.poll_next_unpin(cx) else {
+                    break;
+                };
+                gathered
+                    .get_or_insert_with(|| BytesMut::from(&first.message[..]))
+                    .extend_from_slice(&next.message);
+            }
+            Poll::Ready(Some(Ok(
+                gathered.map_or_else(|| first.message.clone(), BytesMut::freeze)
+            )))
+        });
+        Response::builder()
+            .content_type("text/event-stream")
+            .header("X-Accel-Buffering", "no")
+            .header("Cache-Control", "no-cache")
+            .body(Body::from_bytes_stream(writes))
+    }
 }
 
 #[cfg(test)]
@@ -520,6 +590,66 @@ mod tests {
     use sqlx::postgres::PgPoolOptions;
 
     use super::*;
+
+    fn event(seq: i64, event: &str) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent::new(EventRecord {
+            seq,
+            ts: Utc::now(),
+            tenant_id: Some(Uuid::now_v7()),
+            job_id: Some(Uuid::now_v7()),
+            queue: Some("executor".to_owned()),
+            kind: Some("executor.run".to_owned()),
+            event: event.to_owned(),
+            actor: "worker-1".to_owned(),
+            details: serde_json::json!({"attempt": 1, "note": "line one\nline two"}),
+        }))
+    }
+
+    #[tokio::test]
+    async fn sse_answers_write_waiting_events_together_as_poem_would_write_each() {
+        let sent = [
+            event(1, "job_enqueued"),
+            event(2, "job_started"),
+            event(3, "job_succeeded"),
+        ];
+        // Three events wait at once, then nothing comes for a while, then the stream ends.
+        let (tx, mut rx) = mpsc::channel::<StreamItem>(8);
+        for shared in &sent {
+            tx.send(StreamItem(shared.clone())).await.unwrap();
+        }
+        let response = SseResponse {
+            events: Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))),
+            keep_alive: Duration::from_millis(50),
+        }
+        .into_response();
+        assert_eq!(response.content_type(), Some("text/event-stream"));
+        assert_eq!(response.headers()["cache-control"], "no-cache");
+        let mut body = response.into_body().into_bytes_stream();
+
+        let first = body.next().await.unwrap().unwrap();
+        let poem_would_write: String = sent
+            .iter()
+            .map(|shared| {
+                poem::web::sse::Event::message(shared.json.clone())
+                    .id(shared.record.seq.to_string())
+                    .event_type(shared.record.event.clone())
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            std::str::from_utf8(&first).unwrap(),
+            poem_would_write,
+            "one write, same bytes"
+        );
+
+        let idle = body.next().await.unwrap().unwrap();
+        assert_eq!(&idle[..], b":\n\n", "a keep-alive comment while idle");
+        drop(tx);
+        assert!(
+            body.next().await.is_none(),
+            "the answer ends with its events"
+        );
+    }
 
     /// A hub reader whose Postgres cannot be reached: every read fails at once.
     fn reader() -> HubReader {
