@@ -5,7 +5,7 @@ use std::{str::FromStr, time::Duration};
 use sqlx::{
     PgPool,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -43,6 +43,17 @@ impl Db {
                 .await?;
         Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
     }
+}
+
+/// A listener for `channel`'s notifications (migration 0010), on a connection of its own so
+/// that it never holds one of `pool`'s.
+pub(crate) async fn listen(pool: &PgPool, channel: &str) -> sqlx::Result<PgListener> {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut listener = PgListener::connect_with(&own).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgPool, postgres::PgListener};
 use taskfleet_jobs::EventName;
 use uuid::Uuid;
 
@@ -28,6 +28,9 @@ pub struct EventRecord {
 }
 
 const EVENT_COLUMNS: &str = "seq, ts, tenant_id, job_id, queue, kind, event, actor, details";
+
+/// The channel every statement appending events notifies when it commits (migration 0010).
+const APPENDED_CHANNEL: &str = "taskfleet_events_appended";
 
 /// SQL appending the events that `rows` selects (columns `tenant_id`, `job_id`, `queue`,
 /// `kind`, `event`, `actor`, `details`, in the order they happened) as one batch waiting for
@@ -133,6 +136,12 @@ impl EventLog {
             count: count as usize,
             last_seq,
         })
+    }
+
+    /// Listens for commits that appended events: each notification means something may
+    /// wait for its number.
+    pub async fn listen_for_appends(&self) -> sqlx::Result<PgListener> {
+        crate::db::listen(&self.pool, APPENDED_CHANNEL).await
     }
 
     /// The latest numbered event of a job in `scope`.

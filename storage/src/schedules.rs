@@ -1,8 +1,10 @@
 //! Schedules: stored timing and target job, the slot they fire next, and their firings.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgPool, postgres::PgListener};
 use uuid::Uuid;
 
 use crate::{events::append_events, tenants::Scope};
@@ -22,6 +24,9 @@ pub struct ScheduleRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// The channel notified when schedules or queue pauses change (migration 0010).
+const CHANGED_CHANNEL: &str = "taskfleet_schedules_changed";
 
 const SCHEDULE_COLUMNS: &str = "id, tenant_id, name, target, cron, time_zone, at, missed, \
      paused, next_fire_at, created_at, updated_at";
@@ -191,6 +196,23 @@ impl Schedules {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
+    }
+
+    /// How long until the earliest unpaused schedule's next slot, by the database's clock
+    /// (zero when one is due); `None` when no schedule has a slot to come.
+    pub async fn until_next_due(&self) -> sqlx::Result<Option<Duration>> {
+        let seconds: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM min(next_fire_at) - now())::float8 FROM schedules
+             WHERE NOT paused AND next_fire_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
+    /// Listens for changes to schedules and queue pauses.
+    pub async fn listen_for_changes(&self) -> sqlx::Result<PgListener> {
+        crate::db::listen(&self.pool, CHANGED_CHANNEL).await
     }
 
     /// The database's clock, which `due` compares with.

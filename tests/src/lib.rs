@@ -9,6 +9,7 @@ use std::{
     os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
@@ -460,6 +461,34 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The wake-up a leader's loop gets from Postgres notifications (`taskfleet_worker::
+/// notifications`), fed by the listeners `listen` makes; returns once listening has begun
+/// (its first wake taken). Cancel the token to stop listening.
+pub async fn notifications<L, F>(
+    listen: L,
+) -> (
+    Arc<tokio::sync::Notify>,
+    tokio_util::sync::CancellationToken,
+)
+where
+    L: Fn() -> F + Send + 'static,
+    F: Future<Output = sqlx::Result<sqlx::postgres::PgListener>> + Send + 'static,
+{
+    let (woken, stop) = (
+        Arc::new(tokio::sync::Notify::new()),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    tokio::spawn(taskfleet_worker::notifications::wake_on(
+        listen,
+        woken.clone(),
+        stop.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), woken.notified())
+        .await
+        .expect("listening begins");
+    (woken, stop)
 }
 
 /// Polls `check` until it is true, failing the test after `within`.

@@ -527,3 +527,82 @@ async fn a_stale_write_in_the_same_batch_comes_before_the_terminal_event() {
     );
     env.finish().await;
 }
+
+/// The leader's loops wait for Postgres to say something changed instead of asking: the
+/// sequencer asked every 10 ms and the scheduler every 100 ms, about 420 commits in this
+/// window of an idle fleet of one worker; now events are still numbered as they come.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_fleet_leaves_postgres_nearly_idle() {
+    let (env, api, key) = fleet(false).await;
+    let noop = json!({"kind": "executor.run", "tool": "noop"});
+    let first = api.submit(&key, noop.clone()).await;
+    api.wait_finished(&key, first, WITHIN).await;
+    let commits = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    // Backends report their counts at least once a second while they work.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = commits().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_commits = commits().await - before;
+    assert!(
+        idle_commits < 100,
+        "{idle_commits} commits in 3 s of an idle fleet"
+    );
+
+    let second = api.submit(&key, noop).await;
+    api.wait_finished(&key, second, WITHIN).await;
+    wait_until(
+        WITHIN,
+        "the second job's four events are numbered",
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_events WHERE job_id = $1")
+                .bind(second)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap()
+                == 4
+        },
+    )
+    .await;
+    env.finish().await;
+}
+
+/// What wakes the sequencer: a commit that appended events, and nothing else.
+#[tokio::test]
+async fn a_commit_that_appends_events_wakes_the_sequencer() {
+    let env = TestEnv::new().await;
+    let events = taskfleet_storage::EventLog::new(env.pool.clone());
+    let listening = events.clone();
+    let (woken, stop) = taskfleet_tests::notifications(move || {
+        let events = listening.clone();
+        async move { events.listen_for_appends().await }
+    })
+    .await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), woken.notified()).await;
+    assert!(quiet.is_err(), "nothing appended, nothing to wake for");
+    // A transaction that appends and rolls back wakes nobody.
+    let mut tx = env.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO job_event_batches (n, entries) VALUES (0, '{}')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let rolled_back = tokio::time::timeout(Duration::from_millis(300), woken.notified()).await;
+    assert!(rolled_back.is_err(), "a rolled-back append wakes nobody");
+
+    events
+        .record_fleet(taskfleet_jobs::EventName::WorkerOnline, "test", json!({}))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), woken.notified())
+        .await
+        .expect("the append woke the sequencer");
+    stop.cancel();
+    env.finish().await;
+}

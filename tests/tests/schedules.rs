@@ -405,3 +405,63 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
     }
     env.finish().await;
 }
+
+/// What wakes the scheduler between slots: schedules created, changed or deleted, and queue
+/// pauses; nothing else.
+#[tokio::test]
+async fn schedule_and_pause_changes_wake_the_scheduler() {
+    use taskfleet_storage::{Queues, ScheduleDefinition, Schedules, Tenants};
+    let env = TestEnv::new().await;
+    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    let (schedules, queues) = (
+        Schedules::new(env.pool.clone()),
+        Queues::new(env.pool.clone()),
+    );
+    let listening = schedules.clone();
+    let (woken, stop) = taskfleet_tests::notifications(move || {
+        let schedules = listening.clone();
+        async move { schedules.listen_for_changes().await }
+    })
+    .await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), woken.notified()).await;
+    assert!(quiet.is_err(), "nothing changed, nothing to wake for");
+    let woke = |what: &'static str| {
+        let woken = woken.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), woken.notified())
+                .await
+                .unwrap_or_else(|_| panic!("{what} did not wake the scheduler"));
+        }
+    };
+
+    let created = schedules
+        .create(
+            tenant.id,
+            &ScheduleDefinition {
+                name: "nightly".into(),
+                target: json!({"kind": "executor.run", "tool": "noop"}),
+                cron: Some("0 0 3 * * *".into()),
+                time_zone: None,
+                at: None,
+                missed: "skip".into(),
+                next_fire_at: Some(Utc::now() + chrono::Duration::hours(1)),
+            },
+        )
+        .await
+        .unwrap();
+    woke("a new schedule").await;
+    queues
+        .set_paused(taskfleet_jobs::Queue::Schedule, true, "ops")
+        .await
+        .unwrap();
+    woke("pausing the schedule queue").await;
+    queues
+        .set_paused(taskfleet_jobs::Queue::Schedule, false, "ops")
+        .await
+        .unwrap();
+    woke("resuming it").await;
+    assert!(schedules.delete(tenant.id, created.id).await.unwrap());
+    woke("deleting the schedule").await;
+    stop.cancel();
+    env.finish().await;
+}

@@ -3,18 +3,26 @@
 //! got. The stream carries only that number, one entry a round; a replica with SSE clients
 //! reads the events themselves from Postgres by `seq`. When Redis misses an append, replicas
 //! still find the events in Postgres (they check it while the stream is quiet or
-//! unreadable), so a failed append loses nothing.
+//! unreadable), so a failed append loses nothing. Rounds run when Postgres notifies that
+//! events were appended, not on a timer: an idle fleet's Postgres stays idle.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
 use taskfleet_storage::{EventLog, redis::Keys};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::notifications::wake_on;
 
 /// Events numbered in one round: whole batches, so a round may pass it by one batch.
 const BATCH: i64 = 5_000;
-/// Pause between rounds while no events wait.
-const IDLE_PAUSE: Duration = Duration::from_millis(10);
+/// Least time between rounds that leave nothing waiting: a busy fleet's events are
+/// numbered several statements at a time, not one round per notification.
+const ROUND_SPACING: Duration = Duration::from_millis(10);
+/// Longest wait for a notification: a round runs at least this often, so an event whose
+/// notification was lost (the listening connection broke meanwhile) waits no longer.
+const WAKE_FALLBACK: Duration = Duration::from_secs(1);
 /// The Redis stream keeps about this many recent rounds; readers need only the newest.
 const STREAM_LENGTH: usize = 10_000;
 
@@ -26,10 +34,20 @@ pub struct EventSequencer {
 
 impl EventSequencer {
     pub async fn run(mut self, stop: CancellationToken) {
+        let appended = Arc::new(Notify::new());
+        let events = self.events.clone();
+        tokio::spawn(wake_on(
+            move || {
+                let events = events.clone();
+                async move { events.listen_for_appends().await }
+            },
+            appended.clone(),
+            stop.clone(),
+        ));
         loop {
             let pause = match self.round().await {
                 Ok(n) if n as i64 >= BATCH => Duration::ZERO,
-                Ok(_) => IDLE_PAUSE,
+                Ok(_) => ROUND_SPACING,
                 Err(err) => {
                     tracing::warn!(%err, "event sequencing failed");
                     Duration::from_secs(1)
@@ -38,6 +56,16 @@ impl EventSequencer {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
+            }
+            if pause.is_zero() {
+                continue;
+            }
+            // A notification that came during the round or the pause left its permit: the
+            // next round starts at once.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = appended.notified() => {}
+                _ = tokio::time::sleep(WAKE_FALLBACK) => {}
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod handlers;
 pub mod leader;
 pub mod metrics_server;
+pub mod notifications;
 pub mod reclaimer;
 pub mod redis_queue;
 pub mod scheduler;

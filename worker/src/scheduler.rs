@@ -9,7 +9,7 @@
 //! same `cron` crate it wraps, over schedules stored in the ledger; exactly-once comes from
 //! the slot-derived idempotency keys of the fire jobs and their target jobs.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
@@ -20,10 +20,17 @@ use taskfleet_jobs::{
 use taskfleet_storage::{
     InsertError, Ledger, NewJob, Queues, ScheduleRecord, Schedules, redis as tf_redis, redis::Keys,
 };
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// How often due schedules are looked for.
+use crate::notifications::wake_on;
+
+/// Shortest sleep between rounds: a slot fires at most this late, and a schedule that keeps
+/// failing to fire is retried no more often.
 const TICK: Duration = Duration::from_millis(100);
+/// Longest sleep: a schedule created or resumed while the change notifications were lost
+/// (their connection broke) is found at least this soon, within [`MISSED_AFTER`].
+const WAKE_FALLBACK: Duration = Duration::from_secs(1);
 /// A slot later than this is missed rather than merely late.
 pub const MISSED_AFTER: Duration = Duration::from_secs(1);
 /// Most slots looked at for one schedule in one round.
@@ -38,24 +45,44 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// Sleeps until the next slot is due, or until schedules or queue pauses change (Postgres
+    /// notifies), instead of looking every tick.
     pub async fn run(mut self, stop: CancellationToken) {
+        let changed = Arc::new(Notify::new());
+        let schedules = self.schedules.clone();
+        tokio::spawn(wake_on(
+            move || {
+                let schedules = schedules.clone();
+                async move { schedules.listen_for_changes().await }
+            },
+            changed.clone(),
+            stop.clone(),
+        ));
         loop {
-            if let Err(err) = self.round().await {
-                tracing::warn!(%err, "scheduler round failed");
-            }
+            let sleep = match self.round().await {
+                Ok(Some(next_due)) => next_due.clamp(TICK, WAKE_FALLBACK),
+                Ok(None) => WAKE_FALLBACK,
+                Err(err) => {
+                    tracing::warn!(%err, "scheduler round failed");
+                    WAKE_FALLBACK
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(TICK) => {}
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
             }
         }
     }
 
-    pub async fn round(&mut self) -> anyhow::Result<()> {
+    /// Fires what is due; returns how long until the next slot, `None` when there is none
+    /// to wait for (no schedule has one, or the `schedule` queue is paused).
+    pub async fn round(&mut self) -> anyhow::Result<Option<Duration>> {
         // While an operator pauses the `schedule` queue nothing fires; the slots that pass
         // meanwhile are missed, and each schedule's policy decides about them on resume,
         // instead of a pile of fire jobs running all at once.
         if self.queues.paused().await?.contains(&Queue::Schedule) {
-            return Ok(());
+            return Ok(None);
         }
         // One clock for the whole round, Postgres's (the one `due` compares with): a round
         // that takes long, or a worker clock that is off, does not turn slots into misses.
@@ -73,7 +100,7 @@ impl Scheduler {
         if fired {
             tf_redis::wake_dispatcher(&mut self.conn, &self.keys).await;
         }
-        Ok(())
+        Ok(self.schedules.until_next_due().await?)
     }
 
     /// Fires the due slots of one schedule and moves it on; true if it created fire jobs.
