@@ -21,7 +21,7 @@ const MAX_BATCH: usize = 1_000;
 /// were waited for too: without it, starts and outcomes were written about 8 to a statement
 /// and 2,800–3,200 jobs/s drained; with 2 ms, 12–15 to a statement and 3,600–3,800 jobs/s;
 /// 5 ms did no better. An idle writer does not wait, so pickup latency does not pay for it.
-/// The API's submissions linger so; the workers' starts no longer do (`START_LINGER` in the
+/// The API's submissions linger so; the workers' starts linger 1 ms (`START_LINGER` in the
 /// worker's executor).
 pub const LINGER_WHILE_CALLERS_WAIT: Duration = Duration::from_millis(2);
 /// A writer that has written nothing for this long is idle, whatever its last write held.
