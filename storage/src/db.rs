@@ -50,6 +50,7 @@ impl Db {
 pub(crate) async fn listen(pool: &PgPool, channel: &str) -> sqlx::Result<PgListener> {
     let own = PgPoolOptions::new()
         .max_connections(1)
+        .acquire_timeout(pool.options().get_acquire_timeout())
         .connect_lazy_with((*pool.connect_options()).clone());
     let mut listener = PgListener::connect_with(&own).await?;
     listener.listen(channel).await?;

@@ -606,3 +606,32 @@ async fn a_commit_that_appends_events_wakes_the_sequencer() {
     stop.cancel();
     env.finish().await;
 }
+
+/// The sequencer itself waits on those notifications: with its fallback round an hour away,
+/// an event appended while it sleeps is numbered all the same.
+#[tokio::test]
+async fn a_sleeping_sequencer_numbers_a_new_event_at_once() {
+    let env = TestEnv::new().await;
+    let events = taskfleet_storage::EventLog::new(env.pool.clone());
+    let sequencer = taskfleet_worker::event_sequencer::EventSequencer {
+        events: events.clone(),
+        conn: env.redis.clone(),
+        keys: taskfleet_storage::redis::Keys::new(&env.redis_prefix),
+        wake_fallback: Duration::from_secs(3600),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(sequencer.run(stop.clone()));
+    // Asleep: its first rounds found nothing to number.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    events
+        .record_fleet(taskfleet_jobs::EventName::WorkerOnline, "test", json!({}))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the event is numbered", || async {
+        events.latest_seq().await.unwrap() == 1
+    })
+    .await;
+    stop.cancel();
+    env.finish().await;
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use taskfleet_tests::{Api, FAST_FAILOVER, TestEnv, json};
+use taskfleet_tests::{Api, FAST_FAILOVER, TestEnv, json, wait_until};
 use uuid::Uuid;
 
 async fn create(api: &Api, key: &str, body: serde_json::Value) -> Uuid {
@@ -389,6 +389,7 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
         ledger,
         conn: env.redis.clone(),
         keys: Keys::new(&env.redis_prefix),
+        wake_fallback: taskfleet_worker::scheduler::WAKE_FALLBACK,
     };
     scheduler.round().await.unwrap();
     for id in [stalled.id, healthy.id] {
@@ -462,6 +463,67 @@ async fn schedule_and_pause_changes_wake_the_scheduler() {
     woke("resuming it").await;
     assert!(schedules.delete(tenant.id, created.id).await.unwrap());
     woke("deleting the schedule").await;
+    stop.cancel();
+    env.finish().await;
+}
+
+/// A scheduler with nothing to wait for sleeps until a notification comes: a one-shot
+/// created meanwhile fires on time although its fallback round is an hour away.
+#[tokio::test]
+async fn a_sleeping_scheduler_fires_a_new_one_shot_on_time() {
+    use taskfleet_storage::{Ledger, Queues, ScheduleDefinition, Schedules, Tenants, redis::Keys};
+    let env = TestEnv::new().await;
+    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    let schedules = Schedules::new(env.pool.clone());
+    let scheduler = taskfleet_worker::scheduler::Scheduler {
+        schedules: schedules.clone(),
+        queues: Queues::new(env.pool.clone()),
+        ledger: Ledger::new(env.pool.clone()),
+        conn: env.redis.clone(),
+        keys: Keys::new(&env.redis_prefix),
+        wake_fallback: Duration::from_secs(3600),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(scheduler.run(stop.clone()));
+    // Asleep: its first rounds found no schedule.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let at = schedules.now().await.unwrap() + chrono::Duration::seconds(1);
+    let one_shot = schedules
+        .create(
+            tenant.id,
+            &ScheduleDefinition {
+                name: "once".into(),
+                target: json!({"kind": "executor.run", "tool": "noop"}),
+                cron: None,
+                time_zone: None,
+                at: Some(at),
+                missed: "skip".into(),
+                next_fire_at: Some(at),
+            },
+        )
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the one-shot's fire job exists",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'schedule.fire'
+                                                AND payload->>'schedule_id' = $1)",
+            )
+            .bind(one_shot.id.to_string())
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(
+        env.count_events("schedule_skipped").await,
+        0,
+        "fired on time, not missed"
+    );
     stop.cancel();
     env.finish().await;
 }

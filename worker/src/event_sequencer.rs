@@ -20,9 +20,10 @@ const BATCH: i64 = 5_000;
 /// Least time between rounds that leave nothing waiting: a busy fleet's events are
 /// numbered several statements at a time, not one round per notification.
 const ROUND_SPACING: Duration = Duration::from_millis(10);
-/// Longest wait for a notification: a round runs at least this often, so an event whose
-/// notification was lost (the listening connection broke meanwhile) waits no longer.
-const WAKE_FALLBACK: Duration = Duration::from_secs(1);
+/// Longest wait for a notification by default ([`EventSequencer::wake_fallback`]): a round
+/// runs at least this often, so an event whose notification was lost (the listening
+/// connection broke meanwhile) waits no longer.
+pub const WAKE_FALLBACK: Duration = Duration::from_secs(1);
 /// The Redis stream keeps about this many recent rounds; readers need only the newest.
 const STREAM_LENGTH: usize = 10_000;
 
@@ -30,6 +31,8 @@ pub struct EventSequencer {
     pub events: EventLog,
     pub conn: ConnectionManager,
     pub keys: Keys,
+    /// Longest wait without a notification ([`WAKE_FALLBACK`]).
+    pub wake_fallback: Duration,
 }
 
 impl EventSequencer {
@@ -65,7 +68,7 @@ impl EventSequencer {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = appended.notified() => {}
-                _ = tokio::time::sleep(WAKE_FALLBACK) => {}
+                _ = tokio::time::sleep(self.wake_fallback) => {}
             }
         }
     }

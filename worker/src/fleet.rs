@@ -19,12 +19,12 @@ use uuid::Uuid;
 use crate::{
     cli::WorkerArgs,
     dispatcher::{Dispatcher, DispatcherSettings},
-    event_sequencer::EventSequencer,
+    event_sequencer::{self, EventSequencer},
     executor::{ExecutorSettings, JobExecutor, StopReason},
     leader::{self, Housekeeping},
     reclaimer::Reclaimer,
     redis_queue::RedisQueue,
-    scheduler::Scheduler,
+    scheduler::{self, Scheduler},
 };
 
 /// The apalis task function: everything happens in the executor, which records outcomes,
@@ -278,6 +278,7 @@ fn leader_duties(
             events: events.clone(),
             conn: conn.clone(),
             keys: keys.clone(),
+            wake_fallback: event_sequencer::WAKE_FALLBACK,
         })
     };
     let make_scheduler = {
@@ -288,6 +289,7 @@ fn leader_duties(
             ledger: ledger.clone(),
             conn: conn.clone(),
             keys: keys.clone(),
+            wake_fallback: scheduler::WAKE_FALLBACK,
         })
     };
     leader::duties(

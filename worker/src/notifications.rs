@@ -20,7 +20,11 @@ where
     F: Future<Output = sqlx::Result<PgListener>>,
 {
     loop {
-        match listen().await {
+        let listening = tokio::select! {
+            _ = stop.cancelled() => return,
+            listening = listen() => listening,
+        };
+        match listening {
             Ok(mut listener) => {
                 // Whatever changed before the listening began.
                 wake.notify_one();

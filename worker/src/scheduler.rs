@@ -28,9 +28,10 @@ use crate::notifications::wake_on;
 /// Shortest sleep between rounds: a slot fires at most this late, and a schedule that keeps
 /// failing to fire is retried no more often.
 const TICK: Duration = Duration::from_millis(100);
-/// Longest sleep: a schedule created or resumed while the change notifications were lost
-/// (their connection broke) is found at least this soon, within [`MISSED_AFTER`].
-const WAKE_FALLBACK: Duration = Duration::from_secs(1);
+/// Longest sleep by default ([`Scheduler::wake_fallback`]): a schedule created or resumed
+/// while the change notifications were lost (their connection broke) is still found well
+/// within [`MISSED_AFTER`].
+pub const WAKE_FALLBACK: Duration = Duration::from_millis(500);
 /// A slot later than this is missed rather than merely late.
 pub const MISSED_AFTER: Duration = Duration::from_secs(1);
 /// Most slots looked at for one schedule in one round.
@@ -42,6 +43,8 @@ pub struct Scheduler {
     pub ledger: Ledger,
     pub conn: ConnectionManager,
     pub keys: Keys,
+    /// Longest sleep without a notification ([`WAKE_FALLBACK`]).
+    pub wake_fallback: Duration,
 }
 
 impl Scheduler {
@@ -60,11 +63,12 @@ impl Scheduler {
         ));
         loop {
             let sleep = match self.round().await {
-                Ok(Some(next_due)) => next_due.clamp(TICK, WAKE_FALLBACK),
-                Ok(None) => WAKE_FALLBACK,
+                Ok(Some(next_due)) => next_due.clamp(TICK, self.wake_fallback),
+                Ok(None) => self.wake_fallback,
+                // Soon again, as before: a slot due now turns into a missed one after a second.
                 Err(err) => {
                     tracing::warn!(%err, "scheduler round failed");
-                    WAKE_FALLBACK
+                    TICK
                 }
             };
             tokio::select! {
