@@ -210,8 +210,9 @@ impl Schedules {
         Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
     }
 
-    /// Listens for changes to schedules and queue pauses.
-    pub async fn listen_for_changes(&self) -> sqlx::Result<PgListener> {
+    /// Listens for changes to schedules and queue pauses. (By value, as
+    /// [`crate::EventLog::listen_for_appends`].)
+    pub async fn listen_for_changes(self) -> sqlx::Result<PgListener> {
         crate::db::listen(&self.pool, CHANGED_CHANNEL).await
     }
 

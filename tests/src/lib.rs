@@ -463,9 +463,9 @@ impl Api {
     }
 }
 
-/// The wake-up a leader's loop gets from Postgres notifications (`taskfleet_worker::
-/// notifications`), fed by the listeners `listen` makes; returns once listening has begun
-/// (its first wake taken). Cancel the token to stop listening.
+/// The wake-up a leader's loop gets from Postgres notifications
+/// (`taskfleet_worker::notifications::woken_by`), fed by the listeners `listen` makes; returns
+/// once listening has begun (its first wake taken). Cancel the token to stop listening.
 pub async fn notifications<L, F>(
     listen: L,
 ) -> (
@@ -476,15 +476,8 @@ where
     L: Fn() -> F + Send + 'static,
     F: Future<Output = sqlx::Result<sqlx::postgres::PgListener>> + Send + 'static,
 {
-    let (woken, stop) = (
-        Arc::new(tokio::sync::Notify::new()),
-        tokio_util::sync::CancellationToken::new(),
-    );
-    tokio::spawn(taskfleet_worker::notifications::wake_on(
-        listen,
-        woken.clone(),
-        stop.clone(),
-    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let woken = taskfleet_worker::notifications::woken_by(listen, &stop);
     tokio::time::timeout(Duration::from_secs(10), woken.notified())
         .await
         .expect("listening begins");

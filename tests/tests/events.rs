@@ -579,11 +579,8 @@ async fn a_commit_that_appends_events_wakes_the_sequencer() {
     let env = TestEnv::new().await;
     let events = taskfleet_storage::EventLog::new(env.pool.clone());
     let listening = events.clone();
-    let (woken, stop) = taskfleet_tests::notifications(move || {
-        let events = listening.clone();
-        async move { events.listen_for_appends().await }
-    })
-    .await;
+    let (woken, stop) =
+        taskfleet_tests::notifications(move || listening.clone().listen_for_appends()).await;
     let quiet = tokio::time::timeout(Duration::from_millis(300), woken.notified()).await;
     assert!(quiet.is_err(), "nothing appended, nothing to wake for");
     // A transaction that appends and rolls back wakes nobody.

@@ -419,11 +419,8 @@ async fn schedule_and_pause_changes_wake_the_scheduler() {
         Queues::new(env.pool.clone()),
     );
     let listening = schedules.clone();
-    let (woken, stop) = taskfleet_tests::notifications(move || {
-        let schedules = listening.clone();
-        async move { schedules.listen_for_changes().await }
-    })
-    .await;
+    let (woken, stop) =
+        taskfleet_tests::notifications(move || listening.clone().listen_for_changes()).await;
     let quiet = tokio::time::timeout(Duration::from_millis(300), woken.notified()).await;
     assert!(quiet.is_err(), "nothing changed, nothing to wake for");
     let woke = |what: &'static str| {

@@ -6,14 +6,13 @@
 //! unreadable), so a failed append loses nothing. Rounds run when Postgres notifies that
 //! events were appended, not on a timer: an idle fleet's Postgres stays idle.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use taskfleet_storage::{EventLog, redis::Keys};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::notifications::wake_on;
+use crate::notifications::woken_by;
 
 /// Events numbered in one round: whole batches, so a round may pass it by one batch.
 const BATCH: i64 = 5_000;
@@ -37,16 +36,8 @@ pub struct EventSequencer {
 
 impl EventSequencer {
     pub async fn run(mut self, stop: CancellationToken) {
-        let appended = Arc::new(Notify::new());
         let events = self.events.clone();
-        tokio::spawn(wake_on(
-            move || {
-                let events = events.clone();
-                async move { events.listen_for_appends().await }
-            },
-            appended.clone(),
-            stop.clone(),
-        ));
+        let appended = woken_by(move || events.clone().listen_for_appends(), &stop);
         loop {
             let pause = match self.round().await {
                 Ok(n) if n as i64 >= BATCH => Duration::ZERO,

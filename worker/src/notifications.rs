@@ -12,9 +12,19 @@ use tokio_util::sync::CancellationToken;
 /// Pause before listening again after the listening connection failed.
 const RELISTEN_PAUSE: Duration = Duration::from_secs(1);
 
-/// Wakes `wake` for every notification on the listeners `listen` makes, until `stop`. A wake
-/// that comes while its loop is busy is kept (one at most) for its next wait.
-pub async fn wake_on<L, F>(listen: L, wake: Arc<Notify>, stop: CancellationToken)
+/// A wake-up fired for every notification on the listeners `listen` makes, until `stop`. A
+/// wake that comes while its loop is busy is kept (one at most) for the loop's next wait.
+pub fn woken_by<L, F>(listen: L, stop: &CancellationToken) -> Arc<Notify>
+where
+    L: Fn() -> F + Send + 'static,
+    F: Future<Output = sqlx::Result<PgListener>> + Send + 'static,
+{
+    let wake = Arc::new(Notify::new());
+    tokio::spawn(wake_on(listen, wake.clone(), stop.clone()));
+    wake
+}
+
+async fn wake_on<L, F>(listen: L, wake: Arc<Notify>, stop: CancellationToken)
 where
     L: Fn() -> F,
     F: Future<Output = sqlx::Result<PgListener>>,

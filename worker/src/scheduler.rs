@@ -9,7 +9,7 @@
 //! same `cron` crate it wraps, over schedules stored in the ledger; exactly-once comes from
 //! the slot-derived idempotency keys of the fire jobs and their target jobs.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
@@ -20,10 +20,9 @@ use taskfleet_jobs::{
 use taskfleet_storage::{
     InsertError, Ledger, NewJob, Queues, ScheduleRecord, Schedules, redis as tf_redis, redis::Keys,
 };
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::notifications::wake_on;
+use crate::notifications::woken_by;
 
 /// Shortest sleep between rounds: a slot fires at most this late, and a schedule that keeps
 /// failing to fire is retried no more often.
@@ -51,16 +50,8 @@ impl Scheduler {
     /// Sleeps until the next slot is due, or until schedules or queue pauses change (Postgres
     /// notifies), instead of looking every tick.
     pub async fn run(mut self, stop: CancellationToken) {
-        let changed = Arc::new(Notify::new());
         let schedules = self.schedules.clone();
-        tokio::spawn(wake_on(
-            move || {
-                let schedules = schedules.clone();
-                async move { schedules.listen_for_changes().await }
-            },
-            changed.clone(),
-            stop.clone(),
-        ));
+        let changed = woken_by(move || schedules.clone().listen_for_changes(), &stop);
         loop {
             let sleep = match self.round().await {
                 Ok(Some(next_due)) => next_due.clamp(TICK, self.wake_fallback),
