@@ -66,29 +66,34 @@ pub struct JobEvent {
     pub details: Value,
 }
 
-/// One event with its JSON and its SSE message rendered once, however many clients receive
-/// it.
+/// One event with its SSE message rendered once, however many clients receive it.
 #[derive(Debug)]
 pub struct SharedEvent {
     pub record: EventRecord,
-    json: String,
     /// `id: <seq>`, `event: <name>` and `data: <json>` lines, as poem's SSE writer wrote them
     /// (the JSON is compact, so one `data` line).
     message: Bytes,
+    /// Where the JSON lies in `message`.
+    json: std::ops::Range<usize>,
 }
 
 impl SharedEvent {
     fn new(record: EventRecord) -> SharedEvent {
-        let json = serde_json::to_string(&record).expect("events serialise");
-        let message = format!(
-            "id: {}\nevent: {}\ndata: {json}\n\n",
-            record.seq, record.event
-        );
+        let mut message = format!("id: {}\nevent: {}\ndata: ", record.seq, record.event);
+        let start = message.len();
+        message.push_str(&serde_json::to_string(&record).expect("events serialise"));
+        let json = start..message.len();
+        message.push_str("\n\n");
         SharedEvent {
             record,
-            json,
             message: Bytes::from(message),
+            json,
         }
+    }
+
+    /// The event as JSON.
+    fn json(&self) -> &str {
+        std::str::from_utf8(&self.message[self.json.clone()]).expect("rendered from a String")
     }
 }
 
@@ -126,7 +131,7 @@ impl Type for StreamItem {
 
 impl ToJSON for StreamItem {
     fn to_json(&self) -> Option<Value> {
-        serde_json::from_str(&self.0.json).ok()
+        serde_json::from_str(self.0.json()).ok()
     }
 }
 
@@ -630,7 +635,7 @@ mod tests {
         let poem_would_write: String = sent
             .iter()
             .map(|shared| {
-                poem::web::sse::Event::message(shared.json.clone())
+                poem::web::sse::Event::message(shared.json())
                     .id(shared.record.seq.to_string())
                     .event_type(shared.record.event.clone())
                     .to_string()
