@@ -35,6 +35,10 @@ struct Args {
     /// longer run to profile. Peers drain as many.
     #[arg(long)]
     burn_down_jobs: Option<usize>,
+    /// How many times each system's burn-down runs instead of its size's default (3; 1 for
+    /// `--smoke`): the report gives the median and the range.
+    #[arg(long)]
+    burn_down_runs: Option<usize>,
     /// Where the peers' virtualenv and node_modules live.
     #[arg(long, default_value = "var/bench")]
     work_dir: PathBuf,
@@ -60,13 +64,62 @@ enum Measure {
 /// What was measured; `None` where a measure did not run.
 struct Report {
     sizes: Sizes,
-    burn_down: Option<ours::BurnDown>,
+    burn_down: Option<Drains<ours::BurnDown>>,
     pickup: Option<ours::Pickup>,
     api: Option<ours::ApiRate>,
     sse: Option<Latency>,
-    apalis: Option<Peer>,
-    celery: Option<Peer>,
-    bullmq: Option<Peer>,
+    apalis: Option<Drains<Peer>>,
+    celery: Option<Drains<Peer>>,
+    bullmq: Option<Drains<Peer>>,
+}
+
+/// A burn-down run several times: one drain of a few seconds on a shared two-core machine
+/// varies by about a tenth from run to run, for every system alike.
+#[derive(Debug, Clone, Copy)]
+struct Drains<T> {
+    /// The run with the median rate (its other figures, RSS or BullMQ's pickup, come along).
+    median: T,
+    rate: f64,
+    slowest: f64,
+    fastest: f64,
+}
+
+impl<T> Drains<T> {
+    /// The median rate, and the range when there was more than one run.
+    fn shown(&self) -> String {
+        if self.slowest == self.fastest {
+            format!("{:.0}/s", self.rate)
+        } else {
+            format!(
+                "{:.0}/s ({:.0}–{:.0})",
+                self.rate, self.slowest, self.fastest
+            )
+        }
+    }
+}
+
+/// Runs a burn-down `runs` times (at least once) and keeps the median run.
+async fn drains<T: std::fmt::Debug, Fut>(
+    runs: usize,
+    rate: impl Fn(&T) -> f64,
+    mut run: impl FnMut() -> Fut,
+) -> anyhow::Result<Drains<T>>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut all = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        all.push(announce(run().await?));
+    }
+    all.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let (slowest, fastest) = (rate(&all[0]), rate(&all[all.len() - 1]));
+    let median = all.swap_remove(all.len() / 2);
+    Ok(Drains {
+        rate: rate(&median),
+        median,
+        slowest,
+        fastest,
+    })
 }
 
 fn machine() -> String {
@@ -102,7 +155,7 @@ fn latency(l: Latency) -> String {
 impl Report {
     fn markdown(&self) -> String {
         let s = &self.sizes;
-        let drain = |peer: &Option<Peer>| peer.map(|p| p.drain_per_second);
+        let drain = |peer: &Option<Drains<Peer>>| peer.map(|p| p.rate);
         let mut out = String::new();
         let build = if cfg!(debug_assertions) {
             "debug"
@@ -121,15 +174,16 @@ impl Report {
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|");
         let per_second = |rate: f64| format!("{rate:.0}/s");
-        let drain_rate = |peer: &Option<Peer>| shown(drain(peer), per_second);
-        let ours_rate = self.burn_down.map(|b| b.per_second);
+        let drain_rate = |peer: &Option<Drains<Peer>>| shown(*peer, |p| p.shown());
+        let ours_rate = self.burn_down.map(|b| b.rate);
         let _ = writeln!(
             out,
-            "| burn-down, {} no-op jobs, {} workers × {} (full ledger lifecycle) | {} | {} | {} | {} | ≥ BullMQ, ≥ 10× Celery |",
+            "| burn-down, {} no-op jobs, {} workers × {} (full ledger lifecycle); median (range) of {} runs | {} | {} | {} | {} | ≥ BullMQ, ≥ 10× Celery |",
             s.burn_down_jobs,
             s.workers,
             s.concurrency,
-            shown(ours_rate, per_second),
+            s.burn_down_runs,
+            shown(self.burn_down, |b| b.shown()),
             drain_rate(&self.apalis),
             drain_rate(&self.bullmq),
             drain_rate(&self.celery)
@@ -140,7 +194,7 @@ impl Report {
             s.pickup_jobs,
             s.pickup_per_second,
             shown(self.pickup.map(|p| p.total), latency),
-            shown(self.bullmq.and_then(|p| p.pickup), latency)
+            shown(self.bullmq.and_then(|p| p.median.pickup), latency)
         );
         let _ = writeln!(
             out,
@@ -182,7 +236,7 @@ impl Report {
             "| peak RSS during burn-down: worker / API | {} | | | | worker ≤ 64 MiB |",
             shown(self.burn_down, |b| format!(
                 "{:.1} / {:.1} MiB",
-                b.worker_peak_rss_mib, b.api_peak_rss_mib
+                b.median.worker_peak_rss_mib, b.median.api_peak_rss_mib
             ))
         );
         let _ = writeln!(
@@ -194,6 +248,10 @@ impl Report {
         );
         out
     }
+}
+
+fn peer_rate(peer: &Peer) -> f64 {
+    peer.drain_per_second
 }
 
 /// Shows a figure as soon as it is measured, so a later failure does not lose it.
@@ -208,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sizes = if args.smoke {
         Sizes {
             burn_down_jobs: 500,
+            burn_down_runs: 1,
             workers: 1,
             concurrency: 16,
             pickup_jobs: 50,
@@ -219,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Sizes {
             burn_down_jobs: 20_000,
+            burn_down_runs: 3,
             workers: 2,
             concurrency: 64,
             pickup_jobs: 2_000,
@@ -230,6 +290,9 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(jobs) = args.burn_down_jobs {
         sizes.burn_down_jobs = jobs;
+    }
+    if let Some(runs) = args.burn_down_runs {
+        sizes.burn_down_runs = runs;
     }
     let with_peers = !args.smoke && !args.no_peers;
     let runs = |measure: Measure| {
@@ -251,7 +314,14 @@ async fn main() -> anyhow::Result<()> {
     };
     if runs(Measure::BurnDown) {
         eprintln!("taskfleet burn-down ({} jobs)…", sizes.burn_down_jobs);
-        report.burn_down = Some(announce(ours::burn_down(&sizes).await?));
+        report.burn_down = Some(
+            drains(
+                sizes.burn_down_runs,
+                |b: &ours::BurnDown| b.per_second,
+                || ours::burn_down(&sizes),
+            )
+            .await?,
+        );
     }
     if runs(Measure::Pickup) {
         eprintln!("taskfleet pickup latency…");
@@ -267,28 +337,36 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(Measure::Apalis) {
         eprintln!("raw apalis-redis…");
-        report.apalis = Some(announce(
-            peers::apalis_redis(&args.redis_url, sizes.burn_down_jobs, sizes.concurrency).await?,
-        ));
+        report.apalis = Some(
+            drains(sizes.burn_down_runs, peer_rate, || {
+                peers::apalis_redis(&args.redis_url, sizes.burn_down_jobs, sizes.concurrency)
+            })
+            .await?,
+        );
     }
     if runs(Measure::Bullmq) {
         eprintln!("BullMQ…");
-        report.bullmq = Some(announce(
-            peers::bullmq(
-                &work_dir,
-                &args.redis_url,
-                sizes.burn_down_jobs,
-                sizes.pickup_jobs,
-                sizes.pickup_per_second,
-            )
+        report.bullmq = Some(
+            drains(sizes.burn_down_runs, peer_rate, || {
+                peers::bullmq(
+                    &work_dir,
+                    &args.redis_url,
+                    sizes.burn_down_jobs,
+                    sizes.pickup_jobs,
+                    sizes.pickup_per_second,
+                )
+            })
             .await?,
-        ));
+        );
     }
     if runs(Measure::Celery) {
         eprintln!("Celery…");
-        report.celery = Some(announce(
-            peers::celery(&work_dir, &args.redis_url, sizes.burn_down_jobs).await?,
-        ));
+        report.celery = Some(
+            drains(sizes.burn_down_runs, peer_rate, || {
+                peers::celery(&work_dir, &args.redis_url, sizes.burn_down_jobs)
+            })
+            .await?,
+        );
     }
     let report = report.markdown();
     println!("{report}");
@@ -301,7 +379,8 @@ async fn main() -> anyhow::Result<()> {
             "start and success is checked to be recorded). Celery and BullMQ drain a pre-filled queue; raw apalis-redis is fed ",
             "in windows of 1,000, as our dispatcher feeds Redis (a backlog pushed at once breaks it: DESIGN.md hazard 1). ",
             "Peers are timed from the first ",
-            "completion to the last. Pickup latency runs from sending `POST /v1/jobs` to the ledger's start of the job ",
+            "completion to the last. Each system's burn-down runs several times, and the run with the median rate ",
+            "counts (its RSS, and BullMQ's pickup, come from that run); ratios compare medians. Pickup latency runs from sending `POST /v1/jobs` to the ledger's start of the job ",
             "(BullMQ: from `queue.add` to the processor's start). SSE latency runs from an event's ledger timestamp to ",
             "its arrival at each subscriber (the 500 clients run on the same cores as the fleet). The API rates count ",
             "jobs answered 201 in 10 s; their client, on the same cores too, encodes its body once and does not parse the ",

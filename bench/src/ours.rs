@@ -17,6 +17,8 @@ use crate::stats::{Latency, peak_rss_mib, rate};
 #[derive(Debug, Clone)]
 pub struct Sizes {
     pub burn_down_jobs: usize,
+    /// Each system's burn-down runs this many times; the median counts.
+    pub burn_down_runs: usize,
     pub workers: usize,
     pub concurrency: usize,
     pub pickup_jobs: usize,
