@@ -140,7 +140,7 @@ impl EventLog {
 
     /// Listens for commits that appended events: each notification means something may
     /// wait for its number. (Takes the log by value, so a listener can be made again from a
-    /// clone, as `wake_on` does.)
+    /// clone, as the worker's `notifications::woken_by` does.)
     pub async fn listen_for_appends(self) -> sqlx::Result<PgListener> {
         crate::db::listen(&self.pool, APPENDED_CHANNEL).await
     }
