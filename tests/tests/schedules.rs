@@ -20,6 +20,25 @@ fn every_second(name: &str, missed: &str) -> serde_json::Value {
 
 /// `(fire_at, catch_up)` of a schedule's firings, oldest first, after checking that each
 /// created its own target job and no other target job exists.
+/// A schedule of no-ops, stored straight in the ledger: every second (`cron`) or once (`at`,
+/// also its first slot), first firing at `next`.
+fn noop_schedule(
+    name: &str,
+    once_at: Option<DateTime<Utc>>,
+    missed: &str,
+    next: DateTime<Utc>,
+) -> taskfleet_storage::ScheduleDefinition {
+    taskfleet_storage::ScheduleDefinition {
+        name: name.into(),
+        target: json!({"kind": "executor.run", "tool": "noop"}),
+        cron: once_at.is_none().then(|| "* * * * * *".into()),
+        time_zone: None,
+        at: once_at,
+        missed: missed.into(),
+        next_fire_at: Some(next),
+    }
+}
+
 async fn firings(env: &TestEnv, schedule: Uuid) -> Vec<(DateTime<Utc>, bool)> {
     let rows: Vec<(DateTime<Utc>, bool, Uuid)> = sqlx::query_as(
         "SELECT fire_at, catch_up, job_id FROM schedule_firings
@@ -329,9 +348,7 @@ async fn schedules_are_validated_and_scoped_to_their_tenant() {
 #[tokio::test]
 async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
     use taskfleet_jobs::{JobOptions, JobSpec, spec::ScheduleFire};
-    use taskfleet_storage::{
-        Ledger, NewJob, ScheduleDefinition, Schedules, Scope, Tenants, redis::Keys,
-    };
+    use taskfleet_storage::{Ledger, NewJob, Schedules, Scope, Tenants, redis::Keys};
     let env = TestEnv::new().await;
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let (schedules, ledger) = (
@@ -340,20 +357,14 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
     );
     let now = schedules.now().await.unwrap();
     let whole = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap();
-    let definition = |name: &str, missed: &str, next: DateTime<Utc>| ScheduleDefinition {
-        name: name.into(),
-        target: json!({"kind": "executor.run", "tool": "noop"}),
-        cron: Some("* * * * * *".into()),
-        time_zone: None,
-        at: None,
-        missed: missed.into(),
-        next_fire_at: Some(next),
-    };
     // A catch-up schedule whose recent slots already got on-time fire jobs from an earlier
     // leader that died before moving the schedule on.
     let first = whole(now) - chrono::Duration::seconds(4);
     let stalled = schedules
-        .create(tenant.id, &definition("stalled", "catch_up_once", first))
+        .create(
+            tenant.id,
+            &noop_schedule("stalled", None, "catch_up_once", first),
+        )
         .await
         .unwrap();
     let earlier: Vec<NewJob> = (0..8)
@@ -379,7 +390,10 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
         .collect();
     ledger.insert(tenant.id, &earlier, "test").await.unwrap();
     let healthy = schedules
-        .create(tenant.id, &definition("healthy", "skip", whole(now)))
+        .create(
+            tenant.id,
+            &noop_schedule("healthy", None, "skip", whole(now)),
+        )
         .await
         .unwrap();
 
@@ -411,7 +425,7 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
 /// pauses; nothing else.
 #[tokio::test]
 async fn schedule_and_pause_changes_wake_the_scheduler() {
-    use taskfleet_storage::{Queues, ScheduleDefinition, Schedules, Tenants};
+    use taskfleet_storage::{Queues, Schedules, Tenants};
     let env = TestEnv::new().await;
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let (schedules, queues) = (
@@ -435,15 +449,12 @@ async fn schedule_and_pause_changes_wake_the_scheduler() {
     let created = schedules
         .create(
             tenant.id,
-            &ScheduleDefinition {
-                name: "nightly".into(),
-                target: json!({"kind": "executor.run", "tool": "noop"}),
-                cron: Some("0 0 3 * * *".into()),
-                time_zone: None,
-                at: None,
-                missed: "skip".into(),
-                next_fire_at: Some(Utc::now() + chrono::Duration::hours(1)),
-            },
+            &noop_schedule(
+                "later",
+                None,
+                "skip",
+                Utc::now() + chrono::Duration::hours(1),
+            ),
         )
         .await
         .unwrap();
@@ -468,7 +479,7 @@ async fn schedule_and_pause_changes_wake_the_scheduler() {
 /// created meanwhile fires on time although its fallback round is an hour away.
 #[tokio::test]
 async fn a_sleeping_scheduler_fires_a_new_one_shot_on_time() {
-    use taskfleet_storage::{Ledger, Queues, ScheduleDefinition, Schedules, Tenants, redis::Keys};
+    use taskfleet_storage::{Ledger, Queues, Schedules, Tenants, redis::Keys};
     let env = TestEnv::new().await;
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let schedules = Schedules::new(env.pool.clone());
@@ -487,18 +498,7 @@ async fn a_sleeping_scheduler_fires_a_new_one_shot_on_time() {
 
     let at = schedules.now().await.unwrap() + chrono::Duration::seconds(1);
     let one_shot = schedules
-        .create(
-            tenant.id,
-            &ScheduleDefinition {
-                name: "once".into(),
-                target: json!({"kind": "executor.run", "tool": "noop"}),
-                cron: None,
-                time_zone: None,
-                at: Some(at),
-                missed: "skip".into(),
-                next_fire_at: Some(at),
-            },
-        )
+        .create(tenant.id, &noop_schedule("once", Some(at), "skip", at))
         .await
         .unwrap();
     wait_until(
