@@ -79,11 +79,14 @@ pub struct SharedEvent {
 
 impl SharedEvent {
     fn new(record: EventRecord) -> SharedEvent {
-        let mut message = format!("id: {}\nevent: {}\ndata: ", record.seq, record.event);
-        let start = message.len();
-        message.push_str(&serde_json::to_string(&record).expect("events serialise"));
-        let json = start..message.len();
+        let json = serde_json::to_string(&record).expect("events serialise");
+        let head = format!("id: {}\nevent: {}\ndata: ", record.seq, record.event);
+        // Exactly as long as it must be: `Bytes` keeps whatever capacity the string had.
+        let mut message = String::with_capacity(head.len() + json.len() + 2);
+        message.push_str(&head);
+        message.push_str(&json);
         message.push_str("\n\n");
+        let json = head.len()..head.len() + json.len();
         SharedEvent {
             record,
             message: Bytes::from(message),

@@ -73,8 +73,9 @@ struct Report {
     bullmq: Option<Drains<Peer>>,
 }
 
-/// A burn-down run several times: one drain of a few seconds on a shared two-core machine
-/// varies by about a tenth from run to run, for every system alike.
+/// A burn-down run several times: one drain lasts a second or two, and on a shared two-core
+/// machine successive drains of the same build differ (by 3% for us and 12% for BullMQ in
+/// one run of the bench; by a tenth for us between invocations).
 #[derive(Debug, Clone, Copy)]
 struct Drains<T> {
     /// The run with the median rate (its other figures, RSS or BullMQ's pickup, come along).
@@ -98,7 +99,8 @@ impl<T> Drains<T> {
     }
 }
 
-/// Runs a burn-down `runs` times (at least once) and keeps the median run.
+/// Runs a burn-down `runs` times (at least once) and keeps the middle run by rate (of an
+/// even number, the faster of the two middle ones).
 async fn drains<T: std::fmt::Debug, Fut>(
     runs: usize,
     rate: impl Fn(&T) -> f64,
@@ -178,11 +180,14 @@ impl Report {
         let ours_rate = self.burn_down.map(|b| b.rate);
         let _ = writeln!(
             out,
-            "| burn-down, {} no-op jobs, {} workers × {} (full ledger lifecycle); median (range) of {} runs | {} | {} | {} | {} | ≥ BullMQ, ≥ 10× Celery |",
+            "| burn-down, {} no-op jobs, {} workers × {} (full ledger lifecycle){} | {} | {} | {} | {} | ≥ BullMQ, ≥ 10× Celery |",
             s.burn_down_jobs,
             s.workers,
             s.concurrency,
-            s.burn_down_runs,
+            match s.burn_down_runs {
+                1 => String::new(),
+                runs => format!("; median (range) of {runs} runs"),
+            },
             shown(self.burn_down, |b| b.shown()),
             drain_rate(&self.apalis),
             drain_rate(&self.bullmq),
@@ -292,7 +297,7 @@ async fn main() -> anyhow::Result<()> {
         sizes.burn_down_jobs = jobs;
     }
     if let Some(runs) = args.burn_down_runs {
-        sizes.burn_down_runs = runs;
+        sizes.burn_down_runs = runs.max(1);
     }
     let with_peers = !args.smoke && !args.no_peers;
     let runs = |measure: Measure| {

@@ -139,8 +139,8 @@ impl EventLog {
     }
 
     /// Listens for commits that appended events: each notification means something may
-    /// wait for its number. (Takes the log by value, so a listener can be made again from a
-    /// clone, as the worker's `notifications::woken_by` does.)
+    /// wait for its number. (Takes the log by value so that the future owns its pool and can
+    /// run in a task of its own, as the worker's `notifications::woken_by` runs it.)
     pub async fn listen_for_appends(self) -> sqlx::Result<PgListener> {
         crate::db::listen(&self.pool, APPENDED_CHANNEL).await
     }

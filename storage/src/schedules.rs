@@ -210,8 +210,8 @@ impl Schedules {
         Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
     }
 
-    /// Listens for changes to schedules and queue pauses. (By value, as
-    /// [`crate::EventLog::listen_for_appends`].)
+    /// Listens for changes to schedules and queue pauses. (By value, for the reason
+    /// [`crate::EventLog::listen_for_appends`] gives.)
     pub async fn listen_for_changes(self) -> sqlx::Result<PgListener> {
         crate::db::listen(&self.pool, CHANGED_CHANNEL).await
     }

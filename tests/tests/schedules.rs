@@ -18,8 +18,6 @@ fn every_second(name: &str, missed: &str) -> serde_json::Value {
            "target": {"kind": "executor.run", "tool": "noop"}})
 }
 
-/// `(fire_at, catch_up)` of a schedule's firings, oldest first, after checking that each
-/// created its own target job and no other target job exists.
 /// A schedule of no-ops, stored straight in the ledger: every second (`cron`) or once (`at`,
 /// also its first slot), first firing at `next`.
 fn noop_schedule(
@@ -39,6 +37,8 @@ fn noop_schedule(
     }
 }
 
+/// `(fire_at, catch_up)` of a schedule's firings, oldest first, after checking that each
+/// created its own target job and no other target job exists.
 async fn firings(env: &TestEnv, schedule: Uuid) -> Vec<(DateTime<Utc>, bool)> {
     let rows: Vec<(DateTime<Utc>, bool, Uuid)> = sqlx::query_as(
         "SELECT fire_at, catch_up, job_id FROM schedule_firings
