@@ -48,7 +48,9 @@ pub enum Tag {
 pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     metrics::register_api();
     let db = Db::connect_lazy(&args.database_url, 32).context("DATABASE_URL is not valid")?;
-    wait_for("Postgres (migrations)", || db.migrate()).await;
+    db.migrate_when_reachable()
+        .await
+        .context("the database cannot be migrated by this build")?;
     let tenants = Tenants::with_key_cache(
         db.pool.clone(),
         Duration::from_secs(args.api_key_cache_secs),

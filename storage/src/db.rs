@@ -35,6 +35,20 @@ impl Db {
         MIGRATOR.run(&self.pool).await
     }
 
+    /// Applies the migrations, waiting while Postgres cannot be reached, so a process started
+    /// before Postgres comes up once it does. What waiting cannot mend (a migration this
+    /// build does not know, one changed since it was applied, one Postgres refuses, a
+    /// database that does not exist) comes back at once, so the process stops and says why
+    /// instead of retrying forever.
+    pub async fn migrate_when_reachable(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        crate::retry_while(
+            "Postgres (migrations)",
+            || self.migrate(),
+            |err| matches!(err, sqlx::migrate::MigrateError::Execute(err) if unreachable(err)),
+        )
+        .await
+    }
+
     /// True when every migration this build knows has been applied successfully.
     pub async fn migrations_applied(&self) -> Result<bool, sqlx::Error> {
         let applied: Vec<i64> =
@@ -42,6 +56,19 @@ impl Db {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+}
+
+/// Whether `err` says Postgres could not be reached, or is not accepting connections yet.
+fn unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        // Connection exceptions (class 08), and "the database system is starting up" or
+        // "shutting down" (57P03, 57P01).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code == "57P03" || code == "57P01"),
+        _ => false,
     }
 }
 

@@ -28,7 +28,24 @@ pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};
 
 /// Retries `connect` with capped back-off until it succeeds, so a process started before
 /// Postgres or Redis waits for them instead of exiting.
-pub async fn wait_for<T, E, F>(what: &str, mut connect: impl FnMut() -> F) -> T
+pub async fn wait_for<T, E, F>(what: &str, connect: impl FnMut() -> F) -> T
+where
+    E: std::fmt::Display,
+    F: Future<Output = Result<T, E>>,
+{
+    match retry_while(what, connect, |_| true).await {
+        Ok(value) => value,
+        Err(_) => unreachable!("every error is retried"),
+    }
+}
+
+/// [`wait_for`], but only while `retryable` says waiting may mend the error; any other error
+/// is returned at once.
+pub async fn retry_while<T, E, F>(
+    what: &str,
+    mut connect: impl FnMut() -> F,
+    retryable: impl Fn(&E) -> bool,
+) -> Result<T, E>
 where
     E: std::fmt::Display,
     F: Future<Output = Result<T, E>>,
@@ -36,12 +53,12 @@ where
     let mut pause = std::time::Duration::from_millis(200);
     loop {
         match connect().await {
-            Ok(value) => return value,
-            Err(err) => {
+            Err(err) if retryable(&err) => {
                 tracing::warn!(%err, "waiting for {what}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(5));
             }
+            done => return done,
         }
     }
 }

@@ -267,6 +267,19 @@ impl TestEnv {
 
     /// Starts `taskfleet-api` on a free port and waits until it answers.
     pub async fn start_api(&mut self, extra_env: &[(&str, &str)]) -> Api {
+        let (_, api) = self.spawn_api(extra_env);
+        wait_until(
+            Duration::from_secs(30),
+            "the API answers /healthz",
+            || async { api.http.get(api.url("/healthz")).send().await.is_ok() },
+        )
+        .await;
+        api
+    }
+
+    /// Starts `taskfleet-api` on a free port without waiting for it; returns its index in
+    /// `children` and how to reach it.
+    pub fn spawn_api(&mut self, extra_env: &[(&str, &str)]) -> (usize, Api) {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = self.command("taskfleet-api");
         cmd.env("TASKFLEET_API_ADDR", &addr);
@@ -279,13 +292,7 @@ impl TestEnv {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
         };
-        wait_until(
-            Duration::from_secs(30),
-            "the API answers /healthz",
-            || async { api.http.get(api.url("/healthz")).send().await.is_ok() },
-        )
-        .await;
-        api
+        (self.children.len() - 1, api)
     }
 
     /// Starts a `taskfleet-worker` with extra flags; returns its index in `children`.

@@ -56,7 +56,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let identity = process_identity();
     let db = Db::connect_lazy(&args.database_url, 16).context("DATABASE_URL is not valid")?;
-    wait_for("Postgres (migrations)", || db.migrate()).await;
+    db.migrate_when_reachable()
+        .await
+        .context("the database cannot be migrated by this build")?;
     let conn = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
     let version = wait_for("Redis (version)", || {
         let mut conn = conn.clone();
