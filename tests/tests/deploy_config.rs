@@ -1,10 +1,19 @@
 //! The Prometheus configuration in `deploy/` is valid, and its alert rules fire when they
 //! should (promtool's rule unit tests in `deploy/prometheus/alerts_test.yml`).
 
-use std::{path::Path, process::Command};
+use std::{path::PathBuf, process::Command};
+
+/// A file of the repository, found from the checkout being tested (as `cargo test` says when
+/// it runs the test): a build reused from another checkout through a shared target directory
+/// carries that checkout's path in `env!`, which may be gone.
+fn repository(path: &str) -> PathBuf {
+    let tests = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    PathBuf::from(tests).join("..").join(path)
+}
 
 fn promtool(args: &[&str]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    let dir = repository("deploy/prometheus");
     let out = Command::new("promtool")
         .args(args)
         .current_dir(&dir)
@@ -37,14 +46,10 @@ fn scrape_configs_are_valid() {
 
 #[test]
 fn the_grafana_dashboard_queries_only_metrics_the_fleet_exports() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards/taskfleet.json");
+    let path = repository("deploy/grafana/dashboards/taskfleet.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let exported = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../telemetry/src/metrics.rs"),
-    )
-    .unwrap();
+    let exported = std::fs::read_to_string(repository("telemetry/src/metrics.rs")).unwrap();
     let mut queried = Vec::new();
     collect_exprs(&dashboard, &mut queried);
     assert!(queried.len() >= 10, "the dashboard has its panels");
