@@ -73,8 +73,6 @@ pub struct SharedEvent {
     /// `id: <seq>`, `event: <name>` and `data: <json>` lines, as poem's SSE writer wrote them
     /// (the JSON is compact, so one `data` line).
     message: Bytes,
-    /// Where the JSON lies in `message`.
-    json: std::ops::Range<usize>,
 }
 
 impl SharedEvent {
@@ -86,17 +84,10 @@ impl SharedEvent {
         message.push_str(&head);
         message.push_str(&json);
         message.push_str("\n\n");
-        let json = head.len()..head.len() + json.len();
         SharedEvent {
             record,
             message: Bytes::from(message),
-            json,
         }
-    }
-
-    /// The event as JSON.
-    fn json(&self) -> &str {
-        std::str::from_utf8(&self.message[self.json.clone()]).expect("rendered from a String")
     }
 }
 
@@ -134,7 +125,7 @@ impl Type for StreamItem {
 
 impl ToJSON for StreamItem {
     fn to_json(&self) -> Option<Value> {
-        serde_json::from_str(self.0.json()).ok()
+        serde_json::to_value(&self.0.record).ok()
     }
 }
 
@@ -638,7 +629,7 @@ mod tests {
         let poem_would_write: String = sent
             .iter()
             .map(|shared| {
-                poem::web::sse::Event::message(shared.json())
+                poem::web::sse::Event::message(serde_json::to_string(&shared.record).unwrap())
                     .id(shared.record.seq.to_string())
                     .event_type(shared.record.event.clone())
                     .to_string()
