@@ -2,8 +2,8 @@
 //! `job_event_batches` (in the same statements, one row a statement); the leader's sequencer
 //! then moves each committed event into `job_events` with a dense `seq` (1, 2, 3, …) in the
 //! order events become visible (a job's own events in the order they happened), which
-//! streams use as the SSE `id`. Because `seq` has no gaps, a reader that knows numbering has reached `n` reads
-//! everything after the last event it has up to `n` here.
+//! streams use as the SSE `id`. Because `seq` has no gaps, a reader that knows numbering has
+//! reached `n` reads everything after the last event it has up to `n` here.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
