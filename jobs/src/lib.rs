@@ -9,6 +9,8 @@ pub mod retry;
 pub mod schedule;
 pub mod spec;
 pub mod state;
+pub mod task;
+pub mod wire;
 
 pub use event::EventName;
 pub use executor::{ExecutorRun, ExecutorTool};
@@ -17,6 +19,7 @@ pub use retry::RetryPolicy;
 pub use schedule::{MissedPolicy, Timing};
 pub use spec::{InvalidJob, JobOptions, JobSpec};
 pub use state::JobState;
+pub use task::{Horizon, Item, TaskStatus};
 
 /// What the dispatcher places in a Redis queue: only the ledger id. The payload stays in
 /// Postgres, so Redis holds a small, disposable window of work and the ledger stays the truth.

@@ -2,7 +2,7 @@
 //! ([`register_api`] or [`register_worker`]) and serves them with [`render`]; the
 //! `process_*` families (memory, CPU, file descriptors) come with the default registry.
 
-use std::{future::Future, sync::LazyLock, time::Instant};
+use std::sync::LazyLock;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
@@ -152,9 +152,18 @@ pub static SSE_CLIENTS: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static PROVIDER_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram(
         "taskfleet_provider_request_duration_seconds",
-        "Outbound requests to SaaS and LLM providers, by provider and outcome (ok or error).",
+        "Outbound requests to SaaS and LLM providers, by provider and outcome (ok, client_error, \
+         rate_limited, server_error, timeout, unreachable), each try of a retried request counted.",
         &["provider", "outcome"],
         LATENCY_BUCKETS,
+    )
+});
+/// 0 closed (calls flow), 1 half-open (one probe call in flight), 2 open (calls fail fast).
+pub static PROVIDER_CIRCUIT_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "taskfleet_provider_circuit_state",
+        "Circuit breaker of each provider in this process: 0 closed, 1 half-open, 2 open.",
+        &["provider"],
     )
 });
 
@@ -190,6 +199,7 @@ pub fn register_worker() {
         Box::new(LEASES_RECLAIMED.clone()),
         Box::new(STALE_WRITES_REJECTED.clone()),
         Box::new(PROVIDER_REQUEST_DURATION.clone()),
+        Box::new(PROVIDER_CIRCUIT_STATE.clone()),
     ]);
 }
 
@@ -202,6 +212,7 @@ pub fn register_api() {
         Box::new(WORKERS_ONLINE.clone()),
         Box::new(SSE_CLIENTS.clone()),
         Box::new(PROVIDER_REQUEST_DURATION.clone()),
+        Box::new(PROVIDER_CIRCUIT_STATE.clone()),
         Box::new(JOBS_DISPATCHED.clone()),
     ]);
 }
@@ -218,40 +229,22 @@ pub fn render() -> String {
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Runs one outbound provider request and records its duration and outcome.
-pub async fn time_provider_request<T, E>(
-    provider: &str,
-    request: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    let started = Instant::now();
-    let result = request.await;
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    PROVIDER_REQUEST_DURATION
-        .with_label_values(&[provider, outcome])
-        .observe(started.elapsed().as_secs_f64());
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn provider_requests_are_timed_by_outcome() {
+    #[test]
+    fn provider_families_render_with_the_process_ones() {
         register_api();
-        let ok: Result<u8, ()> = time_provider_request("github", async { Ok(1) }).await;
-        let err: Result<u8, ()> = time_provider_request("github", async { Err(()) }).await;
-        assert_eq!((ok, err), (Ok(1), Err(())));
-        let count = |outcome| {
-            PROVIDER_REQUEST_DURATION
-                .with_label_values(&["github", outcome])
-                .get_sample_count()
-        };
-        assert_eq!((count("ok"), count("error")), (1, 1));
+        PROVIDER_REQUEST_DURATION
+            .with_label_values(&["github", "rate_limited"])
+            .observe(0.2);
+        PROVIDER_CIRCUIT_STATE.with_label_values(&["github"]).set(2);
         let text = render();
         assert!(text.contains(
-            "taskfleet_provider_request_duration_seconds_count{outcome=\"error\",provider=\"github\"} 1"
+            "taskfleet_provider_request_duration_seconds_count{outcome=\"rate_limited\",provider=\"github\"} 1"
         ));
+        assert!(text.contains("taskfleet_provider_circuit_state{provider=\"github\"} 2"));
         assert!(text.contains("process_resident_memory_bytes"));
     }
 }
