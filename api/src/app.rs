@@ -9,13 +9,16 @@ use poem::{
 };
 use poem_openapi::error::ParseRequestPayloadError;
 use poem_openapi::{OpenApiService, Tags};
+use taskfleet_connectors::Providers;
 use taskfleet_storage::{
-    Db, EventLog, Ledger, Queues, Schedules, Tenants, Workers, redis as tf_redis, redis::Keys,
-    wait_for,
+    Connectors, Db, EventLog, Ledger, Queues, Schedules, Tasks, Tenants, Workers,
+    redis as tf_redis, redis::Keys, wait_for,
 };
 
 use crate::{
     cli::ApiArgs,
+    connector_tests::ConnectorTestsApi,
+    connectors::ConnectorsApi,
     dashboard,
     error::{explain_job_payload, json_error},
     events::{EventHub, EventsApi},
@@ -25,6 +28,7 @@ use crate::{
     observe::{RouteTemplates, observe},
     schedules::SchedulesApi,
     state::AppState,
+    tasks::TasksApi,
 };
 
 use taskfleet_storage::{Scope, tenants::SYSTEM_TENANT};
@@ -38,6 +42,10 @@ pub enum Tag {
     Events,
     /// Cron and one-shot schedules that create jobs.
     Schedules,
+    /// Connected SaaS accounts: OAuth or tokens, sync, tests.
+    Connectors,
+    /// Work items the connectors brought in.
+    Tasks,
     /// Queues, workers, and who the key is.
     Fleet,
     /// Health and readiness.
@@ -47,6 +55,8 @@ pub enum Tag {
 /// Connects to Postgres and Redis (waiting for them), applies migrations, and returns the state.
 pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     metrics::register_api();
+    // Checked first: an API that cannot seal credentials must not accept connectors.
+    let sealer = args.encryption.sealer()?;
     let db = Db::connect_lazy(&args.database_url, 32).context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
         .await
@@ -65,6 +75,11 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         submissions: crate::state::submissions(ledger.clone(), redis.clone(), keys.clone()),
         ledger,
         schedules: Schedules::new(db.pool.clone()),
+        connectors: Connectors::new(db.pool.clone()),
+        tasks: Tasks::new(db.pool.clone()),
+        providers: Arc::new(Providers::new(&args.providers)),
+        sealer,
+        public_url: args.public_url(),
         queues: Queues::new(db.pool.clone()),
         workers: Workers::new(db.pool.clone()),
         events,
@@ -88,7 +103,16 @@ pub fn build_app(
     max_body_bytes: usize,
 ) -> impl poem::Endpoint {
     let api = OpenApiService::new(
-        (JobsApi, EventsApi, SchedulesApi, FleetApi, HealthApi),
+        (
+            JobsApi,
+            EventsApi,
+            SchedulesApi,
+            ConnectorsApi,
+            ConnectorTestsApi,
+            TasksApi,
+            FleetApi,
+            HealthApi,
+        ),
         "taskfleet",
         env!("CARGO_PKG_VERSION"),
     )

@@ -1,6 +1,8 @@
 //! Command line of `taskfleet-api`: serve (the default), `migrate`, `keys create`, `keys revoke`.
 
 use clap::{Parser, Subcommand};
+use taskfleet_connectors::ProviderSettings;
+use taskfleet_storage::EncryptionKeys;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -45,8 +47,24 @@ pub struct ApiArgs {
     /// Emit logs as JSON lines.
     #[arg(long, env = "TASKFLEET_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Where people reach this API (scheme, host, port): OAuth providers send them back to
+    /// `{public url}/v1/oauth/callback/{provider}`. Default `http://` and the listen address.
+    #[arg(long, env = "TASKFLEET_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    #[command(flatten)]
+    pub encryption: EncryptionKeys,
+    #[command(flatten)]
+    pub providers: ProviderSettings,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl ApiArgs {
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.addr))
+    }
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -78,4 +96,7 @@ pub enum KeysCommand {
         /// starts with them.
         key: String,
     },
+    /// Seal every connector's credentials under TASKFLEET_ENCRYPTION_KEY, opening them with
+    /// it or TASKFLEET_ENCRYPTION_KEYS_OLD; afterwards the old keys can be retired.
+    Reseal,
 }

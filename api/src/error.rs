@@ -74,6 +74,26 @@ impl ApiError {
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::Unprocessable(body("invalid_payload", message))
     }
+
+    /// The same error with its message rewritten (prefixed with where it applies).
+    pub fn with_message(self, rewrite: impl FnOnce(String) -> String) -> ApiError {
+        let rewritten = |Json(body): Json<ErrorBody>| {
+            Json(ErrorBody {
+                message: rewrite(body.message),
+                error: body.error,
+            })
+        };
+        match self {
+            ApiError::BadRequest(b) => ApiError::BadRequest(rewritten(b)),
+            ApiError::Unauthorized(b) => ApiError::Unauthorized(rewritten(b)),
+            ApiError::Forbidden(b) => ApiError::Forbidden(rewritten(b)),
+            ApiError::NotFound(b) => ApiError::NotFound(rewritten(b)),
+            ApiError::Conflict(b) => ApiError::Conflict(rewritten(b)),
+            ApiError::Unprocessable(b) => ApiError::Unprocessable(rewritten(b)),
+            ApiError::Internal(b) => ApiError::Internal(rewritten(b)),
+            ApiError::Unavailable(b) => ApiError::Unavailable(rewritten(b)),
+        }
+    }
 }
 
 impl From<taskfleet_storage::InsertError> for ApiError {

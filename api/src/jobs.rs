@@ -20,6 +20,7 @@ use crate::{
     error::ApiError,
     json::{self, SerdeJson},
     observe::RequestId,
+    paging,
     state::AppState,
 };
 
@@ -70,7 +71,7 @@ pub struct Job {
 }
 
 impl Job {
-    fn from_record(record: JobRecord) -> Result<Job, ApiError> {
+    pub(crate) fn from_record(record: JobRecord) -> Result<Job, ApiError> {
         let corrupt = |what: &str| {
             tracing::error!(job_id = %record.id, "ledger row has an unknown {what}");
             ApiError::Internal(Json(crate::error::ErrorBody {
@@ -301,14 +302,8 @@ impl JobsApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
         limit: Query<Option<i64>>,
     ) -> Result<SerdeJson<JobPage>, ApiError> {
-        let before =
-            match cursor.0 {
-                Some(cursor) => Some(cursor.parse::<Uuid>().map_err(|_| {
-                    ApiError::invalid("`cursor` is not a cursor this API returned")
-                })?),
-                None => None,
-            };
-        let limit = limit.0.unwrap_or(50);
+        let before = paging::before(cursor.0)?;
+        let limit = limit.0.unwrap_or(paging::DEFAULT_LIMIT);
         let filter = JobFilter {
             state: job_state.0,
             queue: queue.0,
@@ -332,9 +327,7 @@ impl JobsApi {
             }
         };
         let records = state.ledger.list(scope, &filter).await?;
-        let next_cursor = (records.len() as i64 == limit)
-            .then(|| records.last().map(|r| r.id.to_string()))
-            .flatten();
+        let next_cursor = paging::next_cursor(records.iter().map(|r| r.id), limit);
         let jobs = records
             .into_iter()
             .map(Job::from_record)
@@ -384,13 +377,14 @@ async fn accept(
         } else {
             spec.validate(state.fault_injection)
         };
-        checked.map_err(|invalid| {
-            ApiError::invalid(if batch {
-                format!("jobs[{index}]: {invalid}")
-            } else {
-                invalid.message
-            })
-        })?;
+        let at = |message: String| match batch {
+            true => format!("jobs[{index}]: {message}"),
+            false => message,
+        };
+        checked.map_err(|invalid| ApiError::invalid(at(invalid.message)))?;
+        crate::connectors::check_target(state, auth.0.id, spec)
+            .await
+            .map_err(|err| err.with_message(at))?;
     }
     let mut new_jobs: Vec<NewJob> = specs
         .into_iter()

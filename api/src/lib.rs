@@ -5,6 +5,8 @@
 pub mod app;
 mod auth;
 pub mod cli;
+mod connector_tests;
+mod connectors;
 mod dashboard;
 mod error;
 mod events;
@@ -13,8 +15,10 @@ mod health;
 mod jobs;
 mod json;
 mod observe;
+mod paging;
 mod schedules;
 mod state;
+mod tasks;
 
 pub use app::{build_app, serve};
 pub use state::AppState;

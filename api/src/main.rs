@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use taskfleet_api::cli::{ApiArgs, Command, KeysCommand};
-use taskfleet_storage::{Db, Role, Tenants};
+use taskfleet_storage::{Connectors, Db, Role, Tenants};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -60,6 +60,20 @@ async fn run(args: ApiArgs) -> anyhow::Result<()> {
             eprintln!(
                 "revoked the API key {shown}… of tenant {tenant}; API processes refuse it \
                  within their TASKFLEET_API_KEY_CACHE_SECS"
+            );
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Reseal,
+        } => {
+            let sealer = args.encryption.sealer()?;
+            let db = Db::connect_lazy(&args.database_url, 2)?;
+            db.migrate().await.context("migrations failed")?;
+            let resealed = Connectors::new(db.pool).reseal(&sealer).await?;
+            eprintln!(
+                "sealed {resealed} connectors' credentials anew under key {}; the others were \
+                 under it already",
+                sealer.current_key_id()
             );
             Ok(())
         }

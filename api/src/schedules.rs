@@ -160,6 +160,9 @@ impl SchedulesApi {
         auth: TenantKey,
         body: Json<ScheduleInput>,
     ) -> Result<ScheduleCreated, ApiError> {
+        crate::connectors::check_target(&state, auth.0.id, &body.0.target)
+            .await
+            .map_err(|err| err.with_message(|m| format!("target: {m}")))?;
         let def = definition(body.0, state.fault_injection)?;
         let record = state.schedules.create(auth.0.id, &def).await?;
         Ok(ScheduleCreated::Created(Json(
@@ -208,6 +211,9 @@ impl SchedulesApi {
         id: Path<Uuid>,
         body: Json<ScheduleInput>,
     ) -> Result<Json<Schedule>, ApiError> {
+        crate::connectors::check_target(&state, auth.0.id, &body.0.target)
+            .await
+            .map_err(|err| err.with_message(|m| format!("target: {m}")))?;
         let def = definition(body.0, state.fault_injection)?;
         let record = state
             .schedules

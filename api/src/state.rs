@@ -7,11 +7,12 @@ use std::{
 };
 
 use redis::aio::ConnectionManager;
+use taskfleet_connectors::Providers;
 use taskfleet_jobs::Queue;
 use taskfleet_storage::{
-    Db, EventLog, GroupCommit, InsertError, Inserted, JobRecord, Ledger, NewJob, Queues, Schedules,
-    Tenant, Tenants, Workers, group_commit::LINGER_WHILE_CALLERS_WAIT, redis as tf_redis,
-    redis::Keys,
+    Connectors, Db, EventLog, GroupCommit, InsertError, Inserted, JobRecord, Ledger, NewJob,
+    Queues, Schedules, Sealer, Tasks, Tenant, Tenants, Workers,
+    group_commit::LINGER_WHILE_CALLERS_WAIT, redis as tf_redis, redis::Keys,
 };
 use taskfleet_telemetry::metrics;
 use uuid::Uuid;
@@ -26,6 +27,14 @@ pub struct AppState {
     /// [`submissions`].
     pub submissions: GroupCommit<(Uuid, NewJob), JobRecord>,
     pub schedules: Schedules,
+    pub connectors: Connectors,
+    pub tasks: Tasks,
+    /// The SaaS clients, for OAuth: consent pages, code exchange, site discovery.
+    pub providers: Arc<Providers>,
+    /// Seals credentials and PKCE verifiers.
+    pub sealer: Sealer,
+    /// Where people reach this API: OAuth redirect URIs start with it.
+    pub public_url: String,
     pub queues: Queues,
     pub workers: Workers,
     pub events: EventLog,

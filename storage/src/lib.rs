@@ -1,7 +1,9 @@
 //! Everything taskfleet persists: the Postgres ledger (tenants, API keys, jobs, events, queue
-//! pauses, the worker registry) and the Redis primitives around it (connections with
-//! explicit timeouts, key names, leases, wake-ups).
+//! pauses, the worker registry), connectors and the tasks they bring in, the sealing of
+//! secrets at rest, and the Redis primitives around it (connections with explicit timeouts,
+//! key names, leases, wake-ups).
 
+pub mod connectors;
 pub mod db;
 pub mod events;
 pub mod group_commit;
@@ -10,9 +12,15 @@ pub mod ledger;
 pub mod queues;
 pub mod redis;
 pub mod schedules;
+pub mod sealing;
+pub mod tasks;
 pub mod tenants;
 pub mod workers;
 
+pub use connectors::{
+    ConnectorChange, ConnectorError, ConnectorJob, ConnectorRecord, Connectors, CredentialsLock,
+    NewConnector, OAuthState, Requested,
+};
 pub use db::Db;
 pub use events::{EventFilter, EventLog, EventRecord, Numbered};
 pub use group_commit::GroupCommit;
@@ -23,6 +31,8 @@ pub use ledger::{
 };
 pub use queues::{QueueStats, Queues};
 pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};
+pub use sealing::{EncryptionKeys, Sealer};
+pub use tasks::{CommitError, IngestPage, PageCommitted, TaskFilter, TaskRecord, Tasks};
 pub use tenants::{RevokeError, Role, Scope, Tenant, Tenants};
 pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};
 

@@ -3,6 +3,8 @@
 //! and removes everything it created when dropped.
 
 pub mod browser;
+pub mod connector_fleet;
+pub mod fake_providers;
 pub mod prometheus;
 
 use std::{
@@ -32,6 +34,11 @@ pub const FAST_FAILOVER: &[&str] = &[
     "--redispatch-after-secs",
     "2",
 ];
+
+/// The key that seals connector credentials in every process a test starts (never a real
+/// one: tests keep no secrets).
+pub const TEST_ENCRYPTION_KEY: &str =
+    "7465737420656e6372797074696f6e206b657920666f72207461736b666c6565";
 
 /// The Postgres server tests create their databases on.
 pub fn admin_database_url() -> String {
@@ -164,6 +171,7 @@ impl TestEnv {
         cmd.env("DATABASE_URL", &self.child_database_url)
             .env("REDIS_URL", &self.child_redis_url)
             .env("TASKFLEET_REDIS_PREFIX", &self.redis_prefix)
+            .env("TASKFLEET_ENCRYPTION_KEY", TEST_ENCRYPTION_KEY)
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -259,8 +267,14 @@ impl TestEnv {
 
     /// Runs one of `taskfleet-api`'s admin commands (`keys revoke KEY`, …) to its end.
     pub fn api_command(&self, args: &[&str]) -> std::process::Output {
+        self.api_command_env(args, &[])
+    }
+
+    /// [`TestEnv::api_command`] with extra environment variables.
+    pub fn api_command_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         self.command("taskfleet-api")
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .expect("taskfleet-api runs")
     }
@@ -409,26 +423,37 @@ impl Api {
     }
 
     pub async fn post(&self, key: &str, path: &str, body: &Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(key)
-            .json(body)
-            .send()
+        self.call(reqwest::Method::POST, key, path, Some(body))
             .await
-            .expect("request sent");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(key)
-            .send()
+        self.call(reqwest::Method::GET, key, path, None).await
+    }
+
+    pub async fn patch(&self, key: &str, path: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, key, path, Some(body))
             .await
-            .expect("request sent");
+    }
+
+    pub async fn delete(&self, key: &str, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, key, path, None).await
+    }
+
+    /// Sends a request with `key`, and `body` as JSON; the status and the JSON answer
+    /// (`null` when there is none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let resp = request.send().await.expect("request sent");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -627,6 +652,21 @@ impl Api {
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
+        Self::open_sse(request).await
+    }
+
+    /// POSTs an empty body to `path` asking for an event stream (`Accept:
+    /// text/event-stream`); returns the HTTP status and, for a 200, the stream.
+    pub async fn post_sse(&self, key: &str, path: &str) -> (u16, Option<Sse>) {
+        let request = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .header("Accept", "text/event-stream");
+        Self::open_sse(request).await
+    }
+
+    async fn open_sse(request: reqwest::RequestBuilder) -> (u16, Option<Sse>) {
         let response = request.send().await.expect("request sent");
         let status = response.status().as_u16();
         if status != 200 {

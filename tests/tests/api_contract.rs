@@ -92,8 +92,8 @@ async fn bad_payloads_get_422_naming_the_problem() {
             "priority",
         ),
         (
-            json!({"kind": "ingest.connector", "connector_id": uuid::Uuid::now_v7()}),
-            "ingest.connector",
+            json!({"kind": "embed.items", "item_ids": [uuid::Uuid::now_v7()]}),
+            "embed.items",
         ),
         (json!({"kind": "agent.chat", "message": "hi"}), "agent.chat"),
         (json!({"kind": "embed.items"}), "missing field `item_ids`"),

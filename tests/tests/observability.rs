@@ -517,14 +517,17 @@ async fn the_worker_registry_and_queue_stats_describe_the_fleet() {
     .await;
     for worker in &workers {
         assert_eq!(worker["online"], true);
-        assert_eq!(worker["queues"], json!(["executor", "schedule"]));
+        assert_eq!(
+            worker["queues"],
+            json!(["ingest", "test", "executor", "schedule"])
+        );
         assert_eq!(worker["failed"], 0);
         assert!(worker["heartbeat_age_seconds"].as_f64().unwrap() < 15.0);
         assert_eq!(worker["active_jobs"], json!([]));
     }
     let concurrency: Vec<&Value> = workers.iter().map(|w| &w["concurrency"]).collect();
     assert!(
-        concurrency.contains(&&json!({"executor": 8, "schedule": 4})),
+        concurrency.contains(&&json!({"executor": 8, "ingest": 4, "schedule": 4, "test": 4})),
         "{concurrency:?}"
     );
 

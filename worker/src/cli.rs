@@ -3,7 +3,9 @@
 use std::{collections::BTreeMap, str::FromStr, time::Duration};
 
 use clap::Parser;
+use taskfleet_connectors::ProviderSettings;
 use taskfleet_jobs::Queue;
+use taskfleet_storage::EncryptionKeys;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -23,7 +25,7 @@ pub struct WorkerArgs {
         long,
         env = "TASKFLEET_QUEUES",
         value_delimiter = ',',
-        default_value = "executor,schedule"
+        default_value = "ingest,test,executor,schedule"
     )]
     pub queues: Vec<Queue>,
     /// Jobs run at once per queue: `16` for every queue, or `16,executor=64` to override one.
@@ -62,6 +64,10 @@ pub struct WorkerArgs {
     /// unset.
     #[arg(long, env = "TASKFLEET_WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    #[command(flatten)]
+    pub encryption: EncryptionKeys,
+    #[command(flatten)]
+    pub providers: ProviderSettings,
 }
 
 impl WorkerArgs {

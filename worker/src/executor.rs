@@ -27,7 +27,7 @@ use futures::FutureExt;
 use redis::aio::ConnectionManager;
 use taskfleet_jobs::{JobSpec, RetryPolicy};
 use taskfleet_storage::{
-    Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, Schedules, StartedJob, WorkerCounts,
+    Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, StartedJob, WorkerCounts,
     redis as tf_redis, redis::Keys,
 };
 use taskfleet_telemetry::metrics;
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::handlers::{self, HandlerResult, JobContext, JobFailure};
+use crate::handlers::{self, HandlerResult, JobContext, JobFailure, Services};
 
 /// How long a finished job's outcome is retried against an unreachable ledger. Past it the
 /// job stays `running` until its lease expires and the reclaimer runs it again.
@@ -170,7 +170,7 @@ pub struct JobExecutor {
     /// Permits for outcomes not yet recorded ([`MAX_UNRECORDED`]).
     unrecorded: Arc<Semaphore>,
     leases: JobLeases,
-    schedules: Schedules,
+    services: Services,
     redis: ConnectionManager,
     keys: Keys,
     /// Names this process in the ledger (`jobs.worker`, event actors) and in leases.
@@ -192,6 +192,7 @@ impl JobExecutor {
         keys: Keys,
         worker: String,
         settings: ExecutorSettings,
+        services: Services,
         shutdown: CancellationToken,
     ) -> JobExecutor {
         let leases = JobLeases {
@@ -201,7 +202,7 @@ impl JobExecutor {
             ttl: settings.lease_ttl,
         };
         JobExecutor {
-            schedules: Schedules::new(ledger.pool().clone()),
+            services,
             starts: GroupCommit::start(START_LINGER, {
                 let (ledger, leases) = (ledger.clone(), leases.clone());
                 move |ids: Arc<Vec<Uuid>>| {
@@ -380,7 +381,7 @@ impl JobExecutor {
             tenant_id: started.tenant_id,
             request_id: started.request_id.clone(),
             ledger: self.ledger.clone(),
-            schedules: self.schedules.clone(),
+            services: self.services.clone(),
             redis: self.redis.clone(),
             keys: self.keys.clone(),
             epoch: started.lease_epoch,

@@ -6,10 +6,11 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use apalis::prelude::*;
 use redis::aio::ConnectionManager;
+use taskfleet_connectors::Providers;
 use taskfleet_jobs::{Dispatch, EventName};
 use taskfleet_storage::{
-    Db, EventLog, Lease, Ledger, Queues, Schedules, WorkerInfo, Workers, redis as tf_redis,
-    redis::Keys, wait_for, workers::HEARTBEAT_EVERY,
+    Connectors, Db, EventLog, Lease, Ledger, Queues, Schedules, Tasks, WorkerInfo, Workers,
+    redis as tf_redis, redis::Keys, wait_for, workers::HEARTBEAT_EVERY,
 };
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
@@ -21,6 +22,7 @@ use crate::{
     dispatcher::{Dispatcher, DispatcherSettings},
     event_sequencer::{self, EventSequencer},
     executor::{ExecutorSettings, JobExecutor, StopReason},
+    handlers::Services,
     leader::{self, Housekeeping},
     reclaimer::Reclaimer,
     redis_queue::RedisQueue,
@@ -49,6 +51,8 @@ fn process_identity() -> String {
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     metrics::register_worker();
+    // Checked first: a worker that cannot open connector credentials must not take jobs.
+    let sealer = args.encryption.sealer()?;
     // Bound first, so a taken port stops the worker before it takes any job.
     let metrics_server = match &args.metrics_addr {
         Some(addr) => Some(crate::metrics_server::bind(addr).await?),
@@ -81,6 +85,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         ExecutorSettings {
             lease_ttl: args.lease_ttl(),
             fault_injection: args.fault_injection,
+        },
+        Services {
+            schedules: Schedules::new(db.pool.clone()),
+            connectors: Connectors::new(db.pool.clone()),
+            tasks: Tasks::new(db.pool.clone()),
+            providers: Arc::new(Providers::new(&args.providers)),
+            sealer,
         },
         shutdown.clone(),
     ));

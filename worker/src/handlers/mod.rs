@@ -2,17 +2,31 @@
 //! whether trying again could help.
 
 pub mod changelog;
+pub mod connector_account;
+pub mod connector_test;
 pub mod executor;
+pub mod ingest;
 pub mod schedule;
 
 use serde_json::Value;
 use taskfleet_jobs::JobSpec;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
-use taskfleet_storage::{Ledger, Schedules, redis::Keys};
+use taskfleet_connectors::Providers;
+use taskfleet_storage::{Connectors, Ledger, Schedules, Sealer, Tasks, redis::Keys};
 use uuid::Uuid;
+
+/// What handlers use besides the ledger, shared by every job of a worker process.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub schedules: Schedules,
+    pub connectors: Connectors,
+    pub tasks: Tasks,
+    pub providers: Arc<Providers>,
+    pub sealer: Sealer,
+}
 
 /// What a handler knows about the attempt it runs, and how it reports progress.
 #[derive(Debug, Clone)]
@@ -27,7 +41,7 @@ pub struct JobContext {
     /// The request that created the job; jobs it creates carry it on.
     pub request_id: Option<String>,
     pub(crate) ledger: Ledger,
-    pub(crate) schedules: Schedules,
+    pub(crate) services: Services,
     pub(crate) redis: ConnectionManager,
     pub(crate) keys: Keys,
     pub(crate) epoch: i64,
@@ -40,10 +54,11 @@ impl JobContext {
         taskfleet_storage::redis::wake_dispatcher(&mut self.redis.clone(), &self.keys).await
     }
 
-    /// Records progress on the job (its row shows the latest) and appends `job_progress`.
-    /// Best effort: a failed write is logged, and the job goes on.
-    pub async fn progress(&self, percent: f32, message: &str) {
-        let percent = percent.clamp(0.0, 100.0);
+    /// Records progress on the job (its row shows the latest) and appends `job_progress`;
+    /// no percent when the handler cannot tell how far it is. Best effort: a failed write is
+    /// logged, and the job goes on.
+    pub async fn progress(&self, percent: impl Into<Option<f32>>, message: &str) {
+        let percent = percent.into().map(|p| p.clamp(0.0, 100.0));
         let written = self
             .ledger
             .progress(self.job_id, self.epoch, &self.worker, percent, message)
@@ -90,6 +105,8 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> HandlerResult {
     match spec {
         JobSpec::ExecutorRun(run) => executor::run(run, ctx).await,
         JobSpec::ScheduleFire(fire) => schedule::fire(fire, ctx).await,
+        JobSpec::IngestConnector(job) => ingest::ingest(job, ctx).await,
+        JobSpec::TestConnector(job) => connector_test::test(job, ctx).await,
         other => Err(JobFailure::permanent(format!(
             "no handler for job kind `{}` in this worker",
             other.kind()

@@ -12,6 +12,7 @@ use super::{HandlerResult, JobContext, JobFailure};
 pub async fn fire(job: &ScheduleFire, ctx: &JobContext) -> HandlerResult {
     let store = err("read the schedule");
     let Some(schedule) = ctx
+        .services
         .schedules
         .get(Scope::All, job.schedule_id)
         .await
@@ -28,6 +29,7 @@ pub async fn fire(job: &ScheduleFire, ctx: &JobContext) -> HandlerResult {
     // The firing record is the guard that outlives idempotency keys: a slot that fired
     // keeps its one job, however late a repeat of its fire job runs.
     if let Some(job_id) = ctx
+        .services
         .schedules
         .firing(schedule.id, job.fire_at)
         .await
@@ -66,6 +68,7 @@ pub async fn fire(job: &ScheduleFire, ctx: &JobContext) -> HandlerResult {
         }
     };
     let first = ctx
+        .services
         .schedules
         .record_firing(schedule.id, job.fire_at, job_id, job.catch_up)
         .await
@@ -73,7 +76,8 @@ pub async fn fire(job: &ScheduleFire, ctx: &JobContext) -> HandlerResult {
     if first {
         let details =
             json!({"schedule_id": schedule.id, "fire_at": job.fire_at, "catch_up": job.catch_up});
-        ctx.schedules
+        ctx.services
+            .schedules
             .record_event(&schedule, EventName::ScheduleFired, Some(job_id), details)
             .await
             .map_err(err("record the firing event"))?;

@@ -1,0 +1,807 @@
+//! `/v1/connectors`: connect SaaS accounts (OAuth, or a personal/API token), read them back
+//! without their secrets, rename or delete them, ask for a sync or a test; and the OAuth
+//! callback, which the `state` authenticates instead of an API key.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Path, Query},
+    payload::{Html, Json},
+};
+use taskfleet_connectors::{
+    Account, ConnectorConfig, Credentials, Grant, Pkce, Provider, ProviderSettings, atlassian,
+    oauth::random_token,
+};
+use taskfleet_jobs::{JobSpec, wire};
+use taskfleet_storage::{
+    ConnectorChange, ConnectorError, ConnectorJob, ConnectorRecord, NewConnector, Requested, Scope,
+    connectors::oauth_state_context, sealing::connector_context,
+};
+use uuid::Uuid;
+
+use crate::{
+    auth::TenantKey,
+    error::ApiError,
+    jobs::{Created, Job},
+    json::SerdeJson,
+    observe::RequestId,
+    state::AppState,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Serialize, serde::Deserialize)]
+#[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorStatus {
+    /// Created; waiting for the person to grant access at `authorize_url`.
+    PendingAuth,
+    Connected,
+    /// The provider refused a call for good (a missing scope, a wrong site); see
+    /// `status_message`.
+    Error,
+    /// The provider no longer accepts the credentials: connect again.
+    ReauthRequired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectorAuth {
+    Oauth,
+    /// A personal access token or an API token.
+    Token,
+}
+
+/// A connector's settings. Nothing secret.
+#[derive(Debug, Clone, Default, Object)]
+pub struct ConnectorSettings {
+    /// Jira and Confluence: the site, e.g. `https://acme.atlassian.net`.
+    pub site_url: Option<String>,
+    /// Jira and Confluence over OAuth: the site's cloud id, found when connecting.
+    #[oai(read_only)]
+    pub cloud_id: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct ConnectorTest {
+    pub ok: bool,
+    /// "connected as ana@acme.test", or what failed and what to do.
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A connected (or connecting) account. Its credentials never leave the server.
+#[derive(Debug, Object)]
+pub struct Connector {
+    pub id: Uuid,
+    pub provider: Provider,
+    pub name: String,
+    pub auth: ConnectorAuth,
+    pub status: ConnectorStatus,
+    /// Why the status is `error` or `reauth_required`.
+    pub status_message: Option<String>,
+    pub config: ConnectorSettings,
+    /// Where to send the person to grant read access; in answers that made a new OAuth
+    /// state (valid 10 minutes, once).
+    #[oai(skip_serializing_if_is_none)]
+    pub authorize_url: Option<String>,
+    /// When an ingest last finished a sweep.
+    pub last_sync_at: Option<DateTime<Utc>>,
+    pub last_test: Option<ConnectorTest>,
+    /// Tasks it brought in.
+    pub item_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Object)]
+pub struct ConnectorList {
+    pub connectors: Vec<Connector>,
+}
+
+/// A connector to create: OAuth when there is no `token`.
+#[derive(Debug, Object)]
+pub struct ConnectorInput {
+    pub provider: Provider,
+    /// Unique within the tenant; default the provider's name (numbered when taken).
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: Option<String>,
+    pub config: Option<ConnectorSettingsInput>,
+    /// Connects at once without OAuth: a GitHub personal access token (a fine-grained one
+    /// with read access to issues and pull requests), or an Atlassian API token with `email`
+    /// and `config.site_url`.
+    #[oai(validator(min_length = 1, max_length = 4096))]
+    pub token: Option<String>,
+    /// The Atlassian account's email, with an API token.
+    #[oai(validator(min_length = 3, max_length = 320))]
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct ConnectorSettingsInput {
+    /// Jira and Confluence: the site, e.g. `https://acme.atlassian.net` (needed with an API
+    /// token; with OAuth, the site to use when the grant reaches several).
+    pub site_url: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct ConnectorPatch {
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: Option<String>,
+    /// A token connector's site (an OAuth connector's is chosen when connecting).
+    pub config: Option<ConnectorSettingsInput>,
+    /// A new token for a token connector (with `email` for Atlassian): it is `connected`
+    /// again.
+    #[oai(validator(min_length = 1, max_length = 4096))]
+    pub token: Option<String>,
+    #[oai(validator(min_length = 3, max_length = 320))]
+    pub email: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum ConnectorCreated {
+    /// Created: `pending_auth` with an `authorize_url`, or `connected` (a token) with its
+    /// first ingest enqueued.
+    #[oai(status = 201)]
+    Created(Json<Connector>),
+}
+
+#[derive(ApiResponse)]
+pub enum Deleted {
+    /// Deleted, its credentials with it; its tasks stay, marked as from a removed source.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+#[derive(ApiResponse)]
+pub enum CallbackPage {
+    /// Connected; the first ingest is on its way.
+    #[oai(status = 200)]
+    Connected(Html<String>),
+    /// A replayed, expired or foreign `state`, a missing code, or access refused by the
+    /// person: nothing changed.
+    #[oai(status = 400)]
+    Refused(Html<String>),
+    /// The provider refused to trade the code, or could not be reached.
+    #[oai(status = 502)]
+    ProviderFailed(Html<String>),
+}
+
+impl From<ConnectorError> for ApiError {
+    fn from(err: ConnectorError) -> ApiError {
+        match err {
+            ConnectorError::Db(err) => err.into(),
+            taken @ ConnectorError::NameTaken(_) => {
+                ApiError::conflict("name_taken", taken.to_string())
+            }
+            missing @ ConnectorError::NotFound(_) => ApiError::not_found(missing.to_string()),
+            not_ready @ ConnectorError::NotReady { .. } => {
+                ApiError::conflict("invalid_state", not_ready.to_string())
+            }
+            ConnectorError::Enqueue(message) => {
+                tracing::error!(%message, "could not enqueue a connector's job");
+                ApiError::from(&sqlx::Error::Protocol(message))
+            }
+        }
+    }
+}
+
+fn present(record: ConnectorRecord, authorize_url: Option<String>) -> Connector {
+    let provider = provider_of(&record);
+    let config: ConnectorConfig = serde_json::from_value(record.config).unwrap_or_default();
+    let last_test = match (record.last_test_at, record.last_test_ok) {
+        (Some(at), Some(ok)) => Some(ConnectorTest {
+            ok,
+            message: record.last_test_message.unwrap_or_default(),
+            at,
+        }),
+        _ => None,
+    };
+    Connector {
+        id: record.id,
+        provider,
+        name: record.name,
+        auth: wire::parse(&record.auth).unwrap_or(ConnectorAuth::Oauth),
+        status: wire::parse(&record.status).unwrap_or(ConnectorStatus::Error),
+        status_message: record.status_message,
+        config: ConnectorSettings {
+            site_url: config.site_url,
+            cloud_id: config.cloud_id,
+        },
+        authorize_url,
+        last_sync_at: record.last_sync_at,
+        last_test,
+        item_count: record.item_count,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    }
+}
+
+fn no_connector(id: Uuid) -> ApiError {
+    ApiError::not_found(format!("no connector {id}"))
+}
+
+/// Where a provider sends the person back with a code.
+fn redirect_uri(state: &AppState, provider: Provider) -> String {
+    format!(
+        "{}/v1/oauth/callback/{}",
+        state.public_url.trim_end_matches('/'),
+        provider.name()
+    )
+}
+
+/// A new OAuth state and PKCE pair for connector `id`: the state (to store hashed), the
+/// sealed verifier (to store), and the consent page's URL.
+fn consent(
+    state: &AppState,
+    provider: Provider,
+    id: Uuid,
+) -> Result<(String, String, String), ApiError> {
+    let oauth_state = random_token();
+    let pkce = Pkce::new();
+    let url = state
+        .providers
+        .get(provider)
+        .authorize_url(&oauth_state, &pkce, &redirect_uri(state, provider))
+        .map_err(|err| {
+            ApiError::invalid(format!(
+                "{err}; or connect with a token instead (`token` in the body) where {provider} \
+                 offers one"
+            ))
+        })?;
+    let sealed = state
+        .sealer
+        .seal(pkce.verifier.as_bytes(), &oauth_state_context(id));
+    Ok((oauth_state, sealed, url))
+}
+
+/// The credentials a token connection stores, checked for the provider.
+fn token_credentials(
+    provider: Provider,
+    token: &str,
+    email: Option<&str>,
+) -> Result<Credentials, ApiError> {
+    match provider {
+        Provider::Github if email.is_some() => {
+            Err(ApiError::invalid("a GitHub token needs no `email`"))
+        }
+        Provider::Github => Ok(Credentials::token(token.to_owned(), None)),
+        Provider::Jira | Provider::Confluence => {
+            let email = email.ok_or_else(|| {
+                ApiError::invalid("an Atlassian API token needs the account's `email`")
+            })?;
+            Ok(Credentials::token(token.to_owned(), Some(email.to_owned())))
+        }
+        Provider::Gmail | Provider::Gdrive => Err(ApiError::invalid(format!(
+            "{provider} connects through OAuth only (Google has no personal tokens): leave out \
+             `token` and open the authorize_url; the fleet needs {}",
+            ProviderSettings::client_variables(provider)
+        ))),
+    }
+}
+
+/// Credentials sealed for connector `id` of `tenant_id`.
+fn seal(state: &AppState, tenant_id: Uuid, id: Uuid, credentials: &Credentials) -> String {
+    state.sealer.seal(
+        &serde_json::to_vec(credentials).expect("credentials serialise"),
+        &connector_context(tenant_id, id),
+    )
+}
+
+/// The settings a person gave, checked.
+fn settings(
+    provider: Provider,
+    input: Option<&ConnectorSettingsInput>,
+) -> Result<ConnectorConfig, ApiError> {
+    let site_url = match input.and_then(|c| c.site_url.as_deref()) {
+        None => None,
+        Some(_) if !matches!(provider, Provider::Jira | Provider::Confluence) => {
+            return Err(ApiError::invalid(format!(
+                "`config.site_url` is for Jira and Confluence, not {provider}"
+            )));
+        }
+        Some(site) => Some(atlassian::check_site_url(site).map_err(ApiError::invalid)?),
+    };
+    Ok(ConnectorConfig {
+        site_url,
+        cloud_id: None,
+    })
+}
+
+/// Checks that a job or schedule target naming a connector names one of the tenant's that
+/// has credentials.
+pub async fn check_target(
+    state: &AppState,
+    tenant_id: Uuid,
+    spec: &JobSpec,
+) -> Result<(), ApiError> {
+    let id = match spec {
+        JobSpec::IngestConnector(job) => job.connector_id,
+        JobSpec::TestConnector(job) => job.connector_id,
+        _ => return Ok(()),
+    };
+    match state.connectors.get(Scope::Tenant(tenant_id), id).await? {
+        None => Err(no_connector(id)),
+        Some(record) if record.status == "pending_auth" => Err(ApiError::conflict(
+            "invalid_state",
+            format!(
+                "connector {id} is pending_auth: finish connecting it first (open its authorize_url)"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The name a connector gets when none was given: the provider's, numbered when taken.
+async fn default_name(
+    state: &AppState,
+    tenant_id: Uuid,
+    provider: Provider,
+) -> Result<String, ApiError> {
+    let taken: Vec<String> = state
+        .connectors
+        .list(Scope::Tenant(tenant_id))
+        .await?
+        .into_iter()
+        .map(|record| record.name)
+        .collect();
+    let base = provider.display_name();
+    Ok((1..)
+        .map(|n| {
+            if n == 1 {
+                base.to_owned()
+            } else {
+                format!("{base} {n}")
+            }
+        })
+        .find(|name| !taken.contains(name))
+        .expect("some number is free"))
+}
+
+/// Enqueues `job` for the tenant's connector `id`, or finds the one waiting.
+async fn request(
+    state: &AppState,
+    tenant_id: Uuid,
+    id: Uuid,
+    job: ConnectorJob,
+    request_id: &RequestId,
+) -> Result<Created<Job>, ApiError> {
+    let requested = state
+        .connectors
+        .request(tenant_id, id, job, Some(request_id.0.clone()))
+        .await?;
+    state.wake_dispatcher();
+    Ok(match requested {
+        Requested::Created(record) => Created::Created(SerdeJson(Job::from_record(record)?)),
+        Requested::Waiting(record) => Created::Existing(SerdeJson(Job::from_record(record)?)),
+    })
+}
+
+/// The tenant's connector `id`, or a 404.
+async fn own_connector(
+    state: &AppState,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<ConnectorRecord, ApiError> {
+    state
+        .connectors
+        .get(Scope::Tenant(tenant_id), id)
+        .await?
+        .ok_or_else(|| no_connector(id))
+}
+
+/// The record's provider (the table's check admits only known ones).
+fn provider_of(record: &ConnectorRecord) -> Provider {
+    wire::parse(&record.provider).unwrap_or(Provider::Github)
+}
+
+pub struct ConnectorsApi;
+
+#[OpenApi(prefix_path = "/v1", tag = "crate::app::Tag::Connectors")]
+impl ConnectorsApi {
+    /// Connect an account
+    ///
+    /// Without `token`: OAuth. The answer is `pending_auth` with an `authorize_url` (state
+    /// and PKCE, read-only scopes); the provider sends the person back to
+    /// `/v1/oauth/callback/{provider}`, which connects the account and starts its first
+    /// ingest. With `token` (GitHub personal access token; Atlassian API token with `email`
+    /// and `config.site_url`): `connected` at once, first ingest enqueued.
+    #[oai(path = "/connectors", method = "post")]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        request_id: Data<&RequestId>,
+        body: Json<ConnectorInput>,
+    ) -> Result<ConnectorCreated, ApiError> {
+        let input = body.0;
+        let provider = input.provider;
+        let config = settings(provider, input.config.as_ref())?;
+        let name = match &input.name {
+            Some(name) => name.clone(),
+            None => default_name(&state, auth.0.id, provider).await?,
+        };
+        let new = NewConnector {
+            id: Uuid::now_v7(),
+            tenant_id: auth.0.id,
+            provider: provider.name(),
+            name,
+            config: serde_json::to_value(&config).expect("settings serialise"),
+        };
+        let record = match &input.token {
+            Some(token) => {
+                let credentials = token_credentials(provider, token, input.email.as_deref())?;
+                if credentials.basic_user.is_some() && config.site_url.is_none() {
+                    return Err(ApiError::invalid(
+                        "an Atlassian API token needs `config.site_url`, e.g. https://acme.atlassian.net",
+                    ));
+                }
+                let sealed = seal(&state, new.tenant_id, new.id, &credentials);
+                let (record, _) = state
+                    .connectors
+                    .create_connected(&new, &sealed, Some(request_id.0.0.clone()))
+                    .await?;
+                state.wake_dispatcher();
+                present(record, None)
+            }
+            None => {
+                if input.email.is_some() {
+                    return Err(ApiError::invalid(
+                        "`email` goes with an Atlassian API `token`",
+                    ));
+                }
+                let (oauth_state, sealed, url) = consent(&state, provider, new.id)?;
+                let record = state
+                    .connectors
+                    .create_pending(&new, &oauth_state, &sealed)
+                    .await?;
+                present(record, Some(url))
+            }
+        };
+        Ok(ConnectorCreated::Created(Json(record)))
+    }
+
+    /// List connectors
+    ///
+    /// The key's own tenant's (an operator key's too: connectors are people's accounts, not
+    /// the fleet's).
+    #[oai(path = "/connectors", method = "get")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+    ) -> Result<Json<ConnectorList>, ApiError> {
+        let connectors = state
+            .connectors
+            .list(Scope::Tenant(auth.0.id))
+            .await?
+            .into_iter()
+            .map(|record| present(record, None))
+            .collect();
+        Ok(Json(ConnectorList { connectors }))
+    }
+
+    /// Get a connector
+    ///
+    /// Status, last sync, last test and item count; never a token.
+    #[oai(path = "/connectors/:id", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Json<Connector>, ApiError> {
+        let record = own_connector(&state, auth.0.id, id.0).await?;
+        Ok(Json(present(record, None)))
+    }
+
+    /// Rename a connector, change its site, or replace its token
+    ///
+    /// An OAuth connector's site is the one chosen when it was connected, and its access is
+    /// renewed through `POST /v1/connectors/{id}/authorize`; a token connector takes a new
+    /// `token` here and is `connected` again.
+    #[oai(path = "/connectors/:id", method = "patch")]
+    async fn update(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+        body: Json<ConnectorPatch>,
+    ) -> Result<Json<Connector>, ApiError> {
+        let patch = body.0;
+        let current = own_connector(&state, auth.0.id, id.0).await?;
+        let provider = provider_of(&current);
+        let oauth = current.auth == "oauth";
+        let config = match &patch.config {
+            None => None,
+            Some(input) => {
+                let mut config: ConnectorConfig =
+                    serde_json::from_value(current.config.clone()).unwrap_or_default();
+                let site_url = settings(provider, Some(input))?.site_url;
+                if oauth && site_url != config.site_url {
+                    return Err(ApiError::conflict(
+                        "invalid_state",
+                        "an OAuth connector reaches the site chosen when it was connected: \
+                         delete it and connect again with `config.site_url`",
+                    ));
+                }
+                config.site_url = site_url;
+                Some(serde_json::to_value(config).expect("settings serialise"))
+            }
+        };
+        let sealed = match &patch.token {
+            None if patch.email.is_some() => {
+                return Err(ApiError::invalid("`email` goes with a new `token`"));
+            }
+            None => None,
+            Some(_) if oauth => {
+                return Err(ApiError::conflict(
+                    "invalid_state",
+                    format!(
+                        "connector {} was connected through OAuth: POST \
+                         /v1/connectors/{}/authorize to connect it again",
+                        id.0, id.0
+                    ),
+                ));
+            }
+            Some(token) => {
+                let credentials = token_credentials(provider, token, patch.email.as_deref())?;
+                Some(seal(&state, auth.0.id, id.0, &credentials))
+            }
+        };
+        let change = ConnectorChange {
+            name: patch.name.as_deref(),
+            config: config.as_ref(),
+            sealed_credentials: sealed.as_deref(),
+        };
+        let record = state
+            .connectors
+            .update(auth.0.id, id.0, &change)
+            .await?
+            .ok_or_else(|| no_connector(id.0))?;
+        Ok(Json(present(record, None)))
+    }
+
+    /// Delete a connector
+    #[oai(path = "/connectors/:id", method = "delete")]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Deleted, ApiError> {
+        match state.connectors.delete(auth.0.id, id.0).await? {
+            true => Ok(Deleted::Deleted),
+            false => Err(no_connector(id.0)),
+        }
+    }
+
+    /// Connect again through OAuth
+    ///
+    /// A fresh `authorize_url` for the connector: to finish connecting it, or to grant
+    /// access again after `reauth_required`.
+    #[oai(path = "/connectors/:id/authorize", method = "post")]
+    async fn authorize(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Json<Connector>, ApiError> {
+        let current = own_connector(&state, auth.0.id, id.0).await?;
+        if current.auth == "token" {
+            return Err(ApiError::conflict(
+                "invalid_state",
+                "this connector uses a token: delete it and connect again to use OAuth",
+            ));
+        }
+        let provider = provider_of(&current);
+        let (oauth_state, sealed, url) = consent(&state, provider, id.0)?;
+        let record = state
+            .connectors
+            .renew_oauth_state(auth.0.id, id.0, &oauth_state, &sealed)
+            .await?;
+        Ok(Json(present(record, Some(url))))
+    }
+
+    /// Sync a connector now
+    ///
+    /// Enqueues an `ingest.connector` job (201), or returns the one already waiting (200).
+    #[oai(path = "/connectors/:id/sync", method = "post")]
+    async fn sync(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        request_id: Data<&RequestId>,
+        id: Path<Uuid>,
+    ) -> Result<Created<Job>, ApiError> {
+        request(&state, auth.0.id, id.0, ConnectorJob::Ingest, &request_id).await
+    }
+
+    /// Test a connector's credentials
+    ///
+    /// Enqueues a `test.connector` job (201), or returns the one already waiting (200). Its
+    /// result, and the connector's `last_test`, say `ok` or what failed and what to do.
+    #[oai(path = "/connectors/:id/test", method = "post")]
+    async fn test(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        request_id: Data<&RequestId>,
+        id: Path<Uuid>,
+    ) -> Result<Created<Job>, ApiError> {
+        request(&state, auth.0.id, id.0, ConnectorJob::Test, &request_id).await
+    }
+
+    /// OAuth callback (the provider sends the person here)
+    ///
+    /// Needs no API key: the single-use `state` authenticates it. Trades the code for tokens,
+    /// stores them sealed, marks the connector `connected` and enqueues its first ingest in
+    /// the same transaction. Answers a page a browser can show.
+    #[allow(clippy::too_many_arguments)]
+    #[oai(path = "/oauth/callback/:provider", method = "get")]
+    async fn callback(
+        &self,
+        state: Data<&AppState>,
+        request_id: Data<&RequestId>,
+        provider: Path<Provider>,
+        code: Query<Option<String>>,
+        #[oai(name = "state")] oauth_state: Query<Option<String>>,
+        error: Query<Option<String>>,
+        error_description: Query<Option<String>>,
+    ) -> CallbackPage {
+        let provider = provider.0;
+        let taken = match &oauth_state.0 {
+            Some(s) => state.connectors.take_oauth_state(&provider.name(), s).await,
+            None => Ok(None),
+        };
+        let pending = match taken {
+            Ok(Some(pending)) => pending,
+            Ok(None) => {
+                return CallbackPage::Refused(page(
+                    "This link does not work",
+                    "It was used already, expired after 10 minutes, or was not made by taskfleet \
+                     for this provider. Start connecting again from taskfleet.",
+                ));
+            }
+            Err(err) => {
+                tracing::warn!(%err, "OAuth callback could not read its state");
+                return CallbackPage::ProviderFailed(page(
+                    "taskfleet is unavailable",
+                    "Its database did not answer. Start connecting again in a moment.",
+                ));
+            }
+        };
+        let connectors = &state.connectors;
+        let id = pending.connector_id;
+        let fail = |message: String| async move {
+            if let Err(err) = connectors.note_connect_failure(id, &message).await {
+                tracing::warn!(%err, "could not record the connection's failure");
+            }
+            message
+        };
+        if let Some(error) = error.0 {
+            let why = error_description.0.unwrap_or(error);
+            let message = fail(format!("{provider} did not grant access ({why})")).await;
+            return CallbackPage::Refused(page("Access was not granted", &message));
+        }
+        let Some(code) = code.0 else {
+            return CallbackPage::Refused(page("No code came back", "Start connecting again."));
+        };
+        let verifier = state
+            .sealer
+            .open(&pending.pkce_verifier, &oauth_state_context(id))
+            .map(|plain| String::from_utf8_lossy(&plain).into_owned());
+        let Ok(verifier) = verifier else {
+            return CallbackPage::Refused(page(
+                "This link does not work",
+                "Its state was sealed under a key this server no longer has. Start connecting again.",
+            ));
+        };
+        let connector = state.providers.get(provider);
+        let redirect = redirect_uri(&state, provider);
+        let pkce = Pkce { verifier };
+        let credentials = match connector.exchange_code(&code, &pkce, &redirect).await {
+            Ok(credentials) => credentials,
+            Err(err) => {
+                let message = fail(err.user_message(Grant::OAuth)).await;
+                return CallbackPage::ProviderFailed(page("Connecting failed", &message));
+            }
+        };
+        let record = match connectors.get(Scope::Tenant(pending.tenant_id), id).await {
+            Ok(Some(record)) => record,
+            _ => {
+                return CallbackPage::Refused(page(
+                    "This connector is gone",
+                    "It was deleted while you were granting access.",
+                ));
+            }
+        };
+        let account = Account {
+            connector_id: id,
+            credentials,
+            config: serde_json::from_value(record.config).unwrap_or_default(),
+        };
+        let config = match connector.discover(&account).await {
+            Ok(config) => config,
+            Err(err) => {
+                let message = fail(err.user_message(Grant::OAuth)).await;
+                return CallbackPage::ProviderFailed(page("Connecting failed", &message));
+            }
+        };
+        let sealed = seal(&state, pending.tenant_id, id, &account.credentials);
+        let config = serde_json::to_value(config).expect("settings serialise");
+        match connectors
+            .complete_oauth(
+                pending.tenant_id,
+                id,
+                &sealed,
+                &config,
+                Some(request_id.0.0.clone()),
+            )
+            .await
+        {
+            Ok(Some(_)) => {
+                state.wake_dispatcher();
+                CallbackPage::Connected(page(
+                    &format!("{provider} is connected"),
+                    "taskfleet is fetching your items now. You can close this tab.",
+                ))
+            }
+            Ok(None) => CallbackPage::Refused(page(
+                "This connector is gone",
+                "It was deleted while you were granting access.",
+            )),
+            Err(err) => {
+                tracing::warn!(%err, "OAuth callback could not store the connection");
+                CallbackPage::ProviderFailed(page(
+                    "taskfleet is unavailable",
+                    "Its database did not answer. Start connecting again in a moment.",
+                ))
+            }
+        }
+    }
+}
+
+/// A small page for a browser: a title and a sentence, escaped.
+fn page(title: &str, message: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · taskfleet</title>\
+         <style>body{{font:16px system-ui,sans-serif;margin:15vh auto;max-width:34em;padding:0 1em}}</style>\
+         </head><body><h1>{title}</h1><p>{message}</p></body></html>",
+        title = escape(title),
+        message = escape(message)
+    ))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The tenant's connectors' test jobs, for `POST /v1/connectors/test-all`.
+pub async fn request_tests(
+    state: &AppState,
+    tenant_id: Uuid,
+    request_id: &RequestId,
+) -> Result<Vec<(ConnectorRecord, taskfleet_storage::JobRecord)>, ApiError> {
+    let tests = state
+        .connectors
+        .request_tests(tenant_id, Some(request_id.0.clone()))
+        .await?;
+    state.wake_dispatcher();
+    Ok(tests)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_escape_what_providers_said() {
+        let Html(html) = page("Connecting failed", "<script>x</script> & \"q\"");
+        assert!(html.contains("&lt;script&gt;x&lt;/script&gt; &amp; &quot;q&quot;"));
+    }
+}

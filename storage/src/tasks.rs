@@ -1,0 +1,310 @@
+//! Tasks: the work items ingests bring in, one row per `(tenant, source_kind, source_ref)`
+//! however often a provider shows it. An ingest commits each page as one transaction: the
+//! page's tasks, the connector's new cursor, and one `embed.items` job for the tasks whose
+//! text is new or changed. A crash mid-ingest therefore resumes after the last committed
+//! page, and no task is embedded twice or forgotten.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{FromRow, PgPool};
+use taskfleet_jobs::{Horizon, Item, JobSpec, TaskStatus, spec::EmbedItems, wire};
+use uuid::Uuid;
+
+use crate::{InsertError, Inserted, Ledger, NewJob, tenants::Scope};
+
+/// A task as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct TaskRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub connector_id: Option<Uuid>,
+    pub source_kind: String,
+    pub source_ref: String,
+    pub title: String,
+    pub snippet: String,
+    pub url: Option<String>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub labels: Vec<String>,
+    pub status: String,
+    pub horizon: String,
+    pub source_updated_at: Option<DateTime<Utc>>,
+    pub source_removed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const TASK_COLUMNS: &str = "id, tenant_id, connector_id, source_kind, source_ref, title, snippet, \
+     url, due_at, labels, status, horizon, source_updated_at, source_removed_at, created_at, \
+     updated_at";
+
+/// One page of an ingest, to commit.
+#[derive(Debug, Clone)]
+pub struct IngestPage<'a> {
+    pub tenant_id: Uuid,
+    pub connector_id: Uuid,
+    /// The ingest job and its attempt's fencing epoch: a stale attempt commits nothing.
+    pub job_id: Uuid,
+    pub epoch: i64,
+    /// The worker, the actor of the `embed.items` job's events.
+    pub worker: &'a str,
+    pub request_id: Option<String>,
+    pub source_kind: &'a str,
+    pub items: Vec<Item>,
+    /// Items gone at the source: their tasks are done.
+    pub gone: Vec<String>,
+    /// The cursor the page was fetched from, and the one to store.
+    pub cursor_before: Option<Value>,
+    pub cursor: Value,
+    /// The last page of a sweep: the connector's `last_sync_at` moves.
+    pub sweep_done: bool,
+}
+
+/// What a committed page changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageCommitted {
+    /// Tasks created or changed in any way.
+    pub upserted: usize,
+    /// Of those, tasks whose text is new or changed: the `embed.items` job's items.
+    pub changed: Vec<Uuid>,
+    pub embed_job: Option<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// The attempt's epoch is no longer the job's (it was reclaimed), or the job stopped
+    /// running: nothing was written.
+    #[error("the ingest attempt was superseded (its lease was reclaimed)")]
+    Fenced,
+    /// Another ingest of the connector stored a cursor meanwhile: nothing was written.
+    #[error("another ingest of this connector moved its cursor")]
+    CursorMoved,
+    #[error("the connector was deleted")]
+    ConnectorGone,
+    #[error("could not enqueue the embed job: {0}")]
+    Enqueue(String),
+}
+
+impl From<InsertError> for CommitError {
+    fn from(err: InsertError) -> CommitError {
+        match err {
+            InsertError::Db(err) => CommitError::Db(err),
+            other => CommitError::Enqueue(other.to_string()),
+        }
+    }
+}
+
+/// Filters of `GET /v1/tasks`; `before` is the paging cursor (the last id of a page).
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub source_kind: Option<String>,
+    pub status: Option<TaskStatus>,
+    pub horizon: Option<Horizon>,
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tasks {
+    pool: PgPool,
+}
+
+impl Tasks {
+    pub fn new(pool: PgPool) -> Tasks {
+        Tasks { pool }
+    }
+
+    /// Commits one page of an ingest, as the module documentation says.
+    pub async fn commit_page(&self, page: IngestPage<'_>) -> Result<PageCommitted, CommitError> {
+        let mut tx = self.pool.begin().await?;
+        let running: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM jobs WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
+             FOR SHARE",
+        )
+        .bind(page.job_id)
+        .bind(page.epoch)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if running.is_none() {
+            return Err(CommitError::Fenced);
+        }
+        let moved = sqlx::query(
+            "UPDATE connectors SET cursor = $3, status = 'connected', status_message = NULL,
+                    last_sync_at = CASE WHEN $4 THEN now() ELSE last_sync_at END,
+                    updated_at = now()
+             WHERE tenant_id = $1 AND id = $2 AND cursor IS NOT DISTINCT FROM $5",
+        )
+        .bind(page.tenant_id)
+        .bind(page.connector_id)
+        .bind(&page.cursor)
+        .bind(page.sweep_done)
+        .bind(&page.cursor_before)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM connectors WHERE tenant_id = $1 AND id = $2")
+                    .bind(page.tenant_id)
+                    .bind(page.connector_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(match exists {
+                Some(_) => CommitError::CursorMoved,
+                None => CommitError::ConnectorGone,
+            });
+        }
+        let (upserted, changed) = upsert(&mut tx, &page).await?;
+        if !page.gone.is_empty() {
+            sqlx::query(
+                "UPDATE tasks SET status = 'done', updated_at = now()
+                 WHERE tenant_id = $1 AND source_kind = $2 AND source_ref = ANY($3)
+                   AND status <> 'done'",
+            )
+            .bind(page.tenant_id)
+            .bind(page.source_kind)
+            .bind(&page.gone)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let embed_job = if changed.is_empty() {
+            None
+        } else {
+            let spec = JobSpec::EmbedItems(EmbedItems {
+                item_ids: changed.clone(),
+                options: Default::default(),
+            });
+            let job = NewJob::new(spec, page.request_id.clone());
+            match Ledger::insert_in(&mut tx, page.tenant_id, &[job], page.worker)
+                .await?
+                .remove(0)
+            {
+                Inserted::Created(record) | Inserted::Existing(record) => Some(record.id),
+            }
+        };
+        tx.commit().await?;
+        Ok(PageCommitted {
+            upserted,
+            changed,
+            embed_job,
+        })
+    }
+
+    /// A page of the tasks in `scope`, newest first.
+    pub async fn list(&self, scope: Scope, filter: &TaskFilter) -> sqlx::Result<Vec<TaskRecord>> {
+        let condition = scope.condition("$1");
+        sqlx::query_as(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE {condition}
+               AND ($2::text IS NULL OR source_kind = $2)
+               AND ($3::text IS NULL OR status = $3)
+               AND ($4::text IS NULL OR horizon = $4)
+               AND ($5::uuid IS NULL OR id < $5)
+             ORDER BY id DESC
+             LIMIT $6"
+        ))
+        .bind(scope.tenant_id())
+        .bind(filter.source_kind.as_deref())
+        .bind(filter.status.map(|s| wire::name(&s)))
+        .bind(filter.horizon.map(|h| wire::name(&h)))
+        .bind(filter.before)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
+/// Upserts the page's tasks in one statement; returns how many rows it wrote and the ids of
+/// the tasks whose text (title, snippet) is new or changed.
+async fn upsert(
+    tx: &mut sqlx::PgConnection,
+    page: &IngestPage<'_>,
+) -> sqlx::Result<(usize, Vec<Uuid>)> {
+    // A provider may show one item twice in a page; the last showing counts, since one
+    // statement cannot write a row twice.
+    let mut last: HashMap<&str, &Item> = HashMap::new();
+    for item in &page.items {
+        last.insert(&item.source_ref, item);
+    }
+    let tasks: Vec<&Item> = page
+        .items
+        .iter()
+        .filter(|task| std::ptr::eq(last[task.source_ref.as_str()], *task))
+        .collect();
+    if tasks.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let ids: Vec<Uuid> = tasks.iter().map(|_| Uuid::now_v7()).collect();
+    let refs: Vec<&str> = tasks.iter().map(|t| t.source_ref.as_str()).collect();
+    let titles: Vec<&str> = tasks.iter().map(|t| t.title.as_str()).collect();
+    let snippets: Vec<&str> = tasks.iter().map(|t| t.snippet.as_str()).collect();
+    let urls: Vec<Option<&str>> = tasks.iter().map(|t| t.url.as_deref()).collect();
+    let dues: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.due_at).collect();
+    let labels: Vec<Value> = tasks.iter().map(|t| serde_json::json!(t.labels)).collect();
+    let statuses: Vec<String> = tasks.iter().map(|t| wire::name(&t.status)).collect();
+    let horizons: Vec<String> = tasks.iter().map(|t| wire::name(&t.horizon)).collect();
+    let updated: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.updated_at).collect();
+    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
+                                  $9::timestamptz[], $10::jsonb[], $11::text[], $12::text[],
+                                  $13::timestamptz[])
+                 AS t(id, source_ref, title, snippet, url, due_at, labels, status, horizon,
+                      source_updated_at)
+         ), before AS (
+             SELECT t.source_ref, t.content_hash FROM tasks t
+             WHERE t.tenant_id = $1 AND t.source_kind = $2
+               AND t.source_ref IN (SELECT source_ref FROM input)
+         ), written AS (
+             INSERT INTO tasks AS t (id, tenant_id, source_kind, source_ref, connector_id, title,
+                                     snippet, url, due_at, labels, status, horizon,
+                                     source_updated_at, content_hash)
+             SELECT id, $1, $2, source_ref, $3, title, snippet, url, due_at,
+                    ARRAY(SELECT jsonb_array_elements_text(labels)), status, horizon,
+                    source_updated_at,
+                    sha256(convert_to(title || E'\\n' || snippet, 'UTF8'))
+             FROM input
+             ON CONFLICT (tenant_id, source_kind, source_ref) DO UPDATE SET
+                 connector_id = EXCLUDED.connector_id, title = EXCLUDED.title,
+                 snippet = EXCLUDED.snippet, url = EXCLUDED.url, due_at = EXCLUDED.due_at,
+                 labels = EXCLUDED.labels, status = EXCLUDED.status,
+                 source_updated_at = EXCLUDED.source_updated_at,
+                 content_hash = EXCLUDED.content_hash, source_removed_at = NULL,
+                 updated_at = now()
+             -- A row that would not change is not written.
+             WHERE (t.connector_id, t.title, t.snippet, t.url, t.due_at, t.labels, t.status,
+                    t.source_updated_at, t.source_removed_at IS NULL)
+                   IS DISTINCT FROM
+                   (EXCLUDED.connector_id, EXCLUDED.title, EXCLUDED.snippet, EXCLUDED.url,
+                    EXCLUDED.due_at, EXCLUDED.labels, EXCLUDED.status,
+                    EXCLUDED.source_updated_at, true)
+             RETURNING t.id, t.source_ref, t.content_hash
+         )
+         SELECT w.id, b.content_hash IS DISTINCT FROM w.content_hash AS text_changed
+         FROM written w LEFT JOIN before b USING (source_ref)
+         ORDER BY w.id",
+    )
+    .bind(page.tenant_id)
+    .bind(page.source_kind)
+    .bind(page.connector_id)
+    .bind(&ids)
+    .bind(&refs)
+    .bind(&titles)
+    .bind(&snippets)
+    .bind(&urls)
+    .bind(&dues)
+    .bind(&labels)
+    .bind(&statuses)
+    .bind(&horizons)
+    .bind(&updated)
+    .fetch_all(tx)
+    .await?;
+    let changed = rows
+        .iter()
+        .filter(|(_, text_changed)| *text_changed)
+        .map(|(id, _)| *id)
+        .collect();
+    Ok((rows.len(), changed))
+}
