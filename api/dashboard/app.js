@@ -1,4 +1,4 @@
-// taskfleet dashboard: a Flower-like view of workers, queues, jobs and schedules.
+// taskfleet dashboard: a Flower-like view of workers, queues, jobs, schedules and connectors.
 // Plain ES2020, no build step, no external resources: the API embeds this file as is.
 // Every string from the API reaches the DOM through textContent / text nodes only.
 'use strict';
@@ -7,9 +7,20 @@ const STATES = ['scheduled', 'queued', 'running', 'retrying', 'succeeded', 'dead
 const ACTIVE_STATES = new Set(['scheduled', 'queued', 'running', 'retrying']);
 const RETRYABLE_STATES = new Set(['dead', 'cancelled']);
 const TERMINAL_EVENTS = new Set(['job_succeeded', 'job_dead', 'job_cancelled']);
+const TERMINAL_STATES = new Set(['succeeded', 'dead', 'cancelled']);
 const KEY_STORAGE = 'taskfleet.apiKey';
 const PAGE_SIZE = 50;
 const SVG_NS = 'http://www.w3.org/2000/svg';
+
+function newConnectorsState() {
+  return {
+    byId: new Map(), // the last list, in the API's order
+    rows: new Map(), // id → { tr, cells, buttons, busy }: rows keep their identity across refreshes
+    live: new Map(), // id → { kind: 'testing' | 'ok' | 'error', message, at }: test results not yet listed
+    work: null, // AbortController of the tab's own requests (tests followed, test-all), while shown
+    testingAll: false,
+  };
+}
 
 const state = {
   key: null, // the API key (also in sessionStorage, so a reload keeps the session)
@@ -20,6 +31,7 @@ const state = {
   eventsStream: null, // GET /v1/events, open while the jobs tab is shown
   jobs: { list: [], rows: new Map(), next: null, loadedMore: false, filters: {} },
   detail: null, // the open job panel: { id, job, stream, lastId, terminalSeen, seqs }
+  connectors: newConnectorsState(),
   debounces: new Map(),
 };
 
@@ -49,6 +61,11 @@ function h(tag, props = {}, ...children) {
     if (child != null && child !== false) node.append(child instanceof Node ? child : String(child));
   }
   return node;
+}
+
+// replaceChildren() that, like h(), skips null and false children.
+function refill(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((child) => child != null && child !== false));
 }
 
 function svg(tag, attrs = {}) {
@@ -242,9 +259,18 @@ async function readStream(path, stream, signal, onEvent, onStatus) {
   if (!response.ok) throw await errorFrom(response);
   onStatus('live');
   let received = false;
-  const parser = createSseParser((message) => {
+  await readEvents(response, (name, data, id) => {
     received = true;
-    if (message.id != null) stream.lastId = message.id;
+    if (id != null) stream.lastId = id;
+    onEvent(name, data, id);
+  });
+  return received;
+}
+
+// Feeds a text/event-stream response's messages to onEvent(event, parsed data, id) until the
+// server ends the stream.
+async function readEvents(response, onEvent) {
+  const parser = createSseParser((message) => {
     try { onEvent(message.event, JSON.parse(message.data), message.id); } catch (err) {
       console.error('bad event', message, err); // one bad message must not end the stream
     }
@@ -252,7 +278,7 @@ async function readStream(path, stream, signal, onEvent, onStatus) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return received;
+    if (done) return;
     parser.push(value);
   }
 }
@@ -301,8 +327,12 @@ function logout(message = '') {
   [state.key, state.me, state.tab] = [null, null, null];
   history.replaceState(null, '', location.pathname); // the next key starts on the default tab
   state.jobs = { list: [], rows: new Map(), next: null, loadedMore: false, filters: {} };
+  state.connectors = newConnectorsState();
   // Nothing of the old session stays in the DOM for the next key.
   for (const tbody of $$('main tbody')) tbody.replaceChildren();
+  $('#connector-form').reset();
+  showConnectorFields();
+  $('#connectors-test-summary').textContent = '';
   $('#whoami').textContent = '';
   $('#error-banner').hidden = true;
   showLoggedIn(false);
@@ -322,6 +352,7 @@ const TABS = {
   queues: { refresh: refreshQueues, every: 5000 },
   jobs: { refresh: () => refreshJobs(), every: 10000 },
   schedules: { refresh: refreshSchedules, every: 10000 },
+  connectors: { refresh: refreshConnectors, every: 5000 },
 };
 
 function showTab(name) {
@@ -341,6 +372,7 @@ function showTab(name) {
     state.jobs.filters = readFilters();
     startJobEvents();
   }
+  if (name === 'connectors') state.connectors.work = new AbortController();
   tab.refresh().catch(reportError);
   // Skip polls while the page is in the background; the next visible tick catches up.
   state.timer = setInterval(() => {
@@ -355,6 +387,7 @@ function stopTabWork() {
   state.eventsStream = null;
   showLiveStatus('#jobs-live')('closed');
   clearDebounces('jobs');
+  stopConnectorWork();
 }
 
 // Replaces a table's body with `rows`, or one row saying `emptyText`.
@@ -775,6 +808,298 @@ function scheduleRow(s) {
       : '—'));
 }
 
+// ---------------------------------------------------------------- connectors
+
+const PROVIDER_NAMES = { github: 'GitHub', jira: 'Jira', confluence: 'Confluence', gmail: 'Gmail', gdrive: 'Google Drive' };
+// Statuses in which only the person can help, by granting access (again).
+const NEEDS_GRANT = new Set(['pending_auth', 'reauth_required']);
+const JOB_POLL_MS = 1000;
+const JOB_WATCH_MS = 5 * 60 * 1000;
+
+async function refreshConnectors() {
+  const asked = Date.now();
+  const { connectors } = await api('GET', '/v1/connectors');
+  const c = state.connectors;
+  c.byId = new Map(connectors.map((connector) => [connector.id, connector]));
+  // A result that arrived before this list was asked for is in the list's last_test now.
+  for (const [id, live] of c.live) {
+    if (live.kind !== 'testing' && live.at < asked) c.live.delete(id);
+  }
+  renderConnectors();
+}
+
+async function refreshConnector(id) {
+  const connector = await api('GET', `/v1/connectors/${encodeURIComponent(id)}`);
+  state.connectors.byId.set(id, connector);
+  updateConnectorRow(id);
+}
+
+function renderConnectors() {
+  const c = state.connectors;
+  const rows = new Map();
+  for (const connector of c.byId.values()) {
+    const row = c.rows.get(connector.id) ?? connectorRow(connector.id);
+    fillConnectorRow(row, connector);
+    rows.set(connector.id, row);
+  }
+  c.rows = rows;
+  const trs = [...rows.values()].map((row) => row.tr);
+  const tbody = $('#connectors-table tbody');
+  // Moving rows takes the focus off their buttons: only when the list changed.
+  const same = trs.length > 0 && trs.length === tbody.children.length && trs.every((tr, i) => tbody.children[i] === tr);
+  if (!same) fillTable('#connectors-table', trs, 'No connectors yet: connect an account above.');
+}
+
+function updateConnectorRow(id) {
+  const row = state.connectors.rows.get(id);
+  const connector = state.connectors.byId.get(id);
+  if (row && connector) fillConnectorRow(row, connector);
+}
+
+// A row's cells are refilled on each refresh; its buttons stay the same elements.
+function connectorRow(id) {
+  const button = (name, label, action) =>
+    h('button', { type: 'button', class: name, onclick: () => connectorAction(id, name, action) }, label);
+  const buttons = {
+    test: button('test', 'Test', testConnector),
+    sync: button('sync', 'Sync', syncConnector),
+    connect: button('connect', 'Connect', connectAgain),
+    delete: button('delete', 'Delete', deleteConnector),
+  };
+  const cells = {
+    name: h('td'), provider: h('td'), status: h('td'), sync: h('td'), test: h('td'), items: h('td'),
+  };
+  const tr = h('tr', { dataset: { connectorId: id } },
+    Object.values(cells), h('td', { class: 'actions' }, Object.values(buttons)));
+  return { tr, cells, buttons, busy: new Set() };
+}
+
+function fillConnectorRow(row, c) {
+  const { cells, buttons } = row;
+  refill(cells.name, h('span', { class: 'name', title: c.id }, c.name),
+    c.config?.site_url ? h('div', { class: 'sub' }, c.config.site_url) : null);
+  refill(cells.provider, PROVIDER_NAMES[c.provider] ?? c.provider,
+    h('div', { class: 'sub' }, c.auth === 'token' ? 'token' : 'OAuth'));
+  Object.assign(cells.status, { className: `status status-${c.status}`, title: c.status_message ?? '' });
+  refill(cells.status, c.status, c.status_message ? h('div', { class: 'sub' }, c.status_message) : null);
+  cells.sync.title = c.last_sync_at ? fmtTime(c.last_sync_at) : '';
+  cells.sync.textContent = c.last_sync_at ? fmtRelative(c.last_sync_at) : 'never';
+  fillLastTest(cells.test, state.connectors.live.get(c.id), c.last_test);
+  Object.assign(cells.items, { className: 'num items', textContent: String(c.item_count ?? 0) });
+
+  const pending = c.status === 'pending_auth';
+  for (const name of ['test', 'sync']) {
+    buttons[name].disabled = pending || row.busy.has(name);
+    buttons[name].title = pending ? 'Finish connecting it first' : '';
+  }
+  if (state.connectors.live.get(c.id)?.kind === 'testing') buttons.test.disabled = true;
+  buttons.connect.hidden = !(c.auth === 'oauth' && NEEDS_GRANT.has(c.status));
+  buttons.connect.disabled = row.busy.has('connect');
+  buttons.delete.disabled = row.busy.has('delete');
+}
+
+// "testing…", "ok — connected as ana", "error — GitHub rejected the token: …"; a result being
+// tested or just reported wins over the listed one.
+function fillLastTest(td, live, last) {
+  const verdict = live ?? (last ? { kind: last.ok ? 'ok' : 'error', message: last.message, at: last.at } : null);
+  td.className = `last-test${verdict ? ` test-${verdict.kind}` : ''}`;
+  td.title = last && !live ? `tested ${fmtTime(last.at)}` : '';
+  if (!verdict) td.textContent = '—';
+  else if (verdict.kind === 'testing') td.textContent = 'testing…';
+  else {
+    refill(td, h('span', { class: 'verdict' }, verdict.kind), verdict.message ? ` — ${verdict.message}` : '',
+      !live && last ? h('div', { class: 'sub' }, fmtRelative(last.at)) : null);
+  }
+}
+
+function setLive(id, kind, message = '') {
+  const live = { kind, message, at: Date.now() };
+  state.connectors.live.set(id, live);
+  updateConnectorRow(id);
+  return live;
+}
+
+// Forgets a live state unless something newer replaced it.
+function dropLive(id, live) {
+  if (state.connectors.live.get(id) !== live) return;
+  state.connectors.live.delete(id);
+  updateConnectorRow(id);
+}
+
+function stopConnectorWork() {
+  const c = state.connectors;
+  c.work?.abort();
+  c.work = null;
+  c.live.clear(); // nothing follows them any more; the next list shows the results
+}
+
+// Runs a row's button: disabled while it runs, errors to the banner.
+async function connectorAction(id, name, action) {
+  const c = state.connectors;
+  const row = c.rows.get(id);
+  const work = c.work;
+  if (!row || !work || row.busy.has(name)) return;
+  row.busy.add(name);
+  updateConnectorRow(id);
+  try {
+    await action(id, work.signal);
+  } catch (err) {
+    reportError(err);
+  } finally {
+    row.busy.delete(name);
+    updateConnectorRow(id);
+  }
+}
+
+// Polls a job until it ends; null when `signal` aborted first or it took too long.
+async function watchJob(job, signal) {
+  const deadline = Date.now() + JOB_WATCH_MS;
+  while (!TERMINAL_STATES.has(job.state)) {
+    await sleep(JOB_POLL_MS, signal);
+    if (signal.aborted || Date.now() > deadline) return null;
+    job = await api('GET', `/v1/jobs/${encodeURIComponent(job.id)}`);
+  }
+  return job;
+}
+
+// Enqueues a connector's job (or finds the one waiting) and follows it to its end.
+async function runConnectorJob(id, what, signal) {
+  const job = await watchJob(await api('POST', `/v1/connectors/${encodeURIComponent(id)}/${what}`), signal);
+  if (!job && !signal.aborted) {
+    throw new Error(`The ${what} job has not finished after ${fmtDuration(JOB_WATCH_MS / 1000)}: `
+      + `is a worker serving its queue?`);
+  }
+  if (job && job.state !== 'succeeded') throw new Error(`The ${what} job is ${job.state}: ${job.error ?? ''}`);
+  return job;
+}
+
+async function testConnector(id, signal) {
+  const testing = setLive(id, 'testing');
+  try {
+    const job = await runConnectorJob(id, 'test', signal);
+    if (!job) return;
+    // The worker recorded the verdict on the connector before its job succeeded: the row shows
+    // it from the job until the connector is read again.
+    const verdict = setLive(id, job.result?.ok ? 'ok' : 'error', job.result?.message ?? '');
+    await refreshConnector(id);
+    dropLive(id, verdict);
+  } finally {
+    dropLive(id, testing);
+  }
+}
+
+async function syncConnector(id, signal) {
+  await runConnectorJob(id, 'sync', signal);
+  await refreshConnector(id);
+}
+
+async function connectAgain(id) {
+  const connector = await api('POST', `/v1/connectors/${encodeURIComponent(id)}/authorize`);
+  openConsent(connector);
+  state.connectors.byId.set(id, connector);
+  updateConnectorRow(id);
+}
+
+async function deleteConnector(id) {
+  const connector = state.connectors.byId.get(id);
+  const name = connector ? `${connector.name} (${PROVIDER_NAMES[connector.provider] ?? connector.provider})` : id;
+  if (!confirm(`Delete the connector ${name}? Its credentials go with it; the tasks it brought in stay.`)) return;
+  await api('DELETE', `/v1/connectors/${encodeURIComponent(id)}`);
+  state.connectors.byId.delete(id);
+  state.connectors.live.delete(id);
+  renderConnectors();
+}
+
+// Opens the provider's consent page in a new window that cannot reach back into this one.
+function openConsent(connector) {
+  const url = connector.authorize_url;
+  if (!url) return;
+  let parsed = null;
+  try { parsed = new URL(url); } catch { /* reported below */ }
+  if (!parsed || !['https:', 'http:'].includes(parsed.protocol)) {
+    throw new Error(`The API sent an authorize_url that is not a web address: ${truncate(url, 80)}`);
+  }
+  const consent = window.open(parsed.href, '_blank');
+  if (!consent) {
+    throw new Error('The browser blocked the consent window: allow pop-ups for this page, then press '
+      + `Connect on the ${connector.name} row.`);
+  }
+  consent.opener = null;
+}
+
+// Shows the form's fields that mean something for the chosen provider.
+function showConnectorFields() {
+  const provider = $('#connector-provider').value;
+  for (const label of $$('#connector-form [data-providers]')) {
+    label.hidden = !label.dataset.providers.split(' ').includes(provider);
+    // A hidden field's leftover value must neither be sent nor block the form's validation.
+    for (const input of $$('input', label)) input.disabled = label.hidden;
+  }
+}
+
+async function createConnector(event) {
+  event.preventDefault();
+  const field = (selector) => ($(selector).disabled ? '' : $(selector).value.trim());
+  const body = { provider: $('#connector-provider').value };
+  const [name, token, email, site] =
+    ['#connector-name', '#connector-token', '#connector-email', '#connector-site'].map(field);
+  if (name) body.name = name;
+  if (token) body.token = token;
+  if (email) body.email = email;
+  if (site) body.config = { site_url: site };
+  const submit = $('#connector-add');
+  submit.disabled = true;
+  try {
+    const connector = await api('POST', '/v1/connectors', body);
+    for (const selector of ['#connector-name', '#connector-token', '#connector-email']) $(selector).value = '';
+    state.connectors.byId.set(connector.id, connector);
+    if (state.tab === 'connectors') renderConnectors();
+    openConsent(connector);
+  } catch (err) {
+    reportError(err);
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+// POST /v1/connectors/test-all as a stream: each row shows its test live, the summary the counts.
+async function testAllConnectors() {
+  const c = state.connectors;
+  const work = c.work;
+  if (!work || c.testingAll) return;
+  const button = $('#connectors-test-all');
+  const summary = $('#connectors-test-summary');
+  c.testingAll = true;
+  button.disabled = true;
+  summary.textContent = 'testing…';
+  const testing = new Map(); // id → its live "testing…" state, to drop if the stream breaks off
+  let done = null;
+  try {
+    const response = await fetch('/v1/connectors/test-all', {
+      method: 'POST', headers: authHeaders({ Accept: 'text/event-stream' }), signal: work.signal, cache: 'no-store',
+    }).catch((err) => {
+      throw err.name === 'AbortError' ? err : new ApiError(0, 'network', `Cannot reach the API: ${err.message}`);
+    });
+    if (!response.ok) throw await errorFrom(response);
+    await readEvents(response, (name, data) => {
+      const id = data.connector_id;
+      if (name === 'connecting' && id) testing.set(id, setLive(id, 'testing'));
+      else if ((name === 'ok' || name === 'error') && id) setLive(id, name, data.message ?? '');
+      else if (name === 'done') done = data;
+    });
+    if (!done) throw new Error('The test-all stream ended before its results: press Test all again.');
+    const tested = (done.ok ?? 0) + (done.error ?? 0);
+    summary.textContent = tested ? `${done.ok ?? 0} ok, ${done.error ?? 0} failed` : 'Nothing to test yet.';
+  } catch (err) {
+    summary.textContent = '';
+    reportError(err);
+  } finally {
+    for (const [id, live] of testing) dropLive(id, live);
+    c.testingAll = false;
+    button.disabled = false;
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 function init() {
@@ -801,6 +1126,10 @@ function init() {
   });
   $('#job-close').addEventListener('click', closeDetail);
   $('#job-retry').addEventListener('click', () => jobAction('retry'));
+  $('#connector-provider').addEventListener('change', showConnectorFields);
+  showConnectorFields();
+  $('#connector-form').addEventListener('submit', createConnector);
+  $('#connectors-test-all').addEventListener('click', testAllConnectors);
   $('#job-cancel').addEventListener('click', () => jobAction('cancel'));
   // A typed or bookmarked #queues etc. switches tabs.
   window.addEventListener('hashchange', () => {
