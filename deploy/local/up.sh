@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs taskfleet-api and two taskfleet-worker processes in the background (logs and pids in
-# var/), waits until /readyz passes, and prints the URLs and a fresh API key.
+# var/), waits until /readyz passes, and prints the URLs and a fresh API key. Without an
+# OAuth client configured for any provider, it also runs taskfleet-fake-providers on
+# loopback and connects the demo tenant's five connectors to it through the real OAuth
+# flow, so items flow with no account anywhere.
 set -euo pipefail
 bin="$1"
 mkdir -p var/log var/run
@@ -12,6 +15,31 @@ if [ "$(psql "$admin_url" -tAc "select 1 from pg_database where datname = '$db_n
   psql "$admin_url" -qc "create database \"$db_name\""
 fi
 "$bin/taskfleet-api" migrate
+
+# Connector credentials are sealed with this key; it is made once and kept in var/.
+if [ -z "${TASKFLEET_ENCRYPTION_KEY:-}" ]; then
+  if [ ! -s var/encryption.key ]; then
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >var/encryption.key)
+  fi
+  TASKFLEET_ENCRYPTION_KEY=$(cat var/encryption.key)
+  export TASKFLEET_ENCRYPTION_KEY
+fi
+
+demo=""
+if [ -z "${TASKFLEET_GITHUB_CLIENT_ID:-}${TASKFLEET_ATLASSIAN_CLIENT_ID:-}${TASKFLEET_GOOGLE_CLIENT_ID:-}" ]; then
+  demo="${TASKFLEET_FAKE_PROVIDERS_ADDR:-127.0.0.1:9180}"
+  fake="http://$demo"
+  nohup "$bin/taskfleet-fake-providers" --addr "$demo" --demo >var/log/fake-providers.log 2>&1 &
+  echo $! >var/run/fake-providers.pid
+  export TASKFLEET_GITHUB_API_URL="$fake/github/api" TASKFLEET_GITHUB_OAUTH_URL="$fake/github"
+  export TASKFLEET_ATLASSIAN_API_URL="$fake/atlassian/api" TASKFLEET_ATLASSIAN_AUTH_URL="$fake/atlassian/auth"
+  export TASKFLEET_GOOGLE_API_URL="$fake/google/api" TASKFLEET_GOOGLE_AUTH_URL="$fake/google/accounts"
+  export TASKFLEET_GOOGLE_TOKEN_URL="$fake/google/token"
+  for provider in GITHUB ATLASSIAN GOOGLE; do
+    export "TASKFLEET_${provider}_CLIENT_ID=taskfleet-fake-client"
+    export "TASKFLEET_${provider}_CLIENT_SECRET=taskfleet-fake-secret"
+  done
+fi
 
 nohup "$bin/taskfleet-api" >var/log/api.log 2>&1 & echo $! >var/run/api.pid
 # Worker metrics on 9101 and 9102, where deploy/prometheus/prometheus.yml scrapes them.
@@ -32,15 +60,40 @@ if ! curl -fsS "$url/readyz" >/dev/null; then
 fi
 key=$("$bin/taskfleet-api" keys create --tenant "${TASKFLEET_TENANT:-demo}" 2>/dev/null)
 ops_key=$("$bin/taskfleet-api" keys create --tenant ops --operator 2>/dev/null)
+
+connected=""
+if [ -n "$demo" ]; then
+  # Each demo connector goes through OAuth as a person's would: create it, open its
+  # authorize_url (the fake approves at once and redirects), follow the redirect to the
+  # API's callback, which connects it and enqueues its first ingest.
+  for provider in github jira confluence gmail gdrive; do
+    answer=$(curl -fsS -X POST "$url/v1/connectors" -H "Authorization: Bearer $key" \
+      -H 'content-type: application/json' -d "{\"provider\":\"$provider\"}")
+    authorize=$(printf '%s' "$answer" | grep -o '"authorize_url":"[^"]*"' | cut -d'"' -f4)
+    callback=$(curl -fsS -o /dev/null -w '%{redirect_url}' "$authorize")
+    curl -fsS -o /dev/null "$callback" && connected="$connected $provider"
+  done
+fi
+
 cat <<MSG
 taskfleet is running (api + 2 workers; logs in var/log, stop with 'make down').
-  Dashboard:    $url/dashboard   (sign in with the operator key)
+  Dashboard:    $url/dashboard   (sign in with the operator key, or the API key)
   API:          $url/v1
   Swagger UI:   $url/docs
   OpenAPI:      $url/openapi.json
   Metrics:      $url/metrics, http://127.0.0.1:9101/metrics, http://127.0.0.1:9102/metrics
   API key:      $key   (tenant ${TASKFLEET_TENANT:-demo})
   Operator key: $ops_key   (sees every tenant, the workers, queue pauses)
+MSG
+if [ -n "$demo" ]; then
+  cat <<MSG
+  Demo:         connectors${connected:- (none: see var/log/api.log)} connected through OAuth to
+                local fake providers at http://$demo (no account needed); their items:
+                curl -s $url/v1/tasks -H "Authorization: Bearer $key"
+                Set TASKFLEET_{GITHUB,ATLASSIAN,GOOGLE}_CLIENT_ID/_SECRET to use real providers.
+MSG
+fi
+cat <<MSG
 
 Try it:
   curl -s -X POST $url/v1/jobs -H "Authorization: Bearer $key" \\
