@@ -17,7 +17,6 @@ use taskfleet_storage::{
 
 use crate::{
     cli::ApiArgs,
-    connector_tests::ConnectorTestsApi,
     connectors::ConnectorsApi,
     dashboard,
     error::{explain_job_payload, json_error},
@@ -25,10 +24,12 @@ use crate::{
     fleet::FleetApi,
     health::HealthApi,
     jobs::JobsApi,
+    oauth_callback::OAuthCallbackApi,
     observe::{RouteTemplates, observe},
     schedules::SchedulesApi,
     state::AppState,
     tasks::TasksApi,
+    test_all::TestAllApi,
 };
 
 use taskfleet_storage::{Scope, tenants::SYSTEM_TENANT};
@@ -108,7 +109,8 @@ pub fn build_app(
             EventsApi,
             SchedulesApi,
             ConnectorsApi,
-            ConnectorTestsApi,
+            OAuthCallbackApi,
+            TestAllApi,
             TasksApi,
             FleetApi,
             HealthApi,

@@ -1,16 +1,12 @@
 //! `/v1/connectors`: connect SaaS accounts (OAuth, or a personal/API token), read them back
-//! without their secrets, rename or delete them, ask for a sync or a test; and the OAuth
-//! callback, which the `state` authenticates instead of an API key.
+//! without their secrets, rename them or replace their token, delete them, ask for a sync or
+//! a test. The OAuth callback is `oauth_callback.rs`; `test-all` is `test_all.rs`.
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::{
-    ApiResponse, Enum, Object, OpenApi,
-    param::{Path, Query},
-    payload::{Html, Json},
-};
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
 use taskfleet_connectors::{
-    Account, ConnectorConfig, Credentials, Grant, Pkce, Provider, ProviderSettings, atlassian,
+    ConnectorConfig, ConnectorStatus, Credentials, Grant, Pkce, Provider, ProviderSettings,
     oauth::random_token,
 };
 use taskfleet_jobs::{JobSpec, wire};
@@ -28,29 +24,6 @@ use crate::{
     observe::RequestId,
     state::AppState,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Serialize, serde::Deserialize)]
-#[oai(rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectorStatus {
-    /// Created; waiting for the person to grant access at `authorize_url`.
-    PendingAuth,
-    Connected,
-    /// The provider refused a call for good (a missing scope, a wrong site); see
-    /// `status_message`.
-    Error,
-    /// The provider no longer accepts the credentials: connect again.
-    ReauthRequired,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize)]
-#[oai(rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum ConnectorAuth {
-    Oauth,
-    /// A personal access token or an API token.
-    Token,
-}
 
 /// A connector's settings. Nothing secret.
 #[derive(Debug, Clone, Default, Object)]
@@ -76,7 +49,7 @@ pub struct Connector {
     pub id: Uuid,
     pub provider: Provider,
     pub name: String,
-    pub auth: ConnectorAuth,
+    pub auth: Grant,
     pub status: ConnectorStatus,
     /// Why the status is `error` or `reauth_required`.
     pub status_message: Option<String>,
@@ -153,20 +126,6 @@ pub enum Deleted {
     Deleted,
 }
 
-#[derive(ApiResponse)]
-pub enum CallbackPage {
-    /// Connected; the first ingest is on its way.
-    #[oai(status = 200)]
-    Connected(Html<String>),
-    /// A replayed, expired or foreign `state`, a missing code, or access refused by the
-    /// person: nothing changed.
-    #[oai(status = 400)]
-    Refused(Html<String>),
-    /// The provider refused to trade the code, or could not be reached.
-    #[oai(status = 502)]
-    ProviderFailed(Html<String>),
-}
-
 impl From<ConnectorError> for ApiError {
     fn from(err: ConnectorError) -> ApiError {
         match err {
@@ -201,8 +160,8 @@ fn present(record: ConnectorRecord, authorize_url: Option<String>) -> Connector 
         id: record.id,
         provider,
         name: record.name,
-        auth: wire::parse(&record.auth).unwrap_or(ConnectorAuth::Oauth),
-        status: wire::parse(&record.status).unwrap_or(ConnectorStatus::Error),
+        auth: wire::parse(&record.auth).expect("the table admits only known grants"),
+        status: wire::parse(&record.status).expect("the table admits only known statuses"),
         status_message: record.status_message,
         config: ConnectorSettings {
             site_url: config.site_url,
@@ -222,7 +181,7 @@ fn no_connector(id: Uuid) -> ApiError {
 }
 
 /// Where a provider sends the person back with a code.
-fn redirect_uri(state: &AppState, provider: Provider) -> String {
+pub(crate) fn redirect_uri(state: &AppState, provider: Provider) -> String {
     format!(
         "{}/v1/oauth/callback/{}",
         state.public_url.trim_end_matches('/'),
@@ -281,7 +240,12 @@ fn token_credentials(
 }
 
 /// Credentials sealed for connector `id` of `tenant_id`.
-fn seal(state: &AppState, tenant_id: Uuid, id: Uuid, credentials: &Credentials) -> String {
+pub(crate) fn seal(
+    state: &AppState,
+    tenant_id: Uuid,
+    id: Uuid,
+    credentials: &Credentials,
+) -> String {
     state.sealer.seal(
         &serde_json::to_vec(credentials).expect("credentials serialise"),
         &connector_context(tenant_id, id),
@@ -290,6 +254,7 @@ fn seal(state: &AppState, tenant_id: Uuid, id: Uuid, credentials: &Credentials) 
 
 /// The settings a person gave, checked.
 fn settings(
+    state: &AppState,
     provider: Provider,
     input: Option<&ConnectorSettingsInput>,
 ) -> Result<ConnectorConfig, ApiError> {
@@ -300,7 +265,12 @@ fn settings(
                 "`config.site_url` is for Jira and Confluence, not {provider}"
             )));
         }
-        Some(site) => Some(atlassian::check_site_url(site).map_err(ApiError::invalid)?),
+        Some(site) => Some(
+            state
+                .providers
+                .check_site_url(site)
+                .map_err(ApiError::invalid)?,
+        ),
     };
     Ok(ConnectorConfig {
         site_url,
@@ -322,12 +292,14 @@ pub async fn check_target(
     };
     match state.connectors.get(Scope::Tenant(tenant_id), id).await? {
         None => Err(no_connector(id)),
-        Some(record) if record.status == "pending_auth" => Err(ApiError::conflict(
-            "invalid_state",
-            format!(
-                "connector {id} is pending_auth: finish connecting it first (open its authorize_url)"
-            ),
-        )),
+        Some(record) if wire::parse(&record.status) == Some(ConnectorStatus::PendingAuth) => {
+            Err(ApiError::conflict(
+                "invalid_state",
+                format!(
+                    "connector {id} is pending_auth: finish connecting it first (open its authorize_url)"
+                ),
+            ))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -390,9 +362,9 @@ async fn own_connector(
         .ok_or_else(|| no_connector(id))
 }
 
-/// The record's provider (the table's check admits only known ones).
+/// The record's provider.
 fn provider_of(record: &ConnectorRecord) -> Provider {
-    wire::parse(&record.provider).unwrap_or(Provider::Github)
+    wire::parse(&record.provider).expect("the table admits only known providers")
 }
 
 pub struct ConnectorsApi;
@@ -416,7 +388,7 @@ impl ConnectorsApi {
     ) -> Result<ConnectorCreated, ApiError> {
         let input = body.0;
         let provider = input.provider;
-        let config = settings(provider, input.config.as_ref())?;
+        let config = settings(&state, provider, input.config.as_ref())?;
         let name = match &input.name {
             Some(name) => name.clone(),
             None => default_name(&state, auth.0.id, provider).await?,
@@ -511,13 +483,13 @@ impl ConnectorsApi {
         let patch = body.0;
         let current = own_connector(&state, auth.0.id, id.0).await?;
         let provider = provider_of(&current);
-        let oauth = current.auth == "oauth";
+        let oauth = wire::parse(&current.auth) == Some(Grant::OAuth);
         let config = match &patch.config {
             None => None,
             Some(input) => {
                 let mut config: ConnectorConfig =
                     serde_json::from_value(current.config.clone()).unwrap_or_default();
-                let site_url = settings(provider, Some(input))?.site_url;
+                let site_url = settings(&state, provider, Some(input))?.site_url;
                 if oauth && site_url != config.site_url {
                     return Err(ApiError::conflict(
                         "invalid_state",
@@ -588,7 +560,7 @@ impl ConnectorsApi {
         id: Path<Uuid>,
     ) -> Result<Json<Connector>, ApiError> {
         let current = own_connector(&state, auth.0.id, id.0).await?;
-        if current.auth == "token" {
+        if wire::parse(&current.auth) == Some(Grant::Token) {
             return Err(ApiError::conflict(
                 "invalid_state",
                 "this connector uses a token: delete it and connect again to use OAuth",
@@ -631,154 +603,6 @@ impl ConnectorsApi {
     ) -> Result<Created<Job>, ApiError> {
         request(&state, auth.0.id, id.0, ConnectorJob::Test, &request_id).await
     }
-
-    /// OAuth callback (the provider sends the person here)
-    ///
-    /// Needs no API key: the single-use `state` authenticates it. Trades the code for tokens,
-    /// stores them sealed, marks the connector `connected` and enqueues its first ingest in
-    /// the same transaction. Answers a page a browser can show.
-    #[allow(clippy::too_many_arguments)]
-    #[oai(path = "/oauth/callback/:provider", method = "get")]
-    async fn callback(
-        &self,
-        state: Data<&AppState>,
-        request_id: Data<&RequestId>,
-        provider: Path<Provider>,
-        code: Query<Option<String>>,
-        #[oai(name = "state")] oauth_state: Query<Option<String>>,
-        error: Query<Option<String>>,
-        error_description: Query<Option<String>>,
-    ) -> CallbackPage {
-        let provider = provider.0;
-        let taken = match &oauth_state.0 {
-            Some(s) => state.connectors.take_oauth_state(&provider.name(), s).await,
-            None => Ok(None),
-        };
-        let pending = match taken {
-            Ok(Some(pending)) => pending,
-            Ok(None) => {
-                return CallbackPage::Refused(page(
-                    "This link does not work",
-                    "It was used already, expired after 10 minutes, or was not made by taskfleet \
-                     for this provider. Start connecting again from taskfleet.",
-                ));
-            }
-            Err(err) => {
-                tracing::warn!(%err, "OAuth callback could not read its state");
-                return CallbackPage::ProviderFailed(page(
-                    "taskfleet is unavailable",
-                    "Its database did not answer. Start connecting again in a moment.",
-                ));
-            }
-        };
-        let connectors = &state.connectors;
-        let id = pending.connector_id;
-        let fail = |message: String| async move {
-            if let Err(err) = connectors.note_connect_failure(id, &message).await {
-                tracing::warn!(%err, "could not record the connection's failure");
-            }
-            message
-        };
-        if let Some(error) = error.0 {
-            let why = error_description.0.unwrap_or(error);
-            let message = fail(format!("{provider} did not grant access ({why})")).await;
-            return CallbackPage::Refused(page("Access was not granted", &message));
-        }
-        let Some(code) = code.0 else {
-            return CallbackPage::Refused(page("No code came back", "Start connecting again."));
-        };
-        let verifier = state
-            .sealer
-            .open(&pending.pkce_verifier, &oauth_state_context(id))
-            .map(|plain| String::from_utf8_lossy(&plain).into_owned());
-        let Ok(verifier) = verifier else {
-            return CallbackPage::Refused(page(
-                "This link does not work",
-                "Its state was sealed under a key this server no longer has. Start connecting again.",
-            ));
-        };
-        let connector = state.providers.get(provider);
-        let redirect = redirect_uri(&state, provider);
-        let pkce = Pkce { verifier };
-        let credentials = match connector.exchange_code(&code, &pkce, &redirect).await {
-            Ok(credentials) => credentials,
-            Err(err) => {
-                let message = fail(err.user_message(Grant::OAuth)).await;
-                return CallbackPage::ProviderFailed(page("Connecting failed", &message));
-            }
-        };
-        let record = match connectors.get(Scope::Tenant(pending.tenant_id), id).await {
-            Ok(Some(record)) => record,
-            _ => {
-                return CallbackPage::Refused(page(
-                    "This connector is gone",
-                    "It was deleted while you were granting access.",
-                ));
-            }
-        };
-        let account = Account {
-            connector_id: id,
-            credentials,
-            config: serde_json::from_value(record.config).unwrap_or_default(),
-        };
-        let config = match connector.discover(&account).await {
-            Ok(config) => config,
-            Err(err) => {
-                let message = fail(err.user_message(Grant::OAuth)).await;
-                return CallbackPage::ProviderFailed(page("Connecting failed", &message));
-            }
-        };
-        let sealed = seal(&state, pending.tenant_id, id, &account.credentials);
-        let config = serde_json::to_value(config).expect("settings serialise");
-        match connectors
-            .complete_oauth(
-                pending.tenant_id,
-                id,
-                &sealed,
-                &config,
-                Some(request_id.0.0.clone()),
-            )
-            .await
-        {
-            Ok(Some(_)) => {
-                state.wake_dispatcher();
-                CallbackPage::Connected(page(
-                    &format!("{provider} is connected"),
-                    "taskfleet is fetching your items now. You can close this tab.",
-                ))
-            }
-            Ok(None) => CallbackPage::Refused(page(
-                "This connector is gone",
-                "It was deleted while you were granting access.",
-            )),
-            Err(err) => {
-                tracing::warn!(%err, "OAuth callback could not store the connection");
-                CallbackPage::ProviderFailed(page(
-                    "taskfleet is unavailable",
-                    "Its database did not answer. Start connecting again in a moment.",
-                ))
-            }
-        }
-    }
-}
-
-/// A small page for a browser: a title and a sentence, escaped.
-fn page(title: &str, message: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · taskfleet</title>\
-         <style>body{{font:16px system-ui,sans-serif;margin:15vh auto;max-width:34em;padding:0 1em}}</style>\
-         </head><body><h1>{title}</h1><p>{message}</p></body></html>",
-        title = escape(title),
-        message = escape(message)
-    ))
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 /// The tenant's connectors' test jobs, for `POST /v1/connectors/test-all`.
@@ -793,15 +617,4 @@ pub async fn request_tests(
         .await?;
     state.wake_dispatcher();
     Ok(tests)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pages_escape_what_providers_said() {
-        let Html(html) = page("Connecting failed", "<script>x</script> & \"q\"");
-        assert!(html.contains("&lt;script&gt;x&lt;/script&gt; &amp; &quot;q&quot;"));
-    }
 }

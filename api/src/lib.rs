@@ -5,7 +5,6 @@
 pub mod app;
 mod auth;
 pub mod cli;
-mod connector_tests;
 mod connectors;
 mod dashboard;
 mod error;
@@ -14,11 +13,13 @@ mod fleet;
 mod health;
 mod jobs;
 mod json;
+mod oauth_callback;
 mod observe;
 mod paging;
 mod schedules;
 mod state;
 mod tasks;
+mod test_all;
 
 pub use app::{build_app, serve};
 pub use state::AppState;

@@ -79,10 +79,10 @@ pub enum TestAllAnswer {
     Enqueued(Json<TestJobs>),
 }
 
-pub struct ConnectorTestsApi;
+pub struct TestAllApi;
 
 #[OpenApi(prefix_path = "/v1", tag = "crate::app::Tag::Connectors")]
-impl ConnectorTestsApi {
+impl TestAllApi {
     /// Test every connector
     ///
     /// Enqueues a `test.connector` job for each connector with credentials (or finds the one

@@ -77,6 +77,23 @@ pub struct ConnectorConfig {
     pub cloud_id: Option<String>,
 }
 
+/// Where a connector stands, as people see it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum, serde::Serialize, serde::Deserialize,
+)]
+#[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorStatus {
+    /// Created; waiting for the person to grant access at its consent page.
+    PendingAuth,
+    Connected,
+    /// The provider refused a call for good (a missing scope, a wrong site); its status
+    /// message says why.
+    Error,
+    /// The provider no longer accepts the credentials: connect again, or replace the token.
+    ReauthRequired,
+}
+
 /// One connected account, as a provider call sees it.
 #[derive(Debug, Clone)]
 pub struct Account {

@@ -138,20 +138,30 @@ pub(crate) async fn discover(
     })
 }
 
-/// A site URL as a person typed it, checked: `https` (plain `http` only on this machine, for
-/// local fakes), no path beyond `/`, no query. Returned without a trailing slash.
-pub fn check_site_url(site: &str) -> Result<String, String> {
-    let url =
-        url::Url::parse(site.trim()).map_err(|err| format!("`{site}` is not a URL: {err}"))?;
-    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-        return Err(format!(
-            "`{site}` must be an https URL, e.g. https://acme.atlassian.net"
-        ));
-    }
+/// A site URL as a person typed it, checked: an Atlassian Cloud site
+/// (`https://<name>.atlassian.net`, nothing after the host). The worker sends the tenant's
+/// API token there and shows the tenant what it answers, so no other host is accepted, lest a
+/// tenant point the fleet at its internal network. `allow_local` (tests and `make up`'s
+/// fakes) also admits http(s) on this machine, with a path.
+pub fn check_site_url(site: &str, allow_local: bool) -> Result<String, String> {
+    let example = "e.g. https://acme.atlassian.net";
+    let url = url::Url::parse(site.trim())
+        .map_err(|err| format!("`{site}` is not a URL ({err}); {example}"))?;
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return Err(format!(
-            "`{site}` must be the site's address alone, e.g. https://acme.atlassian.net"
+            "`{site}` must be the site's address alone, {example}"
+        ));
+    }
+    let host = url.host_str().unwrap_or("");
+    let local = matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+        && matches!(url.scheme(), "http" | "https");
+    let cloud = url.scheme() == "https"
+        && host.ends_with(".atlassian.net")
+        && url.port().is_none()
+        && url.path() == "/";
+    if !(cloud || (allow_local && local)) {
+        return Err(format!(
+            "`{site}` is not an Atlassian Cloud site (https://<name>.atlassian.net); {example}"
         ));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
@@ -190,12 +200,25 @@ mod tests {
     #[test]
     fn site_urls_are_https_addresses() {
         assert_eq!(
-            check_site_url("https://acme.atlassian.net/").unwrap(),
+            check_site_url("https://acme.atlassian.net/", false).unwrap(),
             "https://acme.atlassian.net"
         );
-        assert!(check_site_url("http://acme.atlassian.net").is_err());
-        assert!(check_site_url("http://127.0.0.1:9180/atlassian/site").is_ok());
-        assert!(check_site_url("https://acme.atlassian.net/?x=1").is_err());
-        assert!(check_site_url("acme").is_err());
+        for refused in [
+            "http://acme.atlassian.net",
+            "https://acme.atlassian.net/wiki",
+            "https://acme.atlassian.net:8443",
+            "https://acme.atlassian.net/?x=1",
+            "https://atlassian.net.evil.test",
+            "https://10.0.0.5",
+            "http://127.0.0.1:9180/atlassian/site",
+            "acme",
+        ] {
+            assert!(check_site_url(refused, false).is_err(), "{refused}");
+        }
+        assert_eq!(
+            check_site_url("http://127.0.0.1:9180/atlassian/site", true).unwrap(),
+            "http://127.0.0.1:9180/atlassian/site"
+        );
+        assert!(check_site_url("http://10.0.0.5/x", true).is_err());
     }
 }

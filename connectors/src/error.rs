@@ -59,8 +59,13 @@ pub enum ProviderError {
     NotConfigured { provider: Provider, detail: String },
 }
 
-/// How an account was connected, which decides what mends a refused credential.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an account was connected (a connector's `auth`), which decides what mends a refused
+/// credential.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum, serde::Serialize, serde::Deserialize,
+)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum Grant {
     /// Through the provider's consent page: connecting again mends it.
     OAuth,
@@ -192,6 +197,12 @@ mod tests {
             "Gmail did not answer in 10 s: press to retry"
         );
         assert_eq!(gmail.disposition(), Disposition::Retry { after: None });
+    }
+
+    #[test]
+    fn grants_are_named_as_the_ledger_stores_them() {
+        assert_eq!(taskfleet_jobs::wire::name(&Grant::OAuth), "oauth");
+        assert_eq!(taskfleet_jobs::wire::name(&Grant::Token), "token");
     }
 
     #[test]

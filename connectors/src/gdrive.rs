@@ -69,6 +69,10 @@ struct Cursor {
     /// Full sweep: the next page of the file list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     page_token: Option<String>,
+    /// Full sweep: files modified after this are listed. Fixed when the sweep begins, since
+    /// a page token belongs to the query that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    modified_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +255,7 @@ impl Connector for Gdrive {
                     .or(list.new_start_page_token)
                     .or(Some(token)),
                 page_token: None,
+                modified_after: None,
             };
             return Ok(Page {
                 items,
@@ -266,8 +271,13 @@ impl Connector for Gdrive {
                 .json()?;
             cursor.changes_token = Some(start.start_page_token);
         }
-        let since = (now - chrono::Duration::days(RECENT_DAYS)).format("%Y-%m-%dT%H:%M:%SZ");
-        let q = format!("trashed = false and (modifiedTime > '{since}' or sharedWithMe)");
+        let since = *cursor
+            .modified_after
+            .get_or_insert(now - chrono::Duration::days(RECENT_DAYS));
+        let q = format!(
+            "trashed = false and (modifiedTime > '{}' or sharedWithMe)",
+            since.format("%Y-%m-%dT%H:%M:%SZ")
+        );
         let fields = format!("nextPageToken,files({FILE_FIELDS})");
         let mut query = vec![
             ("q", q.as_str()),
@@ -288,6 +298,7 @@ impl Connector for Gdrive {
         cursor.page_token = list.next_page_token;
         if done {
             cursor.mode = Mode::Changes;
+            cursor.modified_after = None;
         }
         Ok(Page {
             items,

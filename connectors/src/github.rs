@@ -1,7 +1,10 @@
 //! GitHub: issues and pull requests assigned to the person (`GET /issues?filter=assigned`),
 //! then pull requests whose review is asked of them (`GET /search/issues`), each paged by the
-//! `Link` header. The cursor's watermark is the `updated_at` of the newest item seen; later
-//! sweeps ask for everything updated since (`state=all`, so closed issues are seen closing).
+//! `Link` header. Later sweeps ask for everything updated since the previous sweep began
+//! (less a margin for clocks), in every state, so closed issues and merged pull requests are
+//! seen closing. Pages are offsets into a list sorted by update time: an item updated during a
+//! sweep moves to the end and may be missed by it, and the next sweep, starting before that
+//! update, finds it.
 
 use std::sync::Arc;
 
@@ -21,6 +24,8 @@ use crate::{
 };
 
 const PER_PAGE: u32 = 100;
+/// How far before a sweep's start the next one looks: GitHub's clock and ours may differ.
+const CLOCK_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
 
 pub struct Github {
     http: Arc<Http>,
@@ -53,8 +58,8 @@ impl Github {
     }
 
     async fn get(&self, account: &Account, url: &str) -> Result<Answer, ProviderError> {
-        // Only the configured API host gets the token, whatever a `Link` header says.
-        if !url.starts_with(self.api.trim_end_matches('/')) {
+        // Only the configured API gets the token, whatever a `Link` header says.
+        if !within(&self.api, url) {
             return Err(ProviderError::Unreadable {
                 provider: Provider::Github,
                 detail: format!("a next-page link outside the API: {url}"),
@@ -82,9 +87,9 @@ struct Cursor {
     /// The next page of the phase (a `Link` URL); none at the phase's start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next: Option<String>,
-    /// The newest `updated_at` seen in this sweep: the next sweep's `since`.
+    /// When this sweep began: the next sweep's `since`, less [`CLOCK_MARGIN`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    newest: Option<DateTime<Utc>>,
+    started: Option<DateTime<Utc>>,
     /// The person's login, for the review-request search.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     login: Option<String>,
@@ -168,6 +173,16 @@ impl Issue {
     }
 }
 
+/// Whether `url` is under `api`: the same scheme, host and port, and a path below its path.
+fn within(api: &str, url: &str) -> bool {
+    let (Ok(api), Ok(url)) = (url::Url::parse(api), url::Url::parse(url)) else {
+        return false;
+    };
+    let base = api.path().trim_end_matches('/');
+    api.origin() == url.origin()
+        && (url.path() == base || url.path().starts_with(&format!("{base}/")))
+}
+
 /// The `rel="next"` URL of a `Link` header.
 fn next_link(answer: &Answer) -> Option<String> {
     let link = answer.headers.get("link")?.to_str().ok()?;
@@ -211,6 +226,7 @@ impl Connector for Github {
     ) -> Result<Page, ProviderError> {
         let mut cursor: Cursor = read_cursor(cursor);
         let now = Utc::now();
+        cursor.started.get_or_insert(now);
         let (url, review) = match (cursor.phase, cursor.next.take()) {
             (_, Some(next)) => (next, cursor.phase == Phase::Review),
             (Phase::Assigned, None) => {
@@ -244,13 +260,14 @@ impl Connector for Github {
                     Some(login) => login,
                     None => self.test(account).await?,
                 };
-                let mut query = format!("is:pr is:open review-requested:{login}");
-                if let Some(since) = cursor.since {
-                    query.push_str(&format!(
-                        " updated:>={}",
+                // Later sweeps take closed and merged ones too, which closes their tasks.
+                let query = match cursor.since {
+                    None => format!("is:pr is:open review-requested:{login}"),
+                    Some(since) => format!(
+                        "is:pr review-requested:{login} updated:>={}",
                         since.format("%Y-%m-%dT%H:%M:%SZ")
-                    ));
-                }
+                    ),
+                };
                 let mut url = url::Url::parse(&join(&self.api, "/search/issues"))
                     .expect("the API URL parsed above");
                 url.query_pairs_mut()
@@ -268,8 +285,6 @@ impl Connector for Github {
         } else {
             answer.json()?
         };
-        let newest = issues.iter().map(|issue| issue.updated_at).max();
-        cursor.newest = cursor.newest.max(newest);
         let items = issues
             .into_iter()
             .map(|issue| issue.into_item(review, now))
@@ -283,7 +298,7 @@ impl Connector for Github {
             }
             (None, Phase::Review) => {
                 cursor = Cursor {
-                    since: cursor.newest.or(cursor.since),
+                    since: cursor.started.map(|started| started - CLOCK_MARGIN),
                     login: cursor.login,
                     ..Cursor::default()
                 };
@@ -325,6 +340,25 @@ mod tests {
             next_link(&answer).as_deref(),
             Some("https://api.github.com/issues?filter=assigned&page=3")
         );
+    }
+
+    #[test]
+    fn only_links_under_the_api_get_the_token() {
+        let api = "https://api.github.com";
+        assert!(within(api, "https://api.github.com/issues?page=2"));
+        assert!(!within(
+            api,
+            "https://api.github.com.evil.test/issues?page=2"
+        ));
+        assert!(!within(api, "http://api.github.com/issues"));
+        assert!(!within(api, "https://api.github.com:8443/issues"));
+        let enterprise = "https://ghe.acme.test/api/v3";
+        assert!(within(
+            enterprise,
+            "https://ghe.acme.test/api/v3/issues?page=2"
+        ));
+        assert!(!within(enterprise, "https://ghe.acme.test/api/v30/issues"));
+        assert!(!within(enterprise, "https://ghe.acme.test/login"));
     }
 
     #[test]

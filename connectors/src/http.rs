@@ -43,13 +43,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connectors whose keyed rate-limit state is kept before idle ones are dropped.
 const KEYED_LIMITS_KEPT: usize = 10_000;
 
-/// A provider's answer that the layer does not turn into an error itself.
-#[derive(Debug, Clone)]
+/// A provider's answer that the layer does not turn into an error itself. Its `Debug`
+/// leaves the body out: a token endpoint's holds tokens.
+#[derive(Clone)]
 pub struct Answer {
     pub provider: Provider,
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("provider", &self.provider)
+            .field("status", &self.status)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 impl Answer {
@@ -179,6 +190,29 @@ impl Http {
         connector: Option<Uuid>,
         request: reqwest::RequestBuilder,
     ) -> Result<Answer, ProviderError> {
+        self.send_tries(provider, connector, request, IN_CALL_RETRY.max_attempts)
+            .await
+    }
+
+    /// [`Http::send`] without the retries inside the call, for requests that must not be
+    /// sent twice: a token request spends its authorisation code, or a refresh token that
+    /// the provider rotates.
+    pub async fn send_once(
+        &self,
+        provider: Provider,
+        connector: Option<Uuid>,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Answer, ProviderError> {
+        self.send_tries(provider, connector, request, 1).await
+    }
+
+    async fn send_tries(
+        &self,
+        provider: Provider,
+        connector: Option<Uuid>,
+        request: reqwest::RequestBuilder,
+        tries: u32,
+    ) -> Result<Answer, ProviderError> {
         let request =
             request
                 .timeout(self.timeout)
@@ -229,7 +263,7 @@ impl Http {
                     permit.succeeded();
                     return Err(err);
                 }
-                Tried::Transient(err) if attempt < IN_CALL_RETRY.max_attempts => {
+                Tried::Transient(err) if attempt < tries => {
                     tracing::debug!(%provider, attempt, %err, "provider call failed; trying again");
                     let pause = IN_CALL_RETRY.delay(attempt, &mut rand::rng());
                     tokio::time::sleep(pause).await;

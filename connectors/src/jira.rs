@@ -296,7 +296,8 @@ impl Connector for Jira {
             .into_iter()
             .map(|issue| issue.into_item(account, now))
             .collect();
-        let done = results.is_last.unwrap_or(true) || results.next_page_token.is_none();
+        // `isLast` may be left out; without a token there is no next page either way.
+        let done = results.is_last == Some(true) || results.next_page_token.is_none();
         let next = if done {
             Cursor {
                 since: cursor.newest.or(cursor.since),

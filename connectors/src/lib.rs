@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use account::{Account, ConnectorConfig, Credentials};
+pub use account::{Account, ConnectorConfig, ConnectorStatus, Credentials};
 pub use error::{Disposition, Grant, ProviderError};
 pub use item::Page;
 pub use oauth::Pkce;
@@ -100,6 +100,7 @@ pub trait Connector: Send + Sync {
 /// The five connectors, sharing one HTTP layer.
 pub struct Providers {
     connectors: BTreeMap<Provider, Box<dyn Connector>>,
+    allow_local_sites: bool,
 }
 
 impl std::fmt::Debug for Providers {
@@ -133,11 +134,20 @@ impl Providers {
                 Box::new(gdrive::Gdrive::new(http, settings)),
             ),
         ]);
-        Providers { connectors }
+        Providers {
+            connectors,
+            allow_local_sites: settings.allow_local_sites,
+        }
     }
 
     pub fn get(&self, provider: Provider) -> &dyn Connector {
         self.connectors[&provider].as_ref()
+    }
+
+    /// A Jira or Confluence site URL as a person typed it, checked
+    /// ([`atlassian::check_site_url`]).
+    pub fn check_site_url(&self, site: &str) -> Result<String, String> {
+        atlassian::check_site_url(site, self.allow_local_sites)
     }
 }
 

@@ -11,7 +11,10 @@ use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::{Credentials, Provider, ProviderError, error::detail, http::Answer, http::Http};
+use crate::{
+    Credentials, Provider, ProviderError, error::detail, http::Answer, http::Http,
+    settings::ClientSecret,
+};
 
 /// A PKCE pair (RFC 7636): the verifier stays with us, its S256 challenge goes to the
 /// authorisation page.
@@ -57,7 +60,7 @@ pub(crate) enum TokenBody {
 pub struct OAuthClient {
     pub(crate) provider: Provider,
     pub(crate) client_id: String,
-    pub(crate) client_secret: String,
+    pub(crate) client_secret: ClientSecret,
     /// The consent page.
     pub(crate) authorize_url: String,
     pub(crate) token_url: String,
@@ -70,12 +73,13 @@ pub struct OAuthClient {
 
 /// Which grant a token request made: refusals mean different things for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Grant {
+enum GrantType {
     Code,
     Refresh,
 }
 
-#[derive(Debug, Deserialize)]
+/// A token endpoint's answer (no `Debug`: it holds tokens).
+#[derive(Deserialize)]
 struct TokenAnswer {
     access_token: Option<String>,
     refresh_token: Option<String>,
@@ -127,7 +131,7 @@ impl OAuthClient {
             params.push(("code_verifier", &pkce.verifier));
         }
         let answer = self.token_request(http, &params).await?;
-        read_token_answer(&answer, Grant::Code, None, Utc::now())
+        read_token_answer(&answer, GrantType::Code, None, Utc::now())
     }
 
     pub(crate) async fn refresh(
@@ -146,7 +150,7 @@ impl OAuthClient {
             ("refresh_token", refresh_token.as_str()),
         ];
         let answer = self.token_request(http, &params).await?;
-        read_token_answer(&answer, Grant::Refresh, Some(credentials), Utc::now())
+        read_token_answer(&answer, GrantType::Refresh, Some(credentials), Utc::now())
     }
 
     async fn token_request(
@@ -156,7 +160,7 @@ impl OAuthClient {
     ) -> Result<Answer, ProviderError> {
         let mut all: Vec<(&str, &str)> = vec![
             ("client_id", &self.client_id),
-            ("client_secret", &self.client_secret),
+            ("client_secret", &self.client_secret.0),
         ];
         all.extend_from_slice(params);
         let request = http
@@ -171,7 +175,8 @@ impl OAuthClient {
                     .collect::<std::collections::BTreeMap<_, _>>(),
             ),
         };
-        http.send(self.provider, None, request).await
+        // Once: a retry would spend a code or a rotated refresh token a second time.
+        http.send_once(self.provider, None, request).await
     }
 }
 
@@ -180,15 +185,22 @@ impl OAuthClient {
 /// rotates them, and the old one stops working at once).
 fn read_token_answer(
     answer: &Answer,
-    grant: Grant,
+    grant: GrantType,
     previous: Option<&Credentials>,
     now: DateTime<Utc>,
 ) -> Result<Credentials, ProviderError> {
     let provider = answer.provider;
     let token: Option<TokenAnswer> = answer.decode().ok();
-    let refused = |detail: String| match grant {
-        Grant::Refresh => ProviderError::RefreshRefused { provider, detail },
-        Grant::Code => ProviderError::Rejected {
+    // Only a refused grant means the person must connect again; a refused client is this
+    // fleet's OAuth settings, and anything else a refusal of this one request.
+    let refused = |error: &str, detail: String| match (grant, error) {
+        (_, "invalid_client" | "incorrect_client_credentials" | "unauthorized_client") => {
+            ProviderError::NotConfigured { provider, detail }
+        }
+        (GrantType::Refresh, "invalid_grant" | "bad_refresh_token") => {
+            ProviderError::RefreshRefused { provider, detail }
+        }
+        _ => ProviderError::Rejected {
             provider,
             status: answer.status.as_u16(),
             detail,
@@ -202,10 +214,10 @@ fn read_token_answer(
     }) = &token
     {
         let description = error_description.as_deref().unwrap_or("");
-        return Err(refused(detail(&format!("{error}: {description}"))));
+        return Err(refused(error, detail(&format!("{error}: {description}"))));
     }
     if !answer.status.is_success() {
-        return Err(refused(answer.message()));
+        return Err(refused("", answer.message()));
     }
     let Some(TokenAnswer {
         access_token: Some(access_token),
@@ -253,7 +265,7 @@ mod tests {
             200,
             r#"{"error":"bad_verification_code","error_description":"The code passed is incorrect or expired.","error_uri":"https://docs.github.com/"}"#,
         );
-        let err = read_token_answer(&refused, Grant::Code, None, now()).unwrap_err();
+        let err = read_token_answer(&refused, GrantType::Code, None, now()).unwrap_err();
         assert!(
             matches!(&err, ProviderError::Rejected { detail, .. } if detail.contains("bad_verification_code")),
             "{err:?}"
@@ -264,7 +276,7 @@ mod tests {
             r#"{"error":"bad_refresh_token","error_description":"The refresh token passed is incorrect or expired."}"#,
         );
         assert!(matches!(
-            read_token_answer(&bad_refresh, Grant::Refresh, None, now()),
+            read_token_answer(&bad_refresh, GrantType::Refresh, None, now()),
             Err(ProviderError::RefreshRefused { .. })
         ));
     }
@@ -282,7 +294,8 @@ mod tests {
             200,
             r#"{"access_token":"a2","expires_in":3600,"token_type":"Bearer","refresh_token":"r2","scope":"read:jira-work offline_access"}"#,
         );
-        let fresh = read_token_answer(&rotated, Grant::Refresh, Some(&previous), now()).unwrap();
+        let fresh =
+            read_token_answer(&rotated, GrantType::Refresh, Some(&previous), now()).unwrap();
         assert_eq!(fresh.refresh_token.as_deref(), Some("r2"));
         assert_eq!(fresh.expires_at, Some(now() + chrono::Duration::hours(1)));
         let google = answer(
@@ -290,9 +303,26 @@ mod tests {
             200,
             r#"{"access_token":"ya29.a","expires_in":3599,"scope":"https://www.googleapis.com/auth/gmail.readonly","token_type":"Bearer"}"#,
         );
-        let fresh = read_token_answer(&google, Grant::Refresh, Some(&previous), now()).unwrap();
+        let fresh = read_token_answer(&google, GrantType::Refresh, Some(&previous), now()).unwrap();
         assert_eq!(fresh.access_token, "ya29.a");
         assert_eq!(fresh.refresh_token.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn a_refused_client_is_the_fleets_settings_not_the_persons_grant() {
+        let google = answer(
+            Provider::Gmail,
+            401,
+            r#"{"error":"invalid_client","error_description":"The OAuth client was not found."}"#,
+        );
+        let err = read_token_answer(&google, GrantType::Refresh, None, now()).unwrap_err();
+        assert!(
+            matches!(err, ProviderError::NotConfigured { .. }),
+            "{err:?}"
+        );
+        let unknown = answer(Provider::Jira, 400, r#"{"error":"invalid_request"}"#);
+        let err = read_token_answer(&unknown, GrantType::Refresh, None, now()).unwrap_err();
+        assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
     }
 
     #[test]
@@ -308,7 +338,7 @@ mod tests {
             r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
         );
         for refused in [atlassian, google] {
-            let err = read_token_answer(&refused, Grant::Refresh, None, now()).unwrap_err();
+            let err = read_token_answer(&refused, GrantType::Refresh, None, now()).unwrap_err();
             assert!(
                 matches!(&err, ProviderError::RefreshRefused { detail, .. } if detail.starts_with("invalid_grant")),
                 "{err:?}"
@@ -321,7 +351,7 @@ mod tests {
         let client = OAuthClient {
             provider: Provider::Gmail,
             client_id: "cid".into(),
-            client_secret: "secret".into(),
+            client_secret: ClientSecret("secret".into()),
             authorize_url: "https://accounts.google.com/o/oauth2/v2/auth".into(),
             token_url: "https://oauth2.googleapis.com/token".into(),
             scopes: "a b",

@@ -25,7 +25,7 @@ pub struct ProviderSettings {
     #[arg(long, env = "TASKFLEET_GITHUB_CLIENT_ID")]
     pub github_client_id: Option<String>,
     #[arg(long, env = "TASKFLEET_GITHUB_CLIENT_SECRET", hide_env_values = true)]
-    pub github_client_secret: Option<String>,
+    pub github_client_secret: Option<ClientSecret>,
     /// Atlassian's API gateway (`/ex/jira/{cloudid}`, `/ex/confluence/{cloudid}`).
     #[arg(
         long,
@@ -47,7 +47,7 @@ pub struct ProviderSettings {
         env = "TASKFLEET_ATLASSIAN_CLIENT_SECRET",
         hide_env_values = true
     )]
-    pub atlassian_client_secret: Option<String>,
+    pub atlassian_client_secret: Option<ClientSecret>,
     /// Google's APIs (`/gmail/v1`, `/drive/v3`).
     #[arg(
         long,
@@ -72,7 +72,7 @@ pub struct ProviderSettings {
     #[arg(long, env = "TASKFLEET_GOOGLE_CLIENT_ID")]
     pub google_client_id: Option<String>,
     #[arg(long, env = "TASKFLEET_GOOGLE_CLIENT_SECRET", hide_env_values = true)]
-    pub google_client_secret: Option<String>,
+    pub google_client_secret: Option<ClientSecret>,
     /// How long one provider request may take, in seconds (connecting: at most 5 s of it).
     #[arg(long, env = "TASKFLEET_PROVIDER_TIMEOUT_SECS", default_value_t = 10)]
     pub provider_timeout_secs: u64,
@@ -96,6 +96,10 @@ pub struct ProviderSettings {
     /// How long an open circuit fails calls at once before one probe call, in seconds.
     #[arg(long, env = "TASKFLEET_BREAKER_COOLDOWN_SECS", default_value_t = 30)]
     pub breaker_cooldown_secs: u64,
+    /// Accept Jira and Confluence sites on this machine (plain http, any path): for local
+    /// fake providers only, never in production.
+    #[arg(long, env = "TASKFLEET_ALLOW_LOCAL_SITES", default_value_t = false)]
+    pub allow_local_sites: bool,
 }
 
 impl ProviderSettings {
@@ -108,7 +112,7 @@ impl ProviderSettings {
     }
 
     /// The OAuth client registered with `provider`'s authorisation server, if configured.
-    pub fn client(&self, provider: Provider) -> Option<(String, String)> {
+    pub fn client(&self, provider: Provider) -> Option<(String, ClientSecret)> {
         let (id, secret) = match provider {
             Provider::Github => (&self.github_client_id, &self.github_client_secret),
             Provider::Jira | Provider::Confluence => {
@@ -132,6 +136,24 @@ impl ProviderSettings {
                 "TASKFLEET_GOOGLE_CLIENT_ID and TASKFLEET_GOOGLE_CLIENT_SECRET"
             }
         }
+    }
+}
+
+/// An OAuth client secret: its `Debug` shows no secret, so settings can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSecret(pub String);
+
+impl FromStr for ClientSecret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(ClientSecret(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -176,6 +198,12 @@ impl FromStr for RateLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let secret: ClientSecret = "s3cr3t".parse().unwrap();
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+    }
 
     #[test]
     fn rate_limits_name_providers() {

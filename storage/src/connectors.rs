@@ -274,8 +274,10 @@ impl Connectors {
     ) -> Result<Option<(ConnectorRecord, JobRecord)>, ConnectorError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
+            // The grant may be another account's or reach another site: the cursor of the
+            // old one would skip the new one's items, so sweeps start over.
             "UPDATE connectors SET credentials = $3, config = $4, status = 'connected',
-                    status_message = NULL, updated_at = now()
+                    status_message = NULL, cursor = NULL, updated_at = now()
              WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
@@ -326,8 +328,11 @@ impl Connectors {
         change: &ConnectorChange<'_>,
     ) -> Result<Option<ConnectorRecord>, ConnectorError> {
         sqlx::query_as(&format!(
+            // New credentials or another site may reach another account: sweeps start over.
             "UPDATE connectors SET name = COALESCE($3, name), config = COALESCE($4, config),
                     credentials = COALESCE($5, credentials),
+                    cursor = CASE WHEN $5 IS NOT NULL OR ($4 IS NOT NULL AND $4 IS DISTINCT FROM config)
+                                  THEN NULL ELSE cursor END,
                     status = CASE WHEN $5 IS NULL THEN status ELSE 'connected' END,
                     status_message = CASE WHEN $5 IS NULL THEN status_message END,
                     updated_at = now()
@@ -346,12 +351,21 @@ impl Connectors {
 
     /// Notes why connecting failed, leaving the status as it is (a connector without
     /// credentials stays `pending_auth`, one that had them keeps its status).
-    pub async fn note_connect_failure(&self, id: Uuid, message: &str) -> sqlx::Result<()> {
-        sqlx::query("UPDATE connectors SET status_message = $2, updated_at = now() WHERE id = $1")
-            .bind(id)
-            .bind(message)
-            .execute(&self.pool)
-            .await?;
+    pub async fn note_connect_failure(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        message: &str,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE connectors SET status_message = $3, updated_at = now()
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -359,6 +373,18 @@ impl Connectors {
     /// removed source.
     pub async fn delete(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
         let mut tx = self.pool.begin().await?;
+        // The connector first, as a page commit locks it before its tasks: a commit under way
+        // finishes first, and its tasks are marked with the others.
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM connectors WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_none() {
+            return Ok(false);
+        }
         sqlx::query(
             "UPDATE tasks SET source_removed_at = now(), updated_at = now()
              WHERE connector_id = $2 AND tenant_id = $1",
@@ -424,9 +450,14 @@ impl Connectors {
         Ok(tests)
     }
 
-    /// The connector's sealed credentials, if it has any.
-    pub async fn sealed_credentials(&self, id: Uuid) -> sqlx::Result<Option<String>> {
-        sqlx::query_scalar("SELECT credentials FROM connectors WHERE id = $1")
+    /// The tenant's connector's sealed credentials, if it has any.
+    pub async fn sealed_credentials(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> sqlx::Result<Option<String>> {
+        sqlx::query_scalar("SELECT credentials FROM connectors WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -434,29 +465,50 @@ impl Connectors {
     }
 
     /// Locks the connector's credentials until the lock is dropped or stored: a refresh made
-    /// under it cannot race another (Atlassian's refresh tokens work once).
-    pub async fn lock_credentials(&self, id: Uuid) -> sqlx::Result<CredentialsLock> {
+    /// under it cannot race another (Atlassian's refresh tokens work once). The lock is an
+    /// advisory lock, not the row's, so page commits, syncs and deletes of the connector do
+    /// not wait for a refresh's call to the provider.
+    pub async fn lock_credentials(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> sqlx::Result<CredentialsLock> {
         let mut tx = self.pool.begin().await?;
-        let sealed =
-            sqlx::query_scalar("SELECT credentials FROM connectors WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten();
-        Ok(CredentialsLock { tx, id, sealed })
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('taskfleet.credentials.' || $1, 0))",
+        )
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let sealed = sqlx::query_scalar(
+            "SELECT credentials FROM connectors WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten();
+        Ok(CredentialsLock {
+            tx,
+            tenant_id,
+            id,
+            sealed,
+        })
     }
 
     /// Sets the status people see (`error`, `reauth_required`, `connected`) and why.
     pub async fn set_status(
         &self,
+        tenant_id: Uuid,
         id: Uuid,
         status: &str,
         message: Option<&str>,
     ) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE connectors SET status = $2, status_message = $3, updated_at = now()
-             WHERE id = $1",
+            "UPDATE connectors SET status = $3, status_message = $4, updated_at = now()
+             WHERE tenant_id = $1 AND id = $2",
         )
+        .bind(tenant_id)
         .bind(id)
         .bind(status)
         .bind(message)
@@ -466,12 +518,19 @@ impl Connectors {
     }
 
     /// Records a test's result.
-    pub async fn record_test(&self, id: Uuid, ok: bool, message: &str) -> sqlx::Result<()> {
+    pub async fn record_test(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        ok: bool,
+        message: &str,
+    ) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE connectors SET last_test_at = now(), last_test_ok = $2,
-                    last_test_message = $3, updated_at = now()
-             WHERE id = $1",
+            "UPDATE connectors SET last_test_at = now(), last_test_ok = $3,
+                    last_test_message = $4, updated_at = now()
+             WHERE tenant_id = $1 AND id = $2",
         )
+        .bind(tenant_id)
         .bind(id)
         .bind(ok)
         .bind(message)
@@ -529,6 +588,7 @@ pub enum ResealError {
 /// A connector's credentials, locked for a refresh.
 pub struct CredentialsLock {
     tx: Transaction<'static, Postgres>,
+    tenant_id: Uuid,
     id: Uuid,
     /// The credentials as they are now (another refresh may have replaced them).
     pub sealed: Option<String>,
@@ -537,11 +597,15 @@ pub struct CredentialsLock {
 impl CredentialsLock {
     /// Stores refreshed credentials and lets go of the lock.
     pub async fn store(mut self, sealed: &str) -> sqlx::Result<()> {
-        sqlx::query("UPDATE connectors SET credentials = $2, updated_at = now() WHERE id = $1")
-            .bind(self.id)
-            .bind(sealed)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "UPDATE connectors SET credentials = $3, updated_at = now()
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(self.tenant_id)
+        .bind(self.id)
+        .bind(sealed)
+        .execute(&mut *self.tx)
+        .await?;
         self.tx.commit().await
     }
 }

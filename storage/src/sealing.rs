@@ -18,8 +18,9 @@ use uuid::Uuid;
 const VERSION: &str = "v1";
 const NONCE_BYTES: usize = 12;
 
-/// The encryption keys of a process, from its environment.
-#[derive(Debug, Clone, clap::Args)]
+/// The encryption keys of a process, from its environment. Its `Debug` shows whether each
+/// is set, never a key.
+#[derive(Clone, clap::Args)]
 pub struct EncryptionKeys {
     /// Seals connector credentials: 32 bytes as 64 hex characters (`openssl rand -hex 32`).
     #[arg(long, env = "TASKFLEET_ENCRYPTION_KEY", hide_env_values = true)]
@@ -32,6 +33,18 @@ pub struct EncryptionKeys {
         value_delimiter = ','
     )]
     pub encryption_keys_old: Vec<String>,
+}
+
+impl std::fmt::Debug for EncryptionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionKeys")
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("encryption_keys_old", &self.encryption_keys_old.len())
+            .finish()
+    }
 }
 
 impl EncryptionKeys {

@@ -64,9 +64,7 @@ pub struct IngestPage<'a> {
 /// What a committed page changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PageCommitted {
-    /// Tasks created or changed in any way.
-    pub upserted: usize,
-    /// Of those, tasks whose text is new or changed: the `embed.items` job's items.
+    /// Tasks whose text is new or changed: the `embed.items` job's items.
     pub changed: Vec<Uuid>,
     pub embed_job: Option<Uuid>,
 }
@@ -156,7 +154,7 @@ impl Tasks {
                 None => CommitError::ConnectorGone,
             });
         }
-        let (upserted, changed) = upsert(&mut tx, &page).await?;
+        let changed = upsert(&mut tx, &page).await?;
         if !page.gone.is_empty() {
             sqlx::query(
                 "UPDATE tasks SET status = 'done', updated_at = now()
@@ -185,11 +183,7 @@ impl Tasks {
             }
         };
         tx.commit().await?;
-        Ok(PageCommitted {
-            upserted,
-            changed,
-            embed_job,
-        })
+        Ok(PageCommitted { changed, embed_job })
     }
 
     /// A page of the tasks in `scope`, newest first.
@@ -216,12 +210,9 @@ impl Tasks {
     }
 }
 
-/// Upserts the page's tasks in one statement; returns how many rows it wrote and the ids of
-/// the tasks whose text (title, snippet) is new or changed.
-async fn upsert(
-    tx: &mut sqlx::PgConnection,
-    page: &IngestPage<'_>,
-) -> sqlx::Result<(usize, Vec<Uuid>)> {
+/// Upserts the page's tasks in one statement (rows that would not change are not written);
+/// returns the ids of the tasks whose text (title, snippet) is new or changed.
+async fn upsert(tx: &mut sqlx::PgConnection, page: &IngestPage<'_>) -> sqlx::Result<Vec<Uuid>> {
     // A provider may show one item twice in a page; the last showing counts, since one
     // statement cannot write a row twice.
     let mut last: HashMap<&str, &Item> = HashMap::new();
@@ -234,7 +225,7 @@ async fn upsert(
         .filter(|task| std::ptr::eq(last[task.source_ref.as_str()], *task))
         .collect();
     if tasks.is_empty() {
-        return Ok((0, Vec::new()));
+        return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = tasks.iter().map(|_| Uuid::now_v7()).collect();
     let refs: Vec<&str> = tasks.iter().map(|t| t.source_ref.as_str()).collect();
@@ -266,6 +257,8 @@ async fn upsert(
                     source_updated_at,
                     sha256(convert_to(title || E'\\n' || snippet, 'UTF8'))
              FROM input
+             -- Rows in one order, so two pages sharing items cannot deadlock.
+             ORDER BY source_ref
              ON CONFLICT (tenant_id, source_kind, source_ref) DO UPDATE SET
                  connector_id = EXCLUDED.connector_id, title = EXCLUDED.title,
                  snippet = EXCLUDED.snippet, url = EXCLUDED.url, due_at = EXCLUDED.due_at,
@@ -301,10 +294,9 @@ async fn upsert(
     .bind(&updated)
     .fetch_all(tx)
     .await?;
-    let changed = rows
-        .iter()
+    Ok(rows
+        .into_iter()
         .filter(|(_, text_changed)| *text_changed)
-        .map(|(id, _)| *id)
-        .collect();
-    Ok((rows.len(), changed))
+        .map(|(id, _)| id)
+        .collect())
 }

@@ -47,15 +47,15 @@ impl ConnectorFleet {
         let vars = Self::vars(&fake, extra_env);
         let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let api = env.start_api(&pairs).await;
-        let args = [&["--queues", CONNECTOR_QUEUES][..], worker_args].concat();
-        env.start_worker_env(&args, &pairs);
         let key = env.create_key("acme");
-        ConnectorFleet {
+        let mut fleet = ConnectorFleet {
             env,
             api,
             key,
             fake,
-        }
+        };
+        fleet.start_worker(worker_args, extra_env);
+        fleet
     }
 
     fn vars(fake: &FakeProviders, extra_env: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -106,6 +106,16 @@ async fn test_all_streams_one_result_per_connector_as_each_lands() {
         .await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["status"], "connected", "{patched}");
+    let cursor_reset: bool =
+        sqlx::query_scalar("SELECT cursor IS NULL FROM connectors WHERE id = $1::uuid")
+            .bind(bad_id)
+            .fetch_one(&fleet.env.pool)
+            .await
+            .unwrap();
+    assert!(
+        cursor_reset,
+        "a new token may reach another account: sweeps start over"
+    );
     assert_eq!(patched["status_message"], Value::Null);
     let result = test_connector(&fleet, bad_id).await;
     assert_eq!(result["ok"], true, "{result}");

@@ -49,6 +49,11 @@ async fn bad_input_is_refused_and_another_tenants_connector_is_not_found() {
             "https",
         ),
         (
+            json!({"provider": "jira", "token": "t", "email": "a@b.c",
+                   "config": {"site_url": "https://intranet.acme.test"}}),
+            "not an Atlassian Cloud site",
+        ),
+        (
             json!({"provider": "github", "token": "t", "email": "a@b.c"}),
             "no `email`",
         ),

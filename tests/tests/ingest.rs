@@ -64,9 +64,11 @@ async fn pages_become_tasks_and_a_second_ingest_embeds_only_what_changed() {
     assert_eq!(embedded.len(), 255, "each task embedded once");
     assert_eq!(embedded.into_iter().collect::<HashSet<_>>(), first);
 
-    // Three issues change, one closes; a second ingest picks up just those.
+    // Three issues change, one closes, a pull request whose review was asked is merged; a
+    // second ingest picks up just those.
     fleet.fake.touch(FakeProvider::Github, &[3, 140, 249]);
     fleet.fake.complete(FakeProvider::Github, 7);
+    fleet.fake.complete(FakeProvider::Github, 252);
     let embed_jobs_before = fleet.embedded().await.len();
     let job = fleet.run(&format!("/v1/connectors/{id}/sync")).await;
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -92,7 +94,11 @@ async fn pages_become_tasks_and_a_second_ingest_embeds_only_what_changed() {
         .iter()
         .filter(|task| task["status"] == "done")
         .collect();
-    assert_eq!(done.len(), 1, "the closed issue is done: {done:?}");
+    assert_eq!(
+        done.len(),
+        2,
+        "the closed issue and the merged pull request are done: {done:?}"
+    );
 
     // Nothing changed: a third ingest writes no task and enqueues no embedding.
     let embed_jobs_before = fleet.embedded().await.len();
@@ -233,5 +239,43 @@ async fn incremental_sweeps_follow_each_provider_and_close_what_closed() {
             }
         }
     }
+    fleet.finish().await;
+}
+
+#[tokio::test]
+async fn postgres_away_mid_ingest_loses_and_duplicates_nothing() {
+    let mut fleet = ConnectorFleet::start(FAST_FAILOVER, &[]).await;
+    // The worker reaches Postgres through a proxy the test can cut; the API does not.
+    fleet.env.signal(1, "KILL");
+    let postgres = fleet.env.proxy_postgres().await;
+    fleet.start_worker(FAST_FAILOVER, &[]);
+    fleet.fake.seed(FakeProvider::Jira, 500);
+    fleet
+        .fake
+        .add_atlassian_api_token("ana@acme.test", "atl_token");
+    fleet.fake.set_latency(Duration::from_millis(300));
+    let connector = fleet
+        .connect_token(
+            json!({"provider": "jira", "token": "atl_token", "email": "ana@acme.test",
+                              "config": {"site_url": fleet.fake.site_url()}}),
+        )
+        .await;
+    let id = connector["id"].as_str().unwrap().to_owned();
+    wait_until(WITHIN, "a page is stored", || async {
+        !fleet.tasks("jira").await.is_empty()
+    })
+    .await;
+    postgres.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgres.restore();
+    fleet.fake.set_latency(Duration::ZERO);
+
+    let job = fleet.wait_ingest(&id, WITHIN).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let tasks = fleet.tasks("jira").await;
+    assert_eq!(tasks.len(), 500);
+    let embedded: Vec<Uuid> = fleet.embedded().await.into_iter().flatten().collect();
+    assert_eq!(embedded.len(), 500, "no task embedded twice");
+    assert_eq!(embedded.into_iter().collect::<HashSet<_>>(), ids(&tasks));
     fleet.finish().await;
 }

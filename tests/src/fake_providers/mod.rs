@@ -175,8 +175,9 @@ impl FakeProviders {
     }
 
     /// Every environment variable the taskfleet API and workers need to use these fakes: the
-    /// base URLs, and the fake's own registered OAuth client for each provider (other client
-    /// ids and secrets are refused as the real providers refuse them).
+    /// base URLs, the fake's own registered OAuth client for each provider (other client
+    /// ids and secrets are refused as the real providers refuse them), and leave to use the
+    /// fake Atlassian site on this machine.
     pub fn env(&self) -> Vec<(String, String)> {
         let url = &self.url;
         let bases = [
@@ -187,6 +188,7 @@ impl FakeProviders {
             ("GOOGLE_API_URL", format!("{url}/google/api")),
             ("GOOGLE_AUTH_URL", format!("{url}/google/accounts")),
             ("GOOGLE_TOKEN_URL", format!("{url}/google/token")),
+            ("ALLOW_LOCAL_SITES", "true".to_owned()),
         ];
         let clients = ["GITHUB", "ATLASSIAN", "GOOGLE"]
             .into_iter()

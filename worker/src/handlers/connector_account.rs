@@ -9,9 +9,10 @@
 use chrono::Utc;
 use serde_json::Value;
 use taskfleet_connectors::{
-    Account, Connector, ConnectorConfig, Credentials, Disposition, Grant, Page, Provider,
-    ProviderError,
+    Account, Connector, ConnectorConfig, ConnectorStatus, Credentials, Disposition, Grant, Page,
+    Provider, ProviderError,
 };
+use taskfleet_jobs::wire;
 use taskfleet_storage::{ConnectorRecord, Scope, sealing::connector_context};
 use uuid::Uuid;
 
@@ -38,12 +39,10 @@ pub struct ConnectorAccount<'a> {
     /// The credentials as stored, to tell whether another job refreshed them meanwhile.
     sealed: String,
     grant: Grant,
-    /// A 401 refreshes once; a second 401 is the provider's answer.
-    refreshed_after_401: bool,
 }
 
 impl<'a> ConnectorAccount<'a> {
-    /// Opens the tenant's connector `id`, refreshing its access if it is about to expire.
+    /// Opens the tenant's connector `id`.
     pub async fn open(ctx: &'a JobContext, id: Uuid) -> Result<ConnectorAccount<'a>, AccountError> {
         let store = |what: &str, err: &dyn std::fmt::Display| {
             AccountError::Store(format!("could not {what}: {err}"))
@@ -54,12 +53,11 @@ impl<'a> ConnectorAccount<'a> {
             .await
             .map_err(|err| store("read the connector", &err))?
             .ok_or_else(|| AccountError::Unusable(format!("no connector {id}: it was deleted")))?;
-        let provider =
-            taskfleet_jobs::wire::parse::<Provider>(&record.provider).ok_or_else(|| {
-                AccountError::Unusable(format!("unknown provider {}", record.provider))
-            })?;
+        let provider = wire::parse::<Provider>(&record.provider).ok_or_else(|| {
+            AccountError::Unusable(format!("unknown provider {}", record.provider))
+        })?;
         let sealed = connectors
-            .sealed_credentials(id)
+            .sealed_credentials(ctx.tenant_id, id)
             .await
             .map_err(|err| store("read the credentials", &err))?
             .ok_or_else(|| {
@@ -71,12 +69,9 @@ impl<'a> ConnectorAccount<'a> {
         let credentials = unseal(ctx, &record, &sealed)?;
         let config: ConnectorConfig =
             serde_json::from_value(record.config.clone()).unwrap_or_default();
-        let grant = if record.auth == "token" {
-            Grant::Token
-        } else {
-            Grant::OAuth
-        };
-        let mut account = ConnectorAccount {
+        let grant = wire::parse::<Grant>(&record.auth)
+            .ok_or_else(|| AccountError::Unusable(format!("unknown auth {}", record.auth)))?;
+        Ok(ConnectorAccount {
             ctx,
             grant,
             connector: ctx.services.providers.get(provider),
@@ -88,19 +83,17 @@ impl<'a> ConnectorAccount<'a> {
             record,
             provider,
             sealed,
-            refreshed_after_401: false,
-        };
-        if account.account.credentials.needs_refresh(Utc::now()) {
-            account.refresh().await?;
-        }
-        Ok(account)
+        })
     }
 
-    /// The next page of items after `cursor`.
+    /// The next page of items after `cursor`. Access is refreshed when it is about to expire,
+    /// and once after a 401 (a second 401 is the provider's answer).
     pub async fn fetch(&mut self, cursor: Option<&Value>) -> Result<Page, AccountError> {
+        self.refresh_if_due().await?;
+        let mut refreshed = false;
         loop {
             match self.connector.fetch(&self.account, cursor).await {
-                Err(ProviderError::Unauthorized { .. }) if self.may_refresh() => {
+                Err(ProviderError::Unauthorized { .. }) if self.may_refresh(&mut refreshed) => {
                     self.refresh().await?
                 }
                 other => return other.map_err(|err| self.provider_error(err)),
@@ -108,16 +101,33 @@ impl<'a> ConnectorAccount<'a> {
         }
     }
 
-    /// The provider's cheapest authenticated call; the account's name.
+    /// The provider's cheapest authenticated call; the account's name. Refreshes as
+    /// [`ConnectorAccount::fetch`] does.
     pub async fn test(&mut self) -> Result<String, AccountError> {
+        self.refresh_if_due().await?;
+        let mut refreshed = false;
         loop {
             match self.connector.test(&self.account).await {
-                Err(ProviderError::Unauthorized { .. }) if self.may_refresh() => {
+                Err(ProviderError::Unauthorized { .. }) if self.may_refresh(&mut refreshed) => {
                     self.refresh().await?
                 }
                 other => return other.map_err(|err| self.provider_error(err)),
             }
         }
+    }
+
+    async fn refresh_if_due(&mut self) -> Result<(), AccountError> {
+        if self.account.credentials.needs_refresh(Utc::now()) {
+            self.refresh().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a call that got a 401 may refresh and try again: once per call.
+    fn may_refresh(&self, refreshed: &mut bool) -> bool {
+        let may = self.account.credentials.can_refresh() && !*refreshed;
+        *refreshed = true;
+        may
     }
 
     fn provider_error(&self, err: ProviderError) -> AccountError {
@@ -127,19 +137,13 @@ impl<'a> ConnectorAccount<'a> {
         }
     }
 
-    fn may_refresh(&mut self) -> bool {
-        let may = self.account.credentials.can_refresh() && !self.refreshed_after_401;
-        self.refreshed_after_401 = true;
-        may
-    }
-
     /// New credentials: those another job stored meanwhile, or the provider's answer to our
     /// refresh token.
     async fn refresh(&mut self) -> Result<(), AccountError> {
         let connectors = &self.ctx.services.connectors;
         let id = self.account.connector_id;
         let lock = connectors
-            .lock_credentials(id)
+            .lock_credentials(self.ctx.tenant_id, id)
             .await
             .map_err(|err| AccountError::Store(format!("could not lock the credentials: {err}")))?;
         match lock.sealed.clone() {
@@ -215,15 +219,15 @@ impl AccountError {
 /// Failures worth retrying leave its status as it is.
 pub async fn note(ctx: &JobContext, id: Uuid, err: &ProviderError, grant: Grant) {
     let status = match err.disposition() {
-        Disposition::Reauthorize => "reauth_required",
-        Disposition::GiveUp => "error",
+        Disposition::Reauthorize => ConnectorStatus::ReauthRequired,
+        Disposition::GiveUp => ConnectorStatus::Error,
         Disposition::Retry { .. } => return,
     };
     let message = err.user_message(grant);
     let written = ctx
         .services
         .connectors
-        .set_status(id, status, Some(&message))
+        .set_status(ctx.tenant_id, id, &wire::name(&status), Some(&message))
         .await;
     if let Err(store) = written {
         tracing::warn!(%store, "could not record the connector's status");

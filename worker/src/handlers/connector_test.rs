@@ -5,7 +5,8 @@
 //! unreachable) make the job retry.
 
 use serde_json::json;
-use taskfleet_jobs::spec::TestConnector;
+use taskfleet_connectors::ConnectorStatus;
+use taskfleet_jobs::{spec::TestConnector, wire};
 
 use super::{
     HandlerResult, JobContext,
@@ -26,11 +27,16 @@ pub async fn test(job: &TestConnector, ctx: &JobContext) -> HandlerResult {
         Ok(name) => {
             let message = format!("connected as {name}");
             connectors
-                .record_test(id, true, &message)
+                .record_test(ctx.tenant_id, id, true, &message)
                 .await
                 .map_err(store)?;
             connectors
-                .set_status(id, "connected", None)
+                .set_status(
+                    ctx.tenant_id,
+                    id,
+                    &wire::name(&ConnectorStatus::Connected),
+                    None,
+                )
                 .await
                 .map_err(store)?;
             Ok(json!({ "ok": true, "account": name, "message": message }))
@@ -38,7 +44,7 @@ pub async fn test(job: &TestConnector, ctx: &JobContext) -> HandlerResult {
         Err(AccountError::Provider { err, grant }) => {
             let message = err.user_message(grant);
             connectors
-                .record_test(id, false, &message)
+                .record_test(ctx.tenant_id, id, false, &message)
                 .await
                 .map_err(store)?;
             note(ctx, id, &err, grant).await;
