@@ -34,7 +34,7 @@ if [ -z "${TASKFLEET_GITHUB_CLIENT_ID:-}${TASKFLEET_ATLASSIAN_CLIENT_ID:-}${TASK
   export TASKFLEET_GITHUB_API_URL="$fake/github/api" TASKFLEET_GITHUB_OAUTH_URL="$fake/github"
   export TASKFLEET_ATLASSIAN_API_URL="$fake/atlassian/api" TASKFLEET_ATLASSIAN_AUTH_URL="$fake/atlassian/auth"
   export TASKFLEET_GOOGLE_API_URL="$fake/google/api" TASKFLEET_GOOGLE_AUTH_URL="$fake/google/accounts"
-  export TASKFLEET_GOOGLE_TOKEN_URL="$fake/google/token"
+  export TASKFLEET_GOOGLE_TOKEN_URL="$fake/google/token" TASKFLEET_ALLOW_LOCAL_SITES=true
   for provider in GITHUB ATLASSIAN GOOGLE; do
     export "TASKFLEET_${provider}_CLIENT_ID=taskfleet-fake-client"
     export "TASKFLEET_${provider}_CLIENT_SECRET=taskfleet-fake-secret"
