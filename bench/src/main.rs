@@ -390,6 +390,7 @@ async fn main() -> anyhow::Result<()> {
             "its arrival at each subscriber (the 500 clients run on the same cores as the fleet). The API rates count ",
             "jobs answered 201 in 10 s; their client, on the same cores too, encodes its body once and does not parse the ",
             "answers. RSS is each process's `VmHWM`.\n\nWhat limits these figures and what to change next: ",
+            "[the hot path's diary](perf/hot-path.md); the decisions that stand: ",
             "[ADR 0007](adr/0007-hot-path.md).\n"
         ));
         std::fs::write(&out, doc)?;
