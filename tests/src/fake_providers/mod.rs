@@ -25,6 +25,7 @@ mod github;
 mod google;
 mod page_token;
 mod params;
+mod query_tokens;
 mod reply;
 mod traffic;
 

@@ -5,6 +5,8 @@
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
 
+use crate::fake_providers::query_tokens::{self, Punctuation, Token};
+
 /// A status category, as JQL and the `statusCategory` field name it, in workflow order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd)]
 pub(crate) enum Category {
@@ -100,83 +102,14 @@ impl Query {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-enum Token {
-    Word(String),
-    Quoted(String),
-    Operator(String),
-    Open,
-    Close,
-    Comma,
-}
-
-impl Token {
-    fn text(&self) -> String {
-        match self {
-            Token::Word(text) | Token::Quoted(text) | Token::Operator(text) => text.clone(),
-            Token::Open => "(".into(),
-            Token::Close => ")".into(),
-            Token::Comma => ",".into(),
-        }
-    }
-
-    fn is_word(&self, word: &str) -> bool {
-        matches!(self, Token::Word(text) if text.eq_ignore_ascii_case(word))
-    }
-}
+/// JQL's punctuation: `=`, `!=`, `<`, `<=`, `>`, `>=`, `~`, `!~`, and commas in lists.
+const JQL: Punctuation = Punctuation {
+    operators: "=!<>~",
+    commas: true,
+};
 
 fn tokens(jql: &str) -> Result<Vec<Token>, String> {
-    let mut tokens = Vec::new();
-    let mut chars = jql.chars().peekable();
-    while let Some(&c) = chars.peek() {
-        match c {
-            c if c.is_whitespace() => {
-                chars.next();
-            }
-            '"' | '\'' => {
-                chars.next();
-                let mut text = String::new();
-                loop {
-                    match chars.next() {
-                        Some('\\') => text.extend(chars.next()),
-                        Some(end) if end == c => break,
-                        Some(other) => text.push(other),
-                        None => return Err(syntax_error("the end of the query")),
-                    }
-                }
-                tokens.push(Token::Quoted(text));
-            }
-            '(' | ')' | ',' => {
-                chars.next();
-                tokens.push(match c {
-                    '(' => Token::Open,
-                    ')' => Token::Close,
-                    _ => Token::Comma,
-                });
-            }
-            '=' | '!' | '<' | '>' | '~' => {
-                let mut op = String::from(c);
-                chars.next();
-                if chars.peek() == Some(&'=') {
-                    op.push('=');
-                    chars.next();
-                }
-                tokens.push(Token::Operator(op));
-            }
-            _ => {
-                let mut word = String::new();
-                while let Some(&c) = chars.peek() {
-                    if c.is_whitespace() || "()=!<>~,\"'".contains(c) {
-                        break;
-                    }
-                    word.push(c);
-                    chars.next();
-                }
-                tokens.push(Token::Word(word));
-            }
-        }
-    }
-    Ok(tokens)
+    query_tokens::tokens(jql, &JQL).ok_or_else(|| syntax_error("the end of the query"))
 }
 
 fn syntax_error(found: &str) -> String {

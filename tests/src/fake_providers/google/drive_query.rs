@@ -5,6 +5,8 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
+use crate::fake_providers::query_tokens::{self, Punctuation, Token};
+
 /// What a file must be for a query to hold.
 pub(crate) struct Facts<'a> {
     pub trashed: bool,
@@ -72,72 +74,22 @@ impl Query {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-enum Token {
-    Word(String),
-    Quoted(String),
-    Operator(String),
-    Open,
-    Close,
-}
-
-fn tokens(q: &str) -> Option<Vec<Token>> {
-    let mut tokens = Vec::new();
-    let mut chars = q.chars().peekable();
-    while let Some(&c) = chars.peek() {
-        if c.is_whitespace() {
-            chars.next();
-        } else if c == '\'' || c == '"' {
-            chars.next();
-            let mut text = String::new();
-            loop {
-                match chars.next()? {
-                    '\\' => text.push(chars.next()?),
-                    end if end == c => break,
-                    other => text.push(other),
-                }
-            }
-            tokens.push(Token::Quoted(text));
-        } else if c == '(' || c == ')' {
-            chars.next();
-            tokens.push(if c == '(' { Token::Open } else { Token::Close });
-        } else if "=!<>".contains(c) {
-            let mut op = String::from(c);
-            chars.next();
-            if chars.peek() == Some(&'=') {
-                op.push('=');
-                chars.next();
-            }
-            tokens.push(Token::Operator(op));
-        } else {
-            let mut word = String::new();
-            while let Some(&c) = chars.peek() {
-                if c.is_whitespace() || "()=!<>'\"".contains(c) {
-                    break;
-                }
-                word.push(c);
-                chars.next();
-            }
-            tokens.push(Token::Word(word));
-        }
-    }
-    Some(tokens)
-}
+/// Drive's punctuation: `=`, `!=`, `<`, `<=`, `>`, `>=`; no commas.
+const DRIVE: Punctuation = Punctuation {
+    operators: "=!<>",
+    commas: false,
+};
 
 /// Parses a `q`; `None` when Drive would refuse it.
 pub(crate) fn parse(q: &str) -> Option<Query> {
-    let tokens = tokens(q)?;
+    let tokens = query_tokens::tokens(q, &DRIVE)?;
     let (query, rest) = disjunction(&tokens)?;
     rest.is_empty().then_some(query)
 }
 
-fn is_word(token: Option<&Token>, word: &str) -> bool {
-    matches!(token, Some(Token::Word(text)) if text.eq_ignore_ascii_case(word))
-}
-
 fn disjunction(tokens: &[Token]) -> Option<(Query, &[Token])> {
     let (mut query, mut rest) = conjunction(tokens)?;
-    while is_word(rest.first(), "or") {
+    while rest.first().is_some_and(|token| token.is_word("or")) {
         let (right, after) = conjunction(&rest[1..])?;
         query = Query::Or(Box::new(query), Box::new(right));
         rest = after;
@@ -147,7 +99,7 @@ fn disjunction(tokens: &[Token]) -> Option<(Query, &[Token])> {
 
 fn conjunction(tokens: &[Token]) -> Option<(Query, &[Token])> {
     let (mut query, mut rest) = unary(tokens)?;
-    while is_word(rest.first(), "and") {
+    while rest.first().is_some_and(|token| token.is_word("and")) {
         let (right, after) = unary(&rest[1..])?;
         query = Query::And(Box::new(query), Box::new(right));
         rest = after;
