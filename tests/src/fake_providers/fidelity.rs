@@ -53,6 +53,28 @@ fn value<'a>(pairs: &'a [(String, String)], name: &str) -> &'a str {
     &pairs.iter().find(|(key, _)| key == name).unwrap().1
 }
 
+/// Google's consent (online access, no PKCE) and code exchange for `scope`: the token answer.
+async fn google_grant(fakes: &FakeProviders, scope: &str) -> Value {
+    let pairs = authorize(format!(
+        "{}/google/accounts/o/oauth2/v2/auth?client_id=taskfleet-fake-client&redirect_uri=http%3A%2F%2Fapp.test%2Fcb&response_type=code&scope={scope}",
+        fakes.url()
+    ))
+    .await;
+    let (_, _, tokens) = send(
+        client()
+            .post(format!("{}/google/token", fakes.url()))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", value(&pairs, "code")),
+                ("client_id", "taskfleet-fake-client"),
+                ("client_secret", "taskfleet-fake-secret"),
+                ("redirect_uri", "http://app.test/cb"),
+            ]),
+    )
+    .await;
+    tokens
+}
+
 #[tokio::test]
 async fn github_pages_250_issues_with_link_headers_and_since_finds_what_changed() {
     let fakes = FakeProviders::start().await;
@@ -446,23 +468,7 @@ async fn github_refuses_a_bad_code_with_200_and_an_error() {
 async fn gmail_history_answers_404_once_expired() {
     let fakes = FakeProviders::start().await;
     fakes.seed(FakeProvider::Gmail, 3);
-    let pairs = authorize(format!(
-        "{}/google/accounts/o/oauth2/v2/auth?client_id=taskfleet-fake-client&redirect_uri=http%3A%2F%2Fapp.test%2Fcb&response_type=code&scope=gmail",
-        fakes.url()
-    ))
-    .await;
-    let (_, _, tokens) = send(
-        client()
-            .post(format!("{}/google/token", fakes.url()))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", value(&pairs, "code")),
-                ("client_id", "taskfleet-fake-client"),
-                ("client_secret", "taskfleet-fake-secret"),
-                ("redirect_uri", "http://app.test/cb"),
-            ]),
-    )
-    .await;
+    let tokens = google_grant(&fakes, "gmail").await;
     assert!(
         tokens.get("refresh_token").is_none(),
         "no refresh token without access_type=offline"
@@ -506,22 +512,7 @@ async fn gmail_history_answers_404_once_expired() {
 async fn drive_changes_report_edits_and_trashing() {
     let fakes = FakeProviders::start().await;
     fakes.seed(FakeProvider::Gdrive, 4);
-    let pairs = authorize(format!(
-        "{}/google/accounts/o/oauth2/v2/auth?client_id=taskfleet-fake-client&redirect_uri=http%3A%2F%2Fapp.test%2Fcb&response_type=code&scope=drive",
-        fakes.url()
-    ))
-    .await;
-    let (_, _, tokens) = send(
-        client()
-            .post(format!("{}/google/token", fakes.url()))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", value(&pairs, "code")),
-                ("client_id", "taskfleet-fake-client"),
-                ("client_secret", "taskfleet-fake-secret"),
-            ]),
-    )
-    .await;
+    let tokens = google_grant(&fakes, "drive").await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let drive = format!("{}/google/api/drive/v3", fakes.url());
     let get = |path: &str| client().get(format!("{drive}{path}")).bearer_auth(&access);
