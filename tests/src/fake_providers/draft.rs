@@ -4,7 +4,7 @@
 use chrono::{Days, NaiveDate, Utc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Priority {
+pub enum Priority {
     Highest,
     High,
     Medium,
@@ -34,7 +34,7 @@ impl Priority {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Draft {
+pub struct Draft {
     title: String,
     /// Plain text; lines starting with "- " are bullet points.
     body: String,

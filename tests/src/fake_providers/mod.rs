@@ -1,11 +1,14 @@
 //! Fake GitHub, Atlassian (Jira, Confluence) and Google (Gmail, Drive) servers that answer as
 //! the real providers do: their response shapes, pagination, error bodies, rate-limit headers
 //! and OAuth token endpoints, written from the providers' public API documentation. The
-//! integration tests and `make up`'s offline demo point the production clients at them.
+//! integration tests and `make up`'s offline demo point the production clients at them. A fake
+//! OpenAI (embeddings, and a scripted chat model that reviews focus lists) stands in for the
+//! embedding and LLM providers the same way.
 //!
 //! One poem server on one port holds every provider under a path prefix (`/github`,
-//! `/atlassian`, `/google`); [`FakeProviders::env`] lists the base URLs. Everything the fakes
-//! know sits in one [`World`] behind one lock, which no handler holds across an `await`.
+//! `/atlassian`, `/google`, `/openai`); [`FakeProviders::env`] lists the base URLs. Everything
+//! the fakes know sits in one [`World`] behind one lock, which no handler holds across an
+//! `await`.
 //! Every request first passes [`traffic::control`] (request log, fault rules, latency), then
 //! its provider's authentication, then the endpoint.
 //!
@@ -23,6 +26,7 @@ mod draft;
 mod fidelity;
 mod github;
 mod google;
+mod openai;
 mod page_token;
 mod params;
 mod query_tokens;
@@ -38,7 +42,11 @@ use std::{
 use poem::{EndpointExt, Request, Route, Server, listener::TcpAcceptor};
 
 use authorization::{Authorizations, CLIENT_ID, CLIENT_SECRET, Issuer};
-use draft::Draft;
+pub use draft::{Draft, Priority};
+pub use openai::{
+    ChatMode, ChatToolResult, DEFAULT_DIMENSIONS as OPENAI_DEFAULT_DIMENSIONS, FAKE_REVIEW_REASON,
+    OPENAI_API_KEY, UNKNOWN_TASK_ID,
+};
 pub use traffic::FaultRule;
 use traffic::Traffic;
 
@@ -100,6 +108,7 @@ pub(crate) struct World {
     pub confluence: atlassian::confluence::Confluence,
     pub gmail: google::gmail::Mailbox,
     pub drive: google::Drive,
+    pub openai: openai::OpenAi,
 }
 
 impl World {
@@ -154,6 +163,7 @@ impl FakeProviders {
             .nest("/github", github::routes())
             .nest("/atlassian", atlassian::routes())
             .nest("/google", google::routes())
+            .nest("/openai", openai::routes())
             .around(traffic::control)
             .data(world.clone());
         let server = tokio::spawn(async move {
@@ -176,9 +186,10 @@ impl FakeProviders {
     }
 
     /// Every environment variable the taskfleet API and workers need to use these fakes: the
-    /// base URLs, the fake's own registered OAuth client for each provider (other client
-    /// ids and secrets are refused as the real providers refuse them), and leave to use the
-    /// fake Atlassian site on this machine.
+    /// base URLs (the OpenAI-compatible embeddings endpoint's included), the fake's own
+    /// registered OAuth client for each provider (other client ids and secrets are refused as
+    /// the real providers refuse them), and leave to use the fake Atlassian site on this
+    /// machine.
     pub fn env(&self) -> Vec<(String, String)> {
         let url = &self.url;
         let bases = [
@@ -189,6 +200,7 @@ impl FakeProviders {
             ("GOOGLE_API_URL", format!("{url}/google/api")),
             ("GOOGLE_AUTH_URL", format!("{url}/google/accounts")),
             ("GOOGLE_TOKEN_URL", format!("{url}/google/token")),
+            ("EMBED_BASE_URL", self.openai_base_url()),
             ("ALLOW_LOCAL_SITES", "true".to_owned()),
         ];
         let clients = ["GITHUB", "ATLASSIAN", "GOOGLE"]
@@ -208,6 +220,12 @@ impl FakeProviders {
             .chain(clients)
             .map(|(name, value)| (format!("TASKFLEET_{name}"), value))
             .collect()
+    }
+
+    /// The base URL an OpenAI client takes (`{url}/openai/v1`; it appends `/embeddings` or
+    /// `/chat/completions`). The fake accepts only the key [`OPENAI_API_KEY`].
+    pub fn openai_base_url(&self) -> String {
+        format!("{}/openai/v1", self.url)
     }
 
     /// The Jira/Confluence site API-token clients use, and the `url` accessible-resources
@@ -233,6 +251,11 @@ impl FakeProviders {
                 .map(|number| Draft::numbered(provider.noun(), number))
                 .collect(),
         );
+    }
+
+    /// Adds hand-written items (a test's own data set) after the ones already there.
+    pub fn seed_drafts(&self, provider: FakeProvider, drafts: Vec<Draft>) {
+        self.world().items(provider).seed(drafts);
     }
 
     /// GitHub PRs whose review is requested from the user (found only through
@@ -317,6 +340,27 @@ impl FakeProviders {
     /// Every API (not OAuth) request waits this long before answering.
     pub fn set_latency(&self, latency: Duration) {
         self.world().traffic.latency = latency;
+    }
+
+    /// How the fake OpenAI chat model (`/openai/v1/chat/completions`) answers from now on.
+    pub fn set_chat_mode(&self, mode: ChatMode) {
+        self.world().openai.chat.mode = mode;
+    }
+
+    /// The tool results the fake chat model has been sent, each once, in the order it first
+    /// received them.
+    pub fn chat_tool_results(&self) -> Vec<ChatToolResult> {
+        self.world().openai.chat.tool_results.clone()
+    }
+
+    /// The prompt and completion tokens the fake chat model has reported in `usage`, summed
+    /// over its answers.
+    pub fn chat_usage(&self) -> (u64, u64) {
+        let world = self.world();
+        (
+            world.openai.chat.prompt_tokens,
+            world.openai.chat.completion_tokens,
+        )
     }
 
     /// How many requests whose path (without the query) contains `path_contains` the fakes

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use poem::{Endpoint, IntoResponse, Request, Response};
 
-use super::{FakeProvider, Shared, atlassian, github, google, reply};
+use super::{FakeProvider, Shared, atlassian, github, google, openai, reply};
 
 /// An answer a test imposes on the next requests whose path contains `path_contains`.
 #[derive(Clone, Debug)]
@@ -68,6 +68,22 @@ impl FaultRule {
             FakeProvider::Gmail | FakeProvider::Gdrive => google::server_error(status),
         };
         FaultRule::answering(path_contains, answer, times)
+    }
+
+    /// OpenAI's real rate-limit answer for requests whose path contains `path_contains`: 429
+    /// with its `rate_limit_exceeded` error, `retry-after: retry_after_secs`, and
+    /// `x-ratelimit-remaining-requests: 0` with `x-ratelimit-reset-requests` as long.
+    pub fn openai_rate_limited(
+        path_contains: &str,
+        retry_after_secs: u64,
+        times: usize,
+    ) -> FaultRule {
+        FaultRule::answering(path_contains, openai::rate_limited(retry_after_secs), times)
+    }
+
+    /// OpenAI's 500/502/503 answers, with its own error bodies.
+    pub fn openai_server_error(path_contains: &str, status: u16, times: usize) -> FaultRule {
+        FaultRule::answering(path_contains, openai::server_error(status), times)
     }
 
     /// Answers only after `delay` (longer than the client's timeout = a timeout).
@@ -151,6 +167,7 @@ fn is_api(path: &str) -> bool {
         "/atlassian/api/",
         "/atlassian/site/",
         "/google/api/",
+        "/openai/v1/",
     ]
     .iter()
     .any(|prefix| path.starts_with(prefix))
