@@ -121,7 +121,8 @@ pub enum ConnectorCreated {
 
 #[derive(ApiResponse)]
 pub enum Deleted {
-    /// Deleted, its credentials with it; its tasks stay, marked as from a removed source.
+    /// Deleted, its credentials with it; its tasks stay, marked as from a removed source,
+    /// and their vectors are removed by an `embed.items` job.
     #[oai(status = 204)]
     Deleted,
 }
@@ -543,7 +544,10 @@ impl ConnectorsApi {
         id: Path<Uuid>,
     ) -> Result<Deleted, ApiError> {
         match state.connectors.delete(auth.0.id, id.0).await? {
-            true => Ok(Deleted::Deleted),
+            true => {
+                state.wake_dispatcher();
+                Ok(Deleted::Deleted)
+            }
             false => Err(no_connector(id.0)),
         }
     }

@@ -2,6 +2,7 @@
 //! the figures to `docs/BENCHMARKS.md`. `--smoke` runs every taskfleet measure (and raw
 //! apalis-redis) with small sizes, to keep the program working; `make test` runs it.
 
+mod agents;
 mod ours;
 mod peers;
 mod stats;
@@ -59,6 +60,8 @@ enum Measure {
     Apalis,
     Bullmq,
     Celery,
+    /// The embed and agent queues: model throughput, vector search, prioritisation.
+    Agents,
 }
 
 /// What was measured; `None` where a measure did not run.
@@ -71,6 +74,7 @@ struct Report {
     apalis: Option<Drains<Peer>>,
     celery: Option<Drains<Peer>>,
     bullmq: Option<Drains<Peer>>,
+    agents: Option<agents::AgentFigures>,
 }
 
 /// A burn-down run several times: one drain lasts a second or two, and on a shared two-core
@@ -244,6 +248,41 @@ impl Report {
                 b.median.worker_peak_rss_mib, b.median.api_peak_rss_mib
             ))
         );
+        let a = &s.agents;
+        let _ = writeln!(
+            out,
+            "| local model (all-MiniLM-L6-v2) embedding, {} texts in batches of 64 | {} | | | | ≥ 150/s |",
+            a.embed_texts,
+            shown(self.agents.map(|f| f.embed_per_second), |r| format!(
+                "{r:.0} texts/s"
+            ))
+        );
+        let _ = writeln!(
+            out,
+            "| vector search, 6 nearest by cosine among {} vectors of one tenant, p50 / p99 | {} | | | | p99 ≤ 50 ms |",
+            a.vectors,
+            shown(self.agents.map(|f| f.search), |l| format!(
+                "{:.1} / {:.1} ms",
+                l.p50, l.p99
+            ))
+        );
+        let _ = writeln!(
+            out,
+            "| prioritise {} open tasks (read, formula, store) | {} | | | | < 2 s |",
+            a.tasks,
+            shown(self.agents.map(|f| f.prioritise), |d| format!(
+                "{:.2} s",
+                d.as_secs_f64()
+            ))
+        );
+        let _ = writeln!(
+            out,
+            "| peak RSS of a worker with the model loaded, after embedding {} tasks | {} | | | | ≤ 300 MiB |",
+            a.rss_tasks,
+            shown(self.agents.map(|f| f.worker_peak_rss_mib), |m| format!(
+                "{m:.0} MiB"
+            ))
+        );
         let _ = writeln!(
             out,
             "\nRatios (taskfleet / peer, burn-down): raw apalis-redis {}, BullMQ {}, Celery {}.",
@@ -279,6 +318,13 @@ async fn main() -> anyhow::Result<()> {
             api_seconds: 1.0,
             sse_subscribers: 5,
             sse_jobs: 20,
+            agents: agents::AgentSizes {
+                embed_texts: 64,
+                vectors: 1_000,
+                searches: 20,
+                tasks: 200,
+                rss_tasks: 10,
+            },
         }
     } else {
         Sizes {
@@ -291,6 +337,13 @@ async fn main() -> anyhow::Result<()> {
             api_seconds: 10.0,
             sse_subscribers: 500,
             sse_jobs: 1_000,
+            agents: agents::AgentSizes {
+                embed_texts: 1_280,
+                vectors: 100_000,
+                searches: 500,
+                tasks: 10_000,
+                rss_tasks: 500,
+            },
         }
     };
     if let Some(jobs) = args.burn_down_jobs {
@@ -316,6 +369,7 @@ async fn main() -> anyhow::Result<()> {
         apalis: None,
         celery: None,
         bullmq: None,
+        agents: None,
     };
     if runs(Measure::BurnDown) {
         eprintln!("taskfleet burn-down ({} jobs)…", sizes.burn_down_jobs);
@@ -339,6 +393,9 @@ async fn main() -> anyhow::Result<()> {
     if runs(Measure::Sse) {
         eprintln!("taskfleet SSE fan-out…");
         report.sse = Some(announce(ours::sse(&sizes).await?));
+    }
+    if runs(Measure::Agents) {
+        report.agents = Some(agents::measure(&sizes.agents).await?);
     }
     if runs(Measure::Apalis) {
         eprintln!("raw apalis-redis…");

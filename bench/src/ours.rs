@@ -26,6 +26,7 @@ pub struct Sizes {
     pub api_seconds: f64,
     pub sse_subscribers: usize,
     pub sse_jobs: usize,
+    pub agents: crate::agents::AgentSizes,
 }
 
 /// The benchmark's own jobs (readiness probes belong to another tenant).

@@ -75,6 +75,18 @@ if [ -n "$demo" ]; then
   done
 fi
 
+focus=""
+if [ -n "$connected" ]; then
+  # The first ingests embed their tasks (the local model), mark the bug filed twice as one,
+  # and rank them: wait for today's focus list.
+  for _ in $(seq 120); do
+    focus=$(curl -fsS "$url/v1/tasks?horizon=today" -H "Authorization: Bearer $key" |
+      python3 -c 'import json,sys; [print("    %d. %s (%s; %s)" % (t["rank"], t["title"], t["source_kind"], t["reason"])) for t in json.load(sys.stdin)["tasks"]]' 2>/dev/null || true)
+    [ -n "$focus" ] && break
+    sleep 0.5
+  done
+fi
+
 cat <<MSG
 taskfleet is running (api + 2 workers; logs in var/log, stop with 'make down').
   Dashboard:    $url/dashboard   (sign in with the operator key, or the API key)
@@ -91,6 +103,13 @@ if [ -n "$demo" ]; then
                 local fake providers at http://$demo (no account needed); their items:
                 curl -s $url/v1/tasks -H "Authorization: Bearer $key"
                 Set TASKFLEET_{GITHUB,ATLASSIAN,GOOGLE}_CLIENT_ID/_SECRET to use real providers.
+MSG
+fi
+if [ -n "$focus" ]; then
+  cat <<MSG
+  Today:        embedded on this machine, deduplicated and ranked (also week, month, past7d):
+                curl -s '$url/v1/tasks?horizon=today' -H "Authorization: Bearer $key"
+$focus
 MSG
 fi
 cat <<MSG

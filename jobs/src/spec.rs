@@ -9,6 +9,9 @@ use uuid::Uuid;
 
 use crate::{executor::ExecutorRun, queue::Queue};
 
+/// Most tasks one `embed.items` job may name.
+pub const MAX_EMBED_ITEMS: usize = 10_000;
+
 /// Highest `max_attempts` a job may ask for.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 
@@ -213,6 +216,15 @@ impl JobSpec {
             JobSpec::ExecutorRun(run) => run.call(fault_injection).map(drop),
             // Whether the connector is the tenant's is the API's to check, with the ledger.
             JobSpec::IngestConnector(_) | JobSpec::TestConnector(_) => Ok(()),
+            JobSpec::EmbedItems(embed) if embed.item_ids.is_empty() => {
+                Err(InvalidJob::new("`item_ids` must name at least one task"))
+            }
+            JobSpec::EmbedItems(embed) if embed.item_ids.len() > MAX_EMBED_ITEMS => {
+                Err(InvalidJob::new(format!(
+                    "`item_ids` may name at most {MAX_EMBED_ITEMS} tasks; split the job"
+                )))
+            }
+            JobSpec::EmbedItems(_) | JobSpec::AgentPrioritise(_) => Ok(()),
             JobSpec::ScheduleFire(_) => Err(InvalidJob::new(
                 "`schedule.fire` jobs are created by schedules; create one under /v1/schedules",
             )),
@@ -250,8 +262,9 @@ mod tests {
 
     #[test]
     fn kinds_without_handlers_are_refused_by_name() {
-        let spec: JobSpec = serde_json::from_value(json!({"kind": "agent.prioritise"})).unwrap();
+        let spec: JobSpec =
+            serde_json::from_value(json!({"kind": "agent.chat", "message": "hi"})).unwrap();
         let err = spec.validate(false).unwrap_err();
-        assert!(err.message.contains("agent.prioritise"), "{err}");
+        assert!(err.message.contains("agent.chat"), "{err}");
     }
 }

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use taskfleet_jobs::{
     JobSpec,
-    spec::{IngestConnector, TestConnector},
+    spec::{EmbedItems, IngestConnector, MAX_EMBED_ITEMS, TestConnector},
 };
 use uuid::Uuid;
 
@@ -385,14 +385,35 @@ impl Connectors {
         if found.is_none() {
             return Ok(false);
         }
-        sqlx::query(
+        let removed: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE tasks SET source_removed_at = now(), updated_at = now()
-             WHERE connector_id = $2 AND tenant_id = $1",
+             WHERE connector_id = $2 AND tenant_id = $1
+             RETURNING id",
         )
         .bind(tenant_id)
         .bind(id)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        // Their vectors go (an embed job finds their source removed), so they are no one's
+        // original any more.
+        let jobs: Vec<NewJob> = removed
+            .chunks(MAX_EMBED_ITEMS)
+            .map(|ids| {
+                let spec = JobSpec::EmbedItems(EmbedItems {
+                    item_ids: ids.to_vec(),
+                    options: Default::default(),
+                });
+                NewJob::new(spec, None)
+            })
+            .collect();
+        if !jobs.is_empty() {
+            Ledger::insert_in(&mut tx, tenant_id, &jobs, "api")
+                .await
+                .map_err(|err| match err {
+                    InsertError::Db(err) => err,
+                    other => sqlx::Error::Protocol(other.to_string()),
+                })?;
+        }
         let gone = sqlx::query("DELETE FROM connectors WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)

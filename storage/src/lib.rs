@@ -13,6 +13,8 @@ pub mod queues;
 pub mod redis;
 pub mod schedules;
 pub mod sealing;
+pub mod task_edits;
+pub mod task_ranking;
 pub mod tasks;
 pub mod tenants;
 pub mod workers;
@@ -32,6 +34,8 @@ pub use ledger::{
 pub use queues::{QueueStats, Queues};
 pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};
 pub use sealing::{EncryptionKeys, Sealer};
+pub use task_edits::{EditError, Editor, NewTask, TaskEdit};
+pub use task_ranking::{EmbedCandidate, Placement, RankCandidate};
 pub use tasks::{CommitError, IngestPage, PageCommitted, TaskFilter, TaskRecord, Tasks};
 pub use tenants::{RevokeError, Role, Scope, Tenant, Tenants};
 pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};

@@ -31,13 +31,26 @@ pub struct TaskRecord {
     pub horizon: String,
     pub source_updated_at: Option<DateTime<Utc>>,
     pub source_removed_at: Option<DateTime<Utc>>,
+    pub duplicate_of: Option<Uuid>,
+    pub duplicate_similarity: Option<f32>,
+    pub urgency: Option<f32>,
+    pub importance: Option<f32>,
+    pub recency: Option<f32>,
+    pub source_signal: Option<f32>,
+    pub priority: Option<f32>,
+    pub rank: Option<i32>,
+    pub reason: Option<String>,
+    pub ranked_by: Option<String>,
+    pub ranked_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const TASK_COLUMNS: &str = "id, tenant_id, connector_id, source_kind, source_ref, title, snippet, \
-     url, due_at, labels, status, horizon, source_updated_at, source_removed_at, created_at, \
-     updated_at";
+pub(crate) const TASK_COLUMNS: &str = "id, tenant_id, connector_id, source_kind, source_ref, \
+     title, snippet, url, due_at, labels, status, horizon, source_updated_at, source_removed_at, \
+     duplicate_of, duplicate_similarity, urgency, importance, recency, source_signal, priority, \
+     rank, reason, ranked_by, ranked_at, completed_at, created_at, updated_at";
 
 /// One page of an ingest, to commit.
 #[derive(Debug, Clone)]
@@ -101,13 +114,15 @@ pub struct TaskFilter {
     pub source_kind: Option<String>,
     pub status: Option<TaskStatus>,
     pub horizon: Option<Horizon>,
+    /// Words the title or text contains (case-insensitive).
+    pub q: Option<String>,
     pub before: Option<Uuid>,
     pub limit: i64,
 }
 
 #[derive(Debug, Clone)]
 pub struct Tasks {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 impl Tasks {
@@ -157,7 +172,7 @@ impl Tasks {
         let changed = upsert(&mut tx, &page).await?;
         if !page.gone.is_empty() {
             sqlx::query(
-                "UPDATE tasks SET status = 'done', updated_at = now()
+                "UPDATE tasks SET status = 'done', completed_at = now(), updated_at = now()
                  WHERE tenant_id = $1 AND source_kind = $2 AND source_ref = ANY($3)
                    AND status <> 'done'",
             )
@@ -196,6 +211,7 @@ impl Tasks {
                AND ($3::text IS NULL OR status = $3)
                AND ($4::text IS NULL OR horizon = $4)
                AND ($5::uuid IS NULL OR id < $5)
+               AND ($7::text IS NULL OR title ILIKE $7 OR snippet ILIKE $7)
              ORDER BY id DESC
              LIMIT $6"
         ))
@@ -205,9 +221,55 @@ impl Tasks {
         .bind(filter.horizon.map(|h| wire::name(&h)))
         .bind(filter.before)
         .bind(filter.limit)
+        .bind(filter.q.as_deref().map(like_pattern))
         .fetch_all(&self.pool)
         .await
     }
+
+    /// The focus list of a horizon: the tenant's open, original tasks in rank order.
+    pub async fn focus(
+        &self,
+        tenant: Uuid,
+        horizon: Horizon,
+        limit: i64,
+    ) -> sqlx::Result<Vec<TaskRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE tenant_id = $1 AND horizon = $2 AND status = 'open'
+               AND duplicate_of IS NULL AND rank IS NOT NULL
+             ORDER BY rank, id
+             LIMIT $3"
+        ))
+        .bind(tenant)
+        .bind(wire::name(&horizon))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Work the tenant finished in the last 7 days, latest first.
+    pub async fn done_lately(&self, tenant: Uuid, limit: i64) -> sqlx::Result<Vec<TaskRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE tenant_id = $1 AND status = 'done'
+               AND completed_at >= now() - interval '7 days'
+             ORDER BY completed_at DESC, id DESC
+             LIMIT $2"
+        ))
+        .bind(tenant)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
+/// `%words%` for ILIKE, with the pattern characters of the words taken literally.
+fn like_pattern(words: &str) -> String {
+    let escaped = words
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 /// Upserts the page's tasks in one statement (rows that would not change are not written);
@@ -251,10 +313,10 @@ async fn upsert(tx: &mut sqlx::PgConnection, page: &IngestPage<'_>) -> sqlx::Res
          ), written AS (
              INSERT INTO tasks AS t (id, tenant_id, source_kind, source_ref, connector_id, title,
                                      snippet, url, due_at, labels, status, horizon,
-                                     source_updated_at, content_hash)
+                                     source_updated_at, completed_at, content_hash)
              SELECT id, $1, $2, source_ref, $3, title, snippet, url, due_at,
                     ARRAY(SELECT jsonb_array_elements_text(labels)), status, horizon,
-                    source_updated_at,
+                    source_updated_at, CASE WHEN status = 'done' THEN now() END,
                     sha256(convert_to(title || E'\\n' || snippet, 'UTF8'))
              FROM input
              -- Rows in one order, so two pages sharing items cannot deadlock.
@@ -265,6 +327,9 @@ async fn upsert(tx: &mut sqlx::PgConnection, page: &IngestPage<'_>) -> sqlx::Res
                  labels = EXCLUDED.labels, status = EXCLUDED.status,
                  source_updated_at = EXCLUDED.source_updated_at,
                  content_hash = EXCLUDED.content_hash, source_removed_at = NULL,
+                 completed_at = CASE WHEN EXCLUDED.status = 'open' THEN NULL
+                                     WHEN t.status = 'open' THEN now()
+                                     ELSE t.completed_at END,
                  updated_at = now()
              -- A row that would not change is not written.
              WHERE (t.connector_id, t.title, t.snippet, t.url, t.due_at, t.labels, t.status,

@@ -112,6 +112,18 @@ pub struct TestEnv {
     children: Vec<Child>,
     /// Where children's stderr goes once [`TestEnv::capture_logs`] was called.
     log_dir: Option<PathBuf>,
+    /// The workers' vector store (lancedb), one per test.
+    pub vector_dir: PathBuf,
+}
+
+/// The local embedding model `make model` unpacks (the workers load it on their first
+/// embed job).
+pub fn embed_model_dir() -> PathBuf {
+    std::env::var_os("TASKFLEET_EMBED_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../var/models/all-MiniLM-L6-v2")
+        })
 }
 
 impl TestEnv {
@@ -141,6 +153,8 @@ impl TestEnv {
             redis,
             children: Vec::new(),
             log_dir: None,
+            vector_dir: std::env::temp_dir()
+                .join(format!("tf-lancedb-{}", Uuid::new_v4().simple())),
         }
     }
 
@@ -172,6 +186,8 @@ impl TestEnv {
             .env("REDIS_URL", &self.child_redis_url)
             .env("TASKFLEET_REDIS_PREFIX", &self.redis_prefix)
             .env("TASKFLEET_ENCRYPTION_KEY", TEST_ENCRYPTION_KEY)
+            .env("TASKFLEET_EMBED_MODEL_DIR", embed_model_dir())
+            .env("TASKFLEET_VECTOR_URI", &self.vector_dir)
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -386,6 +402,7 @@ impl TestEnv {
         if let Some(dir) = &self.log_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+        let _ = std::fs::remove_dir_all(&self.vector_dir);
     }
 
     /// Stops every process and removes the test's database and Redis keys.

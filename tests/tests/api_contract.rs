@@ -92,8 +92,8 @@ async fn bad_payloads_get_422_naming_the_problem() {
             "priority",
         ),
         (
-            json!({"kind": "embed.items", "item_ids": [uuid::Uuid::now_v7()]}),
-            "embed.items",
+            json!({"kind": "embed.items", "item_ids": []}),
+            "at least one task",
         ),
         (json!({"kind": "agent.chat", "message": "hi"}), "agent.chat"),
         (json!({"kind": "embed.items"}), "missing field `item_ids`"),

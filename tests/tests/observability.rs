@@ -519,7 +519,7 @@ async fn the_worker_registry_and_queue_stats_describe_the_fleet() {
         assert_eq!(worker["online"], true);
         assert_eq!(
             worker["queues"],
-            json!(["ingest", "test", "executor", "schedule"])
+            json!(["ingest", "embed", "agent", "test", "executor", "schedule"])
         );
         assert_eq!(worker["failed"], 0);
         assert!(worker["heartbeat_age_seconds"].as_f64().unwrap() < 15.0);

@@ -253,8 +253,8 @@ async fn schedules_are_validated_and_scoped_to_their_tenant() {
             "target: tool `sleep` needs",
         ),
         (
-            json!({"name": "a", "cron": "0 * * * * *", "target": {"kind": "agent.prioritise"}}),
-            "agent.prioritise",
+            json!({"name": "a", "cron": "0 * * * * *", "target": {"kind": "agent.chat", "message": "hi"}}),
+            "agent.chat",
         ),
         (
             json!({"name": "a", "cron": "0 * * * * *", "missed": "sometimes", "target": noop}),

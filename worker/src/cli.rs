@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, str::FromStr, time::Duration};
 
 use clap::Parser;
+use taskfleet_agents::AgentSettings;
 use taskfleet_connectors::ProviderSettings;
 use taskfleet_jobs::Queue;
 use taskfleet_storage::EncryptionKeys;
@@ -25,7 +26,7 @@ pub struct WorkerArgs {
         long,
         env = "TASKFLEET_QUEUES",
         value_delimiter = ',',
-        default_value = "ingest,test,executor,schedule"
+        default_value = "ingest,embed,agent,test,executor,schedule"
     )]
     pub queues: Vec<Queue>,
     /// Jobs run at once per queue: `16` for every queue, or `16,executor=64` to override one.
@@ -68,6 +69,8 @@ pub struct WorkerArgs {
     pub encryption: EncryptionKeys,
     #[command(flatten)]
     pub providers: ProviderSettings,
+    #[command(flatten)]
+    pub agents: AgentSettings,
 }
 
 impl WorkerArgs {

@@ -6,8 +6,9 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use apalis::prelude::*;
 use redis::aio::ConnectionManager;
+use taskfleet_agents::Agents;
 use taskfleet_connectors::Providers;
-use taskfleet_jobs::{Dispatch, EventName};
+use taskfleet_jobs::{Dispatch, EventName, Queue};
 use taskfleet_storage::{
     Connectors, Db, EventLog, Lease, Ledger, Queues, Schedules, Tasks, WorkerInfo, Workers,
     redis as tf_redis, redis::Keys, wait_for, workers::HEARTBEAT_EVERY,
@@ -36,6 +37,20 @@ async fn execute(dispatch: Dispatch, executor: Data<Arc<JobExecutor>>) -> Result
     Ok(())
 }
 
+/// When the fleet's embedder changed, the tasks embedded by the one before are embedded
+/// again (their old vectors stay in the old space's tables, never compared with the new).
+async fn reembed_stale(agents: Agents, tasks: Tasks, identity: String) {
+    let embedder = match agents.embedder_id() {
+        Ok(id) => id,
+        Err(err) => return tracing::warn!(%err, "the embedder is not usable"),
+    };
+    match tasks.request_reembed(&embedder, &identity).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, %embedder, "embedding again the tasks of another embedder"),
+        Err(err) => tracing::warn!(%err, "could not ask for re-embedding"),
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -58,6 +73,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         Some(addr) => Some(crate::metrics_server::bind(addr).await?),
         None => None,
     };
+    args.agents
+        .validate()
+        .map_err(|message| anyhow::anyhow!(message))?;
+    let agents = Agents::open(args.agents.clone())
+        .await
+        .context("the vector store (TASKFLEET_VECTOR_URI) cannot be opened")?;
     let identity = process_identity();
     let db = Db::connect_lazy(&args.database_url, 16).context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
@@ -92,10 +113,18 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             tasks: Tasks::new(db.pool.clone()),
             providers: Arc::new(Providers::new(&args.providers)),
             sealer,
+            agents: agents.clone(),
         },
         shutdown.clone(),
     ));
     tracing::info!(%identity, queues = ?args.queues, "worker starting");
+    if args.queues.contains(&Queue::Embed) {
+        tokio::spawn(reembed_stale(
+            agents.clone(),
+            Tasks::new(db.pool.clone()),
+            identity.clone(),
+        ));
+    }
     let concurrency: std::collections::BTreeMap<_, _> = args
         .queues
         .iter()
@@ -122,7 +151,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     if let Some(server) = metrics_server {
-        tokio::spawn(server.serve(shutdown.clone()));
+        tokio::spawn(server.serve(agents.clone(), shutdown.clone()));
     }
     let events = EventLog::new(db.pool.clone());
     let fleet_event = |event| {

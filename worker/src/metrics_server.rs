@@ -1,16 +1,30 @@
-//! Serves this worker's Prometheus metrics at `/metrics` on `--metrics-addr`.
+//! Serves this worker's Prometheus metrics at `/metrics` on `--metrics-addr`, and `/readyz`:
+//! whether what the worker's jobs need beyond Postgres and Redis (the vector store) answers.
 
 use anyhow::Context;
 use poem::{
-    IntoResponse, Route, Server, get, handler,
+    EndpointExt, IntoResponse, Response, Route, Server, get, handler,
+    http::StatusCode,
     listener::{Acceptor, Listener, TcpListener},
+    web::{Data, Json},
 };
+use taskfleet_agents::Agents;
 use taskfleet_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
 #[handler]
 fn render() -> impl IntoResponse {
     metrics::render().with_content_type(metrics::CONTENT_TYPE)
+}
+
+#[handler]
+async fn readyz(agents: Data<&Agents>) -> Response {
+    match agents.store.check().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(err) => Json(serde_json::json!({"error": "not_ready", "message": err.to_string()}))
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .into_response(),
+    }
 }
 
 /// A bound metrics listener, not yet serving.
@@ -28,8 +42,11 @@ pub async fn bind(addr: &str) -> anyhow::Result<MetricsServer<impl Acceptor + us
 }
 
 impl<A: Acceptor + 'static> MetricsServer<A> {
-    pub async fn serve(self, shutdown: CancellationToken) {
-        let app = Route::new().at("/metrics", get(render));
+    pub async fn serve(self, agents: Agents, shutdown: CancellationToken) {
+        let app = Route::new()
+            .at("/metrics", get(render))
+            .at("/readyz", get(readyz))
+            .data(agents);
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), None)
             .await;

@@ -4,8 +4,10 @@
 pub mod changelog;
 pub mod connector_account;
 pub mod connector_test;
+pub mod embed;
 pub mod executor;
 pub mod ingest;
+pub mod prioritise;
 pub mod schedule;
 
 use serde_json::Value;
@@ -14,6 +16,7 @@ use taskfleet_jobs::JobSpec;
 use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
+use taskfleet_agents::Agents;
 use taskfleet_connectors::Providers;
 use taskfleet_storage::{Connectors, Ledger, Schedules, Sealer, Tasks, redis::Keys};
 use uuid::Uuid;
@@ -26,6 +29,7 @@ pub struct Services {
     pub tasks: Tasks,
     pub providers: Arc<Providers>,
     pub sealer: Sealer,
+    pub agents: Agents,
 }
 
 /// What a handler knows about the attempt it runs, and how it reports progress.
@@ -107,6 +111,8 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> HandlerResult {
         JobSpec::ScheduleFire(fire) => schedule::fire(fire, ctx).await,
         JobSpec::IngestConnector(job) => ingest::ingest(job, ctx).await,
         JobSpec::TestConnector(job) => connector_test::test(job, ctx).await,
+        JobSpec::EmbedItems(job) => embed::embed(job, ctx).await,
+        JobSpec::AgentPrioritise(job) => prioritise::prioritise(job, ctx).await,
         other => Err(JobFailure::permanent(format!(
             "no handler for job kind `{}` in this worker",
             other.kind()

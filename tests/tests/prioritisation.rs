@@ -1,0 +1,416 @@
+//! The pipeline end to end, with the fake providers and the local model: connect GitHub and
+//! Jira, ingest, embed (the same bug filed in both shows once), prioritise, and read the
+//! focus lists; then the user's hand on them (complete, undo, a task typed in, a delete), a
+//! switch of embedder, and the embedder's failures.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use taskfleet_tests::{
+    Api,
+    connector_fleet::ConnectorFleet,
+    fake_providers::{Draft, FakeProvider, FaultRule, OPENAI_API_KEY, Priority},
+    json, wait_for_some, wait_until,
+};
+
+const WITHIN: Duration = Duration::from_secs(120);
+const BUG_TITLE: &str = "Checkout fails with a 500 when the cart holds a gift card";
+const BUG_BODY: &str = "Customers paying with a gift card get an internal server error at the \
+     last checkout step; the order is not created and the card is not charged.";
+
+/// Waits until no ingest, embed or prioritise job is left to run, and at least `ranked`
+/// rankings succeeded.
+async fn settled(fleet: &ConnectorFleet, ranked: i64) {
+    let pool = fleet.env.pool.clone();
+    wait_until(WITHIN, "the pipeline to settle", || {
+        let pool = pool.clone();
+        async move {
+            let (open, done): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE state NOT IN ('succeeded', 'dead', 'cancelled')),
+                        count(*) FILTER (WHERE kind = 'agent.prioritise' AND state = 'succeeded')
+                 FROM jobs WHERE kind IN ('ingest.connector', 'embed.items', 'agent.prioritise')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            open == 0 && done >= ranked
+        }
+    })
+    .await;
+}
+
+async fn focus(api: &Api, key: &str, horizon: &str) -> Vec<Value> {
+    let (status, page) = api.get(key, &format!("/v1/tasks?horizon={horizon}")).await;
+    assert_eq!(status, 200, "{page}");
+    page["tasks"].as_array().unwrap().clone()
+}
+
+fn titled<'a>(tasks: &'a [Value], title: &str) -> &'a Value {
+    tasks
+        .iter()
+        .find(|t| t["title"] == title)
+        .unwrap_or_else(|| panic!("no `{title}` among {tasks:#?}"))
+}
+
+fn seed_bug_in_github_and_jira(fleet: &ConnectorFleet) {
+    fleet.fake.seed_drafts(
+        FakeProvider::Github,
+        vec![
+            Draft::new(BUG_TITLE, BUG_BODY, Some(-2), &["p0", "bug"])
+                .with_priority(Priority::Highest),
+            Draft::new(
+                "Rotate the staging database password",
+                "It expires today.",
+                Some(0),
+                &[],
+            ),
+            Draft::new(
+                "Tidy the README badges",
+                "Two of them link nowhere.",
+                None,
+                &["docs"],
+            )
+            .with_priority(Priority::Low),
+        ],
+    );
+    fleet.fake.seed_drafts(
+        FakeProvider::Jira,
+        vec![
+            Draft::new(BUG_TITLE, BUG_BODY, None, &[]).with_priority(Priority::High),
+            Draft::new(
+                "Renew the TLS certificate of the API",
+                "It expires at midnight.",
+                Some(0),
+                &[],
+            )
+            .with_priority(Priority::Medium),
+            Draft::new(
+                "Send the incident report to Globex",
+                "They asked for the timeline of Tuesday's outage and what we changed since.",
+                Some(0),
+                &[],
+            )
+            .with_priority(Priority::High),
+            Draft::new(
+                "Approve the December on-call rotation",
+                "Three people swapped shifts; the calendar needs a lead's approval.",
+                Some(-1),
+                &[],
+            )
+            .with_priority(Priority::Medium),
+            Draft::new(
+                "Plan the Q1 capacity review",
+                "Collect last quarter's peaks.",
+                Some(20),
+                &[],
+            )
+            .with_priority(Priority::Low),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn connected_work_is_deduplicated_ranked_and_three_per_horizon() {
+    let fleet = ConnectorFleet::start(&["--queues", "embed,agent"], &[]).await;
+    seed_bug_in_github_and_jira(&fleet);
+    fleet.connect_oauth("github").await;
+    fleet.connect_oauth("jira").await;
+    settled(&fleet, 1).await;
+
+    let today = focus(&fleet.api, &fleet.key, "today").await;
+    // Five tasks are due today or overdue: the list shows three.
+    assert_eq!(today.len(), 3, "{today:#?}");
+    let first = &today[0];
+    assert_eq!(first["title"], BUG_TITLE, "{today:#?}");
+    assert_eq!(first["source_kind"], "github");
+    assert_eq!(first["rank"], 1);
+    assert_eq!(first["ranked_by"], "formula");
+    assert!(
+        first["reason"]
+            .as_str()
+            .unwrap()
+            .contains("overdue by 2 days"),
+        "{first}"
+    );
+    assert_eq!(first["scores"]["urgency"], 1.0, "{first}");
+    for horizon in ["today", "week", "month"] {
+        let list = focus(&fleet.api, &fleet.key, horizon).await;
+        assert!(list.len() <= 3, "{horizon}: {list:#?}");
+        let ranks: Vec<i64> = list.iter().map(|t| t["rank"].as_i64().unwrap()).collect();
+        assert_eq!(
+            ranks,
+            (1..=list.len() as i64).collect::<Vec<_>>(),
+            "{horizon}"
+        );
+        assert!(
+            list.iter()
+                .all(|t| t["horizon"] == horizon && t["status"] == "open")
+        );
+        // The bug shows once: its Jira twin points at the GitHub issue and ranks nowhere.
+        assert!(
+            list.iter()
+                .all(|t| t["source_kind"] != "jira" || t["title"] != BUG_TITLE)
+        );
+    }
+    let jira = fleet.tasks("jira").await;
+    let twin = titled(&jira, BUG_TITLE);
+    assert_eq!(twin["duplicate_of"], first["id"], "{twin}");
+    assert!(twin["rank"].is_null(), "{twin}");
+    // Tasks that merely share a word are not duplicates.
+    assert!(
+        jira.iter().filter(|t| !t["duplicate_of"].is_null()).count() == 1,
+        "{jira:#?}"
+    );
+
+    // Completing the first moves the list up; undo puts it back.
+    let id = first["id"].as_str().unwrap();
+    let (status, done) = fleet
+        .api
+        .post(&fleet.key, &format!("/v1/tasks/{id}/complete"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "done");
+    assert!(done["completed_at"].is_string());
+    settled(&fleet, 2).await;
+    let today = focus(&fleet.api, &fleet.key, "today").await;
+    assert!(today.iter().all(|t| t["id"] != id), "{today:#?}");
+    let past = focus(&fleet.api, &fleet.key, "past7d").await;
+    assert_eq!(past[0]["id"], id, "{past:#?}");
+    let (status, undone) = fleet
+        .api
+        .post(&fleet.key, &format!("/v1/tasks/{id}/undo"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{undone}");
+    assert_eq!(undone["status"], "open");
+    assert!(undone["completed_at"].is_null());
+    settled(&fleet, 3).await;
+    assert_eq!(focus(&fleet.api, &fleet.key, "today").await[0]["id"], id);
+
+    // Its vectors are the tenant's, in the local model's space, one per embedded task.
+    let embedded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tasks WHERE embedded_with = 'local:all-MiniLM-L6-v2@1110a24'",
+    )
+    .fetch_one(&fleet.env.pool)
+    .await
+    .unwrap();
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks")
+        .fetch_one(&fleet.env.pool)
+        .await
+        .unwrap();
+    assert_eq!(embedded, all);
+    fleet.finish().await;
+}
+
+#[tokio::test]
+async fn tasks_typed_by_hand_are_ranked_edited_deleted_and_kept_to_their_tenant() {
+    let fleet = ConnectorFleet::start(&["--queues", "embed,agent"], &[]).await;
+    let due = chrono::Utc::now() - chrono::Duration::days(1);
+    let (status, created) = fleet
+        .api
+        .post(
+            &fleet.key,
+            "/v1/tasks",
+            &json!({"title": "Buy milk", "description": "Oat, two cartons", "due_at": due}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["source_kind"], "manual");
+    let id = created["id"].as_str().unwrap().to_owned();
+    settled(&fleet, 1).await;
+    let today = focus(&fleet.api, &fleet.key, "today").await;
+    assert_eq!(today[0]["id"], id.as_str(), "{today:#?}");
+
+    // An edit of the text embeds it again; clearing the due date ranks it again.
+    let (status, edited) = fleet
+        .api
+        .patch(
+            &fleet.key,
+            &format!("/v1/tasks/{id}"),
+            &json!({"title": "Buy oat milk", "due_at": null}),
+        )
+        .await;
+    assert_eq!(status, 200, "{edited}");
+    assert!(edited["due_at"].is_null());
+    settled(&fleet, 2).await;
+    let (_, task) = fleet.api.get(&fleet.key, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(task["title"], "Buy oat milk");
+    assert_ne!(task["horizon"], "today", "{task}");
+
+    // Bad input and other tenants' ids.
+    for (body, field) in [
+        (json!({"title": ""}), "title"),
+        (json!({"description": "x"}), "TaskInput"),
+        (json!({"title": "x", "due_at": "tomorrow"}), "date-time"),
+    ] {
+        let (status, err) = fleet.api.post(&fleet.key, "/v1/tasks", &body).await;
+        assert_eq!(status, 422, "{body}: {err}");
+        assert!(err["message"].as_str().unwrap().contains(field), "{err}");
+    }
+    let other = fleet.env.create_key("globex");
+    for (method, path) in [
+        ("GET", format!("/v1/tasks/{id}")),
+        ("POST", format!("/v1/tasks/{id}/complete")),
+        ("DELETE", format!("/v1/tasks/{id}")),
+    ] {
+        let (status, err) = match method {
+            "GET" => fleet.api.get(&other, &path).await,
+            "POST" => fleet.api.post(&other, &path, &json!({})).await,
+            _ => fleet.api.delete(&other, &path).await,
+        };
+        assert_eq!(status, 404, "{method} {path}: {err}");
+        assert_eq!(err["error"], "not_found", "{err}");
+    }
+    let (status, err) = fleet
+        .api
+        .post(&fleet.key, &format!("/v1/tasks/{id}/undo"), &json!({}))
+        .await;
+    assert_eq!(
+        status, 409,
+        "a task never completed has nothing to undo: {err}"
+    );
+
+    // A delete removes the row and, through an embed job, its vector.
+    let (status, _) = fleet
+        .api
+        .delete(&fleet.key, &format!("/v1/tasks/{id}"))
+        .await;
+    assert_eq!(status, 204);
+    let job = wait_for_some(WITHIN, "the vector removal finished", || async {
+        // The latest embed job naming the task: the one its delete enqueued.
+        let (state, result): (String, Option<Value>) = sqlx::query_as(
+            "SELECT state, result FROM jobs WHERE kind = 'embed.items'
+               AND payload -> 'item_ids' ->> 0 = $1
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&id)
+        .fetch_one(&fleet.env.pool)
+        .await
+        .unwrap();
+        result.filter(|_| state == "succeeded")
+    })
+    .await;
+    assert_eq!(job["unknown"], json!([id]), "{job}");
+    assert_eq!(job["vectors_removed"], json!([id]), "{job}");
+    let (status, _) = fleet.api.get(&fleet.key, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(status, 404);
+    fleet.finish().await;
+}
+
+#[tokio::test]
+async fn switching_embedder_embeds_again_and_a_rejected_key_kills_the_job() {
+    let mut fleet = ConnectorFleet::start(&["--queues", "embed,agent"], &[]).await;
+    // The API is child 0, the first worker child 1.
+    let local_worker = 1;
+    seed_bug_in_github_and_jira(&fleet);
+    fleet.connect_oauth("github").await;
+    fleet.connect_oauth("jira").await;
+    settled(&fleet, 1).await;
+    let before: Vec<String> = sqlx::query_scalar("SELECT DISTINCT embedded_with FROM tasks")
+        .fetch_all(&fleet.env.pool)
+        .await
+        .unwrap();
+    assert_eq!(before, ["local:all-MiniLM-L6-v2@1110a24"]);
+
+    // The fleet moves to an OpenAI-compatible endpoint: a worker starting with it embeds
+    // every task again, in the new space.
+    fleet.env.terminate(local_worker);
+    let base = fleet.fake.openai_base_url();
+    let openai = [
+        ("TASKFLEET_EMBEDDER", "openai"),
+        ("TASKFLEET_EMBED_BASE_URL", base.as_str()),
+        ("TASKFLEET_EMBED_MODEL", "text-embedding-3-small"),
+        ("TASKFLEET_EMBED_API_KEY", OPENAI_API_KEY),
+        ("TASKFLEET_EMBED_DIMENSIONS", "256"),
+    ];
+    fleet.fake.fail_next(FaultRule::openai_rate_limited(
+        "/openai/v1/embeddings",
+        1,
+        1,
+    ));
+    let openai_worker = fleet.start_worker(&["--queues", "embed,agent"], &openai);
+    let space = format!("openai:text-embedding-3-small:256@{base}");
+    let pool = fleet.env.pool.clone();
+    wait_until(WITHIN, "every task embedded by the endpoint", || {
+        let (pool, space) = (pool.clone(), space.clone());
+        async move {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM tasks WHERE embedded_with IS DISTINCT FROM $1",
+            )
+            .bind(&space)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            left == 0
+        }
+    })
+    .await;
+    // The 429 was waited out with the provider's delay, not failed.
+    let retried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j, jsonb_array_elements(j.attempt_errors) e
+         WHERE j.kind = 'embed.items' AND e ->> 'error' LIKE '%rate limiting%'",
+    )
+    .fetch_one(&fleet.env.pool)
+    .await
+    .unwrap();
+    assert!(retried >= 1);
+
+    // A rejected key: the job is dead at once, saying so.
+    fleet.env.terminate(openai_worker);
+    let wrong = openai.map(|(k, v)| {
+        if k == "TASKFLEET_EMBED_API_KEY" {
+            (k, "sk-wrong")
+        } else {
+            (k, v)
+        }
+    });
+    fleet.start_worker(&["--queues", "embed,agent"], &wrong);
+    let (status, created) = fleet
+        .api
+        .post(&fleet.key, "/v1/tasks", &json!({"title": "Call the bank"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let job = wait_for_some(WITHIN, "the embed job of the new task ended", || async {
+        sqlx::query_as::<_, (String, i32, Option<String>)>(
+            "SELECT state, attempt, error FROM jobs WHERE kind = 'embed.items'
+               AND payload -> 'item_ids' ->> 0 = $1 AND state IN ('dead', 'succeeded')",
+        )
+        .bind(created["id"].as_str().unwrap())
+        .fetch_optional(&fleet.env.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(job.0, "dead", "{job:?}");
+    assert_eq!(job.1, 1, "no retry for a rejected key: {job:?}");
+    assert_eq!(
+        job.2.as_deref(),
+        Some("the embedding provider rejected the API key")
+    );
+    fleet.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_vector_store_stops_answering_is_not_ready_and_says_why() {
+    let mut env = taskfleet_tests::TestEnv::new().await;
+    let addr = format!("127.0.0.1:{}", taskfleet_tests::free_port());
+    env.start_worker(&["--queues", "embed,agent", "--metrics-addr", &addr]);
+    let readyz = format!("http://{addr}/readyz");
+    let http = reqwest::Client::new();
+    wait_until(WITHIN, "the worker is ready", || async {
+        matches!(http.get(&readyz).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    // The store's directory is replaced by a file: lancedb can no longer list it.
+    std::fs::remove_dir_all(&env.vector_dir).unwrap();
+    std::fs::write(&env.vector_dir, b"not a directory").unwrap();
+    let answer = http.get(&readyz).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "not_ready", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("vector store"),
+        "{body}"
+    );
+    std::fs::remove_file(&env.vector_dir).unwrap();
+    env.finish().await;
+}

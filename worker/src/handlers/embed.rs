@@ -1,0 +1,140 @@
+//! `embed.items`: embeds the tasks whose text is new or changed (or was embedded by another
+//! embedder), upserts their vectors into the tenant's table, marks near-duplicates, and asks
+//! for one `agent.prioritise` when done. Ids of deleted tasks, and of tasks whose connector
+//! was deleted, have their vectors removed: deleting a task enqueues this job for its id.
+
+use serde_json::json;
+use taskfleet_agents::{EmbedError, Neighbour};
+use taskfleet_jobs::spec::EmbedItems;
+use taskfleet_storage::EmbedCandidate;
+use uuid::Uuid;
+
+use super::{HandlerResult, JobContext, JobFailure};
+
+/// Texts per call to the embedder, and between two progress reports.
+const BATCH: usize = 64;
+/// Neighbours looked at for a near-duplicate: the task itself and a few more.
+const NEIGHBOURS: usize = 6;
+
+pub async fn embed(job: &EmbedItems, ctx: &JobContext) -> HandlerResult {
+    let tenant = ctx.tenant_id;
+    let agents = &ctx.services.agents;
+    let tasks = &ctx.services.tasks;
+    let (found, unknown) = tasks
+        .embed_candidates(tenant, &job.item_ids)
+        .await
+        .map_err(storage)?;
+    let removed: Vec<Uuid> = unknown
+        .iter()
+        .copied()
+        .chain(found.iter().filter(|t| t.source_removed).map(|t| t.id))
+        .collect();
+    agents
+        .store
+        .delete(tenant, &removed)
+        .await
+        .map_err(|err| JobFailure::retryable(err.to_string()))?;
+
+    let embedder = agents.embedder().await.map_err(embed_failure)?;
+    let space = embedder.space();
+    let todo: Vec<&EmbedCandidate> = found
+        .iter()
+        .filter(|t| !t.source_removed && !t.embedded(&space.embedder))
+        .collect();
+    let unchanged = found.len() - todo.len() - (removed.len() - unknown.len());
+    let threshold = agents.settings().duplicate_threshold;
+    let mut duplicates = Vec::new();
+    for (done, batch) in todo.chunks(BATCH).enumerate() {
+        let texts: Vec<String> = batch.iter().map(|t| t.text()).collect();
+        let vectors = embedder.embed(&texts).await.map_err(embed_failure)?;
+        let rows: Vec<(Uuid, Vec<f32>)> = batch.iter().map(|t| t.id).zip(vectors).collect();
+        agents
+            .store
+            .upsert(tenant, &space, &rows)
+            .await
+            .map_err(|err| JobFailure::retryable(err.to_string()))?;
+        let hashes: Vec<(Uuid, Vec<u8>)> = batch
+            .iter()
+            .map(|t| (t.id, t.content_hash.clone()))
+            .collect();
+        tasks
+            .mark_embedded(tenant, &hashes, &space.embedder)
+            .await
+            .map_err(storage)?;
+        // Oldest first (`found` is in id order), so a repeat in the same batch finds its
+        // original already stored.
+        for (task, (_, vector)) in batch.iter().zip(&rows) {
+            if !task.open {
+                continue;
+            }
+            let neighbours = agents
+                .store
+                .nearest(tenant, &space, vector, NEIGHBOURS)
+                .await
+                .map_err(|err| JobFailure::retryable(err.to_string()))?;
+            let similar: Vec<Neighbour> = neighbours
+                .into_iter()
+                .filter(|n| n.task_id != task.id && n.similarity >= threshold)
+                .collect();
+            let ids: Vec<Uuid> = similar.iter().map(|n| n.task_id).collect();
+            let originals = if ids.is_empty() {
+                Vec::new()
+            } else {
+                tasks
+                    .originals_for(tenant, task.id, &ids)
+                    .await
+                    .map_err(storage)?
+            };
+            // `similar` is most alike first.
+            let original = similar
+                .iter()
+                .find(|n| originals.contains(&n.task_id))
+                .map(|n| (n.task_id, n.similarity));
+            tasks
+                .set_duplicate(tenant, task.id, original)
+                .await
+                .map_err(storage)?;
+            if let Some((of, similarity)) = original {
+                duplicates
+                    .push(json!({"task": task.id, "duplicate_of": of, "similarity": similarity}));
+            }
+        }
+        let embedded = (done * BATCH + batch.len()).min(todo.len());
+        ctx.progress(
+            100.0 * embedded as f32 / todo.len() as f32,
+            &format!("embedded {embedded} of {} tasks", todo.len()),
+        )
+        .await;
+    }
+    let prioritise = tasks
+        .request_prioritise(tenant, &ctx.worker, ctx.request_id.clone())
+        .await
+        .map_err(|err| JobFailure::retryable(format!("could not ask for a ranking: {err}")))?;
+    ctx.wake_dispatcher().await;
+    Ok(json!({
+        "embedder": space.embedder,
+        "embedded": todo.len(),
+        "unchanged": unchanged,
+        "unknown": unknown,
+        "vectors_removed": removed,
+        "duplicates": duplicates,
+        "prioritise_job": prioritise,
+    }))
+}
+
+fn embed_failure(err: EmbedError) -> JobFailure {
+    match err {
+        EmbedError::Rejected | EmbedError::Unusable(_) => JobFailure::permanent(err.to_string()),
+        // A model file missing or damaged is the operator's to mend; the job waits for it.
+        EmbedError::RateLimited { .. } | EmbedError::Unavailable(_) | EmbedError::Model(_) => {
+            JobFailure {
+                retry_after: err.retry_after(),
+                ..JobFailure::retryable(err.to_string())
+            }
+        }
+    }
+}
+
+fn storage(err: sqlx::Error) -> JobFailure {
+    JobFailure::retryable(format!("the task store failed: {err}"))
+}
