@@ -5,10 +5,9 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::OnceCell;
 
-use crate::{
-    EmbedError, Embedder, LocalModel, OpenAiEmbedder, VectorStore, Weights,
-    vector_store::StoreError,
-};
+use anyhow::Context;
+
+use crate::{EmbedError, Embedder, LocalModel, OpenAiEmbedder, Reviewer, VectorStore, Weights};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EmbedderKind {
@@ -48,6 +47,14 @@ pub struct AgentSettings {
     /// Cosine similarity from which a task is a near-duplicate of an older one.
     #[arg(long, env = "TASKFLEET_DUPLICATE_THRESHOLD", default_value_t = 0.85)]
     pub duplicate_threshold: f32,
+    /// An OpenAI-compatible chat endpoint whose model reviews the formula's top candidates
+    /// (`agent.prioritise`); unset, the formula's ranking stands alone.
+    #[arg(long, env = "TASKFLEET_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    #[arg(long, env = "TASKFLEET_LLM_MODEL")]
+    pub llm_model: Option<String>,
+    #[arg(long, env = "TASKFLEET_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
     /// The formula's weights (ADR 0011).
     #[arg(
         long,
@@ -62,6 +69,9 @@ impl AgentSettings {
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.duplicate_threshold) {
             return Err("TASKFLEET_DUPLICATE_THRESHOLD must be between 0 and 1".into());
+        }
+        if self.llm_base_url.is_some() != self.llm_model.is_some() {
+            return Err("set TASKFLEET_LLM_BASE_URL and TASKFLEET_LLM_MODEL together".into());
         }
         if self.embedder == EmbedderKind::Openai {
             let missing: Vec<&str> = [
@@ -93,16 +103,33 @@ pub struct Agents {
     settings: Arc<AgentSettings>,
     embedder: Arc<OnceCell<Embedder>>,
     pub store: VectorStore,
+    /// The LLM reviewer of the formula's candidates, when one is configured.
+    pub reviewer: Option<Reviewer>,
 }
 
 impl Agents {
-    /// Opens the vector store; fails when it cannot be opened.
-    pub async fn open(settings: AgentSettings) -> Result<Agents, StoreError> {
-        let store = VectorStore::open(&settings.vector_uri).await?;
+    /// Opens the vector store and builds the reviewer; fails when the store cannot be opened
+    /// or the reviewer's settings are unusable.
+    pub async fn open(settings: AgentSettings) -> anyhow::Result<Agents> {
+        let store = VectorStore::open(&settings.vector_uri)
+            .await
+            .context("the vector store (TASKFLEET_VECTOR_URI) cannot be opened")?;
+        let reviewer = match (&settings.llm_base_url, &settings.llm_model) {
+            (Some(base_url), Some(model)) => Some(
+                Reviewer::new(
+                    base_url,
+                    model,
+                    settings.llm_api_key.as_deref().unwrap_or_default(),
+                )
+                .context("TASKFLEET_LLM_BASE_URL / TASKFLEET_LLM_MODEL")?,
+            ),
+            _ => None,
+        };
         Ok(Agents {
             settings: Arc::new(settings),
             embedder: Arc::new(OnceCell::new()),
             store,
+            reviewer,
         })
     }
 

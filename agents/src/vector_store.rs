@@ -92,6 +92,11 @@ impl VectorStore {
 
     /// Whether the store answers (the worker's readiness).
     pub async fn check(&self) -> Result<(), StoreError> {
+        // lancedb lists a missing local directory as empty: look at the directory itself.
+        if !self.uri.contains("://") {
+            std::fs::read_dir(&self.uri)
+                .map_err(|err| StoreError(format!("cannot read {}: {err}", self.uri)))?;
+        }
         self.db.table_names().limit(1).execute().await?;
         Ok(())
     }

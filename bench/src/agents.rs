@@ -204,9 +204,10 @@ async fn prioritise(tasks: usize) -> anyhow::Result<Duration> {
             horizon: taskfleet_jobs::wire::name(&r.horizon),
             rank: r.rank as i32,
             reason: r.reason.clone(),
+            ranked_by: "formula".to_owned(),
         })
         .collect();
-    let stored = store.store_ranking(tenant, &placements, "formula").await?;
+    let stored = store.store_ranking(tenant, &placements).await?;
     let took = started.elapsed();
     ensure!(
         stored as usize == tasks,

@@ -50,6 +50,20 @@ CREATE INDEX tasks_focus ON tasks (tenant_id, horizon, rank)
 -- Work done lately (`past7d`).
 CREATE INDEX tasks_completed ON tasks (tenant_id, completed_at DESC) WHERE status = 'done';
 
+-- Tokens every LLM call spent, per tenant (the chat issue enforces budgets on them).
+CREATE TABLE llm_usage (
+    id             bigserial PRIMARY KEY,
+    tenant_id      uuid NOT NULL REFERENCES tenants (id),
+    job_id         uuid,
+    model          text NOT NULL,
+    -- `prioritise`, later `chat`.
+    purpose        text NOT NULL,
+    input_tokens   bigint NOT NULL,
+    output_tokens  bigint NOT NULL,
+    at             timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX llm_usage_tenant ON llm_usage (tenant_id, at);
+
 -- An agent.prioritise waiting for a tenant: a finished embed job asks for one only when
 -- none waits.
 CREATE INDEX jobs_waiting_prioritise ON jobs (tenant_id)

@@ -62,9 +62,21 @@ pub struct RankCandidate {
     pub id: Uuid,
     pub source_kind: String,
     pub title: String,
+    pub snippet: String,
     pub labels: Vec<String>,
     pub due_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The tokens one LLM call (or one review of several calls) spent.
+#[derive(Debug, Clone)]
+pub struct LlmUsage<'a> {
+    pub tenant: Uuid,
+    pub job: Option<Uuid>,
+    pub model: &'a str,
+    pub purpose: &'a str,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
 }
 
 /// One task's place, as the prioritiser decided it.
@@ -80,6 +92,8 @@ pub struct Placement {
     pub horizon: String,
     pub rank: i32,
     pub reason: String,
+    /// `formula`, or the model that placed it.
+    pub ranked_by: String,
 }
 
 impl Tasks {
@@ -226,6 +240,23 @@ impl Tasks {
         Ok(count)
     }
 
+    /// Records the tokens an LLM call spent for the tenant.
+    pub async fn record_llm_usage(&self, usage: LlmUsage<'_>) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO llm_usage (tenant_id, job_id, model, purpose, input_tokens, output_tokens)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(usage.tenant)
+        .bind(usage.job)
+        .bind(usage.model)
+        .bind(usage.purpose)
+        .bind(usage.input_tokens)
+        .bind(usage.output_tokens)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The tenant's time zone, and its open tasks that are not duplicates.
     pub async fn rank_candidates(
         &self,
@@ -236,7 +267,7 @@ impl Tasks {
             .fetch_one(&self.pool)
             .await?;
         let tasks = sqlx::query_as(
-            "SELECT id, source_kind, title, labels, due_at,
+            "SELECT id, source_kind, title, snippet, labels, due_at,
                     coalesce(source_updated_at, updated_at) AS updated_at
              FROM tasks
              WHERE tenant_id = $1 AND status = 'open' AND duplicate_of IS NULL
@@ -250,27 +281,23 @@ impl Tasks {
 
     /// Stores the prioritiser's placements in one statement, and takes the places of the
     /// tenant's tasks it did not place (done or duplicates since) away.
-    pub async fn store_ranking(
-        &self,
-        tenant: Uuid,
-        placements: &[Placement],
-        ranked_by: &str,
-    ) -> sqlx::Result<u64> {
+    pub async fn store_ranking(&self, tenant: Uuid, placements: &[Placement]) -> sqlx::Result<u64> {
         let mut tx = self.pool.begin().await?;
         let column = |f: fn(&Placement) -> f32| placements.iter().map(f).collect::<Vec<f32>>();
         let ids: Vec<Uuid> = placements.iter().map(|p| p.id).collect();
         let horizons: Vec<&str> = placements.iter().map(|p| p.horizon.as_str()).collect();
         let ranks: Vec<i32> = placements.iter().map(|p| p.rank).collect();
         let reasons: Vec<&str> = placements.iter().map(|p| p.reason.as_str()).collect();
+        let ranked_by: Vec<&str> = placements.iter().map(|p| p.ranked_by.as_str()).collect();
         let stored = sqlx::query(
             "UPDATE tasks t SET urgency = p.urgency, importance = p.importance,
                     recency = p.recency, source_signal = p.source_signal,
                     priority = p.priority, horizon = p.horizon, rank = p.rank,
-                    reason = p.reason, ranked_by = $11, ranked_at = now()
+                    reason = p.reason, ranked_by = p.ranked_by, ranked_at = now()
              FROM UNNEST($2::uuid[], $3::real[], $4::real[], $5::real[], $6::real[],
-                         $7::real[], $8::text[], $9::int[], $10::text[])
+                         $7::real[], $8::text[], $9::int[], $10::text[], $11::text[])
                   AS p(id, urgency, importance, recency, source_signal, priority, horizon,
-                       rank, reason)
+                       rank, reason, ranked_by)
              WHERE t.tenant_id = $1 AND t.id = p.id AND t.status = 'open'",
         )
         .bind(tenant)
@@ -283,7 +310,7 @@ impl Tasks {
         .bind(&horizons)
         .bind(&ranks)
         .bind(&reasons)
-        .bind(ranked_by)
+        .bind(&ranked_by)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -9,7 +9,9 @@ use serde_json::Value;
 use taskfleet_tests::{
     Api,
     connector_fleet::ConnectorFleet,
-    fake_providers::{Draft, FakeProvider, FaultRule, OPENAI_API_KEY, Priority},
+    fake_providers::{
+        ChatMode, Draft, FAKE_REVIEW_REASON, FakeProvider, FaultRule, OPENAI_API_KEY, Priority,
+    },
     json, wait_for_some, wait_until,
 };
 
@@ -413,4 +415,81 @@ async fn a_worker_whose_vector_store_stops_answering_is_not_ready_and_says_why()
     );
     std::fs::remove_file(&env.vector_dir).unwrap();
     env.finish().await;
+}
+
+/// The latest `agent.prioritise` job's result.
+async fn last_ranking(fleet: &ConnectorFleet) -> Value {
+    sqlx::query_scalar(
+        "SELECT result FROM jobs WHERE kind = 'agent.prioritise' AND state = 'succeeded'
+         ORDER BY finished_at DESC LIMIT 1",
+    )
+    .fetch_one(&fleet.env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_llm_reviews_the_formulas_candidates_and_the_formula_stands_when_it_answers_badly() {
+    // The first worker embeds; the second, the only one serving `agent`, has the LLM.
+    let mut fleet = ConnectorFleet::start(&["--queues", "embed"], &[]).await;
+    let base = fleet.fake.openai_base_url();
+    fleet.start_worker(
+        &["--queues", "agent"],
+        &[
+            ("TASKFLEET_LLM_BASE_URL", base.as_str()),
+            ("TASKFLEET_LLM_MODEL", "gpt-4o-mini"),
+            ("TASKFLEET_LLM_API_KEY", OPENAI_API_KEY),
+        ],
+    );
+    seed_bug_in_github_and_jira(&fleet);
+    fleet.connect_oauth("github").await;
+    fleet.connect_oauth("jira").await;
+    settled(&fleet, 1).await;
+
+    // The fake reviewer answers the formula's top 3 in reverse: the overdue P0, first by
+    // the formula, is third by the model.
+    let today = focus(&fleet.api, &fleet.key, "today").await;
+    assert_eq!(today.len(), 3, "{today:#?}");
+    assert_eq!(today[2]["title"], BUG_TITLE, "{today:#?}");
+    for task in &today {
+        assert_eq!(task["ranked_by"], "gpt-4o-mini", "{task}");
+        assert_eq!(task["reason"], FAKE_REVIEW_REASON, "{task}");
+    }
+    let result = last_ranking(&fleet).await;
+    assert_eq!(result["ranked_by"], "gpt-4o-mini", "{result}");
+    assert!(result["review"]["picks"].as_u64().unwrap() >= 3, "{result}");
+    let (calls, tokens): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(input_tokens + output_tokens)::bigint FROM llm_usage
+         WHERE model = 'gpt-4o-mini' AND purpose = 'prioritise'",
+    )
+    .fetch_one(&fleet.env.pool)
+    .await
+    .unwrap();
+    assert!(calls >= 1 && tokens > 0, "{calls} reviews, {tokens} tokens");
+
+    // An answer that is not a review: the formula's ranking stands, and the result says why.
+    fleet.fake.set_chat_mode(ChatMode::OffSchema);
+    let (status, created) = fleet
+        .api
+        .post(
+            &fleet.key,
+            "/v1/tasks",
+            &json!({"title": "Call the bank back"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    settled(&fleet, 2).await;
+    let result = last_ranking(&fleet).await;
+    assert_eq!(result["ranked_by"], "formula", "{result}");
+    assert!(
+        result["review"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid review"),
+        "{result}"
+    );
+    let today = focus(&fleet.api, &fleet.key, "today").await;
+    assert_eq!(today[0]["title"], BUG_TITLE, "{today:#?}");
+    assert_eq!(today[0]["ranked_by"], "formula");
+    fleet.finish().await;
 }

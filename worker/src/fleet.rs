@@ -76,9 +76,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     args.agents
         .validate()
         .map_err(|message| anyhow::anyhow!(message))?;
-    let agents = Agents::open(args.agents.clone())
-        .await
-        .context("the vector store (TASKFLEET_VECTOR_URI) cannot be opened")?;
+    let agents = Agents::open(args.agents.clone()).await?;
     let identity = process_identity();
     let db = Db::connect_lazy(&args.database_url, 16).context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()

@@ -1,13 +1,19 @@
 //! `agent.prioritise`: scores the tenant's open, original tasks with the formula (ADR 0011),
-//! picks each one's horizon and its rank within it, and stores them in one statement. The
-//! first three of each horizon are the focus lists `GET /v1/tasks?horizon=` shows.
+//! picks each one's horizon and its rank within it and, when an LLM is configured, has the
+//! model review the formula's top 20 of each horizon and choose its top 3. The model's
+//! answer is checked against the candidates; when it fails or answers off-schema, the
+//! formula's ranking stands and the result says why. Every placement is stored in one
+//! statement; the first three of each horizon are the focus lists.
+
+use std::collections::HashMap;
 
 use chrono::Utc;
 use chrono_tz::Tz;
 use serde_json::{Value, json};
-use taskfleet_agents::{Candidate, formula};
+use taskfleet_agents::{Candidate, Pick, Ranked, ReviewCandidate, formula, llm_review};
 use taskfleet_jobs::{Horizon, spec::AgentPrioritise, wire};
-use taskfleet_storage::Placement;
+use taskfleet_storage::{LlmUsage, Placement, RankCandidate};
+use uuid::Uuid;
 
 use super::{HandlerResult, JobContext, JobFailure};
 
@@ -23,18 +29,58 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
     // The zone was checked when it was set; an unknown one ranks in UTC rather than not at all.
     let zone: Tz = zone.parse().unwrap_or(Tz::UTC);
     let candidates: Vec<Candidate> = rows
-        .into_iter()
+        .iter()
         .map(|row| Candidate {
             id: row.id,
-            source_kind: row.source_kind,
-            title: row.title,
-            labels: row.labels,
+            source_kind: row.source_kind.clone(),
+            title: row.title.clone(),
+            labels: row.labels.clone(),
             due_at: row.due_at,
             updated_at: row.updated_at,
         })
         .collect();
     let weights = ctx.services.agents.settings().priority_weights;
-    let ranked = formula::rank(&candidates, Utc::now(), zone, weights);
+    let now = Utc::now();
+    let mut ranked = formula::rank(&candidates, now, zone, weights);
+    let mut ranked_by: HashMap<Uuid, String> = HashMap::new();
+    let mut review = Value::Null;
+    if let Some(reviewer) = &ctx.services.agents.reviewer {
+        let shortlist = shortlist(&ranked, &rows);
+        let today = now.with_timezone(&zone).date_naive();
+        let outcome = reviewer.review(&shortlist, today, zone.name()).await;
+        let usage = match &outcome {
+            Ok(done) => done.usage,
+            Err(err) => err.usage(),
+        };
+        if usage.input + usage.output > 0 {
+            let recorded = tasks
+                .record_llm_usage(LlmUsage {
+                    tenant: ctx.tenant_id,
+                    job: Some(ctx.job_id),
+                    model: reviewer.model(),
+                    purpose: "prioritise",
+                    input_tokens: usage.input as i64,
+                    output_tokens: usage.output as i64,
+                })
+                .await;
+            if let Err(err) = recorded {
+                tracing::warn!(%err, "could not record the review's token usage");
+            }
+        }
+        let usage = json!({"input_tokens": usage.input, "output_tokens": usage.output});
+        review = match outcome {
+            Ok(done) => {
+                apply(&mut ranked, &done.picks);
+                for pick in &done.picks {
+                    ranked_by.insert(pick.id, reviewer.model().to_owned());
+                }
+                json!({"model": reviewer.model(), "picks": done.picks.len(), "usage": usage})
+            }
+            Err(err) => {
+                json!({"model": reviewer.model(), "error": err.to_string(), "usage": usage})
+            }
+        };
+    }
     let placements: Vec<Placement> = ranked
         .iter()
         .map(|r| Placement {
@@ -47,10 +93,14 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
             horizon: wire::name(&r.horizon),
             rank: r.rank as i32,
             reason: r.reason.clone(),
+            ranked_by: ranked_by
+                .get(&r.id)
+                .cloned()
+                .unwrap_or_else(|| "formula".to_owned()),
         })
         .collect();
     tasks
-        .store_ranking(ctx.tenant_id, &placements, "formula")
+        .store_ranking(ctx.tenant_id, &placements)
         .await
         .map_err(|err| JobFailure::retryable(format!("could not store the ranking: {err}")))?;
     let focus = |horizon: Horizon| -> Value {
@@ -62,10 +112,65 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
     };
     Ok(json!({
         "ranked": ranked.len(),
-        "ranked_by": "formula",
+        "ranked_by": match ranked_by.is_empty() {
+            true => "formula",
+            false => ctx.services.agents.reviewer.as_ref().map_or("formula", |r| r.model()),
+        },
+        "review": review,
         "time_zone": zone.name(),
         "today": focus(Horizon::Today),
         "week": focus(Horizon::Week),
         "month": focus(Horizon::Month),
     }))
+}
+
+/// The formula's first [`llm_review::CANDIDATES_PER_HORIZON`] of each horizon, as the
+/// reviewer is shown them.
+fn shortlist(ranked: &[Ranked], rows: &[RankCandidate]) -> Vec<ReviewCandidate> {
+    let rows: HashMap<Uuid, &RankCandidate> = rows.iter().map(|row| (row.id, row)).collect();
+    ranked
+        .iter()
+        .filter(|r| r.rank as usize <= llm_review::CANDIDATES_PER_HORIZON)
+        .map(|r| {
+            let row = rows[&r.id];
+            ReviewCandidate {
+                id: r.id,
+                horizon: r.horizon,
+                formula_rank: r.rank,
+                title: row.title.clone(),
+                snippet: row.snippet.clone(),
+                source_kind: row.source_kind.clone(),
+                labels: row.labels.clone(),
+                due_at: row.due_at,
+                priority: r.priority,
+                reason: r.reason.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Puts the model's picks first in their horizons, in its order and with its reasons; the
+/// rest of each horizon follows in the formula's order.
+fn apply(ranked: &mut [Ranked], picks: &[Pick]) {
+    let picked: HashMap<Uuid, &Pick> = picks.iter().map(|p| (p.id, p)).collect();
+    for horizon in [Horizon::Today, Horizon::Week, Horizon::Month] {
+        let chosen = picks.iter().filter(|p| p.horizon == horizon).count() as u32;
+        let mut next = chosen;
+        let mut members: Vec<&mut Ranked> =
+            ranked.iter_mut().filter(|r| r.horizon == horizon).collect();
+        members.sort_by_key(|r| r.rank);
+        for task in members {
+            match picked.get(&task.id) {
+                Some(pick) => {
+                    task.rank = pick.rank;
+                    task.reason = pick.reason.clone();
+                }
+                None => {
+                    next += 1;
+                    task.rank = next;
+                }
+            }
+        }
+    }
+    ranked.sort_by_key(|r| (r.horizon, r.rank));
 }
