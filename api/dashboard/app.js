@@ -1,4 +1,4 @@
-// taskfleet dashboard: a Flower-like view of workers, queues, jobs, schedules and connectors.
+// taskfleet dashboard: a Flower-like view of workers, queues, jobs, schedules, connectors and the ranked tasks.
 // Plain ES2020, no build step, no external resources: the API embeds this file as is.
 // Every string from the API reaches the DOM through textContent / text nodes only.
 'use strict';
@@ -353,6 +353,7 @@ const TABS = {
   jobs: { refresh: () => refreshJobs(), every: 10000 },
   schedules: { refresh: refreshSchedules, every: 10000 },
   connectors: { refresh: refreshConnectors, every: 5000 },
+  tasks: { refresh: refreshTasks, every: 15000 },
 };
 
 function showTab(name) {
@@ -373,6 +374,7 @@ function showTab(name) {
     startJobEvents();
   }
   if (name === 'connectors') state.connectors.work = new AbortController();
+  if (name === 'tasks') startTaskEvents();
   tab.refresh().catch(reportError);
   // Skip polls while the page is in the background; the next visible tick catches up.
   state.timer = setInterval(() => {
@@ -386,6 +388,7 @@ function stopTabWork() {
   state.eventsStream?.stop();
   state.eventsStream = null;
   showLiveStatus('#jobs-live')('closed');
+  showLiveStatus('#tasks-live')('closed');
   clearDebounces('jobs');
   stopConnectorWork();
 }
@@ -806,6 +809,60 @@ function scheduleRow(s) {
         h('span', { title: `fired ${fmtTime(f.fired_at)}` }, fmtTime(f.fire_at)), ' → ', jobLink(f.job_id),
         f.catch_up ? h('span', { class: 'sub' }, ' (catch-up)') : null)))
       : '—'));
+}
+
+// ---------------------------------------------------------------- tasks
+
+const HORIZONS = ['today', 'week', 'month', 'past7d'];
+
+async function refreshTasks() {
+  const lists = await Promise.all(HORIZONS.map((horizon) => api('GET', `/v1/tasks?horizon=${horizon}&limit=3`)));
+  HORIZONS.forEach((horizon, i) => {
+    const cards = lists[i].tasks.map((task) => taskCard(task, horizon));
+    const empty = h('li', { class: 'empty' }, horizon === 'past7d' ? 'Nothing done yet.' : 'Nothing here.');
+    $(`.task-column[data-horizon="${horizon}"] ol`).replaceChildren(...(cards.length ? cards : [empty]));
+  });
+}
+
+function taskCard(task, horizon) {
+  const title = task.url
+    ? h('a', { href: task.url, target: '_blank', rel: 'noopener' }, task.title)
+    : task.title;
+  const due = task.due_at ? `due ${fmtRelative(task.due_at)}` : null;
+  const done = horizon === 'past7d';
+  const action = h('button', { type: 'button', class: done ? 'task-undo' : 'task-complete' }, done ? 'Undo' : 'Complete');
+  action.addEventListener('click', () => taskAction(task.id, done ? 'undo' : 'complete', action));
+  return h('li', { class: 'task-card', dataset: { taskId: task.id } },
+    h('div', { class: 'title' }, done ? null : `${task.rank}. `, title),
+    h('div', { class: 'meta' },
+      badge('source', PROVIDER_NAMES[task.source_kind] ?? task.source_kind),
+      due ? h('span', { class: 'sub' }, due) : null,
+      task.ranked_by && task.ranked_by !== 'formula' ? h('span', { class: 'sub' }, `by ${task.ranked_by}`) : null),
+    task.reason && !done ? h('div', { class: 'reason' }, task.reason) : null,
+    action);
+}
+
+async function taskAction(id, action, button) {
+  button.disabled = true;
+  try {
+    await api('POST', `/v1/tasks/${encodeURIComponent(id)}/${action}`);
+    await refreshTasks();
+  } catch (err) {
+    button.disabled = false;
+    reportError(err);
+  }
+}
+
+// A ranking or an embedding that lands changes the lists: refresh them (the stream carries
+// the tenant's job events).
+function startTaskEvents() {
+  state.eventsStream?.stop();
+  const show = showLiveStatus('#tasks-live');
+  const stream = openStream('/v1/events?kind=agent.prioritise&event=job_succeeded', {
+    onEvent: () => debounce('tasks:refresh', 300, () => refreshTasks().catch(reportError)),
+    onStatus: (status) => { if (state.eventsStream === stream) show(status); },
+  });
+  state.eventsStream = stream;
 }
 
 // ---------------------------------------------------------------- connectors

@@ -28,6 +28,7 @@ use crate::{
     observe::{RouteTemplates, observe},
     schedules::SchedulesApi,
     state::AppState,
+    task_graph::TaskGraphApi,
     tasks::TasksApi,
     test_all::TestAllApi,
 };
@@ -112,6 +113,7 @@ pub fn build_app(
             OAuthCallbackApi,
             TestAllApi,
             TasksApi,
+            TaskGraphApi,
             FleetApi,
             HealthApi,
         ),

@@ -18,6 +18,7 @@ mod observe;
 mod paging;
 mod schedules;
 mod state;
+mod task_graph;
 mod tasks;
 mod test_all;
 

@@ -247,6 +247,24 @@ impl Tasks {
         .await
     }
 
+    /// The tasks of the graph view: open ones in `horizons` (duplicates too, so their edges
+    /// show) and the work done in the last 7 days.
+    pub async fn graph(&self, tenant: Uuid, horizons: &[Horizon]) -> sqlx::Result<Vec<TaskRecord>> {
+        let horizons: Vec<String> = horizons.iter().map(wire::name).collect();
+        sqlx::query_as(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE tenant_id = $1
+               AND ((status = 'open' AND horizon = ANY($2))
+                    OR (status = 'done' AND completed_at >= now() - interval '7 days'))
+             ORDER BY id
+             LIMIT 2000"
+        ))
+        .bind(tenant)
+        .bind(&horizons)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Work the tenant finished in the last 7 days, latest first.
     pub async fn done_lately(&self, tenant: Uuid, limit: i64) -> sqlx::Result<Vec<TaskRecord>> {
         sqlx::query_as(&format!(

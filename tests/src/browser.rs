@@ -90,6 +90,13 @@ impl Browser {
         answer["value"].clone()
     }
 
+    /// Opens the dashboard of the API at `base` and signs in with `key`.
+    pub async fn sign_in(&self, base: &str, key: &str) {
+        self.goto(&format!("{base}/dashboard")).await;
+        self.type_into("#api-key", key).await;
+        self.click("#login").await;
+    }
+
     pub async fn goto(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
             .await;

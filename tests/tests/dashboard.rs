@@ -20,12 +20,6 @@ async fn executor_paused(api: &taskfleet_tests::Api, key: &str) -> bool {
         .unwrap()
 }
 
-async fn sign_in(browser: &Browser, base: &str, key: &str) {
-    browser.goto(&format!("{base}/dashboard")).await;
-    browser.type_into("#api-key", key).await;
-    browser.click("#login").await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_follows_jobs_live_and_its_buttons_work() {
     let mut env = TestEnv::new().await;
@@ -37,7 +31,7 @@ async fn the_dashboard_follows_jobs_live_and_its_buttons_work() {
     let acme = env.create_key("acme");
     let browser = Browser::start().await;
 
-    sign_in(&browser, &api.base, &ops).await;
+    browser.sign_in(&api.base, &ops).await;
     browser.wait_text("#whoami", "ops · operator", WAIT).await;
     // Set once; still there at the end means the page never reloaded.
     browser.eval("window.__loadedOnce = true").await;
@@ -144,7 +138,7 @@ async fn the_dashboard_follows_jobs_live_and_its_buttons_work() {
 
     // A tenant key sees its own jobs and no operator controls.
     browser.click("#logout").await;
-    sign_in(&browser, &api.base, &acme).await;
+    browser.sign_in(&api.base, &acme).await;
     browser.wait_text("#whoami", "acme · tenant", WAIT).await;
     let hidden = "return document.querySelector('button[data-tab=\"workers\"]').hidden";
     assert_eq!(browser.eval(hidden).await, Value::Bool(true));

@@ -16,12 +16,6 @@ use taskfleet_tests::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn sign_in(browser: &Browser, base: &str, key: &str) {
-    browser.goto(&format!("{base}/dashboard")).await;
-    browser.type_into("#api-key", key).await;
-    browser.click("#login").await;
-}
-
 /// The selector of a connector's row.
 fn row(id: &str) -> String {
     format!("#connectors-table tr[data-connector-id=\"{id}\"]")
@@ -96,7 +90,7 @@ async fn the_connectors_tab_connects_tests_and_shows_what_providers_said() {
     let jira_row = row(jira["id"].as_str().unwrap());
 
     let browser = Browser::start().await;
-    sign_in(&browser, &api.base, &acme).await;
+    browser.sign_in(&api.base, &acme).await;
     browser.wait_text("#whoami", "acme · tenant", WAIT).await;
     // Set once; still there at the end means the page never reloaded.
     browser.eval("window.__loadedOnce = true").await;

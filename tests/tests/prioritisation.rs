@@ -164,6 +164,35 @@ async fn connected_work_is_deduplicated_ranked_and_three_per_horizon() {
         "{jira:#?}"
     );
 
+    // The graph joins the twin to its original; every node sits in its lane.
+    let (status, graph) = fleet
+        .api
+        .get(&fleet.key, "/v1/tasks/graph?window=month")
+        .await;
+    assert_eq!(status, 200, "{graph}");
+    let edges = graph["edges"].as_array().unwrap();
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["from"] == twin["id"] && e["to"] == first["id"] && e["kind"] == "duplicate"),
+        "{graph}"
+    );
+    let nodes = graph["nodes"].as_array().unwrap();
+    assert_eq!(
+        nodes.len() as i64,
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tasks")
+            .fetch_one(&fleet.env.pool)
+            .await
+            .unwrap()
+    );
+    let node = nodes.iter().find(|n| n["id"] == first["id"]).unwrap();
+    assert_eq!(node["lane"], "today", "{node}");
+    let (status, _) = fleet
+        .api
+        .get(&fleet.key, "/v1/tasks/graph?window=year")
+        .await;
+    assert_eq!(status, 400);
+
     // Completing the first moves the list up; undo puts it back.
     let id = first["id"].as_str().unwrap();
     let (status, done) = fleet
