@@ -527,7 +527,9 @@ async fn the_worker_registry_and_queue_stats_describe_the_fleet() {
     }
     let concurrency: Vec<&Value> = workers.iter().map(|w| &w["concurrency"]).collect();
     assert!(
-        concurrency.contains(&&json!({"executor": 8, "ingest": 4, "schedule": 4, "test": 4})),
+        concurrency.contains(
+            &&json!({"executor": 8, "ingest": 4, "embed": 4, "agent": 4, "schedule": 4, "test": 4})
+        ),
         "{concurrency:?}"
     );
 
