@@ -78,11 +78,18 @@ fi
 focus=""
 if [ -n "$connected" ]; then
   # The first ingests embed their tasks (the local model), mark the bug filed twice as one,
-  # and rank them: wait for today's focus list.
-  for _ in $(seq 120); do
-    focus=$(curl -fsS "$url/v1/tasks?horizon=today" -H "Authorization: Bearer $key" |
-      python3 -c 'import json,sys; [print("    %d. %s (%s; %s)" % (t["rank"], t["title"], t["source_kind"], t["reason"])) for t in json.load(sys.stdin)["tasks"]]' 2>/dev/null || true)
-    [ -n "$focus" ] && break
+  # and rank them: wait until nothing is left to ingest, embed or rank, then show today.
+  for _ in $(seq 240); do
+    pending=$(curl -fsS "$url/v1/queues" -H "Authorization: Bearer $key" | python3 -c '
+import json, sys
+queues = {q["name"]: q["depth"] for q in json.load(sys.stdin)["queues"]}
+print(sum(queues[name][state] for name in ("ingest", "embed", "agent")
+          for state in ("scheduled", "queued", "running", "retrying")))' 2>/dev/null || echo 1)
+    if [ "$pending" = 0 ]; then
+      focus=$(curl -fsS "$url/v1/tasks?horizon=today" -H "Authorization: Bearer $key" |
+        python3 -c 'import json,sys; [print("    %d. %s (%s; %s)" % (t["rank"], t["title"], t["source_kind"], t["reason"])) for t in json.load(sys.stdin)["tasks"]]' 2>/dev/null || true)
+      [ -n "$focus" ] && break
+    fi
     sleep 0.5
   done
 fi

@@ -167,6 +167,30 @@ impl Tasks {
         .await
     }
 
+    /// Of `candidates` (the neighbours of `task` in the store), the ones that repeat it:
+    /// open originals newer than it, from another item at the source. Two embed jobs running
+    /// at once each miss the other's vector; whichever comes second finds the pair this way.
+    pub async fn repeats_of(
+        &self,
+        tenant: Uuid,
+        task: Uuid,
+        candidates: &[Uuid],
+    ) -> sqlx::Result<Vec<Uuid>> {
+        sqlx::query_scalar(
+            "SELECT n.id FROM tasks n JOIN tasks t ON t.tenant_id = n.tenant_id AND t.id = $2
+             WHERE n.tenant_id = $1 AND n.id = ANY($3) AND n.id <> t.id
+               AND n.status = 'open' AND n.duplicate_of IS NULL
+               AND n.source_removed_at IS NULL
+               AND (n.created_at, n.id) > (t.created_at, t.id)
+               AND (n.source_kind, n.source_ref) <> (t.source_kind, t.source_ref)",
+        )
+        .bind(tenant)
+        .bind(task)
+        .bind(candidates)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Points `task` at the original it repeats, or at none (its text no longer matches).
     pub async fn set_duplicate(
         &self,

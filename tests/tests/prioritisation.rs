@@ -522,3 +522,46 @@ async fn an_llm_reviews_the_formulas_candidates_and_the_formula_stands_when_it_a
     assert_eq!(today[0]["ranked_by"], "formula");
     fleet.finish().await;
 }
+
+#[tokio::test]
+async fn a_repeat_embedded_before_its_original_still_points_at_it() {
+    // No worker yet: the tasks' own embed jobs wait, and are cancelled, so this test chooses
+    // the order: the newer task is embedded first, alone, as a job beside it would.
+    let mut env = taskfleet_tests::TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+    let mut ids = Vec::new();
+    for source in ["the support inbox", "the status page"] {
+        let body = json!({
+            "title": "The export to S3 fails every night since Monday",
+            "description": format!("Reported from {source}: the nightly export job dies with AccessDenied."),
+        });
+        let (status, task) = api.post(&key, "/v1/tasks", &body).await;
+        assert_eq!(status, 201, "{task}");
+        ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let waiting: Vec<String> =
+        sqlx::query_scalar("SELECT id::text FROM jobs WHERE kind = 'embed.items'")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    for job in waiting {
+        let (status, body) = api
+            .post(&key, &format!("/v1/jobs/{job}/cancel"), &json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    env.start_worker(&["--queues", "embed,agent"]);
+    for id in [&ids[1], &ids[0]] {
+        let job = api
+            .submit(&key, json!({"kind": "embed.items", "item_ids": [id]}))
+            .await;
+        let done = api.wait_finished(&key, job, WITHIN).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    let (_, newer) = api.get(&key, &format!("/v1/tasks/{}", ids[1])).await;
+    assert_eq!(newer["duplicate_of"], ids[0].as_str(), "{newer}");
+    let (_, older) = api.get(&key, &format!("/v1/tasks/{}", ids[0])).await;
+    assert!(older["duplicate_of"].is_null(), "{older}");
+    env.finish().await;
+}

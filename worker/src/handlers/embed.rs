@@ -97,6 +97,26 @@ pub async fn embed(job: &EmbedItems, ctx: &JobContext) -> HandlerResult {
             if let Some((of, similarity)) = original {
                 duplicates
                     .push(json!({"task": task.id, "duplicate_of": of, "similarity": similarity}));
+                continue;
+            }
+            // An original itself: newer tasks already stored that repeat it point at it (an
+            // embed job running beside this one stored them before this task's vector).
+            let repeats = if ids.is_empty() {
+                Vec::new()
+            } else {
+                tasks
+                    .repeats_of(tenant, task.id, &ids)
+                    .await
+                    .map_err(storage)?
+            };
+            for repeat in similar.iter().filter(|n| repeats.contains(&n.task_id)) {
+                tasks
+                    .set_duplicate(tenant, repeat.task_id, Some((task.id, repeat.similarity)))
+                    .await
+                    .map_err(storage)?;
+                duplicates.push(json!({
+                    "task": repeat.task_id, "duplicate_of": task.id, "similarity": repeat.similarity,
+                }));
             }
         }
         let embedded = (done * BATCH + batch.len()).min(todo.len());
