@@ -9,7 +9,7 @@ use chrono::Utc;
 use taskfleet_agents::{
     Candidate, Embedder, LocalModel, Space, VectorStore, Weights, formula, normalised,
 };
-use taskfleet_storage::{Placement, Tasks};
+use taskfleet_storage::Tasks;
 use taskfleet_tests::{TestEnv, embed_model_dir, json, wait_until};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -192,20 +192,9 @@ async fn prioritise(tasks: usize) -> anyhow::Result<Duration> {
         zone.parse().unwrap_or(chrono_tz::UTC),
         Weights::default(),
     );
-    let placements: Vec<Placement> = ranked
+    let placements: Vec<_> = ranked
         .iter()
-        .map(|r| Placement {
-            id: r.id,
-            urgency: r.scores.urgency,
-            importance: r.scores.importance,
-            recency: r.scores.recency,
-            source_signal: r.scores.source_signal,
-            priority: r.priority,
-            horizon: taskfleet_jobs::wire::name(&r.horizon),
-            rank: r.rank as i32,
-            reason: r.reason.clone(),
-            ranked_by: "formula".to_owned(),
-        })
+        .map(|r| taskfleet_worker::handlers::prioritise::placement(r, "formula"))
         .collect();
     let stored = store.store_ranking(tenant, &placements).await?;
     let took = started.elapsed();

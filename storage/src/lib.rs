@@ -35,7 +35,7 @@ pub use queues::{QueueStats, Queues};
 pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};
 pub use sealing::{EncryptionKeys, Sealer};
 pub use task_edits::{EditError, Editor, NewTask, TaskEdit};
-pub use task_ranking::{EmbedCandidate, LlmUsage, Placement, RankCandidate};
+pub use task_ranking::{EmbedCandidate, LlmUsage, Placement, RankCandidate, Side};
 pub use tasks::{CommitError, IngestPage, PageCommitted, TaskFilter, TaskRecord, Tasks};
 pub use tenants::{RevokeError, Role, Scope, Tenant, Tenants};
 pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};

@@ -68,6 +68,13 @@ pub struct RankCandidate {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Which tasks, by age, [`Tasks::originals_beside`] looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Older,
+    Newer,
+}
+
 /// The tokens one LLM call (or one review of several calls) spent.
 #[derive(Debug, Clone)]
 pub struct LlmUsage<'a> {
@@ -144,46 +151,32 @@ impl Tasks {
         Ok(())
     }
 
-    /// Of `candidates` (the neighbours of `task` in the store), the ones `task` may repeat:
-    /// open, older than it, originals themselves, and from another item at the source.
-    pub async fn originals_for(
+    /// Of `candidates` (the neighbours of `task` in the store), the open originals on `side`
+    /// of it by age, from another item at the source: the older ones are what `task` may
+    /// repeat; the newer ones may repeat it (two embed jobs running at once each miss the
+    /// other's vector, and whichever searches second finds the pair from the older side).
+    pub async fn originals_beside(
         &self,
         tenant: Uuid,
         task: Uuid,
         candidates: &[Uuid],
+        side: Side,
     ) -> sqlx::Result<Vec<Uuid>> {
-        sqlx::query_scalar(
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let comparison = match side {
+            Side::Older => "<",
+            Side::Newer => ">",
+        };
+        sqlx::query_scalar(&format!(
             "SELECT o.id FROM tasks o JOIN tasks t ON t.tenant_id = o.tenant_id AND t.id = $2
              WHERE o.tenant_id = $1 AND o.id = ANY($3) AND o.id <> t.id
                AND o.status = 'open' AND o.duplicate_of IS NULL
                AND o.source_removed_at IS NULL
-               AND (o.created_at, o.id) < (t.created_at, t.id)
-               AND (o.source_kind, o.source_ref) <> (t.source_kind, t.source_ref)",
-        )
-        .bind(tenant)
-        .bind(task)
-        .bind(candidates)
-        .fetch_all(&self.pool)
-        .await
-    }
-
-    /// Of `candidates` (the neighbours of `task` in the store), the ones that repeat it:
-    /// open originals newer than it, from another item at the source. Two embed jobs running
-    /// at once each miss the other's vector; whichever comes second finds the pair this way.
-    pub async fn repeats_of(
-        &self,
-        tenant: Uuid,
-        task: Uuid,
-        candidates: &[Uuid],
-    ) -> sqlx::Result<Vec<Uuid>> {
-        sqlx::query_scalar(
-            "SELECT n.id FROM tasks n JOIN tasks t ON t.tenant_id = n.tenant_id AND t.id = $2
-             WHERE n.tenant_id = $1 AND n.id = ANY($3) AND n.id <> t.id
-               AND n.status = 'open' AND n.duplicate_of IS NULL
-               AND n.source_removed_at IS NULL
-               AND (n.created_at, n.id) > (t.created_at, t.id)
-               AND (n.source_kind, n.source_ref) <> (t.source_kind, t.source_ref)",
-        )
+               AND (o.created_at, o.id) {comparison} (t.created_at, t.id)
+               AND (o.source_kind, o.source_ref) <> (t.source_kind, t.source_ref)"
+        ))
         .bind(tenant)
         .bind(task)
         .bind(candidates)

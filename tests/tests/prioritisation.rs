@@ -54,6 +54,15 @@ fn titled<'a>(tasks: &'a [Value], title: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no `{title}` among {tasks:#?}"))
 }
 
+/// Seeds [`seed_bug_in_github_and_jira`]'s items, connects both accounts, and waits for the
+/// first ranking.
+async fn connect_github_and_jira(fleet: &ConnectorFleet) {
+    seed_bug_in_github_and_jira(fleet);
+    fleet.connect_oauth("github").await;
+    fleet.connect_oauth("jira").await;
+    settled(fleet, 1).await;
+}
+
 fn seed_bug_in_github_and_jira(fleet: &ConnectorFleet) {
     fleet.fake.seed_drafts(
         FakeProvider::Github,
@@ -114,10 +123,7 @@ fn seed_bug_in_github_and_jira(fleet: &ConnectorFleet) {
 #[tokio::test]
 async fn connected_work_is_deduplicated_ranked_and_three_per_horizon() {
     let fleet = ConnectorFleet::start(&["--queues", "embed,agent"], &[]).await;
-    seed_bug_in_github_and_jira(&fleet);
-    fleet.connect_oauth("github").await;
-    fleet.connect_oauth("jira").await;
-    settled(&fleet, 1).await;
+    connect_github_and_jira(&fleet).await;
 
     let today = focus(&fleet.api, &fleet.key, "today").await;
     // Five tasks are due today or overdue: the list shows three.
@@ -332,10 +338,7 @@ async fn switching_embedder_embeds_again_and_a_rejected_key_kills_the_job() {
     let mut fleet = ConnectorFleet::start(&["--queues", "embed,agent"], &[]).await;
     // The API is child 0, the first worker child 1.
     let local_worker = 1;
-    seed_bug_in_github_and_jira(&fleet);
-    fleet.connect_oauth("github").await;
-    fleet.connect_oauth("jira").await;
-    settled(&fleet, 1).await;
+    connect_github_and_jira(&fleet).await;
     let before: Vec<String> = sqlx::query_scalar("SELECT DISTINCT embedded_with FROM tasks")
         .fetch_all(&fleet.env.pool)
         .await
@@ -470,10 +473,7 @@ async fn an_llm_reviews_the_formulas_candidates_and_the_formula_stands_when_it_a
             ("TASKFLEET_LLM_API_KEY", OPENAI_API_KEY),
         ],
     );
-    seed_bug_in_github_and_jira(&fleet);
-    fleet.connect_oauth("github").await;
-    fleet.connect_oauth("jira").await;
-    settled(&fleet, 1).await;
+    connect_github_and_jira(&fleet).await;
 
     // The fake reviewer answers the formula's top 3 in reverse: the overdue P0, first by
     // the formula, is third by the model.

@@ -4,9 +4,9 @@
 //! was deleted, have their vectors removed: deleting a task enqueues this job for its id.
 
 use serde_json::json;
-use taskfleet_agents::{EmbedError, Neighbour};
+use taskfleet_agents::{EmbedError, Neighbour, Space};
 use taskfleet_jobs::spec::EmbedItems;
-use taskfleet_storage::EmbedCandidate;
+use taskfleet_storage::{EmbedCandidate, Side};
 use uuid::Uuid;
 
 use super::{HandlerResult, JobContext, JobFailure};
@@ -42,7 +42,6 @@ pub async fn embed(job: &EmbedItems, ctx: &JobContext) -> HandlerResult {
         .filter(|t| !t.source_removed && !t.embedded(&space.embedder))
         .collect();
     let unchanged = found.len() - todo.len() - (removed.len() - unknown.len());
-    let threshold = agents.settings().duplicate_threshold;
     let mut duplicates = Vec::new();
     for (done, batch) in todo.chunks(BATCH).enumerate() {
         let texts: Vec<String> = batch.iter().map(|t| t.text()).collect();
@@ -64,59 +63,8 @@ pub async fn embed(job: &EmbedItems, ctx: &JobContext) -> HandlerResult {
         // Oldest first (`found` is in id order), so a repeat in the same batch finds its
         // original already stored.
         for (task, (_, vector)) in batch.iter().zip(&rows) {
-            if !task.open {
-                continue;
-            }
-            let neighbours = agents
-                .store
-                .nearest(tenant, &space, vector, NEIGHBOURS)
-                .await
-                .map_err(|err| JobFailure::retryable(err.to_string()))?;
-            let similar: Vec<Neighbour> = neighbours
-                .into_iter()
-                .filter(|n| n.task_id != task.id && n.similarity >= threshold)
-                .collect();
-            let ids: Vec<Uuid> = similar.iter().map(|n| n.task_id).collect();
-            let originals = if ids.is_empty() {
-                Vec::new()
-            } else {
-                tasks
-                    .originals_for(tenant, task.id, &ids)
-                    .await
-                    .map_err(storage)?
-            };
-            // `similar` is most alike first.
-            let original = similar
-                .iter()
-                .find(|n| originals.contains(&n.task_id))
-                .map(|n| (n.task_id, n.similarity));
-            tasks
-                .set_duplicate(tenant, task.id, original)
-                .await
-                .map_err(storage)?;
-            if let Some((of, similarity)) = original {
-                duplicates
-                    .push(json!({"task": task.id, "duplicate_of": of, "similarity": similarity}));
-                continue;
-            }
-            // An original itself: newer tasks already stored that repeat it point at it (an
-            // embed job running beside this one stored them before this task's vector).
-            let repeats = if ids.is_empty() {
-                Vec::new()
-            } else {
-                tasks
-                    .repeats_of(tenant, task.id, &ids)
-                    .await
-                    .map_err(storage)?
-            };
-            for repeat in similar.iter().filter(|n| repeats.contains(&n.task_id)) {
-                tasks
-                    .set_duplicate(tenant, repeat.task_id, Some((task.id, repeat.similarity)))
-                    .await
-                    .map_err(storage)?;
-                duplicates.push(json!({
-                    "task": repeat.task_id, "duplicate_of": task.id, "similarity": repeat.similarity,
-                }));
+            if task.open {
+                duplicates.extend(mark_duplicates(ctx, &space, task.id, vector).await?);
             }
         }
         let embedded = (done * BATCH + batch.len()).min(todo.len());
@@ -140,6 +88,65 @@ pub async fn embed(job: &EmbedItems, ctx: &JobContext) -> HandlerResult {
         "duplicates": duplicates,
         "prioritise_job": prioritise,
     }))
+}
+
+/// Points the task at the older original it repeats; or, when it is an original itself, points
+/// the newer tasks already stored that repeat it at it (an embed job running beside this one
+/// stored them before this task's vector). Returns the pairs marked.
+async fn mark_duplicates(
+    ctx: &JobContext,
+    space: &Space,
+    task: Uuid,
+    vector: &[f32],
+) -> Result<Vec<serde_json::Value>, JobFailure> {
+    let (tenant, agents, tasks) = (ctx.tenant_id, &ctx.services.agents, &ctx.services.tasks);
+    let threshold = agents.settings().duplicate_threshold;
+    let neighbours = agents
+        .store
+        .nearest(tenant, space, vector, NEIGHBOURS)
+        .await
+        .map_err(|err| JobFailure::retryable(err.to_string()))?;
+    // Most alike first.
+    let similar: Vec<Neighbour> = neighbours
+        .into_iter()
+        .filter(|n| n.task_id != task && n.similarity >= threshold)
+        .collect();
+    let ids: Vec<Uuid> = similar.iter().map(|n| n.task_id).collect();
+    let older = tasks
+        .originals_beside(tenant, task, &ids, Side::Older)
+        .await
+        .map_err(storage)?;
+    let original = similar.iter().find(|n| older.contains(&n.task_id));
+    tasks
+        .set_duplicate(tenant, task, original.map(|n| (n.task_id, n.similarity)))
+        .await
+        .map_err(storage)?;
+    if let Some(original) = original {
+        return Ok(vec![pair(task, original)]);
+    }
+    let newer = tasks
+        .originals_beside(tenant, task, &ids, Side::Newer)
+        .await
+        .map_err(storage)?;
+    let mut marked = Vec::new();
+    for repeat in similar.iter().filter(|n| newer.contains(&n.task_id)) {
+        tasks
+            .set_duplicate(tenant, repeat.task_id, Some((task, repeat.similarity)))
+            .await
+            .map_err(storage)?;
+        marked.push(pair(
+            repeat.task_id,
+            &Neighbour {
+                task_id: task,
+                similarity: repeat.similarity,
+            },
+        ));
+    }
+    Ok(marked)
+}
+
+fn pair(task: Uuid, original: &Neighbour) -> serde_json::Value {
+    json!({"task": task, "duplicate_of": original.task_id, "similarity": original.similarity})
 }
 
 fn embed_failure(err: EmbedError) -> JobFailure {

@@ -83,21 +83,7 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
     }
     let placements: Vec<Placement> = ranked
         .iter()
-        .map(|r| Placement {
-            id: r.id,
-            urgency: r.scores.urgency,
-            importance: r.scores.importance,
-            recency: r.scores.recency,
-            source_signal: r.scores.source_signal,
-            priority: r.priority,
-            horizon: wire::name(&r.horizon),
-            rank: r.rank as i32,
-            reason: r.reason.clone(),
-            ranked_by: ranked_by
-                .get(&r.id)
-                .cloned()
-                .unwrap_or_else(|| "formula".to_owned()),
-        })
+        .map(|r| placement(r, ranked_by.get(&r.id).map_or("formula", String::as_str)))
         .collect();
     tasks
         .store_ranking(ctx.tenant_id, &placements)
@@ -122,6 +108,22 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
         "week": focus(Horizon::Week),
         "month": focus(Horizon::Month),
     }))
+}
+
+/// A task's place as the ranking decided it, as stored.
+pub fn placement(ranked: &Ranked, ranked_by: &str) -> Placement {
+    Placement {
+        id: ranked.id,
+        urgency: ranked.scores.urgency,
+        importance: ranked.scores.importance,
+        recency: ranked.scores.recency,
+        source_signal: ranked.scores.source_signal,
+        priority: ranked.priority,
+        horizon: wire::name(&ranked.horizon),
+        rank: ranked.rank as i32,
+        reason: ranked.reason.clone(),
+        ranked_by: ranked_by.to_owned(),
+    }
 }
 
 /// The formula's first [`llm_review::CANDIDATES_PER_HORIZON`] of each horizon, as the
