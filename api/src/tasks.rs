@@ -242,7 +242,6 @@ impl TasksApi {
         let filter = TaskFilter {
             source_kind: source_kind.0,
             status: status.0,
-            horizon: None,
             q: q.0.filter(|q| !q.trim().is_empty()),
             before,
             limit,

@@ -113,7 +113,6 @@ impl From<InsertError> for CommitError {
 pub struct TaskFilter {
     pub source_kind: Option<String>,
     pub status: Option<TaskStatus>,
-    pub horizon: Option<Horizon>,
     /// Words the title or text contains (case-insensitive).
     pub q: Option<String>,
     pub before: Option<Uuid>,
@@ -209,19 +208,17 @@ impl Tasks {
              WHERE {condition}
                AND ($2::text IS NULL OR source_kind = $2)
                AND ($3::text IS NULL OR status = $3)
-               AND ($4::text IS NULL OR horizon = $4)
+               AND ($4::text IS NULL OR title ILIKE $4 OR snippet ILIKE $4)
                AND ($5::uuid IS NULL OR id < $5)
-               AND ($7::text IS NULL OR title ILIKE $7 OR snippet ILIKE $7)
              ORDER BY id DESC
              LIMIT $6"
         ))
         .bind(scope.tenant_id())
         .bind(filter.source_kind.as_deref())
         .bind(filter.status.map(|s| wire::name(&s)))
-        .bind(filter.horizon.map(|h| wire::name(&h)))
+        .bind(filter.q.as_deref().map(like_pattern))
         .bind(filter.before)
         .bind(filter.limit)
-        .bind(filter.q.as_deref().map(like_pattern))
         .fetch_all(&self.pool)
         .await
     }

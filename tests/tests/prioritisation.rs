@@ -271,6 +271,24 @@ async fn tasks_typed_by_hand_are_ranked_edited_deleted_and_kept_to_their_tenant(
     settled(&fleet, 2).await;
     let (_, task) = fleet.api.get(&fleet.key, &format!("/v1/tasks/{id}")).await;
     assert_eq!(task["title"], "Buy oat milk");
+    for (q, found) in [
+        ("OAT MILK", 1),
+        ("two cartons", 1),
+        ("100%", 0),
+        ("oat_", 0),
+    ] {
+        let query = serde_urlencoded::to_string([("q", q)]).unwrap();
+        let (status, page) = fleet
+            .api
+            .get(&fleet.key, &format!("/v1/tasks?{query}"))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(
+            page["tasks"].as_array().unwrap().len(),
+            found,
+            "q={q}: {page}"
+        );
+    }
     assert_ne!(task["horizon"], "today", "{task}");
 
     // Bad input and other tenants' ids.
