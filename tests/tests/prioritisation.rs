@@ -583,3 +583,30 @@ async fn a_repeat_embedded_before_its_original_still_points_at_it() {
     assert!(older["duplicate_of"].is_null(), "{older}");
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_worker_refuses_to_start_with_an_embedder_or_llm_half_configured() {
+    let mut env = taskfleet_tests::TestEnv::new().await;
+    env.capture_logs();
+    let workers = [
+        env.start_worker_env(&[], &[("TASKFLEET_EMBEDDER", "openai")]),
+        env.start_worker_env(&[], &[("TASKFLEET_LLM_MODEL", "gpt-4o-mini")]),
+        env.start_worker_env(&[], &[("TASKFLEET_DUPLICATE_THRESHOLD", "1.5")]),
+        env.start_worker_env(&[], &[("TASKFLEET_PRIORITY_WEIGHTS", "speed=1")]),
+    ];
+    wait_until(WITHIN, "every worker refuses to start", || {
+        let stopped = workers.iter().all(|&w| !env.is_running(w));
+        async move { stopped }
+    })
+    .await;
+    let logs = env.logs();
+    for expected in [
+        "TASKFLEET_EMBEDDER=openai needs TASKFLEET_EMBED_BASE_URL, TASKFLEET_EMBED_MODEL, TASKFLEET_EMBED_DIMENSIONS",
+        "set TASKFLEET_LLM_BASE_URL and TASKFLEET_LLM_MODEL together",
+        "TASKFLEET_DUPLICATE_THRESHOLD must be between 0 and 1",
+        "unknown weight `speed`",
+    ] {
+        assert!(logs.contains(expected), "{expected}: {logs}");
+    }
+    env.finish().await;
+}
