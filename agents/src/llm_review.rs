@@ -12,38 +12,22 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use rig_agent::{
     AgentBuilder,
-    agent::{
-        AgentHook, CompletionCallAction, CompletionCallEvent, HookContext, ModelTurnAction,
-        ModelTurnFinished,
-    },
-    completion::PromptError,
     tool::{Tool, ToolContext, ToolExecutionError},
-};
-use rig_core::{
-    ProviderError,
-    completion::Usage,
-    driver::Model,
-    error::ErrorKind,
-    providers::openai::{
-        OpenAIConfig,
-        wire::{Auth, Chat},
-    },
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 use taskfleet_jobs::Horizon;
 use uuid::Uuid;
 
-use crate::openai_embedder::{provider_message, retry_after, scrub};
+use crate::llm::{BudgetHook, LlmError, LlmModel, RunMeter, TokenBudget, TokenUsage, count_tokens};
 
 /// How many of the formula's candidates of each horizon the model is shown.
 pub const CANDIDATES_PER_HORIZON: usize = 20;
@@ -55,11 +39,15 @@ pub const MAX_PICKS: usize = 3;
 /// model that reads a horizon twice.
 pub const MAX_TURNS: usize = 6;
 
-/// How long one model call may take, connection included.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The tool's name, as the model calls it.
 pub const TOOL_NAME: &str = "read_candidates";
+
+/// The most tokens of one answer (`max_tokens`): three picks per horizon with a line each
+/// fit in a few hundred.
+const MAX_ANSWER_TOKENS: u64 = taskfleet_storage::llm_budget::ANSWER_TOKENS as u64;
+
+/// Roughly what the tool's definition costs in every request, for the budget's reservation.
+const TOOL_DEFINITION_TEXT: &str = "read_candidates The formula's candidates of one horizon,      best first: id, title, snippet, source, labels, due date, rank and priority.      {\"type\":\"object\",\"properties\":{\"horizon\":{\"type\":\"string\",\"enum\":     [\"today\",\"week\",\"month\"],\"description\":\"Which focus list to read.\"}},     \"required\":[\"horizon\"],\"additionalProperties\":false}";
 
 /// The most characters of a snippet the tool shows.
 const SNIPPET_CHARS: usize = 300;
@@ -128,28 +116,6 @@ pub struct Pick {
     pub reason: String,
 }
 
-/// Tokens spent, summed over every model call of a review.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenUsage {
-    pub input: u64,
-    pub output: u64,
-}
-
-impl TokenUsage {
-    fn add(&mut self, usage: &Usage) {
-        self.input += usage.input_tokens.unwrap_or(0);
-        self.output += usage.output_tokens.unwrap_or(0);
-    }
-}
-
-impl From<Usage> for TokenUsage {
-    fn from(usage: Usage) -> TokenUsage {
-        let mut total = TokenUsage::default();
-        total.add(&usage);
-        total
-    }
-}
-
 /// Why a review gave nothing usable; the caller keeps the formula's ranking either way.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ReviewError {
@@ -190,6 +156,23 @@ impl ReviewError {
         }
     }
 
+    /// A failed run, as a review sees it: a model that never answered answered off-schema.
+    fn from_llm(error: LlmError, usage: TokenUsage) -> ReviewError {
+        match error {
+            LlmError::Rejected => ReviewError::Rejected,
+            LlmError::RateLimited {
+                retry_after,
+                message,
+            } => ReviewError::RateLimited {
+                retry_after,
+                message,
+            },
+            LlmError::Unavailable(message) => ReviewError::Unavailable(message),
+            LlmError::NoAnswer(reason) => ReviewError::OffSchema { reason, usage },
+            LlmError::Failed(message) => ReviewError::Failed(message),
+        }
+    }
+
     /// The tokens spent before the review failed, as far as they are known (only an answer
     /// that came back reports them).
     pub fn usage(&self) -> TokenUsage {
@@ -200,101 +183,20 @@ impl ReviewError {
     }
 }
 
-/// An OpenAI-compatible chat model that reviews focus lists. Cheap to clone: clones share one
-/// HTTP client.
-#[derive(Clone)]
+/// An OpenAI-compatible chat model that reviews focus lists. Cheap to clone.
+#[derive(Debug, Clone)]
 pub struct Reviewer {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    model_name: String,
-    base_url: String,
-    chat: Model<Chat>,
-    call_timeout: Duration,
-    /// Kept to build a client with another timeout, and to scrub it from messages.
-    api_key: String,
-}
-
-impl fmt::Debug for Reviewer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reviewer")
-            .field("model", &self.inner.model_name)
-            .field("base_url", &self.inner.base_url)
-            .field("call_timeout", &self.inner.call_timeout)
-            .finish_non_exhaustive()
-    }
+    llm: LlmModel,
 }
 
 impl Reviewer {
-    /// `base_url` like "https://api.openai.com/v1" or "http://127.0.0.1:11434/v1" (the
-    /// `/chat/completions` path is appended). An empty `api_key` sends no `Authorization`
-    /// header, for local servers that take none.
-    pub fn new(base_url: &str, model: &str, api_key: &str) -> anyhow::Result<Reviewer> {
-        Reviewer::build(base_url, model, api_key, CALL_TIMEOUT)
-    }
-
-    /// The same model with another limit on each model call (tests use a short one).
-    pub fn with_call_timeout(&self, timeout: Duration) -> anyhow::Result<Reviewer> {
-        let inner = &self.inner;
-        Reviewer::build(&inner.base_url, &inner.model_name, &inner.api_key, timeout)
-    }
-
-    fn build(
-        base_url: &str,
-        model: &str,
-        api_key: &str,
-        call_timeout: Duration,
-    ) -> anyhow::Result<Reviewer> {
-        let base_url = base_url.trim().trim_end_matches('/');
-        let Some(host) = base_url
-            .strip_prefix("https://")
-            .or_else(|| base_url.strip_prefix("http://"))
-        else {
-            anyhow::bail!("the LLM base URL must start with http:// or https://");
-        };
-        anyhow::ensure!(
-            !host.is_empty() && !host.starts_with('/'),
-            "the LLM base URL names no host"
-        );
-        let model = model.trim();
-        anyhow::ensure!(!model.is_empty(), "the LLM model is empty");
-        // A key read from a file often ends with a newline, which no header may carry.
-        let api_key = api_key.trim();
-        anyhow::ensure!(
-            !api_key.chars().any(char::is_control),
-            "the LLM API key holds control characters"
-        );
-        anyhow::ensure!(!call_timeout.is_zero(), "the LLM call timeout is zero");
-
-        let mut config = OpenAIConfig::new(api_key).with_base_url(base_url);
-        if api_key.is_empty() {
-            config.auth = Auth::OptionalBearer;
-        }
-        // Its own reqwest client, for the per-request timeout (connection and body included).
-        let http = rig_reqwest::reqwest::Client::builder()
-            .timeout(call_timeout)
-            .build()
-            .map_err(|error| anyhow::anyhow!("cannot build the LLM's HTTP client: {error}"))?;
-        // `chat`, not `completion`: OpenAI's flagship route is the Responses API, which
-        // Ollama, vLLM and most compatible servers do not serve.
-        let chat = config
-            .connect(rig_reqwest::ReqwestClient::from(http))
-            .chat(model);
-        Ok(Reviewer {
-            inner: Arc::new(Inner {
-                model_name: model.to_owned(),
-                base_url: base_url.to_owned(),
-                chat,
-                call_timeout,
-                api_key: api_key.to_owned(),
-            }),
-        })
+    pub fn new(llm: LlmModel) -> Reviewer {
+        Reviewer { llm }
     }
 
     /// The model's name, as configured (stored as `ranked_by`).
     pub fn model(&self) -> &str {
-        &self.inner.model_name
+        self.llm.model()
     }
 
     /// Has the model pick its top 3 of each horizon among the formula's top
@@ -307,6 +209,7 @@ impl Reviewer {
         candidates: &[ReviewCandidate],
         today: NaiveDate,
         zone: &str,
+        budget: Arc<dyn TokenBudget>,
     ) -> Result<Review, ReviewError> {
         let shortlist = Arc::new(Shortlist::new(candidates, zone.parse::<Tz>().ok()));
         if shortlist.known.is_empty() {
@@ -317,9 +220,12 @@ impl Reviewer {
         }
         // One agent per review: the tool holds this review's candidates, and runs share
         // nothing (an agent's bus is driven by whichever of its runs is polling).
-        let agent = AgentBuilder::new(self.inner.chat.clone())
+        let fixed_tokens = count_tokens(SYSTEM_PROMPT) + count_tokens(TOOL_DEFINITION_TEXT);
+        let budget = BudgetHook::new(budget, fixed_tokens, MAX_ANSWER_TOKENS);
+        let agent = AgentBuilder::new(self.llm.chat())
             .name("taskfleet-reviewer")
             .preamble(SYSTEM_PROMPT)
+            .max_tokens(MAX_ANSWER_TOKENS)
             .tool(ReadCandidates {
                 shortlist: shortlist.clone(),
             })
@@ -329,13 +235,17 @@ impl Reviewer {
             .prompt(shortlist.prompt(today, zone))
             .max_turns(MAX_TURNS)
             .add_hook(meter.clone())
+            .add_hook(budget.clone())
             .run();
         // Each call has its own timeout; this only bounds a run that somehow outlives them.
-        let whole_run = self.inner.call_timeout * (MAX_TURNS as u32 + 1);
+        let whole_run = self.llm.call_timeout() * (MAX_TURNS as u32 + 1);
         let response = match tokio::time::timeout(whole_run, run).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
-                return Err(self.scrubbed(classify(&error, &meter, self.inner.call_timeout)));
+                return Err(match budget.refusal() {
+                    Some(refusal) => ReviewError::Failed(refusal.to_string()),
+                    None => ReviewError::from_llm(self.llm.failure(&error, &meter), meter.usage()),
+                });
             }
             Err(_) => {
                 return Err(ReviewError::Unavailable(format!(
@@ -348,181 +258,10 @@ impl Reviewer {
         match parse_answer(&response.output(), &shortlist.known) {
             Ok(picks) => Ok(Review { picks, usage }),
             Err(reason) => Err(ReviewError::OffSchema {
-                reason: scrub(reason, &self.inner.api_key),
+                reason: self.llm.scrub(reason),
                 usage,
             }),
         }
-    }
-
-    fn scrubbed(&self, error: ReviewError) -> ReviewError {
-        let scrub = |message: String| scrub(message, &self.inner.api_key);
-        match error {
-            ReviewError::RateLimited {
-                retry_after,
-                message,
-            } => ReviewError::RateLimited {
-                retry_after,
-                message: scrub(message),
-            },
-            ReviewError::Unavailable(message) => ReviewError::Unavailable(scrub(message)),
-            ReviewError::OffSchema { reason, usage } => ReviewError::OffSchema {
-                reason: scrub(reason),
-                usage,
-            },
-            ReviewError::Failed(message) => ReviewError::Failed(scrub(message)),
-            ReviewError::Rejected => ReviewError::Rejected,
-        }
-    }
-}
-
-/// Sorts a failed run by what the caller should do about it. `meter` knows what the model
-/// calls that did answer cost, and how long the last one ran.
-fn classify(error: &PromptError, meter: &RunMeter, call_timeout: Duration) -> ReviewError {
-    let usage = meter.usage();
-    match error {
-        PromptError::MaxTurns { max_turns, .. } => {
-            return ReviewError::OffSchema {
-                reason: format!("no answer within {max_turns} model calls (it kept calling tools)"),
-                usage,
-            };
-        }
-        PromptError::UnknownToolCall { tool_name, .. } => {
-            return ReviewError::OffSchema {
-                reason: format!("it called a tool that does not exist: {tool_name}"),
-                usage,
-            };
-        }
-        _ => {}
-    }
-    if let Some(status) = error.provider_response_status() {
-        let status = status.as_u16();
-        let message = provider_message(status, error.provider_response_body().unwrap_or(""));
-        return match status {
-            401 | 403 => ReviewError::Rejected,
-            // OpenAI answers an exhausted quota with 429 too, but waiting cannot mend billing.
-            429 if message.contains("insufficient_quota") => ReviewError::Failed(message),
-            429 => ReviewError::RateLimited {
-                retry_after: error.provider_response_headers().and_then(|headers| {
-                    retry_after(
-                        |name| headers.get(name).and_then(|value| value.to_str().ok()),
-                        Utc::now(),
-                    )
-                }),
-                message,
-            },
-            // 408: the server gave up waiting for the request, a timeout like ours.
-            408 | 500..=599 => ReviewError::Unavailable(message),
-            _ => ReviewError::Failed(message),
-        };
-    }
-    let described = described(error);
-    let transport = match error {
-        PromptError::Provider(error) => matches!(error, ProviderError::Http(_)),
-        PromptError::Report(report) => matches!(report.kind, ErrorKind::Http | ErrorKind::Timeout),
-        _ => false,
-    };
-    // The client's timeout ends a call `call_timeout` after it began.
-    let timed_out = described.contains("timed out")
-        || (transport && meter.call_elapsed().is_some_and(|ran| ran >= call_timeout));
-    if timed_out {
-        return ReviewError::Unavailable(format!(
-            "no answer within {}s",
-            call_timeout.as_secs_f64()
-        ));
-    }
-    let unavailable = transport
-        || match error {
-            // A reply cut short, or another failure rig calls transient.
-            PromptError::Provider(error) => error.is_retryable(),
-            // The same, relayed over the agent's bus.
-            PromptError::Report(report) => report.retryable,
-            _ => false,
-        };
-    if unavailable {
-        ReviewError::Unavailable(described)
-    } else {
-        ReviewError::Failed(described)
-    }
-}
-
-/// The error and each of its causes, "outer: inner: …", without repeats.
-fn described(error: &PromptError) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        parts.push(cause.to_string());
-        source = cause.source();
-    }
-    if let PromptError::Report(report) = error {
-        parts.extend(report.source_chain.iter().cloned());
-    }
-    let mut seen = HashSet::new();
-    parts.retain(|part| !part.is_empty() && seen.insert(part.clone()));
-    // A cause already quoted inside its parent says nothing new.
-    let kept: Vec<&String> = parts
-        .iter()
-        .enumerate()
-        .filter(|(at, part)| {
-            !parts[..*at]
-                .iter()
-                .any(|outer| outer.contains(part.as_str()))
-        })
-        .map(|(_, part)| part)
-        .collect();
-    kept.iter()
-        .map(|part| part.as_str())
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
-/// What a run's hook sees of its model calls: their summed usage (for a run that fails after
-/// some answered), and when the latest began (an error relayed over the agent's bus no longer
-/// says that its request timed out).
-#[derive(Clone, Default)]
-struct RunMeter {
-    state: Arc<Mutex<MeterState>>,
-}
-
-#[derive(Default)]
-struct MeterState {
-    usage: TokenUsage,
-    call_started: Option<Instant>,
-}
-
-impl RunMeter {
-    fn state(&self) -> std::sync::MutexGuard<'_, MeterState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    fn usage(&self) -> TokenUsage {
-        self.state().usage
-    }
-
-    /// How long the latest model call has been running.
-    fn call_elapsed(&self) -> Option<Duration> {
-        self.state().call_started.map(|started| started.elapsed())
-    }
-}
-
-impl AgentHook for RunMeter {
-    async fn on_completion_call(
-        &self,
-        _ctx: &HookContext,
-        _event: CompletionCallEvent<'_>,
-    ) -> CompletionCallAction {
-        self.state().call_started = Some(Instant::now());
-        CompletionCallAction::Continue
-    }
-
-    async fn on_model_turn_finished(
-        &self,
-        _ctx: &HookContext,
-        event: ModelTurnFinished<'_>,
-    ) -> ModelTurnAction {
-        self.state().usage.add(&event.usage);
-        ModelTurnAction::Continue
     }
 }
 
@@ -999,12 +738,34 @@ mod tests {
         assert!(prompt.contains("today: 1, week: 20, month: 0"), "{prompt}");
     }
 
+    fn model(base_url: &str, name: &str, key: &str) -> anyhow::Result<LlmModel> {
+        LlmModel::new(base_url, name, key, Duration::from_secs(60))
+    }
+
+    /// A budget that refuses nothing: these tests make no call.
+    struct Unlimited;
+
+    impl TokenBudget for Unlimited {
+        fn reserve(
+            &self,
+            _tokens: u64,
+        ) -> futures::future::BoxFuture<'static, Result<(), crate::BudgetRefusal>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn settle(&self, _usage: TokenUsage) -> futures::future::BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+    }
+
     #[tokio::test]
     async fn no_candidates_no_call() {
         // Nothing listens on port 9: a call would fail.
-        let reviewer = Reviewer::new("http://127.0.0.1:9/v1", "gpt-4o-mini", "sk-x").unwrap();
+        let reviewer =
+            Reviewer::new(model("http://127.0.0.1:9/v1", "gpt-4o-mini", "sk-x").unwrap());
+        let today = NaiveDate::from_ymd_opt(2026, 12, 2).unwrap();
         let review = reviewer
-            .review(&[], NaiveDate::from_ymd_opt(2026, 12, 2).unwrap(), "UTC")
+            .review(&[], today, "UTC", Arc::new(Unlimited))
             .await
             .unwrap();
         assert_eq!(review.picks, Vec::new());
@@ -1014,31 +775,37 @@ mod tests {
     #[test]
     fn a_review_can_run_on_any_worker_thread() {
         fn spawnable<T: Send + 'static>(_: &T) {}
-        let reviewer = Reviewer::new("http://127.0.0.1:9/v1", "m", "").unwrap();
+        let reviewer = Reviewer::new(model("http://127.0.0.1:9/v1", "m", "").unwrap());
         let review = async move {
             let today = NaiveDate::from_ymd_opt(2026, 12, 2).unwrap();
-            reviewer.review(&[], today, "UTC").await
+            reviewer
+                .review(&[], today, "UTC", Arc::new(Unlimited))
+                .await
         };
         spawnable(&review);
-        spawnable(&Reviewer::new("http://127.0.0.1:9/v1", "m", "").unwrap());
+        spawnable(&Reviewer::new(
+            model("http://127.0.0.1:9/v1", "m", "").unwrap(),
+        ));
     }
 
     #[test]
     fn construction_checks_and_debug_hides_the_key() {
         let reviewer = Reviewer::new(
-            " http://localhost:11434/v1/ ",
-            " llama3.2 ",
-            "sk-secret-key-1\n",
-        )
-        .unwrap();
+            model(
+                " http://localhost:11434/v1/ ",
+                " llama3.2 ",
+                "sk-secret-key-1\n",
+            )
+            .unwrap(),
+        );
         assert_eq!(reviewer.model(), "llama3.2");
         let debug = format!("{reviewer:?}");
         assert!(debug.contains("http://localhost:11434/v1"), "{debug}");
         assert!(!debug.contains("sk-secret"), "{debug}");
-        assert!(Reviewer::new("localhost:11434", "m", "").is_err());
-        assert!(Reviewer::new("http://", "m", "").is_err());
-        assert!(Reviewer::new("http://x", " ", "").is_err());
-        assert!(Reviewer::new("http://x", "m", "a\u{7}b").is_err());
+        assert!(model("localhost:11434", "m", "").is_err());
+        assert!(model("http://", "m", "").is_err());
+        assert!(model("http://x", " ", "").is_err());
+        assert!(model("http://x", "m", "a\u{7}b").is_err());
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::{path::PathBuf, sync::Arc};
 use tokio::sync::OnceCell;
 
 use anyhow::Context;
+use taskfleet_storage::LlmSettings;
 
-use crate::{EmbedError, Embedder, LocalModel, OpenAiEmbedder, Reviewer, VectorStore, Weights};
+use crate::{EmbedError, Embedder, LlmModel, LocalModel, OpenAiEmbedder, VectorStore, Weights};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EmbedderKind {
@@ -47,14 +48,8 @@ pub struct AgentSettings {
     /// Cosine similarity from which a task is a near-duplicate of an older one.
     #[arg(long, env = "TASKFLEET_DUPLICATE_THRESHOLD", default_value_t = 0.85)]
     pub duplicate_threshold: f32,
-    /// An OpenAI-compatible chat endpoint whose model reviews the formula's top candidates
-    /// (`agent.prioritise`); unset, the formula's ranking stands alone.
-    #[arg(long, env = "TASKFLEET_LLM_BASE_URL")]
-    pub llm_base_url: Option<String>,
-    #[arg(long, env = "TASKFLEET_LLM_MODEL")]
-    pub llm_model: Option<String>,
-    #[arg(long, env = "TASKFLEET_LLM_API_KEY", hide_env_values = true)]
-    pub llm_api_key: Option<String>,
+    #[command(flatten)]
+    pub llm: LlmSettings,
     /// The formula's weights (ADR 0011).
     #[arg(
         long,
@@ -70,9 +65,7 @@ impl AgentSettings {
         if !(0.0..=1.0).contains(&self.duplicate_threshold) {
             return Err("TASKFLEET_DUPLICATE_THRESHOLD must be between 0 and 1".into());
         }
-        if self.llm_base_url.is_some() != self.llm_model.is_some() {
-            return Err("set TASKFLEET_LLM_BASE_URL and TASKFLEET_LLM_MODEL together".into());
-        }
+        self.llm.validate()?;
         if self.embedder == EmbedderKind::Openai {
             let missing: Vec<&str> = [
                 ("TASKFLEET_EMBED_BASE_URL", self.embed_base_url.is_none()),
@@ -103,33 +96,34 @@ pub struct Agents {
     settings: Arc<AgentSettings>,
     embedder: Arc<OnceCell<Embedder>>,
     pub store: VectorStore,
-    /// The LLM reviewer of the formula's candidates, when one is configured.
-    pub reviewer: Option<Reviewer>,
+    /// The fleet's LLM (`TASKFLEET_LLM_*`), for tenants without their own.
+    pub llm: Option<LlmModel>,
 }
 
 impl Agents {
-    /// Opens the vector store and builds the reviewer; fails when the store cannot be opened
-    /// or the reviewer's settings are unusable.
+    /// Opens the vector store and builds the fleet's LLM; fails when the store cannot be
+    /// opened or the LLM's settings are unusable.
     pub async fn open(settings: AgentSettings) -> anyhow::Result<Agents> {
         let store = VectorStore::open(&settings.vector_uri)
             .await
             .context("the vector store (TASKFLEET_VECTOR_URI) cannot be opened")?;
-        let reviewer = match (&settings.llm_base_url, &settings.llm_model) {
-            (Some(base_url), Some(model)) => Some(
-                Reviewer::new(
-                    base_url,
-                    model,
-                    settings.llm_api_key.as_deref().unwrap_or_default(),
+        let llm = match settings.llm.fleet_provider() {
+            Some(fleet) => Some(
+                LlmModel::new(
+                    &fleet.base_url,
+                    &fleet.model,
+                    &fleet.api_key,
+                    settings.llm.call_timeout(),
                 )
                 .context("TASKFLEET_LLM_BASE_URL / TASKFLEET_LLM_MODEL")?,
             ),
-            _ => None,
+            None => None,
         };
         Ok(Agents {
             settings: Arc::new(settings),
             embedder: Arc::new(OnceCell::new()),
             store,
-            reviewer,
+            llm,
         })
     }
 

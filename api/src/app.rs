@@ -11,19 +11,22 @@ use poem_openapi::error::ParseRequestPayloadError;
 use poem_openapi::{OpenApiService, Tags};
 use taskfleet_connectors::Providers;
 use taskfleet_storage::{
-    Connectors, Db, EventLog, Ledger, Queues, Schedules, Tasks, Tenants, Workers,
-    redis as tf_redis, redis::Keys, wait_for,
+    Budgets, Connectors, Conversations, Db, EventLog, Ledger, LlmProviders, Queues, Schedules,
+    Tasks, Tenants, Workers, redis as tf_redis, redis::Keys, wait_for,
 };
 
 use crate::{
+    chat::ChatApi,
     cli::ApiArgs,
     connectors::ConnectorsApi,
+    conversations::ConversationsApi,
     dashboard,
     error::{explain_job_payload, json_error},
     events::{EventHub, EventsApi},
     fleet::FleetApi,
     health::HealthApi,
     jobs::JobsApi,
+    llm::LlmApi,
     oauth_callback::OAuthCallbackApi,
     observe::{RouteTemplates, observe},
     schedules::SchedulesApi,
@@ -31,6 +34,7 @@ use crate::{
     task_graph::TaskGraphApi,
     tasks::TasksApi,
     test_all::TestAllApi,
+    usage::UsageApi,
 };
 
 use taskfleet_storage::{Scope, tenants::SYSTEM_TENANT};
@@ -48,6 +52,11 @@ pub enum Tag {
     Connectors,
     /// Work items the connectors brought in.
     Tasks,
+    /// Chat with the task assistant, and the conversations it keeps.
+    Chat,
+    /// The tenant's LLM provider, its test, token usage and budgets.
+    #[oai(rename = "LLM")]
+    Llm,
     /// Queues, workers, and who the key is.
     Fleet,
     /// Health and readiness.
@@ -59,6 +68,8 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     metrics::register_api();
     // Checked first: an API that cannot seal credentials must not accept connectors.
     let sealer = args.encryption.sealer()?;
+    args.llm.validate().map_err(anyhow::Error::msg)?;
+    let llm_http = crate::llm::http_client(args.llm.call_timeout())?;
     let db = Db::connect_lazy(&args.database_url, 32).context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
         .await
@@ -79,6 +90,12 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         schedules: Schedules::new(db.pool.clone()),
         connectors: Connectors::new(db.pool.clone()),
         tasks: Tasks::new(db.pool.clone()),
+        budgets: Budgets::new(db.pool.clone(), args.llm.llm_monthly_tokens),
+        llm_providers: LlmProviders::new(db.pool.clone()),
+        conversations: Conversations::new(db.pool.clone()),
+        llm: args.llm.clone(),
+        llm_http,
+        allow_local_llm: args.providers.allow_local_sites,
         providers: Arc::new(Providers::new(&args.providers)),
         sealer,
         public_url: args.public_url(),
@@ -114,6 +131,10 @@ pub fn build_app(
             TestAllApi,
             TasksApi,
             TaskGraphApi,
+            ChatApi,
+            ConversationsApi,
+            LlmApi,
+            UsageApi,
             FleetApi,
             HealthApi,
         ),

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use taskfleet_connectors::ProviderSettings;
-use taskfleet_storage::EncryptionKeys;
+use taskfleet_storage::{EncryptionKeys, LlmSettings};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -55,6 +55,10 @@ pub struct ApiArgs {
     pub encryption: EncryptionKeys,
     #[command(flatten)]
     pub providers: ProviderSettings,
+    /// The fleet's LLM and the monthly token budget: what chat submissions are checked
+    /// against, and what `POST /v1/llm/test` calls for tenants without their own.
+    #[command(flatten)]
+    pub llm: LlmSettings,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -96,7 +100,8 @@ pub enum KeysCommand {
         /// starts with them.
         key: String,
     },
-    /// Seal every connector's credentials under TASKFLEET_ENCRYPTION_KEY, opening them with
-    /// it or TASKFLEET_ENCRYPTION_KEYS_OLD; afterwards the old keys can be retired.
+    /// Seal every connector's credentials and every tenant's LLM API key under
+    /// TASKFLEET_ENCRYPTION_KEY, opening them with it or TASKFLEET_ENCRYPTION_KEYS_OLD;
+    /// afterwards the old keys can be retired.
     Reseal,
 }

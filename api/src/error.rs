@@ -36,8 +36,15 @@ pub enum ApiError {
     /// The request is well-formed JSON but cannot be accepted as it is.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
+    /// The tenant's monthly LLM token budget is spent (`budget_exceeded`); `Retry-After` is
+    /// the seconds until it resets.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// The LLM provider failed the call (`llm_failed`).
+    #[oai(status = 502)]
+    BadGateway(Json<ErrorBody>),
     /// A dependency (Postgres, Redis) is unavailable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -75,6 +82,29 @@ impl ApiError {
         ApiError::Unprocessable(body("invalid_payload", message))
     }
 
+    /// A 422 with its own code, for requests that are valid but cannot be served as things
+    /// stand (e.g. `llm_not_configured`).
+    pub fn unprocessable(error: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable(body(error, message))
+    }
+
+    /// A 429 that tells the client to come back in `retry_after_secs`.
+    pub fn too_many_requests(
+        error: &str,
+        message: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> ApiError {
+        ApiError::TooManyRequests(body(error, message), retry_after_secs)
+    }
+
+    pub fn internal(error: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Internal(body(error, message))
+    }
+
+    pub fn bad_gateway(error: &str, message: impl Into<String>) -> ApiError {
+        ApiError::BadGateway(body(error, message))
+    }
+
     /// The same error with its message rewritten (prefixed with where it applies).
     pub fn with_message(self, rewrite: impl FnOnce(String) -> String) -> ApiError {
         let rewritten = |Json(body): Json<ErrorBody>| {
@@ -90,7 +120,9 @@ impl ApiError {
             ApiError::NotFound(b) => ApiError::NotFound(rewritten(b)),
             ApiError::Conflict(b) => ApiError::Conflict(rewritten(b)),
             ApiError::Unprocessable(b) => ApiError::Unprocessable(rewritten(b)),
+            ApiError::TooManyRequests(b, after) => ApiError::TooManyRequests(rewritten(b), after),
             ApiError::Internal(b) => ApiError::Internal(rewritten(b)),
+            ApiError::BadGateway(b) => ApiError::BadGateway(rewritten(b)),
             ApiError::Unavailable(b) => ApiError::Unavailable(rewritten(b)),
         }
     }

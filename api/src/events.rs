@@ -150,6 +150,30 @@ impl EventHub {
     }
 }
 
+/// Resolves when the hub announces the end (success, death, cancellation) of a job that
+/// `watched` picks, or when `live` fell behind: either way the caller's next read of the
+/// ledger settles it.
+pub async fn job_end_announced(
+    live: &mut broadcast::Receiver<Arc<SharedEvent>>,
+    watched: impl Fn(Uuid) -> bool,
+) {
+    loop {
+        match live.recv().await {
+            Ok(shared) => {
+                let record = &shared.record;
+                let ended = EventName::TERMINAL
+                    .iter()
+                    .any(|name| name.as_str() == record.event);
+                if ended && record.job_id.is_some_and(&watched) {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+        }
+    }
+}
+
 /// Follows the Redis stream's notices of how far events are numbered; see [`HubReader`].
 async fn read_forever(
     redis_url: String,

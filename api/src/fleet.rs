@@ -131,7 +131,7 @@ pub struct WorkerList {
     pub workers: Vec<Worker>,
 }
 
-fn operator_only(auth: &TenantKey) -> Result<(), ApiError> {
+pub(crate) fn operator_only(auth: &TenantKey) -> Result<(), ApiError> {
     match auth.0.role {
         Role::Operator => Ok(()),
         Role::Tenant => Err(ApiError::forbidden("this needs an operator key")),

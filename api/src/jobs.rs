@@ -156,22 +156,7 @@ impl JobsApi {
         idempotency_key: Header<Option<String>>,
     ) -> Result<Created<Job>, ApiError> {
         let mut spec = body.0;
-        if let Some(header) = idempotency_key.0 {
-            if header.is_empty() || header.len() > 255 {
-                return Err(ApiError::invalid(
-                    "Idempotency-Key must be 1 to 255 characters",
-                ));
-            }
-            let options = spec.options_mut();
-            match &options.idempotency_key {
-                Some(key) if *key != header => {
-                    return Err(ApiError::invalid(
-                        "the Idempotency-Key header and the body's idempotency_key differ",
-                    ));
-                }
-                _ => options.idempotency_key = Some(header),
-            }
-        }
+        with_idempotency_header(&mut spec, idempotency_key.0)?;
         let inserted = accept(&state, &auth, &request_id, vec![spec], false)
             .await?
             .remove(0);
@@ -336,7 +321,6 @@ impl JobsApi {
     }
 }
 
-/// Validates and records jobs for the tenant, then wakes the dispatcher.
 /// The changed job, or the error that says why it could not change.
 fn changed(change: Change, verb: &str) -> Result<JobRecord, ApiError> {
     match change {
@@ -349,11 +333,37 @@ fn changed(change: Change, verb: &str) -> Result<JobRecord, ApiError> {
     }
 }
 
+/// Gives `spec` the `Idempotency-Key` header's key, which must agree with the body's own.
+pub(crate) fn with_idempotency_header(
+    spec: &mut JobSpec,
+    header: Option<String>,
+) -> Result<(), ApiError> {
+    let Some(header) = header else {
+        return Ok(());
+    };
+    if header.is_empty() || header.len() > 255 {
+        return Err(ApiError::invalid(
+            "Idempotency-Key must be 1 to 255 characters",
+        ));
+    }
+    let options = spec.options_mut();
+    match &options.idempotency_key {
+        Some(key) if *key != header => Err(ApiError::invalid(
+            "the Idempotency-Key header and the body's idempotency_key differ",
+        )),
+        _ => {
+            options.idempotency_key = Some(header);
+            Ok(())
+        }
+    }
+}
+
 /// Idempotency keys the scheduler gives the jobs it creates; clients cannot claim them.
 const RESERVED_KEY_PREFIXES: [&str; 2] = ["schedule:", "fire:"];
 
-/// Errors of a batch name the index of the job at fault.
-async fn accept(
+/// Validates and records jobs for the tenant, then wakes the dispatcher. Errors of a batch
+/// name the index of the job at fault.
+pub(crate) async fn accept(
     state: &AppState,
     auth: &TenantKey,
     request_id: &RequestId,
@@ -383,6 +393,9 @@ async fn accept(
         };
         checked.map_err(|invalid| ApiError::invalid(at(invalid.message)))?;
         crate::connectors::check_target(state, auth.0.id, spec)
+            .await
+            .map_err(|err| err.with_message(at))?;
+        crate::chat::check_chat(state, auth.0.id, spec)
             .await
             .map_err(|err| err.with_message(at))?;
     }

@@ -1,11 +1,14 @@
 //! The taskfleet REST service: typed job submission and inspection over the Postgres ledger,
-//! live event streams, fleet views (queues, workers), health and readiness, Prometheus
-//! metrics, the dashboard, the OpenAPI document and Swagger UI.
+//! live event streams, fleet views (queues, workers), the chat assistant with its LLM
+//! settings and token budgets, health and readiness, Prometheus metrics, the dashboard, the
+//! OpenAPI document and Swagger UI.
 
 pub mod app;
 mod auth;
+mod chat;
 pub mod cli;
 mod connectors;
+mod conversations;
 mod dashboard;
 mod error;
 mod events;
@@ -13,6 +16,7 @@ mod fleet;
 mod health;
 mod jobs;
 mod json;
+mod llm;
 mod oauth_callback;
 mod observe;
 mod paging;
@@ -21,6 +25,7 @@ mod state;
 mod task_graph;
 mod tasks;
 mod test_all;
+mod usage;
 
 pub use app::{build_app, serve};
 pub use state::AppState;

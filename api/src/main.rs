@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use taskfleet_api::cli::{ApiArgs, Command, KeysCommand};
-use taskfleet_storage::{Connectors, Db, Role, Tenants};
+use taskfleet_storage::{Connectors, Db, LlmProviders, Role, Tenants};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -69,9 +69,15 @@ async fn run(args: ApiArgs) -> anyhow::Result<()> {
             let sealer = args.encryption.sealer()?;
             let db = Db::connect_lazy(&args.database_url, 2)?;
             db.migrate().await.context("migrations failed")?;
-            let resealed = Connectors::new(db.pool).reseal(&sealer).await?;
+            let resealed = Connectors::new(db.pool.clone()).reseal(&sealer).await?;
+            let llm_keys = LlmProviders::new(db.pool).reseal(&sealer).await?;
             eprintln!(
                 "sealed {resealed} connectors' credentials anew under key {}; the others were \
+                 under it already",
+                sealer.current_key_id()
+            );
+            eprintln!(
+                "sealed {llm_keys} tenants' LLM API keys anew under key {}; the others were \
                  under it already",
                 sealer.current_key_id()
             );

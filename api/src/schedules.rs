@@ -163,6 +163,9 @@ impl SchedulesApi {
         crate::connectors::check_target(&state, auth.0.id, &body.0.target)
             .await
             .map_err(|err| err.with_message(|m| format!("target: {m}")))?;
+        crate::chat::check_scheduled_chat(&state, auth.0.id, &body.0.target)
+            .await
+            .map_err(|err| err.with_message(|m| format!("target: {m}")))?;
         let def = definition(body.0, state.fault_injection)?;
         let record = state.schedules.create(auth.0.id, &def).await?;
         Ok(ScheduleCreated::Created(Json(
@@ -212,6 +215,9 @@ impl SchedulesApi {
         body: Json<ScheduleInput>,
     ) -> Result<Json<Schedule>, ApiError> {
         crate::connectors::check_target(&state, auth.0.id, &body.0.target)
+            .await
+            .map_err(|err| err.with_message(|m| format!("target: {m}")))?;
+        crate::chat::check_scheduled_chat(&state, auth.0.id, &body.0.target)
             .await
             .map_err(|err| err.with_message(|m| format!("target: {m}")))?;
         let def = definition(body.0, state.fault_injection)?;

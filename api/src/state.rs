@@ -10,9 +10,9 @@ use redis::aio::ConnectionManager;
 use taskfleet_connectors::Providers;
 use taskfleet_jobs::Queue;
 use taskfleet_storage::{
-    Connectors, Db, EventLog, GroupCommit, InsertError, Inserted, JobRecord, Ledger, NewJob,
-    Queues, Schedules, Sealer, Tasks, Tenant, Tenants, Workers,
-    group_commit::LINGER_WHILE_CALLERS_WAIT, redis as tf_redis, redis::Keys,
+    Budgets, Connectors, Conversations, Db, EventLog, GroupCommit, InsertError, Inserted,
+    JobRecord, Ledger, LlmProviders, LlmSettings, NewJob, Queues, Schedules, Sealer, Tasks, Tenant,
+    Tenants, Workers, group_commit::LINGER_WHILE_CALLERS_WAIT, redis as tf_redis, redis::Keys,
 };
 use taskfleet_telemetry::metrics;
 use uuid::Uuid;
@@ -29,6 +29,18 @@ pub struct AppState {
     pub schedules: Schedules,
     pub connectors: Connectors,
     pub tasks: Tasks,
+    /// Each tenant's monthly LLM token budget and what it spent.
+    pub budgets: Budgets,
+    /// Tenants' own LLM providers (keys sealed with `sealer`).
+    pub llm_providers: LlmProviders,
+    pub conversations: Conversations,
+    /// The fleet's LLM (for tenants without their own) and the call timeout.
+    pub llm: LlmSettings,
+    /// Makes `POST /v1/llm/test`'s calls: the LLM call timeout, no redirects.
+    pub llm_http: reqwest::Client,
+    /// Admit tenant LLM providers on this machine or its private network
+    /// (`TASKFLEET_ALLOW_LOCAL_SITES`: tests and local fakes only).
+    pub allow_local_llm: bool,
     /// The SaaS clients, for OAuth: consent pages, code exchange, site discovery.
     pub providers: Arc<Providers>,
     /// Seals credentials and PKCE verifiers.

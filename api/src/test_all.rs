@@ -15,14 +15,18 @@ use poem_openapi::{
     types::ToJSON,
 };
 use taskfleet_connectors::Provider;
-use taskfleet_jobs::{EventName, JobState, wire};
+use taskfleet_jobs::{JobState, wire};
 use taskfleet_storage::{JobRecord, Scope};
 use tokio::{sync::mpsc, time::Instant};
 use uuid::Uuid;
 
 use crate::{
-    auth::TenantKey, connectors::request_tests, error::ApiError, events::SharedEvent,
-    observe::RequestId, state::AppState,
+    auth::TenantKey,
+    connectors::request_tests,
+    error::ApiError,
+    events::{SharedEvent, job_end_announced},
+    observe::RequestId,
+    state::AppState,
 };
 
 /// How long the stream waits for all results before reporting the missing ones as errors.
@@ -212,7 +216,7 @@ async fn follow(
                 }
                 break;
             }
-            _ = announced(&mut live, &pending) => {}
+            _ = job_end_announced(&mut live, |id| pending.contains_key(&id)) => {}
             _ = tokio::time::sleep(RECHECK_EVERY) => {}
             _ = tx.closed() => return,
         }
@@ -226,31 +230,6 @@ async fn follow(
         error: Some(failed),
     };
     let _ = tx.send(done).await;
-}
-
-/// Resolves when the hub announces the end of one of the `pending` tests' jobs (or falls
-/// behind, when the next read of the ledger settles it).
-async fn announced(
-    live: &mut tokio::sync::broadcast::Receiver<Arc<SharedEvent>>,
-    pending: &HashMap<Uuid, TestJob>,
-) {
-    loop {
-        match live.recv().await {
-            Ok(shared) => {
-                let record = &shared.record;
-                let ended = EventName::TERMINAL
-                    .iter()
-                    .any(|name| name.as_str() == record.event);
-                if ended && record.job_id.is_some_and(|id| pending.contains_key(&id)) {
-                    return;
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                return std::future::pending().await;
-            }
-        }
-    }
 }
 
 /// A finished test job's verdict: whether the credentials work, and in what words.

@@ -1,4 +1,4 @@
-//! A circuit breaker per provider. After `failures_to_open` calls in a row fail for the
+//! A circuit breaker per provider (and per LLM endpoint). After `failures_to_open` calls in a row fail for the
 //! provider's own reasons (5xx, timeouts, unreachable), calls fail at once for `cooldown`
 //! instead of piling onto an outage; the jobs retry later. Then one call goes through as a
 //! probe (half-open): its success closes the circuit, its failure opens it for another
@@ -10,8 +10,6 @@ use std::{sync::Mutex, time::Duration};
 
 use taskfleet_telemetry::metrics;
 use tokio::time::Instant;
-
-use crate::Provider;
 
 /// How long a caller turned away while a probe is in flight is told to wait.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
@@ -32,7 +30,8 @@ enum State {
 
 #[derive(Debug)]
 pub struct Breaker {
-    provider: Provider,
+    /// The `provider` label of its gauge: a provider's wire name, or `llm`.
+    name: String,
     failures_to_open: u32,
     cooldown: Duration,
     state: Mutex<State>,
@@ -48,9 +47,9 @@ pub struct Permit<'a> {
 }
 
 impl Breaker {
-    pub fn new(provider: Provider, failures_to_open: u32, cooldown: Duration) -> Breaker {
+    pub fn new(name: impl Into<String>, failures_to_open: u32, cooldown: Duration) -> Breaker {
         let breaker = Breaker {
-            provider,
+            name: name.into(),
             failures_to_open: failures_to_open.max(1),
             cooldown,
             state: Mutex::new(State::Closed { failures: 0 }),
@@ -101,7 +100,7 @@ impl Breaker {
             // A failure of a call admitted before the circuit opened extends nothing.
             (State::Open { until }, false) if !probe => State::Open { until },
             (_, false) => {
-                tracing::warn!(provider = %self.provider, cooldown = ?self.cooldown, "circuit opened");
+                tracing::warn!(provider = %self.name, cooldown = ?self.cooldown, "circuit opened");
                 State::Open {
                     until: Instant::now() + self.cooldown,
                 }
@@ -125,7 +124,7 @@ impl Breaker {
 
     fn show(&self, state: State) {
         metrics::PROVIDER_CIRCUIT_STATE
-            .with_label_values(&[self.provider.name().as_str()])
+            .with_label_values(&[self.name.as_str()])
             .set(gauge_value(state));
     }
 }
@@ -167,7 +166,7 @@ mod tests {
     const COOLDOWN: Duration = Duration::from_millis(300);
 
     fn breaker() -> Breaker {
-        Breaker::new(Provider::Jira, 3, COOLDOWN)
+        Breaker::new("jira", 3, COOLDOWN)
     }
 
     fn fail(breaker: &Breaker) {

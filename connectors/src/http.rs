@@ -162,7 +162,7 @@ impl Http {
                         settings.connector_rate_limits.for_provider(provider),
                     )),
                     breaker: Breaker::new(
-                        provider,
+                        provider.name(),
                         settings.breaker_failures,
                         settings.breaker_cooldown(),
                     ),

@@ -25,7 +25,10 @@ pub mod oauth;
 pub mod provider;
 pub mod settings;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -38,6 +41,8 @@ pub use oauth::Pkce;
 pub use provider::Provider;
 pub use settings::ProviderSettings;
 pub use taskfleet_jobs::Item;
+
+pub use breaker::Breaker;
 
 use crate::{http::Http, oauth::OAuthClient};
 
@@ -97,10 +102,15 @@ pub trait Connector: Send + Sync {
     -> Result<Page, ProviderError>;
 }
 
-/// The five connectors, sharing one HTTP layer.
+/// The five connectors, sharing one HTTP layer, and the circuit breakers of LLM endpoints.
 pub struct Providers {
     connectors: BTreeMap<Provider, Box<dyn Connector>>,
     allow_local_sites: bool,
+    /// One per LLM base URL: with tenants bringing their own endpoints, one tenant's broken
+    /// endpoint must not stop everyone's calls.
+    llm_breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    breaker_failures: u32,
+    breaker_cooldown: std::time::Duration,
 }
 
 impl std::fmt::Debug for Providers {
@@ -137,7 +147,26 @@ impl Providers {
         Providers {
             connectors,
             allow_local_sites: settings.allow_local_sites,
+            llm_breakers: Mutex::new(HashMap::new()),
+            breaker_failures: settings.breaker_failures,
+            breaker_cooldown: settings.breaker_cooldown(),
         }
+    }
+
+    /// The circuit breaker of the LLM endpoint at `base_url` (its gauge is labelled `llm`),
+    /// with the connectors' thresholds.
+    pub fn llm_breaker(&self, base_url: &str) -> Arc<Breaker> {
+        let mut breakers = self.llm_breakers.lock().unwrap_or_else(|p| p.into_inner());
+        breakers
+            .entry(base_url.trim_end_matches('/').to_owned())
+            .or_insert_with(|| {
+                Arc::new(Breaker::new(
+                    "llm",
+                    self.breaker_failures,
+                    self.breaker_cooldown,
+                ))
+            })
+            .clone()
     }
 
     pub fn get(&self, provider: Provider) -> &dyn Connector {

@@ -10,6 +10,7 @@ pub mod schedule;
 pub mod spec;
 pub mod state;
 pub mod task;
+pub mod task_tool;
 pub mod wire;
 
 pub use event::EventName;
@@ -20,6 +21,7 @@ pub use schedule::{MissedPolicy, Timing};
 pub use spec::{InvalidJob, JobOptions, JobSpec};
 pub use state::JobState;
 pub use task::{Horizon, Item, TaskStatus};
+pub use task_tool::{TaskTool, TaskToolCall, ToolError};
 
 /// What the dispatcher places in a Redis queue: only the ledger id. The payload stays in
 /// Postgres, so Redis holds a small, disposable window of work and the ledger stays the truth.

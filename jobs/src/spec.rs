@@ -12,6 +12,9 @@ use crate::{executor::ExecutorRun, queue::Queue};
 /// Most tasks one `embed.items` job may name.
 pub const MAX_EMBED_ITEMS: usize = 10_000;
 
+/// The longest chat message, in characters.
+pub const MAX_CHAT_MESSAGE_CHARS: usize = 10_000;
+
 /// Highest `max_attempts` a job may ask for.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 
@@ -75,9 +78,12 @@ pub struct AgentPrioritise {
 /// `agent.chat`: one chat turn with task tools.
 #[derive(Debug, Clone, PartialEq, Object, Serialize, Deserialize)]
 pub struct AgentChat {
+    /// The conversation to continue; absent starts one (its id is the job's).
     #[oai(skip_serializing_if_is_none)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<Uuid>,
+    /// What the person writes: 1 to 10,000 characters.
+    #[oai(validator(min_length = 1, max_length = 10000))]
     pub message: String,
     #[oai(flatten)]
     #[serde(flatten)]
@@ -225,13 +231,20 @@ impl JobSpec {
                 )))
             }
             JobSpec::EmbedItems(_) | JobSpec::AgentPrioritise(_) => Ok(()),
+            // Whether the conversation is the tenant's, and an LLM and budget are there for
+            // it, is the API's to check.
+            JobSpec::AgentChat(chat) if chat.message.trim().is_empty() => {
+                Err(InvalidJob::new("`message` is empty"))
+            }
+            JobSpec::AgentChat(chat) if chat.message.chars().count() > MAX_CHAT_MESSAGE_CHARS => {
+                Err(InvalidJob::new(format!(
+                    "`message` is longer than {MAX_CHAT_MESSAGE_CHARS} characters"
+                )))
+            }
+            JobSpec::AgentChat(_) => Ok(()),
             JobSpec::ScheduleFire(_) => Err(InvalidJob::new(
                 "`schedule.fire` jobs are created by schedules; create one under /v1/schedules",
             )),
-            other => Err(InvalidJob::new(format!(
-                "job kind `{}` is not available yet: no worker has a handler for it",
-                other.kind()
-            ))),
         }
     }
 
@@ -261,10 +274,19 @@ mod tests {
     }
 
     #[test]
-    fn kinds_without_handlers_are_refused_by_name() {
-        let spec: JobSpec =
-            serde_json::from_value(json!({"kind": "agent.chat", "message": "hi"})).unwrap();
-        let err = spec.validate(false).unwrap_err();
-        assert!(err.message.contains("agent.chat"), "{err}");
+    fn chat_messages_are_one_to_ten_thousand_characters() {
+        let chat = |message: String| -> JobSpec {
+            serde_json::from_value(json!({"kind": "agent.chat", "message": message})).unwrap()
+        };
+        assert!(
+            chat("Add a task to buy milk".into())
+                .validate(false)
+                .is_ok()
+        );
+        assert!(chat("é".repeat(10_000)).validate(false).is_ok());
+        let err = chat("é".repeat(10_001)).validate(false).unwrap_err();
+        assert!(err.message.contains("10000"), "{err}");
+        let err = chat(" \n".into()).validate(false).unwrap_err();
+        assert!(err.message.contains("empty"), "{err}");
     }
 }

@@ -4,17 +4,21 @@
 //! key names, leases, wake-ups).
 
 pub mod connectors;
+pub mod conversations;
 pub mod db;
 pub mod events;
 pub mod group_commit;
 pub mod lease;
 pub mod ledger;
+pub mod llm_budget;
+pub mod llm_providers;
 pub mod queues;
 pub mod redis;
 pub mod schedules;
 pub mod sealing;
 pub mod task_edits;
 pub mod task_ranking;
+pub mod task_tools;
 pub mod tasks;
 pub mod tenants;
 pub mod workers;
@@ -23,6 +27,7 @@ pub use connectors::{
     ConnectorChange, ConnectorError, ConnectorJob, ConnectorRecord, Connectors, CredentialsLock,
     NewConnector, OAuthState, Requested,
 };
+pub use conversations::{ChatMessage, ConversationRecord, Conversations, Turn};
 pub use db::Db;
 pub use events::{EventFilter, EventLog, EventRecord, Numbered};
 pub use group_commit::GroupCommit;
@@ -31,11 +36,16 @@ pub use ledger::{
     Change, Finish, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome,
     Reclaimed, StartedJob,
 };
+pub use llm_budget::{BudgetStatus, Budgets, LlmUsage, Reservation, ReserveError, UsageLine};
+pub use llm_providers::{
+    LlmProvider, LlmProviderRecord, LlmProviders, LlmSettings, ProviderKeyError,
+};
 pub use queues::{QueueStats, Queues};
 pub use schedules::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Schedules};
 pub use sealing::{EncryptionKeys, Sealer};
 pub use task_edits::{EditError, Editor, NewTask, TaskEdit};
-pub use task_ranking::{EmbedCandidate, LlmUsage, Placement, RankCandidate, Side};
+pub use task_ranking::{EmbedCandidate, Placement, RankCandidate, Side};
+pub use task_tools::TaskToolbox;
 pub use tasks::{CommitError, IngestPage, PageCommitted, TaskFilter, TaskRecord, Tasks};
 pub use tenants::{RevokeError, Role, Scope, Tenant, Tenants};
 pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};

@@ -215,6 +215,11 @@ pub fn connector_context(tenant_id: Uuid, connector_id: Uuid) -> String {
     format!("taskfleet/connector/{tenant_id}/{connector_id}")
 }
 
+/// Where a tenant's own LLM API key belongs.
+pub fn llm_context(tenant_id: Uuid) -> String {
+    format!("taskfleet/llm/{tenant_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,13 +72,25 @@ impl Tasks {
 
     /// Stores a task typed by hand and enqueues its embedding (which ranks it after).
     pub async fn create(&self, by: Editor<'_>, task: NewTask) -> Result<TaskRecord, EditError> {
+        self.create_once(by, Uuid::now_v7(), task).await
+    }
+
+    /// [`Tasks::create`] with the task's id chosen by the caller: a second call with the same
+    /// id (a retried job repeating its step) returns the task the first one made, and
+    /// changes nothing.
+    pub async fn create_once(
+        &self,
+        by: Editor<'_>,
+        id: Uuid,
+        task: NewTask,
+    ) -> Result<TaskRecord, EditError> {
         let mut tx = self.pool.begin().await?;
-        let id = Uuid::now_v7();
-        let record: TaskRecord = sqlx::query_as(&format!(
+        let made: Option<TaskRecord> = sqlx::query_as(&format!(
             "INSERT INTO tasks (id, tenant_id, source_kind, source_ref, title, snippet, due_at,
                                 status, horizon, content_hash)
              VALUES ($2, $1, 'manual', $2::text, $3, $4, $5, 'open', 'month',
                      sha256(convert_to($3 || E'\\n' || $4, 'UTF8')))
+             ON CONFLICT (id) DO NOTHING
              RETURNING {TASK_COLUMNS}"
         ))
         .bind(by.tenant)
@@ -86,8 +98,12 @@ impl Tasks {
         .bind(&task.title)
         .bind(&task.description)
         .bind(task.due_at)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(record) = made else {
+            drop(tx);
+            return self.get(by.tenant, id).await?.ok_or(EditError::NotFound);
+        };
         event(&mut tx, &by, id, "created", None, TaskStatus::Open).await?;
         embed_in(&mut tx, &by, id).await?;
         tx.commit().await?;

@@ -75,17 +75,6 @@ pub enum Side {
     Newer,
 }
 
-/// The tokens one LLM call (or one review of several calls) spent.
-#[derive(Debug, Clone)]
-pub struct LlmUsage<'a> {
-    pub tenant: Uuid,
-    pub job: Option<Uuid>,
-    pub model: &'a str,
-    pub purpose: &'a str,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-}
-
 /// One task's place, as the prioritiser decided it.
 #[derive(Debug, Clone)]
 pub struct Placement {
@@ -255,23 +244,6 @@ impl Tasks {
         }
         tx.commit().await?;
         Ok(count)
-    }
-
-    /// Records the tokens an LLM call spent for the tenant.
-    pub async fn record_llm_usage(&self, usage: LlmUsage<'_>) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO llm_usage (tenant_id, job_id, model, purpose, input_tokens, output_tokens)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(usage.tenant)
-        .bind(usage.job)
-        .bind(usage.model)
-        .bind(usage.purpose)
-        .bind(usage.input_tokens)
-        .bind(usage.output_tokens)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// The tenant's time zone, and its open tasks that are not duplicates.

@@ -166,6 +166,15 @@ pub static PROVIDER_CIRCUIT_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         &["provider"],
     )
 });
+/// Tokens spent on LLM calls, by kind of call (chat, prioritise, test), model and direction
+/// (input: the prompt; output: the answer).
+pub static LLM_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "taskfleet_llm_tokens_total",
+        "Tokens spent on LLM calls, by kind of call, model and direction (input, output).",
+        &["kind", "model", "direction"],
+    )
+});
 
 /// The `outcome` label of an attempt that left its job in ledger state `state`; `None` for
 /// `queued` (handed back or reclaimed to run again: not an attempt's end).
@@ -200,6 +209,7 @@ pub fn register_worker() {
         Box::new(STALE_WRITES_REJECTED.clone()),
         Box::new(PROVIDER_REQUEST_DURATION.clone()),
         Box::new(PROVIDER_CIRCUIT_STATE.clone()),
+        Box::new(LLM_TOKENS.clone()),
     ]);
 }
 

@@ -9,12 +9,15 @@ use uuid::Uuid;
 
 use crate::{
     Api, TestEnv,
-    fake_providers::{FakeProvider, FakeProviders},
+    fake_providers::{FakeProvider, FakeProviders, OPENAI_API_KEY},
     json, wait_for_some,
 };
 
 /// Queues a connector test's workers serve.
 pub const CONNECTOR_QUEUES: &str = "ingest,test,executor,schedule";
+
+/// The model name the fleet's LLM is given in [`ConnectorFleet::start_with_llm`].
+pub const LLM_MODEL: &str = "gpt-4o-mini";
 
 pub struct ConnectorFleet {
     pub env: TestEnv,
@@ -22,29 +25,44 @@ pub struct ConnectorFleet {
     /// A key of tenant `acme`.
     pub key: String,
     pub fake: FakeProviders,
+    /// Whether the processes have the fake's chat model as the fleet's LLM.
+    with_llm: bool,
 }
 
 impl ConnectorFleet {
     /// The fakes, an API and one worker serving [`CONNECTOR_QUEUES`] with `worker_args`;
     /// `extra_env` goes to both processes.
     pub async fn start(worker_args: &[&str], extra_env: &[(&str, &str)]) -> ConnectorFleet {
-        Self::start_in(TestEnv::new().await, worker_args, extra_env).await
+        Self::start_in(TestEnv::new().await, worker_args, extra_env, false).await
+    }
+
+    /// [`ConnectorFleet::start`] with the fake OpenAI's chat model as the fleet's LLM
+    /// (`TASKFLEET_LLM_*` = [`LLM_MODEL`] with the fake's key, for every process), and its
+    /// logs kept for [`TestEnv::logs`].
+    pub async fn start_with_llm(
+        worker_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> ConnectorFleet {
+        let mut env = TestEnv::new().await;
+        env.capture_logs();
+        Self::start_in(env, worker_args, extra_env, true).await
     }
 
     /// [`ConnectorFleet::start`] with the processes' logs kept for [`TestEnv::logs`].
     pub async fn start_logged(worker_args: &[&str], extra_env: &[(&str, &str)]) -> ConnectorFleet {
         let mut env = TestEnv::new().await;
         env.capture_logs();
-        Self::start_in(env, worker_args, extra_env).await
+        Self::start_in(env, worker_args, extra_env, false).await
     }
 
     async fn start_in(
         mut env: TestEnv,
         worker_args: &[&str],
         extra_env: &[(&str, &str)],
+        with_llm: bool,
     ) -> ConnectorFleet {
         let fake = FakeProviders::start().await;
-        let vars = Self::vars(&fake, extra_env);
+        let vars = Self::vars(&fake, with_llm, extra_env);
         let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let api = env.start_api(&pairs).await;
         let key = env.create_key("acme");
@@ -53,13 +71,28 @@ impl ConnectorFleet {
             api,
             key,
             fake,
+            with_llm,
         };
         fleet.start_worker(worker_args, extra_env);
         fleet
     }
 
-    fn vars(fake: &FakeProviders, extra_env: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn vars(
+        fake: &FakeProviders,
+        with_llm: bool,
+        extra_env: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
         let mut vars = fake.env();
+        if with_llm {
+            vars.extend([
+                ("TASKFLEET_LLM_BASE_URL".to_owned(), fake.openai_base_url()),
+                ("TASKFLEET_LLM_MODEL".to_owned(), LLM_MODEL.to_owned()),
+                (
+                    "TASKFLEET_LLM_API_KEY".to_owned(),
+                    OPENAI_API_KEY.to_owned(),
+                ),
+            ]);
+        }
         vars.extend(
             extra_env
                 .iter()
@@ -70,7 +103,7 @@ impl ConnectorFleet {
 
     /// Starts one more worker with the fakes' environment.
     pub fn start_worker(&mut self, worker_args: &[&str], extra_env: &[(&str, &str)]) -> usize {
-        let vars = Self::vars(&self.fake, extra_env);
+        let vars = Self::vars(&self.fake, self.with_llm, extra_env);
         let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let args = [&["--queues", CONNECTOR_QUEUES][..], worker_args].concat();
         self.env.start_worker_env(&args, &pairs)

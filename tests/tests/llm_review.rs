@@ -2,10 +2,17 @@
 //! candidates through its tool, the model's top 3 per horizon come back in its own order, and
 //! every kind of failure is sorted into the `ReviewError` the prioritiser acts on.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use chrono::{NaiveDate, TimeZone, Utc};
-use taskfleet_agents::{ReviewCandidate, ReviewError, Reviewer, TokenUsage};
+use futures::future::BoxFuture;
+use taskfleet_agents::{
+    BudgetRefusal, LlmModel, ReviewCandidate, ReviewError, Reviewer, TokenBudget, TokenUsage,
+};
 use taskfleet_jobs::Horizon;
 use taskfleet_tests::{
     fake_providers::{
@@ -18,8 +25,42 @@ use uuid::Uuid;
 const MODEL: &str = "gpt-4o-mini";
 const PATH: &str = "/openai/v1/chat/completions";
 
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn reviewer(fake: &FakeProviders, key: &str) -> Reviewer {
-    Reviewer::new(&fake.openai_base_url(), MODEL, key).unwrap()
+    Reviewer::new(LlmModel::new(&fake.openai_base_url(), MODEL, key, CALL_TIMEOUT).unwrap())
+}
+
+/// A budget that refuses nothing unless told to, and adds up what each call spent.
+#[derive(Default)]
+struct Tally {
+    refuse: Option<String>,
+    reserved: Mutex<Vec<u64>>,
+    spent: Mutex<TokenUsage>,
+}
+
+impl Tally {
+    fn new() -> Arc<Tally> {
+        Arc::new(Tally::default())
+    }
+    fn spent(&self) -> TokenUsage {
+        *self.spent.lock().unwrap()
+    }
+}
+
+impl TokenBudget for Tally {
+    fn reserve(&self, tokens: u64) -> BoxFuture<'static, Result<(), BudgetRefusal>> {
+        self.reserved.lock().unwrap().push(tokens);
+        let refused = self.refuse.clone().map(BudgetRefusal::Exceeded);
+        Box::pin(async move { refused.map_or(Ok(()), Err) })
+    }
+
+    fn settle(&self, usage: TokenUsage) -> BoxFuture<'static, ()> {
+        let mut spent = self.spent.lock().unwrap();
+        spent.input += usage.input;
+        spent.output += usage.output;
+        Box::pin(async {})
+    }
 }
 
 fn today() -> NaiveDate {
@@ -73,10 +114,23 @@ async fn the_model_reads_every_horizon_and_its_top_three_come_back_in_its_order(
     let reviewer = reviewer(&fake, OPENAI_API_KEY);
     assert_eq!(reviewer.model(), MODEL);
 
+    let tally = Tally::new();
     let review = reviewer
-        .review(&candidates(), today(), "Europe/Paris")
+        .review(&candidates(), today(), "Europe/Paris", tally.clone())
         .await
         .unwrap();
+    // Each call was reserved for before it went, and settled with what the model spent.
+    assert_eq!(tally.spent(), usage_of(&fake));
+    let reserved = tally.reserved.lock().unwrap().clone();
+    assert_eq!(
+        reserved.len(),
+        2,
+        "the tool round and the answer: {reserved:?}"
+    );
+    assert!(
+        reserved.iter().all(|tokens| *tokens > 1_024),
+        "{reserved:?}"
+    );
 
     // The fake picks the formula's top 3 of each horizon in reverse order.
     let got: Vec<(Horizon, u32, Uuid)> = review
@@ -131,12 +185,15 @@ async fn a_wrong_or_missing_key_is_rejected() {
     let fake = FakeProviders::start().await;
     let wrong = reviewer(&fake, "sk-wrong-key-0001");
     assert_eq!(
-        wrong.review(&candidates(), today(), "UTC").await,
+        wrong
+            .review(&candidates(), today(), "UTC", Tally::new())
+            .await,
         Err(ReviewError::Rejected)
     );
     let none = reviewer(&fake, "");
     assert_eq!(
-        none.review(&candidates(), today(), "UTC").await,
+        none.review(&candidates(), today(), "UTC", Tally::new())
+            .await,
         Err(ReviewError::Rejected)
     );
     let debug = format!("{wrong:?}");
@@ -154,7 +211,7 @@ async fn a_rate_limit_carries_the_providers_delay() {
     let reviewer = reviewer(&fake, OPENAI_API_KEY);
 
     let error = reviewer
-        .review(&candidates(), today(), "UTC")
+        .review(&candidates(), today(), "UTC", Tally::new())
         .await
         .unwrap_err();
 
@@ -171,7 +228,7 @@ async fn a_rate_limit_carries_the_providers_delay() {
     // The rule is used up: the next review goes through.
     assert_eq!(
         reviewer
-            .review(&candidates(), today(), "UTC")
+            .review(&candidates(), today(), "UTC", Tally::new())
             .await
             .unwrap()
             .picks
@@ -186,7 +243,7 @@ async fn prose_instead_of_json_is_off_schema_with_its_usage() {
     fake.set_chat_mode(ChatMode::OffSchema);
 
     let error = reviewer(&fake, OPENAI_API_KEY)
-        .review(&candidates(), today(), "UTC")
+        .review(&candidates(), today(), "UTC", Tally::new())
         .await
         .unwrap_err();
 
@@ -206,7 +263,7 @@ async fn an_id_that_was_not_a_candidate_is_named() {
     fake.set_chat_mode(ChatMode::UnknownId);
 
     let error = reviewer(&fake, OPENAI_API_KEY)
-        .review(&candidates(), today(), "UTC")
+        .review(&candidates(), today(), "UTC", Tally::new())
         .await
         .unwrap_err();
 
@@ -223,7 +280,7 @@ async fn a_model_that_never_answers_runs_out_of_turns() {
     fake.set_chat_mode(ChatMode::ToolsForever);
 
     let error = reviewer(&fake, OPENAI_API_KEY)
-        .review(&candidates(), today(), "UTC")
+        .review(&candidates(), today(), "UTC", Tally::new())
         .await
         .unwrap_err();
 
@@ -247,7 +304,7 @@ async fn a_server_error_a_slow_model_or_no_server_is_unavailable() {
 
     fake.fail_next(FaultRule::openai_server_error(PATH, 500, 1));
     let error = reviewer
-        .review(&candidates(), today(), "UTC")
+        .review(&candidates(), today(), "UTC", Tally::new())
         .await
         .unwrap_err();
     assert!(
@@ -256,11 +313,17 @@ async fn a_server_error_a_slow_model_or_no_server_is_unavailable() {
     );
 
     fake.fail_next(FaultRule::slow(PATH, Duration::from_secs(3), 1));
-    let impatient = reviewer
-        .with_call_timeout(Duration::from_millis(300))
-        .unwrap();
+    let impatient = Reviewer::new(
+        LlmModel::new(
+            &fake.openai_base_url(),
+            MODEL,
+            OPENAI_API_KEY,
+            Duration::from_millis(300),
+        )
+        .unwrap(),
+    );
     let error = impatient
-        .review(&candidates(), today(), "UTC")
+        .review(&candidates(), today(), "UTC", Tally::new())
         .await
         .unwrap_err();
     assert_eq!(
@@ -269,15 +332,43 @@ async fn a_server_error_a_slow_model_or_no_server_is_unavailable() {
     );
 
     let nowhere = Reviewer::new(
-        &format!("http://127.0.0.1:{}/openai/v1", free_port()),
-        MODEL,
-        OPENAI_API_KEY,
-    )
-    .unwrap();
+        LlmModel::new(
+            &format!("http://127.0.0.1:{}/openai/v1", free_port()),
+            MODEL,
+            OPENAI_API_KEY,
+            CALL_TIMEOUT,
+        )
+        .unwrap(),
+    );
     let error = nowhere
-        .review(&candidates(), today(), "UTC")
+        .review(&candidates(), today(), "UTC", Tally::new())
         .await
         .unwrap_err();
     assert!(matches!(&error, ReviewError::Unavailable(_)), "{error:?}");
     assert!(error.retryable());
+}
+
+#[tokio::test]
+async fn a_spent_budget_stops_the_review_before_any_call() {
+    let fake = FakeProviders::start().await;
+    let reviewer = reviewer(&fake, OPENAI_API_KEY);
+    let broke = Arc::new(Tally {
+        refuse: Some("the tenant's monthly LLM budget of 0 tokens is spent".to_owned()),
+        ..Tally::default()
+    });
+    let error = reviewer
+        .review(&candidates(), today(), "UTC", broke.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ReviewError::Failed(message) if message.starts_with("budget_exceeded")),
+        "{error:?}"
+    );
+    assert!(!error.retryable());
+    assert_eq!(
+        usage_of(&fake),
+        TokenUsage::default(),
+        "no call reached the model"
+    );
+    assert_eq!(broke.spent(), TokenUsage::default());
 }

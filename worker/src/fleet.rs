@@ -10,8 +10,9 @@ use taskfleet_agents::Agents;
 use taskfleet_connectors::Providers;
 use taskfleet_jobs::{Dispatch, EventName, Queue};
 use taskfleet_storage::{
-    Connectors, Db, EventLog, Lease, Ledger, Queues, Schedules, Tasks, WorkerInfo, Workers,
-    redis as tf_redis, redis::Keys, wait_for, workers::HEARTBEAT_EVERY,
+    Budgets, Connectors, Conversations, Db, EventLog, Lease, Ledger, LlmProviders, Queues,
+    Schedules, Tasks, WorkerInfo, Workers, redis as tf_redis, redis::Keys, wait_for,
+    workers::HEARTBEAT_EVERY,
 };
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
@@ -112,6 +113,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             providers: Arc::new(Providers::new(&args.providers)),
             sealer,
             agents: agents.clone(),
+            budgets: Budgets::new(db.pool.clone(), agents.settings().llm.llm_monthly_tokens),
+            llm_providers: LlmProviders::new(db.pool.clone()),
+            conversations: Conversations::new(db.pool.clone()),
         },
         shutdown.clone(),
     ));

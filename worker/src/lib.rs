@@ -8,6 +8,7 @@ pub mod executor;
 pub mod fleet;
 pub mod handlers;
 pub mod leader;
+pub mod llm_access;
 pub mod metrics_server;
 pub mod notifications;
 pub mod reclaimer;

@@ -2,8 +2,8 @@
 //! the real providers do: their response shapes, pagination, error bodies, rate-limit headers
 //! and OAuth token endpoints, written from the providers' public API documentation. The
 //! integration tests and `make up`'s offline demo point the production clients at them. A fake
-//! OpenAI (embeddings, and a scripted chat model that reviews focus lists) stands in for the
-//! embedding and LLM providers the same way.
+//! OpenAI (embeddings, and scripted chat models: a focus-list reviewer and a to-do assistant,
+//! unary or streamed) stands in for the embedding and LLM providers the same way.
 //!
 //! One poem server on one port holds every provider under a path prefix (`/github`,
 //! `/atlassian`, `/google`, `/openai`); [`FakeProviders::env`] lists the base URLs. Everything
@@ -27,6 +27,7 @@ mod fidelity;
 mod github;
 mod google;
 mod openai;
+mod openai_assistant;
 mod page_token;
 mod params;
 mod query_tokens;
@@ -342,7 +343,8 @@ impl FakeProviders {
         self.world().traffic.latency = latency;
     }
 
-    /// How the fake OpenAI chat model (`/openai/v1/chat/completions`) answers from now on.
+    /// How the fake OpenAI chat model (`/openai/v1/chat/completions`) reviews focus lists from
+    /// now on. Requests that offer an `add_task` tool meet the to-do assistant whatever the mode.
     pub fn set_chat_mode(&self, mode: ChatMode) {
         self.world().openai.chat.mode = mode;
     }
@@ -351,6 +353,12 @@ impl FakeProviders {
     /// received them.
     pub fn chat_tool_results(&self) -> Vec<ChatToolResult> {
         self.world().openai.chat.tool_results.clone()
+    }
+
+    /// Every request body the fake chat model has received that parsed as JSON, in order
+    /// (refused ones included): the history, system prompt and tools each turn was sent.
+    pub fn chat_requests(&self) -> Vec<serde_json::Value> {
+        self.world().openai.chat.requests.clone()
     }
 
     /// The prompt and completion tokens the fake chat model has reported in `usage`, summed

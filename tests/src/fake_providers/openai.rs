@@ -12,12 +12,25 @@
 //! texts that share words point the same way. Like the other fakes its budget never runs out
 //! by itself: a 429 comes only from [`FaultRule::openai_rate_limited`].
 //!
-//! The chat model is a scripted focus-list reviewer ([`ChatMode`]): it answers in the
-//! chat-completions shape (`choices[].message` with `tool_calls` and `finish_reason:
-//! "tool_calls"`, or `content` and `"stop"`; `usage`), checks the conversation as OpenAI does (a
-//! `tool` message answers a call of the assistant message before it, every call is answered),
-//! and remembers the tool results it was sent.
+//! The chat model plays one of two scripts, chosen by the tools a request offers. With an
+//! `add_task` tool it is a to-do assistant ([`openai_assistant`]) that reads what to do off
+//! the last user message and the tool results after it, one tool call a turn, and can be told
+//! to stall (a reply that starts and never ends). Otherwise it is a focus-list reviewer
+//! ([`ChatMode`]). Either answers in the chat-completions shape (`choices[].message` with
+//! `tool_calls` and `finish_reason: "tool_calls"`, or `content` and `"stop"`; `usage`), checks
+//! the conversation as OpenAI does (a `tool` message answers a call of the assistant message
+//! before it, every call is answered), and remembers the request bodies and the tool results
+//! it was sent.
 //!
+//! With `"stream": true` the same answer comes as OpenAI streams it: server-sent events, each
+//! `data: <chat.completion.chunk>`, then `data: [DONE]`. The first delta carries the role, the
+//! text follows word by word and each tool call as its header (id, name, empty arguments) then
+//! its arguments in pieces, a last chunk has an empty delta and the finish reason, and with
+//! `stream_options.include_usage` a final chunk with no choices carries the `usage` (the others
+//! then carry `"usage": null`). The chunks are paced a few milliseconds apart so a client sees
+//! the reply typed. Authentication, headers and token accounting are the unary answer's.
+//!
+//! [`openai_assistant`]: super::openai_assistant
 //! [`FaultRule::openai_rate_limited`]: crate::fake_providers::FaultRule::openai_rate_limited
 
 use std::{
@@ -26,10 +39,16 @@ use std::{
 };
 
 use base64::Engine as _;
-use poem::{Request, Response, Route, handler, post};
+use poem::{Body, Request, Response, Route, handler, post};
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt as _;
 
-use super::{lock, reply, traffic::Answer};
+use super::{
+    lock,
+    openai_assistant::{self, ADD_TASK},
+    reply,
+    traffic::Answer,
+};
 
 /// The one key the fake accepts.
 pub const OPENAI_API_KEY: &str = "sk-fake-taskfleet";
@@ -39,6 +58,14 @@ pub const DEFAULT_DIMENSIONS: usize = 256;
 
 /// OpenAI's most inputs in one request.
 const MAX_INPUTS: usize = 2048;
+
+/// How long a stalled reply hangs: longer than any client's timeout, so it never ends in a
+/// test.
+const STALL: Duration = Duration::from_secs(60 * 60);
+
+/// The pause between two chunks of a streamed answer: enough for each to leave in its own
+/// write, so a client sees the reply being typed, and short enough not to slow tests.
+const TYPING: Duration = Duration::from_millis(5);
 
 const REQUEST_LIMIT: u64 = 3_000;
 const TOKEN_LIMIT: u64 = 1_000_000;
@@ -93,6 +120,9 @@ pub struct ChatToolResult {
 #[derive(Default)]
 pub(crate) struct Chat {
     pub mode: ChatMode,
+    /// Every chat request body that parsed as JSON, in the order received (refused ones
+    /// included), so tests can check the history and system prompt a model was sent.
+    pub requests: Vec<Value>,
     /// Each tool result once, in the order first received.
     pub tool_results: Vec<ChatToolResult>,
     seen_calls: HashSet<String>,
@@ -435,7 +465,7 @@ struct Conversation {
 }
 
 /// The text of a message's `content`: a string, or the text parts of an array.
-fn content_text(content: Option<&Value>) -> String {
+pub(super) fn content_text(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Array(parts)) => parts
@@ -546,15 +576,29 @@ impl Conversation {
 enum Turn {
     Calls(Vec<Value>),
     Text(String),
+    /// A text that starts and never finishes: the unary answer comes only after [`STALL`], the
+    /// streamed one sends its first words and then nothing until then.
+    Stall(String),
 }
 
 impl Chat {
-    /// The next turn of the conversation, as this mode plays it.
-    fn answer(&mut self, conversation: &Conversation, tools: &[&str]) -> Turn {
+    /// The next turn of the conversation `messages` (as `conversation` reads them): the to-do
+    /// assistant's when the request offers `add_task`, else the reviewer's, as this mode plays
+    /// it.
+    fn answer(&mut self, messages: &[Value], conversation: &Conversation, tools: &[&str]) -> Turn {
         for (id, result) in &conversation.results {
             if self.seen_calls.insert(id.clone()) {
                 self.tool_results.push(result.clone());
             }
+        }
+        if tools.contains(&ADD_TASK) {
+            return match openai_assistant::reply(messages) {
+                openai_assistant::Reply::Call { tool, arguments } => {
+                    Turn::Calls(vec![self.call(tool, &arguments)])
+                }
+                openai_assistant::Reply::Text(text) => Turn::Text(text),
+                openai_assistant::Reply::Stall(text) => Turn::Stall(text),
+            };
         }
         if !tools.contains(&READ_CANDIDATES) {
             return Turn::Text(
@@ -569,17 +613,7 @@ impl Chat {
         if !horizons.is_empty() {
             let calls = horizons
                 .iter()
-                .map(|horizon| {
-                    self.calls_made += 1;
-                    json!({
-                        "id": format!("call_{:024x}", self.calls_made),
-                        "type": "function",
-                        "function": {
-                            "name": READ_CANDIDATES,
-                            "arguments": json!({"horizon": horizon}).to_string(),
-                        },
-                    })
-                })
+                .map(|horizon| self.call(READ_CANDIDATES, &json!({"horizon": horizon})))
                 .collect();
             return Turn::Calls(calls);
         }
@@ -601,6 +635,16 @@ impl Chat {
             }
             ChatMode::Reviewer | ChatMode::ToolsForever => Turn::Text(picks.to_string()),
         }
+    }
+
+    /// A call of `tool` with `arguments`, under a fresh id.
+    fn call(&mut self, tool: &str, arguments: &Value) -> Value {
+        self.calls_made += 1;
+        json!({
+            "id": format!("call_{:024x}", self.calls_made),
+            "type": "function",
+            "function": {"name": tool, "arguments": arguments.to_string()},
+        })
     }
 }
 
@@ -658,17 +702,26 @@ async fn chat_completions(req: &Request, body: String) -> Response {
     let Ok(request) = serde_json::from_str::<Value>(&body) else {
         return unparsable();
     };
+    lock(req).openai.chat.requests.push(request.clone());
     let Some(model) = request.get("model").and_then(Value::as_str) else {
         return refusal(400, "you must provide a model parameter", None, None);
     };
-    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+    let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+    let stream_options = request
+        .get("stream_options")
+        .filter(|options| !options.is_null());
+    if stream_options.is_some() && !stream {
         return refusal(
             400,
-            "The fake OpenAI does not stream chat completions.",
-            Some("stream"),
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            Some("stream_options"),
             None,
         );
     }
+    let include_usage = stream_options
+        .and_then(|options| options.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
     let messages = match request.get("messages").and_then(Value::as_array) {
         Some(messages) if !messages.is_empty() => messages,
         Some(_) => {
@@ -701,55 +754,210 @@ async fn chat_completions(req: &Request, body: String) -> Response {
         .filter_map(|tool| tool.pointer("/function/name").and_then(Value::as_str))
         .collect();
 
-    let mut world = lock(req);
-    let turn = world.openai.chat.answer(&conversation, &tools);
-    let (message, finish_reason) = match turn {
-        Turn::Calls(calls) => (
-            json!({"role": "assistant", "content": null, "tool_calls": calls, "refusal": null}),
-            "tool_calls",
-        ),
-        Turn::Text(text) => (
-            json!({"role": "assistant", "content": text, "refusal": null}),
-            "stop",
-        ),
+    // The world stays locked only for the answer and its accounting: never across an await.
+    let (turn, prompt_tokens, completion_tokens, request_id, budget) = {
+        let mut world = lock(req);
+        let turn = world.openai.chat.answer(messages, &conversation, &tools);
+        let prompt_tokens = token_estimate(&body);
+        let completion_tokens = token_estimate(&message(&turn).to_string());
+        world.openai.chat.prompt_tokens += prompt_tokens;
+        world.openai.chat.completion_tokens += completion_tokens;
+        let (request_id, budget) = world.openai.spend(prompt_tokens + completion_tokens);
+        (turn, prompt_tokens, completion_tokens, request_id, budget)
     };
-    let prompt_tokens = token_estimate(&body);
-    let completion_tokens = token_estimate(&message.to_string());
-    world.openai.chat.prompt_tokens += prompt_tokens;
-    world.openai.chat.completion_tokens += completion_tokens;
-    let (request_id, budget) = world.openai.spend(prompt_tokens + completion_tokens);
-    drop(world);
 
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let body = json!({
-        "id": format!("chatcmpl-{}", request_id.trim_start_matches("req_")),
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
+    let head = ChunkHead {
+        id: format!("chatcmpl-{}", request_id.trim_start_matches("req_")),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+        model: model.to_owned(),
+        include_usage,
+    };
+    let usage = usage(prompt_tokens, completion_tokens);
+    let stalled = matches!(turn, Turn::Stall(_));
+    let response = if stream {
+        Response::builder()
+            .content_type("text/event-stream; charset=utf-8")
+            .body(event_stream(stream_events(&head, &turn, &usage), stalled))
+    } else {
+        if stalled {
+            tokio::time::sleep(STALL).await;
+        }
+        reply::json(
+            200,
+            &json!({
+                "id": head.id,
+                "object": "chat.completion",
+                "created": head.created,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": message(&turn),
+                    "logprobs": null,
+                    "finish_reason": match turn {
+                        Turn::Calls(_) => "tool_calls",
+                        Turn::Text(_) | Turn::Stall(_) => "stop",
+                    },
+                }],
+                "usage": usage,
+                "service_tier": "default",
+                "system_fingerprint": "fp_taskfleet",
+            }),
+        )
+    };
+    with_openai_headers(response, model, request_id, budget)
+}
+
+/// The unary answer's `message` for `turn`.
+fn message(turn: &Turn) -> Value {
+    match turn {
+        Turn::Calls(calls) => {
+            json!({"role": "assistant", "content": null, "tool_calls": calls, "refusal": null})
+        }
+        Turn::Text(text) | Turn::Stall(text) => {
+            json!({"role": "assistant", "content": text, "refusal": null})
+        }
+    }
+}
+
+/// A chat answer's `usage`, with the details OpenAI reports (all 0 here).
+fn usage(prompt_tokens: u64, completion_tokens: u64) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
         },
-        "service_tier": "default",
-        "system_fingerprint": "fp_taskfleet",
+    })
+}
+
+/// What every chunk of one streamed answer repeats, and whether the request asked for usage.
+struct ChunkHead {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl ChunkHead {
+    /// One `chat.completion.chunk` of `choices` as a server-sent event. With `include_usage`
+    /// every chunk has a `usage`: `null` but on the last.
+    fn event(&self, choices: Value, usage: Option<&Value>) -> String {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "service_tier": "default",
+            "system_fingerprint": "fp_taskfleet",
+            "choices": choices,
+        });
+        if self.include_usage {
+            chunk["usage"] = usage.cloned().unwrap_or(Value::Null);
+        }
+        format!("data: {chunk}\n\n")
+    }
+
+    /// The chunk of the one choice's `delta`, with its finish reason on the last.
+    fn delta(&self, delta: Value, finish_reason: Option<&str>) -> String {
+        self.event(
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}]),
+            None,
+        )
+    }
+}
+
+/// The events of `turn` streamed, through `data: [DONE]`; a stall's only up to its first word.
+fn stream_events(head: &ChunkHead, turn: &Turn, usage: &Value) -> Vec<String> {
+    let role = json!({"role": "assistant", "content": "", "refusal": null});
+    let text = |text: &str| {
+        text.split_inclusive(' ')
+            .map(|word| head.delta(json!({"content": word}), None))
+            .collect::<Vec<_>>()
+    };
+    let mut events = Vec::new();
+    let finish_reason = match turn {
+        Turn::Calls(calls) => {
+            for (index, call) in calls.iter().enumerate() {
+                // The first chunk names the role; each call opens with its id and name.
+                let mut opening = json!({"tool_calls": [{
+                    "index": index,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""},
+                }]});
+                if index == 0 {
+                    opening["role"] = json!("assistant");
+                    opening["content"] = Value::Null;
+                    opening["refusal"] = Value::Null;
+                }
+                events.push(head.delta(opening, None));
+                let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+                events.extend(argument_pieces(arguments).into_iter().map(|piece| {
+                    head.delta(
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                        None,
+                    )
+                }));
+            }
+            "tool_calls"
+        }
+        Turn::Text(reply) => {
+            events.push(head.delta(role, None));
+            events.extend(text(reply));
+            "stop"
+        }
+        Turn::Stall(reply) => {
+            events.push(head.delta(role, None));
+            events.extend(text(reply).into_iter().take(1));
+            return events;
+        }
+    };
+    events.push(head.delta(json!({}), Some(finish_reason)));
+    if head.include_usage {
+        events.push(head.event(json!([]), Some(usage)));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+/// A call's `arguments` in pieces of a few characters, at least two, as OpenAI streams them
+/// token by token.
+fn argument_pieces(arguments: &str) -> Vec<String> {
+    let chars: Vec<char> = arguments.chars().collect();
+    let size = (chars.len() / 2).clamp(1, 6);
+    chars
+        .chunks(size)
+        .map(|piece| piece.iter().collect())
+        .collect()
+}
+
+/// A body that sends `events` [`TYPING`] apart; with `hang`, it then stays open for [`STALL`]
+/// without another byte, as a reply that never ends. A writer task feeds the body through an
+/// in-memory pipe (only `tokio` needed); once the client is gone (the pipe's reader dropped) its
+/// next write fails and it stops.
+fn event_stream(events: Vec<String>, hang: bool) -> Body {
+    let (mut writer, reader) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        for (at, event) in events.iter().enumerate() {
+            if at > 0 {
+                tokio::time::sleep(TYPING).await;
+            }
+            if writer.write_all(event.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        if hang {
+            tokio::time::sleep(STALL).await;
+        }
     });
-    with_openai_headers(reply::json(200, &body), model, request_id, budget)
+    Body::from_async_read(reader)
 }
 
 /// OpenAI's rate limit: 429 with `retry-after`, its request budget at 0 and when it resets.
@@ -809,6 +1017,7 @@ pub(crate) fn server_error(status: u16) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake_providers::FakeProviders;
 
     fn words(text: &str) -> Vec<String> {
         Input::Text(text.to_owned()).words()
@@ -855,5 +1064,313 @@ mod tests {
             assert!(inputs(&invalid).is_none(), "{invalid}");
         }
         assert_eq!(masked("sk-wrong-key-0001"), "sk-**********0001");
+    }
+
+    /// What a client rebuilds from a streamed answer.
+    #[derive(Debug, Default)]
+    struct Reassembled {
+        text: String,
+        /// Per call index: id, name, arguments.
+        calls: Vec<(String, String, String)>,
+        finish_reason: Option<String>,
+        usage: Option<Value>,
+        done: bool,
+    }
+
+    /// Reads `body` as a client does, checking every event's framing and every chunk's shape:
+    /// with `include_usage`, every chunk has `usage` (only the last, choiceless one non-null);
+    /// without, none has.
+    fn reassemble(body: &str, include_usage: bool) -> Reassembled {
+        let mut reassembled = Reassembled::default();
+        assert!(body.ends_with("\n\n"), "{body:?}");
+        for event in body.split_terminator("\n\n") {
+            assert!(!reassembled.done, "an event after [DONE]: {event}");
+            let data = event
+                .strip_prefix("data: ")
+                .expect("each event is one data line");
+            if data == "[DONE]" {
+                reassembled.done = true;
+                continue;
+            }
+            assert!(
+                reassembled.usage.is_none(),
+                "a chunk after the usage: {data}"
+            );
+            let chunk: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(chunk["object"], "chat.completion.chunk");
+            assert_eq!(chunk["system_fingerprint"], "fp_taskfleet");
+            assert!(chunk["id"].as_str().unwrap().starts_with("chatcmpl-"));
+            assert_eq!(include_usage, chunk.get("usage").is_some(), "{chunk}");
+            let choices = chunk["choices"].as_array().unwrap();
+            if choices.is_empty() {
+                assert!(include_usage, "{chunk}");
+                reassembled.usage = Some(chunk["usage"].clone());
+                continue;
+            }
+            if include_usage {
+                assert_eq!(chunk["usage"], Value::Null, "{chunk}");
+            }
+            let choice = &choices[0];
+            assert_eq!(choice["index"], 0);
+            assert!(
+                reassembled.finish_reason.is_none(),
+                "a delta after the finish: {chunk}"
+            );
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                assert_eq!(choice["delta"], json!({}));
+                reassembled.finish_reason = Some(reason.to_owned());
+            }
+            let delta = &choice["delta"];
+            if let Some(text) = delta["content"].as_str() {
+                reassembled.text.push_str(text);
+            }
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                let index = call["index"].as_u64().unwrap() as usize;
+                if let Some(id) = call["id"].as_str() {
+                    assert_eq!(index, reassembled.calls.len(), "calls open in order");
+                    assert_eq!(call["type"], "function");
+                    let name = call["function"]["name"].as_str().unwrap();
+                    reassembled
+                        .calls
+                        .push((id.to_owned(), name.to_owned(), String::new()));
+                }
+                reassembled.calls[index].2 += call["function"]["arguments"].as_str().unwrap();
+            }
+        }
+        reassembled
+    }
+
+    fn head(include_usage: bool) -> ChunkHead {
+        ChunkHead {
+            id: "chatcmpl-1".to_owned(),
+            created: 1_700_000_000,
+            model: "gpt-4o-mini".to_owned(),
+            include_usage,
+        }
+    }
+
+    #[test]
+    fn a_streamed_text_adds_up_to_the_text_and_carries_usage_when_asked() {
+        let text = "Added \"Buy milk\" to your tasks.";
+        let usage = usage(40, 9);
+        let events = stream_events(&head(true), &Turn::Text(text.to_owned()), &usage);
+        // The role, one delta a word, the finish, the usage, [DONE].
+        assert_eq!(events.len(), 1 + 6 + 1 + 1 + 1, "{events:#?}");
+        let first: Value = serde_json::from_str(&events[0]["data: ".len()..]).unwrap();
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role": "assistant", "content": "", "refusal": null})
+        );
+        let streamed = reassemble(&events.concat(), true);
+        assert_eq!(streamed.text, text);
+        assert!(streamed.calls.is_empty());
+        assert_eq!(streamed.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(streamed.usage, Some(usage.clone()));
+        assert_eq!(streamed.usage.unwrap()["total_tokens"], 49);
+        assert!(streamed.done);
+
+        let streamed = reassemble(
+            &stream_events(&head(false), &Turn::Text(text.to_owned()), &usage).concat(),
+            false,
+        );
+        assert_eq!(streamed.text, text);
+        assert_eq!(streamed.usage, None);
+        assert!(streamed.done);
+    }
+
+    #[test]
+    fn streamed_tool_calls_add_up_to_their_arguments() {
+        let mut chat = Chat::default();
+        let calls: Vec<Value> = [
+            json!({"title": "Buy milk"}),
+            json!({}),
+            json!({"horizon": "week"}),
+        ]
+        .iter()
+        .map(|arguments| chat.call("add_task", arguments))
+        .collect();
+        let events = stream_events(&head(true), &Turn::Calls(calls.clone()), &usage(1, 1));
+        let first: Value = serde_json::from_str(&events[0]["data: ".len()..]).unwrap();
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(
+            first["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
+            ""
+        );
+        let streamed = reassemble(&events.concat(), true);
+        assert_eq!(streamed.text, "");
+        assert_eq!(streamed.finish_reason.as_deref(), Some("tool_calls"));
+        assert!(streamed.usage.is_some() && streamed.done);
+        let expected: Vec<(String, String, String)> = calls
+            .iter()
+            .map(|call| {
+                (
+                    call["id"].as_str().unwrap().to_owned(),
+                    "add_task".to_owned(),
+                    call["function"]["arguments"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(streamed.calls, expected);
+        assert_eq!(expected[0].0, format!("call_{:024x}", 1));
+        // Each call's arguments come in two pieces or more.
+        for index in 0..3 {
+            let pieces = events
+                .iter()
+                .filter(|event| event.contains(&format!("\"index\":{index}")))
+                .filter(|event| !event.contains("\"id\":\"call_"))
+                .count();
+            assert!(
+                pieces >= 2,
+                "call {index} in {pieces} piece(s): {events:#?}"
+            );
+        }
+    }
+
+    /// A to-do agent's request: a system prompt, `message`, and the `add_task` tool.
+    fn assistant_request(message: &str) -> Value {
+        json!({
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "You manage the user's to-do list."},
+                {"role": "user", "content": message},
+            ],
+            "tools": [{"type": "function", "function": {
+                "name": "add_task",
+                "description": "Adds a task.",
+                "parameters": {"type": "object", "properties": {"title": {"type": "string"}}},
+            }}],
+        })
+    }
+
+    fn streamed(mut request: Value) -> Value {
+        request["stream"] = json!(true);
+        request["stream_options"] = json!({"include_usage": true});
+        request
+    }
+
+    #[tokio::test]
+    async fn the_assistant_streams_over_http_with_the_unary_answers_headers_and_accounting() {
+        let fakes = FakeProviders::start().await;
+        let url = format!("{}/chat/completions", fakes.openai_base_url());
+        let client = reqwest::Client::new();
+        let request = streamed(assistant_request("Add a task to buy milk"));
+
+        let refused = client
+            .post(&url)
+            .bearer_auth("sk-wrong-key-0001")
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+        assert_eq!(
+            refused.json::<Value>().await.unwrap()["error"]["code"],
+            "invalid_api_key"
+        );
+
+        let response = client
+            .post(&url)
+            .bearer_auth(OPENAI_API_KEY)
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        assert!(header("content-type").starts_with("text/event-stream"));
+        assert_eq!(header("openai-model"), "gpt-4o-mini");
+        assert!(header("x-request-id").starts_with("req_"));
+        assert!(
+            response
+                .headers()
+                .contains_key("x-ratelimit-remaining-tokens")
+        );
+        let streamed = reassemble(&response.text().await.unwrap(), true);
+        assert_eq!(streamed.calls.len(), 1);
+        let (_, name, arguments) = &streamed.calls[0];
+        assert_eq!(name, "add_task");
+        assert_eq!(
+            serde_json::from_str::<Value>(arguments).unwrap(),
+            json!({"title": "Buy milk"})
+        );
+        let usage = streamed.usage.unwrap();
+        assert_eq!(
+            fakes.chat_usage(),
+            (
+                usage["prompt_tokens"].as_u64().unwrap(),
+                usage["completion_tokens"].as_u64().unwrap()
+            )
+        );
+        // The refused request never reached the model.
+        assert_eq!(fakes.chat_requests(), [request]);
+
+        let mut unary = assistant_request("Hello");
+        unary["stream_options"] = json!({"include_usage": true});
+        let refused = client
+            .post(&url)
+            .bearer_auth(OPENAI_API_KEY)
+            .json(&unary)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        assert_eq!(
+            refused.json::<Value>().await.unwrap()["error"]["param"],
+            "stream_options"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_reply_never_ends_streamed_or_not() {
+        let fakes = FakeProviders::start().await;
+        let url = format!("{}/chat/completions", fakes.openai_base_url());
+        let client = reqwest::Client::new();
+
+        let mut response = client
+            .post(&url)
+            .bearer_auth(OPENAI_API_KEY)
+            .json(&streamed(assistant_request("Please stall")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut received = Vec::new();
+        while !String::from_utf8_lossy(&received).contains("\"content\":\"Let \"") {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+                .await
+                .expect("the first word comes at once")
+                .unwrap()
+                .expect("the stream is still open");
+            received.extend_from_slice(&chunk);
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), response.chunk())
+                .await
+                .is_err(),
+            "nothing follows the first word"
+        );
+
+        let unary = client
+            .post(&url)
+            .bearer_auth(OPENAI_API_KEY)
+            .timeout(Duration::from_millis(300))
+            .json(&assistant_request("Please stall"))
+            .send()
+            .await;
+        assert!(unary.unwrap_err().is_timeout());
+    }
+
+    #[test]
+    fn a_stalled_stream_sends_only_its_first_word() {
+        let events = stream_events(
+            &head(true),
+            &Turn::Stall("Let me think.".to_owned()),
+            &usage(1, 1),
+        );
+        assert_eq!(events.len(), 2, "{events:#?}");
+        let streamed = reassemble(&events.concat(), true);
+        assert_eq!(streamed.text, "Let ");
+        assert_eq!(streamed.finish_reason, None);
+        assert!(!streamed.done);
     }
 }

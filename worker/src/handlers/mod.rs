@@ -2,6 +2,7 @@
 //! whether trying again could help.
 
 pub mod changelog;
+pub mod chat;
 pub mod connector_account;
 pub mod connector_test;
 pub mod embed;
@@ -18,7 +19,9 @@ use std::{sync::Arc, time::Duration};
 use redis::aio::ConnectionManager;
 use taskfleet_agents::Agents;
 use taskfleet_connectors::Providers;
-use taskfleet_storage::{Connectors, Ledger, Schedules, Sealer, Tasks, redis::Keys};
+use taskfleet_storage::{
+    Budgets, Connectors, Conversations, Ledger, LlmProviders, Schedules, Sealer, Tasks, redis::Keys,
+};
 use uuid::Uuid;
 
 /// What handlers use besides the ledger, shared by every job of a worker process.
@@ -30,6 +33,9 @@ pub struct Services {
     pub providers: Arc<Providers>,
     pub sealer: Sealer,
     pub agents: Agents,
+    pub budgets: Budgets,
+    pub llm_providers: LlmProviders,
+    pub conversations: Conversations,
 }
 
 /// What a handler knows about the attempt it runs, and how it reports progress.
@@ -113,9 +119,6 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> HandlerResult {
         JobSpec::TestConnector(job) => connector_test::test(job, ctx).await,
         JobSpec::EmbedItems(job) => embed::embed(job, ctx).await,
         JobSpec::AgentPrioritise(job) => prioritise::prioritise(job, ctx).await,
-        other => Err(JobFailure::permanent(format!(
-            "no handler for job kind `{}` in this worker",
-            other.kind()
-        ))),
+        JobSpec::AgentChat(job) => chat::chat(job, ctx).await,
     }
 }

@@ -5,17 +5,20 @@
 //! formula's ranking stands and the result says why. Every placement is stored in one
 //! statement; the first three of each horizon are the focus lists.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::Utc;
 use chrono_tz::Tz;
 use serde_json::{Value, json};
-use taskfleet_agents::{Candidate, Pick, Ranked, ReviewCandidate, formula, llm_review};
+use taskfleet_agents::{
+    Candidate, Pick, Ranked, ReviewCandidate, ReviewError, Reviewer, formula, llm_review,
+};
 use taskfleet_jobs::{Horizon, spec::AgentPrioritise, wire};
-use taskfleet_storage::{LlmUsage, Placement, RankCandidate};
+use taskfleet_storage::{Placement, RankCandidate};
 use uuid::Uuid;
 
 use super::{HandlerResult, JobContext, JobFailure};
+use crate::llm_access::{self, JobBudget};
 
 /// Ranked tasks named in the job's result per horizon.
 const FOCUS: u32 = 3;
@@ -44,29 +47,29 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
     let mut ranked = formula::rank(&candidates, now, zone, weights);
     let mut ranked_by: HashMap<Uuid, String> = HashMap::new();
     let mut review = Value::Null;
-    if let Some(reviewer) = &ctx.services.agents.reviewer {
+    let mut reviewed_by = None;
+    if let Some(llm) = llm_access::tenant_llm(ctx).await? {
+        let reviewer = Reviewer::new(llm.model.clone());
         let shortlist = shortlist(&ranked, &rows);
         let today = now.with_timezone(&zone).date_naive();
-        let outcome = reviewer.review(&shortlist, today, zone.name()).await;
-        let usage = match &outcome {
-            Ok(done) => done.usage,
-            Err(err) => err.usage(),
-        };
-        if usage.input + usage.output > 0 {
-            let recorded = tasks
-                .record_llm_usage(LlmUsage {
-                    tenant: ctx.tenant_id,
-                    job: Some(ctx.job_id),
-                    model: reviewer.model(),
-                    purpose: "prioritise",
-                    input_tokens: usage.input as i64,
-                    output_tokens: usage.output as i64,
-                })
-                .await;
-            if let Err(err) = recorded {
-                tracing::warn!(%err, "could not record the review's token usage");
+        let budget = Arc::new(JobBudget::new(ctx, "prioritise", &llm.model));
+        let outcome = match llm.breaker.admit() {
+            Ok(permit) => {
+                let outcome = reviewer
+                    .review(&shortlist, today, zone.name(), budget.clone())
+                    .await;
+                match &outcome {
+                    Err(ReviewError::Unavailable(_)) => permit.failed(),
+                    _ => permit.succeeded(),
+                }
+                outcome
             }
-        }
+            Err(wait) => Err(ReviewError::Unavailable(format!(
+                "the LLM endpoint is failing; calls to it pause for {}s",
+                wait.as_secs().max(1)
+            ))),
+        };
+        let usage = budget.spent();
         let usage = json!({"input_tokens": usage.input, "output_tokens": usage.output});
         review = match outcome {
             Ok(done) => {
@@ -74,6 +77,7 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
                 for pick in &done.picks {
                     ranked_by.insert(pick.id, reviewer.model().to_owned());
                 }
+                reviewed_by = Some(reviewer.model().to_owned());
                 json!({"model": reviewer.model(), "picks": done.picks.len(), "usage": usage})
             }
             Err(err) => {
@@ -98,10 +102,7 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
     };
     Ok(json!({
         "ranked": ranked.len(),
-        "ranked_by": match ranked_by.is_empty() {
-            true => "formula",
-            false => ctx.services.agents.reviewer.as_ref().map_or("formula", |r| r.model()),
-        },
+        "ranked_by": reviewed_by.as_deref().filter(|_| !ranked_by.is_empty()).unwrap_or("formula"),
         "review": review,
         "time_zone": zone.name(),
         "today": focus(Horizon::Today),

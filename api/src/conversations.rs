@@ -1,0 +1,162 @@
+//! `/v1/conversations`: the tenant's chats with the task assistant, most recently active
+//! first, each with its messages; and their deletion. A conversation's id is the id of the
+//! `agent.chat` job that started it; it is listed once that job has run.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use serde_json::Value;
+use taskfleet_storage::{ChatMessage, ConversationRecord};
+use uuid::Uuid;
+
+use crate::{auth::TenantKey, chat::TokenCount, error::ApiError, paging, state::AppState};
+
+#[derive(Debug, Object)]
+pub struct Conversation {
+    pub id: Uuid,
+    /// The start of its first message.
+    pub title: String,
+    /// Messages so far, the person's and the assistant's.
+    pub message_count: i64,
+    pub created_at: DateTime<Utc>,
+    /// When its latest message was stored.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&ConversationRecord> for Conversation {
+    fn from(record: &ConversationRecord) -> Conversation {
+        Conversation {
+            id: record.id,
+            title: record.title.clone(),
+            message_count: record.messages,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct ConversationPage {
+    /// Most recently active first.
+    pub conversations: Vec<Conversation>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct ConversationMessage {
+    pub id: i64,
+    /// The `agent.chat` job of the turn.
+    pub job_id: Uuid,
+    /// `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+    /// The assistant's task tool calls, `[{name, arguments, result}]`; empty for the user's.
+    pub tool_calls: Value,
+    /// The model that answered (the assistant's messages).
+    pub model: Option<String>,
+    /// Tokens the turn spent (on the assistant's message; zeros on the user's).
+    pub usage: TokenCount,
+    pub at: DateTime<Utc>,
+}
+
+impl From<ChatMessage> for ConversationMessage {
+    fn from(message: ChatMessage) -> ConversationMessage {
+        ConversationMessage {
+            id: message.id,
+            job_id: message.job_id,
+            role: message.role,
+            content: message.content,
+            tool_calls: message.tool_calls,
+            model: message.model,
+            usage: TokenCount {
+                input_tokens: message.input_tokens,
+                output_tokens: message.output_tokens,
+            },
+            at: message.at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct ConversationDetail {
+    #[oai(flatten)]
+    pub conversation: Conversation,
+    /// Oldest first.
+    pub messages: Vec<ConversationMessage>,
+}
+
+#[derive(ApiResponse)]
+pub enum ConversationDeleted {
+    /// Deleted with its messages; the tasks its tool calls changed stay as they are.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+fn no_conversation(id: Uuid) -> ApiError {
+    ApiError::not_found(format!("no conversation {id}"))
+}
+
+pub struct ConversationsApi;
+
+#[OpenApi(prefix_path = "/v1", tag = "crate::app::Tag::Chat")]
+impl ConversationsApi {
+    /// List conversations
+    ///
+    /// The tenant's own, most recently active first, one page at a time.
+    #[oai(path = "/conversations", method = "get")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        /// `next_cursor` of the previous page.
+        after: Query<Option<Uuid>>,
+        /// Page size, 1 to 500 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<ConversationPage>, ApiError> {
+        let limit = limit.0.unwrap_or(paging::DEFAULT_LIMIT);
+        let records = state.conversations.list(auth.0.id, after.0, limit).await?;
+        Ok(Json(ConversationPage {
+            next_cursor: paging::next_cursor(records.iter().map(|r| r.id), limit),
+            conversations: records.iter().map(Conversation::from).collect(),
+        }))
+    }
+
+    /// Get a conversation with its messages
+    #[oai(path = "/conversations/:id", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<Json<ConversationDetail>, ApiError> {
+        let (record, messages) = state
+            .conversations
+            .get(auth.0.id, id.0)
+            .await?
+            .ok_or_else(|| no_conversation(id.0))?;
+        Ok(Json(ConversationDetail {
+            conversation: Conversation::from(&record),
+            messages: messages.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    /// Delete a conversation
+    #[oai(path = "/conversations/:id", method = "delete")]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        id: Path<Uuid>,
+    ) -> Result<ConversationDeleted, ApiError> {
+        match state.conversations.delete(auth.0.id, id.0).await? {
+            true => Ok(ConversationDeleted::Deleted),
+            false => Err(no_conversation(id.0)),
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! `/v1/llm`: a tenant's own LLM provider (bring your own key) — set it, read it back without
+//! its key, forget it, and test it with a one-token call. A tenant without one chats on the
+//! fleet's provider, when the fleet has one.
+//!
+//! The test is made by the API itself, to the URL a tenant typed, and its answer is shown to
+//! the tenant: so the URL may not name this machine or a private network (unless
+//! `TASKFLEET_ALLOW_LOCAL_SITES`), redirects are not followed, and the key is scrubbed from
+//! every message.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use serde_json::{Value, json};
+use taskfleet_storage::{LlmProvider, LlmProviderRecord, LlmUsage, ProviderKeyError};
+use uuid::Uuid;
+
+use crate::{auth::TenantKey, chat::no_llm, error::ApiError, state::AppState};
+
+/// Characters of a provider's answer quoted in a message when it is not an error we can read.
+const QUOTED_CHARS: usize = 200;
+
+/// The client of `POST /v1/llm/test`: each call bounded by `timeout`, connection included.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|err| anyhow::anyhow!("cannot build the LLM test's HTTP client: {err}"))
+}
+
+#[derive(Debug, Object)]
+pub struct LlmProviderInput {
+    /// The OpenAI-compatible API, e.g. `https://api.openai.com/v1` (`/chat/completions` is
+    /// appended): OpenAI, Gemini's OpenAI endpoint, a hosted vLLM or Ollama.
+    #[oai(validator(min_length = 1, max_length = 2000))]
+    pub base_url: String,
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub model: String,
+    /// Sent as `Authorization: Bearer <key>`; absent for a server that takes none. Stored
+    /// sealed; no answer ever shows it.
+    #[oai(validator(max_length = 4096))]
+    pub api_key: Option<String>,
+}
+
+/// The tenant's provider as it may be shown: never its key.
+#[derive(Debug, Object)]
+pub struct LlmProviderSettings {
+    pub base_url: String,
+    pub model: String,
+    /// Whether a key is stored.
+    pub has_key: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<LlmProviderRecord> for LlmProviderSettings {
+    fn from(record: LlmProviderRecord) -> LlmProviderSettings {
+        LlmProviderSettings {
+            base_url: record.base_url,
+            model: record.model,
+            has_key: record.has_key,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+/// What a one-token call to the provider found.
+#[derive(Debug, Object)]
+pub struct LlmTest {
+    pub ok: bool,
+    /// Whose provider was called: `tenant` (its own) or `fleet`.
+    pub provider: String,
+    pub model: String,
+    /// How long the call took, when the provider answered it.
+    #[oai(skip_serializing_if_is_none)]
+    pub latency_ms: Option<u64>,
+    /// The provider's HTTP status, when it refused.
+    #[oai(skip_serializing_if_is_none)]
+    pub status: Option<u16>,
+    /// What went wrong, in words, when not ok.
+    #[oai(skip_serializing_if_is_none)]
+    pub message: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum Forgotten {
+    /// Forgotten, its sealed key with it: chats use the fleet's provider, if any.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+pub struct LlmApi;
+
+#[OpenApi(prefix_path = "/v1", tag = "crate::app::Tag::Llm")]
+impl LlmApi {
+    /// Set the tenant's own LLM provider
+    ///
+    /// Replaces any earlier one. Chat jobs and focus-list reviews of this tenant call it
+    /// from now on, instead of the fleet's.
+    #[oai(path = "/llm", method = "put")]
+    async fn put(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+        body: Json<LlmProviderInput>,
+    ) -> Result<Json<LlmProviderSettings>, ApiError> {
+        let provider = checked(body.0, state.allow_local_llm)?;
+        let record = state
+            .llm_providers
+            .put(&state.sealer, auth.0.id, &provider)
+            .await?;
+        Ok(Json(record.into()))
+    }
+
+    /// Get the tenant's own LLM provider
+    ///
+    /// Without its key. 404 when the tenant has none; the message says whether the fleet's
+    /// applies instead.
+    #[oai(path = "/llm", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+    ) -> Result<Json<LlmProviderSettings>, ApiError> {
+        match own_provider(&state, auth.0.id).await? {
+            Some((record, _)) => Ok(Json(record.into())),
+            None if state.llm.fleet_provider().is_some() => Err(ApiError::not_found(
+                "this tenant has no LLM provider of its own: the fleet's default provider \
+                 applies",
+            )),
+            None => Err(ApiError::not_found(
+                "this tenant has no LLM provider of its own, and the fleet has none either: \
+                 set one with PUT /v1/llm to chat",
+            )),
+        }
+    }
+
+    /// Forget the tenant's own LLM provider
+    #[oai(path = "/llm", method = "delete")]
+    async fn delete(&self, state: Data<&AppState>, auth: TenantKey) -> Result<Forgotten, ApiError> {
+        match state.llm_providers.delete(auth.0.id).await? {
+            true => Ok(Forgotten::Deleted),
+            false => Err(ApiError::not_found(
+                "this tenant has no LLM provider of its own",
+            )),
+        }
+    }
+
+    /// Test the LLM provider
+    ///
+    /// Makes a one-token chat call to the tenant's own provider, or else the fleet's, and
+    /// says whether it answered, how fast, or what it said was wrong. Its tokens count
+    /// against the tenant's budget (kind `test`).
+    #[oai(path = "/llm/test", method = "post")]
+    async fn test(
+        &self,
+        state: Data<&AppState>,
+        auth: TenantKey,
+    ) -> Result<Json<LlmTest>, ApiError> {
+        let (owner, provider) = match own_provider(&state, auth.0.id).await? {
+            Some((_, provider)) => ("tenant", provider),
+            None => ("fleet", state.llm.fleet_provider().ok_or_else(no_llm)?),
+        };
+        let ping = ping(&state.llm_http, &provider, state.llm.call_timeout()).await;
+        let mut test = LlmTest {
+            ok: false,
+            provider: owner.to_owned(),
+            model: provider.model.clone(),
+            latency_ms: None,
+            status: None,
+            message: None,
+        };
+        match ping {
+            Ping::Answered {
+                latency,
+                input_tokens,
+                output_tokens,
+            } => {
+                test.ok = true;
+                test.latency_ms = Some(latency.as_millis() as u64);
+                record_usage(&state, auth.0.id, &provider, input_tokens, output_tokens).await;
+            }
+            Ping::Failed { status, message } => {
+                test.status = status;
+                test.message = Some(scrub(message, &provider.api_key));
+            }
+        }
+        Ok(Json(test))
+    }
+}
+
+/// The tenant's own provider with its key opened, if it has one.
+async fn own_provider(
+    state: &AppState,
+    tenant: Uuid,
+) -> Result<Option<(LlmProviderRecord, LlmProvider)>, ApiError> {
+    state
+        .llm_providers
+        .get(tenant, &state.sealer)
+        .await
+        .map_err(|err| match err {
+            ProviderKeyError::Db(err) => err.into(),
+            ProviderKeyError::Open(err) => {
+                tracing::error!(%err, %tenant, "a tenant's LLM API key cannot be opened");
+                ApiError::internal(
+                    "llm_key_unreadable",
+                    "the tenant's LLM API key cannot be opened with this server's encryption \
+                     keys; set the provider again with PUT /v1/llm",
+                )
+            }
+        })
+}
+
+/// Counts a test call's tokens against the tenant's budget. A failure costs the record only.
+async fn record_usage(
+    state: &AppState,
+    tenant: Uuid,
+    provider: &LlmProvider,
+    input_tokens: i64,
+    output_tokens: i64,
+) {
+    if input_tokens + output_tokens == 0 {
+        return;
+    }
+    let usage = LlmUsage {
+        tenant,
+        job: None,
+        model: &provider.model,
+        purpose: "test",
+        input_tokens,
+        output_tokens,
+    };
+    if let Err(err) = state.budgets.record(usage).await {
+        tracing::warn!(%err, %tenant, "could not record an LLM test call's tokens");
+    }
+}
+
+/// The provider as typed, checked and tidied (spaces and a trailing `/` trimmed).
+fn checked(input: LlmProviderInput, allow_local: bool) -> Result<LlmProvider, ApiError> {
+    let example = "e.g. https://api.openai.com/v1";
+    let typed = input.base_url.trim();
+    let url = reqwest::Url::parse(typed)
+        .map_err(|err| ApiError::invalid(format!("`base_url` is not a URL ({err}); {example}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::invalid(format!(
+            "`base_url` must start with http:// or https://; {example}"
+        )));
+    }
+    let host = url.host_str().unwrap_or("");
+    if host.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "`base_url` names no host; {example}"
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::invalid(
+            "`base_url` must not hold credentials: send the key as `api_key`",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ApiError::invalid(format!(
+            "`base_url` must be the API's address alone, without a query or fragment; {example}"
+        )));
+    }
+    if !allow_local && is_local(host) {
+        return Err(ApiError::invalid(format!(
+            "`base_url` names this machine or a private network, which a tenant's provider may \
+             not; {example}"
+        )));
+    }
+    let model = input.model.trim();
+    if model.is_empty() || model.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "`model` must be a model's name, e.g. gpt-4o-mini",
+        ));
+    }
+    // A key pasted from a file often ends with a newline, which no header may carry.
+    let api_key = input.api_key.as_deref().unwrap_or("").trim();
+    if api_key.chars().any(char::is_control) {
+        return Err(ApiError::invalid("`api_key` holds control characters"));
+    }
+    Ok(LlmProvider {
+        base_url: url.as_str().trim_end_matches('/').to_owned(),
+        model: model.to_owned(),
+        api_key: api_key.to_owned(),
+    })
+}
+
+/// Whether `host` (a URL's) is this machine, a private network, or a link-local address
+/// such as a cloud's metadata service. Names other than `localhost` are not resolved.
+fn is_local(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
+            Some(ip) => is_local(&ip.to_string()),
+            None => {
+                let first = ip.segments()[0];
+                ip.is_loopback()
+                    || ip.is_unspecified()
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80 // link-local
+            }
+        },
+        Err(_) => false,
+    }
+}
+
+/// How a one-token call went.
+enum Ping {
+    Answered {
+        latency: Duration,
+        input_tokens: i64,
+        output_tokens: i64,
+    },
+    Failed {
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+/// `POST {base_url}/chat/completions` asking for one token.
+async fn ping(http: &reqwest::Client, provider: &LlmProvider, timeout: Duration) -> Ping {
+    let mut request = http
+        .post(format!("{}/chat/completions", provider.base_url))
+        .json(&json!({
+            "model": provider.model,
+            "messages": [{"role": "user", "content": "ping"}],
+            "max_tokens": 1,
+        }));
+    if !provider.api_key.is_empty() {
+        request = request.bearer_auth(&provider.api_key);
+    }
+    let started = Instant::now();
+    let answered = async {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok::<_, reqwest::Error>((status, response.text().await?))
+    };
+    let (status, body) = match answered.await {
+        Ok(answer) => answer,
+        Err(err) => {
+            return Ping::Failed {
+                status: None,
+                message: unreachable(&err, timeout),
+            };
+        }
+    };
+    let latency = started.elapsed();
+    if !(200..300).contains(&status) {
+        return Ping::Failed {
+            status: Some(status),
+            message: refusal(status, &body),
+        };
+    }
+    let completion = serde_json::from_str::<Value>(&body)
+        .ok()
+        .filter(|answer| answer.get("choices").is_some_and(Value::is_array));
+    let Some(completion) = completion else {
+        return Ping::Failed {
+            status: Some(status),
+            message: format!(
+                "the LLM provider answered HTTP {status}, but not with a chat completion: is \
+                 `base_url` the API's (it usually ends in /v1)?"
+            ),
+        };
+    };
+    let tokens = |name: &str| {
+        completion
+            .pointer(&format!("/usage/{name}"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    Ping::Answered {
+        latency,
+        input_tokens: tokens("prompt_tokens"),
+        output_tokens: tokens("completion_tokens"),
+    }
+}
+
+/// A refusal in plain words.
+fn refusal(status: u16, body: &str) -> String {
+    let detail = provider_message(status, body);
+    match status {
+        401 | 403 => format!("the LLM provider rejected the API key ({detail})"),
+        429 => format!("the LLM provider is rate limiting: {detail}"),
+        500.. => format!("the LLM provider is unavailable: {detail}"),
+        404 => format!("the LLM provider refused the call: {detail}; check `base_url` and `model`"),
+        _ => format!("the LLM provider refused the call: {detail}"),
+    }
+}
+
+/// "HTTP 503: The server is overloaded (server_error)": the status and the provider's own
+/// message, read from OpenAI's error shape (`{"error": {"message", "type", "code"}}`) or the
+/// plainer ones of compatible servers, else the start of the body.
+fn provider_message(status: u16, body: &str) -> String {
+    let parsed = serde_json::from_str::<Value>(body).ok();
+    let described = parsed.as_ref().and_then(|value| {
+        let error = value.get("error");
+        let message = error
+            .and_then(|error| error.get("message"))
+            .and_then(Value::as_str)
+            .or_else(|| error.and_then(Value::as_str))
+            .or_else(|| value.get("message").and_then(Value::as_str))
+            .or_else(|| value.get("detail").and_then(Value::as_str))?;
+        let code = error.and_then(|error| {
+            ["code", "type"].iter().find_map(|field| {
+                error
+                    .get(*field)
+                    .and_then(Value::as_str)
+                    .filter(|code| !code.is_empty())
+            })
+        });
+        Some(match code {
+            Some(code) => format!("{message} ({code})"),
+            None => message.to_owned(),
+        })
+    });
+    let body = body.trim();
+    let detail = match described {
+        Some(described) => described,
+        // An HTML error page says nothing a person needs here.
+        None if body.starts_with('<') => String::new(),
+        None if body.chars().count() > QUOTED_CHARS => {
+            format!("{}…", body.chars().take(QUOTED_CHARS).collect::<String>())
+        }
+        None => body.to_owned(),
+    };
+    match detail.is_empty() {
+        true => format!("HTTP {status}"),
+        false => format!("HTTP {status}: {detail}"),
+    }
+}
+
+/// Why no answer came, in plain words.
+fn unreachable(err: &reqwest::Error, timeout: Duration) -> String {
+    if err.is_timeout() {
+        return format!(
+            "the LLM provider did not answer within {} s",
+            timeout.as_secs()
+        );
+    }
+    // The innermost cause says it best: "Connection refused", "failed to lookup address".
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    match err.is_connect() {
+        true => format!("the LLM provider cannot be reached: {cause}"),
+        false => format!("the call to the LLM provider failed: {cause}"),
+    }
+}
+
+/// `message` without `api_key` in it. A very short "key" (a local server's placeholder)
+/// would match ordinary words, and is no secret.
+fn scrub(message: String, api_key: &str) -> String {
+    if api_key.len() >= 8 && message.contains(api_key) {
+        message.replace(api_key, "[redacted]")
+    } else {
+        message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(base_url: &str, api_key: Option<&str>) -> LlmProviderInput {
+        LlmProviderInput {
+            base_url: base_url.to_owned(),
+            model: " gpt-4o-mini ".to_owned(),
+            api_key: api_key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn providers_are_tidied_and_checked() {
+        let provider =
+            checked(input(" https://api.openai.com/v1/ ", Some("sk-1\n")), false).unwrap();
+        assert_eq!(provider.base_url, "https://api.openai.com/v1");
+        assert_eq!(provider.model, "gpt-4o-mini");
+        assert_eq!(provider.api_key, "sk-1");
+        for refused in [
+            "api.openai.com/v1",
+            "ftp://api.openai.com/v1",
+            "https://user:pw@api.openai.com/v1",
+            "https://api.openai.com/v1?key=1",
+            "http://127.0.0.1:11434/v1",
+            "http://localhost:11434/v1",
+            "http://10.0.0.5/v1",
+            "http://169.254.169.254/latest",
+            "http://[::1]:8000/v1",
+            "http://[::ffff:192.168.1.1]/v1",
+        ] {
+            assert!(checked(input(refused, None), false).is_err(), "{refused}");
+        }
+        assert!(checked(input("http://127.0.0.1:11434/v1", None), true).is_ok());
+        assert!(checked(input("https://api.openai.com/v1", Some("sk\u{7}x")), false).is_err());
+    }
+
+    #[test]
+    fn refusals_are_told_in_plain_words() {
+        let openai = r#"{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}"#;
+        assert_eq!(
+            refusal(401, openai),
+            "the LLM provider rejected the API key (HTTP 401: Incorrect API key provided (invalid_api_key))"
+        );
+        let overloaded = r#"{"error": {"message": "The server is overloaded.", "type": "server_error", "param": null, "code": null}}"#;
+        assert_eq!(
+            refusal(503, overloaded),
+            "the LLM provider is unavailable: HTTP 503: The server is overloaded. (server_error)"
+        );
+        assert_eq!(
+            refusal(502, "<html>Bad gateway</html>"),
+            "the LLM provider is unavailable: HTTP 502"
+        );
+        assert!(
+            refusal(429, r#"{"error": "slow down"}"#)
+                .starts_with("the LLM provider is rate limiting: HTTP 429: slow down")
+        );
+        assert_eq!(
+            scrub("bad key sk-secret-123".into(), "sk-secret-123"),
+            "bad key [redacted]"
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Chat conversations and their messages. A conversation's id is the id of the `agent.chat`
+//! job that started it, so a client can send its next message before the first reply is in:
+//! the id is known the moment the first job is accepted. Each job writes its user message and
+//! its reply together, once, however often the job runs.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+/// The most characters of a first message kept as the conversation's title.
+const TITLE_CHARS: usize = 80;
+
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct ConversationRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub title: String,
+    pub messages: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct ChatMessage {
+    pub id: i64,
+    pub job_id: Uuid,
+    /// `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+    /// `[{name, arguments, result}]`, for a reply.
+    pub tool_calls: Value,
+    pub model: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub at: DateTime<Utc>,
+}
+
+/// One finished chat turn, to store.
+#[derive(Debug, Clone)]
+pub struct Turn<'a> {
+    pub tenant: Uuid,
+    pub conversation: Uuid,
+    pub job: Uuid,
+    pub message: &'a str,
+    pub reply: &'a str,
+    pub tool_calls: &'a Value,
+    pub model: &'a str,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Conversations {
+    pool: PgPool,
+}
+
+const COLUMNS: &str = "c.id, c.tenant_id, c.title, c.created_at, c.updated_at, \
+     (SELECT count(*) FROM chat_messages m WHERE m.conversation_id = c.id) AS messages";
+
+impl Conversations {
+    pub fn new(pool: PgPool) -> Conversations {
+        Conversations { pool }
+    }
+
+    /// Whether `id` names a conversation of the tenant, or one that its first job, accepted
+    /// and not yet run, is about to start.
+    pub async fn known(&self, tenant: Uuid, id: Uuid) -> sqlx::Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $2 AND tenant_id = $1)
+                 OR EXISTS (SELECT 1 FROM jobs
+                            WHERE id = $2 AND tenant_id = $1 AND kind = 'agent.chat'
+                              AND payload->>'conversation_id' IS NULL)",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Makes sure the conversation exists, titled after `first_message` when it is new; false
+    /// when the id belongs to another tenant.
+    pub async fn open(&self, tenant: Uuid, id: Uuid, first_message: &str) -> sqlx::Result<bool> {
+        let title: String = match first_message.trim().char_indices().nth(TITLE_CHARS) {
+            Some((end, _)) => format!("{}…", &first_message.trim()[..end]),
+            None => first_message.trim().to_owned(),
+        };
+        let owner: Uuid = sqlx::query_scalar(
+            "WITH made AS (
+                 INSERT INTO conversations (id, tenant_id, title) VALUES ($2, $1, $3)
+                 ON CONFLICT (id) DO NOTHING RETURNING tenant_id)
+             SELECT tenant_id FROM made
+             UNION ALL SELECT tenant_id FROM conversations WHERE id = $2
+             LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(title)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(owner == tenant)
+    }
+
+    /// The conversation's latest `limit` messages, oldest first, leaving out those of `job`
+    /// (a retried job's own turn, stored by an attempt that did not finish).
+    pub async fn history(
+        &self,
+        conversation: Uuid,
+        job: Uuid,
+        limit: i64,
+    ) -> sqlx::Result<Vec<ChatMessage>> {
+        let mut messages: Vec<ChatMessage> = sqlx::query_as(
+            "SELECT id, job_id, role, content, tool_calls, model, input_tokens, output_tokens, at
+             FROM chat_messages WHERE conversation_id = $1 AND job_id <> $2
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(conversation)
+        .bind(job)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// Stores a turn: the user's message and the reply, replacing what an earlier attempt of
+    /// the same job stored.
+    pub async fn record(&self, turn: Turn<'_>) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let rows = [
+            ("user", turn.message, &Value::Array(Vec::new()), None, 0, 0),
+            (
+                "assistant",
+                turn.reply,
+                turn.tool_calls,
+                Some(turn.model),
+                turn.input_tokens,
+                turn.output_tokens,
+            ),
+        ];
+        for (role, content, tool_calls, model, input, output) in rows {
+            sqlx::query(
+                "INSERT INTO chat_messages (conversation_id, tenant_id, job_id, role, content,
+                                            tool_calls, model, input_tokens, output_tokens)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (job_id, role) DO UPDATE
+                     SET content = $5, tool_calls = $6, model = $7, input_tokens = $8,
+                         output_tokens = $9, at = now()",
+            )
+            .bind(turn.conversation)
+            .bind(turn.tenant)
+            .bind(turn.job)
+            .bind(role)
+            .bind(content)
+            .bind(tool_calls)
+            .bind(model)
+            .bind(input)
+            .bind(output)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE conversations SET updated_at = now() WHERE id = $1")
+            .bind(turn.conversation)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// A page of the tenant's conversations, most recently active first; `after` is the last
+    /// one of the page before.
+    pub async fn list(
+        &self,
+        tenant: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<ConversationRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM conversations c
+             WHERE c.tenant_id = $1
+               AND ($2::uuid IS NULL OR (c.updated_at, c.id) <
+                    (SELECT updated_at, id FROM conversations WHERE id = $2 AND tenant_id = $1))
+             ORDER BY c.updated_at DESC, c.id DESC
+             LIMIT $3"
+        ))
+        .bind(tenant)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The conversation and every message of it, oldest first.
+    pub async fn get(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+    ) -> sqlx::Result<Option<(ConversationRecord, Vec<ChatMessage>)>> {
+        let record: Option<ConversationRecord> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM conversations c WHERE c.tenant_id = $1 AND c.id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let messages = sqlx::query_as(
+            "SELECT id, job_id, role, content, tool_calls, model, input_tokens, output_tokens, at
+             FROM chat_messages WHERE conversation_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some((record, messages)))
+    }
+
+    /// Deletes the conversation and its messages; false when the tenant has none of that id.
+    pub async fn delete(&self, tenant: Uuid, id: Uuid) -> sqlx::Result<bool> {
+        let gone = sqlx::query("DELETE FROM conversations WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(gone == 1)
+    }
+}

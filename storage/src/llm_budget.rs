@@ -1,0 +1,314 @@
+//! Tokens: what every LLM call spent, and each tenant's monthly budget.
+//!
+//! A call that a budget covers first reserves the most it can cost (its prompt and its
+//! `max_tokens`), under a per-tenant advisory lock, against this month's usage plus the
+//! reservations still held; then it is sent, and settles: its reservation goes and its real
+//! usage is recorded, in one transaction. Parallel calls on several workers therefore never
+//! hold more than the budget between them, and the month can overrun it only by what calls
+//! spend beyond their reservation. A worker that dies mid-call leaves a reservation that
+//! stops counting when it expires.
+//!
+//! The month is the calendar month in UTC. The budget is the tenant's override
+//! (`tenants.llm_monthly_tokens`, set by an operator) or the fleet's default; with neither,
+//! calls are recorded and nothing is refused.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Months, Utc};
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+/// The most tokens of one model answer (`max_tokens`): every call reserves this much beyond
+/// its prompt, so a budget with less left than this fits no call.
+pub const ANSWER_TOKENS: i64 = 1_024;
+
+/// The tokens one LLM call (or one run of several calls) spent.
+#[derive(Debug, Clone)]
+pub struct LlmUsage<'a> {
+    pub tenant: Uuid,
+    pub job: Option<Uuid>,
+    pub model: &'a str,
+    /// `chat`, `prioritise`, `embed` or `test`.
+    pub purpose: &'a str,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+/// A tenant's budget this month.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetStatus {
+    /// None: no budget applies.
+    pub limit: Option<i64>,
+    /// Whether `limit` is the tenant's own (an operator's override) rather than the fleet's.
+    pub overridden: bool,
+    /// Spent this month.
+    pub used: i64,
+    /// Held by calls in flight.
+    pub reserved: i64,
+    pub month_start: DateTime<Utc>,
+    pub resets_at: DateTime<Utc>,
+}
+
+impl BudgetStatus {
+    /// What may still be reserved.
+    pub fn remaining(&self) -> Option<i64> {
+        self.limit
+            .map(|limit| (limit - self.used - self.reserved).max(0))
+    }
+
+    /// Whether what is left of the month's budget fits no call: new agent jobs are refused.
+    pub fn exhausted(&self) -> bool {
+        self.remaining().is_some_and(|left| left < ANSWER_TOKENS)
+    }
+}
+
+/// This month's tokens of one kind of call and one model.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct UsageLine {
+    pub purpose: String,
+    pub model: String,
+    pub calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+/// Tokens held for a call in flight; settle it with [`Budgets::settle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// None when no budget applies (nothing was held).
+    id: Option<i64>,
+    pub tokens: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    /// The call does not fit in what is left of the month's budget.
+    #[error(
+        "the tenant's monthly LLM budget of {limit} tokens is spent ({used} used, {reserved} \
+         held by calls in flight, {wanted} wanted); it resets at {resets_at}"
+    )]
+    Exceeded {
+        limit: i64,
+        used: i64,
+        reserved: i64,
+        wanted: i64,
+        resets_at: DateTime<Utc>,
+    },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    pool: PgPool,
+    /// `TASKFLEET_LLM_MONTHLY_TOKENS`.
+    fleet_default: Option<i64>,
+}
+
+/// The first instant of the month of `now`, in UTC, and of the next.
+pub fn month_of(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let day = now.date_naive();
+    let first = day - chrono::Days::new(u64::from(chrono::Datelike::day(&day)) - 1);
+    let start = first.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    let next = start
+        .checked_add_months(Months::new(1))
+        .expect("a month later is representable");
+    (start, next)
+}
+
+impl Budgets {
+    pub fn new(pool: PgPool, fleet_default: Option<i64>) -> Budgets {
+        Budgets {
+            pool,
+            fleet_default,
+        }
+    }
+
+    /// The tenant's budget and what this month has used of it.
+    pub async fn status(&self, tenant: Uuid) -> sqlx::Result<BudgetStatus> {
+        let mut conn = self.pool.acquire().await?;
+        status_on(&mut conn, tenant, self.fleet_default).await
+    }
+
+    /// Holds `tokens` of the tenant's budget for a call, for at most `hold` (past it, a call
+    /// never settled stops counting).
+    pub async fn reserve(
+        &self,
+        tenant: Uuid,
+        job: Option<Uuid>,
+        tokens: i64,
+        hold: Duration,
+    ) -> Result<Reservation, ReserveError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('llm_budget:' || $1, 0))")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let status = status_on(&mut tx, tenant, self.fleet_default).await?;
+        let Some(limit) = status.limit else {
+            return Ok(Reservation { id: None, tokens });
+        };
+        if status.used + status.reserved + tokens > limit {
+            return Err(ReserveError::Exceeded {
+                limit,
+                used: status.used,
+                reserved: status.reserved,
+                wanted: tokens,
+                resets_at: status.resets_at,
+            });
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO llm_reservations (tenant_id, job_id, tokens, expires_at)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+             RETURNING id",
+        )
+        .bind(tenant)
+        .bind(job)
+        .bind(tokens)
+        .bind(hold.as_secs_f64())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Reservation {
+            id: Some(id),
+            tokens,
+        })
+    }
+
+    /// Lets go of `reservation` and records what the call really spent (zeros for a call
+    /// that got no answer), in one transaction.
+    pub async fn settle(&self, reservation: &Reservation, usage: LlmUsage<'_>) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(id) = reservation.id {
+            sqlx::query("DELETE FROM llm_reservations WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if usage.input_tokens > 0 || usage.output_tokens > 0 {
+            record_on(&mut tx, &usage).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Records a call no budget was reserved for.
+    pub async fn record(&self, usage: LlmUsage<'_>) -> sqlx::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        record_on(&mut conn, &usage).await
+    }
+
+    /// This month's tokens by kind of call and model.
+    pub async fn usage_this_month(&self, tenant: Uuid) -> sqlx::Result<Vec<UsageLine>> {
+        let (start, _) = month_of(Utc::now());
+        sqlx::query_as(
+            "SELECT purpose, model, count(*) AS calls,
+                    sum(input_tokens)::bigint AS input_tokens,
+                    sum(output_tokens)::bigint AS output_tokens
+             FROM llm_usage WHERE tenant_id = $1 AND at >= $2
+             GROUP BY purpose, model ORDER BY purpose, model",
+        )
+        .bind(tenant)
+        .bind(start)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Sets (or, with None, removes) the tenant's own monthly budget; false when there is no
+    /// tenant of that name.
+    pub async fn set_override(&self, tenant_name: &str, tokens: Option<i64>) -> sqlx::Result<bool> {
+        let changed = sqlx::query("UPDATE tenants SET llm_monthly_tokens = $2 WHERE name = $1")
+            .bind(tenant_name)
+            .bind(tokens)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(changed == 1)
+    }
+}
+
+async fn status_on(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    fleet_default: Option<i64>,
+) -> sqlx::Result<BudgetStatus> {
+    let (month_start, resets_at) = month_of(Utc::now());
+    let (own, used, reserved): (Option<i64>, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT llm_monthly_tokens FROM tenants WHERE id = $1),
+                (SELECT coalesce(sum(input_tokens + output_tokens), 0)::bigint
+                 FROM llm_usage WHERE tenant_id = $1 AND at >= $2),
+                (SELECT coalesce(sum(tokens), 0)::bigint
+                 FROM llm_reservations WHERE tenant_id = $1 AND expires_at > now())",
+    )
+    .bind(tenant)
+    .bind(month_start)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(BudgetStatus {
+        limit: own.or(fleet_default),
+        overridden: own.is_some(),
+        used,
+        reserved,
+        month_start,
+        resets_at,
+    })
+}
+
+async fn record_on(conn: &mut sqlx::PgConnection, usage: &LlmUsage<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO llm_usage (tenant_id, job_id, model, purpose, input_tokens, output_tokens)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(usage.tenant)
+    .bind(usage.job)
+    .bind(usage.model)
+    .bind(usage.purpose)
+    .bind(usage.input_tokens)
+    .bind(usage.output_tokens)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_calendar_months_in_utc() {
+        let (start, next) = month_of("2026-12-31T23:59:59Z".parse().unwrap());
+        assert_eq!(
+            start,
+            "2026-12-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            next,
+            "2027-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        let (start, _) = month_of("2026-02-01T00:00:00Z".parse().unwrap());
+        assert_eq!(
+            start,
+            "2026-02-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
+    fn remaining_never_goes_below_zero() {
+        let (month_start, resets_at) = month_of(Utc::now());
+        let status = BudgetStatus {
+            limit: Some(100),
+            overridden: false,
+            used: 90,
+            reserved: 30,
+            month_start,
+            resets_at,
+        };
+        assert_eq!(status.remaining(), Some(0));
+        assert!(status.exhausted());
+        let unlimited = BudgetStatus {
+            limit: None,
+            ..status
+        };
+        assert_eq!(unlimited.remaining(), None);
+        assert!(!unlimited.exhausted());
+    }
+}
