@@ -1,4 +1,5 @@
-// taskfleet dashboard: a Flower-like view of workers, queues, jobs, schedules, connectors and the ranked tasks.
+// taskfleet dashboard: a Flower-like view of workers, queues, jobs, schedules, connectors, the ranked tasks
+// and a chat with the task assistant.
 // Plain ES2020, no build step, no external resources: the API embeds this file as is.
 // Every string from the API reaches the DOM through textContent / text nodes only.
 'use strict';
@@ -22,6 +23,18 @@ function newConnectorsState() {
   };
 }
 
+function newChatState() {
+  return {
+    conversations: [], // the listed ones, most recently active first
+    pages: 1, // pages of the list shown: "Load more" adds one
+    more: false, // whether the API has more than are listed
+    openId: null, // the conversation shown; null for a new chat
+    title: '',
+    loading: 0, // bumped by each open, so the load of an earlier choice is dropped
+    pending: null, // the turn being answered: see sendChat()
+  };
+}
+
 const state = {
   key: null, // the API key (also in sessionStorage, so a reload keeps the session)
   me: null, // GET /v1/me
@@ -32,6 +45,7 @@ const state = {
   jobs: { list: [], rows: new Map(), next: null, loadedMore: false, filters: {} },
   detail: null, // the open job panel: { id, job, stream, lastId, terminalSeen, seqs }
   connectors: newConnectorsState(),
+  chat: newChatState(),
   debounces: new Map(),
 };
 
@@ -328,6 +342,7 @@ function logout(message = '') {
   history.replaceState(null, '', location.pathname); // the next key starts on the default tab
   state.jobs = { list: [], rows: new Map(), next: null, loadedMore: false, filters: {} };
   state.connectors = newConnectorsState();
+  resetChat();
   // Nothing of the old session stays in the DOM for the next key.
   for (const tbody of $$('main tbody')) tbody.replaceChildren();
   $('#connector-form').reset();
@@ -354,6 +369,7 @@ const TABS = {
   schedules: { refresh: refreshSchedules, every: 10000 },
   connectors: { refresh: refreshConnectors, every: 5000 },
   tasks: { refresh: refreshTasks, every: 15000 },
+  chat: { refresh: refreshChat, every: 15000 },
 };
 
 function showTab(name) {
@@ -1157,6 +1173,399 @@ async function testAllConnectors() {
   }
 }
 
+// ---------------------------------------------------------------- chat
+
+const CHAT_PAGE = 50;
+const CHAT_MAX_LIST = 500; // the API's largest page
+const fmtCount = (n) => Number(n ?? 0).toLocaleString();
+
+// An API error of the chat in plain words.
+function chatErrorText(err) {
+  switch (err.code) {
+    case 'llm_not_configured':
+      return 'No LLM is set up to answer chats. Configure one for this tenant with PUT /v1/llm, '
+        + "or ask the operator to set the fleet's TASKFLEET_LLM_BASE_URL and TASKFLEET_LLM_MODEL.";
+    case 'budget_exceeded':
+      return `The monthly LLM token budget is used up: ${err.message}`;
+    case 'not_found':
+      return 'This conversation no longer exists (deleted elsewhere?): start a new chat.';
+    default:
+      return err.message || String(err);
+  }
+}
+
+// A dead chat job's error in plain words.
+function turnErrorText(error) {
+  const text = String(error ?? '').trim() || 'no reason given';
+  if (text.startsWith('budget_exceeded: ')) {
+    return `The monthly LLM token budget is used up: ${text.slice('budget_exceeded: '.length)}`;
+  }
+  return `The assistant could not answer: ${text}`;
+}
+
+function setChatError(text) {
+  Object.assign($('#chat-error'), { textContent: text, hidden: !text });
+}
+
+// Back to nothing shown, as after a sign-in (or a sign-out: nothing of the old key stays).
+function resetChat() {
+  state.chat.pending?.stream?.stop();
+  state.chat = newChatState();
+  $('#conversations').replaceChildren();
+  $('#conversations-more').hidden = true;
+  $('#chat-usage').textContent = '';
+  $('#chat-input').value = '';
+  setChatError('');
+  showLiveStatus('#chat-live')('closed');
+  renderMessages([]);
+  updateSendButton();
+}
+
+async function refreshChat() {
+  await Promise.all([refreshConversations(), refreshUsage()]);
+}
+
+async function refreshUsage() {
+  const { budget = {}, resets_at: resets } = await api('GET', '/v1/usage');
+  const used = `LLM tokens this month: ${fmtCount(budget.used)} used`;
+  $('#chat-usage').textContent = budget.limit == null
+    ? `${used} · no limit`
+    : `${used} of ${fmtCount(budget.limit)}${budget.remaining === 0 ? ' · budget spent' : ''}`;
+  $('#chat-usage').title = resets ? `the count starts again ${fmtTime(resets)}` : '';
+}
+
+// One request for all pages shown: the order moves with every message, so a cursor would not.
+async function refreshConversations() {
+  const c = state.chat;
+  const limit = Math.min(CHAT_MAX_LIST, CHAT_PAGE * c.pages);
+  const page = await api('GET', `/v1/conversations?limit=${limit}`);
+  if (state.chat !== c) return;
+  c.conversations = page.conversations ?? [];
+  c.more = Boolean(page.next_cursor) && limit < CHAT_MAX_LIST;
+  renderConversations();
+}
+
+function renderConversations() {
+  const c = state.chat;
+  const list = $('#conversations');
+  // A refresh must not take the focus off the button it was on.
+  const active = document.activeElement;
+  const refocus = active?.matches('#conversations li[data-conversation-id] button[class]')
+    ? [active.closest('li').dataset.conversationId, active.className] : null;
+  const items = c.conversations.map(conversationItem);
+  const empty = h('li', { class: 'empty' }, 'No conversations yet: write a message to start one.');
+  list.replaceChildren(...(items.length ? items : [empty]));
+  $('#conversations-more').hidden = !c.more;
+  if (refocus) $(`li[data-conversation-id="${CSS.escape(refocus[0])}"] button.${CSS.escape(refocus[1])}`, list)?.focus();
+}
+
+function conversationItem(conversation) {
+  const c = state.chat;
+  const answering = c.pending?.conversationId === conversation.id;
+  const count = conversation.message_count ?? 0;
+  return h('li', { class: conversation.id === c.openId ? 'selected' : null, dataset: { conversationId: conversation.id } },
+    h('button', {
+      type: 'button', class: 'conversation-open', title: conversation.title,
+      onclick: () => openConversation(conversation.id),
+    },
+    h('span', { class: 'title' }, conversation.title || '(untitled)'),
+    h('span', { class: 'sub', title: fmtTime(conversation.updated_at) },
+      `${count} message${count === 1 ? '' : 's'} · ${fmtRelative(conversation.updated_at)}`)),
+    h('button', {
+      type: 'button', class: 'conversation-delete', 'aria-label': 'Delete', disabled: answering,
+      title: answering ? 'Wait for the reply first' : 'Delete this conversation',
+      onclick: (event) => deleteConversation(conversation, event.currentTarget),
+    }));
+}
+
+function newChat() {
+  const c = state.chat;
+  c.loading++;
+  [c.openId, c.title] = [null, ''];
+  setChatError('');
+  renderMessages([]);
+  renderConversations();
+  $('#chat-input').focus();
+}
+
+async function openConversation(id) {
+  const c = state.chat;
+  const load = ++c.loading;
+  [c.openId, c.title] = [id, c.conversations.find((conversation) => conversation.id === id)?.title ?? ''];
+  setChatError('');
+  renderConversations();
+  $('#chat-title').textContent = c.title || 'Conversation';
+  refill($('#chat-messages'), h('li', { class: 'empty' }, 'Loading…'));
+  let conversation;
+  try {
+    conversation = await api('GET', `/v1/conversations/${encodeURIComponent(id)}`);
+  } catch (err) {
+    if (state.chat !== c || load !== c.loading) return;
+    if (err.status !== 404) {
+      reportError(err);
+      refill($('#chat-messages'), h('li', { class: 'empty' }, 'This conversation could not be loaded.'));
+      return;
+    }
+    newChat();
+    setChatError(chatErrorText(err));
+    refreshConversations().catch(reportError);
+    return;
+  }
+  if (state.chat !== c || load !== c.loading) return;
+  c.title = conversation.title;
+  renderMessages(conversation.messages ?? []);
+}
+
+async function deleteConversation(conversation, button) {
+  if (!confirm(`Delete the conversation “${truncate(conversation.title, 60)}”? `
+    + 'Its messages go; the tasks it changed stay as they are.')) return;
+  const c = state.chat;
+  button.disabled = true;
+  try {
+    await api('DELETE', `/v1/conversations/${encodeURIComponent(conversation.id)}`);
+  } catch (err) {
+    button.disabled = false;
+    if (err.status !== 404) { reportError(err); return; } // a 404 is gone all the same
+  }
+  if (state.chat !== c) return;
+  c.conversations = c.conversations.filter((other) => other.id !== conversation.id);
+  if (c.openId === conversation.id) newChat();
+  else renderConversations();
+  refreshConversations().catch(reportError);
+}
+
+// The open conversation's stored messages, then the turn being answered if it is this one's.
+function renderMessages(messages) {
+  const c = state.chat;
+  const pending = c.pending;
+  const items = messages.map((message) => (message.role === 'user' ? userItem(message) : assistantItem(message)));
+  if (pending && pending.conversationId === c.openId && !messages.some((m) => m.job_id && m.job_id === pending.jobId)) {
+    items.push(pending.userNode, pending.replyNode);
+  }
+  const empty = h('li', { class: 'empty' },
+    'Ask the task assistant to add, list, complete, change or delete your tasks.');
+  $('#chat-messages').replaceChildren(...(items.length ? items : [empty]));
+  $('#chat-title').textContent = c.openId ? c.title || 'Conversation' : 'New chat';
+  scrollMessages(true);
+}
+
+// Keeps the newest message in view, unless the reader scrolled up (or `force`).
+function scrollMessages(force = false) {
+  const list = $('#chat-messages');
+  if (force || list.scrollHeight - list.scrollTop - list.clientHeight < 80) list.scrollTop = list.scrollHeight;
+}
+
+function userItem(message) {
+  return h('li', { class: 'msg user', dataset: { role: 'user', state: 'done' } },
+    h('div', { class: 'bubble' }, message.content),
+    h('div', { class: 'meta sub', title: fmtTime(message.at) }, fmtClock(message.at)));
+}
+
+// An assistant message: its text, the tool calls it made, and who answered at what cost.
+// `message` is a stored message or a job's result shaped like one.
+function assistantItem(message, turnState = 'done') {
+  const node = h('li', { class: 'msg assistant', dataset: { role: 'assistant' } });
+  fillAssistant(node, message, turnState);
+  return node;
+}
+
+function fillAssistant(node, message, turnState, note = '') {
+  const usage = message.usage ?? {};
+  const tokens = usage.input_tokens || usage.output_tokens
+    ? `${fmtCount(usage.input_tokens)} + ${fmtCount(usage.output_tokens)} tokens` : null;
+  node.dataset.state = turnState;
+  refill(node,
+    h('div', { class: 'bubble' }, message.content ?? ''),
+    toolCallList(message.tool_calls),
+    note ? h('div', { class: 'note' }, note) : null,
+    turnState === 'pending' ? null
+      : h('div', { class: 'meta sub', title: fmtTime(message.at) },
+        [fmtClock(message.at), message.model, tokens].filter(Boolean).join(' · ')));
+}
+
+function toolCallList(calls) {
+  if (!Array.isArray(calls) || !calls.length) return null;
+  return h('ul', { class: 'tool-calls' }, calls.map(toolCallItem));
+}
+
+// `name {arguments} → what came of it`, the full JSON in the titles.
+function toolCallItem(call) {
+  const result = call.result;
+  const failed = call.error === true || (result != null && typeof result === 'object' && 'error' in result);
+  const args = call.arguments == null ? '' : JSON.stringify(call.arguments);
+  return h('li', { class: `tool-call${failed ? ' failed' : ''}`, dataset: { tool: call.name } },
+    h('span', { class: 'tool-name' }, call.name),
+    args && args !== '{}' ? h('code', { class: 'tool-args', title: pretty(call.arguments) }, truncate(args, 120)) : null,
+    ' → ',
+    failed ? [badge('error', 'error'), ' '] : null,
+    h('span', { class: 'tool-result', title: pretty(result ?? null) }, describeToolResult(result, failed)));
+}
+
+function describeToolResult(result, failed) {
+  if (result == null) return '—';
+  if (typeof result !== 'object') return truncate(String(result), 120);
+  if (failed) return truncate(String(result.message ?? result.error), 160);
+  const task = (t) => `“${t.title}” (${t.status})`;
+  if (result.task) return task(result.task);
+  if (Array.isArray(result.tasks)) {
+    const n = result.total ?? result.tasks.length;
+    return truncate(`${n} task${n === 1 ? '' : 's'}${result.tasks.length ? `: ${result.tasks.map(task).join(', ')}` : ''}`, 160);
+  }
+  if (result.deleted) return `deleted “${result.deleted.title}”`;
+  return truncate(JSON.stringify(result), 120);
+}
+
+function updateSendButton() {
+  const waiting = Boolean(state.chat.pending);
+  Object.assign($('#chat-send'), { disabled: waiting, title: waiting ? 'Waiting for the reply…' : '' });
+}
+
+// Sends the box's message to the open conversation (or a new one): the message shows at once,
+// then the reply as it is written (the job's job_progress events), then its tool calls.
+async function sendChat() {
+  const c = state.chat;
+  const input = $('#chat-input');
+  const message = input.value.trim();
+  if (!message || c.pending) return;
+  setChatError('');
+  const now = new Date().toISOString();
+  const pending = {
+    conversationId: c.openId, // null until the API names the new conversation
+    jobId: null,
+    text: '', // the reply so far
+    note: '',
+    seqs: new Set(), // events seen, as a reconnect may replay some
+    stream: null,
+    ending: false,
+    userNode: userItem({ content: message, at: now }),
+    replyNode: assistantItem({ content: '' }, 'pending'),
+  };
+  c.pending = pending;
+  input.value = '';
+  updateSendButton();
+  renderConversations(); // its delete button waits for the reply
+  $('#chat-messages > li.empty')?.remove();
+  $('#chat-messages').append(pending.userNode, pending.replyNode);
+  scrollMessages(true);
+
+  let answer;
+  try {
+    const body = pending.conversationId ? { message, conversation_id: pending.conversationId } : { message };
+    answer = await api('POST', '/v1/chat?wait=0', body);
+  } catch (err) {
+    if (state.chat !== c) return;
+    c.pending = null;
+    pending.userNode.remove();
+    pending.replyNode.remove();
+    if (!input.value) input.value = message; // nothing typed is lost: send it again once fixed
+    updateSendButton();
+    if (err.silent || err.status === 401) return;
+    if (err.status === 404 && pending.conversationId === c.openId) {
+      newChat();
+      input.value = message;
+      refreshConversations().catch(reportError);
+    } else if (!$('#chat-messages').children.length) {
+      renderMessages([]);
+    }
+    setChatError(chatErrorText(err));
+    renderConversations();
+    return;
+  }
+  if (state.chat !== c || c.pending !== pending) return;
+  pending.jobId = answer.job_id;
+  // A new chat is the conversation the API started, if it is still the one shown.
+  if (!pending.conversationId && !c.openId) {
+    [c.openId, c.title] = [answer.conversation_id, truncate(message, 60)];
+    $('#chat-title').textContent = c.title;
+  }
+  pending.conversationId = answer.conversation_id;
+  if (answer.response != null) completeTurn(pending, answer); // answered at once (a repeat)
+  else followTurn(pending);
+}
+
+function followTurn(pending) {
+  const live = showLiveStatus('#chat-live');
+  pending.stream = openStream(`/v1/jobs/${encodeURIComponent(pending.jobId)}/events`, {
+    onEvent: (name, event) => onTurnEvent(pending, name, event),
+    // The stream replays what was missed, and the server ends it after the terminal event.
+    reconnect: () => !pending.ending && state.chat.pending === pending,
+    onStatus: (status) => {
+      if (state.chat.pending !== pending) return;
+      live(status);
+      // Ended without the job's end (e.g. a 4xx): the job says how it stands.
+      if (status === 'closed') endTurn(pending);
+    },
+  });
+}
+
+function onTurnEvent(pending, name, event) {
+  if (state.chat.pending !== pending) return;
+  const seq = String(event.seq);
+  if (pending.seqs.has(seq)) return;
+  pending.seqs.add(seq);
+  const details = event.details ?? {};
+  if (name === 'job_started') {
+    pending.text = ''; // another attempt writes its reply from the start
+  } else if (name === 'job_progress') {
+    pending.text += details.message ?? '';
+    pending.note = '';
+  } else if (name === 'job_failed') {
+    pending.note = `Attempt ${details.attempt ?? '?'} failed: ${details.error ?? 'no reason given'}`;
+  } else if (name === 'job_retry_scheduled') {
+    pending.note = `${pending.note || 'An attempt failed'}; trying again${details.retry_at ? ` ${fmtRelative(details.retry_at)}` : ''}…`;
+  }
+  if (TERMINAL_EVENTS.has(name)) {
+    endTurn(pending);
+    return;
+  }
+  fillAssistant(pending.replyNode, { content: pending.text }, 'pending', pending.note);
+  scrollMessages();
+}
+
+// The job ended (or its stream did): its result or its error ends the turn.
+async function endTurn(pending) {
+  if (pending.ending) return;
+  pending.ending = true;
+  let job;
+  try {
+    job = await api('GET', `/v1/jobs/${encodeURIComponent(pending.jobId)}`);
+  } catch (err) {
+    if (!err.silent) failTurn(pending, `The reply could not be read: ${err.message}`);
+    return;
+  }
+  if (job.state === 'succeeded' && job.result) completeTurn(pending, job.result);
+  else if (job.state === 'cancelled') failTurn(pending, 'The chat job was cancelled before it answered.');
+  else if (TERMINAL_STATES.has(job.state)) failTurn(pending, turnErrorText(job.error));
+  else failTurn(pending, 'The reply stopped arriving, but it may still come: open the conversation again in a while.');
+}
+
+function completeTurn(pending, result) {
+  const c = state.chat;
+  if (c.pending !== pending) return;
+  c.pending = null;
+  fillAssistant(pending.replyNode, {
+    content: result.response ?? '', tool_calls: result.tool_calls, model: result.model,
+    usage: result.usage, at: new Date().toISOString(),
+  }, 'done');
+  finishTurn();
+}
+
+function failTurn(pending, text) {
+  const c = state.chat;
+  if (c.pending !== pending) return;
+  c.pending = null;
+  fillAssistant(pending.replyNode, { content: pending.text }, 'failed', text);
+  finishTurn();
+}
+
+function finishTurn() {
+  updateSendButton();
+  showLiveStatus('#chat-live')('closed');
+  scrollMessages();
+  // The conversation is listed (or moves up) once its turn is stored; the tokens are counted.
+  refreshChat().catch(reportError);
+}
+
 // ---------------------------------------------------------------- wiring
 
 function init() {
@@ -1188,6 +1597,16 @@ function init() {
   $('#connector-form').addEventListener('submit', createConnector);
   $('#connectors-test-all').addEventListener('click', testAllConnectors);
   $('#job-cancel').addEventListener('click', () => jobAction('cancel'));
+  $('#chat-form').addEventListener('submit', (event) => { event.preventDefault(); sendChat(); });
+  $('#chat-input').addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) { event.preventDefault(); sendChat(); }
+  });
+  $('#chat-new').addEventListener('click', newChat);
+  $('#conversations-more').addEventListener('click', () => {
+    state.chat.pages++;
+    refreshConversations().catch(reportError);
+  });
+  resetChat();
   // A typed or bookmarked #queues etc. switches tabs.
   window.addEventListener('hashchange', () => {
     if (state.me && location.hash.slice(1) !== state.tab) showTab(location.hash.slice(1));

@@ -128,8 +128,8 @@ impl LlmApi {
         state: Data<&AppState>,
         auth: TenantKey,
     ) -> Result<Json<LlmProviderSettings>, ApiError> {
-        match own_provider(&state, auth.0.id).await? {
-            Some((record, _)) => Ok(Json(record.into())),
+        match state.llm_providers.record(auth.0.id).await? {
+            Some(record) => Ok(Json(record.into())),
             None if state.llm.fleet_provider().is_some() => Err(ApiError::not_found(
                 "this tenant has no LLM provider of its own: the fleet's default provider \
                  applies",

@@ -96,8 +96,9 @@ pub struct ProviderSettings {
     /// How long an open circuit fails calls at once before one probe call, in seconds.
     #[arg(long, env = "TASKFLEET_BREAKER_COOLDOWN_SECS", default_value_t = 30)]
     pub breaker_cooldown_secs: u64,
-    /// Accept Jira and Confluence sites on this machine (plain http, any path): for local
-    /// fake providers only, never in production.
+    /// Accept Jira and Confluence sites, and tenants' LLM base URLs, on this machine or a
+    /// private network (plain http, any path): for local fake providers only, never in
+    /// production.
     #[arg(long, env = "TASKFLEET_ALLOW_LOCAL_SITES", default_value_t = false)]
     pub allow_local_sites: bool,
 }

@@ -2,18 +2,22 @@
 -- monthly token budgets that every LLM call is reserved against.
 
 -- A tenant's own LLM provider (bring your own key). The key is sealed as connector
--- credentials are (storage/src/sealing.rs), bound to the tenant.
+-- credentials are (storage/src/sealing.rs), bound to the tenant; NULL for a local server
+-- that takes none.
 CREATE TABLE llm_providers (
     tenant_id   uuid PRIMARY KEY REFERENCES tenants (id),
     base_url    text NOT NULL,
     model       text NOT NULL,
-    api_key     text NOT NULL,
+    api_key     text,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- An operator's override of the fleet's monthly token budget for one tenant.
-ALTER TABLE tenants ADD COLUMN llm_monthly_tokens bigint CHECK (llm_monthly_tokens >= 0);
+-- An operator's override of the fleet's monthly token budget for one tenant, and when a call
+-- last did not fit in the budget: from then until the month ends (or the budget changes),
+-- new agent jobs are refused at the door.
+ALTER TABLE tenants ADD COLUMN llm_monthly_tokens bigint CHECK (llm_monthly_tokens >= 0),
+                    ADD COLUMN llm_budget_refused_at timestamptz;
 
 -- Tokens held for LLM calls in flight: a call reserves its most before it is sent and
 -- settles (deletes its reservation, records its usage) after. A worker that dies mid-call

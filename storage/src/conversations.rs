@@ -1,7 +1,8 @@
 //! Chat conversations and their messages. A conversation's id is the id of the `agent.chat`
 //! job that started it, so a client can send its next message before the first reply is in:
-//! the id is known the moment the first job is accepted. Each job writes its user message and
-//! its reply together, once, however often the job runs.
+//! the id is known the moment the first job is accepted. A conversation is made with its
+//! first stored turn (a first message whose job died leaves nothing behind), and each job
+//! writes its user message and its reply together, once, however often the job runs.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -70,7 +71,8 @@ impl Conversations {
             "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $2 AND tenant_id = $1)
                  OR EXISTS (SELECT 1 FROM jobs
                             WHERE id = $2 AND tenant_id = $1 AND kind = 'agent.chat'
-                              AND payload->>'conversation_id' IS NULL)",
+                              AND payload->>'conversation_id' IS NULL
+                              AND state IN ('scheduled', 'queued', 'running', 'retrying'))",
         )
         .bind(tenant)
         .bind(id)
@@ -78,27 +80,15 @@ impl Conversations {
         .await
     }
 
-    /// Makes sure the conversation exists, titled after `first_message` when it is new; false
-    /// when the id belongs to another tenant.
-    pub async fn open(&self, tenant: Uuid, id: Uuid, first_message: &str) -> sqlx::Result<bool> {
-        let title: String = match first_message.trim().char_indices().nth(TITLE_CHARS) {
-            Some((end, _)) => format!("{}…", &first_message.trim()[..end]),
-            None => first_message.trim().to_owned(),
-        };
-        let owner: Uuid = sqlx::query_scalar(
-            "WITH made AS (
-                 INSERT INTO conversations (id, tenant_id, title) VALUES ($2, $1, $3)
-                 ON CONFLICT (id) DO NOTHING RETURNING tenant_id)
-             SELECT tenant_id FROM made
-             UNION ALL SELECT tenant_id FROM conversations WHERE id = $2
-             LIMIT 1",
-        )
-        .bind(tenant)
-        .bind(id)
-        .bind(title)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(owner == tenant)
+    /// Whether the tenant may write to conversation `id`: it is the tenant's, or does not
+    /// exist yet.
+    pub async fn writable(&self, tenant: Uuid, id: Uuid) -> sqlx::Result<bool> {
+        let owner: Option<Uuid> =
+            sqlx::query_scalar("SELECT tenant_id FROM conversations WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(owner.is_none_or(|owner| owner == tenant))
     }
 
     /// The conversation's latest `limit` messages, oldest first, leaving out those of `job`
@@ -124,9 +114,23 @@ impl Conversations {
     }
 
     /// Stores a turn: the user's message and the reply, replacing what an earlier attempt of
-    /// the same job stored.
+    /// the same job stored; a first turn makes the conversation, titled after its message.
     pub async fn record(&self, turn: Turn<'_>) -> sqlx::Result<()> {
         let mut tx = self.pool.begin().await?;
+        let message = turn.message.trim();
+        let title = match message.char_indices().nth(TITLE_CHARS) {
+            Some((end, _)) => format!("{}…", &message[..end]),
+            None => message.to_owned(),
+        };
+        sqlx::query(
+            "INSERT INTO conversations (id, tenant_id, title) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(turn.conversation)
+        .bind(turn.tenant)
+        .bind(title)
+        .execute(&mut *tx)
+        .await?;
         let rows = [
             ("user", turn.message, &Value::Array(Vec::new()), None, 0, 0),
             (

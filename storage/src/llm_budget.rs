@@ -45,6 +45,8 @@ pub struct BudgetStatus {
     pub used: i64,
     /// Held by calls in flight.
     pub reserved: i64,
+    /// Whether a call did not fit this month (since the budget was last set).
+    pub refused: bool,
     pub month_start: DateTime<Utc>,
     pub resets_at: DateTime<Utc>,
 }
@@ -56,9 +58,11 @@ impl BudgetStatus {
             .map(|limit| (limit - self.used - self.reserved).max(0))
     }
 
-    /// Whether what is left of the month's budget fits no call: new agent jobs are refused.
+    /// Whether the month's budget is spent, so new agent jobs are refused: a call did not
+    /// fit, or what is left fits no answer.
     pub fn exhausted(&self) -> bool {
-        self.remaining().is_some_and(|left| left < ANSWER_TOKENS)
+        self.limit.is_some()
+            && (self.refused || self.remaining().is_some_and(|left| left < ANSWER_TOKENS))
     }
 }
 
@@ -149,6 +153,11 @@ impl Budgets {
             return Ok(Reservation { id: None, tokens });
         };
         if status.used + status.reserved + tokens > limit {
+            sqlx::query("UPDATE tenants SET llm_budget_refused_at = now() WHERE id = $1")
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
             return Err(ReserveError::Exceeded {
                 limit,
                 used: status.used,
@@ -213,10 +222,13 @@ impl Budgets {
         .await
     }
 
-    /// Sets (or, with None, removes) the tenant's own monthly budget; false when there is no
-    /// tenant of that name.
+    /// Sets (or, with None, removes) the tenant's own monthly budget, which opens the door a
+    /// refused call closed; false when there is no tenant of that name.
     pub async fn set_override(&self, tenant_name: &str, tokens: Option<i64>) -> sqlx::Result<bool> {
-        let changed = sqlx::query("UPDATE tenants SET llm_monthly_tokens = $2 WHERE name = $1")
+        let changed = sqlx::query(
+            "UPDATE tenants SET llm_monthly_tokens = $2, llm_budget_refused_at = NULL
+             WHERE name = $1",
+        )
             .bind(tenant_name)
             .bind(tokens)
             .execute(&self.pool)
@@ -232,8 +244,9 @@ async fn status_on(
     fleet_default: Option<i64>,
 ) -> sqlx::Result<BudgetStatus> {
     let (month_start, resets_at) = month_of(Utc::now());
-    let (own, used, reserved): (Option<i64>, i64, i64) = sqlx::query_as(
+    let (own, refused, used, reserved): (Option<i64>, bool, i64, i64) = sqlx::query_as(
         "SELECT (SELECT llm_monthly_tokens FROM tenants WHERE id = $1),
+                coalesce((SELECT llm_budget_refused_at >= $2 FROM tenants WHERE id = $1), false),
                 (SELECT coalesce(sum(input_tokens + output_tokens), 0)::bigint
                  FROM llm_usage WHERE tenant_id = $1 AND at >= $2),
                 (SELECT coalesce(sum(tokens), 0)::bigint
@@ -248,6 +261,7 @@ async fn status_on(
         overridden: own.is_some(),
         used,
         reserved,
+        refused,
         month_start,
         resets_at,
     })
@@ -299,6 +313,7 @@ mod tests {
             overridden: false,
             used: 90,
             reserved: 30,
+            refused: false,
             month_start,
             resets_at,
         };
@@ -310,5 +325,13 @@ mod tests {
         };
         assert_eq!(unlimited.remaining(), None);
         assert!(!unlimited.exhausted());
+        let refused_once = BudgetStatus {
+            limit: Some(1_000_000),
+            used: 0,
+            reserved: 0,
+            refused: true,
+            ..unlimited
+        };
+        assert!(refused_once.exhausted(), "a call that did not fit closes the door");
     }
 }

@@ -7,6 +7,9 @@ use uuid::Uuid;
 
 use crate::sealing::{OpenError, Sealer, llm_context};
 
+const RECORD_COLUMNS: &str =
+    "base_url, model, api_key IS NOT NULL AS has_key, created_at, updated_at";
+
 /// A tenant's provider as it may be shown: never the key.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LlmProviderRecord {
@@ -113,7 +116,7 @@ pub enum ProviderKeyError {
 struct StoredProvider {
     base_url: String,
     model: String,
-    api_key: String,
+    api_key: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -135,20 +138,30 @@ impl LlmProviders {
         tenant: Uuid,
         provider: &LlmProvider,
     ) -> sqlx::Result<LlmProviderRecord> {
-        let sealed = sealer.seal(provider.api_key.as_bytes(), &llm_context(tenant));
-        sqlx::query_as(
+        let sealed = (!provider.api_key.is_empty())
+            .then(|| sealer.seal(provider.api_key.as_bytes(), &llm_context(tenant)));
+        sqlx::query_as(&format!(
             "INSERT INTO llm_providers (tenant_id, base_url, model, api_key)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant_id) DO UPDATE
                  SET base_url = $2, model = $3, api_key = $4, updated_at = now()
-             RETURNING base_url, model, $5 AS has_key, created_at, updated_at",
-        )
+             RETURNING {RECORD_COLUMNS}"
+        ))
         .bind(tenant)
         .bind(&provider.base_url)
         .bind(&provider.model)
         .bind(sealed)
-        .bind(!provider.api_key.is_empty())
         .fetch_one(&self.pool)
+        .await
+    }
+
+    /// The tenant's provider as it may be shown, without opening its key.
+    pub async fn record(&self, tenant: Uuid) -> sqlx::Result<Option<LlmProviderRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {RECORD_COLUMNS} FROM llm_providers WHERE tenant_id = $1"
+        ))
+        .bind(tenant)
+        .fetch_optional(&self.pool)
         .await
     }
 
@@ -168,8 +181,11 @@ impl LlmProviders {
         let Some(row) = row else {
             return Ok(None);
         };
-        let api_key = String::from_utf8(sealer.open(&row.api_key, &llm_context(tenant))?)
-            .map_err(|_| OpenError::Malformed)?;
+        let api_key = match &row.api_key {
+            Some(sealed) => String::from_utf8(sealer.open(sealed, &llm_context(tenant))?)
+                .map_err(|_| OpenError::Malformed)?,
+            None => String::new(),
+        };
         let record = LlmProviderRecord {
             base_url: row.base_url.clone(),
             model: row.model.clone(),
@@ -207,10 +223,11 @@ impl LlmProviders {
     /// anew.
     pub async fn reseal(&self, sealer: &Sealer) -> Result<u64, ProviderKeyError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT tenant_id, api_key FROM llm_providers FOR UPDATE")
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT tenant_id, api_key FROM llm_providers WHERE api_key IS NOT NULL FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let mut resealed = 0;
         for (tenant, sealed) in rows {
             if sealer.is_current(&sealed) {

@@ -95,7 +95,8 @@ async fn bad_payloads_get_422_naming_the_problem() {
             json!({"kind": "embed.items", "item_ids": []}),
             "at least one task",
         ),
-        (json!({"kind": "agent.chat", "message": "hi"}), "agent.chat"),
+        (json!({"kind": "agent.chat", "message": " "}), "empty"),
+        (json!({"kind": "agent.chat", "message": ""}), "message"),
         (json!({"kind": "embed.items"}), "missing field `item_ids`"),
     ];
     for (payload, expected) in cases {

@@ -1,6 +1,6 @@
 //! `agent.chat`: one message of a conversation, answered by the chat agent with the task
-//! tools. The conversation is opened (its id is its first job's), its recent history and the
-//! tenant's open tasks are read, and the agent runs on the tenant's LLM (its own, or the
+//! tools. The conversation's recent history (its id is its first job's) and the tenant's open
+//! tasks are read, and the agent runs on the tenant's LLM (its own, or the
 //! fleet's) within the tenant's token budget. The reply streams as `job_progress` events;
 //! the message and the reply, with its tool calls, are stored once the reply is complete.
 //!
@@ -30,12 +30,12 @@ const DELTA_LINGER: Duration = Duration::from_millis(100);
 pub async fn chat(job: &AgentChat, ctx: &JobContext) -> HandlerResult {
     let services = &ctx.services;
     let conversation = job.conversation_id.unwrap_or(ctx.job_id);
-    let owned = services
+    let writable = services
         .conversations
-        .open(ctx.tenant_id, conversation, &job.message)
+        .writable(ctx.tenant_id, conversation)
         .await
         .map_err(store_failed)?;
-    if !owned {
+    if !writable {
         return Err(JobFailure::permanent(format!(
             "no conversation {conversation} for this tenant"
         )));
