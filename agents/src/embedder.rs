@@ -49,6 +49,14 @@ impl EmbedError {
     }
 }
 
+/// Vectors, and what the provider charged for them (0 for the local model).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    /// One unit-length vector per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    pub input_tokens: u64,
+}
+
 /// The worker's embedder, chosen by `TASKFLEET_EMBEDDER`.
 #[derive(Clone)]
 pub enum Embedder {
@@ -89,15 +97,21 @@ impl Embedder {
         }
     }
 
-    /// One unit-length vector per text, in order. Texts longer than the model takes are
-    /// truncated by it, never refused.
-    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// One unit-length vector per text, in order, and the tokens a provider charged. Texts
+    /// longer than the model takes are truncated by it, never refused.
+    pub async fn embed(&self, texts: &[String]) -> Result<Embedded, EmbedError> {
         if texts.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Embedded {
+                vectors: Vec::new(),
+                input_tokens: 0,
+            });
         }
-        let vectors = match self {
-            Embedder::Local(model) => model.embed(texts).await?,
-            Embedder::OpenAi(endpoint) => endpoint.embed(texts).await?,
+        let (vectors, input_tokens) = match self {
+            Embedder::Local(model) => (model.embed(texts).await?, 0),
+            Embedder::OpenAi(endpoint) => {
+                let embedded = endpoint.embed(texts).await?;
+                (embedded.vectors, embedded.input_tokens)
+            }
         };
         if vectors.len() != texts.len() {
             return Err(EmbedError::Unusable(format!(
@@ -113,7 +127,18 @@ impl Embedder {
                 self.dimensions()
             )));
         }
-        Ok(vectors.into_iter().map(normalised).collect())
+        Ok(Embedded {
+            vectors: vectors.into_iter().map(normalised).collect(),
+            input_tokens,
+        })
+    }
+
+    /// The model's name, as usage is recorded under it.
+    pub fn model(&self) -> &str {
+        match self {
+            Embedder::Local(_) => LocalModel::ID,
+            Embedder::OpenAi(endpoint) => endpoint.model(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ pub mod vector_store;
 pub use chat_agent::{
     ChatError, ChatHost, ChatReply, ChatRequest, PastMessage, TaskLine, ToolCallRecord,
 };
-pub use embedder::{EmbedError, Embedder, cosine, normalised};
+pub use embedder::{EmbedError, Embedded, Embedder, cosine, normalised};
 pub use formula::{Candidate, Ranked, Scores, Weights};
 pub use llm::{BudgetRefusal, LlmError, LlmModel, TokenBudget, TokenUsage};
 pub use llm_review::{Pick, Review, ReviewCandidate, ReviewError, Reviewer};

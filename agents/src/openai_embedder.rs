@@ -18,7 +18,7 @@ use rig_core::{
 };
 use serde_json::Value;
 
-use crate::embedder::EmbedError;
+use crate::embedder::{EmbedError, Embedded};
 
 /// The most texts sent in one request (OpenAI takes 2048; smaller requests stay well under
 /// its per-request token limit and the timeout).
@@ -38,6 +38,8 @@ pub struct OpenAiEmbedder {
 
 struct Inner {
     id: String,
+    /// The model's name, as configured (usage is recorded under it).
+    model_name: String,
     dimensions: usize,
     model: Model<Embeddings>,
     /// Kept only to scrub it from messages, in case a provider echoes it.
@@ -88,7 +90,7 @@ impl OpenAiEmbedder {
         if api_key.is_empty() {
             config.auth = Auth::OptionalBearer;
         }
-        // Usage is not read here, and some compatible servers leave it out.
+        // Usage is read from the raw answer when there; some compatible servers leave it out.
         config.dialect.quirks.embedding.requires_usage = false;
         // Declaring the width makes rig send `dimensions` (to every model but
         // text-embedding-ada-002) and refuse a reply of any other width.
@@ -97,6 +99,7 @@ impl OpenAiEmbedder {
         Ok(OpenAiEmbedder {
             inner: Arc::new(Inner {
                 id: format!("openai:{model}:{dimensions}@{base_url}"),
+                model_name: model.to_owned(),
                 dimensions,
                 model: model_handle,
                 api_key: api_key.to_owned(),
@@ -113,17 +116,27 @@ impl OpenAiEmbedder {
         self.inner.dimensions
     }
 
-    /// One vector per text, in order, in requests of at most [`MAX_BATCH`] texts sent one
-    /// after another. The first failing request fails the whole call.
-    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let mut vectors = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(MAX_BATCH) {
-            vectors.extend(self.embed_batch(batch).await?);
-        }
-        Ok(vectors)
+    pub fn model(&self) -> &str {
+        &self.inner.model_name
     }
 
-    async fn embed_batch(&self, batch: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// One vector per text, in order, in requests of at most [`MAX_BATCH`] texts sent one
+    /// after another, and the tokens the provider says they cost. The first failing request
+    /// fails the whole call.
+    pub async fn embed(&self, texts: &[String]) -> Result<Embedded, EmbedError> {
+        let mut embedded = Embedded {
+            vectors: Vec::with_capacity(texts.len()),
+            input_tokens: 0,
+        };
+        for batch in texts.chunks(MAX_BATCH) {
+            let (vectors, tokens) = self.embed_batch(batch).await?;
+            embedded.vectors.extend(vectors);
+            embedded.input_tokens += tokens;
+        }
+        Ok(embedded)
+    }
+
+    async fn embed_batch(&self, batch: &[String]) -> Result<(Vec<Vec<f32>>, u64), EmbedError> {
         let call = self.inner.model.call(batch.to_vec());
         let response = match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
             Ok(Ok(response)) => response,
@@ -141,7 +154,15 @@ impl OpenAiEmbedder {
             .into_iter()
             .map(|embedding| embedding.vec.into_iter().map(|x| x as f32).collect())
             .collect();
-        in_input_order(vectors, &response.raw).map_err(|message| self.scrubbed_unusable(message))
+        // OpenAI reports `usage.prompt_tokens`; servers that leave it out cost nothing here.
+        let tokens = response
+            .raw
+            .pointer("/usage/prompt_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let vectors = in_input_order(vectors, &response.raw)
+            .map_err(|message| self.scrubbed_unusable(message))?;
+        Ok((vectors, tokens))
     }
 
     fn scrubbed(&self, error: EmbedError) -> EmbedError {

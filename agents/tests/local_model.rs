@@ -40,7 +40,9 @@ async fn similarities_match_the_published_ones() {
         "The new movie is so great",
         "Do you like pizza?",
     ]);
-    let vectors = model.embed(&sentences).await.unwrap();
+    let embedded = model.embed(&sentences).await.unwrap();
+    assert_eq!(embedded.input_tokens, 0, "the local model charges nothing");
+    let vectors = embedded.vectors;
     assert_eq!(vectors.len(), 8);
     let published = [
         (3, 6, 0.8939),
@@ -73,7 +75,11 @@ async fn similarities_match_the_published_ones() {
 #[tokio::test]
 async fn a_text_embeds_the_same_alone_and_in_a_padded_batch() {
     let model = model();
-    let alone = model.embed(&texts(&["Fix the login bug"])).await.unwrap();
+    let alone = model
+        .embed(&texts(&["Fix the login bug"]))
+        .await
+        .unwrap()
+        .vectors;
     let long = "Production is down since the deploy; customers cannot log in. ".repeat(4);
     let batch = model
         .embed(&texts(&[
@@ -82,7 +88,8 @@ async fn a_text_embeds_the_same_alone_and_in_a_padded_batch() {
             "Renew the TLS certificates",
         ]))
         .await
-        .unwrap();
+        .unwrap()
+        .vectors;
     assert!(cosine(&alone[0], &batch[0]) > 0.9999);
 }
 
@@ -90,7 +97,11 @@ async fn a_text_embeds_the_same_alone_and_in_a_padded_batch() {
 async fn a_text_over_the_models_limit_is_truncated_not_refused() {
     let model = model();
     let huge = "deploy the release candidate to staging ".repeat(2_000);
-    let vectors = model.embed(&texts(&[&huge, "short"])).await.unwrap();
+    let vectors = model
+        .embed(&texts(&[&huge, "short"]))
+        .await
+        .unwrap()
+        .vectors;
     assert_eq!(vectors[0].len(), 384);
 }
 

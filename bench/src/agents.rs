@@ -98,8 +98,8 @@ async fn embed_throughput(texts: usize) -> anyhow::Result<f64> {
     model.embed(&texts[..EMBED_BATCH]).await?;
     let started = Instant::now();
     for batch in texts.chunks(EMBED_BATCH) {
-        let vectors = model.embed(batch).await?;
-        ensure!(vectors.len() == batch.len());
+        let embedded = model.embed(batch).await?;
+        ensure!(embedded.vectors.len() == batch.len());
     }
     Ok(rate(texts.len(), started.elapsed()))
 }

@@ -229,11 +229,11 @@ impl Budgets {
             "UPDATE tenants SET llm_monthly_tokens = $2, llm_budget_refused_at = NULL
              WHERE name = $1",
         )
-            .bind(tenant_name)
-            .bind(tokens)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        .bind(tenant_name)
+        .bind(tokens)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(changed == 1)
     }
 }
@@ -332,6 +332,9 @@ mod tests {
             refused: true,
             ..unlimited
         };
-        assert!(refused_once.exhausted(), "a call that did not fit closes the door");
+        assert!(
+            refused_once.exhausted(),
+            "a call that did not fit closes the door"
+        );
     }
 }

@@ -45,9 +45,12 @@ async fn three_hundred_texts_in_two_requests_come_back_in_order() {
     );
     let texts = texts(300);
 
-    let vectors = embedder.embed(&texts).await.unwrap();
+    let embedded = embedder.embed(&texts).await.unwrap();
+    let vectors = embedded.vectors;
 
     assert_eq!(fake.requests(PATH), 2, "256 texts, then 44");
+    // The tokens both answers reported.
+    assert!(embedded.input_tokens >= 300, "{}", embedded.input_tokens);
     assert_eq!(vectors.len(), 300);
     for vector in &vectors {
         assert_eq!(vector.len(), DIMENSIONS);
@@ -58,12 +61,13 @@ async fn three_hundred_texts_in_two_requests_come_back_in_order() {
     assert_eq!(vectors[120], vectors[270]);
     assert_ne!(vectors[0], vectors[1]);
     // Input order: each vector is the one its own text gets alone.
-    let alone = embedder.embed(&texts[299..]).await.unwrap();
+    let alone = embedder.embed(&texts[299..]).await.unwrap().vectors;
     assert_eq!(alone[0], vectors[299]);
     // Texts sharing words point the same way.
     assert!(cosine(&vectors[0], &vectors[2]) > cosine(&vectors[0], &vectors[1]));
 
-    assert_eq!(embedder.embed(&[]).await.unwrap(), Vec::<Vec<f32>>::new());
+    let nothing = embedder.embed(&[]).await.unwrap();
+    assert_eq!((nothing.vectors.len(), nothing.input_tokens), (0, 0));
     assert_eq!(fake.requests(PATH), 3, "nothing to embed sends nothing");
 }
 
@@ -97,7 +101,7 @@ async fn a_rate_limit_carries_the_providers_delay() {
     assert!(message.contains("Rate limit reached"), "{message}");
     assert!(error.retryable());
     // The rule is used up: the next call goes through.
-    assert_eq!(embedder.embed(&texts(3)).await.unwrap().len(), 3);
+    assert_eq!(embedder.embed(&texts(3)).await.unwrap().vectors.len(), 3);
 }
 
 #[tokio::test]

@@ -405,6 +405,16 @@ async fn switching_embedder_embeds_again_and_a_rejected_key_kills_the_job() {
     .await
     .unwrap();
     assert!(retried >= 1);
+    // What the endpoint charged is the tenant's `embed` usage; the local model's was free.
+    let (model, tokens): (String, i64) = sqlx::query_as(
+        "SELECT model, sum(input_tokens)::bigint FROM llm_usage
+         WHERE purpose = 'embed' GROUP BY model",
+    )
+    .fetch_one(&fleet.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(model, "text-embedding-3-small");
+    assert!(tokens > 0);
 
     // A rejected key: the job is dead at once, saying so.
     fleet.env.terminate(openai_worker);

@@ -6,7 +6,8 @@
 use serde_json::json;
 use taskfleet_agents::{EmbedError, Neighbour, Space};
 use taskfleet_jobs::spec::EmbedItems;
-use taskfleet_storage::{EmbedCandidate, Side};
+use taskfleet_storage::{EmbedCandidate, LlmUsage, Side};
+use taskfleet_telemetry::metrics;
 use uuid::Uuid;
 
 use super::{HandlerResult, JobContext, JobFailure};
@@ -45,8 +46,10 @@ pub async fn embed(job: &EmbedItems, ctx: &JobContext) -> HandlerResult {
     let mut duplicates = Vec::new();
     for (done, batch) in todo.chunks(BATCH).enumerate() {
         let texts: Vec<String> = batch.iter().map(|t| t.text()).collect();
-        let vectors = embedder.embed(&texts).await.map_err(embed_failure)?;
-        let rows: Vec<(Uuid, Vec<f32>)> = batch.iter().map(|t| t.id).zip(vectors).collect();
+        let embedded = embedder.embed(&texts).await.map_err(embed_failure)?;
+        record_tokens(ctx, embedder.model(), embedded.input_tokens).await;
+        let rows: Vec<(Uuid, Vec<f32>)> =
+            batch.iter().map(|t| t.id).zip(embedded.vectors).collect();
         agents
             .store
             .upsert(tenant, &space, &rows)
@@ -164,4 +167,31 @@ fn embed_failure(err: EmbedError) -> JobFailure {
 
 fn storage(err: sqlx::Error) -> JobFailure {
     JobFailure::retryable(format!("the task store failed: {err}"))
+}
+
+/// Records what a provider charged for a batch, as the tenant's `embed` usage (it counts
+/// against the month's budget; embedding is not refused for it, so the pipeline never
+/// stalls on a spent budget).
+async fn record_tokens(ctx: &JobContext, model: &str, tokens: u64) {
+    if tokens == 0 {
+        return;
+    }
+    metrics::LLM_TOKENS
+        .with_label_values(&["embed", model, "input"])
+        .inc_by(tokens);
+    let recorded = ctx
+        .services
+        .budgets
+        .record(LlmUsage {
+            tenant: ctx.tenant_id,
+            job: Some(ctx.job_id),
+            model,
+            purpose: "embed",
+            input_tokens: i64::try_from(tokens).unwrap_or(i64::MAX),
+            output_tokens: 0,
+        })
+        .await;
+    if let Err(err) = recorded {
+        tracing::warn!(%err, "could not record the embedding's token usage");
+    }
 }
