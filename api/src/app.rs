@@ -27,6 +27,7 @@ use crate::{
     health::HealthApi,
     jobs::JobsApi,
     llm::LlmApi,
+    mcp,
     oauth_callback::OAuthCallbackApi,
     observe::{RouteTemplates, observe},
     schedules::SchedulesApi,
@@ -151,6 +152,7 @@ pub fn build_app(
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .at("/metrics", get(scrape))
+        .at("/v1/mcp", mcp::endpoint(max_body_bytes))
         .nest("/dashboard", dashboard::routes())
         .around(move |endpoint, req| limit_body(endpoint, req, max_body_bytes))
         .data(state)

@@ -11,7 +11,8 @@ use crate::{error::ApiError, state::AppState};
 #[oai(ty = "bearer", key_name = "Authorization", checker = "tenant_of_key")]
 pub struct TenantKey(pub Tenant);
 
-async fn tenant_of_key(req: &Request, bearer: Bearer) -> poem::Result<Tenant> {
+/// The tenant of a bearer key; an unknown or revoked key is a JSON 401.
+pub(crate) async fn tenant_of_key(req: &Request, bearer: Bearer) -> poem::Result<Tenant> {
     let state = req
         .data::<AppState>()
         .expect("AppState is attached to every route");

@@ -99,6 +99,9 @@ fn budget_exceeded(budget: &BudgetStatus, why: Option<&str>) -> ApiError {
         (None, Some(limit)) => {
             let left = match budget.remaining() {
                 Some(0) | None => "is spent".to_owned(),
+                Some(left) if budget.refused => {
+                    format!("has {left} tokens left, fewer than a call this month needed")
+                }
                 Some(left) => format!("has {left} tokens left, too few for a call"),
             };
             format!(

@@ -1,6 +1,6 @@
 //! The taskfleet REST service: typed job submission and inspection over the Postgres ledger,
 //! live event streams, fleet views (queues, workers), the chat assistant with its LLM
-//! settings and token budgets, health and readiness, Prometheus metrics, the dashboard, the
+//! settings and token budgets, the task tools over MCP (`/v1/mcp`), health and readiness, Prometheus metrics, the dashboard, the
 //! OpenAPI document and Swagger UI.
 
 pub mod app;
@@ -17,6 +17,7 @@ mod health;
 mod jobs;
 mod json;
 mod llm;
+mod mcp;
 mod oauth_callback;
 mod observe;
 mod paging;

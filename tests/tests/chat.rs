@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use taskfleet_tests::{
-    Api, connector_fleet::ConnectorFleet, fake_providers::FaultRule, wait_until,
+    Api,
+    connector_fleet::ConnectorFleet,
+    fake_providers::{FaultRule, OPENAI_API_KEY},
+    wait_until,
 };
 use uuid::Uuid;
 
@@ -312,5 +315,59 @@ async fn two_workers_chatting_for_one_tenant_stay_within_its_budget() {
         api.post(&key, "/v1/jobs", &job).await.0 == 429
     })
     .await;
+    fleet.env.finish().await;
+}
+
+#[tokio::test]
+async fn a_tenants_own_provider_answers_its_chats_and_its_key_stays_sealed() {
+    // No fleet LLM: only a tenant that brings its own provider can chat.
+    let fleet = ConnectorFleet::start_logged(&["--queues", "agent"], &[]).await;
+    let (api, key) = (&fleet.api, fleet.key.as_str());
+    let refused = json!({"kind": "agent.chat", "message": "Add a task to buy milk"});
+    let (status, body) = api.post(key, "/v1/jobs", &refused).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("llm_not_configured")),
+        "{body}"
+    );
+
+    let provider = json!({
+        "base_url": fleet.fake.openai_base_url(),
+        "model": "gpt-4o-mini",
+        "api_key": OPENAI_API_KEY,
+    });
+    let (status, body) = api
+        .call(reqwest::Method::PUT, key, "/v1/llm", Some(&provider))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let result = succeeded(&chat(api, key, "Add a task to buy milk", None).await).clone();
+    assert_eq!(result["provider"], "tenant", "{result}");
+    assert_eq!(result["response"], "Added \"Buy milk\" to your tasks.");
+
+    // The key is sealed at rest and shows nowhere.
+    let sealed: String = sqlx::query_scalar("SELECT api_key FROM llm_providers")
+        .fetch_one(&fleet.env.pool)
+        .await
+        .unwrap();
+    assert!(!sealed.contains(OPENAI_API_KEY));
+    let (_, shown) = api.get(key, "/v1/llm").await;
+    assert_eq!(shown["has_key"], true, "{shown}");
+    assert!(!shown.to_string().contains(OPENAI_API_KEY));
+    assert!(!result.to_string().contains(OPENAI_API_KEY));
+    assert!(!fleet.env.logs().contains(OPENAI_API_KEY));
+
+    // A key the provider rejects kills the tenant's next chat at once.
+    let wrong = json!({
+        "base_url": fleet.fake.openai_base_url(),
+        "model": "gpt-4o-mini",
+        "api_key": "sk-not-the-one",
+    });
+    let (status, _) = api
+        .call(reqwest::Method::PUT, key, "/v1/llm", Some(&wrong))
+        .await;
+    assert_eq!(status, 200);
+    let job = chat(api, key, "Hello", None).await;
+    assert_eq!(job["state"], "dead", "{job:#}");
+    assert_eq!(job["error"], "the LLM provider rejected the API key");
     fleet.env.finish().await;
 }
