@@ -9,14 +9,16 @@
 //! counted with OpenAI's o200k tokenizer, and [`MAX_REPLY_TOKENS`]); a refusal stops the run.
 //! After each call it settles with what the provider says the call spent.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures::{StreamExt, future::BoxFuture};
 use rig_agent::{
     AgentBuilder,
-    agent::MultiTurnStreamItem,
+    agent::{
+        AgentHook, CompletionCallAction, CompletionCallEvent, HookContext, MultiTurnStreamItem,
+    },
     streaming::{Item, StreamEvent},
     tool::{DynamicTool, ToolErrorKind, ToolExecutionError, ToolOutput},
 };
@@ -26,7 +28,7 @@ use rig_core::message::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use taskfleet_jobs::TaskTool;
+use taskfleet_jobs::{TaskTool, ToolError};
 
 use crate::llm::{
     BudgetHook, BudgetRefusal, LlmError, LlmModel, RunMeter, TokenBudget, TokenUsage, count_tokens,
@@ -126,6 +128,9 @@ pub enum ChatError {
     /// The budget refused a call, or could not be asked.
     #[error(transparent)]
     Budget(#[from] BudgetRefusal),
+    /// A tool's store did not answer: the run stopped, and may succeed later.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Answers `request` with `llm`, streaming the reply to `host`. `usage` in the error case is
@@ -135,9 +140,10 @@ pub async fn answer(
     host: Arc<dyn ChatHost>,
     request: ChatRequest,
 ) -> Result<ChatReply, ChatError> {
+    let outage = Outage::default();
     let tools: Vec<DynamicTool> = TaskTool::ALL
         .into_iter()
-        .map(|tool| task_tool(tool, host.clone()))
+        .map(|tool| task_tool(tool, host.clone(), outage.clone()))
         .collect();
     let preamble = system_prompt(&request);
     let fixed_tokens = count_tokens(&preamble) + tool_definition_tokens();
@@ -153,6 +159,7 @@ pub async fn answer(
         .prompt(request.message.as_str())
         .history(history_messages(&trim_history(request.history)))
         .max_turns(MAX_TURNS)
+        .add_hook(outage.clone())
         .add_hook(meter.clone())
         .add_hook(budget.clone())
         .stream();
@@ -195,6 +202,9 @@ pub async fn answer(
     }
     // A call that failed (or was never sent) holds its reservation until settled.
     host.settle(TokenUsage::default()).await;
+    if let Some(why) = outage.reason() {
+        return Err(ChatError::Store(why));
+    }
     match outcome {
         Some(Ok(reply)) => Ok(reply),
         Some(Err(error)) => Err(budget.refusal().map_or_else(
@@ -207,8 +217,44 @@ pub async fn answer(
     }
 }
 
+/// A tool whose store did not answer: the run stops before its next model call (the model
+/// cannot mend an outage, and the job should try again rather than answer "I couldn't").
+#[derive(Clone, Default)]
+struct Outage {
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl Outage {
+    fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    fn record(&self, why: String) {
+        *self
+            .reason
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(why);
+    }
+}
+
+impl AgentHook for Outage {
+    async fn on_completion_call(
+        &self,
+        _ctx: &HookContext,
+        _event: CompletionCallEvent<'_>,
+    ) -> CompletionCallAction {
+        match self.reason() {
+            Some(why) => CompletionCallAction::Stop(why),
+            None => CompletionCallAction::Continue,
+        }
+    }
+}
+
 /// A tool the model may call, run by the host.
-fn task_tool(tool: TaskTool, host: Arc<dyn ChatHost>) -> DynamicTool {
+fn task_tool(tool: TaskTool, host: Arc<dyn ChatHost>, outage: Outage) -> DynamicTool {
     let name = ToolName::new(tool.name()).expect("tool names are not empty");
     DynamicTool::new(
         name,
@@ -216,9 +262,15 @@ fn task_tool(tool: TaskTool, host: Arc<dyn ChatHost>) -> DynamicTool {
         tool.parameters(),
         move |arguments: Value| {
             let answer = host.call_tool(tool.name().to_owned(), arguments);
+            let outage = outage.clone();
             Box::pin(async move {
                 match answer.await {
                     Ok(value) => Ok(ToolOutput::json(value)),
+                    Err(error) if error["error"] == ToolError::UNAVAILABLE => {
+                        let why = format!("{} failed: {}", tool.name(), error["message"]);
+                        outage.record(why.clone());
+                        Err(ToolExecutionError::new(ToolErrorKind::Provider, why))
+                    }
                     // The model reads the error's JSON and can recover.
                     Err(error) => Err(ToolExecutionError::new(
                         ToolErrorKind::InvalidArgs,
@@ -271,7 +323,7 @@ fn message_tokens(message: &PastMessage) -> usize {
         .map(|call| {
             count_tokens(&call.name)
                 + count_tokens(&call.arguments.to_string())
-                + count_tokens(&call.result.to_string())
+                + count_tokens(&replayed_result(&call.result).to_string())
         })
         .sum::<usize>();
     count_tokens(&message.content) + calls
@@ -294,7 +346,9 @@ fn history_messages(history: &[PastMessage]) -> Vec<Message> {
                 call.id.clone(),
                 ToolFunction::new(name, call.arguments.clone()),
             );
-            let content = vec![ToolResultContent::text(call.result.to_string())];
+            let content = vec![ToolResultContent::text(
+                replayed_result(&call.result).to_string(),
+            )];
             let result = if call.error {
                 call_made.error_result(content)
             } else {
@@ -310,6 +364,29 @@ fn history_messages(history: &[PastMessage]) -> Vec<Message> {
         }
     }
     messages
+}
+
+/// The most characters of an earlier tool result replayed in the history.
+const REPLAYED_RESULT_CHARS: usize = 1_000;
+
+/// An earlier tool result as the history replays it: its tasks by id, title and status only
+/// (what "it" and "the second one" refer to), cut to [`REPLAYED_RESULT_CHARS`]. A list of 50
+/// tasks in full would otherwise push every earlier message out of the history.
+fn replayed_result(result: &Value) -> Value {
+    let brief = |task: &Value| serde_json::json!({"id": task["id"], "title": task["title"], "status": task["status"]});
+    let compact = match (result.get("tasks"), result.get("task")) {
+        (Some(Value::Array(tasks)), _) => serde_json::json!({
+            "tasks": tasks.iter().map(brief).collect::<Vec<_>>(),
+            "total": result["total"],
+        }),
+        (_, Some(task)) if task.is_object() => serde_json::json!({"task": brief(task)}),
+        _ => result.clone(),
+    };
+    let text = compact.to_string();
+    match text.char_indices().nth(REPLAYED_RESULT_CHARS) {
+        Some((end, _)) => Value::String(format!("{}…", &text[..end])),
+        None => compact,
+    }
 }
 
 /// The instructions, the day, and the person's open tasks.
@@ -389,6 +466,37 @@ mod tests {
         assert_eq!(kept, history[1..].to_vec());
         let one_too_long = vec![said(true, 2_500)];
         assert!(trim_history(one_too_long).is_empty());
+    }
+
+    #[test]
+    fn a_long_task_list_does_not_push_the_history_out() {
+        let tasks: Vec<Value> = (0..50)
+            .map(|n| {
+                json!({"id": format!("00000000-0000-4000-8000-{n:012}"),
+                       "title": format!("Task number {n} with a fairly long title"),
+                       "description": "words ".repeat(40), "status": "open",
+                       "horizon": "month", "rank": n, "source": "jira", "url": null})
+            })
+            .collect();
+        let listed = PastMessage {
+            from_user: false,
+            content: "You have 50 open tasks.".into(),
+            tool_calls: vec![ToolCallRecord {
+                id: "call_1".into(),
+                name: "list_tasks".into(),
+                arguments: json!({}),
+                result: json!({"tasks": tasks, "total": 50}),
+                error: false,
+            }],
+        };
+        let history = vec![said(true, 5), listed, said(true, 5)];
+        assert_eq!(trim_history(history.clone()), history);
+        let replayed = replayed_result(&history[1].tool_calls[0].result).to_string();
+        assert!(
+            replayed.contains("00000000-0000-4000-8000-000000000000"),
+            "{replayed}"
+        );
+        assert!(!replayed.contains("words"), "{replayed}");
     }
 
     #[test]

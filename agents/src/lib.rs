@@ -17,7 +17,7 @@ pub use chat_agent::{
 };
 pub use embedder::{EmbedError, Embedded, Embedder, cosine, normalised};
 pub use formula::{Candidate, Ranked, Scores, Weights};
-pub use llm::{BudgetRefusal, LlmError, LlmModel, TokenBudget, TokenUsage};
+pub use llm::{BudgetRefusal, LlmError, LlmModel, Reach, TokenBudget, TokenUsage};
 pub use llm_review::{Pick, Review, ReviewCandidate, ReviewError, Reviewer};
 pub use local_model::LocalModel;
 pub use openai_embedder::OpenAiEmbedder;

@@ -33,6 +33,8 @@ use rig_core::{
     },
 };
 
+use taskfleet_jobs::public_address;
+
 use crate::openai_embedder::{provider_message, retry_after, scrub};
 
 /// A chat model at an OpenAI-compatible endpoint. Cheap to clone: clones share one HTTP
@@ -65,12 +67,14 @@ impl LlmModel {
     /// `base_url` like "https://api.openai.com/v1" or "http://127.0.0.1:11434/v1" (the
     /// `/chat/completions` path is appended). An empty `api_key` sends no `Authorization`
     /// header, for local servers that take none. `call_timeout` bounds each model call,
-    /// connection and whole answer included.
+    /// connection and whole answer included. `reach` is [`Reach::Public`] for a URL a tenant
+    /// typed, [`Reach::Anywhere`] for the operator's.
     pub fn new(
         base_url: &str,
         model: &str,
         api_key: &str,
         call_timeout: Duration,
+        reach: Reach,
     ) -> anyhow::Result<LlmModel> {
         let base_url = base_url.trim().trim_end_matches('/');
         let Some(host) = base_url
@@ -92,14 +96,29 @@ impl LlmModel {
             "the LLM API key holds control characters"
         );
         anyhow::ensure!(!call_timeout.is_zero(), "the LLM call timeout is zero");
+        let host_name = host.split(['/', '?', '#']).next().unwrap_or(host);
+        let host_name = match host_name.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host_name,
+        };
+        anyhow::ensure!(
+            reach == Reach::Anywhere || !public_address::is_refused_host(host_name),
+            "the LLM base URL names this machine or a private network"
+        );
 
         let mut config = OpenAIConfig::new(api_key).with_base_url(base_url);
         if api_key.is_empty() {
             config.auth = Auth::OptionalBearer;
         }
         // Its own reqwest client, for the per-request timeout (connection and body included).
-        let http = rig_reqwest::reqwest::Client::builder()
+        // No redirects: an answer must come from the endpoint named, not wherever it points.
+        let mut http = rig_reqwest::reqwest::Client::builder()
             .timeout(call_timeout)
+            .redirect(rig_reqwest::reqwest::redirect::Policy::none());
+        if reach == Reach::Public {
+            http = http.dns_resolver(PublicOnly);
+        }
+        let http = http
             .build()
             .map_err(|error| anyhow::anyhow!("cannot build the LLM's HTTP client: {error}"))?;
         let chat = config
@@ -174,6 +193,38 @@ pub enum BudgetRefusal {
     /// The budget could not be checked (its store failed): worth retrying.
     #[error("the token budget could not be checked: {0}")]
     Unavailable(String),
+}
+
+/// Which addresses a model's endpoint may be at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The operator's endpoint: anywhere, a local Ollama included.
+    Anywhere,
+    /// A tenant's endpoint: public internet addresses only, checked on every address its
+    /// name resolves to when a connection is made (`taskfleet_jobs::public_address`).
+    Public,
+}
+
+/// Resolves names to their public addresses only; a name with none fails to connect.
+struct PublicOnly;
+
+impl rig_reqwest::reqwest::dns::Resolve for PublicOnly {
+    fn resolve(
+        &self,
+        name: rig_reqwest::reqwest::dns::Name,
+    ) -> rig_reqwest::reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| public_address::is_public(address.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as rig_reqwest::reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// Why a model run gave no answer.
@@ -406,6 +457,8 @@ pub(crate) struct BudgetHook {
     /// The system prompt and the tool definitions, sent with every call.
     fixed_tokens: usize,
     max_answer_tokens: u64,
+    /// The prompt tokens counted for the call in flight.
+    prompt_tokens: Arc<Mutex<u64>>,
     refused: Arc<Mutex<Option<BudgetRefusal>>>,
 }
 
@@ -419,6 +472,7 @@ impl BudgetHook {
             host,
             fixed_tokens,
             max_answer_tokens,
+            prompt_tokens: Arc::new(Mutex::new(0)),
             refused: Arc::new(Mutex::new(None)),
         }
     }
@@ -439,8 +493,12 @@ impl AgentHook for BudgetHook {
         event: CompletionCallEvent<'_>,
     ) -> CompletionCallAction {
         let sent = serde_json::to_string(&(event.history, event.prompt)).unwrap_or_default();
-        let most = (self.fixed_tokens + count_tokens(&sent)) as u64 + self.max_answer_tokens;
-        match self.host.reserve(most).await {
+        let prompt = (self.fixed_tokens + count_tokens(&sent)) as u64;
+        *self
+            .prompt_tokens
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = prompt;
+        match self.host.reserve(prompt + self.max_answer_tokens).await {
             Ok(()) => CompletionCallAction::Continue,
             Err(refusal) => {
                 let reason = refusal.to_string();
@@ -458,7 +516,24 @@ impl AgentHook for BudgetHook {
         _ctx: &HookContext,
         event: ModelTurnFinished<'_>,
     ) -> ModelTurnAction {
-        self.host.settle(TokenUsage::from(event.usage)).await;
+        let mut usage = TokenUsage::from(event.usage);
+        if usage == TokenUsage::default() {
+            // A server that reports no usage (some ignore `stream_options.include_usage`) is
+            // charged what the call held: spending must never go unseen by the budget.
+            let prompt = *self
+                .prompt_tokens
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            tracing::warn!(
+                prompt,
+                "the LLM reported no token usage; charging the reservation"
+            );
+            usage = TokenUsage {
+                input: prompt,
+                output: self.max_answer_tokens,
+            };
+        }
+        self.host.settle(usage).await;
         ModelTurnAction::Continue
     }
 }

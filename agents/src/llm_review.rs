@@ -46,9 +46,6 @@ pub const TOOL_NAME: &str = "read_candidates";
 /// fit in a few hundred.
 const MAX_ANSWER_TOKENS: u64 = taskfleet_storage::llm_budget::ANSWER_TOKENS as u64;
 
-/// Roughly what the tool's definition costs in every request, for the budget's reservation.
-const TOOL_DEFINITION_TEXT: &str = "read_candidates The formula's candidates of one horizon,      best first: id, title, snippet, source, labels, due date, rank and priority.      {\"type\":\"object\",\"properties\":{\"horizon\":{\"type\":\"string\",\"enum\":     [\"today\",\"week\",\"month\"],\"description\":\"Which focus list to read.\"}},     \"required\":[\"horizon\"],\"additionalProperties\":false}";
-
 /// The most characters of a snippet the tool shows.
 const SNIPPET_CHARS: usize = 300;
 
@@ -220,29 +217,37 @@ impl Reviewer {
         }
         // One agent per review: the tool holds this review's candidates, and runs share
         // nothing (an agent's bus is driven by whichever of its runs is polling).
-        let fixed_tokens = count_tokens(SYSTEM_PROMPT) + count_tokens(TOOL_DEFINITION_TEXT);
-        let budget = BudgetHook::new(budget, fixed_tokens, MAX_ANSWER_TOKENS);
+        let tool = ReadCandidates {
+            shortlist: shortlist.clone(),
+        };
+        // Sent with every call: the instructions and the tool's definition.
+        let fixed_tokens = count_tokens(SYSTEM_PROMPT)
+            + count_tokens(TOOL_NAME)
+            + count_tokens(&tool.description())
+            + count_tokens(&tool.parameters().to_string());
+        let hook = BudgetHook::new(budget.clone(), fixed_tokens, MAX_ANSWER_TOKENS);
         let agent = AgentBuilder::new(self.llm.chat())
             .name("taskfleet-reviewer")
             .preamble(SYSTEM_PROMPT)
             .max_tokens(MAX_ANSWER_TOKENS)
-            .tool(ReadCandidates {
-                shortlist: shortlist.clone(),
-            })
+            .tool(tool)
             .build();
         let meter = RunMeter::default();
         let run = agent
             .prompt(shortlist.prompt(today, zone))
             .max_turns(MAX_TURNS)
             .add_hook(meter.clone())
-            .add_hook(budget.clone())
+            .add_hook(hook.clone())
             .run();
         // Each call has its own timeout; this only bounds a run that somehow outlives them.
         let whole_run = self.llm.call_timeout() * (MAX_TURNS as u32 + 1);
-        let response = match tokio::time::timeout(whole_run, run).await {
+        let finished = tokio::time::timeout(whole_run, run).await;
+        // A call that failed (or was cut off) still holds its reservation: let it go.
+        budget.settle(TokenUsage::default()).await;
+        let response = match finished {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
-                return Err(match budget.refusal() {
+                return Err(match hook.refusal() {
                     Some(refusal) => ReviewError::Failed(refusal.to_string()),
                     None => ReviewError::from_llm(self.llm.failure(&error, &meter), meter.usage()),
                 });
@@ -738,8 +743,16 @@ mod tests {
         assert!(prompt.contains("today: 1, week: 20, month: 0"), "{prompt}");
     }
 
+    use crate::llm::Reach;
+
     fn model(base_url: &str, name: &str, key: &str) -> anyhow::Result<LlmModel> {
-        LlmModel::new(base_url, name, key, Duration::from_secs(60))
+        LlmModel::new(
+            base_url,
+            name,
+            key,
+            Duration::from_secs(60),
+            Reach::Anywhere,
+        )
     }
 
     /// A budget that refuses nothing: these tests make no call.
@@ -806,6 +819,14 @@ mod tests {
         assert!(model("http://", "m", "").is_err());
         assert!(model("http://x", " ", "").is_err());
         assert!(model("http://x", "m", "a\u{7}b").is_err());
+        // A tenant's URL may not name this machine or a private network; the operator's may.
+        let tenant = |url: &str| LlmModel::new(url, "m", "", Duration::from_secs(1), Reach::Public);
+        assert!(tenant("http://127.0.0.1:11434/v1").is_err());
+        assert!(tenant("http://[::1]:8080/v1").is_err());
+        assert!(tenant("http://169.254.169.254/latest").is_err());
+        assert!(tenant("http://localhost./v1").is_err());
+        assert!(tenant("https://api.openai.com/v1").is_ok());
+        assert!(model("http://127.0.0.1:11434/v1", "m", "").is_ok());
     }
 
     #[test]

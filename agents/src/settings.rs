@@ -8,7 +8,9 @@ use tokio::sync::OnceCell;
 use anyhow::Context;
 use taskfleet_storage::LlmSettings;
 
-use crate::{EmbedError, Embedder, LlmModel, LocalModel, OpenAiEmbedder, VectorStore, Weights};
+use crate::{
+    EmbedError, Embedder, LlmModel, LocalModel, OpenAiEmbedder, Reach, VectorStore, Weights,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EmbedderKind {
@@ -114,6 +116,7 @@ impl Agents {
                     &fleet.model,
                     &fleet.api_key,
                     settings.llm.call_timeout(),
+                    Reach::Anywhere,
                 )
                 .context("TASKFLEET_LLM_BASE_URL / TASKFLEET_LLM_MODEL")?,
             ),

@@ -1230,7 +1230,7 @@ async function refreshUsage() {
   const used = `LLM tokens this month: ${fmtCount(budget.used)} used`;
   $('#chat-usage').textContent = budget.limit == null
     ? `${used} · no limit`
-    : `${used} of ${fmtCount(budget.limit)}${budget.remaining === 0 ? ' · budget spent' : ''}`;
+    : `${used} of ${fmtCount(budget.limit)}${budget.exhausted ? ' · budget spent: new chats wait for next month' : ''}`;
   $('#chat-usage').title = resets ? `the count starts again ${fmtTime(resets)}` : '';
 }
 

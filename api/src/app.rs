@@ -70,7 +70,8 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     // Checked first: an API that cannot seal credentials must not accept connectors.
     let sealer = args.encryption.sealer()?;
     args.llm.validate().map_err(anyhow::Error::msg)?;
-    let llm_http = crate::llm::http_client(args.llm.call_timeout())?;
+    let llm_http =
+        crate::llm::LlmTestClients::new(args.llm.call_timeout(), args.providers.allow_local_sites)?;
     let db = Db::connect_lazy(&args.database_url, 32).context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
         .await

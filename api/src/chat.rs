@@ -229,7 +229,12 @@ impl ChatApi {
             .await?
             .remove(0)
             .into_record();
-        let conversation_id = conversation_id.unwrap_or(job.id);
+        // The job's own conversation: with an idempotency key the job found may be an
+        // earlier one, whose conversation is not necessarily the one this request named.
+        let conversation_id = match serde_json::from_value::<JobSpec>(job.payload.clone()) {
+            Ok(JobSpec::AgentChat(chat)) => chat.conversation_id.unwrap_or(job.id),
+            _ => conversation_id.unwrap_or(job.id),
+        };
         let wait = Duration::from_secs(wait.0.unwrap_or(DEFAULT_WAIT_SECS));
         let deadline = Instant::now() + wait;
         let (scope, id) = (Scope::Tenant(auth.0.id), job.id);

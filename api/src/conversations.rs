@@ -97,6 +97,19 @@ pub enum ConversationDeleted {
     Deleted,
 }
 
+/// A page's cursor: the last conversation's `updated_at` (microseconds) and id, as they were
+/// when the page was read.
+fn read_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let refused = || ApiError::invalid("`after` is not a cursor this API returned");
+    let (micros, id) = cursor.split_once('_').ok_or_else(refused)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(refused)?;
+    Ok((at, id.parse().map_err(|_| refused())?))
+}
+
 fn no_conversation(id: Uuid) -> ApiError {
     ApiError::not_found(format!("no conversation {id}"))
 }
@@ -114,15 +127,20 @@ impl ConversationsApi {
         state: Data<&AppState>,
         auth: TenantKey,
         /// `next_cursor` of the previous page.
-        after: Query<Option<Uuid>>,
+        after: Query<Option<String>>,
         /// Page size, 1 to 500 (default 50).
         #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<ConversationPage>, ApiError> {
         let limit = limit.0.unwrap_or(paging::DEFAULT_LIMIT);
-        let records = state.conversations.list(auth.0.id, after.0, limit).await?;
+        let after = after.0.as_deref().map(read_cursor).transpose()?;
+        let records = state.conversations.list(auth.0.id, after, limit).await?;
+        let full = records.len() as i64 == limit;
         Ok(Json(ConversationPage {
-            next_cursor: paging::next_cursor(records.iter().map(|r| r.id), limit),
+            next_cursor: records
+                .last()
+                .filter(|_| full)
+                .map(|last| format!("{}_{}", last.updated_at.timestamp_micros(), last.id)),
             conversations: records.iter().map(Conversation::from).collect(),
         }))
     }

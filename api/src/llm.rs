@@ -8,7 +8,7 @@
 //! every message.
 
 use std::{
-    net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use serde_json::{Value, json};
-use taskfleet_storage::{LlmProvider, LlmProviderRecord, LlmUsage, ProviderKeyError};
+use taskfleet_jobs::public_address;
+use taskfleet_storage::{LlmCallKind, LlmProvider, LlmProviderRecord, LlmUsage, ProviderKeyError};
 use uuid::Uuid;
 
 use crate::{auth::TenantKey, chat::no_llm, error::ApiError, state::AppState};
@@ -24,16 +25,60 @@ use crate::{auth::TenantKey, chat::no_llm, error::ApiError, state::AppState};
 /// Characters of a provider's answer quoted in a message when it is not an error we can read.
 const QUOTED_CHARS: usize = 200;
 
-/// The client of `POST /v1/llm/test`: each call bounded by `timeout`, connection included.
-pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|err| anyhow::anyhow!("cannot build the LLM test's HTTP client: {err}"))
+/// The most bytes of a test call's answer read: a chat completion of one token is small.
+const ANSWER_BYTES: usize = 64 * 1024;
+
+/// The clients of `POST /v1/llm/test`: each call bounded by `timeout`, connection included,
+/// and never redirected.
+#[derive(Clone)]
+pub struct LlmTestClients {
+    /// For the operator's provider: anywhere.
+    fleet: reqwest::Client,
+    /// For a tenant's: public addresses only (`taskfleet_jobs::public_address`), unless
+    /// local sites are let in.
+    tenant: reqwest::Client,
 }
 
-#[derive(Debug, Object)]
+impl LlmTestClients {
+    pub fn new(timeout: Duration, allow_local: bool) -> anyhow::Result<LlmTestClients> {
+        let build = |public_only: bool| {
+            let mut builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none());
+            if public_only {
+                builder = builder.dns_resolver(Arc::new(PublicOnly));
+            }
+            builder
+                .build()
+                .map_err(|err| anyhow::anyhow!("cannot build the LLM test's HTTP client: {err}"))
+        };
+        Ok(LlmTestClients {
+            fleet: build(false)?,
+            tenant: build(!allow_local)?,
+        })
+    }
+}
+
+/// Resolves names to their public addresses only; a name with none fails to connect.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| public_address::is_public(address.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[derive(Object)]
 pub struct LlmProviderInput {
     /// The OpenAI-compatible API, e.g. `https://api.openai.com/v1` (`/chat/completions` is
     /// appended): OpenAI, Gemini's OpenAI endpoint, a hosted vLLM or Ollama.
@@ -45,6 +90,16 @@ pub struct LlmProviderInput {
     /// sealed; no answer ever shows it.
     #[oai(validator(max_length = 4096))]
     pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for LlmProviderInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmProviderInput")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The tenant's provider as it may be shown: never its key.
@@ -163,11 +218,15 @@ impl LlmApi {
         state: Data<&AppState>,
         auth: TenantKey,
     ) -> Result<Json<LlmTest>, ApiError> {
-        let (owner, provider) = match own_provider(&state, auth.0.id).await? {
-            Some((_, provider)) => ("tenant", provider),
-            None => ("fleet", state.llm.fleet_provider().ok_or_else(no_llm)?),
+        let (owner, provider, client) = match own_provider(&state, auth.0.id).await? {
+            Some(provider) => ("tenant", provider, &state.llm_http.tenant),
+            None => (
+                "fleet",
+                state.llm.fleet_provider().ok_or_else(no_llm)?,
+                &state.llm_http.fleet,
+            ),
         };
-        let ping = ping(&state.llm_http, &provider, state.llm.call_timeout()).await;
+        let ping = ping(client, &provider, state.llm.call_timeout()).await;
         let mut test = LlmTest {
             ok: false,
             provider: owner.to_owned(),
@@ -196,10 +255,7 @@ impl LlmApi {
 }
 
 /// The tenant's own provider with its key opened, if it has one.
-async fn own_provider(
-    state: &AppState,
-    tenant: Uuid,
-) -> Result<Option<(LlmProviderRecord, LlmProvider)>, ApiError> {
+async fn own_provider(state: &AppState, tenant: Uuid) -> Result<Option<LlmProvider>, ApiError> {
     state
         .llm_providers
         .get(tenant, &state.sealer)
@@ -232,7 +288,7 @@ async fn record_usage(
         tenant,
         job: None,
         model: &provider.model,
-        purpose: "test",
+        kind: LlmCallKind::Test,
         input_tokens,
         output_tokens,
     };
@@ -268,7 +324,7 @@ fn checked(input: LlmProviderInput, allow_local: bool) -> Result<LlmProvider, Ap
             "`base_url` must be the API's address alone, without a query or fragment; {example}"
         )));
     }
-    if !allow_local && is_local(host) {
+    if !allow_local && public_address::is_refused_host(host) {
         return Err(ApiError::invalid(format!(
             "`base_url` names this machine or a private network, which a tenant's provider may \
              not; {example}"
@@ -290,31 +346,6 @@ fn checked(input: LlmProviderInput, allow_local: bool) -> Result<LlmProvider, Ap
         model: model.to_owned(),
         api_key: api_key.to_owned(),
     })
-}
-
-/// Whether `host` (a URL's) is this machine, a private network, or a link-local address
-/// such as a cloud's metadata service. Names other than `localhost` are not resolved.
-fn is_local(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
-        return true;
-    }
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        Ok(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
-            Some(ip) => is_local(&ip.to_string()),
-            None => {
-                let first = ip.segments()[0];
-                ip.is_loopback()
-                    || ip.is_unspecified()
-                    || (first & 0xfe00) == 0xfc00 // unique local
-                    || (first & 0xffc0) == 0xfe80 // link-local
-            }
-        },
-        Err(_) => false,
-    }
 }
 
 /// How a one-token call went.
@@ -344,9 +375,17 @@ async fn ping(http: &reqwest::Client, provider: &LlmProvider, timeout: Duration)
     }
     let started = Instant::now();
     let answered = async {
-        let response = request.send().await?;
+        let mut response = request.send().await?;
         let status = response.status().as_u16();
-        Ok::<_, reqwest::Error>((status, response.text().await?))
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() >= ANSWER_BYTES {
+                body.truncate(ANSWER_BYTES);
+                break;
+            }
+        }
+        Ok::<_, reqwest::Error>((status, String::from_utf8_lossy(&body).into_owned()))
     };
     let (status, body) = match answered.await {
         Ok(answer) => answer,
@@ -498,6 +537,8 @@ mod tests {
             "https://api.openai.com/v1?key=1",
             "http://127.0.0.1:11434/v1",
             "http://localhost:11434/v1",
+            "http://localhost./v1",
+            "http://100.100.100.200/latest",
             "http://10.0.0.5/v1",
             "http://169.254.169.254/latest",
             "http://[::1]:8000/v1",

@@ -36,8 +36,9 @@ pub struct AppState {
     pub conversations: Conversations,
     /// The fleet's LLM (for tenants without their own) and the call timeout.
     pub llm: LlmSettings,
-    /// Makes `POST /v1/llm/test`'s calls: the LLM call timeout, no redirects.
-    pub llm_http: reqwest::Client,
+    /// Make `POST /v1/llm/test`'s calls: the LLM call timeout, no redirects, tenants' URLs
+    /// to public addresses only.
+    pub llm_http: crate::llm::LlmTestClients,
     /// Admit tenant LLM providers on this machine or its private network
     /// (`TASKFLEET_ALLOW_LOCAL_SITES`: tests and local fakes only).
     pub allow_local_llm: bool,

@@ -26,9 +26,11 @@ pub struct TokenBudget {
     pub used: i64,
     /// Held by calls in flight.
     pub reserved: i64,
-    /// What calls may still take; absent when no budget applies. At 0, new chats are refused
-    /// with 429 until the month resets.
+    /// What calls may still take; absent when no budget applies.
     pub remaining: Option<i64>,
+    /// Whether new chats are refused (429 `budget_exceeded`) until the month resets or the
+    /// budget changes: a chat call did not fit, or what is spent leaves no room for an answer.
+    pub exhausted: bool,
 }
 
 impl From<&BudgetStatus> for TokenBudget {
@@ -39,6 +41,7 @@ impl From<&BudgetStatus> for TokenBudget {
             used: status.used,
             reserved: status.reserved,
             remaining: status.remaining(),
+            exhausted: status.exhausted(),
         }
     }
 }

@@ -169,6 +169,11 @@ impl Providers {
             .clone()
     }
 
+    /// Whether sites on this machine or a private network are let in (fake providers only).
+    pub fn allow_local_sites(&self) -> bool {
+        self.allow_local_sites
+    }
+
     pub fn get(&self, provider: Provider) -> &dyn Connector {
         self.connectors[&provider].as_ref()
     }

@@ -170,6 +170,17 @@ pub struct ToolError {
 }
 
 impl ToolError {
+    /// The code of a store that did not answer: not the model's mistake, so the run stops
+    /// and the job tries again later.
+    pub const UNAVAILABLE: &str = "unavailable";
+
+    pub fn unavailable() -> ToolError {
+        ToolError {
+            code: ToolError::UNAVAILABLE,
+            message: "the task store did not answer".to_owned(),
+        }
+    }
+
     pub fn invalid(message: impl Into<String>) -> ToolError {
         ToolError {
             code: "invalid_argument",
@@ -329,16 +340,6 @@ impl TaskToolCall {
                 }
                 Ok(call)
             }
-        }
-    }
-
-    pub fn tool(&self) -> TaskTool {
-        match self {
-            TaskToolCall::AddTask { .. } => TaskTool::AddTask,
-            TaskToolCall::ListTasks { .. } => TaskTool::ListTasks,
-            TaskToolCall::CompleteTask { .. } => TaskTool::CompleteTask,
-            TaskToolCall::DeleteTask { .. } => TaskTool::DeleteTask,
-            TaskToolCall::UpdateTask { .. } => TaskTool::UpdateTask,
         }
     }
 }

@@ -13,11 +13,12 @@ CREATE TABLE llm_providers (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- An operator's override of the fleet's monthly token budget for one tenant, and when a call
--- last did not fit in the budget: from then until the month ends (or the budget changes),
--- new agent jobs are refused at the door.
+-- An operator's override of the fleet's monthly token budget for one tenant, and when a chat
+-- call last did not fit in the budget, under which limit: from then until the month ends (or
+-- the limit in force changes), new chat jobs are refused at the door.
 ALTER TABLE tenants ADD COLUMN llm_monthly_tokens bigint CHECK (llm_monthly_tokens >= 0),
-                    ADD COLUMN llm_budget_refused_at timestamptz;
+                    ADD COLUMN llm_budget_refused_at timestamptz,
+                    ADD COLUMN llm_budget_refused_limit bigint;
 
 -- Tokens held for LLM calls in flight: a call reserves its most before it is sent and
 -- settles (deletes its reservation, records its usage) after. A worker that dies mid-call

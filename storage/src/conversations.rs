@@ -95,18 +95,21 @@ impl Conversations {
     /// (a retried job's own turn, stored by an attempt that did not finish).
     pub async fn history(
         &self,
+        tenant: Uuid,
         conversation: Uuid,
         job: Uuid,
         limit: i64,
     ) -> sqlx::Result<Vec<ChatMessage>> {
         let mut messages: Vec<ChatMessage> = sqlx::query_as(
             "SELECT id, job_id, role, content, tool_calls, model, input_tokens, output_tokens, at
-             FROM chat_messages WHERE conversation_id = $1 AND job_id <> $2
+             FROM chat_messages
+             WHERE conversation_id = $1 AND job_id <> $2 AND tenant_id = $4
              ORDER BY id DESC LIMIT $3",
         )
         .bind(conversation)
         .bind(job)
         .bind(limit)
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
         messages.reverse();
@@ -115,22 +118,28 @@ impl Conversations {
 
     /// Stores a turn: the user's message and the reply, replacing what an earlier attempt of
     /// the same job stored; a first turn makes the conversation, titled after its message.
-    pub async fn record(&self, turn: Turn<'_>) -> sqlx::Result<()> {
+    /// False (and nothing stored) when the id is another tenant's conversation.
+    pub async fn record(&self, turn: Turn<'_>) -> sqlx::Result<bool> {
         let mut tx = self.pool.begin().await?;
         let message = turn.message.trim();
         let title = match message.char_indices().nth(TITLE_CHARS) {
             Some((end, _)) => format!("{}…", &message[..end]),
             None => message.to_owned(),
         };
-        sqlx::query(
+        let owned: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO conversations (id, tenant_id, title) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO UPDATE SET updated_at = now()
+                 WHERE conversations.tenant_id = $2
+             RETURNING id",
         )
         .bind(turn.conversation)
         .bind(turn.tenant)
         .bind(title)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        if owned.is_none() {
+            return Ok(false);
+        }
         let rows = [
             ("user", turn.message, &Value::Array(Vec::new()), None, 0, 0),
             (
@@ -163,31 +172,29 @@ impl Conversations {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE conversations SET updated_at = now() WHERE id = $1")
-            .bind(turn.conversation)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(true)
     }
 
-    /// A page of the tenant's conversations, most recently active first; `after` is the last
-    /// one of the page before.
+    /// A page of the tenant's conversations, most recently active first; `after` is the
+    /// `(updated_at, id)` of the last one of the page before, as it was then (a conversation
+    /// that moved or went since does not shift the pages).
     pub async fn list(
         &self,
         tenant: Uuid,
-        after: Option<Uuid>,
+        after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> sqlx::Result<Vec<ConversationRecord>> {
         sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM conversations c
              WHERE c.tenant_id = $1
-               AND ($2::uuid IS NULL OR (c.updated_at, c.id) <
-                    (SELECT updated_at, id FROM conversations WHERE id = $2 AND tenant_id = $1))
+               AND ($2::timestamptz IS NULL OR (c.updated_at, c.id) < ($2, $3))
              ORDER BY c.updated_at DESC, c.id DESC
-             LIMIT $3"
+             LIMIT $4"
         ))
         .bind(tenant)
-        .bind(after)
+        .bind(after.map(|(at, _)| at))
+        .bind(after.map(|(_, id)| id))
         .bind(limit)
         .fetch_all(&self.pool)
         .await

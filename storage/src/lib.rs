@@ -36,7 +36,9 @@ pub use ledger::{
     Change, Finish, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome,
     Reclaimed, StartedJob,
 };
-pub use llm_budget::{BudgetStatus, Budgets, LlmUsage, Reservation, ReserveError, UsageLine};
+pub use llm_budget::{
+    BudgetStatus, Budgets, LlmCallKind, LlmUsage, Reservation, ReserveError, UsageLine,
+};
 pub use llm_providers::{
     LlmProvider, LlmProviderRecord, LlmProviders, LlmSettings, ProviderKeyError,
 };

@@ -22,14 +22,30 @@ use uuid::Uuid;
 /// its prompt, so a budget with less left than this fits no call.
 pub const ANSWER_TOKENS: i64 = 1_024;
 
+/// What an LLM call was for: `llm_usage.purpose`, the `kind` of `GET /v1/usage` and of
+/// `taskfleet_llm_tokens_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmCallKind {
+    Chat,
+    Prioritise,
+    Embed,
+    Test,
+}
+
+impl LlmCallKind {
+    pub fn name(self) -> String {
+        taskfleet_jobs::wire::name(&self)
+    }
+}
+
 /// The tokens one LLM call (or one run of several calls) spent.
 #[derive(Debug, Clone)]
 pub struct LlmUsage<'a> {
     pub tenant: Uuid,
     pub job: Option<Uuid>,
     pub model: &'a str,
-    /// `chat`, `prioritise`, `embed` or `test`.
-    pub purpose: &'a str,
+    pub kind: LlmCallKind,
     pub input_tokens: i64,
     pub output_tokens: i64,
 }
@@ -45,7 +61,7 @@ pub struct BudgetStatus {
     pub used: i64,
     /// Held by calls in flight.
     pub reserved: i64,
-    /// Whether a call did not fit this month (since the budget was last set).
+    /// Whether a chat call did not fit this month under the budget now in force.
     pub refused: bool,
     pub month_start: DateTime<Utc>,
     pub resets_at: DateTime<Utc>,
@@ -58,11 +74,12 @@ impl BudgetStatus {
             .map(|limit| (limit - self.used - self.reserved).max(0))
     }
 
-    /// Whether the month's budget is spent, so new agent jobs are refused: a call did not
-    /// fit, or what is left fits no answer.
+    /// Whether the month's budget is spent, so new chat jobs are refused: a chat call did not
+    /// fit, or what is spent leaves no room for an answer. Calls in flight do not count here:
+    /// they settle below what they hold, and a burst of chats must not close the door.
     pub fn exhausted(&self) -> bool {
-        self.limit.is_some()
-            && (self.refused || self.remaining().is_some_and(|left| left < ANSWER_TOKENS))
+        self.limit
+            .is_some_and(|limit| self.refused || limit - self.used < ANSWER_TOKENS)
     }
 }
 
@@ -136,10 +153,14 @@ impl Budgets {
 
     /// Holds `tokens` of the tenant's budget for a call, for at most `hold` (past it, a call
     /// never settled stops counting).
+    /// A chat call that does not fit in what the month has spent closes the door to new chat
+    /// jobs until the month ends or the budget changes; other kinds of call, and calls that
+    /// only wait on others in flight, do not.
     pub async fn reserve(
         &self,
         tenant: Uuid,
         job: Option<Uuid>,
+        kind: LlmCallKind,
         tokens: i64,
         hold: Duration,
     ) -> Result<Reservation, ReserveError> {
@@ -152,11 +173,23 @@ impl Budgets {
         let Some(limit) = status.limit else {
             return Ok(Reservation { id: None, tokens });
         };
+        // Reservations nobody settled (their worker died) have expired: clear them away.
+        sqlx::query("DELETE FROM llm_reservations WHERE tenant_id = $1 AND expires_at <= now()")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
         if status.used + status.reserved + tokens > limit {
-            sqlx::query("UPDATE tenants SET llm_budget_refused_at = now() WHERE id = $1")
+            if kind == LlmCallKind::Chat && status.used + tokens > limit {
+                sqlx::query(
+                    "UPDATE tenants SET llm_budget_refused_at = now(),
+                                        llm_budget_refused_limit = $2
+                     WHERE id = $1",
+                )
                 .bind(tenant)
+                .bind(limit)
                 .execute(&mut *tx)
                 .await?;
+            }
             tx.commit().await?;
             return Err(ReserveError::Exceeded {
                 limit,
@@ -222,18 +255,16 @@ impl Budgets {
         .await
     }
 
-    /// Sets (or, with None, removes) the tenant's own monthly budget, which opens the door a
-    /// refused call closed; false when there is no tenant of that name.
+    /// Sets (or, with None, removes) the tenant's own monthly budget; false when there is no
+    /// tenant of that name. A changed budget (this, or the fleet's default) opens the door a
+    /// refused chat call closed.
     pub async fn set_override(&self, tenant_name: &str, tokens: Option<i64>) -> sqlx::Result<bool> {
-        let changed = sqlx::query(
-            "UPDATE tenants SET llm_monthly_tokens = $2, llm_budget_refused_at = NULL
-             WHERE name = $1",
-        )
-        .bind(tenant_name)
-        .bind(tokens)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let changed = sqlx::query("UPDATE tenants SET llm_monthly_tokens = $2 WHERE name = $1")
+            .bind(tenant_name)
+            .bind(tokens)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(changed == 1)
     }
 }
@@ -246,7 +277,9 @@ async fn status_on(
     let (month_start, resets_at) = month_of(Utc::now());
     let (own, refused, used, reserved): (Option<i64>, bool, i64, i64) = sqlx::query_as(
         "SELECT (SELECT llm_monthly_tokens FROM tenants WHERE id = $1),
-                coalesce((SELECT llm_budget_refused_at >= $2 FROM tenants WHERE id = $1), false),
+                coalesce((SELECT llm_budget_refused_at >= $2
+                                 AND llm_budget_refused_limit = coalesce(llm_monthly_tokens, $3)
+                          FROM tenants WHERE id = $1), false),
                 (SELECT coalesce(sum(input_tokens + output_tokens), 0)::bigint
                  FROM llm_usage WHERE tenant_id = $1 AND at >= $2),
                 (SELECT coalesce(sum(tokens), 0)::bigint
@@ -254,6 +287,7 @@ async fn status_on(
     )
     .bind(tenant)
     .bind(month_start)
+    .bind(fleet_default)
     .fetch_one(&mut *conn)
     .await?;
     Ok(BudgetStatus {
@@ -275,7 +309,7 @@ async fn record_on(conn: &mut sqlx::PgConnection, usage: &LlmUsage<'_>) -> sqlx:
     .bind(usage.tenant)
     .bind(usage.job)
     .bind(usage.model)
-    .bind(usage.purpose)
+    .bind(usage.kind.name())
     .bind(usage.input_tokens)
     .bind(usage.output_tokens)
     .execute(&mut *conn)
@@ -336,5 +370,14 @@ mod tests {
             refused_once.exhausted(),
             "a call that did not fit closes the door"
         );
+        let busy = BudgetStatus {
+            limit: Some(10_000),
+            used: 1_000,
+            reserved: 8_500,
+            refused: false,
+            ..refused_once
+        };
+        assert_eq!(busy.remaining(), Some(500));
+        assert!(!busy.exhausted(), "calls in flight do not close the door");
     }
 }

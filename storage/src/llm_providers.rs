@@ -111,16 +111,6 @@ pub enum ProviderKeyError {
     Open(#[from] OpenError),
 }
 
-/// A provider's row, its key still sealed.
-#[derive(sqlx::FromRow)]
-struct StoredProvider {
-    base_url: String,
-    model: String,
-    api_key: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
 #[derive(Debug, Clone)]
 pub struct LlmProviders {
     pool: sqlx::PgPool,
@@ -165,40 +155,31 @@ impl LlmProviders {
         .await
     }
 
-    /// The tenant's provider as it may be shown, and with its key opened.
+    /// The tenant's provider with its key opened, for a call.
     pub async fn get(
         &self,
         tenant: Uuid,
         sealer: &Sealer,
-    ) -> Result<Option<(LlmProviderRecord, LlmProvider)>, ProviderKeyError> {
-        let row: Option<StoredProvider> = sqlx::query_as(
-            "SELECT base_url, model, api_key, created_at, updated_at
-             FROM llm_providers WHERE tenant_id = $1",
+    ) -> Result<Option<LlmProvider>, ProviderKeyError> {
+        let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT base_url, model, api_key FROM llm_providers WHERE tenant_id = $1",
         )
         .bind(tenant)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else {
+        let Some((base_url, model, sealed)) = row else {
             return Ok(None);
         };
-        let api_key = match &row.api_key {
-            Some(sealed) => String::from_utf8(sealer.open(sealed, &llm_context(tenant))?)
+        let api_key = match sealed {
+            Some(sealed) => String::from_utf8(sealer.open(&sealed, &llm_context(tenant))?)
                 .map_err(|_| OpenError::Malformed)?,
             None => String::new(),
         };
-        let record = LlmProviderRecord {
-            base_url: row.base_url.clone(),
-            model: row.model.clone(),
-            has_key: !api_key.is_empty(),
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        };
-        let provider = LlmProvider {
-            base_url: row.base_url,
-            model: row.model,
+        Ok(Some(LlmProvider {
+            base_url,
+            model,
             api_key,
-        };
-        Ok(Some((record, provider)))
+        }))
     }
 
     /// Whether the tenant has a provider of its own.

@@ -222,10 +222,7 @@ fn failed(err: EditError, task_id: Uuid) -> ToolError {
 
 fn unavailable(err: impl std::fmt::Display) -> ToolError {
     tracing::warn!(%err, "a task tool failed");
-    ToolError {
-        code: "unavailable",
-        message: "the task store did not answer; try again".to_owned(),
-    }
+    ToolError::unavailable()
 }
 
 #[cfg(test)]

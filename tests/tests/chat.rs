@@ -158,7 +158,7 @@ async fn the_reply_streams_as_progress_events() {
     let response = succeeded(&job)["response"].as_str().unwrap().to_owned();
     let id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
     let pieces: Vec<String> = sqlx::query_scalar(
-        "SELECT details->>'message' FROM job_events
+        "SELECT details->>'message' FROM all_job_events
          WHERE job_id = $1 AND event = 'job_progress' ORDER BY id",
     )
     .bind(id)
@@ -182,6 +182,19 @@ async fn the_provider_failures_retry_or_kill_as_they_should() {
     let job = chat(api, key, "Hello", None).await;
     succeeded(&job);
     assert_eq!(job["attempt"], 2, "{job:#}");
+    let id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    let starts: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT ts FROM all_job_events WHERE job_id = $1 AND event = 'job_started' ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&fleet.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(
+        (starts[1] - starts[0]).num_milliseconds() >= 2_000,
+        "the retry waited the provider's 2 s: {starts:?}"
+    );
 
     // 5xx: retried with backoff.
     fleet
@@ -201,6 +214,20 @@ async fn the_provider_failures_retry_or_kill_as_they_should() {
             .contains("no answer within 1s"),
         "{job:#}"
     );
+    // What the model wrote before it stalled was streamed while the call still ran.
+    let id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    let pieces: Vec<String> = sqlx::query_scalar(
+        "SELECT details->>'message' FROM all_job_events
+         WHERE job_id = $1 AND event = 'job_progress' ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&fleet.env.pool)
+    .await
+    .unwrap();
+    assert!(
+        pieces.iter().any(|piece| piece.starts_with("Let")),
+        "{pieces:?}"
+    );
     fleet.env.finish().await;
 }
 
@@ -216,11 +243,12 @@ async fn a_rejected_key_kills_the_job_and_the_key_is_never_shown() {
     assert_eq!(job["error"], "the LLM provider rejected the API key");
     assert!(!job.to_string().contains(secret));
     let id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
-    let events: Vec<Value> = sqlx::query_scalar("SELECT details FROM job_events WHERE job_id = $1")
-        .bind(id)
-        .fetch_all(&fleet.env.pool)
-        .await
-        .unwrap();
+    let events: Vec<Value> =
+        sqlx::query_scalar("SELECT details FROM all_job_events WHERE job_id = $1")
+            .bind(id)
+            .fetch_all(&fleet.env.pool)
+            .await
+            .unwrap();
     assert!(!Value::from(events).to_string().contains(secret));
     assert!(!fleet.env.logs().contains(secret));
     fleet.env.finish().await;
@@ -369,5 +397,83 @@ async fn a_tenants_own_provider_answers_its_chats_and_its_key_stays_sealed() {
     let job = chat(api, key, "Hello", None).await;
     assert_eq!(job["state"], "dead", "{job:#}");
     assert_eq!(job["error"], "the LLM provider rejected the API key");
+    fleet.env.finish().await;
+}
+
+/// The machine's own name, when it resolves to a loopback address (as Debian's /etc/hosts
+/// makes it): a URL a tenant types with it looks public but reaches this machine.
+fn own_name_resolving_to_loopback() -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_owned();
+    let loopback = (name.as_str(), 80)
+        .to_socket_addrs()
+        .ok()?
+        .all(|address| address.ip().is_loopback());
+    loopback.then_some(name)
+}
+
+#[tokio::test]
+async fn a_tenants_url_may_not_reach_this_machine_by_any_name() {
+    let fleet = ConnectorFleet::start(
+        &["--queues", "agent"],
+        &[("TASKFLEET_ALLOW_LOCAL_SITES", "false")],
+    )
+    .await;
+    let (api, key) = (&fleet.api, fleet.key.as_str());
+    let put = |base_url: String| json!({"base_url": base_url, "model": "gpt-4o-mini", "api_key": OPENAI_API_KEY});
+    let port = url::Url::parse(&fleet.fake.openai_base_url())
+        .unwrap()
+        .port()
+        .unwrap();
+    // Literal addresses and localhost names are refused when set.
+    for refused in [
+        format!("http://127.0.0.1:{port}/openai/v1"),
+        format!("http://localhost.:{port}/openai/v1"),
+        "http://169.254.169.254/latest".to_owned(),
+    ] {
+        let (status, body) = api
+            .call(
+                reqwest::Method::PUT,
+                key,
+                "/v1/llm",
+                Some(&put(refused.clone())),
+            )
+            .await;
+        assert_eq!(status, 422, "{refused}: {body}");
+    }
+    // A name is judged by the addresses it resolves to, when a call connects.
+    let Some(name) = own_name_resolving_to_loopback() else {
+        eprintln!("skipped the name check: this machine's name does not resolve to loopback");
+        return fleet.env.finish().await;
+    };
+    let (status, body) = api
+        .call(
+            reqwest::Method::PUT,
+            key,
+            "/v1/llm",
+            Some(&put(format!("http://{name}:{port}/openai/v1"))),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, test) = api.post(key, "/v1/llm/test", &json!({})).await;
+    assert_eq!(status, 200, "{test}");
+    assert_eq!(test["ok"], false, "{test}");
+    let job = json!({"kind": "agent.chat", "message": "Hello", "max_attempts": 1});
+    let id = api.submit(key, job).await;
+    let job = api.wait_finished(key, id, WITHIN).await;
+    assert_eq!(job["state"], "dead", "{job:#}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the LLM provider is unavailable"),
+        "{job:#}"
+    );
+    assert_eq!(
+        fleet.fake.requests("/chat/completions"),
+        0,
+        "no call got through"
+    );
     fleet.env.finish().await;
 }

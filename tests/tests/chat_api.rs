@@ -393,7 +393,8 @@ async fn chat_jobs_are_checked_before_they_are_accepted() {
     assert_eq!(body["tenant"], "acme");
     assert_eq!(
         body["budget"],
-        json!({"limit": 0, "overridden": true, "used": 0, "reserved": 0, "remaining": 0})
+        json!({"limit": 0, "overridden": true, "used": 0, "reserved": 0, "remaining": 0,
+               "exhausted": true})
     );
     let resets_at: DateTime<Utc> = body["resets_at"].as_str().unwrap().parse().unwrap();
     assert!(resets_at > Utc::now());

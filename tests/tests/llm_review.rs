@@ -11,7 +11,7 @@ use std::{
 use chrono::{NaiveDate, TimeZone, Utc};
 use futures::future::BoxFuture;
 use taskfleet_agents::{
-    BudgetRefusal, LlmModel, ReviewCandidate, ReviewError, Reviewer, TokenBudget, TokenUsage,
+    BudgetRefusal, LlmModel, Reach, ReviewCandidate, ReviewError, Reviewer, TokenBudget, TokenUsage,
 };
 use taskfleet_jobs::Horizon;
 use taskfleet_tests::{
@@ -28,7 +28,16 @@ const PATH: &str = "/openai/v1/chat/completions";
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn reviewer(fake: &FakeProviders, key: &str) -> Reviewer {
-    Reviewer::new(LlmModel::new(&fake.openai_base_url(), MODEL, key, CALL_TIMEOUT).unwrap())
+    Reviewer::new(
+        LlmModel::new(
+            &fake.openai_base_url(),
+            MODEL,
+            key,
+            CALL_TIMEOUT,
+            Reach::Anywhere,
+        )
+        .unwrap(),
+    )
 }
 
 /// A budget that refuses nothing unless told to, and adds up what each call spent.
@@ -319,6 +328,7 @@ async fn a_server_error_a_slow_model_or_no_server_is_unavailable() {
             MODEL,
             OPENAI_API_KEY,
             Duration::from_millis(300),
+            Reach::Anywhere,
         )
         .unwrap(),
     );
@@ -337,6 +347,7 @@ async fn a_server_error_a_slow_model_or_no_server_is_unavailable() {
             MODEL,
             OPENAI_API_KEY,
             CALL_TIMEOUT,
+            Reach::Anywhere,
         )
         .unwrap(),
     );

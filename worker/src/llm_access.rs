@@ -10,9 +10,9 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use taskfleet_agents::{BudgetRefusal, LlmError, LlmModel, TokenBudget, TokenUsage};
+use taskfleet_agents::{BudgetRefusal, LlmError, LlmModel, Reach, TokenBudget, TokenUsage};
 use taskfleet_connectors::breaker::Breaker;
-use taskfleet_storage::{Budgets, LlmUsage, Reservation, ReserveError};
+use taskfleet_storage::{Budgets, LlmCallKind, LlmUsage, Reservation, ReserveError};
 use taskfleet_telemetry::metrics;
 use uuid::Uuid;
 
@@ -43,13 +43,20 @@ pub async fn tenant_llm(ctx: &JobContext) -> Result<Option<TenantLlm>, JobFailur
             open => JobFailure::permanent(open.to_string()),
         })?;
     let (model, owner) = match own {
-        Some((_, provider)) => {
+        Some(provider) => {
             let timeout = services.agents.settings().llm.call_timeout();
+            // A URL the tenant typed reaches public addresses only (unless the operator lets
+            // local sites in, for fake providers).
+            let reach = match services.providers.allow_local_sites() {
+                true => Reach::Anywhere,
+                false => Reach::Public,
+            };
             let model = LlmModel::new(
                 &provider.base_url,
                 &provider.model,
                 &provider.api_key,
                 timeout,
+                reach,
             )
             .map_err(|err| {
                 JobFailure::permanent(format!("the tenant's LLM provider is unusable: {err}"))
@@ -69,17 +76,13 @@ pub async fn tenant_llm(ctx: &JobContext) -> Result<Option<TenantLlm>, JobFailur
     }))
 }
 
-/// What a failed model run means for the job.
+/// What a failed model run means for the job: a rejected key or a model that cannot answer
+/// is dead at once, a rate limit waits the provider's delay, an outage retries.
 pub fn job_failure(error: &LlmError) -> JobFailure {
-    match error {
-        LlmError::Rejected => JobFailure::permanent(error.to_string()),
-        LlmError::RateLimited { retry_after, .. } => JobFailure {
-            message: error.to_string(),
-            permanent: false,
-            retry_after: *retry_after,
-        },
-        LlmError::Unavailable(_) => JobFailure::retryable(error.to_string()),
-        LlmError::NoAnswer(_) | LlmError::Failed(_) => JobFailure::permanent(error.to_string()),
+    JobFailure {
+        message: error.to_string(),
+        permanent: !error.retryable(),
+        retry_after: error.retry_after(),
     }
 }
 
@@ -93,8 +96,7 @@ struct BudgetInner {
     budgets: Budgets,
     tenant: Uuid,
     job: Uuid,
-    /// `chat` or `prioritise`.
-    kind: &'static str,
+    kind: LlmCallKind,
     model: String,
     hold: Duration,
     state: Mutex<CallState>,
@@ -108,7 +110,7 @@ struct CallState {
 }
 
 impl JobBudget {
-    pub fn new(ctx: &JobContext, kind: &'static str, model: &LlmModel) -> JobBudget {
+    pub fn new(ctx: &JobContext, kind: LlmCallKind, model: &LlmModel) -> JobBudget {
         JobBudget {
             inner: Arc::new(BudgetInner {
                 budgets: ctx.services.budgets.clone(),
@@ -140,7 +142,7 @@ impl BudgetInner {
             tenant: self.tenant,
             job: Some(self.job),
             model: &self.model,
-            purpose: self.kind,
+            kind: self.kind,
             input_tokens: usage.input as i64,
             output_tokens: usage.output as i64,
         }
@@ -167,7 +169,7 @@ impl BudgetInner {
         for (direction, tokens) in [("input", usage.input), ("output", usage.output)] {
             if tokens > 0 {
                 metrics::LLM_TOKENS
-                    .with_label_values(&[self.kind, &self.model, direction])
+                    .with_label_values(&[&self.kind.name(), &self.model, direction])
                     .inc_by(tokens);
             }
         }
@@ -194,7 +196,13 @@ impl TokenBudget for JobBudget {
             let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
             match inner
                 .budgets
-                .reserve(inner.tenant, Some(inner.job), tokens, inner.hold)
+                .reserve(
+                    inner.tenant,
+                    Some(inner.job),
+                    inner.kind,
+                    tokens,
+                    inner.hold,
+                )
                 .await
             {
                 Ok(reservation) => {

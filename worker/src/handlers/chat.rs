@@ -17,7 +17,7 @@ use taskfleet_agents::{
     TokenUsage, ToolCallRecord, chat_agent,
 };
 use taskfleet_jobs::spec::AgentChat;
-use taskfleet_storage::{ChatMessage, TaskToolbox, Turn};
+use taskfleet_storage::{ChatMessage, LlmCallKind, TaskToolbox, Turn};
 use tokio::sync::mpsc;
 
 use super::{HandlerResult, JobContext, JobFailure};
@@ -49,6 +49,7 @@ pub async fn chat(job: &AgentChat, ctx: &JobContext) -> HandlerResult {
     let history = services
         .conversations
         .history(
+            ctx.tenant_id,
             conversation,
             ctx.job_id,
             chat_agent::HISTORY_MESSAGES as i64,
@@ -94,7 +95,7 @@ pub async fn chat(job: &AgentChat, ctx: &JobContext) -> HandlerResult {
     let (deltas, pieces) = mpsc::unbounded_channel();
     let streamer = tokio::spawn(stream_reply(ctx.clone(), pieces));
     let host = Arc::new(ChatJob {
-        budget: JobBudget::new(ctx, "chat", &llm.model),
+        budget: JobBudget::new(ctx, LlmCallKind::Chat, &llm.model),
         toolbox: Arc::new(toolbox),
         deltas,
     });
@@ -111,6 +112,7 @@ pub async fn chat(job: &AgentChat, ctx: &JobContext) -> HandlerResult {
         Ok(reply) => reply,
         Err(ChatError::Llm(error)) => return Err(llm_access::job_failure(&error)),
         Err(ChatError::Budget(refusal)) => return Err(llm_access::refusal_failure(&refusal)),
+        Err(ChatError::Store(why)) => return Err(JobFailure::retryable(why)),
     };
     let tool_calls = serde_json::to_value(&reply.tool_calls).unwrap_or(Value::Null);
     let usage = if reply.usage == TokenUsage::default() {
@@ -118,7 +120,7 @@ pub async fn chat(job: &AgentChat, ctx: &JobContext) -> HandlerResult {
     } else {
         reply.usage
     };
-    services
+    let recorded = services
         .conversations
         .record(Turn {
             tenant: ctx.tenant_id,
@@ -133,6 +135,11 @@ pub async fn chat(job: &AgentChat, ctx: &JobContext) -> HandlerResult {
         })
         .await
         .map_err(store_failed)?;
+    if !recorded {
+        return Err(JobFailure::permanent(format!(
+            "no conversation {conversation} for this tenant"
+        )));
+    }
     let calls: Vec<Value> = reply
         .tool_calls
         .iter()

@@ -6,7 +6,7 @@
 use serde_json::json;
 use taskfleet_agents::{EmbedError, Neighbour, Space};
 use taskfleet_jobs::spec::EmbedItems;
-use taskfleet_storage::{EmbedCandidate, LlmUsage, Side};
+use taskfleet_storage::{EmbedCandidate, LlmCallKind, LlmUsage, Side};
 use taskfleet_telemetry::metrics;
 use uuid::Uuid;
 
@@ -177,7 +177,7 @@ async fn record_tokens(ctx: &JobContext, model: &str, tokens: u64) {
         return;
     }
     metrics::LLM_TOKENS
-        .with_label_values(&["embed", model, "input"])
+        .with_label_values(&[&LlmCallKind::Embed.name(), model, "input"])
         .inc_by(tokens);
     let recorded = ctx
         .services
@@ -186,7 +186,7 @@ async fn record_tokens(ctx: &JobContext, model: &str, tokens: u64) {
             tenant: ctx.tenant_id,
             job: Some(ctx.job_id),
             model,
-            purpose: "embed",
+            kind: LlmCallKind::Embed,
             input_tokens: i64::try_from(tokens).unwrap_or(i64::MAX),
             output_tokens: 0,
         })

@@ -14,7 +14,7 @@ use taskfleet_agents::{
     Candidate, Pick, Ranked, ReviewCandidate, ReviewError, Reviewer, formula, llm_review,
 };
 use taskfleet_jobs::{Horizon, spec::AgentPrioritise, wire};
-use taskfleet_storage::{Placement, RankCandidate};
+use taskfleet_storage::{LlmCallKind, Placement, RankCandidate};
 use uuid::Uuid;
 
 use super::{HandlerResult, JobContext, JobFailure};
@@ -48,11 +48,20 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
     let mut ranked_by: HashMap<Uuid, String> = HashMap::new();
     let mut review = Value::Null;
     let mut reviewed_by = None;
-    if let Some(llm) = llm_access::tenant_llm(ctx).await? {
+    // A provider that cannot be used (its key no longer opens, its URL is refused) skips
+    // the review: the formula's ranking stands and the result says why.
+    let llm = match llm_access::tenant_llm(ctx).await {
+        Ok(llm) => llm,
+        Err(unusable) => {
+            review = json!({"error": unusable.message});
+            None
+        }
+    };
+    if let Some(llm) = llm {
         let reviewer = Reviewer::new(llm.model.clone());
         let shortlist = shortlist(&ranked, &rows);
         let today = now.with_timezone(&zone).date_naive();
-        let budget = Arc::new(JobBudget::new(ctx, "prioritise", &llm.model));
+        let budget = Arc::new(JobBudget::new(ctx, LlmCallKind::Prioritise, &llm.model));
         let outcome = match llm.breaker.admit() {
             Ok(permit) => {
                 let outcome = reviewer
