@@ -35,7 +35,9 @@ use rig_core::{
 
 use taskfleet_jobs::public_address;
 
-use crate::openai_embedder::{provider_message, retry_after, scrub};
+use taskfleet_jobs::provider_reply::{provider_message, scrub};
+
+use crate::openai_embedder::retry_after;
 
 /// A chat model at an OpenAI-compatible endpoint. Cheap to clone: clones share one HTTP
 /// client.

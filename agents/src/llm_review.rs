@@ -13,7 +13,6 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::Duration,
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -27,7 +26,9 @@ use serde_json::{Value, json};
 use taskfleet_jobs::Horizon;
 use uuid::Uuid;
 
-use crate::llm::{BudgetHook, LlmError, LlmModel, RunMeter, TokenBudget, TokenUsage, count_tokens};
+use crate::llm::{
+    BudgetHook, BudgetRefusal, LlmError, LlmModel, RunMeter, TokenBudget, TokenUsage, count_tokens,
+};
 
 /// How many of the formula's candidates of each horizon the model is shown.
 pub const CANDIDATES_PER_HORIZON: usize = 20;
@@ -116,66 +117,34 @@ pub struct Pick {
 /// Why a review gave nothing usable; the caller keeps the formula's ranking either way.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ReviewError {
-    /// The provider refused the credentials (401/403): retrying cannot help.
-    #[error("the LLM provider rejected the API key")]
-    Rejected,
-    /// The provider asked us to slow down (429); `retry_after` is its delay when it said.
-    #[error("the LLM provider is rate limiting: {message}")]
-    RateLimited {
-        retry_after: Option<Duration>,
-        message: String,
-    },
-    /// The provider failed or could not be reached (5xx, timeouts, connection errors).
-    #[error("the LLM provider is unavailable: {0}")]
-    Unavailable(String),
-    /// The model answered, but not with a valid review; `usage` is what the answer cost.
+    /// The model's provider failed, refused or rate limited the run.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    /// The model answered, but not with a valid review (or never finished); `usage` is what
+    /// the answers cost.
     #[error("the LLM's answer is not a valid review: {reason}")]
     OffSchema { reason: String, usage: TokenUsage },
-    /// Anything else: another 4xx, a reply that is not a chat completion, an exhausted quota.
-    #[error("the LLM review failed: {0}")]
-    Failed(String),
+    /// The tenant's token budget had no room for a call.
+    #[error(transparent)]
+    Budget(#[from] BudgetRefusal),
 }
 
 impl ReviewError {
     /// Whether a later review may succeed without anyone changing anything.
     pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            ReviewError::RateLimited { .. } | ReviewError::Unavailable(_)
-        )
+        matches!(self, ReviewError::Llm(error) if error.retryable())
     }
 
-    /// The delay the provider asked for, when it asked.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ReviewError::RateLimited { retry_after, .. } => *retry_after,
-            _ => None,
-        }
+    /// Whether the provider itself is failing (what a circuit breaker counts).
+    pub fn is_outage(&self) -> bool {
+        matches!(self, ReviewError::Llm(error) if error.is_outage())
     }
 
     /// A failed run, as a review sees it: a model that never answered answered off-schema.
     fn from_llm(error: LlmError, usage: TokenUsage) -> ReviewError {
         match error {
-            LlmError::Rejected => ReviewError::Rejected,
-            LlmError::RateLimited {
-                retry_after,
-                message,
-            } => ReviewError::RateLimited {
-                retry_after,
-                message,
-            },
-            LlmError::Unavailable(message) => ReviewError::Unavailable(message),
             LlmError::NoAnswer(reason) => ReviewError::OffSchema { reason, usage },
-            LlmError::Failed(message) => ReviewError::Failed(message),
-        }
-    }
-
-    /// The tokens spent before the review failed, as far as they are known (only an answer
-    /// that came back reports them).
-    pub fn usage(&self) -> TokenUsage {
-        match self {
-            ReviewError::OffSchema { usage, .. } => *usage,
-            _ => TokenUsage::default(),
+            other => ReviewError::Llm(other),
         }
     }
 }
@@ -248,15 +217,15 @@ impl Reviewer {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 return Err(match hook.refusal() {
-                    Some(refusal) => ReviewError::Failed(refusal.to_string()),
+                    Some(refusal) => ReviewError::Budget(refusal),
                     None => ReviewError::from_llm(self.llm.failure(&error, &meter), meter.usage()),
                 });
             }
             Err(_) => {
-                return Err(ReviewError::Unavailable(format!(
+                return Err(ReviewError::Llm(LlmError::Unavailable(format!(
                     "no answer within {}s",
                     whole_run.as_secs()
-                )));
+                ))));
             }
         };
         let usage = TokenUsage::from(response.usage());
@@ -743,6 +712,8 @@ mod tests {
         assert!(prompt.contains("today: 1, week: 20, month: 0"), "{prompt}");
     }
 
+    use std::time::Duration;
+
     use crate::llm::Reach;
 
     fn model(base_url: &str, name: &str, key: &str) -> anyhow::Result<LlmModel> {
@@ -832,7 +803,7 @@ mod tests {
     #[test]
     fn errors_read_plainly() {
         assert_eq!(
-            ReviewError::Rejected.to_string(),
+            ReviewError::Llm(LlmError::Rejected).to_string(),
             "the LLM provider rejected the API key"
         );
         let off = ReviewError::OffSchema {
@@ -846,8 +817,7 @@ mod tests {
             off.to_string(),
             "the LLM's answer is not a valid review: 4 picks for today (at most 3)"
         );
-        assert_eq!(off.usage().input, 10);
         assert!(!off.retryable());
-        assert!(ReviewError::Unavailable("x".to_owned()).retryable());
+        assert!(ReviewError::Llm(LlmError::Unavailable("x".to_owned())).retryable());
     }
 }

@@ -18,6 +18,8 @@ use rig_core::{
 };
 use serde_json::Value;
 
+use taskfleet_jobs::provider_reply::{provider_message, scrub};
+
 use crate::embedder::{EmbedError, Embedded};
 
 /// The most texts sent in one request (OpenAI takes 2048; smaller requests stay well under
@@ -26,9 +28,6 @@ pub const MAX_BATCH: usize = 256;
 
 /// How long one request may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The most characters of a provider's answer quoted in an error message.
-const QUOTED_CHARS: usize = 300;
 
 /// An OpenAI-compatible embeddings endpoint. Cheap to clone: clones share one client.
 #[derive(Clone)]
@@ -217,58 +216,6 @@ fn classify(error: &ProviderError) -> EmbedError {
         // vectors, or a request rig would not build.
         _ if error.is_retryable() => EmbedError::Unavailable(error.to_string()),
         _ => EmbedError::Unusable(error.to_string()),
-    }
-}
-
-/// "HTTP 400: <the provider's message> (<its code or type>)", from OpenAI's
-/// `{"error": {"message", "type", "code"}}` and the shapes compatible servers use instead
-/// (`{"error": "…"}`, `{"message": "…"}`, `{"detail": "…"}`); else the start of the body.
-pub(crate) fn provider_message(status: u16, body: &str) -> String {
-    let parsed = serde_json::from_str::<Value>(body).ok();
-    let described = parsed.as_ref().and_then(|value| {
-        let error = value.get("error");
-        let message = error
-            .and_then(|error| error.get("message"))
-            .and_then(Value::as_str)
-            .or_else(|| error.and_then(Value::as_str))
-            .or_else(|| value.get("message").and_then(Value::as_str))
-            .or_else(|| value.get("detail").and_then(Value::as_str))?;
-        let code = error.and_then(|error| {
-            ["code", "type"].iter().find_map(|field| {
-                error
-                    .get(*field)
-                    .and_then(Value::as_str)
-                    .filter(|code| !code.is_empty())
-            })
-        });
-        Some(match code {
-            Some(code) => format!("{message} ({code})"),
-            None => message.to_owned(),
-        })
-    });
-    let detail = described.unwrap_or_else(|| quoted(body.trim()));
-    if detail.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!("HTTP {status}: {detail}")
-    }
-}
-
-/// The first [`QUOTED_CHARS`] characters of `text`.
-fn quoted(text: &str) -> String {
-    match text.char_indices().nth(QUOTED_CHARS) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
-}
-
-/// `message` without the API key in it.
-pub(crate) fn scrub(message: String, api_key: &str) -> String {
-    // A very short "key" (a local server's placeholder) would match ordinary words.
-    if api_key.len() >= 8 && message.contains(api_key) {
-        message.replace(api_key, "[redacted]")
-    } else {
-        message
     }
 }
 
@@ -569,43 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn provider_messages_in_the_shapes_servers_use() {
-        assert_eq!(
-            provider_message(
-                404,
-                r#"{"error": {"message": "The model `x` does not exist", "type": "invalid_request_error", "code": "model_not_found"}}"#
-            ),
-            "HTTP 404: The model `x` does not exist (model_not_found)"
-        );
-        // vLLM
-        assert_eq!(
-            provider_message(
-                400,
-                r#"{"object": "error", "message": "bad dimensions", "type": "BadRequestError", "code": 400}"#
-            ),
-            "HTTP 400: bad dimensions"
-        );
-        // Ollama's native shape
-        assert_eq!(
-            provider_message(404, r#"{"error": "model \"nomic\" not found"}"#),
-            "HTTP 404: model \"nomic\" not found"
-        );
-        assert_eq!(provider_message(502, "  "), "HTTP 502");
-        let long = "x".repeat(1000);
-        assert_eq!(
-            provider_message(500, &long).chars().count(),
-            "HTTP 500: ".len() + QUOTED_CHARS + 1
-        );
-    }
-
-    #[test]
     fn the_key_never_shows() {
-        assert_eq!(
-            scrub("bad key sk-secret-123 given".into(), "sk-secret-123"),
-            "bad key [redacted] given"
-        );
-        assert_eq!(scrub("an ollama error".into(), "ollama"), "an ollama error");
-
         let embedder =
             OpenAiEmbedder::new("https://api.openai.com/v1/", "m", "sk-secret-123", 8).unwrap();
         let debug = format!("{embedder:?}");

@@ -16,14 +16,15 @@ use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use serde_json::{Value, json};
-use taskfleet_jobs::public_address;
+use taskfleet_jobs::{
+    provider_reply::{provider_message, scrub},
+    public_address,
+};
 use taskfleet_storage::{LlmCallKind, LlmProvider, LlmProviderRecord, LlmUsage, ProviderKeyError};
+use taskfleet_telemetry::metrics;
 use uuid::Uuid;
 
 use crate::{auth::TenantKey, chat::no_llm, error::ApiError, state::AppState};
-
-/// Characters of a provider's answer quoted in a message when it is not an error we can read.
-const QUOTED_CHARS: usize = 200;
 
 /// The most bytes of a test call's answer read: a chat completion of one token is small.
 const ANSWER_BYTES: usize = 64 * 1024;
@@ -292,6 +293,13 @@ async fn record_usage(
         input_tokens,
         output_tokens,
     };
+    for (direction, tokens) in [("input", input_tokens), ("output", output_tokens)] {
+        if tokens > 0 {
+            metrics::LLM_TOKENS
+                .with_label_values(&[&LlmCallKind::Test.name(), &provider.model, direction])
+                .inc_by(tokens as u64);
+        }
+    }
     if let Err(err) = state.budgets.record(usage).await {
         tracing::warn!(%err, %tenant, "could not record an LLM test call's tokens");
     }
@@ -440,48 +448,6 @@ fn refusal(status: u16, body: &str) -> String {
     }
 }
 
-/// "HTTP 503: The server is overloaded (server_error)": the status and the provider's own
-/// message, read from OpenAI's error shape (`{"error": {"message", "type", "code"}}`) or the
-/// plainer ones of compatible servers, else the start of the body.
-fn provider_message(status: u16, body: &str) -> String {
-    let parsed = serde_json::from_str::<Value>(body).ok();
-    let described = parsed.as_ref().and_then(|value| {
-        let error = value.get("error");
-        let message = error
-            .and_then(|error| error.get("message"))
-            .and_then(Value::as_str)
-            .or_else(|| error.and_then(Value::as_str))
-            .or_else(|| value.get("message").and_then(Value::as_str))
-            .or_else(|| value.get("detail").and_then(Value::as_str))?;
-        let code = error.and_then(|error| {
-            ["code", "type"].iter().find_map(|field| {
-                error
-                    .get(*field)
-                    .and_then(Value::as_str)
-                    .filter(|code| !code.is_empty())
-            })
-        });
-        Some(match code {
-            Some(code) => format!("{message} ({code})"),
-            None => message.to_owned(),
-        })
-    });
-    let body = body.trim();
-    let detail = match described {
-        Some(described) => described,
-        // An HTML error page says nothing a person needs here.
-        None if body.starts_with('<') => String::new(),
-        None if body.chars().count() > QUOTED_CHARS => {
-            format!("{}…", body.chars().take(QUOTED_CHARS).collect::<String>())
-        }
-        None => body.to_owned(),
-    };
-    match detail.is_empty() {
-        true => format!("HTTP {status}"),
-        false => format!("HTTP {status}: {detail}"),
-    }
-}
-
 /// Why no answer came, in plain words.
 fn unreachable(err: &reqwest::Error, timeout: Duration) -> String {
     if err.is_timeout() {
@@ -498,16 +464,6 @@ fn unreachable(err: &reqwest::Error, timeout: Duration) -> String {
     match err.is_connect() {
         true => format!("the LLM provider cannot be reached: {cause}"),
         false => format!("the call to the LLM provider failed: {cause}"),
-    }
-}
-
-/// `message` without `api_key` in it. A very short "key" (a local server's placeholder)
-/// would match ordinary words, and is no secret.
-fn scrub(message: String, api_key: &str) -> String {
-    if api_key.len() >= 8 && message.contains(api_key) {
-        message.replace(api_key, "[redacted]")
-    } else {
-        message
     }
 }
 
@@ -569,10 +525,6 @@ mod tests {
         assert!(
             refusal(429, r#"{"error": "slow down"}"#)
                 .starts_with("the LLM provider is rate limiting: HTTP 429: slow down")
-        );
-        assert_eq!(
-            scrub("bad key sk-secret-123".into(), "sk-secret-123"),
-            "bad key [redacted]"
         );
     }
 }

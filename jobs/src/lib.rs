@@ -4,6 +4,7 @@
 
 pub mod event;
 pub mod executor;
+pub mod provider_reply;
 pub mod public_address;
 pub mod queue;
 pub mod retry;

@@ -166,8 +166,8 @@ pub static PROVIDER_CIRCUIT_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         &["provider"],
     )
 });
-/// Tokens spent on LLM calls, by kind of call (chat, prioritise, test), model and direction
-/// (input: the prompt; output: the answer).
+/// Tokens spent on LLM calls, by kind of call (chat, prioritise and embed in workers, test in
+/// the API), model and direction (input: the prompt; output: the answer).
 pub static LLM_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "taskfleet_llm_tokens_total",
@@ -224,6 +224,7 @@ pub fn register_api() {
         Box::new(PROVIDER_REQUEST_DURATION.clone()),
         Box::new(PROVIDER_CIRCUIT_STATE.clone()),
         Box::new(JOBS_DISPATCHED.clone()),
+        Box::new(LLM_TOKENS.clone()),
     ]);
 }
 

@@ -11,7 +11,8 @@ use std::{
 use chrono::{NaiveDate, TimeZone, Utc};
 use futures::future::BoxFuture;
 use taskfleet_agents::{
-    BudgetRefusal, LlmModel, Reach, ReviewCandidate, ReviewError, Reviewer, TokenBudget, TokenUsage,
+    BudgetRefusal, LlmError, LlmModel, Reach, ReviewCandidate, ReviewError, Reviewer, TokenBudget,
+    TokenUsage,
 };
 use taskfleet_jobs::Horizon;
 use taskfleet_tests::{
@@ -197,18 +198,18 @@ async fn a_wrong_or_missing_key_is_rejected() {
         wrong
             .review(&candidates(), today(), "UTC", Tally::new())
             .await,
-        Err(ReviewError::Rejected)
+        Err(ReviewError::Llm(LlmError::Rejected))
     );
     let none = reviewer(&fake, "");
     assert_eq!(
         none.review(&candidates(), today(), "UTC", Tally::new())
             .await,
-        Err(ReviewError::Rejected)
+        Err(ReviewError::Llm(LlmError::Rejected))
     );
     let debug = format!("{wrong:?}");
     assert!(!debug.contains("sk-wrong-key-0001"), "{debug}");
     assert_eq!(
-        ReviewError::Rejected.to_string(),
+        ReviewError::Llm(LlmError::Rejected).to_string(),
         "the LLM provider rejected the API key"
     );
 }
@@ -224,10 +225,10 @@ async fn a_rate_limit_carries_the_providers_delay() {
         .await
         .unwrap_err();
 
-    let ReviewError::RateLimited {
+    let ReviewError::Llm(LlmError::RateLimited {
         retry_after,
         message,
-    } = &error
+    }) = &error
     else {
         panic!("not a rate limit: {error:?}");
     };
@@ -317,7 +318,7 @@ async fn a_server_error_a_slow_model_or_no_server_is_unavailable() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, ReviewError::Unavailable(message) if message.contains("The server had an error")),
+        matches!(&error, ReviewError::Llm(LlmError::Unavailable(message)) if message.contains("The server had an error")),
         "{error:?}"
     );
 
@@ -338,7 +339,7 @@ async fn a_server_error_a_slow_model_or_no_server_is_unavailable() {
         .unwrap_err();
     assert_eq!(
         error,
-        ReviewError::Unavailable("no answer within 0.3s".to_owned())
+        ReviewError::Llm(LlmError::Unavailable("no answer within 0.3s".to_owned()))
     );
 
     let nowhere = Reviewer::new(
@@ -355,7 +356,10 @@ async fn a_server_error_a_slow_model_or_no_server_is_unavailable() {
         .review(&candidates(), today(), "UTC", Tally::new())
         .await
         .unwrap_err();
-    assert!(matches!(&error, ReviewError::Unavailable(_)), "{error:?}");
+    assert!(
+        matches!(&error, ReviewError::Llm(LlmError::Unavailable(_))),
+        "{error:?}"
+    );
     assert!(error.retryable());
 }
 
@@ -372,7 +376,7 @@ async fn a_spent_budget_stops_the_review_before_any_call() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, ReviewError::Failed(message) if message.starts_with("budget_exceeded")),
+        matches!(&error, ReviewError::Budget(BudgetRefusal::Exceeded(_))),
         "{error:?}"
     );
     assert!(!error.retryable());

@@ -11,7 +11,7 @@ use chrono::Utc;
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 use taskfleet_agents::{
-    Candidate, Pick, Ranked, ReviewCandidate, ReviewError, Reviewer, formula, llm_review,
+    Candidate, LlmError, Pick, Ranked, ReviewCandidate, ReviewError, Reviewer, formula, llm_review,
 };
 use taskfleet_jobs::{Horizon, spec::AgentPrioritise, wire};
 use taskfleet_storage::{LlmCallKind, Placement, RankCandidate};
@@ -68,15 +68,15 @@ pub async fn prioritise(_job: &AgentPrioritise, ctx: &JobContext) -> HandlerResu
                     .review(&shortlist, today, zone.name(), budget.clone())
                     .await;
                 match &outcome {
-                    Err(ReviewError::Unavailable(_)) => permit.failed(),
+                    Err(error) if error.is_outage() => permit.failed(),
                     _ => permit.succeeded(),
                 }
                 outcome
             }
-            Err(wait) => Err(ReviewError::Unavailable(format!(
+            Err(wait) => Err(ReviewError::Llm(LlmError::Unavailable(format!(
                 "the LLM endpoint is failing; calls to it pause for {}s",
                 wait.as_secs().max(1)
-            ))),
+            )))),
         };
         let usage = budget.spent();
         let usage = json!({"input_tokens": usage.input, "output_tokens": usage.output});
