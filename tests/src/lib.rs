@@ -256,6 +256,30 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The messages of one job's `job_progress` events, oldest first.
+    pub async fn progress_messages(&self, job: Uuid) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT details ->> 'message' FROM all_job_events
+             WHERE job_id = $1 AND event = 'job_progress' ORDER BY id",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// When a job's events named `event` were recorded, oldest first.
+    pub async fn event_times(&self, job: Uuid, event: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+        sqlx::query_scalar(
+            "SELECT ts FROM all_job_events WHERE job_id = $1 AND event = $2 ORDER BY id",
+        )
+        .bind(job)
+        .bind(event)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
     /// How many events named `event` the ledger holds.
     pub async fn count_events(&self, event: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM all_job_events WHERE event = $1")

@@ -157,14 +157,7 @@ async fn the_reply_streams_as_progress_events() {
     let job = chat(api, key, "Hello there", None).await;
     let response = succeeded(&job)["response"].as_str().unwrap().to_owned();
     let id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
-    let pieces: Vec<String> = sqlx::query_scalar(
-        "SELECT details->>'message' FROM all_job_events
-         WHERE job_id = $1 AND event = 'job_progress' ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&fleet.env.pool)
-    .await
-    .unwrap();
+    let pieces = fleet.env.progress_messages(id).await;
     assert!(!pieces.is_empty(), "no progress events");
     assert_eq!(pieces.concat(), response);
     fleet.env.finish().await;
@@ -183,13 +176,7 @@ async fn the_provider_failures_retry_or_kill_as_they_should() {
     succeeded(&job);
     assert_eq!(job["attempt"], 2, "{job:#}");
     let id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
-    let starts: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
-        "SELECT ts FROM all_job_events WHERE job_id = $1 AND event = 'job_started' ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&fleet.env.pool)
-    .await
-    .unwrap();
+    let starts = fleet.env.event_times(id, "job_started").await;
     assert_eq!(starts.len(), 2, "{starts:?}");
     assert!(
         (starts[1] - starts[0]).num_milliseconds() >= 2_000,
@@ -216,14 +203,7 @@ async fn the_provider_failures_retry_or_kill_as_they_should() {
     );
     // What the model wrote before it stalled was streamed while the call still ran.
     let id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
-    let pieces: Vec<String> = sqlx::query_scalar(
-        "SELECT details->>'message' FROM all_job_events
-         WHERE job_id = $1 AND event = 'job_progress' ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&fleet.env.pool)
-    .await
-    .unwrap();
+    let pieces = fleet.env.progress_messages(id).await;
     assert!(
         pieces.iter().any(|piece| piece.starts_with("Let")),
         "{pieces:?}"

@@ -40,14 +40,7 @@ async fn pages_become_tasks_and_a_second_ingest_embeds_only_what_changed() {
     assert_eq!(job["result"]["pages"], 4, "{job}");
     assert_eq!(job["result"]["fetched"], 255);
     let job_id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
-    let progress: Vec<String> = sqlx::query_scalar(
-        "SELECT details ->> 'message' FROM all_job_events
-         WHERE job_id = $1 AND event = 'job_progress' ORDER BY id",
-    )
-    .bind(job_id)
-    .fetch_all(&fleet.env.pool)
-    .await
-    .unwrap();
+    let progress = fleet.env.progress_messages(job_id).await;
     assert_eq!(
         progress,
         [
