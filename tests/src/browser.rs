@@ -142,6 +142,20 @@ impl Browser {
         .map(str::to_owned)
     }
 
+    /// Waits until the text of `css` contains each of `parts`, and returns it.
+    pub async fn wait_text_containing(
+        &self,
+        css: &str,
+        parts: &[&str],
+        within: Duration,
+    ) -> String {
+        crate::wait_for_some(within, &format!("`{css}` reads {parts:?}"), || async {
+            let text = self.text(css).await?;
+            parts.iter().all(|part| text.contains(part)).then_some(text)
+        })
+        .await
+    }
+
     /// Waits until the text of `css` is `expected`.
     pub async fn wait_text(&self, css: &str, expected: &str, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;

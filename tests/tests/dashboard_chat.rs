@@ -7,22 +7,13 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use taskfleet_tests::{browser::Browser, connector_fleet::ConnectorFleet, wait_for_some};
+use taskfleet_tests::{browser::Browser, connector_fleet::ConnectorFleet};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The selector of the `n`th (1-based) message of the open conversation.
 fn message(n: usize) -> String {
     format!("#chat-messages li.msg:nth-child({n})")
-}
-
-/// Waits until the text of `css` contains each of `parts`, and returns it.
-async fn wait_text_containing(browser: &Browser, css: &str, parts: &[&str]) -> String {
-    wait_for_some(WAIT, &format!("`{css}` reads {parts:?}"), || async {
-        let text = browser.text(css).await?;
-        parts.iter().all(|part| text.contains(part)).then_some(text)
-    })
-    .await
 }
 
 /// Types `text` into the chat box and presses Send.
@@ -53,13 +44,12 @@ async fn the_chat_tab_adds_and_completes_a_task_with_the_assistant() {
     browser.wait_text("#whoami", "acme · tenant", WAIT).await;
     browser.click("button[data-tab=\"chat\"]").await;
     browser.wait_text("#chat-title", "New chat", WAIT).await;
-    wait_text_containing(&browser, "#conversations", &["No conversations yet"]).await;
-    wait_text_containing(
-        &browser,
-        "#chat-usage",
-        &["LLM tokens this month", "used of"],
-    )
-    .await;
+    browser
+        .wait_text_containing("#conversations", &["No conversations yet"], WAIT)
+        .await;
+    browser
+        .wait_text_containing("#chat-usage", &["LLM tokens this month", "used of"], WAIT)
+        .await;
 
     // The first message starts a conversation: it shows at once, then the reply with the
     // add_task call it made.
@@ -79,23 +69,25 @@ async fn the_chat_tab_adds_and_completes_a_task_with_the_assistant() {
             WAIT,
         )
         .await;
-    let call = wait_text_containing(
-        &browser,
-        &format!("{reply} .tool-call[data-tool=\"add_task\"]"),
-        &["add_task", "Buy milk", "(open)"],
-    )
-    .await;
+    let call = browser
+        .wait_text_containing(
+            &format!("{reply} .tool-call[data-tool=\"add_task\"]"),
+            &["add_task", "Buy milk", "(open)"],
+            WAIT,
+        )
+        .await;
     println!("the first tool call: {call}");
     browser
         .wait_text("#chat-title", "Add a task to buy milk", WAIT)
         .await;
     // Listed once its turn is stored, and shown as the open one.
-    wait_text_containing(
-        &browser,
-        "#conversations li.selected",
-        &["Add a task to buy milk", "2 messages"],
-    )
-    .await;
+    browser
+        .wait_text_containing(
+            "#conversations li.selected",
+            &["Add a task to buy milk", "2 messages"],
+            WAIT,
+        )
+        .await;
 
     // The second message continues the same conversation.
     send(&browser, "Mark it as complete").await;
@@ -107,13 +99,16 @@ async fn the_chat_tab_adds_and_completes_a_task_with_the_assistant() {
             WAIT,
         )
         .await;
-    wait_text_containing(
-        &browser,
-        &format!("{reply} .tool-call[data-tool=\"complete_task\"]"),
-        &["complete_task", "Buy milk", "(done)"],
-    )
-    .await;
-    wait_text_containing(&browser, "#conversations li.selected", &["4 messages"]).await;
+    browser
+        .wait_text_containing(
+            &format!("{reply} .tool-call[data-tool=\"complete_task\"]"),
+            &["complete_task", "Buy milk", "(done)"],
+            WAIT,
+        )
+        .await;
+    browser
+        .wait_text_containing("#conversations li.selected", &["4 messages"], WAIT)
+        .await;
     let (status, page) = api.get(key, "/v1/conversations").await;
     assert_eq!(status, 200, "{page}");
     let conversations = page["conversations"].as_array().unwrap();
@@ -125,7 +120,9 @@ async fn the_chat_tab_adds_and_completes_a_task_with_the_assistant() {
     // the stored tool calls.
     browser.eval("location.reload()").await;
     let item = format!("#conversations li[data-conversation-id=\"{conversation}\"]");
-    wait_text_containing(&browser, &item, &["Add a task to buy milk", "4 messages"]).await;
+    browser
+        .wait_text_containing(&item, &["Add a task to buy milk", "4 messages"], WAIT)
+        .await;
     assert_eq!(
         count(&browser, "#conversations li[data-conversation-id]").await,
         1
@@ -141,29 +138,34 @@ async fn the_chat_tab_adds_and_completes_a_task_with_the_assistant() {
         .await;
     assert_eq!(count(&browser, "#chat-messages li.msg").await, 4);
     assert_eq!(count(&browser, "#chat-messages li.msg.user").await, 2);
-    wait_text_containing(
-        &browser,
-        &format!("{} .tool-call[data-tool=\"add_task\"]", message(2)),
-        &["Buy milk"],
-    )
-    .await;
-    wait_text_containing(
-        &browser,
-        &format!("{} .tool-call[data-tool=\"complete_task\"]", message(4)),
-        &["Buy milk"],
-    )
-    .await;
-    wait_text_containing(&browser, &format!("{} .meta", message(4)), &["tokens"]).await;
+    browser
+        .wait_text_containing(
+            &format!("{} .tool-call[data-tool=\"add_task\"]", message(2)),
+            &["Buy milk"],
+            WAIT,
+        )
+        .await;
+    browser
+        .wait_text_containing(
+            &format!("{} .tool-call[data-tool=\"complete_task\"]", message(4)),
+            &["Buy milk"],
+            WAIT,
+        )
+        .await;
+    browser
+        .wait_text_containing(&format!("{} .meta", message(4)), &["tokens"], WAIT)
+        .await;
     browser.screenshot("dashboard-chat").await;
 
     // The Tasks tab has it among the work done; so has the API.
     browser.click("button[data-tab=\"tasks\"]").await;
-    wait_text_containing(
-        &browser,
-        ".task-column[data-horizon=\"past7d\"] ol",
-        &["Buy milk"],
-    )
-    .await;
+    browser
+        .wait_text_containing(
+            ".task-column[data-horizon=\"past7d\"] ol",
+            &["Buy milk"],
+            WAIT,
+        )
+        .await;
     let (status, done) = api.get(key, "/v1/tasks?status=done").await;
     assert_eq!(status, 200, "{done}");
     assert!(
@@ -179,7 +181,9 @@ async fn the_chat_tab_adds_and_completes_a_task_with_the_assistant() {
     browser.click("button[data-tab=\"chat\"]").await;
     browser.eval("window.confirm = () => true").await;
     browser.click(&format!("{item} .conversation-delete")).await;
-    wait_text_containing(&browser, "#conversations", &["No conversations yet"]).await;
+    browser
+        .wait_text_containing("#conversations", &["No conversations yet"], WAIT)
+        .await;
     browser.wait_text("#chat-title", "New chat", WAIT).await;
     let (_, page) = api.get(key, "/v1/conversations").await;
     assert_eq!(page["conversations"], Value::Array(Vec::new()), "{page:#}");
@@ -207,12 +211,13 @@ async fn the_chat_tab_adds_and_completes_a_task_with_the_assistant() {
             WAIT,
         )
         .await;
-    let refused = wait_text_containing(
-        &browser,
-        &format!("{reply} .tool-call.failed[data-tool=\"complete_task\"]"),
-        &["error", "there is no task"],
-    )
-    .await;
+    let refused = browser
+        .wait_text_containing(
+            &format!("{reply} .tool-call.failed[data-tool=\"complete_task\"]"),
+            &["error", "there is no task"],
+            WAIT,
+        )
+        .await;
     println!("the refused call: {refused}");
     assert_eq!(count(&browser, &format!("{reply} .tool-call")).await, 3);
     assert_eq!(
@@ -256,15 +261,14 @@ async fn without_an_llm_the_chat_tab_says_how_to_configure_one() {
     browser.sign_in(&fleet.api.base, &fleet.key).await;
     browser.wait_text("#whoami", "acme · tenant", WAIT).await;
     browser.click("button[data-tab=\"chat\"]").await;
-    wait_text_containing(&browser, "#chat-usage", &["no limit"]).await;
+    browser
+        .wait_text_containing("#chat-usage", &["no limit"], WAIT)
+        .await;
 
     send(&browser, "Add a task to buy milk").await;
-    let error = wait_text_containing(
-        &browser,
-        "#chat-error",
-        &["No LLM is set up", "PUT /v1/llm"],
-    )
-    .await;
+    let error = browser
+        .wait_text_containing("#chat-error", &["No LLM is set up", "PUT /v1/llm"], WAIT)
+        .await;
     println!("the chat's error: {error}");
     browser.screenshot("dashboard-chat-no-llm").await;
     // The message was not sent: it is back in the box, to send once an LLM is configured.

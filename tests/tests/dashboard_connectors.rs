@@ -21,15 +21,6 @@ fn row(id: &str) -> String {
     format!("#connectors-table tr[data-connector-id=\"{id}\"]")
 }
 
-/// Waits until the text of `css` contains each of `parts`, and returns it.
-async fn wait_text_containing(browser: &Browser, css: &str, parts: &[&str]) -> String {
-    wait_for_some(WAIT, &format!("`{css}` reads {parts:?}"), || async {
-        let text = browser.text(css).await?;
-        parts.iter().all(|part| text.contains(part)).then_some(text)
-    })
-    .await
-}
-
 /// Chooses `provider` in the form, as a person picking it from the list does.
 async fn choose_provider(browser: &Browser, provider: &str) {
     let script = format!(
@@ -161,9 +152,12 @@ async fn the_connectors_tab_connects_tests_and_shows_what_providers_said() {
     );
     browser.eval(&observe).await;
     browser.click("#connectors-test-all").await;
-    let result =
-        wait_text_containing(&browser, &format!("{github_row} td.last-test"), &["ok"]).await;
-    wait_text_containing(&browser, "#connectors-test-summary", &["1 ok", "0 failed"]).await;
+    let result = browser
+        .wait_text_containing(&format!("{github_row} td.last-test"), &["ok"], WAIT)
+        .await;
+    browser
+        .wait_text_containing("#connectors-test-summary", &["1 ok", "0 failed"], WAIT)
+        .await;
     println!("GitHub test: {result}");
     let seen = browser.eval("return window.__seen").await;
     assert!(
@@ -190,7 +184,9 @@ async fn the_connectors_tab_connects_tests_and_shows_what_providers_said() {
     choose_provider(&browser, "jira").await;
     browser.type_into("#connector-token", "atl_token").await;
     browser.click("#connector-add").await;
-    wait_text_containing(&browser, "#error-text", &["email"]).await;
+    browser
+        .wait_text_containing("#error-text", &["email"], WAIT)
+        .await;
     browser.click("#error-dismiss").await;
     browser
         .eval("document.querySelector('#connector-token').value = ''")
@@ -212,19 +208,21 @@ async fn the_connectors_tab_connects_tests_and_shows_what_providers_said() {
     let wrong_row = row(wrong["id"].as_str().unwrap());
     browser.wait_for(&wrong_row, WAIT).await;
     browser.click(&format!("{wrong_row} button.test")).await;
-    let result = wait_text_containing(
-        &browser,
-        &format!("{wrong_row} td.last-test"),
-        &["error", "GitHub rejected the token"],
-    )
-    .await;
+    let result = browser
+        .wait_text_containing(
+            &format!("{wrong_row} td.last-test"),
+            &["error", "GitHub rejected the token"],
+            WAIT,
+        )
+        .await;
     println!("GitHub test with a rejected token: {result}");
-    let status = wait_text_containing(
-        &browser,
-        &format!("{wrong_row} td.status"),
-        &["reauth_required"],
-    )
-    .await;
+    let status = browser
+        .wait_text_containing(
+            &format!("{wrong_row} td.status"),
+            &["reauth_required"],
+            WAIT,
+        )
+        .await;
     println!("its status: {status}");
     browser.screenshot("dashboard-connectors-rejected").await;
 

@@ -4,20 +4,12 @@
 
 use std::time::Duration;
 
-use taskfleet_tests::{browser::Browser, connector_fleet::ConnectorFleet, json, wait_for_some};
+use taskfleet_tests::{browser::Browser, connector_fleet::ConnectorFleet, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn column(horizon: &str) -> String {
     format!(".task-column[data-horizon=\"{horizon}\"] ol")
-}
-
-async fn wait_text_containing(browser: &Browser, css: &str, part: &str) -> String {
-    wait_for_some(WAIT, &format!("`{css}` reads {part:?}"), || async {
-        let text = browser.text(css).await?;
-        text.contains(part).then_some(text)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -37,23 +29,33 @@ async fn the_tasks_tab_shows_the_focus_lists_completes_undoes_and_follows_new_ra
     browser.sign_in(&fleet.api.base, &fleet.key).await;
     browser.wait_text("#whoami", "acme · tenant", WAIT).await;
     browser.click("button[data-tab=\"tasks\"]").await;
-    let today = wait_text_containing(&browser, &column("today"), "Pay the electricity bill").await;
+    let today = browser
+        .wait_text_containing(&column("today"), &["Pay the electricity bill"], WAIT)
+        .await;
     assert!(today.contains("1. Pay the electricity bill"), "{today}");
     assert!(today.contains("overdue by a day"), "{today}");
-    wait_text_containing(&browser, &column("week"), "Book the dentist").await;
+    browser
+        .wait_text_containing(&column("week"), &["Book the dentist"], WAIT)
+        .await;
 
     // Complete it from its card: it leaves today and shows among the work done.
     browser
         .click(&format!("{} .task-complete", column("today")))
         .await;
-    wait_text_containing(&browser, &column("past7d"), "Pay the electricity bill").await;
-    wait_text_containing(&browser, &column("today"), "Nothing here").await;
+    browser
+        .wait_text_containing(&column("past7d"), &["Pay the electricity bill"], WAIT)
+        .await;
+    browser
+        .wait_text_containing(&column("today"), &["Nothing here"], WAIT)
+        .await;
 
     // Undo brings it back.
     browser
         .click(&format!("{} .task-undo", column("past7d")))
         .await;
-    wait_text_containing(&browser, &column("today"), "Pay the electricity bill").await;
+    browser
+        .wait_text_containing(&column("today"), &["Pay the electricity bill"], WAIT)
+        .await;
 
     // A task added through the API appears when its ranking lands.
     browser.eval("window.__loadedOnce = true").await;
@@ -66,7 +68,9 @@ async fn the_tasks_tab_shows_the_focus_lists_completes_undoes_and_follows_new_ra
         )
         .await;
     assert_eq!(status, 201);
-    wait_text_containing(&browser, &column("today"), "Renew the passport").await;
+    browser
+        .wait_text_containing(&column("today"), &["Renew the passport"], WAIT)
+        .await;
     assert_eq!(
         browser.eval("return window.__loadedOnce === true").await,
         true
