@@ -798,7 +798,15 @@ function setJobMessage(text, kind = '') {
 // ---------------------------------------------------------------- schedules
 
 async function refreshSchedules() {
-  const { schedules } = await api('GET', '/v1/schedules');
+  // The list comes in pages, newest first; the table shows them all.
+  const schedules = [];
+  let cursor = null;
+  do {
+    const query = cursor ? `?limit=500&cursor=${encodeURIComponent(cursor)}` : '?limit=500';
+    const page = await api('GET', `/v1/schedules${query}`);
+    schedules.push(...page.schedules);
+    cursor = page.next_cursor;
+  } while (cursor);
   fillTable('#schedules-table', schedules.map(scheduleRow), 'No schedules.');
 }
 

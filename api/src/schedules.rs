@@ -1,14 +1,20 @@
 //! `/v1/schedules`: cron and one-shot schedules whose firings create jobs.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
 use serde_json::Value;
 use taskfleet_jobs::{JobSpec, MissedPolicy, Timing};
 use taskfleet_storage::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Scope};
 use uuid::Uuid;
 
-use crate::{auth::TenantKey, error::ApiError, state::AppState};
+use crate::{auth::TenantKey, error::ApiError, paging, state::AppState};
 
 /// Firings shown with a schedule.
 const RECENT_FIRINGS: i64 = 20;
@@ -40,6 +46,17 @@ pub struct ScheduleFiring {
     pub fired_at: DateTime<Utc>,
 }
 
+impl From<Firing> for ScheduleFiring {
+    fn from(firing: Firing) -> ScheduleFiring {
+        ScheduleFiring {
+            fire_at: firing.fire_at,
+            job_id: firing.job_id,
+            catch_up: firing.catch_up,
+            fired_at: firing.fired_at,
+        }
+    }
+}
+
 #[derive(Debug, Object)]
 pub struct Schedule {
     pub id: Uuid,
@@ -60,7 +77,10 @@ pub struct Schedule {
 
 #[derive(Debug, Object)]
 pub struct ScheduleList {
+    /// Newest first.
     pub schedules: Vec<Schedule>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(ApiResponse)]
@@ -115,30 +135,41 @@ fn definition(input: ScheduleInput, fault_injection: bool) -> Result<ScheduleDef
     })
 }
 
+/// Schedules as shown, with the latest firings of all of them read in one statement.
+async fn present_all(
+    state: &AppState,
+    records: Vec<ScheduleRecord>,
+) -> Result<Vec<Schedule>, ApiError> {
+    let ids: Vec<Uuid> = records.iter().map(|record| record.id).collect();
+    let mut firings: HashMap<Uuid, Vec<ScheduleFiring>> = HashMap::new();
+    for firing in state.schedules.latest_firings(&ids, RECENT_FIRINGS).await? {
+        firings
+            .entry(firing.schedule_id)
+            .or_default()
+            .push(ScheduleFiring::from(firing));
+    }
+    Ok(records
+        .into_iter()
+        .map(|record| Schedule {
+            last_firings: firings.remove(&record.id).unwrap_or_default(),
+            id: record.id,
+            name: record.name,
+            target: record.target,
+            cron: record.cron,
+            time_zone: record.time_zone,
+            at: record.at,
+            missed: record.missed.parse().unwrap_or_default(),
+            paused: record.paused,
+            next_fire_at: record.next_fire_at,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        })
+        .collect())
+}
+
 async fn present(state: &AppState, record: ScheduleRecord) -> Result<Schedule, ApiError> {
-    let firings = state.schedules.firings(record.id, RECENT_FIRINGS).await?;
-    Ok(Schedule {
-        id: record.id,
-        name: record.name,
-        target: record.target,
-        cron: record.cron,
-        time_zone: record.time_zone,
-        at: record.at,
-        missed: record.missed.parse().unwrap_or_default(),
-        paused: record.paused,
-        next_fire_at: record.next_fire_at,
-        last_firings: firings
-            .into_iter()
-            .map(|f: Firing| ScheduleFiring {
-                fire_at: f.fire_at,
-                job_id: f.job_id,
-                catch_up: f.catch_up,
-                fired_at: f.fired_at,
-            })
-            .collect(),
-        created_at: record.created_at,
-        updated_at: record.updated_at,
-    })
+    let mut one = present_all(state, vec![record]).await?;
+    Ok(one.remove(0))
 }
 
 fn no_schedule(id: Uuid) -> ApiError {
@@ -174,17 +205,28 @@ impl SchedulesApi {
     }
 
     /// List schedules
+    ///
+    /// Newest first, one page at a time, each with its latest firings.
     #[oai(path = "/schedules", method = "get")]
     async fn list(
         &self,
         state: Data<&AppState>,
         auth: TenantKey,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// Page size, 1 to 500 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+        limit: Query<Option<i64>>,
     ) -> Result<Json<ScheduleList>, ApiError> {
-        let mut schedules = Vec::new();
-        for record in state.schedules.list(auth.0.scope()).await? {
-            schedules.push(present(&state, record).await?);
-        }
-        Ok(Json(ScheduleList { schedules }))
+        let before = paging::before(cursor.0)?;
+        let limit = limit.0.unwrap_or(paging::DEFAULT_LIMIT);
+        let records = state.schedules.list(auth.0.scope(), before, limit).await?;
+        let next_cursor = paging::next_cursor(records.iter().map(|r| r.id), limit);
+        let schedules = present_all(&state, records).await?;
+        Ok(Json(ScheduleList {
+            schedules,
+            next_cursor,
+        }))
     }
 
     /// Get a schedule, with its next slot and latest firings

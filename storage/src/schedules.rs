@@ -45,10 +45,37 @@ pub struct ScheduleDefinition {
 
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Firing {
+    pub schedule_id: Uuid,
     pub fire_at: DateTime<Utc>,
     pub job_id: Uuid,
     pub catch_up: bool,
     pub fired_at: DateTime<Utc>,
+}
+
+/// A schedule moved on by the scheduler from slot `from` to `next`, dropping the missed slots
+/// `skipped` counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advance {
+    pub id: Uuid,
+    pub from: DateTime<Utc>,
+    pub next: Option<DateTime<Utc>>,
+    pub skipped: Option<Skipped>,
+}
+
+/// Missed slots dropped by a `skip` schedule, or by a `catch_up_once` one before the slot it
+/// fires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Skipped {
+    pub count: i64,
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+}
+
+/// The latest unbroken run of schedulers, as recorded by their beats (migration 0015).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromRow)]
+pub struct SchedulerBeat {
+    pub running_since: DateTime<Utc>,
+    pub beat_at: DateTime<Utc>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,13 +170,23 @@ impl Schedules {
         .await
     }
 
-    pub async fn list(&self, scope: Scope) -> sqlx::Result<Vec<ScheduleRecord>> {
+    /// A page of schedules in `scope`, newest first, those created before `before` (a
+    /// schedule id) when given.
+    pub async fn list(
+        &self,
+        scope: Scope,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<ScheduleRecord>> {
         let condition = scope.condition("$1");
         sqlx::query_as(&format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules
-             WHERE {condition} ORDER BY name, id"
+             WHERE {condition} AND ($2::uuid IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3"
         ))
         .bind(scope.tenant_id())
+        .bind(before)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await
     }
@@ -186,13 +223,25 @@ impl Schedules {
         .await
     }
 
-    /// Unpaused schedules whose next slot is due, earliest first.
-    pub async fn due(&self, limit: i64) -> sqlx::Result<Vec<ScheduleRecord>> {
+    /// A page of unpaused schedules whose next slot is due at `now`, in `(next_fire_at, id)`
+    /// order, those after `after` when given: a round pages past a schedule it could not
+    /// move on instead of meeting it again.
+    pub async fn due(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<ScheduleRecord>> {
+        let (after_at, after_id) = after.unzip();
         sqlx::query_as(&format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules
-             WHERE NOT paused AND next_fire_at <= now()
-             ORDER BY next_fire_at LIMIT $1"
+             WHERE NOT paused AND next_fire_at <= $1
+               AND ($2::timestamptz IS NULL OR (next_fire_at, id) > ($2, $3))
+             ORDER BY next_fire_at, id LIMIT $4"
         ))
+        .bind(now)
+        .bind(after_at)
+        .bind(after_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -223,24 +272,76 @@ impl Schedules {
             .await
     }
 
-    /// Moves a schedule on from slot `from` to `next`, unless someone else already did or it
-    /// was paused meanwhile.
-    pub async fn advance(
-        &self,
-        id: Uuid,
-        from: DateTime<Utc>,
-        next: Option<DateTime<Utc>>,
-    ) -> sqlx::Result<bool> {
-        let done = sqlx::query(
-            "UPDATE schedules SET next_fire_at = $3
-             WHERE id = $1 AND next_fire_at = $2 AND NOT paused",
+    /// The latest run of schedulers, if one ever ran.
+    pub async fn last_beat(&self) -> sqlx::Result<Option<SchedulerBeat>> {
+        sqlx::query_as("SELECT running_since, beat_at FROM scheduler_clock")
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Records that a scheduler running without a break since `running_since` runs at `at`.
+    pub async fn beat(&self, running_since: DateTime<Utc>, at: DateTime<Utc>) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO scheduler_clock (running_since, beat_at) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE
+                 SET running_since = EXCLUDED.running_since, beat_at = EXCLUDED.beat_at",
         )
-        .bind(id)
-        .bind(from)
-        .bind(next)
+        .bind(running_since)
+        .bind(at)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(())
+    }
+
+    /// Moves schedules on, each unless someone else already did or it was paused meanwhile,
+    /// and appends a `schedule_skipped` event for each moved one that dropped slots. One
+    /// statement, however many schedules.
+    pub async fn advance(&self, moves: &[Advance]) -> sqlx::Result<()> {
+        let skipped = |field: fn(&Skipped) -> DateTime<Utc>| -> Vec<Option<DateTime<Utc>>> {
+            moves
+                .iter()
+                .map(|m| m.skipped.as_ref().map(field))
+                .collect()
+        };
+        let sql = format!(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[],
+                                      $4::int8[], $5::timestamptz[], $6::timestamptz[])
+                     AS t(id, from_at, next_at, skipped, first_skipped, last_skipped)
+             ), moved AS (
+                 UPDATE schedules SET next_fire_at = input.next_at
+                 FROM input
+                 WHERE schedules.id = input.id AND schedules.next_fire_at = input.from_at
+                   AND NOT schedules.paused
+                 RETURNING schedules.id, schedules.tenant_id, schedules.missed, input.skipped,
+                           input.first_skipped, input.last_skipped
+             )
+             {events}",
+            events = append_events(&format!(
+                "SELECT tenant_id, NULL::uuid AS job_id, 'schedule' AS queue,
+                        'schedule.fire' AS kind, '{skipped}' AS event, 'scheduler' AS actor,
+                        jsonb_build_object('schedule_id', id, 'policy', missed,
+                                           'skipped', skipped, 'first', first_skipped,
+                                           'last', last_skipped) AS details
+                 FROM moved WHERE skipped > 0 ORDER BY id",
+                skipped = taskfleet_jobs::EventName::ScheduleSkipped,
+            )),
+        );
+        sqlx::query(&sql)
+            .bind(moves.iter().map(|m| m.id).collect::<Vec<_>>())
+            .bind(moves.iter().map(|m| m.from).collect::<Vec<_>>())
+            .bind(moves.iter().map(|m| m.next).collect::<Vec<_>>())
+            .bind(
+                moves
+                    .iter()
+                    .map(|m| m.skipped.map_or(0, |s| s.count))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(skipped(|s| s.first))
+            .bind(skipped(|s| s.last))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Records that slot `fire_at` created `job_id`; false if the slot had fired already.
@@ -279,13 +380,22 @@ impl Schedules {
         .await
     }
 
-    /// The latest firings, newest first.
-    pub async fn firings(&self, schedule_id: Uuid, limit: i64) -> sqlx::Result<Vec<Firing>> {
+    /// The latest `limit` firings of each of `schedules`, newest first, in one statement.
+    pub async fn latest_firings(
+        &self,
+        schedules: &[Uuid],
+        limit: i64,
+    ) -> sqlx::Result<Vec<Firing>> {
         sqlx::query_as(
-            "SELECT fire_at, job_id, catch_up, fired_at FROM schedule_firings
-             WHERE schedule_id = $1 ORDER BY fire_at DESC LIMIT $2",
+            "SELECT schedule.id AS schedule_id, f.fire_at, f.job_id, f.catch_up, f.fired_at
+             FROM UNNEST($1::uuid[]) AS schedule(id)
+             CROSS JOIN LATERAL (
+                 SELECT fire_at, job_id, catch_up, fired_at FROM schedule_firings
+                 WHERE schedule_id = schedule.id ORDER BY fire_at DESC LIMIT $2
+             ) AS f
+             ORDER BY schedule.id, f.fire_at DESC",
         )
-        .bind(schedule_id)
+        .bind(schedules)
         .bind(limit)
         .fetch_all(&self.pool)
         .await

@@ -1,5 +1,6 @@
-//! Schedules: one target job per slot across several workers and a leader change, missed
-//! slots skipped or caught up once, one-shots, pause and resume, validation, tenant scoping.
+//! Schedules: one target job per slot across several workers and a leader change, thousands
+//! of schedules on one slot, late rounds that still fire, missed slots skipped or caught up
+//! once, one-shots, pause and resume, validation, paging and tenant scoping.
 
 use std::time::Duration;
 
@@ -62,6 +63,53 @@ async fn firings(env: &TestEnv, schedule: Uuid) -> Vec<(DateTime<Utc>, bool)> {
         .collect()
 }
 
+/// `(fire_at, catch_up)` of a schedule's fire jobs, oldest slot first.
+async fn fire_jobs(env: &TestEnv, schedule: Uuid) -> Vec<(DateTime<Utc>, bool)> {
+    let mut rows: Vec<(DateTime<Utc>, bool)> = sqlx::query_as(
+        "SELECT (payload->>'fire_at')::timestamptz, COALESCE((payload->>'catch_up')::bool, false)
+         FROM jobs WHERE kind = 'schedule.fire' AND payload->>'schedule_id' = $1",
+    )
+    .bind(schedule.to_string())
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    rows.sort();
+    rows
+}
+
+/// A scheduler over the test's ledger, run by the test rather than by an elected leader.
+fn scheduler(env: &TestEnv) -> taskfleet_worker::scheduler::Scheduler {
+    use taskfleet_storage::{Ledger, Queues, Schedules, redis::Keys};
+    taskfleet_worker::scheduler::Scheduler::new(
+        Schedules::new(env.pool.clone()),
+        Queues::new(env.pool.clone()),
+        Ledger::new(env.pool.clone()),
+        env.redis.clone(),
+        Keys::new(&env.redis_prefix),
+    )
+}
+
+/// `t` to the whole second, down.
+fn whole(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap()
+}
+
+fn seconds(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+/// Waits until a scheduler has recorded that it runs: the slots before its first round are
+/// missed, as no scheduler ran at their time.
+async fn wait_for_a_scheduler(env: &TestEnv) {
+    wait_until(Duration::from_secs(30), "a scheduler runs", || async {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM scheduler_clock)")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    })
+    .await
+}
+
 async fn pause_and_settle(api: &Api, key: &str, schedules: &[Uuid]) {
     for id in schedules {
         let (status, _) = api
@@ -81,6 +129,7 @@ async fn every_second_across_three_workers_fires_exactly_once_a_second() {
     for _ in 0..3 {
         env.start_worker(FAST_FAILOVER);
     }
+    wait_for_a_scheduler(&env).await;
     let id = create(&api, &key, every_second("heartbeat", "skip")).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     pause_and_settle(&api, &key, &[id]).await;
@@ -118,6 +167,7 @@ async fn a_leader_change_skips_or_catches_up_missed_slots_without_duplicates() {
     for _ in 0..3 {
         env.start_worker(&flags);
     }
+    wait_for_a_scheduler(&env).await;
     let skipping = create(&api, &key, every_second("skipping", "skip")).await;
     let catching_up = create(&api, &key, every_second("catching-up", "catch_up_once")).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -167,6 +217,7 @@ async fn one_shots_fire_once_and_paused_schedules_wait_for_resume() {
     let api = env.start_api(&[]).await;
     let key = env.create_key("acme");
     env.start_worker(&[]);
+    wait_for_a_scheduler(&env).await;
     let at = Utc::now() + chrono::Duration::seconds(2);
     let once = create(
         &api,
@@ -348,7 +399,7 @@ async fn schedules_are_validated_and_scoped_to_their_tenant() {
 #[tokio::test]
 async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
     use taskfleet_jobs::{JobOptions, JobSpec, spec::ScheduleFire};
-    use taskfleet_storage::{Ledger, NewJob, Schedules, Scope, Tenants, redis::Keys};
+    use taskfleet_storage::{Ledger, NewJob, Schedules, Scope, Tenants};
     let env = TestEnv::new().await;
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let (schedules, ledger) = (
@@ -356,7 +407,6 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
         Ledger::new(env.pool.clone()),
     );
     let now = schedules.now().await.unwrap();
-    let whole = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap();
     // A catch-up schedule whose recent slots already got on-time fire jobs from an earlier
     // leader that died before moving the schedule on.
     let first = whole(now) - chrono::Duration::seconds(4);
@@ -397,15 +447,7 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
         .await
         .unwrap();
 
-    let mut scheduler = taskfleet_worker::scheduler::Scheduler {
-        schedules: schedules.clone(),
-        queues: taskfleet_storage::Queues::new(env.pool.clone()),
-        ledger,
-        conn: env.redis.clone(),
-        keys: Keys::new(&env.redis_prefix),
-        wake_fallback: taskfleet_worker::scheduler::WAKE_FALLBACK,
-    };
-    scheduler.round().await.unwrap();
+    scheduler(&env).round().await.unwrap();
     for id in [stalled.id, healthy.id] {
         let moved = schedules
             .get(Scope::Tenant(tenant.id), id)
@@ -479,18 +521,12 @@ async fn schedule_and_pause_changes_wake_the_scheduler() {
 /// created meanwhile fires on time although its fallback round is an hour away.
 #[tokio::test]
 async fn a_sleeping_scheduler_fires_a_new_one_shot_on_time() {
-    use taskfleet_storage::{Ledger, Queues, Schedules, Tenants, redis::Keys};
+    use taskfleet_storage::{Schedules, Tenants};
     let env = TestEnv::new().await;
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let schedules = Schedules::new(env.pool.clone());
-    let scheduler = taskfleet_worker::scheduler::Scheduler {
-        schedules: schedules.clone(),
-        queues: Queues::new(env.pool.clone()),
-        ledger: Ledger::new(env.pool.clone()),
-        conn: env.redis.clone(),
-        keys: Keys::new(&env.redis_prefix),
-        wake_fallback: Duration::from_secs(3600),
-    };
+    let mut scheduler = scheduler(&env);
+    scheduler.wake_fallback = Duration::from_secs(3600);
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(scheduler.run(stop.clone()));
     // Asleep: its first rounds found no schedule.
@@ -522,5 +558,253 @@ async fn a_sleeping_scheduler_fires_a_new_one_shot_on_time() {
         "fired on time, not missed"
     );
     stop.cancel();
+    env.finish().await;
+}
+
+/// A round fires every due schedule, not a hundred of them: two thousand schedules on one
+/// slot each make one fire job and one target job, none missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_thousand_schedules_on_one_slot_all_fire_exactly_once() {
+    use taskfleet_storage::{Schedules, Tenants};
+    let mut env = TestEnv::new().await;
+    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    env.start_worker(FAST_FAILOVER);
+    wait_for_a_scheduler(&env).await;
+    // A cron slot a few seconds ahead that comes once (the year field), shared by all.
+    let slot = whole(Schedules::new(env.pool.clone()).now().await.unwrap()) + seconds(4);
+    let cron = slot.format("%S %M %H %d %m * %Y").to_string();
+    sqlx::query(
+        "INSERT INTO schedules (id, tenant_id, name, target, cron, next_fire_at)
+         SELECT gen_random_uuid(), $1, 'slot-' || n, $2, $3, $4
+         FROM generate_series(1, 2000) AS n",
+    )
+    .bind(tenant.id)
+    .bind(json!({"kind": "executor.run", "tool": "noop"}))
+    .bind(&cron)
+    .bind(slot)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    let count = |sql: &'static str| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "every schedule's target job succeeded",
+        || async {
+            count(
+                "SELECT count(*) FROM jobs
+                 WHERE idempotency_key LIKE 'schedule:%' AND state = 'succeeded'",
+            )
+            .await
+                == 2000
+        },
+    )
+    .await;
+    assert_eq!(
+        count("SELECT count(*) FROM jobs WHERE kind = 'schedule.fire'").await,
+        2000,
+        "one fire job per schedule"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM jobs WHERE idempotency_key LIKE 'schedule:%'").await,
+        2000,
+        "one target job per schedule"
+    );
+    let (firings, schedules_fired, at_the_slot): (i64, i64, bool) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT schedule_id), bool_and(fire_at = $1 AND NOT catch_up)
+         FROM schedule_firings",
+    )
+    .bind(slot)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((firings, schedules_fired, at_the_slot), (2000, 2000, true));
+    assert_eq!(env.count_events("schedule_skipped").await, 0, "none missed");
+    env.finish().await;
+}
+
+/// A slot that came due while the scheduler ran fires however late its round gets to it:
+/// here the round waits on a lock the test holds on `schedules` for seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn slots_due_while_a_round_is_held_up_fire_late_not_missed() {
+    use taskfleet_storage::{Schedules, Tenants};
+    let env = TestEnv::new().await;
+    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    let schedules = Schedules::new(env.pool.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(scheduler(&env).run(stop.clone()));
+    wait_for_a_scheduler(&env).await;
+    let first = whole(schedules.now().await.unwrap()) + seconds(2);
+    let held_up = schedules
+        .create(tenant.id, &noop_schedule("held-up", None, "skip", first))
+        .await
+        .unwrap();
+
+    let mut lock = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE schedules IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "three slots passed behind the lock",
+        || async { schedules.now().await.unwrap() >= first + seconds(3) },
+    )
+    .await;
+    lock.commit().await.unwrap();
+
+    wait_until(
+        Duration::from_secs(10),
+        "the held-up slots fired",
+        || async { fire_jobs(&env, held_up.id).await.len() >= 4 },
+    )
+    .await;
+    let fired = fire_jobs(&env, held_up.id).await;
+    assert_eq!(
+        fired[..4],
+        [0, 1, 2, 3].map(|n| (first + seconds(n), false)),
+        "every slot, on its own, none as a catch-up"
+    );
+    assert_eq!(env.count_events("schedule_skipped").await, 0, "none missed");
+    stop.cancel();
+    env.finish().await;
+}
+
+/// Slots that came due between the last beat of a scheduler that stopped and the first round
+/// of the next are missed, and follow each schedule's policy; the last stretch of the stopped
+/// scheduler (up to a beat after its last) is not.
+#[tokio::test]
+async fn slots_in_a_gap_without_a_scheduler_are_skipped_or_caught_up_once() {
+    use taskfleet_storage::{Schedules, Tenants};
+    let env = TestEnv::new().await;
+    let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
+    let schedules = Schedules::new(env.pool.clone());
+    // A scheduler runs one round, then stops.
+    scheduler(&env).round().await.unwrap();
+    let beat = schedules
+        .last_beat()
+        .await
+        .unwrap()
+        .expect("it beat")
+        .beat_at;
+    let first = whole(beat) + seconds(1);
+    let mut ids = Vec::new();
+    for (name, missed) in [("skipping", "skip"), ("catching-up", "catch_up_once")] {
+        let schedule = schedules
+            .create(tenant.id, &noop_schedule(name, None, missed, first))
+            .await
+            .unwrap();
+        ids.push(schedule.id);
+    }
+    wait_until(Duration::from_secs(10), "a gap of seconds", || async {
+        schedules.now().await.unwrap() >= first + seconds(5)
+    })
+    .await;
+
+    // The next scheduler starts.
+    scheduler(&env).round().await.unwrap();
+    let started = schedules.last_beat().await.unwrap().unwrap().running_since;
+    let gap: Vec<DateTime<Utc>> = (1..)
+        .map(|n| first + seconds(n))
+        .take_while(|slot| *slot < started)
+        .collect();
+    assert!(gap.len() >= 4, "{gap:?}");
+    let skipped_events: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT details FROM all_job_events WHERE event = 'schedule_skipped'
+         ORDER BY details->>'policy' DESC",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(skipped_events.len(), 2, "{skipped_events:?}");
+
+    // Skipping: the slot of the stopped scheduler's last stretch fires, the gap is dropped.
+    assert_eq!(fire_jobs(&env, ids[0]).await, [(first, false)]);
+    assert_eq!(skipped_events[0]["schedule_id"], ids[0].to_string());
+    assert_eq!(skipped_events[0]["skipped"], gap.len());
+    // Catching up: the same, and once more for the gap's latest slot.
+    let latest = *gap.last().unwrap();
+    assert_eq!(
+        fire_jobs(&env, ids[1]).await,
+        [(first, false), (latest, true)]
+    );
+    assert_eq!(skipped_events[1]["schedule_id"], ids[1].to_string());
+    assert_eq!(skipped_events[1]["skipped"], gap.len() - 1);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn schedules_list_newest_first_by_cursor_within_their_tenant() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let acme = env.create_key("acme");
+    let globex = env.create_key("globex");
+    let hourly = |name: &str| {
+        json!({"name": name, "cron": "0 0 * * * *",
+               "target": {"kind": "executor.run", "tool": "noop"}})
+    };
+    let mut created = Vec::new();
+    for n in 0..5 {
+        created.push(create(&api, &acme, hourly(&format!("acme-{n}"))).await);
+    }
+    let theirs = create(&api, &globex, hourly("globex-0")).await;
+    // A firing, to show that each schedule gets its own.
+    let job_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO schedule_firings (schedule_id, fire_at, job_id) VALUES ($1, $2, $3)")
+        .bind(created[1])
+        .bind(whole(Utc::now()))
+        .bind(job_id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    let mut listed = Vec::new();
+    let mut pages = 0;
+    let mut path = "/v1/schedules?limit=2".to_owned();
+    loop {
+        let (status, page) = api.get(&acme, &path).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        for schedule in page["schedules"].as_array().unwrap() {
+            let id: Uuid = schedule["id"].as_str().unwrap().parse().unwrap();
+            let firings = schedule["last_firings"].as_array().unwrap();
+            match id == created[1] {
+                true => assert_eq!(firings[0]["job_id"], job_id.to_string()),
+                false => assert!(firings.is_empty(), "{schedule}"),
+            }
+            listed.push(id);
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/schedules?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let newest_first: Vec<Uuid> = created.iter().rev().copied().collect();
+    assert_eq!(listed, newest_first);
+
+    let (_, page) = api.get(&globex, "/v1/schedules").await;
+    let ids: Vec<&str> = page["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [theirs.to_string()],
+        "another tenant's schedules never show"
+    );
+    assert!(page["next_cursor"].is_null());
+    let (status, _) = api.get(&acme, "/v1/schedules?cursor=nonsense").await;
+    assert_eq!(status, 422);
     env.finish().await;
 }

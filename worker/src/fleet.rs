@@ -28,7 +28,7 @@ use crate::{
     leader::{self, Housekeeping},
     reclaimer::Reclaimer,
     redis_queue::RedisQueue,
-    scheduler::{self, Scheduler},
+    scheduler::Scheduler,
 };
 
 /// The apalis task function: everything happens in the executor, which records outcomes,
@@ -327,13 +327,14 @@ fn leader_duties(
     };
     let make_scheduler = {
         let (ledger, conn, keys) = (ledger.clone(), conn.clone(), keys.clone());
-        Arc::new(move || Scheduler {
-            schedules: Schedules::new(ledger.pool().clone()),
-            queues: Queues::new(ledger.pool().clone()),
-            ledger: ledger.clone(),
-            conn: conn.clone(),
-            keys: keys.clone(),
-            wake_fallback: scheduler::WAKE_FALLBACK,
+        Arc::new(move || {
+            Scheduler::new(
+                Schedules::new(ledger.pool().clone()),
+                Queues::new(ledger.pool().clone()),
+                ledger.clone(),
+                conn.clone(),
+                keys.clone(),
+            )
         })
     };
     leader::duties(
