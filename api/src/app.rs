@@ -72,7 +72,8 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     args.llm.validate().map_err(anyhow::Error::msg)?;
     let llm_http =
         crate::llm::LlmTestClients::new(args.llm.call_timeout(), args.providers.allow_local_sites)?;
-    let db = Db::connect_lazy(&args.database_url, 32).context("DATABASE_URL is not valid")?;
+    let db = Db::connect_lazy_limited(&args.database_url, 32, args.postgres)
+        .context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
         .await
         .context("the database cannot be migrated by this build")?;
@@ -86,8 +87,14 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     let events = EventLog::new(db.pool.clone());
     let hub = EventHub::start(args.redis_url.clone(), keys.clone(), events.clone());
     let ledger = Ledger::new(db.pool.clone());
+    let waker = crate::state::DispatcherWaker::start(redis.clone(), keys.clone());
     Ok(AppState {
-        submissions: crate::state::submissions(ledger.clone(), redis.clone(), keys.clone()),
+        submissions: crate::state::submissions(
+            ledger.clone(),
+            redis.clone(),
+            keys.clone(),
+            waker.clone(),
+        ),
         ledger,
         schedules: Schedules::new(db.pool.clone()),
         connectors: Connectors::new(db.pool.clone()),
@@ -114,6 +121,11 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         last_round_trip: Default::default(),
         ledger_gauges_at: Default::default(),
         fault_injection: args.fault_injection,
+        waker,
+        streams: crate::events::OpenStreams::new(
+            args.sse_streams_per_tenant as usize,
+            args.sse_replay_max,
+        ),
     })
 }
 

@@ -12,6 +12,8 @@ use taskfleet_storage::{EncryptionKeys, LlmSettings};
 pub struct ApiArgs {
     #[arg(long, env = "DATABASE_URL", global = true, default_value = "")]
     pub database_url: String,
+    #[command(flatten)]
+    pub postgres: taskfleet_storage::StatementLimits,
     #[arg(
         long,
         env = "REDIS_URL",
@@ -37,6 +39,15 @@ pub struct ApiArgs {
     /// key up in Postgres.
     #[arg(long, env = "TASKFLEET_API_KEY_CACHE_SECS", default_value_t = 2)]
     pub api_key_cache_secs: u64,
+    /// Event streams (SSE) one tenant may hold open on this API process at once.
+    #[arg(long, env = "TASKFLEET_SSE_STREAMS_PER_TENANT", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sse_streams_per_tenant: u64,
+    /// Most events one SSE request replays after `Last-Event-ID`; the stream then ends and
+    /// the client resumes from the last event it got.
+    #[arg(long, env = "TASKFLEET_SSE_REPLAY_MAX", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub sse_replay_max: i64,
     /// How long `/readyz` waits for its `noop` job to come back, in milliseconds.
     #[arg(long, env = "TASKFLEET_READY_TIMEOUT_MS", default_value_t = 5_000)]
     pub ready_timeout_ms: u64,

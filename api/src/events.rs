@@ -22,10 +22,6 @@ use poem_openapi::{
     registry::{MetaResponses, MetaSchemaRef, Registry},
     types::{ToJSON, Type},
 };
-use redis::{
-    AsyncCommands,
-    streams::{StreamReadOptions, StreamReadReply},
-};
 use serde_json::Value;
 use taskfleet_jobs::EventName;
 use taskfleet_storage::{
@@ -49,6 +45,65 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const WRITE_BYTES: usize = 64 * 1024;
 /// How long one `XREAD` blocks; between reads the hub also checks Postgres for missed events.
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
+
+/// The SSE streams open in this API process, counted per tenant, and how long a replay may
+/// be: a client that opens streams in a loop, or resumes from the beginning of time, costs a
+/// bounded share of the process and of Postgres.
+pub struct OpenStreams {
+    per_tenant: usize,
+    replay_max: i64,
+    open: std::sync::Mutex<std::collections::HashMap<Uuid, usize>>,
+}
+
+/// One open stream, counted until it is dropped (the client went away or the stream ended).
+pub struct StreamSlot {
+    streams: Arc<OpenStreams>,
+    tenant: Uuid,
+}
+
+impl OpenStreams {
+    pub fn new(per_tenant: usize, replay_max: i64) -> Arc<OpenStreams> {
+        Arc::new(OpenStreams {
+            per_tenant,
+            replay_max,
+            open: Default::default(),
+        })
+    }
+
+    /// A slot for one more stream of `tenant`, or a 429 when it has its limit open.
+    fn open(self: &Arc<Self>, tenant: Uuid) -> Result<StreamSlot, ApiError> {
+        let mut open = self.open.lock().expect("open streams lock");
+        let count = open.entry(tenant).or_default();
+        if *count >= self.per_tenant {
+            return Err(ApiError::too_many_requests(
+                "too_many_streams",
+                format!(
+                    "this tenant has {} event streams open, the most one API process serves it \
+                     (TASKFLEET_SSE_STREAMS_PER_TENANT); close one first",
+                    self.per_tenant
+                ),
+                5,
+            ));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            streams: self.clone(),
+            tenant,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().expect("open streams lock");
+        if let Some(count) = open.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
 
 /// An event as streams deliver it.
 #[derive(Debug, Clone, Object)]
@@ -181,7 +236,6 @@ async fn read_forever(
     events: EventLog,
     sender: broadcast::Sender<Arc<SharedEvent>>,
 ) {
-    let stream_key = keys.event_stream();
     let last_seq =
         taskfleet_storage::wait_for("Postgres (event log)", || events.latest_seq()).await;
     let mut reader = HubReader {
@@ -203,14 +257,9 @@ async fn read_forever(
         // Start from the newest entry: anything older comes from Postgres.
         let mut last_id = "$".to_owned();
         loop {
-            let options = StreamReadOptions::default()
-                .block(READ_BLOCK.as_millis() as usize)
-                .count(1_000);
-            let reply: Result<StreamReadReply, _> = conn
-                .xread_options(&[&stream_key], &[&last_id], &options)
-                .await;
-            let reply = match reply {
-                Ok(reply) => reply,
+            let read = tf_redis::read_numbered(&mut conn, &keys, &last_id, READ_BLOCK, 1_000).await;
+            let numbered = match read {
+                Ok(numbered) => numbered,
                 Err(err) => {
                     tracing::warn!(%err, "event stream read failed; reconnecting");
                     // Redis may answer yet refuse the stream: clients still get their events.
@@ -218,16 +267,8 @@ async fn read_forever(
                     break;
                 }
             };
-            let entries: Vec<_> = reply.keys.into_iter().flat_map(|key| key.ids).collect();
-            if let Some(entry) = entries.last() {
-                last_id = entry.id.clone();
-            }
-            // Only the newest notice matters: each says how far numbering has got.
-            match entries
-                .iter()
-                .filter_map(|entry| entry.get::<i64>("seq"))
-                .max()
-            {
+            last_id = numbered.last_id;
+            match numbered.up_to {
                 Some(seq) => reader.numbered_up_to(seq).await,
                 // Quiet stream: make sure nothing was sequenced without reaching Redis.
                 None => reader.catch_up().await,
@@ -246,8 +287,8 @@ struct HubReader {
 impl HubReader {
     /// Numbering has reached `seq`: reads the events up to it from Postgres and broadcasts
     /// them. While this process has no SSE client it only notes how far numbering got:
-    /// reading every event of a busy fleet for nobody was most of an idle API's work. A
-    /// client that connects later replays anything older from Postgres itself.
+    /// reading every event of a busy fleet for nobody would waste Postgres's time and ours.
+    /// A client that connects later replays anything older from Postgres itself.
     async fn numbered_up_to(&mut self, seq: i64) {
         if seq <= self.last_seq {
             return;
@@ -320,12 +361,21 @@ pub struct Subscription {
 }
 
 /// Serves one client: replay, then live, through a bounded queue. The client is dropped when
-/// it falls more than the hub's buffer behind; it resumes with `Last-Event-ID`.
-pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStreamBody {
+/// it falls more than the hub's buffer behind; it resumes with `Last-Event-ID`. A replay
+/// sends at most the limit of `slot`'s streams, then ends the stream: the client resumes
+/// from the last event it got, so a long replay costs one bounded read per request.
+pub fn serve(
+    hub: &EventHub,
+    events: EventLog,
+    sub: Subscription,
+    slot: StreamSlot,
+) -> EventStreamBody {
     let mut live = hub.subscribe();
     let (tx, mut rx) = mpsc::channel::<StreamItem>(CLIENT_BUFFER);
+    let replay_max = slot.streams.replay_max;
     tokio::spawn(async move {
         let _client = SseClient::count();
+        let _slot = slot;
         // A job that has already ended: replay its events (all numbered by now) and stop.
         let ended = match (sub.end_on_terminal, sub.filter.job_id) {
             (true, Some(job_id)) => match events.latest_of_job(sub.scope, job_id).await {
@@ -339,18 +389,25 @@ pub fn serve(hub: &EventHub, events: EventLog, sub: Subscription) -> EventStream
         };
         let mut sent = sub.after.unwrap_or(0);
         if let Some(after) = sub.after {
+            let mut replayed = 0;
             loop {
-                let page = match events
-                    .after(sub.scope, sent, &sub.filter, REPLAY_PAGE)
-                    .await
-                {
+                if replayed >= replay_max {
+                    tracing::debug!(
+                        replayed,
+                        "replay limit reached; the client resumes from here"
+                    );
+                    return;
+                }
+                let page_size = REPLAY_PAGE.min(replay_max - replayed);
+                let page = match events.after(sub.scope, sent, &sub.filter, page_size).await {
                     Ok(page) => page,
                     Err(err) => {
                         tracing::warn!(%err, after, "event replay failed; closing the stream");
                         return;
                     }
                 };
-                let last_page = (page.len() as i64) < REPLAY_PAGE;
+                let last_page = (page.len() as i64) < page_size;
+                replayed += page.len() as i64;
                 for record in page {
                     sent = record.seq;
                     if tx
@@ -470,7 +527,11 @@ impl EventsApi {
     ///
     /// `text/event-stream`: each message's `id` is the event's `seq` and its `event` the event
     /// name; `Last-Event-ID` (header, or the `last_event_id` query parameter) replays what was
-    /// missed, then the stream goes on live. Keep-alive comments every 15 s.
+    /// missed, then the stream goes on live. A replay longer than
+    /// `TASKFLEET_SSE_REPLAY_MAX` events (10,000) ends the stream after that many: resume
+    /// from the last `id`. 429 `too_many_streams` when the tenant has
+    /// `TASKFLEET_SSE_STREAMS_PER_TENANT` (1,000) streams open on this API process. Keep-alive
+    /// comments every 15 s.
     #[allow(clippy::too_many_arguments)]
     #[oai(path = "/events", method = "get")]
     async fn events(
@@ -493,21 +554,23 @@ impl EventsApi {
             kinds: list(kind.0),
             events: list(event.0),
         };
-        Ok(sse(
+        sse(
             &state,
+            auth.0.id,
             Subscription {
                 scope: auth.0.scope(),
                 filter,
                 after,
                 end_on_terminal: false,
             },
-        ))
+        )
     }
 
     /// Stream one job's events (SSE)
     ///
     /// The job's whole history (or what follows `Last-Event-ID`), then live events; the stream
-    /// ends after the job succeeds, dies or is cancelled.
+    /// ends after the job succeeds, dies or is cancelled (or after a replay of
+    /// `TASKFLEET_SSE_REPLAY_MAX` events: resume from the last `id`). 429 as for `/v1/events`.
     #[oai(path = "/jobs/:id/events", method = "get")]
     async fn job_events(
         &self,
@@ -529,30 +592,32 @@ impl EventsApi {
             ..EventFilter::default()
         };
         let after = Some(after.unwrap_or(0));
-        Ok(sse(
+        sse(
             &state,
+            auth.0.id,
             Subscription {
                 scope: auth.0.scope(),
                 filter,
                 after,
                 end_on_terminal: true,
             },
-        ))
+        )
     }
 }
 
-fn sse(state: &AppState, sub: Subscription) -> SseResponse {
-    SseResponse {
-        events: serve(&state.hub, state.events.clone(), sub),
+fn sse(state: &AppState, tenant: Uuid, sub: Subscription) -> Result<SseResponse, ApiError> {
+    let slot = state.streams.open(tenant)?;
+    Ok(SseResponse {
+        events: serve(&state.hub, state.events.clone(), sub, slot),
         keep_alive: KEEP_ALIVE,
-    }
+    })
 }
 
 /// The SSE endpoints' answer: documented as poem-openapi's [`EventStream`] of [`JobEvent`]s,
 /// written by us. poem's writer formats every event again for every client and hands each
-/// to the connection as a write of its own; with 500 subscribers that was most of the API's
-/// time in the fan-out (ADR 0007). Here every client writes the message rendered once per
-/// event, and as many of its waiting events as fit [`WRITE_BYTES`] in one write.
+/// to the connection as a write of its own, which dominates the fan-out once many clients
+/// subscribe (ADR 0007). Here every client writes the message rendered once per event, and
+/// as many of its waiting events as fit [`WRITE_BYTES`] in one write.
 pub struct SseResponse {
     events: EventStreamBody,
     /// How often a comment line goes out, whatever else does.

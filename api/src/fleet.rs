@@ -38,8 +38,10 @@ pub struct QueueInfo {
     pub name: Queue,
     /// A paused queue accepts jobs but starts none until resumed.
     pub paused: bool,
-    /// Jobs by state (`scheduled`, `queued`, `running`, `retrying`, `succeeded`, `dead`,
-    /// `cancelled`); a tenant key counts its own.
+    /// Jobs by state: every `scheduled`, `queued`, `running` and `retrying` job, and the
+    /// `succeeded`, `dead` and `cancelled` ones that finished in the last 15 minutes (the
+    /// sums of `throughput`; finished jobs are deleted after their retention, so the ledger
+    /// has no lasting total to give). A tenant key counts its own.
     pub depth: BTreeMap<String, i64>,
     /// Jobs finished per minute over the last 15 minutes, oldest first.
     pub throughput: Vec<ThroughputMinute>,
@@ -159,8 +161,8 @@ impl FleetApi {
 
     /// Queues: depth by state, recent throughput, failure rate, wait p95, paused
     ///
-    /// Read from the ledger. A tenant key sees its own jobs' numbers; an operator key the
-    /// whole fleet's.
+    /// Read from the ledger: live jobs counted exactly, finished ones over the last 15
+    /// minutes. A tenant key sees its own jobs' numbers; an operator key the whole fleet's.
     #[oai(path = "/queues", method = "get")]
     async fn queues(
         &self,

@@ -12,7 +12,21 @@ use crate::state::AppState;
 
 #[derive(Debug, Object)]
 pub struct Health {
+    /// `ok`, or `unhealthy`.
     pub status: String,
+    /// What is wrong, when unhealthy.
+    #[oai(skip_serializing_if_is_none)]
+    pub reason: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum HealthResponse {
+    /// The process is up and can take submissions.
+    #[oai(status = 200)]
+    Healthy(Json<Health>),
+    /// The process is up but broken (its submission writer stopped): restart it.
+    #[oai(status = 503)]
+    Unhealthy(Json<Health>),
 }
 
 #[derive(Debug, Object)]
@@ -40,12 +54,20 @@ pub struct HealthApi;
 
 #[OpenApi(tag = "crate::app::Tag::Ops")]
 impl HealthApi {
-    /// Liveness: the process is up
+    /// Liveness: the process is up and can take submissions
     #[oai(path = "/healthz", method = "get")]
-    async fn healthz(&self) -> Json<Health> {
-        Json(Health {
-            status: "ok".into(),
-        })
+    async fn healthz(&self, state: Data<&AppState>) -> HealthResponse {
+        if state.submissions.is_alive() {
+            HealthResponse::Healthy(Json(Health {
+                status: "ok".into(),
+                reason: None,
+            }))
+        } else {
+            HealthResponse::Unhealthy(Json(Health {
+                status: "unhealthy".into(),
+                reason: Some("the submission writer stopped; every submission would fail".into()),
+            }))
+        }
     }
 
     /// Readiness: Postgres with migrations applied, Redis, and a `noop` job through a worker

@@ -210,7 +210,8 @@ impl JobsApi {
     ///
     /// A job that has not started never will; a running job's handler is stopped at its
     /// next await point and the job ends `cancelled` (`cancel_requested_at` is set
-    /// meanwhile). A finished job is a 409.
+    /// meanwhile, and wins over a retry, a hand-back by a draining worker or a reclaim;
+    /// only an attempt that succeeded first ends `succeeded`). A finished job is a 409.
     #[oai(path = "/jobs/:id/cancel", method = "post")]
     async fn cancel(
         &self,
@@ -225,7 +226,8 @@ impl JobsApi {
         if record.cancel_requested_at.is_some() && record.state == JobState::Running.as_str() {
             let mut conn = state.redis.clone();
             if let Err(err) = tf_redis::request_cancel(&mut conn, &state.keys, id.0).await {
-                // The ledger holds the request: the job ends cancelled when its lease lapses.
+                // The ledger holds the request: the leader signals the worker again within
+                // seconds, and no path out of `running` but success ignores it.
                 tracing::warn!(%err, job_id = %id.0, "could not signal the cancellation");
             }
         }

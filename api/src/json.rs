@@ -1,9 +1,9 @@
 //! A JSON answer written straight from its value by serde. poem-openapi's `Json<T>` first
 //! converts the whole answer into a `serde_json::Value` tree (a map per object, every job's
-//! payload cloned) and then writes the tree: for a 1,000-job batch that was most of the API's
-//! time (ADR 0007). The schema in the OpenAPI document is `T`'s, as with `Json<T>`, and so is
-//! the JSON (keys come in declaration order rather than sorted): `T`'s `Serialize` must write
-//! what its `ToJSON` would (a unit test per type checks it).
+//! payload cloned) and then writes the tree, which for a large batch is most of the work of
+//! answering (ADR 0007). The schema in the OpenAPI document is `T`'s, as with `Json<T>`, and
+//! so is the JSON (keys come in declaration order rather than sorted): `T`'s `Serialize` must
+//! write what its `ToJSON` would (a unit test per type checks it).
 
 use chrono::{DateTime, Utc};
 use poem::{IntoResponse, Response};

@@ -15,6 +15,7 @@ use taskfleet_storage::{
     Tenants, Workers, group_commit::LINGER_WHILE_CALLERS_WAIT, redis as tf_redis, redis::Keys,
 };
 use taskfleet_telemetry::metrics;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::events::EventHub;
@@ -65,12 +66,53 @@ pub struct AppState {
     pub ledger_gauges_at: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
     /// Admit the `fault` executor tool (tests only).
     pub fault_injection: bool,
+    pub waker: DispatcherWaker,
+    /// The SSE streams open, per tenant, and their limits.
+    pub streams: Arc<crate::events::OpenStreams>,
 }
 
 impl AppState {
     /// Wakes the dispatcher without making the caller wait on Redis.
     pub fn wake_dispatcher(&self) {
-        wake_dispatcher_soon(&self.redis, &self.keys);
+        self.waker.wake();
+    }
+}
+
+/// Wakes the dispatcher (a Redis `PUBLISH`) from one task of its own: no caller waits on
+/// Redis, and however many ask while a wake-up is on its way (Redis slow, or hung), one more
+/// follows it, instead of a task per submission piling up behind a stalled Redis.
+#[derive(Clone)]
+pub struct DispatcherWaker {
+    asked: mpsc::Sender<()>,
+}
+
+impl DispatcherWaker {
+    /// Publishes on `keys`' wake channel; the task ends with the last handle.
+    pub fn start(redis: ConnectionManager, keys: Keys) -> DispatcherWaker {
+        DispatcherWaker::with(move || {
+            let (mut redis, keys) = (redis.clone(), keys.clone());
+            async move { tf_redis::wake_dispatcher(&mut redis, &keys).await }
+        })
+    }
+
+    fn with<W, F>(mut wake: W) -> DispatcherWaker
+    where
+        W: FnMut() -> F + Send + 'static,
+        F: Future<Output = ()> + Send,
+    {
+        // One request waiting beside the one being sent: more would wake it no sooner.
+        let (asked, mut requests) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while requests.recv().await.is_some() {
+                wake().await;
+            }
+        });
+        DispatcherWaker { asked }
+    }
+
+    pub fn wake(&self) {
+        // Full: a wake-up is already waiting to be sent after the current one.
+        let _ = self.asked.try_send(());
     }
 }
 
@@ -83,11 +125,13 @@ pub fn submissions(
     ledger: Ledger,
     redis: ConnectionManager,
     keys: Keys,
+    waker: DispatcherWaker,
 ) -> GroupCommit<(Uuid, NewJob), JobRecord> {
     let pushes = OwnPushes {
         redis,
         keys,
         paused_until: Arc::default(),
+        waker,
     };
     GroupCommit::start(
         LINGER_WHILE_CALLERS_WAIT,
@@ -126,6 +170,7 @@ struct OwnPushes {
     keys: Keys,
     /// Set when Redis last failed a push or its sizing: no pushes until then.
     paused_until: Arc<std::sync::Mutex<Option<Instant>>>,
+    waker: DispatcherWaker,
 }
 
 impl OwnPushes {
@@ -192,7 +237,7 @@ impl OwnPushes {
             if let Err(err) = ledger.undispatch(&ids).await {
                 tracing::warn!(%err, "could not take the jobs back; the stale-dispatch sweep will push them");
             }
-            wake_dispatcher_soon(&self.redis, &self.keys);
+            self.waker.wake();
         }
     }
 
@@ -201,8 +246,45 @@ impl OwnPushes {
     }
 }
 
-/// Wakes the dispatcher from a task of its own, so no caller waits on Redis.
-fn wake_dispatcher_soon(redis: &ConnectionManager, keys: &Keys) {
-    let (mut redis, keys) = (redis.clone(), keys.clone());
-    tokio::spawn(async move { tf_redis::wake_dispatcher(&mut redis, &keys).await });
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use tokio::sync::Semaphore;
+
+    use super::DispatcherWaker;
+
+    #[tokio::test]
+    async fn wake_ups_asked_while_redis_hangs_become_one_more_not_one_each() {
+        let (sent, stuck) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+        let waker = DispatcherWaker::with({
+            let (sent, stuck) = (sent.clone(), stuck.clone());
+            move || {
+                let (sent, stuck) = (sent.clone(), stuck.clone());
+                async move {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    // Redis hangs until the test lets each publish through.
+                    stuck.acquire().await.unwrap().forget();
+                }
+            }
+        });
+        waker.wake();
+        while sent.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10_000 {
+            waker.wake();
+        }
+        stuck.add_permits(10_000);
+        while sent.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
 }

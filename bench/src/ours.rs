@@ -117,8 +117,28 @@ pub struct BurnDown {
 
 /// Run 1: a backlog of no-ops submitted through the batch API, then the workers start.
 pub async fn burn_down(sizes: &Sizes) -> anyhow::Result<BurnDown> {
+    burn_down_beside(sizes, 0).await
+}
+
+/// The burn-down with `future` more jobs in the ledger, set for tomorrow: future work must
+/// cost the dispatcher nothing until it falls due.
+pub async fn burn_down_beside(sizes: &Sizes, future: usize) -> anyhow::Result<BurnDown> {
     let (mut env, api, key, _) = fleet(sizes, 0).await;
     let n = sizes.burn_down_jobs;
+    if future > 0 {
+        // Written straight into the ledger: a million submissions through the API would be
+        // a measure of their own.
+        sqlx::query(&format!(
+            "INSERT INTO jobs (id, tenant_id, queue, kind, payload, state, max_attempts, run_at)
+             SELECT gen_random_uuid(), (SELECT id FROM tenants WHERE name = 'bench'),
+                    'executor', 'executor.run', '{{\"kind\": \"executor.run\", \"tool\": \"noop\"}}',
+                    'scheduled', 3, now() + interval '1 day' + make_interval(secs => n)
+             FROM generate_series(1, {future}) AS n"
+        ))
+        .execute(&env.pool)
+        .await?;
+        sqlx::query("ANALYZE jobs").execute(&env.pool).await?;
+    }
     submit_noops(&api, &key, n).await;
     let concurrency = sizes.concurrency.to_string();
     let workers: Vec<usize> = (0..sizes.workers)

@@ -16,14 +16,51 @@ pub struct Db {
     pub pool: PgPool,
 }
 
+/// Bounds every statement of a process's connections: a statement stuck behind a lock, or
+/// one the planner got badly wrong, fails with an error the caller retries or reports,
+/// instead of holding a connection (and its locks) for ever.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct StatementLimits {
+    /// Longest a statement may run, in milliseconds (Postgres `statement_timeout`).
+    #[arg(long = "pg-statement-timeout-ms", env = "TASKFLEET_PG_STATEMENT_TIMEOUT_MS",
+          default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub statement_timeout_ms: u64,
+    /// Longest a statement may wait for a lock, in milliseconds (Postgres `lock_timeout`).
+    #[arg(long = "pg-lock-timeout-ms", env = "TASKFLEET_PG_LOCK_TIMEOUT_MS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub lock_timeout_ms: u64,
+}
+
+impl Default for StatementLimits {
+    fn default() -> StatementLimits {
+        StatementLimits {
+            statement_timeout_ms: 60_000,
+            lock_timeout_ms: 10_000,
+        }
+    }
+}
+
 impl Db {
+    /// [`Db::connect_lazy_limited`] with the default [`StatementLimits`].
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+        Db::connect_lazy_limited(url, max_connections, StatementLimits::default())
+    }
+
     /// Connects without waiting for Postgres: a process that starts while Postgres is down
     /// comes up, answers health checks, and works once Postgres answers.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+    pub fn connect_lazy_limited(
+        url: &str,
+        max_connections: u32,
+        limits: StatementLimits,
+    ) -> Result<Db, sqlx::Error> {
         // No JIT: the ledger runs short statements whose cost the planner can overestimate
-        // by orders of magnitude (a dispatch over an unanalyzed backlog was costed at 800k),
-        // and JIT then spent 320 ms compiling a statement that runs in 8.
-        let options = PgConnectOptions::from_str(url)?.options([("jit", "off")]);
+        // by orders of magnitude (over a backlog not yet analyzed, say), and JIT then
+        // compiles for far longer than the statement runs (ADR 0007).
+        let options = PgConnectOptions::from_str(url)?.options([
+            ("jit", "off".to_owned()),
+            ("statement_timeout", limits.statement_timeout_ms.to_string()),
+            ("lock_timeout", limits.lock_timeout_ms.to_string()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
@@ -31,8 +68,19 @@ impl Db {
         Ok(Db { pool })
     }
 
+    /// Applies the migrations on a connection without the statement limits: building an
+    /// index over a large ledger may take longer than any statement of the running fleet.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+        let mut conn = self.pool.acquire().await?;
+        sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
+            .execute(&mut *conn)
+            .await?;
+        let migrated = MIGRATOR.run(&mut *conn).await;
+        // Back to the limits the connection was opened with, before the pool reuses it.
+        sqlx::raw_sql("RESET statement_timeout; RESET lock_timeout")
+            .execute(&mut *conn)
+            .await?;
+        migrated
     }
 
     /// Applies the migrations, waiting while Postgres cannot be reached, so a process started
@@ -86,7 +134,7 @@ pub(crate) async fn listen(pool: &PgPool, channel: &str) -> sqlx::Result<PgListe
 
 #[cfg(test)]
 mod tests {
-    use super::{Db, MIGRATOR};
+    use super::{Db, MIGRATOR, StatementLimits};
 
     #[test]
     fn every_migration_file_is_built_in() {
@@ -104,6 +152,42 @@ mod tests {
             })
             .count();
         assert_eq!(MIGRATOR.iter().count(), files);
+    }
+
+    #[tokio::test]
+    async fn connections_bound_their_statements_and_lock_waits() {
+        let url = std::env::var("TASKFLEET_TEST_ADMIN_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let limits = StatementLimits {
+            statement_timeout_ms: 300,
+            lock_timeout_ms: 200,
+        };
+        let db = Db::connect_lazy_limited(&url, 1, limits).unwrap();
+        let err = sqlx::query("SELECT pg_sleep(5)")
+            .execute(&db.pool)
+            .await
+            .unwrap_err();
+        // 57014: canceling statement due to statement timeout.
+        assert_eq!(
+            err.as_database_error().and_then(|db| db.code()).as_deref(),
+            Some("57014")
+        );
+        let holder = Db::connect_lazy(&url, 1).unwrap();
+        let mut tx = holder.pool.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock(231123)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let err = sqlx::query("SELECT pg_advisory_lock(231123)")
+            .execute(&db.pool)
+            .await
+            .unwrap_err();
+        // 55P03: lock not available.
+        assert_eq!(
+            err.as_database_error().and_then(|db| db.code()).as_deref(),
+            Some("55P03")
+        );
+        tx.rollback().await.unwrap();
     }
 
     #[tokio::test]

@@ -96,10 +96,10 @@ impl EventLog {
     /// `job_event_batches` into `job_events`, oldest first, giving them the next `seq` numbers;
     /// a count of at least `limit` means more may wait. Each event is written once with its
     /// number (no update through every index). Only the count and the highest number come
-    /// back: readers that want the events read them by `seq` (sending every event to the
-    /// sequencer to relay cost about a sixth of a burn-down, ADR 0007). An advisory lock
-    /// keeps two sequencers (two leaders overlapping during a hand-over) from numbering at
-    /// the same time; the second waits, then no longer sees what the first moved.
+    /// back: readers that want the events read them by `seq` (relaying every event through
+    /// the sequencer would load the hot path, ADR 0007). An advisory lock keeps two
+    /// sequencers (two leaders overlapping during a hand-over) from numbering at the same
+    /// time; the second waits, then no longer sees what the first moved.
     pub async fn sequence(&self, limit: i64) -> sqlx::Result<Numbered> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('taskfleet.event_sequencer'))")

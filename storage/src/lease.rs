@@ -33,6 +33,25 @@ return epoch
     )
 });
 
+/// `KEYS[1]` lease; `ARGV[1]` holder|epoch, `ARGV[2]` epoch, `ARGV[3]` ttl ms. Takes the lease
+/// when it is absent, already ours, or held under a lower epoch; a late write from an older
+/// attempt (its worker paused past the ttl) leaves the newer holder alone. 1 taken, 0 refused.
+static HOLD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then
+    local held = tonumber(string.match(current, '|(%d+)$'))
+    if held and held >= tonumber(ARGV[2]) then
+        return 0
+    end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"#,
+    )
+});
+
 /// `KEYS[1]` lease; `ARGV[1]` holder|epoch. Deletes the lease only if it is still ours.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -101,25 +120,28 @@ impl Lease {
     }
 
     /// Takes each lease with an epoch issued elsewhere (a job's epoch comes from the ledger's
-    /// start, which only one worker can win), replacing whatever it held; one round trip
-    /// for all of them.
+    /// start, which only one worker can win), unless it is held under a newer epoch; one
+    /// round trip for all of them. Returns, in order, whether each was taken.
     pub async fn hold_all(
         conn: &mut ConnectionManager,
         leases: &[(Lease, u64)],
-    ) -> Result<(), RedisError> {
+    ) -> Result<Vec<bool>, RedisError> {
         if leases.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
+        // A pipeline does not load a script Redis has forgotten (after a restart) by itself.
+        pipe.load_script(&HOLD).ignore();
         for (lease, epoch) in leases {
-            pipe.cmd("SET")
-                .arg(&lease.key)
-                .arg(lease.token(*epoch))
-                .arg("PX")
-                .arg(lease.ttl.as_millis() as u64)
-                .ignore();
+            pipe.invoke_script(
+                HOLD.key(&lease.key)
+                    .arg(lease.token(*epoch))
+                    .arg(*epoch)
+                    .arg(lease.ttl.as_millis() as u64),
+            );
         }
-        pipe.query_async::<()>(conn).await
+        let taken: Vec<u8> = pipe.query_async(conn).await?;
+        Ok(taken.into_iter().map(|taken| taken == 1).collect())
     }
 
     /// Extends the lease if we still hold it with `epoch`, and reports whether `flag` exists.

@@ -8,6 +8,7 @@ pub mod conversations;
 pub mod db;
 pub mod events;
 pub mod group_commit;
+pub mod job_cleaner;
 pub mod lease;
 pub mod ledger;
 pub mod llm_budget;
@@ -28,13 +29,13 @@ pub use connectors::{
     NewConnector, OAuthState, Requested,
 };
 pub use conversations::{ChatMessage, ConversationRecord, Conversations, Turn};
-pub use db::Db;
+pub use db::{Db, StatementLimits};
 pub use events::{EventFilter, EventLog, EventRecord, Numbered};
 pub use group_commit::GroupCommit;
 pub use lease::{Lease, Renewal};
 pub use ledger::{
-    Change, Finish, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob, Outcome,
-    Reclaimed, StartedJob,
+    CancelSweep, Change, Finish, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob,
+    Outcome, Reclaimed, Rescue, RunningJob, StartedJob,
 };
 pub use llm_budget::{
     BudgetStatus, Budgets, LlmCallKind, LlmUsage, Reservation, ReserveError, UsageLine,

@@ -1,5 +1,9 @@
 //! Queue-level views of the ledger: how many jobs sit in each state, what finished in the
 //! last minutes, how long jobs waited, and operator pauses.
+//!
+//! Every figure reads a bounded part of the ledger (ADR 0013): live jobs are counted exactly,
+//! as the backlog bounds them, and finished ones only over the last [`STATS_MINUTES`]
+//! minutes, so a scrape costs the same whatever history the ledger keeps.
 
 use std::collections::HashMap;
 
@@ -9,8 +13,11 @@ use taskfleet_jobs::{EventName, JobState, Queue};
 
 use crate::{events::append_events, tenants::Scope};
 
-/// How far back throughput, failure rate and wait time look.
+/// How far back throughput, failure rate, wait time and the counts of finished jobs look.
 pub const STATS_MINUTES: i64 = 15;
+
+/// The states a job ends in; the others are live.
+const FINISHED: [JobState; 3] = [JobState::Succeeded, JobState::Dead, JobState::Cancelled];
 
 /// Jobs finished in one minute.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,7 +32,8 @@ pub struct Minute {
 pub struct QueueStats {
     pub queue: Queue,
     pub paused: bool,
-    /// Jobs by state, in [`JobState::ALL`] order, zeros included.
+    /// Jobs by state, in [`JobState::ALL`] order, zeros included: every live job, and the
+    /// jobs that finished in the last [`STATS_MINUTES`] minutes (the sums of `throughput`).
     pub depth: Vec<(JobState, i64)>,
     /// The last [`STATS_MINUTES`] minutes, oldest first, zeros included.
     pub throughput: Vec<Minute>,
@@ -90,9 +98,11 @@ impl Queues {
     pub async fn stats(&self, scope: Scope) -> sqlx::Result<Vec<QueueStats>> {
         let condition = scope.condition("$1");
         let tenant = scope.tenant_id();
+        let finished = sql_list(FINISHED);
+        let live = sql_list(JobState::ALL.into_iter().filter(|s| !FINISHED.contains(s)));
         let depths: Vec<(String, String, i64)> = sqlx::query_as(&format!(
             "SELECT queue, state, count(*) FROM jobs
-             WHERE {condition} GROUP BY queue, state"
+             WHERE {condition} AND state IN ({live}) GROUP BY queue, state"
         ))
         .bind(tenant)
         .fetch_all(&self.pool)
@@ -108,7 +118,7 @@ impl Queues {
                     count(*) FILTER (WHERE state = 'dead'),
                     count(*) FILTER (WHERE state = 'cancelled')
              FROM jobs
-             WHERE {condition} AND finished_at >= $2
+             WHERE {condition} AND state IN ({finished}) AND finished_at >= $2
              GROUP BY 1, 2"
         ))
         .bind(tenant)
@@ -119,7 +129,7 @@ impl Queues {
             "SELECT queue, percentile_cont(0.95) WITHIN GROUP (
                         ORDER BY EXTRACT(EPOCH FROM started_at - run_at)::float8)
              FROM jobs
-             WHERE {condition} AND finished_at >= $2
+             WHERE {condition} AND state IN ({finished}) AND finished_at >= $2
                AND started_at IS NOT NULL AND started_at >= run_at
              GROUP BY queue"
         ))
@@ -133,16 +143,6 @@ impl Queues {
         Ok(Queue::ALL
             .into_iter()
             .map(|queue| {
-                let depth = JobState::ALL
-                    .into_iter()
-                    .map(|state| {
-                        let n = depths
-                            .iter()
-                            .find(|row| row.0 == queue.as_str() && row.1 == state.as_str())
-                            .map_or(0, |row| row.2);
-                        (state, n)
-                    })
-                    .collect();
                 let throughput: Vec<Minute> = (0..STATS_MINUTES)
                     .map(|i| {
                         let minute = first_minute + TimeDelta::minutes(i);
@@ -163,9 +163,24 @@ impl Queues {
                             )
                     })
                     .collect();
-                let (succeeded, dead) = throughput
-                    .iter()
-                    .fold((0, 0), |(s, d), m| (s + m.succeeded, d + m.dead));
+                let finished = |count: fn(&Minute) -> i64| throughput.iter().map(count).sum();
+                let (succeeded, dead): (i64, i64) =
+                    (finished(|m| m.succeeded), finished(|m| m.dead));
+                let depth = JobState::ALL
+                    .into_iter()
+                    .map(|state| {
+                        let n = match state {
+                            JobState::Succeeded => succeeded,
+                            JobState::Dead => dead,
+                            JobState::Cancelled => finished(|m| m.cancelled),
+                            live => depths
+                                .iter()
+                                .find(|row| row.0 == queue.as_str() && row.1 == live.as_str())
+                                .map_or(0, |row| row.2),
+                        };
+                        (state, n)
+                    })
+                    .collect();
                 QueueStats {
                     queue,
                     paused: paused.contains(&queue),
@@ -178,4 +193,11 @@ impl Queues {
             })
             .collect())
     }
+}
+
+/// `states` as the items of an SQL `IN` list. Written into statements rather than bound, so
+/// that every plan knows how few rows the list selects.
+fn sql_list(states: impl IntoIterator<Item = JobState>) -> String {
+    let quoted: Vec<String> = states.into_iter().map(|s| format!("'{s}'")).collect();
+    quoted.join(", ")
 }

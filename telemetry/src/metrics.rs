@@ -105,6 +105,14 @@ pub static STALE_WRITES_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["queue"],
     )
 });
+pub static RETENTION_DELETED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "taskfleet_retention_deleted_total",
+        "Rows the leader's job cleaner deleted past their retention, by table (jobs, job_events, \
+         schedule_firings).",
+        &["table"],
+    )
+});
 
 // --- Reported by the API ---
 
@@ -120,7 +128,9 @@ pub static HTTP_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static QUEUE_JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
         "taskfleet_queue_jobs",
-        "Jobs in the ledger by queue and state (same on every API replica: aggregate with max).",
+        "Jobs in the ledger by queue and state: every scheduled, queued, running and retrying \
+         job, and the succeeded, dead and cancelled ones that finished in the last 15 minutes \
+         (same on every API replica: aggregate with max).",
         &["queue", "state"],
     )
 });
@@ -207,6 +217,7 @@ pub fn register_worker() {
         Box::new(JOBS_DISPATCHED.clone()),
         Box::new(LEASES_RECLAIMED.clone()),
         Box::new(STALE_WRITES_REJECTED.clone()),
+        Box::new(RETENTION_DELETED.clone()),
         Box::new(PROVIDER_REQUEST_DURATION.clone()),
         Box::new(PROVIDER_CIRCUIT_STATE.clone()),
         Box::new(LLM_TOKENS.clone()),

@@ -99,6 +99,63 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The template every test database is copied from, in this test binary.
+static MIGRATED_TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+fn database_url(admin: &str, database: &str) -> String {
+    format!("{}/{database}", admin.rsplit_once('/').unwrap().0)
+}
+
+/// A database with every migration applied, named after the migrations (versions and
+/// checksums), made once for all test binaries: a test's database is a copy of it
+/// (`CREATE DATABASE … TEMPLATE`), which costs a file copy where applying the migrations
+/// cost a statement each.
+async fn migrated_template(admin: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut migrations = std::collections::hash_map::DefaultHasher::new();
+    for migration in taskfleet_storage::db::MIGRATOR.iter() {
+        (migration.version, &migration.checksum[..]).hash(&mut migrations);
+    }
+    let template = format!("tf_template_{:016x}", migrations.finish());
+    let mut conn = PgConnection::connect(admin)
+        .await
+        .expect("Postgres answers");
+    // Test binaries run side by side: one of them makes the template, the others wait.
+    sqlx::query("SELECT pg_advisory_lock(hashtext('taskfleet test template'))")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Marked a template only once it is whole, so one left half made is made again.
+    let ready: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate)",
+    )
+    .bind(&template)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    if !ready {
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {template}"),
+            format!("CREATE DATABASE {template}"),
+        ] {
+            sqlx::query(&statement).execute(&mut conn).await.unwrap();
+        }
+        let db = taskfleet_storage::Db::connect_lazy(&database_url(admin, &template), 1).unwrap();
+        db.migrate().await.expect("migrations apply");
+        // A template cannot be copied while anyone is connected to it.
+        db.pool.close().await;
+        sqlx::query(&format!("ALTER DATABASE {template} WITH IS_TEMPLATE true"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('taskfleet test template'))")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    template
+}
+
 /// One test's private slice of Postgres and Redis, plus the processes it started.
 pub struct TestEnv {
     pub database_url: String,
@@ -130,16 +187,18 @@ impl TestEnv {
     pub async fn new() -> TestEnv {
         let database = format!("tf_test_{}", Uuid::new_v4().simple());
         let admin = admin_database_url();
+        let template = MIGRATED_TEMPLATE
+            .get_or_init(|| migrated_template(&admin))
+            .await;
         let mut conn = PgConnection::connect(&admin)
             .await
             .expect("Postgres answers");
-        sqlx::query(&format!("CREATE DATABASE {database}"))
+        sqlx::query(&format!("CREATE DATABASE {database} TEMPLATE {template}"))
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let database_url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
+        let database_url = database_url(&admin, &database);
         let db = taskfleet_storage::Db::connect_lazy(&database_url, 8).unwrap();
-        db.migrate().await.expect("migrations apply");
         let redis = taskfleet_storage::redis::connect(&redis_url())
             .await
             .expect("Redis answers");
@@ -787,14 +846,19 @@ impl Sse {
 }
 
 impl TestEnv {
+    /// The fleet's Redis key names under this test's prefix.
+    pub fn keys(&self) -> taskfleet_storage::redis::Keys {
+        taskfleet_storage::redis::Keys::new(&self.redis_prefix)
+    }
+
     /// The index of the child process that holds the leader lease.
     pub async fn leader_index(&self) -> Option<usize> {
         let mut conn = self.redis.clone();
-        let holder: Option<String> = conn
-            .get(format!("{}:lease:leader", self.redis_prefix))
+        let key = self.keys().leader_lease();
+        let holder = taskfleet_storage::Lease::holder(&mut conn, &key)
             .await
             .unwrap();
-        self.worker_index(holder?.split('|').next()?)
+        self.worker_index(&holder?)
     }
 
     /// The child running the worker process called `name` (`host-pid-nonce`).

@@ -365,10 +365,7 @@ async fn purging_probe_jobs_never_hands_out_a_seq_again() {
     ledger.finish_many(&[finish]).await.unwrap();
     let newest = events.sequence(100).await.unwrap().last_seq.unwrap();
 
-    ledger
-        .purge_finished(SYSTEM_TENANT, Duration::ZERO)
-        .await
-        .unwrap();
+    delete_finished_probes(&env).await;
     let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM all_job_events")
         .fetch_all(&env.pool)
         .await
@@ -464,10 +461,7 @@ async fn purging_a_job_takes_its_waiting_events_out_of_shared_batches() {
     };
     ledger.finish_many(&[finish]).await.unwrap();
 
-    ledger
-        .purge_finished(SYSTEM_TENANT, Duration::ZERO)
-        .await
-        .unwrap();
+    delete_finished_probes(&env).await;
     let waiting: Vec<(Option<uuid::Uuid>, String)> =
         sqlx::query_as("SELECT job_id, event FROM all_job_events ORDER BY id")
             .fetch_all(&env.pool)
@@ -631,4 +625,69 @@ async fn a_sleeping_sequencer_numbers_a_new_event_at_once() {
     .await;
     stop.cancel();
     env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_streams_are_bounded_and_a_long_replay_resumes_in_pieces() {
+    let mut env = TestEnv::new().await;
+    let api = env
+        .start_api(&[
+            ("TASKFLEET_SSE_STREAMS_PER_TENANT", "2"),
+            ("TASKFLEET_SSE_REPLAY_MAX", "3"),
+        ])
+        .await;
+    env.start_worker(&[]);
+    let key = env.create_key("acme");
+    let other = env.create_key("globex");
+    let id = api
+        .submit(&key, json!({"kind": "executor.run", "tool": "noop"}))
+        .await;
+    api.wait_finished(&key, id, WITHIN).await;
+
+    // The job has four events (enqueued, dispatched, started, succeeded): a replay of three
+    // at most ends after three, and resuming from the last gives the rest, without a gap.
+    let path = format!("/v1/jobs/{id}/events");
+    let (status, stream) = api.sse(&key, &path, None).await;
+    assert_eq!(status, 200);
+    let mut seen = stream.unwrap().collect(WITHIN).await;
+    assert_eq!(seen.len(), 3);
+    let last = seen.last().unwrap().id;
+    let (status, rest) = api.sse(&key, &path, Some(last)).await;
+    assert_eq!(status, 200);
+    seen.extend(rest.unwrap().collect(WITHIN).await);
+    assert_eq!(
+        names(&seen),
+        [
+            "job_enqueued",
+            "job_dispatched",
+            "job_started",
+            "job_succeeded"
+        ]
+    );
+
+    // Those streams ended and gave their places back: two open, a third is refused.
+    // Another tenant's streams are counted apart.
+    let (first, _first) = api.sse(&key, "/v1/events", None).await;
+    let (second, _second) = api.sse(&key, "/v1/events", None).await;
+    assert_eq!((first, second), (200, 200));
+    let (status, refused) = api.sse(&key, "/v1/events", None).await;
+    assert_eq!(status, 429);
+    assert!(refused.is_none());
+    let (status, _theirs) = api.sse(&other, "/v1/events", None).await;
+    assert_eq!(status, 200);
+    env.finish().await;
+}
+
+/// Deletes the fleet's finished probe jobs at once, as the leader's cleaner does a minute
+/// after they end.
+async fn delete_finished_probes(env: &TestEnv) {
+    use taskfleet_storage::job_cleaner::{CleanerConfig, JobCleaner};
+    let config = CleanerConfig {
+        probes: Duration::ZERO,
+        ..CleanerConfig::default()
+    };
+    JobCleaner::new(env.pool.clone(), config)
+        .run_once(|_| {})
+        .await
+        .unwrap();
 }

@@ -165,7 +165,7 @@ async fn an_outcome_waiting_for_the_ledger_keeps_its_lease_and_frees_its_slot() 
         "running",
         "its outcome is not written yet"
     );
-    let lease = format!("{}:lease:job:{slow}", env.redis_prefix);
+    let lease = env.keys().job_lease(slow);
     let mut conn = env.redis.clone();
     assert!(
         conn.exists::<_, bool>(&lease).await.unwrap(),

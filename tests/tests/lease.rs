@@ -47,3 +47,48 @@ async fn one_holder_at_a_time_with_growing_epochs() {
     assert_eq!(b.acquire(&mut conn).await.unwrap(), None);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_late_take_under_an_older_epoch_leaves_the_newer_holder_alone() {
+    let env = TestEnv::new().await;
+    let key = format!("{}:lease:job", env.redis_prefix);
+    let ttl = Duration::from_secs(30);
+    let paused = Lease::new(key.clone(), "paused-worker".into(), ttl);
+    let current = Lease::new(key.clone(), "current-worker".into(), ttl);
+    let mut conn = env.redis.clone();
+
+    // The job was started again under epoch 6; the worker of epoch 5 wakes up and takes its
+    // lease late.
+    let taken = Lease::hold_all(&mut conn, &[(current.clone(), 6)])
+        .await
+        .unwrap();
+    assert_eq!(taken, [true]);
+    let taken = Lease::hold_all(&mut conn, &[(paused.clone(), 5)])
+        .await
+        .unwrap();
+    assert_eq!(taken, [false], "an older epoch must not take a newer lease");
+    assert_eq!(
+        Lease::holder(&mut conn, &key).await.unwrap().as_deref(),
+        Some("current-worker")
+    );
+    assert_eq!(
+        Lease::epochs(&mut conn, std::slice::from_ref(&key))
+            .await
+            .unwrap(),
+        [Some(6)]
+    );
+
+    // Taking it again under its own epoch, or under a newer one, works.
+    assert_eq!(
+        Lease::hold_all(&mut conn, &[(current.clone(), 6)])
+            .await
+            .unwrap(),
+        [true]
+    );
+    assert_eq!(
+        Lease::hold_all(&mut conn, &[(paused, 7)]).await.unwrap(),
+        [true]
+    );
+    assert_eq!(Lease::epochs(&mut conn, &[key]).await.unwrap(), [Some(7)]);
+    env.finish().await;
+}

@@ -392,3 +392,76 @@ async fn sigterm_drains_then_hands_back_what_is_left() {
     assert!(names.contains(&"job_handed_back".to_owned()), "{names:?}");
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancellation_whose_signal_was_lost_still_stops_the_running_job() {
+    let (env, api, key) = fleet().await;
+    let hanging = api.submit(&key, fault(json!({"mode": "hang"}))).await;
+    wait_until(Duration::from_secs(20), "the hanging job runs", || async {
+        api.get(&key, &format!("/v1/jobs/{hanging}")).await.1["state"] == "running"
+    })
+    .await;
+    // The request reaches the ledger, but its Redis signal never reaches the worker (Redis
+    // was away when the API sent it).
+    sqlx::query("UPDATE jobs SET cancel_requested_at = now() WHERE id = $1")
+        .bind(hanging)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let done = api
+        .wait_finished(&key, hanging, Duration::from_secs(30))
+        .await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_kills_its_worker_waits_between_rescues_and_dies_stalled() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(FAULTS).await;
+    let worker = [
+        "--fault-injection",
+        "--lease-ttl-ms",
+        "2000",
+        "--leader-ttl-ms",
+        "1000",
+        "--max-stalls",
+        "2",
+    ];
+    let mut index = env.start_worker(&worker);
+    let key = env.create_key("acme");
+    let mut job = fault(json!({"mode": "exit"}));
+    job["max_attempts"] = json!(10);
+    let id = api.submit(&key, job).await;
+
+    let mut crashes = 0;
+    let done = loop {
+        let (_, body) = api.get(&key, &format!("/v1/jobs/{id}")).await;
+        if body["state"] == "dead" {
+            break body;
+        }
+        if !env.is_running(index) {
+            crashes += 1;
+            assert!(crashes <= 2, "the job took down {crashes} workers");
+            index = env.start_worker(&worker);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        done["error"].as_str().unwrap().starts_with("stalled"),
+        "{done}"
+    );
+    assert_eq!(done["attempt"], 2, "{done}");
+
+    // The rescue in between sent it to wait out a retry delay, not back to the queue at once.
+    let retries = events(&env, id, "job_retry_scheduled").await;
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0].1["reason"], "lease expired");
+    let retry_at: DateTime<Utc> = retries[0].1["retry_at"].as_str().unwrap().parse().unwrap();
+    let second_start = events(&env, id, "job_started").await[1].0;
+    assert!(
+        second_start >= retry_at,
+        "started before its retry delay ended"
+    );
+    env.finish().await;
+}

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use taskfleet_storage::{
-    Finish, GroupCommit, Ledger, NewJob, Outcome, Scope, StartedJob, Tenants,
+    Finish, GroupCommit, Ledger, NewJob, Outcome, Rescue, Scope, StartedJob, Tenants,
     group_commit::LINGER_WHILE_CALLERS_WAIT,
 };
 use uuid::Uuid;
@@ -143,15 +143,14 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
         }
     };
     let first = start("worker-a").await;
-    assert_eq!(
-        ledger
-            .reclaim(first.id, first.lease_epoch, "leader")
-            .await
-            .unwrap()
-            .map(|reclaimed| reclaimed.next)
-            .as_deref(),
-        Some("queued")
-    );
+    let rescue = Rescue {
+        id: first.id,
+        epoch: first.lease_epoch,
+        retry_at: chrono::Utc::now(),
+    };
+    let reclaimed = ledger.reclaim_many(&[rescue], 3, "leader").await.unwrap();
+    assert_eq!(reclaimed[0].next, "retrying");
+    assert_eq!(ledger.promote_due(10).await.unwrap(), 1);
     let second = start("worker-b").await;
     assert!(second.lease_epoch > first.lease_epoch);
 

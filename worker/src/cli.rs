@@ -6,7 +6,7 @@ use clap::Parser;
 use taskfleet_agents::AgentSettings;
 use taskfleet_connectors::ProviderSettings;
 use taskfleet_jobs::Queue;
-use taskfleet_storage::EncryptionKeys;
+use taskfleet_storage::{EncryptionKeys, job_cleaner::CleanerConfig};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -16,6 +16,8 @@ use taskfleet_storage::EncryptionKeys;
 pub struct WorkerArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
+    #[command(flatten)]
+    pub postgres: taskfleet_storage::StatementLimits,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Prefix of every Redis key, so several fleets can share one Redis.
@@ -33,18 +35,27 @@ pub struct WorkerArgs {
     #[arg(long, env = "TASKFLEET_CONCURRENCY", default_value = "16")]
     pub concurrency: Concurrency,
     /// Most jobs of one queue held in Redis at a time; the rest wait in the ledger.
-    #[arg(long, env = "TASKFLEET_DISPATCH_WINDOW", default_value_t = 500)]
+    #[arg(long, env = "TASKFLEET_DISPATCH_WINDOW", default_value_t = 500,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub dispatch_window: i64,
     /// A dispatched job not started after this many seconds is pushed to Redis again.
-    #[arg(long, env = "TASKFLEET_REDISPATCH_AFTER_SECS", default_value_t = 30)]
+    #[arg(long, env = "TASKFLEET_REDISPATCH_AFTER_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub redispatch_after_secs: u64,
     /// Time-to-live of the leader lease, in milliseconds; renewed every third of it.
-    #[arg(long, env = "TASKFLEET_LEADER_TTL_MS", default_value_t = 10_000)]
+    #[arg(long, env = "TASKFLEET_LEADER_TTL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(300..))]
     pub leader_ttl_ms: u64,
     /// Time-to-live of a running job's lease, in milliseconds; heartbeated every third of it.
     /// A job whose worker stops heartbeating runs again after about this long.
-    #[arg(long, env = "TASKFLEET_LEASE_TTL_MS", default_value_t = 30_000)]
+    #[arg(long, env = "TASKFLEET_LEASE_TTL_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(300..))]
     pub lease_ttl_ms: u64,
+    /// A job whose worker went silent (its lease lapsed) this many times is dead, with an
+    /// error starting `stalled`: a job that kills its process stops taking workers down.
+    #[arg(long, env = "TASKFLEET_MAX_STALLS", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub max_stalls: i32,
     /// How long an idempotency key keeps returning its first job, in seconds.
     #[arg(
         long,
@@ -52,6 +63,38 @@ pub struct WorkerArgs {
         default_value_t = 86_400
     )]
     pub idempotency_retention_secs: u64,
+    /// How long a succeeded job is kept, with its events: `30s`, `15m`, `12h`, `7d`.
+    #[arg(
+        long,
+        env = "TASKFLEET_RETENTION_SUCCEEDED",
+        default_value = "1d",
+        value_parser = retention
+    )]
+    pub retention_succeeded: Duration,
+    /// How long a cancelled job is kept, with its events.
+    #[arg(
+        long,
+        env = "TASKFLEET_RETENTION_CANCELLED",
+        default_value = "7d",
+        value_parser = retention
+    )]
+    pub retention_cancelled: Duration,
+    /// How long a dead job is kept, with its events.
+    #[arg(
+        long,
+        env = "TASKFLEET_RETENTION_DEAD",
+        default_value = "30d",
+        value_parser = retention
+    )]
+    pub retention_dead: Duration,
+    /// Firings kept per schedule, the newest; older ones are deleted.
+    #[arg(
+        long,
+        env = "TASKFLEET_RETENTION_FIRINGS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(i64).range(1..)
+    )]
+    pub retention_firings: i64,
     /// Admit the `fault` executor tool (failure injection for tests). Never in production.
     #[arg(long, env = "TASKFLEET_FAULT_INJECTION", default_value_t = false)]
     pub fault_injection: bool,
@@ -80,6 +123,43 @@ impl WorkerArgs {
 
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// The job cleaner's settings.
+    pub fn retention(&self) -> CleanerConfig {
+        CleanerConfig {
+            succeeded: self.retention_succeeded,
+            cancelled: self.retention_cancelled,
+            dead: self.retention_dead,
+            firings_per_schedule: self.retention_firings,
+            ..CleanerConfig::default()
+        }
+    }
+}
+
+/// The longest retention: Postgres computes `now()` minus it, which must stay a date.
+const LONGEST_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// A retention period: a whole number of seconds, minutes, hours or days (`30s`, `15m`,
+/// `12h`, `7d`), more than none and at most ten years.
+fn retention(s: &str) -> Result<Duration, String> {
+    let invalid = || format!("`{s}` is not a period such as 30s, 15m, 12h or 7d");
+    let digits = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().map_err(|_| invalid())?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        _ => return Err(invalid()),
+    };
+    match Duration::from_secs(n.saturating_mul(unit)) {
+        Duration::ZERO => Err("a retention must be longer than none".to_owned()),
+        period if period > LONGEST_RETENTION => {
+            Err("a retention can be at most 3650d (ten years)".to_owned())
+        }
+        period => Ok(period),
     }
 }
 
@@ -139,5 +219,18 @@ mod tests {
         );
         assert!("0".parse::<Concurrency>().is_err());
         assert!("mail=3".parse::<Concurrency>().is_err());
+    }
+
+    #[test]
+    fn retentions_are_whole_periods_and_default_to_the_cleaners() {
+        assert_eq!(retention("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(retention("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(retention("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(retention("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for wrong in ["", "7", "d", "1.5h", "-1d", "7 d", "1w", "0s", "3651d"] {
+            assert!(retention(wrong).is_err(), "{wrong:?} accepted");
+        }
+        let args = WorkerArgs::parse_from(["taskfleet-worker", "--database-url", "postgres://"]);
+        assert_eq!(args.retention(), CleanerConfig::default());
     }
 }

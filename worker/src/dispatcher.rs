@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 const BUSY_PAUSE: Duration = Duration::from_millis(10);
 /// Longest sleep with nothing to do; a wake-up or a due `run_at` ends it sooner.
 const IDLE_PAUSE: Duration = Duration::from_secs(1);
+/// Most scheduled and retrying jobs moved into `queued` by one round as they fall due.
+const PROMOTE_AT_ONCE: i64 = 10_000;
 /// How often dispatched-but-never-started jobs are looked for.
 const STALE_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -89,23 +91,26 @@ impl Dispatcher {
             Ok(Some(next)) => (next - Utc::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO)
-                .min(IDLE_PAUSE),
+                .clamp(BUSY_PAUSE, IDLE_PAUSE),
             _ => IDLE_PAUSE,
         }
     }
 
-    /// One pass over the queues with due work. Returns true when some queue's window filled
-    /// up while more work was due, i.e. another round should follow at once.
+    /// One pass over the queues with due work, after moving what fell due meanwhile into
+    /// `queued`. Returns true when more work was due than one round could take (a window
+    /// filled up, or more jobs fell due than one promotion moves), i.e. another round should
+    /// follow at once.
     pub async fn round(&mut self, sweep_stale: bool) -> anyhow::Result<bool> {
         if sweep_stale {
             self.sweep_stale().await?;
         }
+        let promoted = self.ledger.promote_due(PROMOTE_AT_ONCE).await?;
         let due = self.ledger.queues_with_due_work().await?;
         if due.is_empty() {
-            return Ok(false);
+            return Ok(promoted == PROMOTE_AT_ONCE as u64);
         }
         // The window is sized from Redis: counting it in the ledger reads every dead index
-        // entry a burst leaves behind, and was the costliest query of a busy round.
+        // entry a burst leaves behind, too costly for every round (ADR 0007).
         let waiting = tf_redis::waiting(&mut self.conn, &self.keys, &due).await?;
         let mut saturated = false;
         for (queue, waiting) in due.into_iter().zip(waiting) {
@@ -119,7 +124,7 @@ impl Dispatcher {
                 self.push(queue, &dispatched).await?;
             }
         }
-        Ok(saturated)
+        Ok(saturated || promoted == PROMOTE_AT_ONCE as u64)
     }
 
     /// Pushes again the jobs the ledger counts in a window whose Redis copies are gone:

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use taskfleet_storage::{EventLog, redis::Keys};
+use taskfleet_storage::{EventLog, redis as tf_redis, redis::Keys};
 use tokio_util::sync::CancellationToken;
 
 use crate::notifications::woken_by;
@@ -23,8 +23,6 @@ const ROUND_SPACING: Duration = Duration::from_millis(10);
 /// runs at least this often, so an event whose notification was lost (the listening
 /// connection broke meanwhile) waits no longer.
 pub const WAKE_FALLBACK: Duration = Duration::from_secs(1);
-/// The Redis stream keeps about this many recent rounds; readers need only the newest.
-const STREAM_LENGTH: usize = 10_000;
 
 pub struct EventSequencer {
     pub events: EventLog,
@@ -76,16 +74,7 @@ impl EventSequencer {
     }
 
     async fn announce(&mut self, last_seq: i64) -> anyhow::Result<()> {
-        let _: String = redis::cmd("XADD")
-            .arg(self.keys.event_stream())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(STREAM_LENGTH)
-            .arg("*")
-            .arg("seq")
-            .arg(last_seq)
-            .query_async(&mut self.conn)
-            .await?;
+        tf_redis::announce_numbered(&mut self.conn, &self.keys, last_seq).await?;
         Ok(())
     }
 }

@@ -49,10 +49,9 @@ const MAX_UNRECORDED: usize = 20_000;
 /// an outcome's answer, so lingering costs only how soon a finished job reads as finished,
 /// and buys statements of many outcomes instead of a dozen.
 const OUTCOME_LINGER: Duration = Duration::from_millis(20);
-/// How long the start writer, while busy, waits for more starts. Executors wait for their
-/// starts, and since outcomes no longer hold the slots, the 2 ms the API's submissions
-/// linger cost the burn-down more than the bigger batches saved (1 ms drained 4–9% more in
-/// paired runs; not waiting at all, 8% less than 1 ms; ADR 0007).
+/// How long the start writer, while busy, waits for more starts. Executors sit idle while
+/// they wait for their starts, so this is shorter than the API's submissions linger; not
+/// waiting at all would write batches too small (ADR 0007).
 const START_LINGER: Duration = Duration::from_millis(1);
 
 /// Counts a running job in `taskfleet_worker_active_jobs` while its handler runs, however
@@ -134,10 +133,18 @@ impl JobLeases {
         let leases: Vec<(Lease, u64)> = started
             .map(|job| (self.lease(job.id), job.lease_epoch as u64))
             .collect();
-        if let Err(err) = Lease::hold_all(&mut self.redis.clone(), &leases).await {
+        match Lease::hold_all(&mut self.redis.clone(), &leases).await {
+            // A lease held under a newer epoch stays with that attempt: this one's heartbeat
+            // finds the lease not its own and stops it.
+            Ok(taken) => {
+                let refused = taken.iter().filter(|taken| !**taken).count();
+                if refused > 0 {
+                    tracing::warn!(jobs = refused, "job leases held under newer epochs");
+                }
+            }
             // Each job's heartbeat finds its lease missing and stops the job; the reclaimer
             // runs it again once Redis answers.
-            tracing::warn!(%err, jobs = leases.len(), "could not take the job leases");
+            Err(err) => tracing::warn!(%err, jobs = leases.len(), "could not take the job leases"),
         }
     }
 
@@ -349,6 +356,12 @@ impl JobExecutor {
                     return None;
                 }
                 Err(err) => {
+                    if !self.starts.is_alive() || !self.finishes.is_alive() {
+                        // Nothing could be started or recorded again: better a restart by
+                        // the supervisor, the leases of running jobs lapsing to the reclaimer.
+                        tracing::error!("a ledger writer stopped; exiting for a restart");
+                        std::process::exit(70);
+                    }
                     tracing::warn!(%job_id, %err, "could not start the job; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return None,

@@ -11,8 +11,8 @@ use taskfleet_connectors::Providers;
 use taskfleet_jobs::{Dispatch, EventName, Queue};
 use taskfleet_storage::{
     Budgets, Connectors, Conversations, Db, EventLog, Lease, Ledger, LlmProviders, Queues,
-    Schedules, Tasks, WorkerInfo, Workers, redis as tf_redis, redis::Keys, wait_for,
-    workers::HEARTBEAT_EVERY,
+    Schedules, Tasks, WorkerInfo, Workers, job_cleaner::JobCleaner, redis as tf_redis, redis::Keys,
+    wait_for, workers::HEARTBEAT_EVERY,
 };
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
@@ -79,7 +79,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .map_err(|message| anyhow::anyhow!(message))?;
     let agents = Agents::open(args.agents.clone()).await?;
     let identity = process_identity();
-    let db = Db::connect_lazy(&args.database_url, 16).context("DATABASE_URL is not valid")?;
+    let db = Db::connect_lazy_limited(&args.database_url, 16, args.postgres)
+        .context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
         .await
         .context("the database cannot be migrated by this build")?;
@@ -303,12 +304,13 @@ fn leader_duties(
             keys.clone(),
             identity.to_owned(),
         );
-        let lease_ttl = args.lease_ttl();
+        let (lease_ttl, max_stalls) = (args.lease_ttl(), args.max_stalls);
         Arc::new(move || Reclaimer {
             ledger: ledger.clone(),
             conn: conn.clone(),
             keys: keys.clone(),
             lease_ttl,
+            max_stalls,
             actor: actor.clone(),
         })
     };
@@ -346,6 +348,7 @@ fn leader_duties(
             ledger: ledger.clone(),
             workers: Workers::new(ledger.pool().clone()),
             idempotency_retention: Duration::from_secs(args.idempotency_retention_secs),
+            cleaner: JobCleaner::new(ledger.pool().clone(), args.retention()),
         },
     )
 }

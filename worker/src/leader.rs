@@ -7,7 +7,10 @@
 use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
-use taskfleet_storage::{Lease, Ledger, Workers, tenants::SYSTEM_TENANT};
+use taskfleet_storage::{
+    Lease, Ledger, Workers,
+    job_cleaner::{Deleted, JobCleaner},
+};
 use taskfleet_telemetry::metrics;
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -17,11 +20,9 @@ use crate::{
     scheduler::Scheduler,
 };
 
-/// Finished `/readyz` probe jobs are kept this long.
-const PROBE_RETENTION: Duration = Duration::from_secs(60);
 /// Workers not heard from for this long leave the registry.
 const WORKER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How often ledger retention (idempotency keys, probe jobs, old workers) runs.
+/// How often ledger retention (idempotency keys, finished jobs, firings, old workers) runs.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// What a leader runs; built anew each time this process becomes leader.
@@ -104,13 +105,14 @@ async fn step_down(
     }
 }
 
-/// Retention chores: idempotency keys past their retention window, finished readiness probe
-/// jobs, long-gone workers.
+/// Retention chores: idempotency keys past their retention window, finished jobs and old
+/// schedule firings (the job cleaner), long-gone workers.
 #[derive(Clone)]
 pub struct Housekeeping {
     pub ledger: Ledger,
     pub workers: Workers,
     pub idempotency_retention: Duration,
+    pub cleaner: JobCleaner,
 }
 
 impl Housekeeping {
@@ -125,12 +127,22 @@ impl Housekeeping {
                 Ok(n) => tracing::info!(jobs = n, "idempotency keys past retention freed"),
                 Err(err) => tracing::warn!(%err, "could not expire idempotency keys"),
             }
-            let probes = self
-                .ledger
-                .purge_finished(SYSTEM_TENANT, PROBE_RETENTION)
-                .await;
-            if let Err(err) = probes {
-                tracing::warn!(%err, "could not delete finished readiness probe jobs");
+            // A long pass (a large backlog of old jobs) must not hold up stepping down.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                cleaned = self.cleaner.run_once(count_deleted) => match cleaned {
+                    Ok(cleaned) if cleaned.batches > 0 => tracing::info!(
+                        jobs = cleaned.deleted.jobs,
+                        events = cleaned.deleted.events,
+                        firings = cleaned.deleted.firings,
+                        batches = cleaned.batches,
+                        "deleted what outlived its retention"
+                    ),
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(%err, "could not delete what outlived its retention")
+                    }
+                },
             }
             if let Err(err) = self.workers.forget_older_than(WORKER_RETENTION).await {
                 tracing::warn!(%err, "could not forget long-gone workers");
@@ -140,5 +152,17 @@ impl Housekeeping {
                 _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
             }
         }
+    }
+}
+
+fn count_deleted(deleted: Deleted) {
+    for (table, n) in [
+        ("jobs", deleted.jobs),
+        ("job_events", deleted.events),
+        ("schedule_firings", deleted.firings),
+    ] {
+        metrics::RETENTION_DELETED
+            .with_label_values(&[table])
+            .inc_by(n);
     }
 }

@@ -1,22 +1,31 @@
 //! The reclaimer (River's job rescuer plays this role), run by the leader: a running job
 //! whose lease is gone (its worker died, stalled, or lost Redis) is taken back under its
-//! epoch and runs again; its old holder can no longer record anything.
+//! epoch and runs again after its retry delay; its old holder can no longer record anything.
+//! It also carries cancellations through: a running job whose cancellation the ledger holds
+//! is signalled again until it stops, since one Redis message may have been lost.
 
 use std::time::Duration;
 
+use chrono::Utc;
 use redis::aio::ConnectionManager;
-use taskfleet_storage::{Lease, Ledger, redis as tf_redis, redis::Keys};
+use taskfleet_jobs::{Queue, RetryPolicy};
+use taskfleet_storage::{Lease, Ledger, Rescue, RunningJob, redis as tf_redis, redis::Keys};
 use taskfleet_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
-/// Leases are checked this many at a time (one `MGET`).
-const CHUNK: usize = 1_000;
+/// Jobs looked at per page: their leases are read with one `MGET` and the expired ones taken
+/// back with one statement.
+const PAGE: i64 = 1_000;
+/// A cancellation asked this long ago whose job still runs is signalled again.
+const RESIGNAL_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Reclaimer {
     pub ledger: Ledger,
     pub conn: ConnectionManager,
     pub keys: Keys,
     pub lease_ttl: Duration,
+    /// Stalls after which a job is dead ([`Ledger::reclaim_many`]).
+    pub max_stalls: i32,
     /// Names the reclaimer in events.
     pub actor: String,
 }
@@ -33,6 +42,9 @@ impl Reclaimer {
                 }
                 Err(err) => tracing::warn!(%err, "reclaim sweep failed"),
             }
+            if let Err(err) = self.resignal_cancellations().await {
+                tracing::warn!(%err, "cancellation sweep failed");
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(self.lease_ttl / 2) => {}
@@ -40,36 +52,92 @@ impl Reclaimer {
         }
     }
 
-    /// Reclaims every job running for longer than a ttl without a lease under its epoch.
+    /// Reclaims every job running for longer than a ttl without a lease under its epoch,
+    /// a page at a time; returns how many.
     pub async fn sweep(&mut self) -> anyhow::Result<usize> {
-        // A job started less than a ttl ago may not have taken its lease yet.
-        let candidates = self.ledger.running_longer_than(self.lease_ttl).await?;
         let mut reclaimed = 0;
-        for chunk in candidates.chunks(CHUNK) {
-            let lease_keys: Vec<String> = chunk
-                .iter()
-                .map(|(id, _)| self.keys.job_lease(*id))
-                .collect();
-            let held = Lease::epochs(&mut self.conn, &lease_keys).await?;
-            for (&(id, epoch), held) in chunk.iter().zip(held) {
-                if held == Some(epoch as u64) {
-                    continue;
-                }
-                if let Some(job) = self.ledger.reclaim(id, epoch, &self.actor).await? {
-                    tracing::info!(%id, epoch, next = %job.next, "lease expired; job reclaimed");
-                    metrics::LEASES_RECLAIMED
-                        .with_label_values(&[job.queue.as_str()])
-                        .inc();
-                    // Out of attempts, or cancelled meanwhile: the attempt ends here.
-                    if let Some(outcome) = metrics::outcome_of(&job.next) {
-                        metrics::JOBS
-                            .with_label_values(&[job.queue.as_str(), job.kind.as_str(), outcome])
-                            .inc();
-                    }
-                    reclaimed += 1;
-                }
+        let mut after = None;
+        loop {
+            // A job started less than a ttl ago may not have taken its lease yet.
+            let page = self
+                .ledger
+                .running_longer_than(self.lease_ttl, after, PAGE)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(reclaimed);
+            };
+            after = Some((last.started_at, last.id));
+            reclaimed += self.reclaim_lapsed(&page).await?;
+            if (page.len() as i64) < PAGE {
+                return Ok(reclaimed);
             }
         }
-        Ok(reclaimed)
+    }
+
+    /// Takes back the jobs of `page` whose leases are gone or held under another epoch.
+    async fn reclaim_lapsed(&mut self, page: &[RunningJob]) -> anyhow::Result<usize> {
+        let lease_keys: Vec<String> = page.iter().map(|job| self.keys.job_lease(job.id)).collect();
+        let held = Lease::epochs(&mut self.conn, &lease_keys).await?;
+        let rescues = Self::rescues(page, held);
+        if rescues.is_empty() {
+            return Ok(0);
+        }
+        let reclaimed = self
+            .ledger
+            .reclaim_many(&rescues, self.max_stalls, &self.actor)
+            .await?;
+        for job in &reclaimed {
+            tracing::info!(id = %job.id, next = %job.next, "lease expired; job reclaimed");
+            metrics::LEASES_RECLAIMED
+                .with_label_values(&[job.queue.as_str()])
+                .inc();
+            if let Some(outcome) = metrics::outcome_of(&job.next) {
+                metrics::JOBS
+                    .with_label_values(&[job.queue.as_str(), job.kind.as_str(), outcome])
+                    .inc();
+            }
+        }
+        Ok(reclaimed.len())
+    }
+
+    /// The jobs of `page` whose leases (`held`, in order) are gone or under another epoch,
+    /// each to run again after the delay a failed attempt would wait.
+    fn rescues(page: &[RunningJob], held: Vec<Option<u64>>) -> Vec<Rescue> {
+        let now = Utc::now();
+        let mut rng = rand::rng();
+        page.iter()
+            .zip(held)
+            .filter(|(job, held)| *held != Some(job.lease_epoch as u64))
+            .map(|(job, _)| {
+                // A stall is a failed attempt: it waits the delay a failure would.
+                let delay = job.queue.parse::<Queue>().map_or(Duration::ZERO, |queue| {
+                    RetryPolicy::for_queue(queue).delay(job.attempt.max(1) as u32, &mut rng)
+                });
+                Rescue {
+                    id: job.id,
+                    epoch: job.lease_epoch,
+                    retry_at: now + delay,
+                }
+            })
+            .collect()
+    }
+
+    /// Signals again the workers of running jobs whose cancellation the ledger holds, and
+    /// ends any job not running that still carries a request.
+    async fn resignal_cancellations(&mut self) -> anyhow::Result<()> {
+        let sweep = self
+            .ledger
+            .sweep_cancellations(RESIGNAL_AFTER, PAGE, &self.actor)
+            .await?;
+        if !sweep.ended.is_empty() {
+            tracing::info!(
+                jobs = sweep.ended.len(),
+                "ended waiting jobs whose cancellation was asked"
+            );
+        }
+        for id in sweep.running {
+            tf_redis::request_cancel(&mut self.conn, &self.keys, id).await?;
+        }
+        Ok(())
     }
 }

@@ -26,7 +26,10 @@ use apalis_core::backend::{BackendConfig, finalize::Ephemeral};
 use futures::{FutureExt, future::BoxFuture};
 use redis::aio::ConnectionManager;
 use taskfleet_jobs::{Dispatch, Queue};
-use taskfleet_storage::redis::{Keys, RedisError, job_ids};
+use taskfleet_storage::{
+    redis as tf_redis,
+    redis::{Keys, RedisError},
+};
 use tokio::{task::JoinHandle, time::Sleep};
 use uuid::Uuid;
 
@@ -93,18 +96,7 @@ impl RedisQueue {
         let (mut fetches, conn) = (self.fetches.clone(), self.conn.clone());
         let (list, worker) = (self.list.clone(), worker.clone());
         tokio::spawn(async move {
-            // Answers at once with up to `count` ids, or as soon as one arrives, or nil once
-            // the block is over.
-            let popped: Option<(String, Vec<String>)> = redis::cmd("BLMPOP")
-                .arg(BLOCK.as_secs_f64())
-                .arg(1)
-                .arg(&list)
-                .arg("LEFT")
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut fetches)
-                .await?;
-            let ids = job_ids(&list, popped.map(|(_, ids)| ids).unwrap_or_default());
+            let ids = tf_redis::take_jobs(&mut fetches, &list, BLOCK, count).await?;
             if worker.is_shutting_down() && !ids.is_empty() {
                 put_back(conn, list, ids).await;
                 return Ok(Vec::new());
@@ -235,17 +227,7 @@ impl Drop for RedisQueue {
 
 /// Puts `ids` back at the head of `list`, in order.
 async fn put_back(mut conn: ConnectionManager, list: String, ids: Vec<Uuid>) {
-    if ids.is_empty() {
-        return;
-    }
-    // `LPUSH` puts each argument at the head in turn: the last one given ends first.
-    let reversed: Vec<String> = ids.iter().rev().map(Uuid::to_string).collect();
-    let given_back: Result<i64, RedisError> = redis::cmd("LPUSH")
-        .arg(&list)
-        .arg(&reversed)
-        .query_async(&mut conn)
-        .await;
-    if let Err(err) = given_back {
+    if let Err(err) = tf_redis::put_back(&mut conn, &list, &ids).await {
         tracing::warn!(%err, jobs = ids.len(), "could not give fetched jobs back; the dispatcher's sweep pushes them again");
     }
 }

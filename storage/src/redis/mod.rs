@@ -1,14 +1,24 @@
-//! Redis connections and key names.
+//! Redis: connections and key names here, and the fleet's protocol in one module each: the
+//! queues' lists ([`queue_lists`]), the event stream ([`event_stream`]) and the signals
+//! between processes ([`signals`]); leases are in [`crate::lease`].
 //!
 //! Every connection is built here with timeouts and reconnect back-off chosen for a fleet that
 //! must ride out a Redis restart (apalis-redis's own `connect()`, with a 500 ms response
 //! timeout, was DESIGN.md hazard 6).
 
+pub mod event_stream;
+pub mod queue_lists;
+pub mod signals;
+
+pub use event_stream::{announce_numbered, read_numbered};
+pub use queue_lists::{job_ids, push_jobs, put_back, take_jobs, waiting, waiting_ids};
+pub use signals::{clear_cancel, request_cancel, wake_dispatcher};
+
 use std::time::Duration;
 
 use futures::StreamExt;
 use redis::{
-    AsyncCommands, Client,
+    Client,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 use taskfleet_jobs::Queue;
@@ -95,112 +105,6 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
         .set_number_of_retries(6)
         .set_max_delay(Duration::from_secs(2));
     client.get_connection_manager_with_config(config).await
-}
-
-/// Tells the dispatcher that new work was accepted. Best effort: the dispatcher also polls,
-/// so a lost wake-up delays dispatch by one poll interval and loses nothing.
-pub async fn wake_dispatcher(conn: &mut ConnectionManager, keys: &Keys) {
-    let published: Result<i64, _> = conn.publish(keys.dispatch_wake_channel(), 1).await;
-    if let Err(err) = published {
-        tracing::debug!(%err, "could not publish a dispatcher wake-up");
-    }
-}
-
-/// Appends `jobs` to `queue`'s list; workers waiting on it take them at once.
-pub async fn push_jobs(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    queue: Queue,
-    jobs: &[uuid::Uuid],
-) -> Result<(), RedisError> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<String> = jobs.iter().map(uuid::Uuid::to_string).collect();
-    let _: i64 = conn.rpush(keys.queue_list(queue), ids).await?;
-    Ok(())
-}
-
-/// How many dispatched ids of each of `queues` wait in Redis, not yet taken by a worker.
-/// One round trip.
-pub async fn waiting(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    queues: &[Queue],
-) -> Result<Vec<i64>, RedisError> {
-    // Redis refuses an empty pipeline.
-    if queues.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for &queue in queues {
-        pipe.llen(keys.queue_list(queue));
-    }
-    pipe.query_async(conn).await
-}
-
-/// The ids waiting in each of `queues`' lists. One round trip; each list is at most a
-/// dispatch window long.
-pub async fn waiting_ids(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    queues: &[Queue],
-) -> Result<Vec<Vec<uuid::Uuid>>, RedisError> {
-    if queues.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for &queue in queues {
-        pipe.lrange(keys.queue_list(queue), 0, -1);
-    }
-    let lists: Vec<Vec<String>> = pipe.query_async(conn).await?;
-    Ok(queues
-        .iter()
-        .zip(lists)
-        .map(|(&queue, ids)| job_ids(&keys.queue_list(queue), ids))
-        .collect())
-}
-
-/// The job ids among entries read from `list`; anything else is logged and skipped.
-pub fn job_ids(list: &str, entries: Vec<String>) -> Vec<uuid::Uuid> {
-    entries
-        .into_iter()
-        .filter_map(|entry| match entry.parse() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                tracing::warn!(%list, %entry, "skipping an entry that is not a job id");
-                None
-            }
-        })
-        .collect()
-}
-
-/// Asks the worker running `job_id` to stop it: a flag its heartbeat reads (kept a day, past
-/// any lease), and a message for an immediate stop.
-pub async fn request_cancel(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    job_id: uuid::Uuid,
-) -> Result<(), RedisError> {
-    let () = redis::pipe()
-        .set_ex(keys.cancel_flag(job_id), 1, 86_400)
-        .ignore()
-        .publish(keys.cancel_channel(), job_id.to_string())
-        .ignore()
-        .query_async(conn)
-        .await?;
-    Ok(())
-}
-
-/// Removes a cancellation flag once it has been acted on (or the job is retried), so it
-/// cannot stop a later attempt.
-pub async fn clear_cancel(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    job_id: uuid::Uuid,
-) -> Result<(), RedisError> {
-    let _: i64 = conn.del(keys.cancel_flag(job_id)).await?;
-    Ok(())
 }
 
 /// Subscribes to `channel` for as long as the process runs, resubscribing after Redis errors.

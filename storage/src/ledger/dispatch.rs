@@ -1,0 +1,262 @@
+//! Due work into the queues' Redis windows: the dispatcher's statements, and the sweep that
+//! pushes again what Redis lost.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+use taskfleet_jobs::{EventName, Queue};
+use uuid::Uuid;
+
+use super::{Ledger, held_by_pause};
+use crate::events::append_events;
+
+/// A job the dispatcher moved into a queue's Redis window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromRow)]
+pub struct DispatchedJob {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+}
+
+/// A job one pass of the dispatcher moved, with its place among its tenant's jobs of the pass
+/// and the share each tenant had.
+#[derive(Debug, FromRow)]
+struct DispatchedShare {
+    id: Uuid,
+    tenant_id: Uuid,
+    turn: i64,
+    share: i64,
+}
+
+impl Ledger {
+    /// Picks up to `limit` due jobs of `queue` and marks them dispatched, taking tenants in
+    /// turn (each tenant's best job, then each tenant's second best, …) so one tenant's
+    /// backlog cannot starve another. Returned in that fair order.
+    pub async fn dispatch_due(
+        &self,
+        queue: Queue,
+        limit: i64,
+        actor: &str,
+    ) -> sqlx::Result<Vec<DispatchedJob>> {
+        let mut dispatched = Vec::new();
+        loop {
+            let room = limit - dispatched.len() as i64;
+            if room <= 0 {
+                break;
+            }
+            let pass = self.dispatch_shares(queue, room, actor).await?;
+            // A tenant that got its whole share may have more; one that got less has none.
+            let more = pass.iter().any(|job| job.turn == job.share);
+            dispatched.extend(pass.into_iter().map(|job| DispatchedJob {
+                id: job.id,
+                tenant_id: job.tenant_id,
+            }));
+            if !more {
+                break;
+            }
+        }
+        Ok(dispatched)
+    }
+
+    /// One pass of [`Ledger::dispatch_due`]: each tenant with due work in `queue` gets an
+    /// equal share of `room`, so a pass reads about `room` entries of the ready index however
+    /// many tenants wait (each tenant's best `room` jobs, then a pick among them, read tenants
+    /// × `room`). Room a tenant with less than its share leaves is shared out by the next pass.
+    async fn dispatch_shares(
+        &self,
+        queue: Queue,
+        room: i64,
+        actor: &str,
+    ) -> sqlx::Result<Vec<DispatchedShare>> {
+        let ready = format!(
+            "queue = $1 AND dispatched_at IS NULL AND state = 'queued' AND NOT {held}",
+            held = held_by_pause()
+        );
+        let sql = format!(
+            "WITH active AS MATERIALIZED (
+                 -- `LIMIT 1` stops each tenant's look-up at its first ready job: written as
+                 -- `EXISTS`, the planner may join against the whole backlog instead.
+                 SELECT t.id FROM tenants t
+                 CROSS JOIN LATERAL (
+                     SELECT 1 FROM jobs WHERE tenant_id = t.id AND {ready} LIMIT 1
+                 ) AS due
+             ), share AS (
+                 SELECT ceil($2::numeric / greatest(count(*), 1))::int8 AS n FROM active
+             ), picked AS MATERIALIZED (
+                 SELECT j.id, j.turn FROM active t
+                 CROSS JOIN LATERAL (
+                     SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn
+                     FROM jobs
+                     WHERE tenant_id = t.id AND {ready}
+                     ORDER BY priority DESC, run_at, id
+                     LIMIT (SELECT n FROM share)
+                 ) j
+                 ORDER BY j.turn
+                 LIMIT $2
+             ), locked AS (
+                 -- Only the picked jobs are locked, and found by id alone: given the pick's
+                 -- conditions as well, the planner took the ready index (which it believes
+                 -- nearly empty during a burst nobody has analyzed yet) and read the whole
+                 -- backlog for each round. A locked row is its latest version, so the
+                 -- conditions are checked again below, on what the lock returned.
+                 SELECT id, dispatched_at, state FROM jobs
+                 WHERE id = ANY (ARRAY(SELECT id FROM picked))
+                 FOR NO KEY UPDATE SKIP LOCKED
+             ), updated AS (
+                 UPDATE jobs SET dispatched_at = now()
+                 WHERE id = ANY (ARRAY(SELECT id FROM locked
+                                       WHERE dispatched_at IS NULL AND state = 'queued'))
+                 RETURNING id, tenant_id, queue, kind
+             ), events AS ({events})
+             SELECT updated.id, updated.tenant_id, picked.turn, (SELECT n FROM share) AS share
+             FROM updated JOIN picked USING (id)
+             ORDER BY picked.turn, updated.id",
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, '{dispatched}' AS event,
+                        $3 AS actor, '{{}}'::jsonb AS details
+                 FROM updated",
+                dispatched = EventName::JobDispatched
+            )),
+        );
+        sqlx::query_as(&sql)
+            .bind(queue.as_str())
+            .bind(room)
+            .bind(actor)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Up to `limit` jobs dispatched longer ago than `after`, still not started and not
+    /// among `waiting` (the ids still in the queue's Redis list), oldest first: their Redis
+    /// copies were lost (Redis restarted or flushed, or a worker took them and died before
+    /// starting them). Marks them dispatched again, now, and returns them so the dispatcher
+    /// pushes them once more; a duplicate delivery is harmless because only one start can
+    /// win [`Ledger::start_many`].
+    pub async fn redispatch_stale(
+        &self,
+        queue: Queue,
+        after: Duration,
+        waiting: &[Uuid],
+        limit: i64,
+        actor: &str,
+    ) -> sqlx::Result<Vec<DispatchedJob>> {
+        let sql = format!(
+            "WITH updated AS (
+                 UPDATE jobs SET dispatched_at = now()
+                 WHERE id IN (
+                     SELECT id FROM jobs
+                     WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
+                       AND dispatched_at < now() - make_interval(secs => $2) AND NOT {held}
+                       AND id <> ALL($5)
+                     ORDER BY dispatched_at LIMIT $4
+                 ) AND state = 'queued'
+                 RETURNING id, tenant_id, queue, kind
+             ), events AS ({events})
+             SELECT id, tenant_id FROM updated ORDER BY id",
+            held = held_by_pause(),
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, '{dispatched}' AS event,
+                        $3 AS actor, '{{\"redispatch\": true}}'::jsonb AS details
+                 FROM updated",
+                dispatched = EventName::JobDispatched
+            )),
+        );
+        sqlx::query_as(&sql)
+            .bind(queue.as_str())
+            .bind(after.as_secs_f64())
+            .bind(actor)
+            .bind(limit)
+            .bind(waiting)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Takes jobs back out of the window after pushing them to Redis failed, so the next
+    /// round dispatches them again instead of waiting for the stale-dispatch sweep.
+    pub async fn undispatch(&self, ids: &[Uuid]) -> sqlx::Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET dispatched_at = NULL WHERE id = ANY($1) AND state = 'queued'",
+        )
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Moves up to `limit` `scheduled` and `retrying` jobs whose `run_at` has come into
+    /// `queued`, earliest first, and returns how many. Until then they wait in an index of
+    /// their own (`jobs_waiting`, by `run_at`), so future work costs the dispatcher nothing
+    /// but this look at its first entries. Falling due has no event of its own: the job's
+    /// previous event named its `run_at`, and `job_dispatched` follows.
+    pub async fn promote_due(&self, limit: i64) -> sqlx::Result<u64> {
+        let done = sqlx::query(
+            "WITH due AS (
+                 SELECT id FROM jobs
+                 WHERE state IN ('scheduled', 'retrying') AND run_at <= now()
+                 ORDER BY run_at
+                 LIMIT $1
+                 FOR NO KEY UPDATE SKIP LOCKED
+             )
+             UPDATE jobs SET state = 'queued'
+             FROM due
+             WHERE jobs.id = due.id AND jobs.state IN ('scheduled', 'retrying')",
+        )
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The queues that have a job due and not yet dispatched (paused queues aside), in one
+    /// query, so a round of the dispatcher touches only the queues that have work. Each
+    /// queue's lookup stops at its first due job (`LIMIT 1`): written as `WHERE EXISTS`, the
+    /// planner made it a semi-join that read the whole backlog every round.
+    pub async fn queues_with_due_work(&self) -> sqlx::Result<Vec<Queue>> {
+        // The queues are written into the statement, not bound: without parameters Postgres
+        // plans it once per connection instead of at every round.
+        let queues = Queue::ALL
+            .iter()
+            .map(|queue| format!("'{}'", queue.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let due: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT q.queue FROM UNNEST(ARRAY[{queues}]) AS q(queue)
+             CROSS JOIN LATERAL (
+                 SELECT 1 FROM jobs
+                 WHERE queue = q.queue AND dispatched_at IS NULL AND state = 'queued'
+                   AND NOT {held}
+                 LIMIT 1
+             ) AS due",
+            held = held_by_pause()
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(due.iter().filter_map(|queue| queue.parse().ok()).collect())
+    }
+
+    /// How many jobs of each queue the ledger counts in its Redis window (dispatched, not
+    /// yet started); queues with none are left out. Counting reads every entry of the
+    /// window's index, dead ones too, so the dispatcher asks only when it sweeps for lost
+    /// copies and sizes the window from Redis otherwise.
+    pub async fn window_sizes(&self) -> sqlx::Result<Vec<(Queue, i64)>> {
+        let sizes: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT queue, count(*) FROM jobs
+             WHERE state = 'queued' AND dispatched_at IS NOT NULL
+             GROUP BY queue",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(sizes
+            .into_iter()
+            .filter_map(|(queue, size)| Some((queue.parse().ok()?, size)))
+            .collect())
+    }
+
+    /// The earliest `run_at` of a job waiting to fall due ([`Ledger::promote_due`]), so the
+    /// dispatcher can sleep exactly until then: the first entry of `jobs_waiting`.
+    pub async fn next_run_at(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE state IN ('scheduled', 'retrying')")
+            .fetch_one(&self.pool)
+            .await
+    }
+}

@@ -1,0 +1,223 @@
+//! Rescues (River's job rescuer): a running job whose lease lapsed is taken back from its
+//! silent worker under its epoch, and waits out a retry delay before it runs again, so a job
+//! that kills its process does not take worker after worker down at once. Each lapse counts
+//! as a stall; a job that stalls too often is dead. And cancellations: a running job whose
+//! cancellation was asked is signalled again until it stops.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+use taskfleet_jobs::EventName;
+use uuid::Uuid;
+
+use super::Ledger;
+use crate::events::append_events;
+
+/// A job running for longer than a lease ttl: the reclaimer checks its lease.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct RunningJob {
+    pub id: Uuid,
+    pub lease_epoch: i64,
+    pub queue: String,
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A job to take back from its silent worker: under `epoch`, to run again at `retry_at`
+/// unless it is out of attempts or stalls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescue {
+    pub id: Uuid,
+    pub epoch: i64,
+    pub retry_at: DateTime<Utc>,
+}
+
+/// A running job the reclaimer took back.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Reclaimed {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    /// `retrying`, `cancelled` or `dead`.
+    pub next: String,
+}
+
+/// What [`Ledger::sweep_cancellations`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CancelSweep {
+    /// Jobs not running that carried a cancellation request, now `cancelled`.
+    pub ended: Vec<Uuid>,
+    /// Running jobs whose cancellation was asked a while ago: signal their workers again.
+    pub running: Vec<Uuid>,
+}
+
+impl Ledger {
+    /// Up to `limit` jobs running for longer than `age`, in start order after `after` (the
+    /// last of the previous page): the candidates whose leases the reclaimer checks.
+    pub async fn running_longer_than(
+        &self,
+        age: Duration,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<RunningJob>> {
+        // Postgres's clock, the one that wrote `started_at`, measures the age.
+        sqlx::query_as(
+            "SELECT id, lease_epoch, queue, attempt, started_at FROM jobs
+             WHERE state = 'running' AND started_at < now() - make_interval(secs => $1)
+               AND ($2::timestamptz IS NULL OR (started_at, id) > ($2, $3))
+             ORDER BY started_at, id
+             LIMIT $4",
+        )
+        .bind(age.as_secs_f64())
+        .bind(after.map(|(started_at, _)| started_at))
+        .bind(after.map(|(_, id)| id))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Takes running jobs whose leases expired away from their holders, in one statement:
+    /// each to `retrying` at its `retry_at` (its next start raises the attempt), `cancelled`
+    /// if cancellation was asked, `dead` if that was its last attempt or its `max_stalls`th
+    /// stall (error `stalled: …`). Returns the jobs taken back; one whose epoch moved on
+    /// meanwhile is left alone.
+    pub async fn reclaim_many(
+        &self,
+        rescues: &[Rescue],
+        max_stalls: i32,
+        actor: &str,
+    ) -> sqlx::Result<Vec<Reclaimed>> {
+        let ids: Vec<Uuid> = rescues.iter().map(|rescue| rescue.id).collect();
+        let epochs: Vec<i64> = rescues.iter().map(|rescue| rescue.epoch).collect();
+        let retry_ats: Vec<DateTime<Utc>> = rescues.iter().map(|rescue| rescue.retry_at).collect();
+        // Decided from the row as the UPDATE finds it (its latest version, locked), so a
+        // cancel committed a moment earlier is honoured.
+        let verdict = "CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                            WHEN stalls + 1 >= $4 THEN 'stalled'
+                            WHEN attempt >= max_attempts THEN 'last attempt'
+                            ELSE 'retrying' END";
+        let sql = format!(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::timestamptz[])
+                     AS t(id, epoch, retry_at)
+             ), changed AS (
+                 UPDATE jobs SET
+                     state = CASE {verdict} WHEN 'cancelled' THEN 'cancelled'
+                                            WHEN 'retrying' THEN 'retrying'
+                                            ELSE 'dead' END,
+                     stalls = stalls + 1,
+                     dispatched_at = NULL,
+                     run_at = CASE {verdict} WHEN 'retrying' THEN input.retry_at ELSE run_at END,
+                     finished_at = CASE {verdict} WHEN 'retrying' THEN NULL ELSE now() END,
+                     error = CASE {verdict}
+                         WHEN 'stalled' THEN 'stalled: the worker running it went silent '
+                                             || stalls + 1 || ' times'
+                         WHEN 'last attempt'
+                             THEN 'the worker stopped heartbeating on the last attempt'
+                         WHEN 'retrying' THEN 'the worker stopped heartbeating'
+                         ELSE error END,
+                     attempt_errors = CASE {verdict} WHEN 'cancelled' THEN attempt_errors
+                         ELSE attempt_errors || jsonb_build_array(jsonb_build_object(
+                             'attempt', attempt, 'error', 'the worker stopped heartbeating',
+                             'at', now())) END
+                 FROM input
+                 WHERE jobs.id = input.id AND jobs.lease_epoch = input.epoch
+                   AND jobs.state = 'running'
+                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.attempt,
+                           jobs.worker, jobs.stalls, jobs.run_at, jobs.state AS next,
+                           jobs.error LIKE 'stalled:%' AS stalled, input.epoch
+             ), events AS ({events})
+             SELECT id, queue, kind, next FROM changed ORDER BY id",
+            events = append_events(&format!(
+                "SELECT tenant_id, job_id, queue, kind, event, $5 AS actor, details
+                 FROM (
+                     SELECT tenant_id, id AS job_id, queue, kind, 0 AS n,
+                            '{reclaimed}' AS event,
+                            jsonb_build_object('epoch', epoch, 'attempt', attempt,
+                                               'holder', worker, 'next_state', next,
+                                               'stalls', stalls) AS details
+                     FROM changed
+                     UNION ALL
+                     -- The last event names the state the job is left in.
+                     SELECT tenant_id, id, queue, kind, 1,
+                            CASE next WHEN 'retrying' THEN '{retry_scheduled}'
+                                      WHEN 'dead' THEN '{dead}'
+                                      ELSE '{cancelled}' END,
+                            CASE next
+                                WHEN 'retrying' THEN jsonb_build_object(
+                                    'attempt', attempt, 'retry_at', run_at,
+                                    'reason', 'lease expired')
+                                ELSE jsonb_build_object(
+                                    'attempt', attempt,
+                                    'reason', CASE WHEN stalled THEN 'stalled'
+                                                   ELSE 'lease expired' END)
+                            END
+                     FROM changed
+                 ) AS e
+                 ORDER BY job_id, n",
+                reclaimed = EventName::LeaseReclaimed,
+                retry_scheduled = EventName::JobRetryScheduled,
+                dead = EventName::JobDead,
+                cancelled = EventName::JobCancelled
+            )),
+        );
+        sqlx::query_as(&sql)
+            .bind(&ids)
+            .bind(&epochs)
+            .bind(&retry_ats)
+            .bind(max_stalls)
+            .bind(actor)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Looks after cancellations that one Redis signal may not have carried through: a job
+    /// not running that still carries a request (none should: every path that leaves
+    /// `running` honours it) ends `cancelled` now, and up to `limit` running jobs whose
+    /// request is older than `signal_after` are returned, for their workers to be signalled
+    /// again.
+    pub async fn sweep_cancellations(
+        &self,
+        signal_after: Duration,
+        limit: i64,
+        actor: &str,
+    ) -> sqlx::Result<CancelSweep> {
+        let sql = format!(
+            "WITH ended AS (
+                 UPDATE jobs SET state = 'cancelled', finished_at = now(), dispatched_at = NULL
+                 WHERE id IN (
+                     SELECT id FROM jobs
+                     WHERE cancel_requested_at IS NOT NULL
+                       AND state IN ('scheduled', 'queued', 'retrying')
+                     LIMIT $2
+                 ) AND cancel_requested_at IS NOT NULL
+                   AND state IN ('scheduled', 'queued', 'retrying')
+                 RETURNING id, tenant_id, queue, kind
+             ), events AS ({events})
+             SELECT id, true FROM ended
+             UNION ALL
+             (SELECT id, false FROM jobs
+              WHERE cancel_requested_at IS NOT NULL AND state = 'running'
+                AND cancel_requested_at < now() - make_interval(secs => $1)
+              LIMIT $2)",
+            events = append_events(&format!(
+                "SELECT tenant_id, id AS job_id, queue, kind, '{cancelled}' AS event,
+                        $3 AS actor, '{{\"while\": \"waiting\"}}'::jsonb AS details
+                 FROM ended",
+                cancelled = EventName::JobCancelled
+            )),
+        );
+        let rows: Vec<(Uuid, bool)> = sqlx::query_as(&sql)
+            .bind(signal_after.as_secs_f64())
+            .bind(limit)
+            .bind(actor)
+            .fetch_all(&self.pool)
+            .await?;
+        let (ended, running): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, ended)| *ended);
+        Ok(CancelSweep {
+            ended: ended.into_iter().map(|(id, _)| id).collect(),
+            running: running.into_iter().map(|(id, _)| id).collect(),
+        })
+    }
+}
