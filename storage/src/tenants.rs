@@ -105,7 +105,7 @@ fn hash_key(key: &str) -> Vec<u8> {
 }
 
 /// Keys that authenticated lately, so a busy API does not look the same key up in Postgres
-/// for every request (a tenth of a single submission's cost, ADR 0007). The price: a key
+/// for every request (ADR 0007). The price: a key
 /// revoked meanwhile keeps working on each API process until its entry is `ttl` old.
 #[derive(Debug)]
 struct KeyCache {
