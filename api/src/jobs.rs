@@ -360,9 +360,6 @@ pub(crate) fn with_idempotency_header(
     }
 }
 
-/// Idempotency keys the scheduler gives the jobs it creates; clients cannot claim them.
-const RESERVED_KEY_PREFIXES: [&str; 2] = ["schedule:", "fire:"];
-
 /// Validates and records jobs for the tenant, then wakes the dispatcher. Errors of a batch
 /// name the index of the job at fault.
 pub(crate) async fn accept(
@@ -378,7 +375,7 @@ pub(crate) async fn accept(
             .idempotency_key
             .as_deref()
             .is_some_and(|key| {
-                RESERVED_KEY_PREFIXES
+                taskfleet_jobs::schedule::RESERVED_KEY_PREFIXES
                     .iter()
                     .any(|prefix| key.starts_with(prefix))
             });

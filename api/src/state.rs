@@ -189,22 +189,16 @@ impl OwnPushes {
             tf_redis::waiting(&mut self.redis.clone(), &self.keys, &queues),
         )
         .await;
-        let mut empty: HashMap<Queue, bool> = match waiting {
-            Ok(Ok(waiting)) => queues
-                .into_iter()
-                .zip(waiting)
-                .map(|(queue, waiting)| (queue, waiting == 0))
-                .collect(),
+        let waiting: HashMap<Queue, i64> = match waiting {
+            Ok(Ok(waiting)) => queues.into_iter().zip(waiting).collect(),
             _ => {
                 tracing::debug!("Redis did not size the lists in time; the dispatcher pushes");
                 self.pause_pushes();
                 return vec![false; jobs.len()];
             }
         };
-        // The first job of each empty queue takes its place.
-        jobs.iter()
-            .map(|job| empty.get_mut(&job.spec.queue()).is_some_and(std::mem::take))
-            .collect()
+        let bound_for: Vec<Queue> = jobs.iter().map(|job| job.spec.queue()).collect();
+        tf_redis::own_pushes(&bound_for, &waiting)
     }
 
     /// Pushes the jobs the insert marked dispatched. Should Redis refuse or be slow, they are

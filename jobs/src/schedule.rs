@@ -14,6 +14,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::InvalidJob;
 
+/// Idempotency keys of the jobs a schedule's firing creates: clients cannot claim keys with
+/// these prefixes, so a slot's jobs are created once however many schedulers reach it.
+pub const RESERVED_KEY_PREFIXES: [&str; 2] = [FIRE_KEY_PREFIX, TARGET_KEY_PREFIX];
+const FIRE_KEY_PREFIX: &str = "fire:";
+const TARGET_KEY_PREFIX: &str = "schedule:";
+
+/// The idempotency key of the `schedule.fire` job of one slot.
+pub fn fire_key(schedule_id: uuid::Uuid, fire_at: DateTime<Utc>) -> String {
+    format!("{FIRE_KEY_PREFIX}{schedule_id}:{}", fire_at.to_rfc3339())
+}
+
+/// The idempotency key of the target job one slot's firing creates.
+pub fn target_key(schedule_id: uuid::Uuid, fire_at: DateTime<Utc>) -> String {
+    format!("{TARGET_KEY_PREFIX}{schedule_id}:{}", fire_at.to_rfc3339())
+}
+
 /// What to do with firings missed while no scheduler ran (no worker, or a leader change).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Enum, Serialize, Deserialize)]
 #[oai(rename_all = "snake_case")]

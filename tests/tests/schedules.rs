@@ -426,10 +426,8 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
                     fire_at,
                     catch_up: false,
                     options: JobOptions {
-                        idempotency_key: Some(format!(
-                            "fire:{}:{}",
-                            stalled.id,
-                            fire_at.to_rfc3339()
+                        idempotency_key: Some(taskfleet_jobs::schedule::fire_key(
+                            stalled.id, fire_at,
                         )),
                         ..JobOptions::default()
                     },

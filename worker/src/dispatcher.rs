@@ -114,8 +114,8 @@ impl Dispatcher {
         let waiting = tf_redis::waiting(&mut self.conn, &self.keys, &due).await?;
         let mut saturated = false;
         for (queue, waiting) in due.into_iter().zip(waiting) {
-            let room = self.settings.window - waiting;
-            if room <= 0 {
+            let room = tf_redis::dispatch_room(self.settings.window, waiting);
+            if room == 0 {
                 continue;
             }
             let dispatched = self.ledger.dispatch_due(queue, room, &self.actor).await?;

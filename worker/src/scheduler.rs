@@ -249,7 +249,7 @@ fn fire_job(schedule_id: Uuid, fire_at: DateTime<Utc>, catch_up: bool) -> NewJob
             fire_at,
             catch_up,
             options: JobOptions {
-                idempotency_key: Some(format!("fire:{schedule_id}:{}", fire_at.to_rfc3339())),
+                idempotency_key: Some(taskfleet_jobs::schedule::fire_key(schedule_id, fire_at)),
                 ..JobOptions::default()
             },
         }),

@@ -11,7 +11,9 @@ pub mod queue_lists;
 pub mod signals;
 
 pub use event_stream::{announce_numbered, read_numbered};
-pub use queue_lists::{job_ids, push_jobs, put_back, take_jobs, waiting, waiting_ids};
+pub use queue_lists::{
+    dispatch_room, job_ids, own_pushes, push_jobs, put_back, take_jobs, waiting, waiting_ids,
+};
 pub use signals::{clear_cancel, request_cancel, wake_dispatcher};
 
 use std::time::Duration;

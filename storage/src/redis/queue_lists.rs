@@ -3,7 +3,7 @@
 //! them from the head with `BLMPOP` and give back, at the head, what they took and will not
 //! start.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use redis::{AsyncCommands, aio::ConnectionManager};
 use taskfleet_jobs::Queue;
@@ -80,6 +80,28 @@ pub fn job_ids(list: &str, entries: Vec<String>) -> Vec<Uuid> {
         .collect()
 }
 
+/// The window rule of the dispatcher: how many more ids a queue's list takes when `waiting`
+/// wait in it, so Redis holds about `window` jobs of a queue and the ledger the backlog.
+pub fn dispatch_room(window: i64, waiting: i64) -> i64 {
+    (window - waiting).max(0)
+}
+
+/// The window rule of the API's own pushes: of jobs bound for `queues` (one entry per job,
+/// in order), the first of each queue whose list is empty (`waiting` says how many wait in
+/// each queue's list) is pushed by the API itself once its row is in, sparing it a
+/// dispatcher round; the others are left to the dispatcher's fair rounds. So a list holds
+/// at most the dispatcher's window plus one job per API process.
+pub fn own_pushes(queues: &[Queue], waiting: &HashMap<Queue, i64>) -> Vec<bool> {
+    let mut empty: HashMap<Queue, bool> = waiting
+        .iter()
+        .map(|(queue, waiting)| (*queue, *waiting == 0))
+        .collect();
+    queues
+        .iter()
+        .map(|queue| empty.get_mut(queue).is_some_and(std::mem::take))
+        .collect()
+}
+
 /// Takes up to `count` ids from the head of `list`: at once when some wait, else as soon as
 /// one arrives, or none once `block` has passed.
 pub async fn take_jobs(
@@ -116,4 +138,22 @@ pub async fn put_back(
     let reversed: Vec<String> = ids.iter().rev().map(Uuid::to_string).collect();
     let _: i64 = conn.lpush(list, reversed).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use taskfleet_jobs::Queue;
+
+    use super::{dispatch_room, own_pushes};
+
+    #[test]
+    fn the_dispatcher_fills_a_window_and_the_api_pushes_one_job_to_an_empty_list() {
+        assert_eq!(dispatch_room(500, 120), 380);
+        assert_eq!(dispatch_room(500, 600), 0);
+        let waiting = HashMap::from([(Queue::Executor, 0), (Queue::Ingest, 3)]);
+        let queues = [Queue::Executor, Queue::Ingest, Queue::Executor, Queue::Test];
+        assert_eq!(own_pushes(&queues, &waiting), [true, false, false, false]);
+    }
 }

@@ -43,8 +43,10 @@ pub async fn fire(job: &ScheduleFire, ctx: &JobContext) -> HandlerResult {
     let mut target: JobSpec = serde_json::from_value(schedule.target.clone()).map_err(|e| {
         JobFailure::permanent(format!("the schedule's target does not decode: {e}"))
     })?;
-    let slot = job.fire_at.to_rfc3339();
-    target.options_mut().idempotency_key = Some(format!("schedule:{}:{slot}", schedule.id));
+    target.options_mut().idempotency_key = Some(taskfleet_jobs::schedule::target_key(
+        schedule.id,
+        job.fire_at,
+    ));
     target.options_mut().run_at = None;
     let created = ctx
         .ledger
