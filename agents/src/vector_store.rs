@@ -113,22 +113,14 @@ impl VectorStore {
         }
         let schema = schema(space.dimensions);
         let batch = batch(&schema, space, tasks)?;
-        let table = self
-            .db
-            .create_empty_table(table_name(tenant, space), schema.clone())
-            .mode(CreateTableMode::exist_ok(|request| request))
-            .execute()
-            .await?;
         let mut tries = 0;
         loop {
             tries += 1;
-            let rows = RecordBatchIterator::new([Ok(batch.clone())], schema.clone());
-            let mut merge = table.merge_insert(&["task_id"]);
-            merge
-                .when_matched_update_all(None)
-                .when_not_matched_insert_all();
-            match merge.execute(Box::new(rows)).await {
-                Ok(_) => return Ok(()),
+            match self
+                .merge(&table_name(tenant, space), &schema, &batch)
+                .await
+            {
+                Ok(()) => return Ok(()),
                 Err(err) if tries < WRITE_TRIES && conflict(&err) => {
                     tracing::debug!(%err, tries, "vector write conflicted; trying again");
                     tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
@@ -136,6 +128,30 @@ impl VectorStore {
                 Err(err) => return Err(err.into()),
             }
         }
+    }
+
+    /// One try of [`VectorStore::upsert`]: the table made if missing, then the batch merged
+    /// in by task id. A writer making the same table at the same moment fails this try with
+    /// a conflict too; the next one finds the table.
+    async fn merge(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        batch: &RecordBatch,
+    ) -> Result<(), lancedb::Error> {
+        let table = self
+            .db
+            .create_empty_table(table, schema.clone())
+            .mode(CreateTableMode::exist_ok(|request| request))
+            .execute()
+            .await?;
+        let rows = RecordBatchIterator::new([Ok(batch.clone())], schema.clone());
+        let mut merge = table.merge_insert(&["task_id"]);
+        merge
+            .when_matched_update_all(None)
+            .when_not_matched_insert_all();
+        merge.execute(Box::new(rows)).await?;
+        Ok(())
     }
 
     /// The `limit` tasks nearest to `vector` in the tenant's table for `space`, most alike

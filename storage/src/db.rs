@@ -3,7 +3,7 @@
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    PgPool,
+    Connection, PgPool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
@@ -68,18 +68,18 @@ impl Db {
         Ok(Db { pool })
     }
 
-    /// Applies the migrations on a connection without the statement limits: building an
-    /// index over a large ledger may take longer than any statement of the running fleet.
+    /// Applies the migrations on a connection of their own, outside the pool and without its
+    /// statement timeout: building an index over a large ledger may take longer than any
+    /// statement of the running fleet may, and the pool's connections keep their limits
+    /// whatever happens here. Lock waits stay bounded: a migration stuck behind a long
+    /// transaction fails rather than hold every query on its table up behind it.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        let mut conn = self.pool.acquire().await?;
-        sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
-            .execute(&mut *conn)
-            .await?;
-        let migrated = MIGRATOR.run(&mut *conn).await;
-        // Back to the limits the connection was opened with, before the pool reuses it.
-        sqlx::raw_sql("RESET statement_timeout; RESET lock_timeout")
-            .execute(&mut *conn)
-            .await?;
+        let options = (*self.pool.connect_options())
+            .clone()
+            .options([("statement_timeout", "0")]);
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        let migrated = MIGRATOR.run(&mut conn).await;
+        let _ = conn.close().await;
         migrated
     }
 

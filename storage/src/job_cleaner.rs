@@ -157,8 +157,13 @@ impl JobCleaner {
     /// Deletes one batch of `sweep`'s jobs, oldest first, with their events.
     async fn delete_jobs(&self, sweep: Sweep) -> sqlx::Result<Deleted> {
         let (selection, age) = match sweep {
+            // A job whose idempotency key still answers for it stays until housekeeping
+            // frees the key (`TASKFLEET_IDEMPOTENCY_RETENTION_SECS`): gone sooner, a retry
+            // of the same request, or a late delivery of a schedule's firing, would make a
+            // second job.
             Sweep::State(_, age) => (
-                "state = $1 AND finished_at < now() - make_interval(secs => $2)",
+                "state = $1 AND finished_at < now() - make_interval(secs => $2)
+                 AND idempotency_key IS NULL",
                 age,
             ),
             Sweep::Probes(_, age) => (

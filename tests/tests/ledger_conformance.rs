@@ -291,7 +291,7 @@ async fn future_jobs_cost_the_dispatcher_nothing_until_they_fall_due() {
         .unwrap();
     flush_statistics(&pool).await;
     let before = (
-        index_reads(&env.pool, "jobs_ready").await,
+        index_reads(&env.pool, "jobs_queued").await,
         index_reads(&env.pool, "jobs_waiting").await,
     );
 
@@ -313,7 +313,7 @@ async fn future_jobs_cost_the_dispatcher_nothing_until_they_fall_due() {
     flush_statistics(&pool).await;
 
     let reads = (
-        reads_since(&env.pool, "jobs_ready", before.0).await,
+        reads_since(&env.pool, "jobs_queued", before.0).await,
         index_reads(&env.pool, "jobs_waiting").await - before.1,
     );
     assert!(
@@ -345,7 +345,7 @@ async fn a_window_is_shared_between_tenants_reading_about_a_window_of_jobs() {
         .await
         .unwrap();
     flush_statistics(&pool).await;
-    let before = index_reads(&env.pool, "jobs_ready").await;
+    let before = index_reads(&env.pool, "jobs_queued").await;
 
     let window = 100;
     let dispatched = ledger
@@ -365,11 +365,35 @@ async fn a_window_is_shared_between_tenants_reading_about_a_window_of_jobs() {
         "each busy tenant gets its share"
     );
     flush_statistics(&pool).await;
-    let reads = reads_since(&env.pool, "jobs_ready", before).await;
+    let reads = reads_since(&env.pool, "jobs_queued", before).await;
     // Each tenant's best `window` jobs, then a pick among them, would read 41 × 100.
     assert!(
         reads < 1_000,
         "filling a window of {window} read {reads} index entries"
     );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_stale_cancellation_signal_hands_the_job_back_instead_of_ending_it() {
+    let env = TestEnv::new().await;
+    let (ledger, tenant) = setup(&env).await;
+    let id = submit(&ledger, tenant, 1, None).await[0];
+    let job = started(&ledger, id).await;
+    // The worker stopped the attempt on a Redis flag the ledger holds no request for (it
+    // was left from an earlier attempt, since retried by hand).
+    let stopped = Finish {
+        id,
+        epoch: job.lease_epoch,
+        worker: "worker-a".to_owned(),
+        outcome: Outcome::Cancelled,
+    };
+    assert_eq!(
+        ledger.finish_many(&[stopped]).await.unwrap(),
+        [Some("queued".to_owned())]
+    );
+    let record = record(&ledger, id).await;
+    assert_eq!((record.attempt, record.finished_at), (0, None));
+    assert_eq!(events(&env, id).await.last().unwrap(), "job_handed_back");
     env.finish().await;
 }

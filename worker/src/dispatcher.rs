@@ -116,6 +116,9 @@ impl Dispatcher {
         for (queue, waiting) in due.into_iter().zip(waiting) {
             let room = tf_redis::dispatch_room(self.settings.window, waiting);
             if room == 0 {
+                // Due work and a full window: look again as soon as workers may have made
+                // room, not after an idle pause.
+                saturated = true;
                 continue;
             }
             let dispatched = self.ledger.dispatch_due(queue, room, &self.actor).await?;

@@ -344,6 +344,17 @@ impl JobExecutor {
             .remove(&(started.id, started.lease_epoch));
     }
 
+    /// Exits the process when a ledger writer has stopped (a panic outside its writes):
+    /// nothing could be started or recorded again, and a restart by the supervisor is better
+    /// than a worker that takes jobs only to see them rescued. The leases of its running
+    /// jobs lapse to the reclaimer.
+    fn exit_unless_writers_live(&self) {
+        if !self.starts.is_alive() || !self.finishes.is_alive() {
+            tracing::error!("a ledger writer stopped; exiting for a restart");
+            std::process::exit(70);
+        }
+    }
+
     /// Starts the job in the ledger. While Postgres is unreachable it keeps trying, holding
     /// the worker's slot, so the worker takes no more work until Postgres is back.
     async fn start(&self, job_id: Uuid) -> Option<StartedJob> {
@@ -356,12 +367,7 @@ impl JobExecutor {
                     return None;
                 }
                 Err(err) => {
-                    if !self.starts.is_alive() || !self.finishes.is_alive() {
-                        // Nothing could be started or recorded again: better a restart by
-                        // the supervisor, the leases of running jobs lapsing to the reclaimer.
-                        tracing::error!("a ledger writer stopped; exiting for a restart");
-                        std::process::exit(70);
-                    }
+                    self.exit_unless_writers_live();
                     tracing::warn!(%job_id, %err, "could not start the job; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return None,
@@ -462,6 +468,7 @@ impl JobExecutor {
                     return;
                 }
                 Err(err) if Instant::now() < deadline => {
+                    self.exit_unless_writers_live();
                     tracing::warn!(%err, "could not record the outcome; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));

@@ -329,14 +329,20 @@ fn leader_duties(
     };
     let make_scheduler = {
         let (ledger, conn, keys) = (ledger.clone(), conn.clone(), keys.clone());
+        // A leader that steps down gives its lease up; the others look for it every third of
+        // its ttl, and the successor's first round follows.
+        let handover = chrono::TimeDelta::from_std(args.leader_ttl() / 3 + Duration::from_secs(1))
+            .expect("a leader ttl fits a TimeDelta");
         Arc::new(move || {
-            Scheduler::new(
+            let mut scheduler = Scheduler::new(
                 Schedules::new(ledger.pool().clone()),
                 Queues::new(ledger.pool().clone()),
                 ledger.clone(),
                 conn.clone(),
                 keys.clone(),
-            )
+            );
+            scheduler.handover = handover;
+            scheduler
         })
     };
     leader::duties(

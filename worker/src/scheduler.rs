@@ -60,6 +60,11 @@ pub struct Scheduler {
     keys: Keys,
     /// Longest sleep without a notification ([`WAKE_FALLBACK`]).
     pub wake_fallback: Duration,
+    /// How long leadership takes to pass on when a leader steps down in good order (it
+    /// gives the lease up; the others look for it every third of its ttl). A scheduler that
+    /// stops so beats that far ahead: the slots of a hand-over fire late rather than count
+    /// as missed. A leader that dies without a word leaves a gap, and its slots are missed.
+    pub handover: TimeDelta,
     /// When schedulers ran, as far as this one knows; none before its first round and while
     /// the `schedule` queue is paused.
     coverage: Option<Coverage>,
@@ -82,6 +87,7 @@ impl Scheduler {
             conn,
             keys,
             wake_fallback: WAKE_FALLBACK,
+            handover: TimeDelta::zero(),
             coverage: None,
             paused_run: None,
         }
@@ -103,10 +109,22 @@ impl Scheduler {
                 }
             };
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return self.hand_over().await,
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
+        }
+    }
+
+    /// The parting beat of a scheduler that stops in good order: its run is taken to last
+    /// until a successor can have taken over.
+    async fn hand_over(&self) {
+        let Some(coverage) = &self.coverage else {
+            return;
+        };
+        let parting = coverage.ran_at + self.handover;
+        if let Err(err) = self.schedules.beat(coverage.since, parting).await {
+            tracing::debug!(%err, "could not record the scheduler's hand-over");
         }
     }
 

@@ -85,13 +85,16 @@ impl Ledger {
              ), picked AS MATERIALIZED (
                  SELECT j.id, j.turn FROM active t
                  CROSS JOIN LATERAL (
-                     SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn
+                     SELECT id, priority, run_at,
+                            row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn
                      FROM jobs
                      WHERE tenant_id = t.id AND {ready}
                      ORDER BY priority DESC, run_at, id
                      LIMIT (SELECT n FROM share)
                  ) j
-                 ORDER BY j.turn
+                 -- Within a turn the longest waiting first: with more tenants than room, the
+                 -- ones left out this round are first in the next.
+                 ORDER BY j.turn, j.priority DESC, j.run_at
                  LIMIT $2
              ), locked AS (
                  -- Only the picked jobs are locked, and found by id alone: given the pick's

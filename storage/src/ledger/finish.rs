@@ -173,9 +173,17 @@ async fn finish_kind(
             "'error', error",
         ),
         OutcomeKind::Cancelled => (
-            "state = 'cancelled', finished_at = now()".to_owned(),
+            // Only a cancellation the ledger holds ends the job: a stale signal (the request
+            // was for an earlier attempt, since retried by hand) hands the job back instead.
+            "state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
+             attempt = CASE WHEN cancel_requested_at IS NULL THEN attempt - 1 ELSE attempt END, \
+             started_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE started_at END, \
+             finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END, \
+             run_at = CASE WHEN cancel_requested_at IS NULL THEN now() ELSE run_at END"
+                .to_owned(),
             &[EventName::JobCancelled][..],
-            "'while', 'running'",
+            "'while', 'running', 'reason', CASE WHEN state = 'queued' \
+             THEN 'a cancellation signal the ledger does not hold' END",
         ),
         OutcomeKind::HandedBack => (
             // Not a failed attempt: the next start counts it again. A cancellation asked
@@ -238,7 +246,10 @@ async fn finish_kind(
                  SELECT tenant_id, id AS job_id, queue, kind,
                         CASE WHEN state = 'cancelled'
                                   AND e.name IN ('{retry_scheduled}', '{handed_back}')
-                             THEN '{cancelled}' ELSE e.name END AS event,
+                             THEN '{cancelled}'
+                             WHEN state = 'queued' AND e.name = '{cancelled}'
+                             THEN '{handed_back}'
+                             ELSE e.name END AS event,
                         worker AS actor,
                         jsonb_build_object('attempt', attempt, 'epoch', epoch, {details})
                             AS details,
