@@ -79,6 +79,15 @@ async fn reads_since(pool: &PgPool, index: &str, before: i64) -> i64 {
     .await
 }
 
+/// A ledger on one connection of its own, so the statistics of its statements can be
+/// flushed from that connection ([`flush_statistics`]) and read by the test.
+fn measured_ledger(env: &TestEnv) -> (Ledger, PgPool) {
+    let pool = taskfleet_storage::Db::connect_lazy(&env.database_url, 1)
+        .unwrap()
+        .pool;
+    (Ledger::new(pool.clone()), pool)
+}
+
 /// Makes the statistics of the (single) connection of `pool` visible to other sessions.
 async fn flush_statistics(pool: &PgPool) {
     sqlx::query("SELECT pg_stat_force_next_flush()")
@@ -261,11 +270,7 @@ async fn a_reclaim_of_a_job_whose_cancellation_was_asked_ends_it_cancelled() {
 #[tokio::test]
 async fn future_jobs_cost_the_dispatcher_nothing_until_they_fall_due() {
     let env = TestEnv::new().await;
-    // One connection: the statistics of the dispatcher's statements are flushed from it.
-    let pool = taskfleet_storage::Db::connect_lazy(&env.database_url, 1)
-        .unwrap()
-        .pool;
-    let ledger = Ledger::new(pool.clone());
+    let (ledger, pool) = measured_ledger(&env);
     let tenant = Tenants::new(env.pool.clone())
         .ensure("acme")
         .await
@@ -326,10 +331,7 @@ async fn future_jobs_cost_the_dispatcher_nothing_until_they_fall_due() {
 #[tokio::test]
 async fn a_window_is_shared_between_tenants_reading_about_a_window_of_jobs() {
     let env = TestEnv::new().await;
-    let pool = taskfleet_storage::Db::connect_lazy(&env.database_url, 1)
-        .unwrap()
-        .pool;
-    let ledger = Ledger::new(pool.clone());
+    let (ledger, pool) = measured_ledger(&env);
     let tenants = Tenants::new(env.pool.clone());
     // 40 tenants with 100 jobs each, and one with a single job.
     let mut busy = Vec::new();

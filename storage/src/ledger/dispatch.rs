@@ -114,12 +114,7 @@ impl Ledger {
              SELECT updated.id, updated.tenant_id, picked.turn, (SELECT n FROM share) AS share
              FROM updated JOIN picked USING (id)
              ORDER BY picked.turn, updated.id",
-            events = append_events(&format!(
-                "SELECT tenant_id, id AS job_id, queue, kind, '{dispatched}' AS event,
-                        $3 AS actor, '{{}}'::jsonb AS details
-                 FROM updated",
-                dispatched = EventName::JobDispatched
-            )),
+            events = dispatched_events("'{}'"),
         );
         sqlx::query_as(&sql)
             .bind(queue.as_str())
@@ -157,12 +152,7 @@ impl Ledger {
              ), events AS ({events})
              SELECT id, tenant_id FROM updated ORDER BY id",
             held = held_by_pause(),
-            events = append_events(&format!(
-                "SELECT tenant_id, id AS job_id, queue, kind, '{dispatched}' AS event,
-                        $3 AS actor, '{{\"redispatch\": true}}'::jsonb AS details
-                 FROM updated",
-                dispatched = EventName::JobDispatched
-            )),
+            events = dispatched_events(r#"'{"redispatch": true}'"#),
         );
         sqlx::query_as(&sql)
             .bind(queue.as_str())
@@ -262,4 +252,15 @@ impl Ledger {
             .fetch_one(&self.pool)
             .await
     }
+}
+
+/// The statement appending a `job_dispatched` event, with `details` (a JSON literal), for
+/// each row of `updated`, the jobs a dispatch statement moved; `$3` names the actor.
+fn dispatched_events(details: &str) -> String {
+    append_events(&format!(
+        "SELECT tenant_id, id AS job_id, queue, kind, '{dispatched}' AS event,
+                $3 AS actor, {details}::jsonb AS details
+         FROM updated",
+        dispatched = EventName::JobDispatched
+    ))
 }
