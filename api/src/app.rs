@@ -123,7 +123,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         fault_injection: args.fault_injection,
         waker,
         streams: crate::events::OpenStreams::new(
-            args.sse_streams_per_tenant as usize,
+            args.sse_streams_per_key as usize,
             args.sse_replay_max,
         ),
     })

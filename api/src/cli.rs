@@ -39,10 +39,10 @@ pub struct ApiArgs {
     /// key up in Postgres.
     #[arg(long, env = "TASKFLEET_API_KEY_CACHE_SECS", default_value_t = 2)]
     pub api_key_cache_secs: u64,
-    /// Event streams (SSE) one tenant may hold open on this API process at once.
-    #[arg(long, env = "TASKFLEET_SSE_STREAMS_PER_TENANT", default_value_t = 1_000,
+    /// Event streams (SSE) one API key may hold open on this API process at once.
+    #[arg(long, env = "TASKFLEET_SSE_STREAMS_PER_KEY", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub sse_streams_per_tenant: u64,
+    pub sse_streams_per_key: u64,
     /// Most events one SSE request replays after `Last-Event-ID`; the stream then ends and
     /// the client resumes from the last event it got.
     #[arg(long, env = "TASKFLEET_SSE_REPLAY_MAX", default_value_t = 10_000,

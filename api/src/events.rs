@@ -25,7 +25,7 @@ use poem_openapi::{
 use serde_json::Value;
 use taskfleet_jobs::EventName;
 use taskfleet_storage::{
-    EventFilter, EventLog, EventRecord, Scope, redis as tf_redis, redis::Keys,
+    EventFilter, EventLog, EventRecord, Scope, Tenant, redis as tf_redis, redis::Keys,
 };
 use taskfleet_telemetry::metrics;
 use tokio::sync::{broadcast, mpsc};
@@ -46,11 +46,11 @@ const WRITE_BYTES: usize = 64 * 1024;
 /// How long one `XREAD` blocks; between reads the hub also checks Postgres for missed events.
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
-/// The SSE streams open in this API process, counted per tenant, and how long a replay may
+/// The SSE streams open in this API process, counted per API key, and how long a replay may
 /// be: a client that opens streams in a loop, or resumes from the beginning of time, costs a
 /// bounded share of the process and of Postgres.
 pub struct OpenStreams {
-    per_tenant: usize,
+    per_key: usize,
     replay_max: i64,
     open: std::sync::Mutex<std::collections::HashMap<Uuid, usize>>,
 }
@@ -58,29 +58,29 @@ pub struct OpenStreams {
 /// One open stream, counted until it is dropped (the client went away or the stream ended).
 pub struct StreamSlot {
     streams: Arc<OpenStreams>,
-    tenant: Uuid,
+    key: Uuid,
 }
 
 impl OpenStreams {
-    pub fn new(per_tenant: usize, replay_max: i64) -> Arc<OpenStreams> {
+    pub fn new(per_key: usize, replay_max: i64) -> Arc<OpenStreams> {
         Arc::new(OpenStreams {
-            per_tenant,
+            per_key,
             replay_max,
             open: Default::default(),
         })
     }
 
-    /// A slot for one more stream of `tenant`, or a 429 when it has its limit open.
-    fn open(self: &Arc<Self>, tenant: Uuid) -> Result<StreamSlot, ApiError> {
+    /// A slot for one more stream of the API key `key`, or a 429 when it has its limit open.
+    fn open(self: &Arc<Self>, key: Uuid) -> Result<StreamSlot, ApiError> {
         let mut open = self.open.lock().expect("open streams lock");
-        let count = open.entry(tenant).or_default();
-        if *count >= self.per_tenant {
+        let count = open.entry(key).or_default();
+        if *count >= self.per_key {
             return Err(ApiError::too_many_requests(
                 "too_many_streams",
                 format!(
-                    "this tenant has {} event streams open, the most one API process serves it \
-                     (TASKFLEET_SSE_STREAMS_PER_TENANT); close one first",
-                    self.per_tenant
+                    "this API key has {} event streams open, the most one API process serves \
+                     it (TASKFLEET_SSE_STREAMS_PER_KEY); close one first",
+                    self.per_key
                 ),
                 5,
             ));
@@ -88,7 +88,7 @@ impl OpenStreams {
         *count += 1;
         Ok(StreamSlot {
             streams: self.clone(),
-            tenant,
+            key,
         })
     }
 }
@@ -96,10 +96,10 @@ impl OpenStreams {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut open = self.streams.open.lock().expect("open streams lock");
-        if let Some(count) = open.get_mut(&self.tenant) {
+        if let Some(count) = open.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                open.remove(&self.tenant);
+                open.remove(&self.key);
             }
         }
     }
@@ -529,8 +529,8 @@ impl EventsApi {
     /// name; `Last-Event-ID` (header, or the `last_event_id` query parameter) replays what was
     /// missed, then the stream goes on live. A replay longer than
     /// `TASKFLEET_SSE_REPLAY_MAX` events (10,000) ends the stream after that many: resume
-    /// from the last `id`. 429 `too_many_streams` when the tenant has
-    /// `TASKFLEET_SSE_STREAMS_PER_TENANT` (1,000) streams open on this API process. Keep-alive
+    /// from the last `id`. 429 `too_many_streams` when the API key has
+    /// `TASKFLEET_SSE_STREAMS_PER_KEY` (1,000) streams open on this API process. Keep-alive
     /// comments every 15 s.
     #[allow(clippy::too_many_arguments)]
     #[oai(path = "/events", method = "get")]
@@ -556,7 +556,7 @@ impl EventsApi {
         };
         sse(
             &state,
-            auth.0.id,
+            &auth.0,
             Subscription {
                 scope: auth.0.scope(),
                 filter,
@@ -594,7 +594,7 @@ impl EventsApi {
         let after = Some(after.unwrap_or(0));
         sse(
             &state,
-            auth.0.id,
+            &auth.0,
             Subscription {
                 scope: auth.0.scope(),
                 filter,
@@ -605,8 +605,9 @@ impl EventsApi {
     }
 }
 
-fn sse(state: &AppState, tenant: Uuid, sub: Subscription) -> Result<SseResponse, ApiError> {
-    let slot = state.streams.open(tenant)?;
+/// Serves `sub` to the caller authenticated as `tenant`, in a stream slot of its key.
+fn sse(state: &AppState, tenant: &Tenant, sub: Subscription) -> Result<SseResponse, ApiError> {
+    let slot = state.streams.open(tenant.key_id.unwrap_or(tenant.id))?;
     Ok(SseResponse {
         events: serve(&state.hub, state.events.clone(), sub, slot),
         keep_alive: KEEP_ALIVE,

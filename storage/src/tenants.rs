@@ -82,6 +82,8 @@ pub struct Tenant {
     pub id: Uuid,
     pub name: String,
     pub role: Role,
+    /// The API key that authenticated, when one did.
+    pub key_id: Option<Uuid>,
 }
 
 impl Tenant {
@@ -189,6 +191,7 @@ impl Tenants {
             id,
             name,
             role: Role::Tenant,
+            key_id: None,
         })
     }
 
@@ -203,8 +206,10 @@ impl Tenants {
     /// Creates a new API key with `role` for the tenant called `name` (creating the tenant
     /// if new) and returns the key. It cannot be recovered later.
     pub async fn create_key(&self, name: &str, role: Role) -> sqlx::Result<(Tenant, String)> {
+        let key_id = Uuid::now_v7();
         let tenant = Tenant {
             role,
+            key_id: Some(key_id),
             ..self.ensure(name).await?
         };
         let mut secret = [0u8; 32];
@@ -214,7 +219,7 @@ impl Tenants {
             "INSERT INTO api_keys (id, tenant_id, key_hash, key_prefix, role)
              VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(Uuid::now_v7())
+        .bind(key_id)
         .bind(tenant.id)
         .bind(hash_key(&key))
         .bind(&key[..SHOWN_LENGTH])
@@ -235,14 +240,14 @@ impl Tenants {
             return Ok(Some(tenant));
         }
         let looked_up_at = Instant::now();
-        let row: Option<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT t.id, t.name, k.role FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+        let row: Option<(Uuid, String, String, Uuid)> = sqlx::query_as(
+            "SELECT t.id, t.name, k.role, k.id FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
-        let tenant = row.map(|(id, name, role)| Tenant {
+        let tenant = row.map(|(id, name, role, key_id)| Tenant {
             id,
             name,
             role: if role == "operator" {
@@ -250,6 +255,7 @@ impl Tenants {
             } else {
                 Role::Tenant
             },
+            key_id: Some(key_id),
         });
         if let (Some(keys), Some(tenant)) = (&self.keys, &tenant) {
             keys.put(hash, tenant.clone(), looked_up_at);
@@ -312,6 +318,7 @@ mod tests {
             id: Uuid::now_v7(),
             name: "acme".into(),
             role: Role::Tenant,
+            key_id: Some(Uuid::now_v7()),
         }
     }
 

@@ -628,17 +628,18 @@ async fn a_sleeping_sequencer_numbers_a_new_event_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_tenants_streams_are_bounded_and_a_long_replay_resumes_in_pieces() {
+async fn a_keys_streams_are_bounded_and_a_long_replay_resumes_in_pieces() {
     let mut env = TestEnv::new().await;
     let api = env
         .start_api(&[
-            ("TASKFLEET_SSE_STREAMS_PER_TENANT", "2"),
+            ("TASKFLEET_SSE_STREAMS_PER_KEY", "2"),
             ("TASKFLEET_SSE_REPLAY_MAX", "3"),
         ])
         .await;
     env.start_worker(&[]);
     let key = env.create_key("acme");
     let other = env.create_key("globex");
+    let second_key = env.create_key("acme");
     let id = api
         .submit(&key, json!({"kind": "executor.run", "tool": "noop"}))
         .await;
@@ -666,7 +667,7 @@ async fn a_tenants_streams_are_bounded_and_a_long_replay_resumes_in_pieces() {
     );
 
     // Those streams ended and gave their places back: two open, a third is refused.
-    // Another tenant's streams are counted apart.
+    // Another key's streams, of the same tenant or another, are counted apart.
     let (first, _first) = api.sse(&key, "/v1/events", None).await;
     let (second, _second) = api.sse(&key, "/v1/events", None).await;
     assert_eq!((first, second), (200, 200));
@@ -674,6 +675,8 @@ async fn a_tenants_streams_are_bounded_and_a_long_replay_resumes_in_pieces() {
     assert_eq!(status, 429);
     assert!(refused.is_none());
     let (status, _theirs) = api.sse(&other, "/v1/events", None).await;
+    assert_eq!(status, 200);
+    let (status, _same_tenant) = api.sse(&second_key, "/v1/events", None).await;
     assert_eq!(status, 200);
     env.finish().await;
 }
