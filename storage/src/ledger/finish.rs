@@ -140,6 +140,17 @@ impl Ledger {
     }
 }
 
+/// An attempt stopped before it ended, by a draining worker or by a cancellation signal: the
+/// job ends `cancelled` when the ledger holds a cancellation request, and otherwise goes back
+/// to `queued` with the attempt undone (not a failed attempt: the next start counts it
+/// again).
+const STOPPED: &str = "\
+    state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
+    attempt = CASE WHEN cancel_requested_at IS NULL THEN attempt - 1 ELSE attempt END, \
+    started_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE started_at END, \
+    finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END, \
+    run_at = CASE WHEN cancel_requested_at IS NULL THEN now() ELSE run_at END";
+
 /// One kind of outcome for [`Ledger::finish_many`], inside its transaction.
 async fn finish_kind(
     tx: &mut sqlx::PgConnection,
@@ -175,25 +186,15 @@ async fn finish_kind(
         OutcomeKind::Cancelled => (
             // Only a cancellation the ledger holds ends the job: a stale signal (the request
             // was for an earlier attempt, since retried by hand) hands the job back instead.
-            "state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
-             attempt = CASE WHEN cancel_requested_at IS NULL THEN attempt - 1 ELSE attempt END, \
-             started_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE started_at END, \
-             finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END, \
-             run_at = CASE WHEN cancel_requested_at IS NULL THEN now() ELSE run_at END"
-                .to_owned(),
+            STOPPED.to_owned(),
             &[EventName::JobCancelled][..],
             "'while', 'running', 'reason', CASE WHEN state = 'queued' \
              THEN 'a cancellation signal the ledger does not hold' END",
         ),
         OutcomeKind::HandedBack => (
-            // Not a failed attempt: the next start counts it again. A cancellation asked
-            // meanwhile wins: the job ends here rather than run again elsewhere.
-            "state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
-             attempt = CASE WHEN cancel_requested_at IS NULL THEN attempt - 1 ELSE attempt END, \
-             started_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE started_at END, \
-             finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END, \
-             run_at = now()"
-                .to_owned(),
+            // A cancellation asked meanwhile wins: the job ends here rather than run again
+            // elsewhere.
+            STOPPED.to_owned(),
             &[EventName::JobHandedBack][..],
             "'reason', 'worker draining'",
         ),
