@@ -1,6 +1,7 @@
 //! Leases in Redis: one holder at a time, expiring unless renewed, each grant carrying an
 //! epoch that only grows. The leader election uses one; a holder that stalls past the ttl
-//! loses it and cannot renew it back.
+//! loses it and cannot renew it back. A job's holder that finds its lease gone within the
+//! ttl (Redis restarted or was flushed) takes it back under its epoch.
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -65,11 +66,16 @@ return 0
 });
 
 /// `KEYS[1]` lease, `KEYS[2]` a flag to report; `ARGV[1]` holder|epoch, `ARGV[2]` ttl ms.
-/// Renews the lease only if it is still ours: 0 lost, 1 renewed, 2 renewed and the flag is set.
+/// Renews the lease only if it is still ours: 0 another holder has it, 1 renewed, 2 renewed
+/// and the flag is set, 3 nobody holds it.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if not current then
+    return 3
+end
+if current ~= ARGV[1] then
     return 0
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -81,14 +87,29 @@ return 1
     )
 });
 
+/// `KEYS[1]` a key holding when Redis first answered for the fleet. Sets it to Redis's clock
+/// (ms) unless it exists, and returns how many ms ago it was set.
+static KEYSPACE_AGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('SET', KEYS[1], now, 'NX')
+return now - tonumber(redis.call('GET', KEYS[1]))
+"#,
+    )
+});
+
 /// The answer of [`Lease::renew`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
-    /// Someone else holds it now, or it expired: stop acting on it.
+    /// Someone else holds it now: stop acting on it.
     Lost,
     Renewed,
     /// Renewed, and the flag key named in the call exists.
     RenewedFlagged,
+    /// Nobody holds it: it lapsed, or Redis lost it (restarted empty, or flushed).
+    Absent,
 }
 
 #[derive(Debug, Clone)]
@@ -161,8 +182,32 @@ impl Lease {
         Ok(match answer {
             0 => Renewal::Lost,
             1 => Renewal::Renewed,
-            _ => Renewal::RenewedFlagged,
+            2 => Renewal::RenewedFlagged,
+            _ => Renewal::Absent,
         })
+    }
+
+    /// Takes the lease back under `epoch` after Redis lost it, unless another holder has it
+    /// meanwhile under a newer epoch ([`Lease::hold_all`]); whether it was taken.
+    pub async fn retake(
+        &self,
+        conn: &mut ConnectionManager,
+        epoch: u64,
+    ) -> Result<bool, RedisError> {
+        let taken = Lease::hold_all(conn, &[(self.clone(), epoch)]).await?;
+        Ok(taken == [true])
+    }
+
+    /// How long Redis has held the fleet's keys: since the first call after it started empty
+    /// (restarted without persistence, or flushed), by Redis's clock. Every lease is lost
+    /// then; the reclaimer gives their holders a ttl to take them back before it reads an
+    /// absent lease as lapsed.
+    pub async fn keyspace_age(
+        conn: &mut ConnectionManager,
+        key: &str,
+    ) -> Result<Duration, RedisError> {
+        let ms: i64 = KEYSPACE_AGE.key(key).invoke_async(conn).await?;
+        Ok(Duration::from_millis(ms.max(0) as u64))
     }
 
     /// Who holds the lease at `key` now, if anyone.

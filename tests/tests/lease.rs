@@ -1,8 +1,9 @@
-//! The Redis lease behind leader election: one holder, epochs that only grow, expiry.
+//! Redis leases: one holder, epochs that only grow, expiry, and a holder taking back what
+//! Redis lost.
 
 use std::time::Duration;
 
-use taskfleet_storage::Lease;
+use taskfleet_storage::{Lease, Renewal};
 use taskfleet_tests::TestEnv;
 
 #[tokio::test]
@@ -90,5 +91,65 @@ async fn a_late_take_under_an_older_epoch_leaves_the_newer_holder_alone() {
         [true]
     );
     assert_eq!(Lease::epochs(&mut conn, &[key]).await.unwrap(), [Some(7)]);
+    env.finish().await;
+}
+
+/// A lease Redis lost (it restarted empty, or was flushed) reads as absent rather than as
+/// another's, and its holder takes it back under its epoch; once a newer attempt holds it,
+/// the old holder can do neither.
+#[tokio::test]
+async fn a_lease_redis_lost_is_taken_back_by_its_holder() {
+    let env = TestEnv::new().await;
+    let key = format!("{}:lease:job", env.redis_prefix);
+    let flag = format!("{}:cancel:job", env.redis_prefix);
+    let ttl = Duration::from_secs(30);
+    let holder = Lease::new(key.clone(), "worker-a".into(), ttl);
+    let mut conn = env.redis.clone();
+    let held = Lease::hold_all(&mut conn, &[(holder.clone(), 5)]).await;
+    assert_eq!(held.unwrap(), [true]);
+    assert_eq!(
+        holder.renew(&mut conn, 5, &flag).await.unwrap(),
+        Renewal::Renewed
+    );
+
+    env.flush_redis().await;
+    assert_eq!(
+        holder.renew(&mut conn, 5, &flag).await.unwrap(),
+        Renewal::Absent
+    );
+    assert!(holder.retake(&mut conn, 5).await.unwrap());
+    assert_eq!(
+        holder.renew(&mut conn, 5, &flag).await.unwrap(),
+        Renewal::Renewed
+    );
+
+    // The job was started again under epoch 6 elsewhere.
+    let newer = Lease::new(key, "worker-b".into(), ttl);
+    let held = Lease::hold_all(&mut conn, &[(newer, 6)]).await;
+    assert_eq!(held.unwrap(), [true]);
+    assert_eq!(
+        holder.renew(&mut conn, 5, &flag).await.unwrap(),
+        Renewal::Lost
+    );
+    assert!(!holder.retake(&mut conn, 5).await.unwrap());
+    env.finish().await;
+}
+
+/// The keyspace's age, by Redis's clock, counts from the first call after Redis started
+/// empty: a flush starts it again.
+#[tokio::test]
+async fn the_keyspace_age_starts_again_when_redis_is_emptied() {
+    let env = TestEnv::new().await;
+    let key = taskfleet_storage::redis::Keys::new(&env.redis_prefix).keyspace_born();
+    let mut conn = env.redis.clone();
+    let young = Duration::from_millis(100);
+    assert!(Lease::keyspace_age(&mut conn, &key).await.unwrap() < young);
+    // Time has to pass for an age to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let aged = Lease::keyspace_age(&mut conn, &key).await.unwrap();
+    assert!(aged >= Duration::from_millis(250), "{aged:?}");
+
+    env.flush_redis().await;
+    assert!(Lease::keyspace_age(&mut conn, &key).await.unwrap() < young);
     env.finish().await;
 }

@@ -53,6 +53,47 @@ async fn redis_restarted_and_flushed_mid_run_loses_no_job() {
     env.finish().await;
 }
 
+/// Redis emptied while jobs run (flushed here; a restart without persistence loses the same):
+/// each worker takes its leases back, the reclaimer gives them the time to, and every job
+/// succeeds on its first attempt. Nothing is reclaimed, nothing runs twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn running_jobs_keep_their_attempts_when_redis_loses_their_leases() {
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+    env.start_worker(&["--concurrency", "8", "--lease-ttl-ms", "3000"]);
+    let long = json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": 8000}});
+    let body = api.submit_batch(&key, &vec![long; 8]).await;
+    let ids: Vec<uuid::Uuid> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    wait_until(Duration::from_secs(30), "all eight run", || async {
+        env.count_state("running").await == 8
+    })
+    .await;
+
+    env.flush_redis().await;
+
+    for id in ids {
+        let job = api.wait_finished(&key, id, Duration::from_secs(60)).await;
+        assert_eq!(
+            (job["state"].as_str(), job["attempt"].as_i64()),
+            (Some("succeeded"), Some(1)),
+            "{job}"
+        );
+    }
+    let reclaimed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM all_job_events WHERE event = 'lease_reclaimed'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(reclaimed, 0);
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_redis_does_not_hold_up_lone_submissions() {
     let mut env = TestEnv::new().await;

@@ -540,8 +540,12 @@ impl JobExecutor {
     }
 }
 
-/// Renews the job lease every third of its ttl. Stops the job when the lease is lost, when it cannot be renewed for a whole ttl (the reclaimer may have taken it), or
-/// when cancellation is requested.
+/// Renews the job lease every third of its ttl. Stops the job when the lease is lost, when it
+/// cannot be renewed for a whole ttl (the reclaimer may have taken it), or when cancellation
+/// is requested. A lease found gone within the ttl was lost by Redis (restarted empty, or
+/// flushed), not lapsed: it is taken back under the attempt's epoch, so a Redis restart does
+/// not cost running jobs their attempts (the reclaimer waits a ttl after one before it reads
+/// an absent lease as lapsed).
 async fn heartbeat(
     lease: Lease,
     mut conn: ConnectionManager,
@@ -562,6 +566,17 @@ async fn heartbeat(
                 stopper.stop(StopReason::Cancelled);
             }
             Ok(Renewal::Lost) => return stopper.stop(StopReason::LeaseLost),
+            Ok(Renewal::Absent) if renewed.elapsed() < lease.ttl() => {
+                match lease.retake(&mut conn, epoch).await {
+                    Ok(true) => {
+                        tracing::info!("lease lost by Redis; taken back");
+                        renewed = Instant::now();
+                    }
+                    Ok(false) => return stopper.stop(StopReason::LeaseLost),
+                    Err(err) => tracing::debug!(%err, "lease not taken back; retrying"),
+                }
+            }
+            Ok(Renewal::Absent) => return stopper.stop(StopReason::LeaseLost),
             Err(err) if renewed.elapsed() >= lease.ttl() => {
                 tracing::warn!(%err, "lease not renewed within its ttl");
                 return stopper.stop(StopReason::LeaseLost);

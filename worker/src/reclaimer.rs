@@ -1,6 +1,8 @@
 //! The reclaimer (River's job rescuer plays this role), run by the leader: a running job
-//! whose lease is gone (its worker died, stalled, or lost Redis) is taken back under its
-//! epoch and runs again after its retry delay; its old holder can no longer record anything.
+//! whose lease is gone (its worker died, stalled, or lost Redis for a ttl) is taken back under
+//! its epoch and runs again after its retry delay; its old holder can no longer record
+//! anything. For a ttl after Redis started empty, an absent lease is not read as lapsed: the
+//! live holders are taking theirs back.
 //! It also carries cancellations through: a running job whose cancellation the ledger holds
 //! is signalled again until it stops, since one Redis message may have been lost.
 
@@ -78,7 +80,11 @@ impl Reclaimer {
     async fn reclaim_lapsed(&mut self, page: &[RunningJob]) -> anyhow::Result<usize> {
         let lease_keys: Vec<String> = page.iter().map(|job| self.keys.job_lease(job.id)).collect();
         let held = Lease::epochs(&mut self.conn, &lease_keys).await?;
-        let rescues = Self::rescues(page, held);
+        // Redis lost every lease when it started empty: for a ttl, their holders take them
+        // back, and only a lease held under another epoch tells that a job lapsed.
+        let lost_by_redis =
+            Lease::keyspace_age(&mut self.conn, &self.keys.keyspace_born()).await? < self.lease_ttl;
+        let rescues = Self::rescues(page, held, lost_by_redis);
         if rescues.is_empty() {
             return Ok(0);
         }
@@ -100,14 +106,18 @@ impl Reclaimer {
         Ok(reclaimed.len())
     }
 
-    /// The jobs of `page` whose leases (`held`, in order) are gone or under another epoch,
-    /// each to run again after the delay a failed attempt would wait.
-    fn rescues(page: &[RunningJob], held: Vec<Option<u64>>) -> Vec<Rescue> {
+    /// The jobs of `page` whose leases (`held`, in order) are gone (unless Redis lost them,
+    /// `lost_by_redis`) or under another epoch, each to run again after the delay a failed
+    /// attempt would wait.
+    fn rescues(page: &[RunningJob], held: Vec<Option<u64>>, lost_by_redis: bool) -> Vec<Rescue> {
         let now = Utc::now();
         let mut rng = rand::rng();
         page.iter()
             .zip(held)
-            .filter(|(job, held)| *held != Some(job.lease_epoch as u64))
+            .filter(|(job, held)| match held {
+                None => !lost_by_redis,
+                Some(epoch) => *epoch != job.lease_epoch as u64,
+            })
             .map(|(job, _)| {
                 // A stall is a failed attempt: it waits the delay a failure would.
                 let delay = job.queue.parse::<Queue>().map_or(Duration::ZERO, |queue| {

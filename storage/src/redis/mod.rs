@@ -76,6 +76,12 @@ impl Keys {
     pub fn leader_lease(&self) -> String {
         format!("{}:lease:leader", self.prefix)
     }
+
+    /// When Redis first answered for the fleet since it last started empty
+    /// ([`crate::Lease::keyspace_age`]).
+    pub fn keyspace_born(&self) -> String {
+        format!("{}:keyspace:born", self.prefix)
+    }
 }
 
 /// The oldest Redis major version taskfleet runs on: workers wait for work in `BLMPOP`,
