@@ -5,8 +5,11 @@ REDIS_URL ?= redis://127.0.0.1:6379
 TASKFLEET_API_ADDR ?= 127.0.0.1:8080
 export DATABASE_URL REDIS_URL TASKFLEET_API_ADDR
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# The database the storage crate's SQL is checked against when it changes (`make sqlx-prepare`).
+SQLX_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/taskfleet_sqlx
+SQLX_CLI_VERSION := 0.8.6
 
-.PHONY: up down services model build test bench lint fmt
+.PHONY: up down services model build test bench lint fmt sqlx-cli sqlx-db sqlx-prepare
 
 ## Start Redis and Postgres if needed, migrate, run the API and two workers, print a key.
 up: services model build
@@ -40,9 +43,26 @@ bench: services model
 	cargo build --release --workspace --bins
 	$(TARGET_DIR)/release/taskfleet-bench --out docs/BENCHMARKS.md
 
-lint:
+## Formatting, clippy, and the storage crate's recorded SQL metadata (storage/.sqlx) still
+## matching its statements and the migrations.
+lint: sqlx-db
 	cargo fmt --all -- --check
+	cd storage && DATABASE_URL=$(SQLX_DATABASE_URL) cargo sqlx prepare --check -- --all-targets
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## After changing a statement or a migration: check the SQL against a freshly migrated database
+## and record its metadata in storage/.sqlx, which builds use without a database.
+sqlx-prepare: sqlx-db
+	cd storage && DATABASE_URL=$(SQLX_DATABASE_URL) cargo sqlx prepare -- --all-targets
+
+## A database migrated from storage/migrations, made afresh, for the SQL checks.
+sqlx-db: services sqlx-cli
+	DATABASE_URL=$(SQLX_DATABASE_URL) sqlx database reset -y --source storage/migrations
+
+## sqlx-cli at the workspace's sqlx version (once).
+sqlx-cli:
+	@sqlx --version 2>/dev/null | grep -q ' $(SQLX_CLI_VERSION)$$' || \
+	  cargo install sqlx-cli --version $(SQLX_CLI_VERSION) --locked --no-default-features --features postgres,rustls
 
 fmt:
 	cargo fmt --all

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use taskfleet_jobs::{
     JobSpec,
     spec::{EmbedItems, IngestConnector, MAX_EMBED_ITEMS, TestConnector},
@@ -23,7 +23,7 @@ use crate::{
 /// How long an OAuth state may wait for its callback.
 pub const OAUTH_STATE_TTL: chrono::Duration = chrono::Duration::minutes(10);
 
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct ConnectorRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -46,13 +46,6 @@ pub struct ConnectorRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Everything but the sealed credentials, which leave the table only through
-/// [`Connectors::sealed_credentials`] and [`CredentialsLock`].
-const CONNECTOR_COLUMNS: &str = "id, tenant_id, provider, name, config, auth, status, \
-     status_message, cursor, last_sync_at, last_test_at, last_test_ok, last_test_message, \
-     (SELECT count(*) FROM tasks t WHERE t.connector_id = connectors.id) AS item_count, \
-     created_at, updated_at";
-
 /// A connector to create.
 #[derive(Debug, Clone)]
 pub struct NewConnector {
@@ -74,7 +67,7 @@ pub struct ConnectorChange<'a> {
 }
 
 /// An OAuth state waiting for its callback, as [`Connectors::take_oauth_state`] hands it back.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct OAuthState {
     pub tenant_id: Uuid,
     pub connector_id: Uuid,
@@ -250,13 +243,14 @@ impl Connectors {
         provider: &str,
         state: &str,
     ) -> sqlx::Result<Option<OAuthState>> {
-        sqlx::query_as(
+        sqlx::query_as!(
+            OAuthState,
             "UPDATE oauth_states SET used_at = now()
              WHERE state_hash = $1 AND provider = $2 AND used_at IS NULL AND expires_at > now()
              RETURNING tenant_id, connector_id, pkce_verifier",
+            state_hash(state),
+            provider,
         )
-        .bind(state_hash(state))
-        .bind(provider)
         .fetch_optional(&self.pool)
         .await
     }
@@ -273,17 +267,17 @@ impl Connectors {
         request_id: Option<String>,
     ) -> Result<Option<(ConnectorRecord, JobRecord)>, ConnectorError> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            // The grant may be another account's or reach another site: the cursor of the
-            // old one would skip the new one's items, so sweeps start over.
+        // The grant may be another account's or reach another site: the cursor of the old one
+        // would skip the new one's items, so sweeps start over.
+        let updated = sqlx::query!(
             "UPDATE connectors SET credentials = $3, config = $4, status = 'connected',
                     status_message = NULL, cursor = NULL, updated_at = now()
              WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            connector_id,
+            sealed_credentials,
+            config,
         )
-        .bind(tenant_id)
-        .bind(connector_id)
-        .bind(sealed_credentials)
-        .bind(config)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
@@ -309,12 +303,17 @@ impl Connectors {
     }
 
     pub async fn list(&self, scope: Scope) -> sqlx::Result<Vec<ConnectorRecord>> {
-        let condition = scope.condition("$1");
-        sqlx::query_as(&format!(
-            "SELECT {CONNECTOR_COLUMNS} FROM connectors
-             WHERE {condition} ORDER BY created_at, id"
-        ))
-        .bind(scope.tenant_id())
+        sqlx::query_as!(
+            ConnectorRecord,
+            r#"SELECT id, tenant_id, provider, name, config, auth, status, status_message, cursor,
+                      last_sync_at, last_test_at, last_test_ok, last_test_message,
+                      (SELECT count(*) FROM tasks t WHERE t.connector_id = connectors.id)
+                          AS "item_count!",
+                      created_at, updated_at
+               FROM connectors
+               WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY created_at, id"#,
+            scope.tenant_id(),
+        )
         .fetch_all(&self.pool)
         .await
     }
@@ -327,23 +326,28 @@ impl Connectors {
         id: Uuid,
         change: &ConnectorChange<'_>,
     ) -> Result<Option<ConnectorRecord>, ConnectorError> {
-        sqlx::query_as(&format!(
-            // New credentials or another site may reach another account: sweeps start over.
-            "UPDATE connectors SET name = COALESCE($3, name), config = COALESCE($4, config),
-                    credentials = COALESCE($5, credentials),
-                    cursor = CASE WHEN $5 IS NOT NULL OR ($4 IS NOT NULL AND $4 IS DISTINCT FROM config)
-                                  THEN NULL ELSE cursor END,
-                    status = CASE WHEN $5 IS NULL THEN status ELSE 'connected' END,
-                    status_message = CASE WHEN $5 IS NULL THEN status_message END,
-                    updated_at = now()
-             WHERE tenant_id = $1 AND id = $2
-             RETURNING {CONNECTOR_COLUMNS}"
-        ))
-        .bind(tenant_id)
-        .bind(id)
-        .bind(change.name)
-        .bind(change.config)
-        .bind(change.sealed_credentials)
+        // New credentials or another site may reach another account: sweeps start over.
+        sqlx::query_as!(
+            ConnectorRecord,
+            r#"UPDATE connectors SET name = COALESCE($3, name), config = COALESCE($4, config),
+                      credentials = COALESCE($5, credentials),
+                      cursor = CASE WHEN $5 IS NOT NULL OR ($4 IS NOT NULL AND $4 IS DISTINCT FROM config)
+                                    THEN NULL ELSE cursor END,
+                      status = CASE WHEN $5 IS NULL THEN status ELSE 'connected' END,
+                      status_message = CASE WHEN $5 IS NULL THEN status_message END,
+                      updated_at = now()
+               WHERE tenant_id = $1 AND id = $2
+               RETURNING id, tenant_id, provider, name, config, auth, status, status_message,
+                         cursor, last_sync_at, last_test_at, last_test_ok, last_test_message,
+                         (SELECT count(*) FROM tasks t WHERE t.connector_id = connectors.id)
+                             AS "item_count!",
+                         created_at, updated_at"#,
+            tenant_id,
+            id,
+            change.name,
+            change.config,
+            change.sealed_credentials,
+        )
         .fetch_optional(&self.pool)
         .await
         .map_err(|err| name_taken(err, change.name.unwrap_or_default()))
@@ -357,13 +361,13 @@ impl Connectors {
         id: Uuid,
         message: &str,
     ) -> sqlx::Result<()> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE connectors SET status_message = $3, updated_at = now()
              WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            id,
+            message,
         )
-        .bind(tenant_id)
-        .bind(id)
-        .bind(message)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -375,23 +379,23 @@ impl Connectors {
         let mut tx = self.pool.begin().await?;
         // The connector first, as a page commit locks it before its tasks: a commit under way
         // finishes first, and its tasks are marked with the others.
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM connectors WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        let found: Option<i32> = sqlx::query_scalar!(
+            r#"SELECT 1 AS "found!" FROM connectors WHERE tenant_id = $1 AND id = $2 FOR UPDATE"#,
+            tenant_id,
+            id,
         )
-        .bind(tenant_id)
-        .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
         if found.is_none() {
             return Ok(false);
         }
-        let removed: Vec<Uuid> = sqlx::query_scalar(
+        let removed: Vec<Uuid> = sqlx::query_scalar!(
             "UPDATE tasks SET source_removed_at = now(), updated_at = now()
              WHERE connector_id = $2 AND tenant_id = $1
              RETURNING id",
+            tenant_id,
+            id,
         )
-        .bind(tenant_id)
-        .bind(id)
         .fetch_all(&mut *tx)
         .await?;
         // Their vectors go (an embed job finds their source removed), so they are no one's
@@ -414,11 +418,13 @@ impl Connectors {
                     other => sqlx::Error::Protocol(other.to_string()),
                 })?;
         }
-        let gone = sqlx::query("DELETE FROM connectors WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let gone = sqlx::query!(
+            "DELETE FROM connectors WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            id,
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(gone.rows_affected() == 1)
     }
@@ -445,11 +451,17 @@ impl Connectors {
         request_id: Option<String>,
     ) -> Result<Vec<(ConnectorRecord, JobRecord)>, ConnectorError> {
         let mut tx = self.pool.begin().await?;
-        let connectors: Vec<ConnectorRecord> = sqlx::query_as(&format!(
-            "SELECT {CONNECTOR_COLUMNS} FROM connectors
-             WHERE tenant_id = $1 AND credentials IS NOT NULL ORDER BY created_at, id"
-        ))
-        .bind(tenant_id)
+        let connectors: Vec<ConnectorRecord> = sqlx::query_as!(
+            ConnectorRecord,
+            r#"SELECT id, tenant_id, provider, name, config, auth, status, status_message, cursor,
+                      last_sync_at, last_test_at, last_test_ok, last_test_message,
+                      (SELECT count(*) FROM tasks t WHERE t.connector_id = connectors.id)
+                          AS "item_count!",
+                      created_at, updated_at
+               FROM connectors
+               WHERE tenant_id = $1 AND credentials IS NOT NULL ORDER BY created_at, id"#,
+            tenant_id,
+        )
         .fetch_all(&mut *tx)
         .await?;
         let mut tests = Vec::with_capacity(connectors.len());
@@ -477,12 +489,14 @@ impl Connectors {
         tenant_id: Uuid,
         id: Uuid,
     ) -> sqlx::Result<Option<String>> {
-        sqlx::query_scalar("SELECT credentials FROM connectors WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map(Option::flatten)
+        sqlx::query_scalar!(
+            "SELECT credentials FROM connectors WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            id,
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map(Option::flatten)
     }
 
     /// Locks the connector's credentials until the lock is dropped or stored: a refresh made
@@ -495,17 +509,17 @@ impl Connectors {
         id: Uuid,
     ) -> sqlx::Result<CredentialsLock> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        sqlx::query!(
             "SELECT pg_advisory_xact_lock(hashtextextended('taskfleet.credentials.' || $1, 0))",
+            id.to_string(),
         )
-        .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
-        let sealed = sqlx::query_scalar(
+        let sealed = sqlx::query_scalar!(
             "SELECT credentials FROM connectors WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            id,
         )
-        .bind(tenant_id)
-        .bind(id)
         .fetch_optional(&mut *tx)
         .await?
         .flatten();
@@ -525,14 +539,14 @@ impl Connectors {
         status: &str,
         message: Option<&str>,
     ) -> sqlx::Result<()> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE connectors SET status = $3, status_message = $4, updated_at = now()
              WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            id,
+            status,
+            message,
         )
-        .bind(tenant_id)
-        .bind(id)
-        .bind(status)
-        .bind(message)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -546,15 +560,15 @@ impl Connectors {
         ok: bool,
         message: &str,
     ) -> sqlx::Result<()> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE connectors SET last_test_at = now(), last_test_ok = $3,
                     last_test_message = $4, updated_at = now()
              WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            id,
+            ok,
+            message,
         )
-        .bind(tenant_id)
-        .bind(id)
-        .bind(ok)
-        .bind(message)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -567,18 +581,19 @@ impl Connectors {
         let mut resealed = 0;
         loop {
             let mut tx = self.pool.begin().await?;
-            let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-                "SELECT id, tenant_id, credentials FROM connectors
-                 WHERE id > $1 AND credentials IS NOT NULL ORDER BY id LIMIT 100 FOR UPDATE",
+            let rows = sqlx::query!(
+                r#"SELECT id, tenant_id, credentials AS "credentials!" FROM connectors
+                   WHERE id > $1 AND credentials IS NOT NULL ORDER BY id LIMIT 100 FOR UPDATE"#,
+                after,
             )
-            .bind(after)
             .fetch_all(&mut *tx)
             .await?;
             let Some(last) = rows.last() else {
                 return Ok(resealed);
             };
-            after = last.0;
-            for (id, tenant_id, sealed) in rows {
+            after = last.id;
+            for row in rows {
+                let (id, tenant_id, sealed) = (row.id, row.tenant_id, row.credentials);
                 if sealer.is_current(&sealed) {
                     continue;
                 }
@@ -586,11 +601,13 @@ impl Connectors {
                 let plain = sealer
                     .open(&sealed, &context)
                     .map_err(|err| ResealError::Open { id, err })?;
-                sqlx::query("UPDATE connectors SET credentials = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(sealer.seal(&plain, &context))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query!(
+                    "UPDATE connectors SET credentials = $2 WHERE id = $1",
+                    id,
+                    sealer.seal(&plain, &context),
+                )
+                .execute(&mut *tx)
+                .await?;
                 resealed += 1;
             }
             tx.commit().await?;
@@ -618,13 +635,13 @@ pub struct CredentialsLock {
 impl CredentialsLock {
     /// Stores refreshed credentials and lets go of the lock.
     pub async fn store(mut self, sealed: &str) -> sqlx::Result<()> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE connectors SET credentials = $3, updated_at = now()
              WHERE tenant_id = $1 AND id = $2",
+            self.tenant_id,
+            self.id,
+            sealed,
         )
-        .bind(self.tenant_id)
-        .bind(self.id)
-        .bind(sealed)
         .execute(&mut *self.tx)
         .await?;
         self.tx.commit().await
@@ -638,18 +655,18 @@ async fn insert(
     status: &str,
     sealed_credentials: Option<&str>,
 ) -> Result<(), ConnectorError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO connectors (id, tenant_id, provider, name, config, auth, status, credentials)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        new.id,
+        new.tenant_id,
+        new.provider,
+        new.name,
+        new.config,
+        auth,
+        status,
+        sealed_credentials,
     )
-    .bind(new.id)
-    .bind(new.tenant_id)
-    .bind(&new.provider)
-    .bind(&new.name)
-    .bind(&new.config)
-    .bind(auth)
-    .bind(status)
-    .bind(sealed_credentials)
     .execute(tx)
     .await
     .map_err(|err| name_taken(err, &new.name))?;
@@ -665,20 +682,20 @@ async fn put_oauth_state(
     sealed_verifier: &str,
 ) -> sqlx::Result<()> {
     // States a day past their expiry are of no use to anyone.
-    sqlx::query("DELETE FROM oauth_states WHERE expires_at < now() - interval '1 day'")
+    sqlx::query!("DELETE FROM oauth_states WHERE expires_at < now() - interval '1 day'")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO oauth_states (state_hash, tenant_id, connector_id, provider, pkce_verifier,
                                    expires_at)
          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+        state_hash(state),
+        tenant_id,
+        connector_id,
+        provider,
+        sealed_verifier,
+        OAUTH_STATE_TTL.num_seconds() as f64,
     )
-    .bind(state_hash(state))
-    .bind(tenant_id)
-    .bind(connector_id)
-    .bind(provider)
-    .bind(sealed_verifier)
-    .bind(OAUTH_STATE_TTL.num_seconds() as f64)
     .execute(tx)
     .await?;
     Ok(())
@@ -689,12 +706,17 @@ async fn get_in(
     scope: Scope,
     id: Uuid,
 ) -> sqlx::Result<Option<ConnectorRecord>> {
-    let condition = scope.condition("$1");
-    sqlx::query_as(&format!(
-        "SELECT {CONNECTOR_COLUMNS} FROM connectors WHERE {condition} AND id = $2"
-    ))
-    .bind(scope.tenant_id())
-    .bind(id)
+    sqlx::query_as!(
+        ConnectorRecord,
+        r#"SELECT id, tenant_id, provider, name, config, auth, status, status_message, cursor,
+                  last_sync_at, last_test_at, last_test_ok, last_test_message,
+                  (SELECT count(*) FROM tasks t WHERE t.connector_id = connectors.id)
+                      AS "item_count!",
+                  created_at, updated_at
+           FROM connectors WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2"#,
+        scope.tenant_id(),
+        id,
+    )
     .fetch_optional(conn)
     .await
 }
@@ -709,36 +731,42 @@ async fn request_in(
     request_id: Option<String>,
 ) -> Result<Requested, ConnectorError> {
     // One request at a time per connector, so two cannot both find none waiting.
-    let status: Option<(String, bool)> = sqlx::query_as(
-        "SELECT status, credentials IS NOT NULL FROM connectors
-         WHERE tenant_id = $1 AND id = $2 FOR NO KEY UPDATE",
+    let found = sqlx::query!(
+        r#"SELECT status, credentials IS NOT NULL AS "has_credentials!" FROM connectors
+           WHERE tenant_id = $1 AND id = $2 FOR NO KEY UPDATE"#,
+        tenant_id,
+        id,
     )
-    .bind(tenant_id)
-    .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    match status {
+    match found {
         None => return Err(ConnectorError::NotFound(id)),
-        Some((status, false)) => {
+        Some(found) if !found.has_credentials => {
             return Err(ConnectorError::NotReady {
                 id,
-                status,
+                status: found.status,
                 hint: "finish connecting it first (open its authorize_url)",
             });
         }
         Some(_) => {}
     }
     let spec = job.spec(id);
-    let waiting: Option<JobRecord> = sqlx::query_as(&format!(
-        "SELECT {columns} FROM jobs
-         WHERE tenant_id = $1 AND kind = $2 AND (payload ->> 'connector_id') = $3
-           AND state IN ('scheduled', 'queued', 'retrying')
-         ORDER BY id LIMIT 1",
-        columns = crate::ledger::JOB_COLUMNS
-    ))
-    .bind(tenant_id)
-    .bind(spec.kind())
-    .bind(id.to_string())
+    let waiting: Option<JobRecord> = sqlx::query_as!(
+        JobRecord,
+        r#"SELECT id, tenant_id,
+                  (SELECT t.name FROM tenants t WHERE t.id = jobs.tenant_id) AS "tenant!",
+                  queue, kind, payload, state, priority, attempt, max_attempts, run_at,
+                  dispatched_at, created_at, started_at, finished_at, worker, result, error,
+                  attempt_errors, idempotency_key, cancel_requested_at, progress_percent,
+                  progress_message, request_id
+           FROM jobs
+           WHERE tenant_id = $1 AND kind = $2 AND (payload ->> 'connector_id') = $3
+             AND state IN ('scheduled', 'queued', 'retrying')
+           ORDER BY id LIMIT 1"#,
+        tenant_id,
+        spec.kind(),
+        id.to_string(),
+    )
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(waiting) = waiting {

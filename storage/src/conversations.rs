@@ -6,13 +6,13 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The most characters of a first message kept as the conversation's title.
 const TITLE_CHARS: usize = 80;
 
-#[derive(Debug, Clone, PartialEq, FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConversationRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -22,7 +22,7 @@ pub struct ConversationRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChatMessage {
     pub id: i64,
     pub job_id: Uuid,
@@ -56,9 +56,6 @@ pub struct Conversations {
     pool: PgPool,
 }
 
-const COLUMNS: &str = "c.id, c.tenant_id, c.title, c.created_at, c.updated_at, \
-     (SELECT count(*) FROM chat_messages m WHERE m.conversation_id = c.id) AS messages";
-
 impl Conversations {
     pub fn new(pool: PgPool) -> Conversations {
         Conversations { pool }
@@ -67,15 +64,16 @@ impl Conversations {
     /// Whether `id` names a conversation of the tenant, or one that its first job, accepted
     /// and not yet run, is about to start.
     pub async fn known(&self, tenant: Uuid, id: Uuid) -> sqlx::Result<bool> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $2 AND tenant_id = $1)
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $2 AND tenant_id = $1)
                  OR EXISTS (SELECT 1 FROM jobs
                             WHERE id = $2 AND tenant_id = $1 AND kind = 'agent.chat'
                               AND payload->>'conversation_id' IS NULL
-                              AND state IN ('scheduled', 'queued', 'running', 'retrying'))",
+                              AND state IN ('scheduled', 'queued', 'running', 'retrying'))
+                 AS "known!""#,
+            tenant,
+            id,
         )
-        .bind(tenant)
-        .bind(id)
         .fetch_one(&self.pool)
         .await
     }
@@ -84,8 +82,7 @@ impl Conversations {
     /// exist yet.
     pub async fn writable(&self, tenant: Uuid, id: Uuid) -> sqlx::Result<bool> {
         let owner: Option<Uuid> =
-            sqlx::query_scalar("SELECT tenant_id FROM conversations WHERE id = $1")
-                .bind(id)
+            sqlx::query_scalar!("SELECT tenant_id FROM conversations WHERE id = $1", id)
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(owner.is_none_or(|owner| owner == tenant))
@@ -100,16 +97,17 @@ impl Conversations {
         job: Uuid,
         limit: i64,
     ) -> sqlx::Result<Vec<ChatMessage>> {
-        let mut messages: Vec<ChatMessage> = sqlx::query_as(
+        let mut messages: Vec<ChatMessage> = sqlx::query_as!(
+            ChatMessage,
             "SELECT id, job_id, role, content, tool_calls, model, input_tokens, output_tokens, at
              FROM chat_messages
              WHERE conversation_id = $1 AND job_id <> $2 AND tenant_id = $4
              ORDER BY id DESC LIMIT $3",
+            conversation,
+            job,
+            limit,
+            tenant,
         )
-        .bind(conversation)
-        .bind(job)
-        .bind(limit)
-        .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
         messages.reverse();
@@ -126,15 +124,15 @@ impl Conversations {
             Some((end, _)) => format!("{}…", &message[..end]),
             None => message.to_owned(),
         };
-        let owned: Option<Uuid> = sqlx::query_scalar(
+        let owned: Option<Uuid> = sqlx::query_scalar!(
             "INSERT INTO conversations (id, tenant_id, title) VALUES ($1, $2, $3)
              ON CONFLICT (id) DO UPDATE SET updated_at = now()
                  WHERE conversations.tenant_id = $2
              RETURNING id",
+            turn.conversation,
+            turn.tenant,
+            title,
         )
-        .bind(turn.conversation)
-        .bind(turn.tenant)
-        .bind(title)
         .fetch_optional(&mut *tx)
         .await?;
         if owned.is_none() {
@@ -152,23 +150,23 @@ impl Conversations {
             ),
         ];
         for (role, content, tool_calls, model, input, output) in rows {
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO chat_messages (conversation_id, tenant_id, job_id, role, content,
                                             tool_calls, model, input_tokens, output_tokens)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (job_id, role) DO UPDATE
                      SET content = $5, tool_calls = $6, model = $7, input_tokens = $8,
                          output_tokens = $9, at = now()",
+                turn.conversation,
+                turn.tenant,
+                turn.job,
+                role,
+                content,
+                tool_calls,
+                model,
+                input,
+                output,
             )
-            .bind(turn.conversation)
-            .bind(turn.tenant)
-            .bind(turn.job)
-            .bind(role)
-            .bind(content)
-            .bind(tool_calls)
-            .bind(model)
-            .bind(input)
-            .bind(output)
             .execute(&mut *tx)
             .await?;
         }
@@ -185,17 +183,21 @@ impl Conversations {
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> sqlx::Result<Vec<ConversationRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM conversations c
+        sqlx::query_as!(
+            ConversationRecord,
+            r#"SELECT c.id, c.tenant_id, c.title, c.created_at, c.updated_at,
+                    (SELECT count(*) FROM chat_messages m WHERE m.conversation_id = c.id)
+                        AS "messages!"
+             FROM conversations c
              WHERE c.tenant_id = $1
                AND ($2::timestamptz IS NULL OR (c.updated_at, c.id) < ($2, $3))
              ORDER BY c.updated_at DESC, c.id DESC
-             LIMIT $4"
-        ))
-        .bind(tenant)
-        .bind(after.map(|(at, _)| at))
-        .bind(after.map(|(_, id)| id))
-        .bind(limit)
+             LIMIT $4"#,
+            tenant,
+            after.map(|(at, _)| at),
+            after.map(|(_, id)| id),
+            limit,
+        )
         .fetch_all(&self.pool)
         .await
     }
@@ -206,21 +208,26 @@ impl Conversations {
         tenant: Uuid,
         id: Uuid,
     ) -> sqlx::Result<Option<(ConversationRecord, Vec<ChatMessage>)>> {
-        let record: Option<ConversationRecord> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM conversations c WHERE c.tenant_id = $1 AND c.id = $2"
-        ))
-        .bind(tenant)
-        .bind(id)
+        let record: Option<ConversationRecord> = sqlx::query_as!(
+            ConversationRecord,
+            r#"SELECT c.id, c.tenant_id, c.title, c.created_at, c.updated_at,
+                    (SELECT count(*) FROM chat_messages m WHERE m.conversation_id = c.id)
+                        AS "messages!"
+             FROM conversations c WHERE c.tenant_id = $1 AND c.id = $2"#,
+            tenant,
+            id,
+        )
         .fetch_optional(&self.pool)
         .await?;
         let Some(record) = record else {
             return Ok(None);
         };
-        let messages = sqlx::query_as(
+        let messages = sqlx::query_as!(
+            ChatMessage,
             "SELECT id, job_id, role, content, tool_calls, model, input_tokens, output_tokens, at
              FROM chat_messages WHERE conversation_id = $1 ORDER BY id",
+            id,
         )
-        .bind(id)
         .fetch_all(&self.pool)
         .await?;
         Ok(Some((record, messages)))
@@ -228,12 +235,14 @@ impl Conversations {
 
     /// Deletes the conversation and its messages; false when the tenant has none of that id.
     pub async fn delete(&self, tenant: Uuid, id: Uuid) -> sqlx::Result<bool> {
-        let gone = sqlx::query("DELETE FROM conversations WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let gone = sqlx::query!(
+            "DELETE FROM conversations WHERE tenant_id = $1 AND id = $2",
+            tenant,
+            id,
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(gone == 1)
     }
 }

@@ -56,8 +56,14 @@ impl Db {
         // No JIT: the ledger runs short statements whose cost the planner can overestimate
         // by orders of magnitude (over a backlog not yet analyzed, say), and JIT then
         // compiles for far longer than the statement runs (ADR 0007).
+        // Custom plans always: one statement serves a tenant and an operator
+        // (`$1::uuid IS NULL OR tenant_id = $1`, `Scope::tenant_id`), and a generic plan,
+        // which Postgres may settle on after a few calls, could not use the tenant index.
+        // The ledger's statements about a few jobs run on connections of their own that
+        // force the generic plan instead (`Ledger::pool_for`).
         let options = PgConnectOptions::from_str(url)?.options([
             ("jit", "off".to_owned()),
+            ("plan_cache_mode", "force_custom_plan".to_owned()),
             ("statement_timeout", limits.statement_timeout_ms.to_string()),
             ("lock_timeout", limits.lock_timeout_ms.to_string()),
         ]);
@@ -99,10 +105,10 @@ impl Db {
 
     /// True when every migration this build knows has been applied successfully.
     pub async fn migrations_applied(&self) -> Result<bool, sqlx::Error> {
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await?;
+        // sqlx's own table, which its migrator makes (the check database has it too).
+        let applied = sqlx::query_scalar!("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
     }
 }

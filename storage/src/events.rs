@@ -8,13 +8,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{FromRow, PgPool, postgres::PgListener};
+use sqlx::{PgPool, postgres::PgListener};
 use taskfleet_jobs::EventName;
 use uuid::Uuid;
 
 use crate::tenants::Scope;
 
-#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRecord {
     pub seq: i64,
     pub ts: DateTime<Utc>,
@@ -27,28 +27,8 @@ pub struct EventRecord {
     pub details: Value,
 }
 
-const EVENT_COLUMNS: &str = "seq, ts, tenant_id, job_id, queue, kind, event, actor, details";
-
 /// The channel every statement appending events notifies when it commits (migration 0010).
 const APPENDED_CHANNEL: &str = "taskfleet_events_appended";
-
-/// SQL appending the events that `rows` selects (columns `tenant_id`, `job_id`, `queue`,
-/// `kind`, `event`, `actor`, `details`, in the order they happened) as one batch waiting for
-/// the sequencer; nothing when it selects none. One row a statement instead of one an event:
-/// each row written here is deleted again a round later (ADR 0007). `event` and `actor` must
-/// never be null (callers write them from the code): `job_events` refuses a null there, and
-/// the sequencer would then stop at that batch.
-pub(crate) fn append_events(rows: &str) -> String {
-    format!(
-        "INSERT INTO job_event_batches (n, entries)
-         SELECT count(*),
-                array_agg(ROW(event_id, tenant_id, job_id, queue, kind, event, actor,
-                              COALESCE(details, '{{}}'))::job_event_entry ORDER BY event_id)
-         -- Numbered in `rows`' order: a job's events keep the order they happened in.
-         FROM (SELECT nextval('job_events_id_seq') AS event_id, * FROM ({rows}) AS rows) AS e
-         HAVING count(*) > 0"
-    )
-}
 
 /// Which events a stream wants. Empty lists and `None` mean all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,11 +82,11 @@ impl EventLog {
     /// time; the second waits, then no longer sees what the first moved.
     pub async fn sequence(&self, limit: i64) -> sqlx::Result<Numbered> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('taskfleet.event_sequencer'))")
+        sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('taskfleet.event_sequencer'))")
             .execute(&mut *tx)
             .await?;
-        let (count, last_seq): (i64, Option<i64>) = sqlx::query_as(
-            "WITH top AS (SELECT COALESCE(max(seq), 0) AS base FROM job_events),
+        let numbered = sqlx::query!(
+            r#"WITH top AS (SELECT COALESCE(max(seq), 0) AS base FROM job_events),
              taken AS (
                  DELETE FROM job_event_batches
                  -- An array, not `IN (subquery)`: that became a hash join reading the whole
@@ -126,15 +106,15 @@ impl EventLog {
                  FROM taken CROSS JOIN LATERAL unnest(taken.entries) AS e, top
                  RETURNING seq
              )
-             SELECT count(*), max(seq) FROM numbered",
+             SELECT count(*) AS "count!", max(seq) AS last_seq FROM numbered"#,
+            limit
         )
-        .bind(limit)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(Numbered {
-            count: count as usize,
-            last_seq,
+            count: numbered.count as usize,
+            last_seq: numbered.last_seq,
         })
     }
 
@@ -151,32 +131,35 @@ impl EventLog {
         scope: Scope,
         job_id: Uuid,
     ) -> sqlx::Result<Option<EventRecord>> {
-        let condition = scope.condition("$1");
-        sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM job_events
-             WHERE {condition} AND job_id = $2
-             ORDER BY seq DESC LIMIT 1"
-        ))
-        .bind(scope.tenant_id())
-        .bind(job_id)
+        sqlx::query_as!(
+            EventRecord,
+            r#"SELECT seq, ts, tenant_id, job_id, queue, kind, event, actor, details
+               FROM job_events
+               WHERE ($1::uuid IS NULL OR tenant_id = $1) AND job_id = $2
+               ORDER BY seq DESC LIMIT 1"#,
+            scope.tenant_id(),
+            job_id
+        )
         .fetch_optional(&self.pool)
         .await
     }
 
     /// The highest `seq` given so far.
     pub async fn latest_seq(&self) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT COALESCE(max(seq), 0) FROM job_events")
+        sqlx::query_scalar!(r#"SELECT COALESCE(max(seq), 0) AS "seq!" FROM job_events"#)
             .fetch_one(&self.pool)
             .await
     }
 
     /// Events of every tenant after `seq`, in order: what the API's event hub broadcasts.
     pub async fn all_after(&self, seq: i64, limit: i64) -> sqlx::Result<Vec<EventRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM job_events WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(seq)
-        .bind(limit)
+        sqlx::query_as!(
+            EventRecord,
+            "SELECT seq, ts, tenant_id, job_id, queue, kind, event, actor, details
+             FROM job_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            seq,
+            limit
+        )
         .fetch_all(&self.pool)
         .await
     }
@@ -190,23 +173,24 @@ impl EventLog {
         filter: &EventFilter,
         limit: i64,
     ) -> sqlx::Result<Vec<EventRecord>> {
-        let condition = scope.condition("$1");
-        sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM job_events
-             WHERE {condition} AND seq > $2
+        sqlx::query_as!(
+            EventRecord,
+            "SELECT seq, ts, tenant_id, job_id, queue, kind, event, actor, details
+             FROM job_events
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND seq > $2
                AND ($3::uuid IS NULL OR job_id = $3)
                AND (cardinality($4::text[]) = 0 OR queue = ANY($4))
                AND (cardinality($5::text[]) = 0 OR kind = ANY($5))
                AND (cardinality($6::text[]) = 0 OR event = ANY($6))
-             ORDER BY seq LIMIT $7"
-        ))
-        .bind(scope.tenant_id())
-        .bind(seq)
-        .bind(filter.job_id)
-        .bind(&filter.queues)
-        .bind(&filter.kinds)
-        .bind(&filter.events)
-        .bind(limit)
+             ORDER BY seq LIMIT $7",
+            scope.tenant_id(),
+            seq,
+            filter.job_id,
+            &filter.queues,
+            &filter.kinds,
+            &filter.events,
+            limit
+        )
         .fetch_all(&self.pool)
         .await
     }
@@ -218,14 +202,16 @@ impl EventLog {
         actor: &str,
         details: Value,
     ) -> sqlx::Result<()> {
-        let rows = "SELECT NULL::uuid AS tenant_id, NULL::uuid AS job_id, NULL::text AS queue,
-                           NULL::text AS kind, $1 AS event, $2 AS actor, $3::jsonb AS details";
-        sqlx::query(&append_events(rows))
-            .bind(event.as_str())
-            .bind(actor)
-            .bind(details)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO job_event_batches (n, entries)
+             SELECT n, entries FROM job_event_batch(ARRAY[
+                 ROW(NULL, NULL, NULL, NULL, $1::text, $2::text, $3::jsonb)::job_event_input])",
+            event.as_str(),
+            actor,
+            details
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

@@ -112,8 +112,7 @@ impl JobCleaner {
             Sweep::State(JobState::Dead, config.dead),
         ];
         let probe_tenant: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
-                .bind(SYSTEM_TENANT)
+            sqlx::query_scalar!("SELECT id FROM tenants WHERE name = $1", SYSTEM_TENANT)
                 .fetch_optional(&self.pool)
                 .await?;
         if let Some(tenant) = probe_tenant {
@@ -156,64 +155,79 @@ impl JobCleaner {
 
     /// Deletes one batch of `sweep`'s jobs, oldest first, with their events.
     async fn delete_jobs(&self, sweep: Sweep) -> sqlx::Result<Deleted> {
-        let (selection, age) = match sweep {
+        let mut tx = self.pool.begin().await?;
+        // Each condition is checked again on the row as the delete finds it: a job retried
+        // by hand meanwhile is no longer finished, or not for as long.
+        let gone: Vec<Uuid> = match sweep {
             // A job whose idempotency key still answers for it stays until housekeeping
             // frees the key (`TASKFLEET_IDEMPOTENCY_RETENTION_SECS`): gone sooner, a retry
             // of the same request, or a late delivery of a schedule's firing, would make a
             // second job.
-            Sweep::State(_, age) => (
-                "state = $1 AND finished_at < now() - make_interval(secs => $2)
-                 AND idempotency_key IS NULL",
-                age,
-            ),
-            Sweep::Probes(_, age) => (
-                "tenant_id = $1 AND finished_at < now() - make_interval(secs => $2)",
-                age,
-            ),
+            Sweep::State(state, age) => {
+                sqlx::query_scalar!(
+                    "DELETE FROM jobs
+                     WHERE id = ANY (ARRAY(
+                         SELECT id FROM jobs
+                         WHERE state = $1 AND finished_at < now() - make_interval(secs => $2)
+                           AND idempotency_key IS NULL
+                         ORDER BY finished_at LIMIT $3))
+                       AND state = $1 AND finished_at < now() - make_interval(secs => $2)
+                       AND idempotency_key IS NULL
+                     RETURNING id",
+                    state.as_str(),
+                    age.as_secs_f64(),
+                    self.config.batch_size
+                )
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            Sweep::Probes(tenant, age) => {
+                sqlx::query_scalar!(
+                    "DELETE FROM jobs
+                     WHERE id = ANY (ARRAY(
+                         SELECT id FROM jobs
+                         WHERE tenant_id = $1 AND finished_at < now() - make_interval(secs => $2)
+                         ORDER BY finished_at LIMIT $3))
+                       AND tenant_id = $1 AND finished_at < now() - make_interval(secs => $2)
+                     RETURNING id",
+                    tenant,
+                    age.as_secs_f64(),
+                    self.config.batch_size
+                )
+                .fetch_all(&mut *tx)
+                .await?
+            }
         };
-        let sql = format!(
-            "WITH gone AS (
-                 DELETE FROM jobs
-                 WHERE id = ANY (ARRAY(SELECT id FROM jobs WHERE {selection}
-                                       ORDER BY finished_at LIMIT $3))
-                   -- Again on the row as the delete finds it: a job retried by hand
-                   -- meanwhile is no longer finished, or not for as long.
-                   AND {selection}
-                 RETURNING id
-             ), waiting AS (
-                 UPDATE job_event_batches b
-                 SET entries = kept.entries, n = cardinality(kept.entries)
-                 FROM (SELECT id, n,
-                              ARRAY(SELECT e FROM unnest(entries) AS e
-                                    WHERE e.job_id IS NULL
-                                       OR e.job_id NOT IN (SELECT id FROM gone)) AS entries
-                       FROM job_event_batches
-                       WHERE EXISTS (SELECT 1 FROM gone)) AS kept
-                 WHERE b.id = kept.id AND kept.n <> cardinality(kept.entries)
-                 RETURNING kept.n - cardinality(kept.entries) AS removed
-             )
-             SELECT ARRAY(SELECT id FROM gone),
-                    (SELECT COALESCE(sum(removed), 0) FROM waiting)::bigint"
-        );
-        let mut tx = self.pool.begin().await?;
-        let query = sqlx::query_as::<_, (Vec<Uuid>, i64)>(&sql);
-        let query = match sweep {
-            Sweep::State(state, _) => query.bind(state.as_str()),
-            Sweep::Probes(tenant, _) => query.bind(tenant),
-        };
-        let (gone, waiting) = query
-            .bind(age.as_secs_f64())
-            .bind(self.config.batch_size)
-            .fetch_one(&mut *tx)
-            .await?;
+        if gone.is_empty() {
+            return Ok(Deleted::default());
+        }
+        // Their events still waiting for a number leave their batches.
+        let waiting = sqlx::query_scalar!(
+            r#"WITH trimmed AS (
+                   UPDATE job_event_batches b
+                   SET entries = kept.entries, n = cardinality(kept.entries)
+                   FROM (SELECT id, n,
+                                ARRAY(SELECT e FROM unnest(entries) AS e
+                                      WHERE e.job_id IS NULL
+                                         OR e.job_id NOT IN (SELECT unnest($1::uuid[])))
+                                    AS entries
+                         FROM job_event_batches) AS kept
+                   WHERE b.id = kept.id AND kept.n <> cardinality(kept.entries)
+                   RETURNING kept.n - cardinality(kept.entries) AS removed
+               )
+               SELECT COALESCE(sum(removed), 0)::int8 AS "removed!" FROM trimmed"#,
+            &gone
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         // A statement of its own, with a snapshot of its own: a sequencer round that took a
         // batch holding these jobs' events committed before the statement above could
         // change that batch (it waited for the round), and this one sees what it numbered.
-        let numbered = sqlx::query(
+        let numbered = sqlx::query!(
             "DELETE FROM job_events
              WHERE job_id = ANY($1) AND seq < (SELECT max(seq) FROM job_events)",
+            &gone
         )
-        .bind(&gone)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -229,8 +243,8 @@ impl JobCleaner {
     /// [`CleanerConfig::firings_per_schedule`], going through schedules in id order from
     /// `from`; returns how many, and the last schedule it deleted from.
     async fn trim_firings(&self, from: Uuid) -> sqlx::Result<(u64, Option<Uuid>)> {
-        let (n, last): (i64, Option<Uuid>) = sqlx::query_as(
-            "WITH old AS (
+        let trimmed = sqlx::query!(
+            r#"WITH old AS (
                  SELECT s.id AS schedule_id, o.fire_at
                  FROM schedules s CROSS JOIN LATERAL (
                      SELECT fire_at FROM schedule_firings
@@ -243,13 +257,15 @@ impl JobCleaner {
                  WHERE f.schedule_id = old.schedule_id AND f.fire_at = old.fire_at
                  RETURNING f.schedule_id
              )
-             SELECT count(*), (SELECT schedule_id FROM gone ORDER BY 1 DESC LIMIT 1) FROM gone",
+             SELECT count(*) AS "n!",
+                    (SELECT schedule_id FROM gone ORDER BY 1 DESC LIMIT 1) AS last
+             FROM gone"#,
+            self.config.firings_per_schedule,
+            from,
+            self.config.batch_size
         )
-        .bind(self.config.firings_per_schedule)
-        .bind(from)
-        .bind(self.config.batch_size)
         .fetch_one(&self.pool)
         .await?;
-        Ok((n as u64, last))
+        Ok((trimmed.n as u64, trimmed.last))
     }
 }

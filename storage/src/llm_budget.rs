@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Months, Utc};
-use sqlx::{FromRow, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The most tokens of one model answer (`max_tokens`): every call reserves this much beyond
@@ -84,7 +84,7 @@ impl BudgetStatus {
 }
 
 /// This month's tokens of one kind of call and one model.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageLine {
     pub purpose: String,
     pub model: String,
@@ -165,28 +165,32 @@ impl Budgets {
         hold: Duration,
     ) -> Result<Reservation, ReserveError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('llm_budget:' || $1, 0))")
-            .bind(tenant.to_string())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "SELECT pg_advisory_xact_lock(hashtextextended('llm_budget:' || $1, 0))",
+            tenant.to_string(),
+        )
+        .execute(&mut *tx)
+        .await?;
         let status = status_on(&mut tx, tenant, self.fleet_default).await?;
         let Some(limit) = status.limit else {
             return Ok(Reservation { id: None, tokens });
         };
         // Reservations nobody settled (their worker died) have expired: clear them away.
-        sqlx::query("DELETE FROM llm_reservations WHERE tenant_id = $1 AND expires_at <= now()")
-            .bind(tenant)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM llm_reservations WHERE tenant_id = $1 AND expires_at <= now()",
+            tenant,
+        )
+        .execute(&mut *tx)
+        .await?;
         if status.used + status.reserved + tokens > limit {
             if kind == LlmCallKind::Chat && status.used + tokens > limit {
-                sqlx::query(
+                sqlx::query!(
                     "UPDATE tenants SET llm_budget_refused_at = now(),
                                         llm_budget_refused_limit = $2
                      WHERE id = $1",
+                    tenant,
+                    limit,
                 )
-                .bind(tenant)
-                .bind(limit)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -199,15 +203,15 @@ impl Budgets {
                 resets_at: status.resets_at,
             });
         }
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = sqlx::query_scalar!(
             "INSERT INTO llm_reservations (tenant_id, job_id, tokens, expires_at)
              VALUES ($1, $2, $3, now() + make_interval(secs => $4))
              RETURNING id",
+            tenant,
+            job,
+            tokens,
+            hold.as_secs_f64(),
         )
-        .bind(tenant)
-        .bind(job)
-        .bind(tokens)
-        .bind(hold.as_secs_f64())
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -222,8 +226,7 @@ impl Budgets {
     pub async fn settle(&self, reservation: &Reservation, usage: LlmUsage<'_>) -> sqlx::Result<()> {
         let mut tx = self.pool.begin().await?;
         if let Some(id) = reservation.id {
-            sqlx::query("DELETE FROM llm_reservations WHERE id = $1")
-                .bind(id)
+            sqlx::query!("DELETE FROM llm_reservations WHERE id = $1", id)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -242,15 +245,17 @@ impl Budgets {
     /// This month's tokens by kind of call and model.
     pub async fn usage_this_month(&self, tenant: Uuid) -> sqlx::Result<Vec<UsageLine>> {
         let (start, _) = month_of(Utc::now());
-        sqlx::query_as(
-            "SELECT purpose, model, count(*) AS calls,
-                    sum(input_tokens)::bigint AS input_tokens,
-                    sum(output_tokens)::bigint AS output_tokens
-             FROM llm_usage WHERE tenant_id = $1 AND at >= $2
-             GROUP BY purpose, model ORDER BY purpose, model",
+        // Each group has a row at least, so its count and sums are never null.
+        sqlx::query_as!(
+            UsageLine,
+            r#"SELECT purpose, model, count(*) AS "calls!",
+                      sum(input_tokens)::bigint AS "input_tokens!",
+                      sum(output_tokens)::bigint AS "output_tokens!"
+               FROM llm_usage WHERE tenant_id = $1 AND at >= $2
+               GROUP BY purpose, model ORDER BY purpose, model"#,
+            tenant,
+            start,
         )
-        .bind(tenant)
-        .bind(start)
         .fetch_all(&self.pool)
         .await
     }
@@ -259,12 +264,14 @@ impl Budgets {
     /// tenant of that name. A changed budget (this, or the fleet's default) opens the door a
     /// refused chat call closed.
     pub async fn set_override(&self, tenant_name: &str, tokens: Option<i64>) -> sqlx::Result<bool> {
-        let changed = sqlx::query("UPDATE tenants SET llm_monthly_tokens = $2 WHERE name = $1")
-            .bind(tenant_name)
-            .bind(tokens)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let changed = sqlx::query!(
+            "UPDATE tenants SET llm_monthly_tokens = $2 WHERE name = $1",
+            tenant_name,
+            tokens,
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(changed == 1)
     }
 }
@@ -275,43 +282,45 @@ async fn status_on(
     fleet_default: Option<i64>,
 ) -> sqlx::Result<BudgetStatus> {
     let (month_start, resets_at) = month_of(Utc::now());
-    let (own, refused, used, reserved): (Option<i64>, bool, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT llm_monthly_tokens FROM tenants WHERE id = $1),
-                coalesce((SELECT llm_budget_refused_at >= $2
-                                 AND llm_budget_refused_limit = coalesce(llm_monthly_tokens, $3)
-                          FROM tenants WHERE id = $1), false),
-                (SELECT coalesce(sum(input_tokens + output_tokens), 0)::bigint
-                 FROM llm_usage WHERE tenant_id = $1 AND at >= $2),
-                (SELECT coalesce(sum(tokens), 0)::bigint
-                 FROM llm_reservations WHERE tenant_id = $1 AND expires_at > now())",
+    let row = sqlx::query!(
+        r#"SELECT (SELECT llm_monthly_tokens FROM tenants WHERE id = $1) AS own,
+                  coalesce((SELECT llm_budget_refused_at >= $2
+                                   AND llm_budget_refused_limit = coalesce(llm_monthly_tokens, $3)
+                            FROM tenants WHERE id = $1), false) AS "refused!",
+                  (SELECT coalesce(sum(input_tokens + output_tokens), 0)::bigint
+                   FROM llm_usage WHERE tenant_id = $1 AND at >= $2) AS "used!",
+                  (SELECT coalesce(sum(tokens), 0)::bigint
+                   FROM llm_reservations WHERE tenant_id = $1 AND expires_at > now())
+                      AS "reserved!""#,
+        tenant,
+        month_start,
+        fleet_default,
     )
-    .bind(tenant)
-    .bind(month_start)
-    .bind(fleet_default)
     .fetch_one(&mut *conn)
     .await?;
+    let own = row.own;
     Ok(BudgetStatus {
         limit: own.or(fleet_default),
         overridden: own.is_some(),
-        used,
-        reserved,
-        refused,
+        used: row.used,
+        reserved: row.reserved,
+        refused: row.refused,
         month_start,
         resets_at,
     })
 }
 
 async fn record_on(conn: &mut sqlx::PgConnection, usage: &LlmUsage<'_>) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO llm_usage (tenant_id, job_id, model, purpose, input_tokens, output_tokens)
          VALUES ($1, $2, $3, $4, $5, $6)",
+        usage.tenant,
+        usage.job,
+        usage.model,
+        usage.kind.name(),
+        usage.input_tokens,
+        usage.output_tokens,
     )
-    .bind(usage.tenant)
-    .bind(usage.job)
-    .bind(usage.model)
-    .bind(usage.kind.name())
-    .bind(usage.input_tokens)
-    .bind(usage.output_tokens)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -7,11 +7,8 @@ use uuid::Uuid;
 
 use crate::sealing::{OpenError, Sealer, llm_context};
 
-const RECORD_COLUMNS: &str =
-    "base_url, model, api_key IS NOT NULL AS has_key, created_at, updated_at";
-
 /// A tenant's provider as it may be shown: never the key.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlmProviderRecord {
     pub base_url: String,
     pub model: String,
@@ -130,27 +127,31 @@ impl LlmProviders {
     ) -> sqlx::Result<LlmProviderRecord> {
         let sealed = (!provider.api_key.is_empty())
             .then(|| sealer.seal(provider.api_key.as_bytes(), &llm_context(tenant)));
-        sqlx::query_as(&format!(
-            "INSERT INTO llm_providers (tenant_id, base_url, model, api_key)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant_id) DO UPDATE
-                 SET base_url = $2, model = $3, api_key = $4, updated_at = now()
-             RETURNING {RECORD_COLUMNS}"
-        ))
-        .bind(tenant)
-        .bind(&provider.base_url)
-        .bind(&provider.model)
-        .bind(sealed)
+        sqlx::query_as!(
+            LlmProviderRecord,
+            r#"INSERT INTO llm_providers (tenant_id, base_url, model, api_key)
+               VALUES ($1, $2, $3, $4)
+               ON CONFLICT (tenant_id) DO UPDATE
+                   SET base_url = $2, model = $3, api_key = $4, updated_at = now()
+               RETURNING base_url, model, api_key IS NOT NULL AS "has_key!", created_at,
+                         updated_at"#,
+            tenant,
+            provider.base_url,
+            provider.model,
+            sealed,
+        )
         .fetch_one(&self.pool)
         .await
     }
 
     /// The tenant's provider as it may be shown, without opening its key.
     pub async fn record(&self, tenant: Uuid) -> sqlx::Result<Option<LlmProviderRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT {RECORD_COLUMNS} FROM llm_providers WHERE tenant_id = $1"
-        ))
-        .bind(tenant)
+        sqlx::query_as!(
+            LlmProviderRecord,
+            r#"SELECT base_url, model, api_key IS NOT NULL AS "has_key!", created_at, updated_at
+               FROM llm_providers WHERE tenant_id = $1"#,
+            tenant,
+        )
         .fetch_optional(&self.pool)
         .await
     }
@@ -161,16 +162,17 @@ impl LlmProviders {
         tenant: Uuid,
         sealer: &Sealer,
     ) -> Result<Option<LlmProvider>, ProviderKeyError> {
-        let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+        let row = sqlx::query!(
             "SELECT base_url, model, api_key FROM llm_providers WHERE tenant_id = $1",
+            tenant,
         )
-        .bind(tenant)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((base_url, model, sealed)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let api_key = match sealed {
+        let (base_url, model) = (row.base_url, row.model);
+        let api_key = match row.api_key {
             Some(sealed) => String::from_utf8(sealer.open(&sealed, &llm_context(tenant))?)
                 .map_err(|_| OpenError::Malformed)?,
             None => String::new(),
@@ -184,16 +186,17 @@ impl LlmProviders {
 
     /// Whether the tenant has a provider of its own.
     pub async fn exists(&self, tenant: Uuid) -> sqlx::Result<bool> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM llm_providers WHERE tenant_id = $1)")
-            .bind(tenant)
-            .fetch_one(&self.pool)
-            .await
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM llm_providers WHERE tenant_id = $1) AS "exists!""#,
+            tenant,
+        )
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Forgets the tenant's provider (and destroys its sealed key); false when there was none.
     pub async fn delete(&self, tenant: Uuid) -> sqlx::Result<bool> {
-        let gone = sqlx::query("DELETE FROM llm_providers WHERE tenant_id = $1")
-            .bind(tenant)
+        let gone = sqlx::query!("DELETE FROM llm_providers WHERE tenant_id = $1", tenant)
             .execute(&self.pool)
             .await?
             .rows_affected();
@@ -204,22 +207,26 @@ impl LlmProviders {
     /// anew.
     pub async fn reseal(&self, sealer: &Sealer) -> Result<u64, ProviderKeyError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT tenant_id, api_key FROM llm_providers WHERE api_key IS NOT NULL FOR UPDATE",
+        let rows = sqlx::query!(
+            r#"SELECT tenant_id, api_key AS "api_key!" FROM llm_providers
+               WHERE api_key IS NOT NULL FOR UPDATE"#
         )
         .fetch_all(&mut *tx)
         .await?;
         let mut resealed = 0;
-        for (tenant, sealed) in rows {
+        for row in rows {
+            let (tenant, sealed) = (row.tenant_id, row.api_key);
             if sealer.is_current(&sealed) {
                 continue;
             }
             let plain = sealer.open(&sealed, &llm_context(tenant))?;
-            sqlx::query("UPDATE llm_providers SET api_key = $2 WHERE tenant_id = $1")
-                .bind(tenant)
-                .bind(sealer.seal(&plain, &llm_context(tenant)))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE llm_providers SET api_key = $2 WHERE tenant_id = $1",
+                tenant,
+                sealer.seal(&plain, &llm_context(tenant)),
+            )
+            .execute(&mut *tx)
+            .await?;
             resealed += 1;
         }
         tx.commit().await?;

@@ -9,15 +9,12 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgPool;
-use taskfleet_jobs::{EventName, JobState, Queue};
+use taskfleet_jobs::{JobState, Queue};
 
-use crate::{events::append_events, tenants::Scope};
+use crate::tenants::Scope;
 
 /// How far back throughput, failure rate, wait time and the counts of finished jobs look.
 pub const STATS_MINUTES: i64 = 15;
-
-/// The states a job ends in; the others are live.
-const FINISHED: [JobState; 3] = [JobState::Succeeded, JobState::Dead, JobState::Cancelled];
 
 /// Jobs finished in one minute.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,7 +52,7 @@ impl Queues {
 
     /// The paused queues.
     pub async fn paused(&self) -> sqlx::Result<Vec<Queue>> {
-        let names: Vec<String> = sqlx::query_scalar("SELECT queue FROM queue_pauses")
+        let names = sqlx::query_scalar!("SELECT queue FROM queue_pauses")
             .fetch_all(&self.pool)
             .await?;
         Ok(names.iter().filter_map(|name| name.parse().ok()).collect())
@@ -64,82 +61,82 @@ impl Queues {
     /// Pauses or resumes `queue`, recording `queue_paused` or `queue_resumed` when it
     /// changed. Returns whether it changed.
     pub async fn set_paused(&self, queue: Queue, paused: bool, actor: &str) -> sqlx::Result<bool> {
-        let (change, event) = if paused {
-            (
-                "INSERT INTO queue_pauses (queue, paused_by) VALUES ($1, $2)
-                 ON CONFLICT (queue) DO NOTHING RETURNING queue",
-                EventName::QueuePaused,
-            )
-        } else {
-            (
-                "DELETE FROM queue_pauses WHERE queue = $1 AND $2::text IS NOT NULL
-                 RETURNING queue",
-                EventName::QueueResumed,
-            )
-        };
-        let sql = format!(
-            "WITH changed AS ({change}), events AS ({events})
-             SELECT count(*) FROM changed",
-            events = append_events(&format!(
-                "SELECT NULL::uuid AS tenant_id, NULL::uuid AS job_id, queue, NULL::text AS kind,
-                        '{event}' AS event, $2 AS actor, '{{}}'::jsonb AS details
-                 FROM changed"
-            )),
-        );
-        let changed: i64 = sqlx::query_scalar(&sql)
-            .bind(queue.as_str())
-            .bind(actor)
-            .fetch_one(&self.pool)
-            .await?;
+        // One of the two changes runs, as `$3` says.
+        let changed = sqlx::query_scalar!(
+            r#"WITH paused AS (
+                   INSERT INTO queue_pauses (queue, paused_by) SELECT $1, $2 WHERE $3
+                   ON CONFLICT (queue) DO NOTHING RETURNING queue, 'queue_paused' AS event
+               ), resumed AS (
+                   DELETE FROM queue_pauses WHERE queue = $1 AND NOT $3
+                   RETURNING queue, 'queue_resumed' AS event
+               ), changed AS (
+                   SELECT * FROM paused UNION ALL SELECT * FROM resumed
+               ), events AS (
+                   INSERT INTO job_event_batches (n, entries)
+                   SELECT n, entries FROM job_event_batch(ARRAY(
+                       SELECT ROW(NULL, NULL, queue, NULL, event, $2, '{}')::job_event_input
+                       FROM changed))
+               )
+               SELECT count(*) AS "count!" FROM changed"#,
+            queue.as_str(),
+            actor,
+            paused
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(changed > 0)
     }
 
     /// Every queue's statistics over the jobs in `scope`.
     pub async fn stats(&self, scope: Scope) -> sqlx::Result<Vec<QueueStats>> {
-        let condition = scope.condition("$1");
+        // The state lists are written into the statements, not bound, so that every plan
+        // knows how few rows they select.
         let tenant = scope.tenant_id();
-        let finished = sql_list(FINISHED);
-        let live = sql_list(JobState::ALL.into_iter().filter(|s| !FINISHED.contains(s)));
-        let depths: Vec<(String, String, i64)> = sqlx::query_as(&format!(
-            "SELECT queue, state, count(*) FROM jobs
-             WHERE {condition} AND state IN ({live}) GROUP BY queue, state"
-        ))
-        .bind(tenant)
+        let depths = sqlx::query!(
+            r#"SELECT queue, state, count(*) AS "count!" FROM jobs
+               WHERE ($1::uuid IS NULL OR tenant_id = $1)
+                 AND state IN ('scheduled', 'queued', 'running', 'retrying')
+               GROUP BY queue, state"#,
+            tenant
+        )
         .fetch_all(&self.pool)
         .await?;
-        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        let now = sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
             .fetch_one(&self.pool)
             .await?;
         let first_minute = now.duration_trunc(TimeDelta::minutes(1)).expect("minute")
             - TimeDelta::minutes(STATS_MINUTES - 1);
-        let minutes: Vec<(String, DateTime<Utc>, i64, i64, i64)> = sqlx::query_as(&format!(
-            "SELECT queue, date_trunc('minute', finished_at) AS minute,
-                    count(*) FILTER (WHERE state = 'succeeded'),
-                    count(*) FILTER (WHERE state = 'dead'),
-                    count(*) FILTER (WHERE state = 'cancelled')
-             FROM jobs
-             WHERE {condition} AND state IN ({finished}) AND finished_at >= $2
-             GROUP BY 1, 2"
-        ))
-        .bind(tenant)
-        .bind(first_minute)
+        let minutes = sqlx::query!(
+            r#"SELECT queue, date_trunc('minute', finished_at) AS "minute!",
+                      count(*) FILTER (WHERE state = 'succeeded') AS "succeeded!",
+                      count(*) FILTER (WHERE state = 'dead') AS "dead!",
+                      count(*) FILTER (WHERE state = 'cancelled') AS "cancelled!"
+               FROM jobs
+               WHERE ($1::uuid IS NULL OR tenant_id = $1)
+                 AND state IN ('succeeded', 'dead', 'cancelled') AND finished_at >= $2
+               GROUP BY 1, 2"#,
+            tenant,
+            first_minute
+        )
         .fetch_all(&self.pool)
         .await?;
-        let waits: Vec<(String, Option<f64>)> = sqlx::query_as(&format!(
+        let waits = sqlx::query!(
             "SELECT queue, percentile_cont(0.95) WITHIN GROUP (
-                        ORDER BY EXTRACT(EPOCH FROM started_at - run_at)::float8)
+                        ORDER BY EXTRACT(EPOCH FROM started_at - run_at)::float8) AS p95
              FROM jobs
-             WHERE {condition} AND state IN ({finished}) AND finished_at >= $2
+             WHERE ($1::uuid IS NULL OR tenant_id = $1)
+               AND state IN ('succeeded', 'dead', 'cancelled') AND finished_at >= $2
                AND started_at IS NOT NULL AND started_at >= run_at
-             GROUP BY queue"
-        ))
-        .bind(tenant)
-        .bind(first_minute)
+             GROUP BY queue",
+            tenant,
+            first_minute
+        )
         .fetch_all(&self.pool)
         .await?;
         let paused = self.paused().await?;
 
-        let waits: HashMap<String, Option<f64>> = waits.into_iter().collect();
+        let waits: HashMap<String, Option<f64>> =
+            waits.into_iter().map(|row| (row.queue, row.p95)).collect();
         Ok(Queue::ALL
             .into_iter()
             .map(|queue| {
@@ -148,17 +145,17 @@ impl Queues {
                         let minute = first_minute + TimeDelta::minutes(i);
                         minutes
                             .iter()
-                            .find(|row| row.0 == queue.as_str() && row.1 == minute)
+                            .find(|row| row.queue == queue.as_str() && row.minute == minute)
                             .map_or(
                                 Minute {
                                     minute,
                                     ..Minute::default()
                                 },
-                                |&(_, minute, succeeded, dead, cancelled)| Minute {
+                                |row| Minute {
                                     minute,
-                                    succeeded,
-                                    dead,
-                                    cancelled,
+                                    succeeded: row.succeeded,
+                                    dead: row.dead,
+                                    cancelled: row.cancelled,
                                 },
                             )
                     })
@@ -175,8 +172,10 @@ impl Queues {
                             JobState::Cancelled => finished(|m| m.cancelled),
                             live => depths
                                 .iter()
-                                .find(|row| row.0 == queue.as_str() && row.1 == live.as_str())
-                                .map_or(0, |row| row.2),
+                                .find(|row| {
+                                    row.queue == queue.as_str() && row.state == live.as_str()
+                                })
+                                .map_or(0, |row| row.count),
                         };
                         (state, n)
                     })
@@ -193,11 +192,4 @@ impl Queues {
             })
             .collect())
     }
-}
-
-/// `states` as the items of an SQL `IN` list. Written into statements rather than bound, so
-/// that every plan knows how few rows the list selects.
-fn sql_list(states: impl IntoIterator<Item = JobState>) -> String {
-    let quoted: Vec<String> = states.into_iter().map(|s| format!("'{s}'")).collect();
-    quoted.join(", ")
 }

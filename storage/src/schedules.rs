@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgPool, postgres::PgListener};
+use sqlx::{PgPool, postgres::PgListener};
 use uuid::Uuid;
 
-use crate::{events::append_events, tenants::Scope};
+use crate::tenants::Scope;
 
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct ScheduleRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -28,9 +28,6 @@ pub struct ScheduleRecord {
 /// The channel notified when schedules or queue pauses change (migration 0010).
 const CHANGED_CHANNEL: &str = "taskfleet_schedules_changed";
 
-const SCHEDULE_COLUMNS: &str = "id, tenant_id, name, target, cron, time_zone, at, missed, \
-     paused, next_fire_at, created_at, updated_at";
-
 /// A schedule's definition, as created or replaced.
 #[derive(Debug, Clone)]
 pub struct ScheduleDefinition {
@@ -43,7 +40,7 @@ pub struct ScheduleDefinition {
     pub next_fire_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Firing {
     pub schedule_id: Uuid,
     pub fire_at: DateTime<Utc>,
@@ -72,7 +69,7 @@ pub struct Skipped {
 }
 
 /// The latest unbroken run of schedulers, as recorded by their beats (migration 0015).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerBeat {
     pub running_since: DateTime<Utc>,
     pub beat_at: DateTime<Utc>,
@@ -110,21 +107,23 @@ impl Schedules {
         tenant_id: Uuid,
         def: &ScheduleDefinition,
     ) -> Result<ScheduleRecord, ScheduleError> {
-        sqlx::query_as(&format!(
+        sqlx::query_as!(
+            ScheduleRecord,
             "INSERT INTO schedules (id, tenant_id, name, target, cron, time_zone, at, missed,
                                     next_fire_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             RETURNING {SCHEDULE_COLUMNS}"
-        ))
-        .bind(Uuid::now_v7())
-        .bind(tenant_id)
-        .bind(&def.name)
-        .bind(&def.target)
-        .bind(&def.cron)
-        .bind(&def.time_zone)
-        .bind(def.at)
-        .bind(&def.missed)
-        .bind(def.next_fire_at)
+             RETURNING id, tenant_id, name, target, cron, time_zone, at, missed, paused,
+                       next_fire_at, created_at, updated_at",
+            Uuid::now_v7(),
+            tenant_id,
+            &def.name,
+            &def.target,
+            def.cron.as_deref(),
+            def.time_zone.as_deref(),
+            def.at,
+            &def.missed,
+            def.next_fire_at
+        )
         .fetch_one(&self.pool)
         .await
         .map_err(|err| name_taken(err, &def.name))
@@ -137,21 +136,23 @@ impl Schedules {
         id: Uuid,
         def: &ScheduleDefinition,
     ) -> Result<Option<ScheduleRecord>, ScheduleError> {
-        sqlx::query_as(&format!(
+        sqlx::query_as!(
+            ScheduleRecord,
             "UPDATE schedules SET name = $3, target = $4, cron = $5, time_zone = $6, at = $7,
                     missed = $8, next_fire_at = $9, updated_at = now()
              WHERE tenant_id = $1 AND id = $2
-             RETURNING {SCHEDULE_COLUMNS}"
-        ))
-        .bind(tenant_id)
-        .bind(id)
-        .bind(&def.name)
-        .bind(&def.target)
-        .bind(&def.cron)
-        .bind(&def.time_zone)
-        .bind(def.at)
-        .bind(&def.missed)
-        .bind(def.next_fire_at)
+             RETURNING id, tenant_id, name, target, cron, time_zone, at, missed, paused,
+                       next_fire_at, created_at, updated_at",
+            tenant_id,
+            id,
+            &def.name,
+            &def.target,
+            def.cron.as_deref(),
+            def.time_zone.as_deref(),
+            def.at,
+            &def.missed,
+            def.next_fire_at
+        )
         .fetch_optional(&self.pool)
         .await
         .map_err(|err| name_taken(err, &def.name))
@@ -159,13 +160,15 @@ impl Schedules {
 
     /// A schedule in `scope` (the `schedule.fire` handler reads any tenant's).
     pub async fn get(&self, scope: Scope, id: Uuid) -> sqlx::Result<Option<ScheduleRecord>> {
-        let condition = scope.condition("$1");
-        sqlx::query_as(&format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules
-             WHERE {condition} AND id = $2"
-        ))
-        .bind(scope.tenant_id())
-        .bind(id)
+        sqlx::query_as!(
+            ScheduleRecord,
+            "SELECT id, tenant_id, name, target, cron, time_zone, at, missed, paused,
+                       next_fire_at, created_at, updated_at
+             FROM schedules
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2",
+            scope.tenant_id(),
+            id
+        )
         .fetch_optional(&self.pool)
         .await
     }
@@ -178,25 +181,29 @@ impl Schedules {
         before: Option<Uuid>,
         limit: i64,
     ) -> sqlx::Result<Vec<ScheduleRecord>> {
-        let condition = scope.condition("$1");
-        sqlx::query_as(&format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules
-             WHERE {condition} AND ($2::uuid IS NULL OR id < $2)
-             ORDER BY id DESC LIMIT $3"
-        ))
-        .bind(scope.tenant_id())
-        .bind(before)
-        .bind(limit)
+        sqlx::query_as!(
+            ScheduleRecord,
+            "SELECT id, tenant_id, name, target, cron, time_zone, at, missed, paused,
+                       next_fire_at, created_at, updated_at
+             FROM schedules
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::uuid IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3",
+            scope.tenant_id(),
+            before,
+            limit
+        )
         .fetch_all(&self.pool)
         .await
     }
 
     pub async fn delete(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
-        let done = sqlx::query("DELETE FROM schedules WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query!(
+            "DELETE FROM schedules WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            id
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -208,17 +215,19 @@ impl Schedules {
         paused: bool,
         next_fire_at: Option<DateTime<Utc>>,
     ) -> sqlx::Result<Option<ScheduleRecord>> {
-        sqlx::query_as(&format!(
+        sqlx::query_as!(
+            ScheduleRecord,
             "UPDATE schedules SET paused = $3, updated_at = now(),
                     next_fire_at = CASE WHEN $3 THEN next_fire_at ELSE $4 END
              -- Resuming a running schedule changes nothing (its due slot stays).
              WHERE tenant_id = $1 AND id = $2 AND ($3 OR paused)
-             RETURNING {SCHEDULE_COLUMNS}"
-        ))
-        .bind(tenant_id)
-        .bind(id)
-        .bind(paused)
-        .bind(next_fire_at)
+             RETURNING id, tenant_id, name, target, cron, time_zone, at, missed, paused,
+                       next_fire_at, created_at, updated_at",
+            tenant_id,
+            id,
+            paused,
+            next_fire_at
+        )
         .fetch_optional(&self.pool)
         .await
     }
@@ -233,16 +242,19 @@ impl Schedules {
         limit: i64,
     ) -> sqlx::Result<Vec<ScheduleRecord>> {
         let (after_at, after_id) = after.unzip();
-        sqlx::query_as(&format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules
+        sqlx::query_as!(
+            ScheduleRecord,
+            "SELECT id, tenant_id, name, target, cron, time_zone, at, missed, paused,
+                       next_fire_at, created_at, updated_at
+             FROM schedules
              WHERE NOT paused AND next_fire_at <= $1
-               AND ($2::timestamptz IS NULL OR (next_fire_at, id) > ($2, $3))
-             ORDER BY next_fire_at, id LIMIT $4"
-        ))
-        .bind(now)
-        .bind(after_at)
-        .bind(after_id)
-        .bind(limit)
+               AND ($2::timestamptz IS NULL OR (next_fire_at, id) > ($2, $3::uuid))
+             ORDER BY next_fire_at, id LIMIT $4",
+            now,
+            after_at,
+            after_id,
+            limit
+        )
         .fetch_all(&self.pool)
         .await
     }
@@ -250,9 +262,9 @@ impl Schedules {
     /// How long until the earliest unpaused schedule's next slot, by the database's clock
     /// (zero when one is due); `None` when no schedule has a slot to come.
     pub async fn until_next_due(&self) -> sqlx::Result<Option<Duration>> {
-        let seconds: Option<f64> = sqlx::query_scalar(
+        let seconds = sqlx::query_scalar!(
             "SELECT EXTRACT(EPOCH FROM min(next_fire_at) - now())::float8 FROM schedules
-             WHERE NOT paused AND next_fire_at IS NOT NULL",
+             WHERE NOT paused AND next_fire_at IS NOT NULL"
         )
         .fetch_one(&self.pool)
         .await?;
@@ -267,27 +279,30 @@ impl Schedules {
 
     /// The database's clock, which `due` compares with.
     pub async fn now(&self) -> sqlx::Result<DateTime<Utc>> {
-        sqlx::query_scalar("SELECT now()")
+        sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
             .fetch_one(&self.pool)
             .await
     }
 
     /// The latest run of schedulers, if one ever ran.
     pub async fn last_beat(&self) -> sqlx::Result<Option<SchedulerBeat>> {
-        sqlx::query_as("SELECT running_since, beat_at FROM scheduler_clock")
-            .fetch_optional(&self.pool)
-            .await
+        sqlx::query_as!(
+            SchedulerBeat,
+            "SELECT running_since, beat_at FROM scheduler_clock"
+        )
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// Records that a scheduler running without a break since `running_since` runs at `at`.
     pub async fn beat(&self, running_since: DateTime<Utc>, at: DateTime<Utc>) -> sqlx::Result<()> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO scheduler_clock (running_since, beat_at) VALUES ($1, $2)
              ON CONFLICT (id) DO UPDATE
                  SET running_since = EXCLUDED.running_since, beat_at = EXCLUDED.beat_at",
+            running_since,
+            at
         )
-        .bind(running_since)
-        .bind(at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -303,44 +318,43 @@ impl Schedules {
                 .map(|m| m.skipped.as_ref().map(field))
                 .collect()
         };
-        let sql = format!(
-            "WITH input AS (
-                 SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[],
-                                      $4::int8[], $5::timestamptz[], $6::timestamptz[])
-                     AS t(id, from_at, next_at, skipped, first_skipped, last_skipped)
-             ), moved AS (
-                 UPDATE schedules SET next_fire_at = input.next_at
-                 FROM input
-                 WHERE schedules.id = input.id AND schedules.next_fire_at = input.from_at
-                   AND NOT schedules.paused
-                 RETURNING schedules.id, schedules.tenant_id, schedules.missed, input.skipped,
-                           input.first_skipped, input.last_skipped
-             )
-             {events}",
-            events = append_events(&format!(
-                "SELECT tenant_id, NULL::uuid AS job_id, 'schedule' AS queue,
-                        'schedule.fire' AS kind, '{skipped}' AS event, 'scheduler' AS actor,
-                        jsonb_build_object('schedule_id', id, 'policy', missed,
-                                           'skipped', skipped, 'first', first_skipped,
-                                           'last', last_skipped) AS details
-                 FROM moved WHERE skipped > 0 ORDER BY id",
-                skipped = taskfleet_jobs::EventName::ScheduleSkipped,
-            )),
-        );
-        sqlx::query(&sql)
-            .bind(moves.iter().map(|m| m.id).collect::<Vec<_>>())
-            .bind(moves.iter().map(|m| m.from).collect::<Vec<_>>())
-            .bind(moves.iter().map(|m| m.next).collect::<Vec<_>>())
-            .bind(
-                moves
-                    .iter()
-                    .map(|m| m.skipped.map_or(0, |s| s.count))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(skipped(|s| s.first))
-            .bind(skipped(|s| s.last))
-            .execute(&self.pool)
-            .await?;
+        let ids: Vec<Uuid> = moves.iter().map(|m| m.id).collect();
+        let froms: Vec<DateTime<Utc>> = moves.iter().map(|m| m.from).collect();
+        let nexts: Vec<Option<DateTime<Utc>>> = moves.iter().map(|m| m.next).collect();
+        let counts: Vec<i64> = moves
+            .iter()
+            .map(|m| m.skipped.map_or(0, |s| s.count))
+            .collect();
+        sqlx::query!(
+            r#"WITH input AS (
+                   SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[],
+                                        $4::int8[], $5::timestamptz[], $6::timestamptz[])
+                       AS t(id, from_at, next_at, skipped, first_skipped, last_skipped)
+               ), moved AS (
+                   UPDATE schedules SET next_fire_at = input.next_at
+                   FROM input
+                   WHERE schedules.id = input.id AND schedules.next_fire_at = input.from_at
+                     AND NOT schedules.paused
+                   RETURNING schedules.id, schedules.tenant_id, schedules.missed, input.skipped,
+                             input.first_skipped, input.last_skipped
+               )
+               INSERT INTO job_event_batches (n, entries)
+               SELECT n, entries FROM job_event_batch(ARRAY(
+                   SELECT ROW(tenant_id, NULL, 'schedule', 'schedule.fire', 'schedule_skipped',
+                              'scheduler',
+                              jsonb_build_object('schedule_id', id, 'policy', missed,
+                                                 'skipped', skipped, 'first', first_skipped,
+                                                 'last', last_skipped))::job_event_input
+                   FROM moved WHERE skipped > 0 ORDER BY id))"#,
+            &ids,
+            &froms,
+            &nexts as &[Option<DateTime<Utc>>],
+            &counts,
+            &skipped(|s| s.first) as &[Option<DateTime<Utc>>],
+            &skipped(|s| s.last) as &[Option<DateTime<Utc>>]
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -352,14 +366,14 @@ impl Schedules {
         job_id: Uuid,
         catch_up: bool,
     ) -> sqlx::Result<bool> {
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "INSERT INTO schedule_firings (schedule_id, fire_at, job_id, catch_up)
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            schedule_id,
+            fire_at,
+            job_id,
+            catch_up
         )
-        .bind(schedule_id)
-        .bind(fire_at)
-        .bind(job_id)
-        .bind(catch_up)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -371,11 +385,11 @@ impl Schedules {
         schedule_id: Uuid,
         fire_at: DateTime<Utc>,
     ) -> sqlx::Result<Option<Uuid>> {
-        sqlx::query_scalar(
+        sqlx::query_scalar!(
             "SELECT job_id FROM schedule_firings WHERE schedule_id = $1 AND fire_at = $2",
+            schedule_id,
+            fire_at
         )
-        .bind(schedule_id)
-        .bind(fire_at)
         .fetch_optional(&self.pool)
         .await
     }
@@ -386,17 +400,18 @@ impl Schedules {
         schedules: &[Uuid],
         limit: i64,
     ) -> sqlx::Result<Vec<Firing>> {
-        sqlx::query_as(
-            "SELECT schedule.id AS schedule_id, f.fire_at, f.job_id, f.catch_up, f.fired_at
+        sqlx::query_as!(
+            Firing,
+            r#"SELECT schedule.id AS "schedule_id!", f.fire_at, f.job_id, f.catch_up, f.fired_at
              FROM UNNEST($1::uuid[]) AS schedule(id)
              CROSS JOIN LATERAL (
                  SELECT fire_at, job_id, catch_up, fired_at FROM schedule_firings
                  WHERE schedule_id = schedule.id ORDER BY fire_at DESC LIMIT $2
              ) AS f
-             ORDER BY schedule.id, f.fire_at DESC",
+             ORDER BY schedule.id, f.fire_at DESC"#,
+            schedules,
+            limit
         )
-        .bind(schedules)
-        .bind(limit)
         .fetch_all(&self.pool)
         .await
     }
@@ -409,14 +424,16 @@ impl Schedules {
         job_id: Option<Uuid>,
         details: Value,
     ) -> sqlx::Result<()> {
-        sqlx::query(&append_events(
-            "SELECT $1::uuid AS tenant_id, $2::uuid AS job_id, 'schedule' AS queue,
-                    'schedule.fire' AS kind, $3 AS event, 'scheduler' AS actor, $4::jsonb AS details",
-        ))
-        .bind(schedule.tenant_id)
-        .bind(job_id)
-        .bind(event.as_str())
-        .bind(details)
+        sqlx::query!(
+            "INSERT INTO job_event_batches (n, entries)
+             SELECT n, entries FROM job_event_batch(ARRAY[
+                 ROW($1::uuid, $2::uuid, 'schedule', 'schedule.fire', $3::text, 'scheduler',
+                     $4::jsonb)::job_event_input])",
+            schedule.tenant_id,
+            job_id,
+            event.as_str(),
+            details
+        )
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -8,10 +8,7 @@ use chrono::{DateTime, Utc};
 use taskfleet_jobs::{JobSpec, TaskStatus, spec::EmbedItems, wire};
 use uuid::Uuid;
 
-use crate::{
-    InsertError, Ledger, NewJob, TaskRecord, Tasks, task_ranking::prioritise_in,
-    tasks::TASK_COLUMNS,
-};
+use crate::{InsertError, Ledger, NewJob, TaskRecord, Tasks, task_ranking::prioritise_in};
 
 /// A task typed by hand.
 #[derive(Debug, Clone)]
@@ -61,11 +58,17 @@ pub struct Editor<'a> {
 
 impl Tasks {
     pub async fn get(&self, tenant: Uuid, id: Uuid) -> sqlx::Result<Option<TaskRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1 AND id = $2"
-        ))
-        .bind(tenant)
-        .bind(id)
+        sqlx::query_as!(
+            TaskRecord,
+            "SELECT id, tenant_id, connector_id, source_kind, source_ref, title, snippet,
+                    url, due_at, labels, status, horizon, source_updated_at,
+                    source_removed_at, duplicate_of, duplicate_similarity, urgency,
+                    importance, recency, source_signal, priority, rank, reason, ranked_by,
+                    ranked_at, completed_at, created_at, updated_at
+             FROM tasks WHERE tenant_id = $1 AND id = $2",
+            tenant,
+            id,
+        )
         .fetch_optional(&self.pool)
         .await
     }
@@ -85,19 +88,26 @@ impl Tasks {
         task: NewTask,
     ) -> Result<TaskRecord, EditError> {
         let mut tx = self.pool.begin().await?;
-        let made: Option<TaskRecord> = sqlx::query_as(&format!(
+        // The source_ref is the id as text: `$2::uuid::text`, since a bare `$2::text` would
+        // make the statement's `$2` a text parameter, which the id column refuses.
+        let made: Option<TaskRecord> = sqlx::query_as!(
+            TaskRecord,
             "INSERT INTO tasks (id, tenant_id, source_kind, source_ref, title, snippet, due_at,
                                 status, horizon, content_hash)
-             VALUES ($2, $1, 'manual', $2::text, $3, $4, $5, 'open', 'month',
+             VALUES ($2, $1, 'manual', $2::uuid::text, $3, $4, $5, 'open', 'month',
                      sha256(convert_to($3 || E'\\n' || $4, 'UTF8')))
              ON CONFLICT (id) DO NOTHING
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(by.tenant)
-        .bind(id)
-        .bind(&task.title)
-        .bind(&task.description)
-        .bind(task.due_at)
+             RETURNING id, tenant_id, connector_id, source_kind, source_ref, title, snippet,
+                       url, due_at, labels, status, horizon, source_updated_at,
+                       source_removed_at, duplicate_of, duplicate_similarity, urgency,
+                       importance, recency, source_signal, priority, rank, reason, ranked_by,
+                       ranked_at, completed_at, created_at, updated_at",
+            by.tenant,
+            id,
+            &task.title,
+            &task.description,
+            task.due_at,
+        )
         .fetch_optional(&mut *tx)
         .await?;
         let Some(record) = made else {
@@ -120,7 +130,8 @@ impl Tasks {
     ) -> Result<TaskRecord, EditError> {
         let mut tx = self.pool.begin().await?;
         let before = locked(&mut tx, by.tenant, id).await?;
-        let record: TaskRecord = sqlx::query_as(&format!(
+        let record: TaskRecord = sqlx::query_as!(
+            TaskRecord,
             "UPDATE tasks SET
                  title = coalesce($3, title),
                  snippet = coalesce($4, snippet),
@@ -133,15 +144,19 @@ impl Tasks {
                                                   || coalesce($4, snippet), 'UTF8')),
                  updated_at = now()
              WHERE tenant_id = $1 AND id = $2
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(by.tenant)
-        .bind(id)
-        .bind(edit.title.as_deref())
-        .bind(edit.description.as_deref())
-        .bind(edit.due_at.is_some())
-        .bind(edit.due_at.flatten())
-        .bind(edit.status.map(|s| wire::name(&s)))
+             RETURNING id, tenant_id, connector_id, source_kind, source_ref, title, snippet,
+                       url, due_at, labels, status, horizon, source_updated_at,
+                       source_removed_at, duplicate_of, duplicate_similarity, urgency,
+                       importance, recency, source_signal, priority, rank, reason, ranked_by,
+                       ranked_at, completed_at, created_at, updated_at",
+            by.tenant,
+            id,
+            edit.title.as_deref(),
+            edit.description.as_deref(),
+            edit.due_at.is_some(),
+            edit.due_at.flatten(),
+            edit.status.map(|s| wire::name(&s)),
+        )
         .fetch_one(&mut *tx)
         .await?;
         let text_changed = record.title != before.title || record.snippet != before.snippet;
@@ -175,28 +190,33 @@ impl Tasks {
     pub async fn undo(&self, by: Editor<'_>, id: Uuid) -> Result<TaskRecord, EditError> {
         let mut tx = self.pool.begin().await?;
         let current = locked(&mut tx, by.tenant, id).await?;
-        let last: Option<Option<String>> = sqlx::query_scalar(
+        let last: Option<Option<String>> = sqlx::query_scalar!(
             "SELECT status_before FROM task_events
              WHERE task_id = $1 AND kind IN ('completed', 'reopened', 'undone')
              ORDER BY id DESC LIMIT 1",
+            id,
         )
-        .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(Some(status)) = last else {
             return Err(EditError::NothingToUndo);
         };
         let status: TaskStatus = wire::parse(&status).ok_or(EditError::NothingToUndo)?;
-        let record: TaskRecord = sqlx::query_as(&format!(
+        let record: TaskRecord = sqlx::query_as!(
+            TaskRecord,
             "UPDATE tasks SET status = $3,
                     completed_at = CASE WHEN $3 = 'done' THEN now() END,
                     updated_at = now()
              WHERE tenant_id = $1 AND id = $2
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(by.tenant)
-        .bind(id)
-        .bind(wire::name(&status))
+             RETURNING id, tenant_id, connector_id, source_kind, source_ref, title, snippet,
+                       url, due_at, labels, status, horizon, source_updated_at,
+                       source_removed_at, duplicate_of, duplicate_similarity, urgency,
+                       importance, recency, source_signal, priority, rank, reason, ranked_by,
+                       ranked_at, completed_at, created_at, updated_at",
+            by.tenant,
+            id,
+            wire::name(&status),
+        )
         .fetch_one(&mut *tx)
         .await?;
         event(&mut tx, &by, id, "undone", Some(&current.status), status).await?;
@@ -210,19 +230,21 @@ impl Tasks {
     pub async fn delete(&self, by: Editor<'_>, id: Uuid) -> Result<(), EditError> {
         let mut tx = self.pool.begin().await?;
         locked(&mut tx, by.tenant, id).await?;
-        let orphans: Vec<Uuid> = sqlx::query_scalar(
+        let orphans: Vec<Uuid> = sqlx::query_scalar!(
             "UPDATE tasks SET duplicate_of = NULL, duplicate_similarity = NULL
              WHERE tenant_id = $1 AND duplicate_of = $2 RETURNING id",
+            by.tenant,
+            id,
         )
-        .bind(by.tenant)
-        .bind(id)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM tasks WHERE tenant_id = $1 AND id = $2")
-            .bind(by.tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM tasks WHERE tenant_id = $1 AND id = $2",
+            by.tenant,
+            id,
+        )
+        .execute(&mut *tx)
+        .await?;
         // The former repeats are embedded again only if their text changed, but checked for
         // another original; the job also removes the deleted task's vector.
         let mut items = vec![id];
@@ -249,11 +271,17 @@ async fn locked(
     tenant: Uuid,
     id: Uuid,
 ) -> Result<TaskRecord, EditError> {
-    sqlx::query_as(&format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
-    ))
-    .bind(tenant)
-    .bind(id)
+    sqlx::query_as!(
+        TaskRecord,
+        "SELECT id, tenant_id, connector_id, source_kind, source_ref, title, snippet,
+                url, due_at, labels, status, horizon, source_updated_at,
+                source_removed_at, duplicate_of, duplicate_similarity, urgency,
+                importance, recency, source_signal, priority, rank, reason, ranked_by,
+                ranked_at, completed_at, created_at, updated_at
+         FROM tasks WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        tenant,
+        id,
+    )
     .fetch_optional(tx)
     .await?
     .ok_or(EditError::NotFound)
@@ -267,16 +295,16 @@ async fn event(
     before: Option<&str>,
     after: TaskStatus,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO task_events (tenant_id, task_id, kind, status_before, status_after, actor)
          VALUES ($1, $2, $3, $4, $5, $6)",
+        by.tenant,
+        task,
+        kind,
+        before,
+        wire::name(&after),
+        by.actor,
     )
-    .bind(by.tenant)
-    .bind(task)
-    .bind(kind)
-    .bind(before)
-    .bind(wire::name(&after))
-    .bind(by.actor)
     .execute(tx)
     .await?;
     Ok(())

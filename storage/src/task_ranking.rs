@@ -5,7 +5,6 @@
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::FromRow;
 use taskfleet_jobs::{
     JobSpec,
     spec::{AgentPrioritise, EmbedItems, JobOptions},
@@ -21,7 +20,7 @@ const REEMBED_CHUNK: usize = 1_000;
 pub const EMBED_TEXT_CHARS: usize = 2_000;
 
 /// A task as the embed job sees it.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct EmbedCandidate {
     pub id: Uuid,
     pub title: String,
@@ -57,7 +56,7 @@ impl EmbedCandidate {
 }
 
 /// A task as the prioritiser sees it.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct RankCandidate {
     pub id: Uuid,
     pub source_kind: String,
@@ -99,13 +98,15 @@ impl Tasks {
         tenant: Uuid,
         ids: &[Uuid],
     ) -> sqlx::Result<(Vec<EmbedCandidate>, Vec<Uuid>)> {
-        let found: Vec<EmbedCandidate> = sqlx::query_as(
-            "SELECT id, title, snippet, content_hash, embedded_hash, embedded_with,
-                    status = 'open' AS open, source_removed_at IS NOT NULL AS source_removed
-             FROM tasks WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id",
+        let found: Vec<EmbedCandidate> = sqlx::query_as!(
+            EmbedCandidate,
+            r#"SELECT id, title, snippet, content_hash, embedded_hash, embedded_with,
+                    status = 'open' AS "open!",
+                    source_removed_at IS NOT NULL AS "source_removed!"
+             FROM tasks WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id"#,
+            tenant,
+            ids,
         )
-        .bind(tenant)
-        .bind(ids)
         .fetch_all(&self.pool)
         .await?;
         let missing = ids
@@ -126,15 +127,17 @@ impl Tasks {
     ) -> sqlx::Result<()> {
         let ids: Vec<Uuid> = embedded.iter().map(|(id, _)| *id).collect();
         let hashes: Vec<&[u8]> = embedded.iter().map(|(_, h)| h.as_slice()).collect();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE tasks t SET embedded_hash = e.hash, embedded_with = $4, embedded_at = now()
              FROM UNNEST($2::uuid[], $3::bytea[]) AS e(id, hash)
              WHERE t.tenant_id = $1 AND t.id = e.id AND t.content_hash = e.hash",
+            tenant,
+            &ids,
+            // Borrowed hashes: `as` gives their type, which the macro's check (`Vec<u8>`s)
+            // would refuse.
+            &hashes as &[&[u8]],
+            embedder,
         )
-        .bind(tenant)
-        .bind(&ids)
-        .bind(&hashes)
-        .bind(embedder)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -154,21 +157,20 @@ impl Tasks {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let comparison = match side {
-            Side::Older => "<",
-            Side::Newer => ">",
-        };
-        sqlx::query_scalar(&format!(
+        // $4: the older side (created before `task`), else the newer one.
+        sqlx::query_scalar!(
             "SELECT o.id FROM tasks o JOIN tasks t ON t.tenant_id = o.tenant_id AND t.id = $2
              WHERE o.tenant_id = $1 AND o.id = ANY($3) AND o.id <> t.id
                AND o.status = 'open' AND o.duplicate_of IS NULL
                AND o.source_removed_at IS NULL
-               AND (o.created_at, o.id) {comparison} (t.created_at, t.id)
-               AND (o.source_kind, o.source_ref) <> (t.source_kind, t.source_ref)"
-        ))
-        .bind(tenant)
-        .bind(task)
-        .bind(candidates)
+               AND CASE WHEN $4 THEN (o.created_at, o.id) < (t.created_at, t.id)
+                        ELSE (o.created_at, o.id) > (t.created_at, t.id) END
+               AND (o.source_kind, o.source_ref) <> (t.source_kind, t.source_ref)",
+            tenant,
+            task,
+            candidates,
+            side == Side::Older,
+        )
         .fetch_all(&self.pool)
         .await
     }
@@ -180,16 +182,16 @@ impl Tasks {
         task: Uuid,
         original: Option<(Uuid, f32)>,
     ) -> sqlx::Result<()> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE tasks SET duplicate_of = $3, duplicate_similarity = $4,
                     rank = CASE WHEN $3::uuid IS NULL THEN rank END
              WHERE tenant_id = $1 AND id = $2
                AND (duplicate_of, duplicate_similarity) IS DISTINCT FROM ($3, $4)",
+            tenant,
+            task,
+            original.map(|(id, _)| id),
+            original.map(|(_, similarity)| similarity),
         )
-        .bind(tenant)
-        .bind(task)
-        .bind(original.map(|(id, _)| id))
-        .bind(original.map(|(_, similarity)| similarity))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -213,15 +215,18 @@ impl Tasks {
     /// than `embedder` (the fleet switched), in chunks; returns how many tasks. Chunks carry
     /// idempotency keys, so workers starting together enqueue each chunk once.
     pub async fn request_reembed(&self, embedder: &str, actor: &str) -> Result<usize, InsertError> {
-        let stale: Vec<(Uuid, Vec<Uuid>)> = sqlx::query_as(
-            "SELECT tenant_id, array_agg(id ORDER BY id) FROM tasks
+        let stale: Vec<(Uuid, Vec<Uuid>)> = sqlx::query!(
+            r#"SELECT tenant_id, array_agg(id ORDER BY id) AS "ids!" FROM tasks
              WHERE embedded_with IS NOT NULL AND embedded_with <> $1
                AND source_removed_at IS NULL
-             GROUP BY tenant_id",
+             GROUP BY tenant_id"#,
+            embedder,
         )
-        .bind(embedder)
         .fetch_all(&self.pool)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|row| (row.tenant_id, row.ids))
+        .collect();
         let space = &hex::encode(Sha256::digest(embedder))[..12];
         let mut tx = self.pool.begin().await?;
         let mut count = 0;
@@ -251,18 +256,19 @@ impl Tasks {
         &self,
         tenant: Uuid,
     ) -> sqlx::Result<(String, Vec<RankCandidate>)> {
-        let zone: String = sqlx::query_scalar("SELECT time_zone FROM tenants WHERE id = $1")
-            .bind(tenant)
-            .fetch_one(&self.pool)
-            .await?;
-        let tasks = sqlx::query_as(
-            "SELECT id, source_kind, title, snippet, labels, due_at,
-                    coalesce(source_updated_at, updated_at) AS updated_at
+        let zone: String =
+            sqlx::query_scalar!("SELECT time_zone FROM tenants WHERE id = $1", tenant)
+                .fetch_one(&self.pool)
+                .await?;
+        let tasks = sqlx::query_as!(
+            RankCandidate,
+            r#"SELECT id, source_kind, title, snippet, labels, due_at,
+                    coalesce(source_updated_at, updated_at) AS "updated_at!"
              FROM tasks
              WHERE tenant_id = $1 AND status = 'open' AND duplicate_of IS NULL
-             ORDER BY id",
+             ORDER BY id"#,
+            tenant,
         )
-        .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
         Ok((zone, tasks))
@@ -278,7 +284,7 @@ impl Tasks {
         let ranks: Vec<i32> = placements.iter().map(|p| p.rank).collect();
         let reasons: Vec<&str> = placements.iter().map(|p| p.reason.as_str()).collect();
         let ranked_by: Vec<&str> = placements.iter().map(|p| p.ranked_by.as_str()).collect();
-        let stored = sqlx::query(
+        let stored = sqlx::query!(
             "UPDATE tasks t SET urgency = p.urgency, importance = p.importance,
                     recency = p.recency, source_signal = p.source_signal,
                     priority = p.priority, horizon = p.horizon, rank = p.rank,
@@ -288,27 +294,29 @@ impl Tasks {
                   AS p(id, urgency, importance, recency, source_signal, priority, horizon,
                        rank, reason, ranked_by)
              WHERE t.tenant_id = $1 AND t.id = p.id AND t.status = 'open'",
+            tenant,
+            &ids,
+            &column(|p| p.urgency),
+            &column(|p| p.importance),
+            &column(|p| p.recency),
+            &column(|p| p.source_signal),
+            &column(|p| p.priority),
+            // Borrowed text: `as` gives its type, which the macro's check (`String`s) would
+            // refuse.
+            &horizons as &[&str],
+            &ranks,
+            &reasons as &[&str],
+            &ranked_by as &[&str],
         )
-        .bind(tenant)
-        .bind(&ids)
-        .bind(column(|p| p.urgency))
-        .bind(column(|p| p.importance))
-        .bind(column(|p| p.recency))
-        .bind(column(|p| p.source_signal))
-        .bind(column(|p| p.priority))
-        .bind(&horizons)
-        .bind(&ranks)
-        .bind(&reasons)
-        .bind(&ranked_by)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE tasks SET rank = NULL
              WHERE tenant_id = $1 AND rank IS NOT NULL AND NOT (id = ANY($2))",
+            tenant,
+            &ids,
         )
-        .bind(tenant)
-        .bind(&ids)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -324,16 +332,18 @@ pub(crate) async fn prioritise_in(
     request_id: Option<String>,
 ) -> Result<Uuid, InsertError> {
     // One asker at a time per tenant, so two finishing embed jobs leave one waiting.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('prioritise:' || $1, 0))")
-        .bind(tenant.to_string())
-        .execute(&mut *tx)
-        .await?;
-    let waiting: Option<Uuid> = sqlx::query_scalar(
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('prioritise:' || $1, 0))",
+        tenant.to_string(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    let waiting: Option<Uuid> = sqlx::query_scalar!(
         "SELECT id FROM jobs WHERE tenant_id = $1 AND kind = 'agent.prioritise'
            AND state IN ('scheduled', 'queued', 'retrying')
          LIMIT 1",
+        tenant,
     )
-    .bind(tenant)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(id) = waiting {

@@ -15,7 +15,7 @@ use taskfleet_jobs::{
 };
 use uuid::Uuid;
 
-use crate::{EditError, Editor, NewTask, TaskEdit, TaskRecord, Tasks, tasks::TASK_COLUMNS};
+use crate::{EditError, Editor, NewTask, TaskEdit, TaskRecord, Tasks};
 
 /// The task tools of one tenant, as one actor (a chat job, an MCP session) uses them.
 #[derive(Debug)]
@@ -41,8 +41,7 @@ impl TaskToolbox {
         job: Option<Uuid>,
     ) -> sqlx::Result<TaskToolbox> {
         let zone: Option<String> =
-            sqlx::query_scalar("SELECT time_zone FROM tenants WHERE id = $1")
-                .bind(tenant)
+            sqlx::query_scalar!("SELECT time_zone FROM tenants WHERE id = $1", tenant)
                 .fetch_optional(&tasks.pool)
                 .await?;
         Ok(TaskToolbox {
@@ -160,28 +159,41 @@ impl TaskToolbox {
             Listed::All => None,
         };
         let horizon = horizon.map(|horizon| wire::name(&horizon));
-        let filter = "tenant_id = $1 AND duplicate_of IS NULL
-                      AND ($2::text IS NULL OR status = $2)
-                      AND ($3::text IS NULL OR horizon = $3)";
-        let tasks = sqlx::query_as(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE {filter}
+        // Both statements have the same WHERE clause: `total` counts what the list would show
+        // without its limit.
+        let tasks = sqlx::query_as!(
+            TaskRecord,
+            "SELECT id, tenant_id, connector_id, source_kind, source_ref, title, snippet, url,
+                    due_at, labels, status, horizon, source_updated_at, source_removed_at,
+                    duplicate_of, duplicate_similarity, urgency, importance, recency,
+                    source_signal, priority, rank, reason, ranked_by, ranked_at, completed_at,
+                    created_at, updated_at
+             FROM tasks
+             WHERE tenant_id = $1 AND duplicate_of IS NULL
+               AND ($2::text IS NULL OR status = $2)
+               AND ($3::text IS NULL OR horizon = $3)
              ORDER BY status = 'done', completed_at DESC NULLS LAST,
                       array_position(ARRAY['today', 'week', 'month'], horizon),
                       rank NULLS LAST, due_at NULLS LAST, id DESC
-             LIMIT $4"
-        ))
-        .bind(self.tenant)
-        .bind(&status)
-        .bind(&horizon)
-        .bind(MAX_LISTED as i64)
+             LIMIT $4",
+            self.tenant,
+            status.as_deref(),
+            horizon.as_deref(),
+            MAX_LISTED as i64,
+        )
         .fetch_all(&self.tasks.pool)
         .await?;
-        let total = sqlx::query_scalar(&format!("SELECT count(*) FROM tasks WHERE {filter}"))
-            .bind(self.tenant)
-            .bind(&status)
-            .bind(&horizon)
-            .fetch_one(&self.tasks.pool)
-            .await?;
+        let total = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM tasks
+             WHERE tenant_id = $1 AND duplicate_of IS NULL
+               AND ($2::text IS NULL OR status = $2)
+               AND ($3::text IS NULL OR horizon = $3)"#,
+            self.tenant,
+            status.as_deref(),
+            horizon.as_deref(),
+        )
+        .fetch_one(&self.tasks.pool)
+        .await?;
         Ok((tasks, total))
     }
 }

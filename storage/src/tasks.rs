@@ -8,14 +8,14 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgPool};
+use sqlx::PgPool;
 use taskfleet_jobs::{Horizon, Item, JobSpec, TaskStatus, spec::EmbedItems, wire};
 use uuid::Uuid;
 
 use crate::{InsertError, Inserted, Ledger, NewJob, tenants::Scope};
 
 /// A task as stored.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct TaskRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -46,11 +46,6 @@ pub struct TaskRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
-
-pub(crate) const TASK_COLUMNS: &str = "id, tenant_id, connector_id, source_kind, source_ref, \
-     title, snippet, url, due_at, labels, status, horizon, source_updated_at, source_removed_at, \
-     duplicate_of, duplicate_similarity, urgency, importance, recency, source_signal, priority, \
-     rank, reason, ranked_by, ranked_at, completed_at, created_at, updated_at";
 
 /// One page of an ingest, to commit.
 #[derive(Debug, Clone)]
@@ -132,37 +127,39 @@ impl Tasks {
     /// Commits one page of an ingest, as the module documentation says.
     pub async fn commit_page(&self, page: IngestPage<'_>) -> Result<PageCommitted, CommitError> {
         let mut tx = self.pool.begin().await?;
-        let running: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM jobs WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
-             FOR SHARE",
+        let running: Option<i32> = sqlx::query_scalar!(
+            r#"SELECT 1 AS "one!" FROM jobs
+             WHERE id = $1 AND lease_epoch = $2 AND state = 'running'
+             FOR SHARE"#,
+            page.job_id,
+            page.epoch,
         )
-        .bind(page.job_id)
-        .bind(page.epoch)
         .fetch_optional(&mut *tx)
         .await?;
         if running.is_none() {
             return Err(CommitError::Fenced);
         }
-        let moved = sqlx::query(
+        let moved = sqlx::query!(
             "UPDATE connectors SET cursor = $3, status = 'connected', status_message = NULL,
                     last_sync_at = CASE WHEN $4 THEN now() ELSE last_sync_at END,
                     updated_at = now()
              WHERE tenant_id = $1 AND id = $2 AND cursor IS NOT DISTINCT FROM $5",
+            page.tenant_id,
+            page.connector_id,
+            &page.cursor,
+            page.sweep_done,
+            page.cursor_before.as_ref(),
         )
-        .bind(page.tenant_id)
-        .bind(page.connector_id)
-        .bind(&page.cursor)
-        .bind(page.sweep_done)
-        .bind(&page.cursor_before)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() == 0 {
-            let exists: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM connectors WHERE tenant_id = $1 AND id = $2")
-                    .bind(page.tenant_id)
-                    .bind(page.connector_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let exists: Option<i32> = sqlx::query_scalar!(
+                r#"SELECT 1 AS "one!" FROM connectors WHERE tenant_id = $1 AND id = $2"#,
+                page.tenant_id,
+                page.connector_id,
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
             return Err(match exists {
                 Some(_) => CommitError::CursorMoved,
                 None => CommitError::ConnectorGone,
@@ -170,14 +167,14 @@ impl Tasks {
         }
         let changed = upsert(&mut tx, &page).await?;
         if !page.gone.is_empty() {
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE tasks SET status = 'done', completed_at = now(), updated_at = now()
                  WHERE tenant_id = $1 AND source_kind = $2 AND source_ref = ANY($3)
                    AND status <> 'done'",
+                page.tenant_id,
+                page.source_kind,
+                &page.gone,
             )
-            .bind(page.tenant_id)
-            .bind(page.source_kind)
-            .bind(&page.gone)
             .execute(&mut *tx)
             .await?;
         }
@@ -202,23 +199,28 @@ impl Tasks {
 
     /// A page of the tasks in `scope`, newest first.
     pub async fn list(&self, scope: Scope, filter: &TaskFilter) -> sqlx::Result<Vec<TaskRecord>> {
-        let condition = scope.condition("$1");
-        sqlx::query_as(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks
-             WHERE {condition}
+        sqlx::query_as!(
+            TaskRecord,
+            "SELECT id, tenant_id, connector_id, source_kind, source_ref, title, snippet, url,
+                    due_at, labels, status, horizon, source_updated_at, source_removed_at,
+                    duplicate_of, duplicate_similarity, urgency, importance, recency,
+                    source_signal, priority, rank, reason, ranked_by, ranked_at, completed_at,
+                    created_at, updated_at
+             FROM tasks
+             WHERE ($1::uuid IS NULL OR tenant_id = $1)
                AND ($2::text IS NULL OR source_kind = $2)
                AND ($3::text IS NULL OR status = $3)
                AND ($4::text IS NULL OR title ILIKE $4 OR snippet ILIKE $4)
                AND ($5::uuid IS NULL OR id < $5)
              ORDER BY id DESC
-             LIMIT $6"
-        ))
-        .bind(scope.tenant_id())
-        .bind(filter.source_kind.as_deref())
-        .bind(filter.status.map(|s| wire::name(&s)))
-        .bind(filter.q.as_deref().map(like_pattern))
-        .bind(filter.before)
-        .bind(filter.limit)
+             LIMIT $6",
+            scope.tenant_id(),
+            filter.source_kind.as_deref(),
+            filter.status.map(|s| wire::name(&s)),
+            filter.q.as_deref().map(like_pattern),
+            filter.before,
+            filter.limit,
+        )
         .fetch_all(&self.pool)
         .await
     }
@@ -230,16 +232,22 @@ impl Tasks {
         horizon: Horizon,
         limit: i64,
     ) -> sqlx::Result<Vec<TaskRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks
+        sqlx::query_as!(
+            TaskRecord,
+            "SELECT id, tenant_id, connector_id, source_kind, source_ref, title, snippet, url,
+                    due_at, labels, status, horizon, source_updated_at, source_removed_at,
+                    duplicate_of, duplicate_similarity, urgency, importance, recency,
+                    source_signal, priority, rank, reason, ranked_by, ranked_at, completed_at,
+                    created_at, updated_at
+             FROM tasks
              WHERE tenant_id = $1 AND horizon = $2 AND status = 'open'
                AND duplicate_of IS NULL AND rank IS NOT NULL
              ORDER BY rank, id
-             LIMIT $3"
-        ))
-        .bind(tenant)
-        .bind(wire::name(&horizon))
-        .bind(limit)
+             LIMIT $3",
+            tenant,
+            wire::name(&horizon),
+            limit,
+        )
         .fetch_all(&self.pool)
         .await
     }
@@ -248,31 +256,43 @@ impl Tasks {
     /// show) and the work done in the last 7 days.
     pub async fn graph(&self, tenant: Uuid, horizons: &[Horizon]) -> sqlx::Result<Vec<TaskRecord>> {
         let horizons: Vec<String> = horizons.iter().map(wire::name).collect();
-        sqlx::query_as(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks
+        sqlx::query_as!(
+            TaskRecord,
+            "SELECT id, tenant_id, connector_id, source_kind, source_ref, title, snippet, url,
+                    due_at, labels, status, horizon, source_updated_at, source_removed_at,
+                    duplicate_of, duplicate_similarity, urgency, importance, recency,
+                    source_signal, priority, rank, reason, ranked_by, ranked_at, completed_at,
+                    created_at, updated_at
+             FROM tasks
              WHERE tenant_id = $1
                AND ((status = 'open' AND horizon = ANY($2))
                     OR (status = 'done' AND completed_at >= now() - interval '7 days'))
              ORDER BY id
-             LIMIT 2000"
-        ))
-        .bind(tenant)
-        .bind(&horizons)
+             LIMIT 2000",
+            tenant,
+            &horizons,
+        )
         .fetch_all(&self.pool)
         .await
     }
 
     /// Work the tenant finished in the last 7 days, latest first.
     pub async fn done_lately(&self, tenant: Uuid, limit: i64) -> sqlx::Result<Vec<TaskRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks
+        sqlx::query_as!(
+            TaskRecord,
+            "SELECT id, tenant_id, connector_id, source_kind, source_ref, title, snippet, url,
+                    due_at, labels, status, horizon, source_updated_at, source_removed_at,
+                    duplicate_of, duplicate_similarity, urgency, importance, recency,
+                    source_signal, priority, rank, reason, ranked_by, ranked_at, completed_at,
+                    created_at, updated_at
+             FROM tasks
              WHERE tenant_id = $1 AND status = 'done'
                AND completed_at >= now() - interval '7 days'
              ORDER BY completed_at DESC, id DESC
-             LIMIT $2"
-        ))
-        .bind(tenant)
-        .bind(limit)
+             LIMIT $2",
+            tenant,
+            limit,
+        )
         .fetch_all(&self.pool)
         .await
     }
@@ -314,8 +334,10 @@ async fn upsert(tx: &mut sqlx::PgConnection, page: &IngestPage<'_>) -> sqlx::Res
     let statuses: Vec<String> = tasks.iter().map(|t| wire::name(&t.status)).collect();
     let horizons: Vec<String> = tasks.iter().map(|t| wire::name(&t.horizon)).collect();
     let updated: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.updated_at).collect();
-    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
-        "WITH input AS (
+    // The element lists are slices of borrowed text (or of options): `as` gives their type,
+    // which the macros' check (owned `String`s, no `NULL` elements) would refuse.
+    let rows = sqlx::query!(
+        r#"WITH input AS (
              SELECT * FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
                                   $9::timestamptz[], $10::jsonb[], $11::text[], $12::text[],
                                   $13::timestamptz[])
@@ -332,7 +354,7 @@ async fn upsert(tx: &mut sqlx::PgConnection, page: &IngestPage<'_>) -> sqlx::Res
              SELECT id, $1, $2, source_ref, $3, title, snippet, url, due_at,
                     ARRAY(SELECT jsonb_array_elements_text(labels)), status, horizon,
                     source_updated_at, CASE WHEN status = 'done' THEN now() END,
-                    sha256(convert_to(title || E'\\n' || snippet, 'UTF8'))
+                    sha256(convert_to(title || E'\n' || snippet, 'UTF8'))
              FROM input
              -- Rows in one order, so two pages sharing items cannot deadlock.
              ORDER BY source_ref
@@ -355,28 +377,29 @@ async fn upsert(tx: &mut sqlx::PgConnection, page: &IngestPage<'_>) -> sqlx::Res
                     EXCLUDED.source_updated_at, true)
              RETURNING t.id, t.source_ref, t.content_hash
          )
-         SELECT w.id, b.content_hash IS DISTINCT FROM w.content_hash AS text_changed
+         SELECT w.id AS "id!",
+                b.content_hash IS DISTINCT FROM w.content_hash AS "text_changed!"
          FROM written w LEFT JOIN before b USING (source_ref)
-         ORDER BY w.id",
+         ORDER BY w.id"#,
+        page.tenant_id,
+        page.source_kind,
+        page.connector_id,
+        &ids,
+        &refs as &[&str],
+        &titles as &[&str],
+        &snippets as &[&str],
+        &urls as &[Option<&str>],
+        &dues as &[Option<DateTime<Utc>>],
+        &labels,
+        &statuses,
+        &horizons,
+        &updated as &[Option<DateTime<Utc>>],
     )
-    .bind(page.tenant_id)
-    .bind(page.source_kind)
-    .bind(page.connector_id)
-    .bind(&ids)
-    .bind(&refs)
-    .bind(&titles)
-    .bind(&snippets)
-    .bind(&urls)
-    .bind(&dues)
-    .bind(&labels)
-    .bind(&statuses)
-    .bind(&horizons)
-    .bind(&updated)
     .fetch_all(tx)
     .await?;
     Ok(rows
         .into_iter()
-        .filter(|(_, text_changed)| *text_changed)
-        .map(|(id, _)| id)
+        .filter(|row| row.text_changed)
+        .map(|row| row.id)
         .collect())
 }

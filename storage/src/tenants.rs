@@ -49,17 +49,10 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// The condition selecting this scope's rows, with the tenant bound as `param`
-    /// ([`Scope::tenant_id`]). Each scope gets its own statement, so Postgres plans a
-    /// tenant's query with its tenant index rather than a generic plan for both.
-    pub fn condition(self, param: &str) -> String {
-        match self {
-            Scope::Tenant(_) => format!("tenant_id = {param}"),
-            Scope::All => format!("{param}::uuid IS NULL"),
-        }
-    }
-
-    /// The tenant to bind for [`Scope::condition`].
+    /// The tenant to bind where a statement selects a scope's rows with
+    /// `($1::uuid IS NULL OR tenant_id = $1)`: none for every tenant. Postgres plans such a
+    /// statement for the value bound (`Db`'s connections never use generic plans), so a
+    /// tenant's query still goes through its tenant index.
     pub fn tenant_id(self) -> Option<Uuid> {
         match self {
             Scope::Tenant(id) => Some(id),
@@ -178,18 +171,18 @@ impl Tenants {
 
     /// The tenant called `name`, created if new.
     pub async fn ensure(&self, name: &str) -> sqlx::Result<Tenant> {
-        let (id, name) = sqlx::query_as(
+        let row = sqlx::query!(
             "INSERT INTO tenants (id, name) VALUES ($1, $2)
              ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
              RETURNING id, name",
+            Uuid::now_v7(),
+            name,
         )
-        .bind(Uuid::now_v7())
-        .bind(name)
         .fetch_one(&self.pool)
         .await?;
         Ok(Tenant {
-            id,
-            name,
+            id: row.id,
+            name: row.name,
             role: Role::Tenant,
             key_id: None,
         })
@@ -197,8 +190,7 @@ impl Tenants {
 
     /// The tenant called `name`, if it exists.
     pub async fn find(&self, name: &str) -> sqlx::Result<Option<Uuid>> {
-        sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
-            .bind(name)
+        sqlx::query_scalar!("SELECT id FROM tenants WHERE name = $1", name)
             .fetch_optional(&self.pool)
             .await
     }
@@ -215,15 +207,15 @@ impl Tenants {
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         let key = format!("{KEY_PREFIX}{}", hex::encode(secret));
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO api_keys (id, tenant_id, key_hash, key_prefix, role)
              VALUES ($1, $2, $3, $4, $5)",
+            key_id,
+            tenant.id,
+            hash_key(&key),
+            &key[..SHOWN_LENGTH],
+            role.as_str(),
         )
-        .bind(key_id)
-        .bind(tenant.id)
-        .bind(hash_key(&key))
-        .bind(&key[..SHOWN_LENGTH])
-        .bind(role.as_str())
         .execute(&self.pool)
         .await?;
         Ok((tenant, key))
@@ -240,22 +232,23 @@ impl Tenants {
             return Ok(Some(tenant));
         }
         let looked_up_at = Instant::now();
-        let row: Option<(Uuid, String, String, Uuid)> = sqlx::query_as(
-            "SELECT t.id, t.name, k.role, k.id FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+        let row = sqlx::query!(
+            "SELECT t.id AS tenant_id, t.name, k.role, k.id AS key_id
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            hash,
         )
-        .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
-        let tenant = row.map(|(id, name, role, key_id)| Tenant {
-            id,
-            name,
-            role: if role == "operator" {
+        let tenant = row.map(|row| Tenant {
+            id: row.tenant_id,
+            name: row.name,
+            role: if row.role == "operator" {
                 Role::Operator
             } else {
                 Role::Tenant
             },
-            key_id: Some(key_id),
+            key_id: Some(row.key_id),
         });
         if let (Some(keys), Some(tenant)) = (&self.keys, &tenant) {
             keys.put(hash, tenant.clone(), looked_up_at);
@@ -270,12 +263,12 @@ impl Tenants {
         let mut tx = self.pool.begin().await?;
         // A shown prefix matches by `key_prefix`, a whole key by its hash.
         let prefix = (key.len() == SHOWN_LENGTH).then_some(key);
-        let ids: Vec<Uuid> = sqlx::query_scalar(
+        let ids: Vec<Uuid> = sqlx::query_scalar!(
             "SELECT id FROM api_keys
              WHERE (key_prefix = $1 OR key_hash = $2) AND revoked_at IS NULL FOR UPDATE",
+            prefix,
+            hash_key(key),
         )
-        .bind(prefix)
-        .bind(hash_key(key))
         .fetch_all(&mut *tx)
         .await?;
         let shown = key.get(..SHOWN_LENGTH).unwrap_or(key).to_owned();
@@ -289,16 +282,16 @@ impl Tenants {
                 });
             }
         };
-        let revoked = sqlx::query_as(
+        let revoked = sqlx::query!(
             "UPDATE api_keys k SET revoked_at = now() FROM tenants t
              WHERE k.id = $1 AND t.id = k.tenant_id
              RETURNING k.key_prefix, t.name",
+            id,
         )
-        .bind(id)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(revoked)
+        Ok((revoked.key_prefix, revoked.name))
     }
 }
 

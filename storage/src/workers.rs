@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// How often a worker beats; it counts as offline after [`OFFLINE_AFTER_BEATS`] missed.
@@ -32,7 +32,7 @@ pub struct WorkerCounts {
     pub failed: i64,
 }
 
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct WorkerRecord {
     pub name: String,
     pub host: String,
@@ -55,12 +55,10 @@ pub struct Workers {
     pool: PgPool,
 }
 
-/// `online`, computed in SQL so every reader agrees with Postgres's clock.
-fn online_sql() -> String {
-    format!(
-        "(stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => {}))",
-        HEARTBEAT_EVERY.as_secs() * OFFLINE_AFTER_BEATS as u64
-    )
+/// How long after its last beat a worker counts as offline. `online` is computed in SQL, so
+/// every reader agrees with Postgres's clock.
+fn offline_after_secs() -> f64 {
+    (HEARTBEAT_EVERY * OFFLINE_AFTER_BEATS).as_secs_f64()
 }
 
 impl Workers {
@@ -69,15 +67,15 @@ impl Workers {
     }
 
     pub async fn register(&self, worker: &WorkerInfo) -> sqlx::Result<()> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO workers (name, host, pid, queues, concurrency) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL",
+            worker.name,
+            worker.host,
+            worker.pid,
+            &worker.queues,
+            worker.concurrency,
         )
-        .bind(&worker.name)
-        .bind(&worker.host)
-        .bind(worker.pid)
-        .bind(&worker.queues)
-        .bind(&worker.concurrency)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -91,15 +89,15 @@ impl Workers {
         counts: WorkerCounts,
         stopping: bool,
     ) -> sqlx::Result<()> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE workers SET heartbeat_at = now(), processed = $2, failed = $3,
                                 stopped_at = CASE WHEN $4 THEN now() ELSE stopped_at END
              WHERE name = $1",
+            name,
+            counts.processed,
+            counts.failed,
+            stopping,
         )
-        .bind(name)
-        .bind(counts.processed)
-        .bind(counts.failed)
-        .bind(stopping)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -107,39 +105,44 @@ impl Workers {
 
     /// Workers seen within `within`, online ones first, then newest first.
     pub async fn list(&self, within: Duration) -> sqlx::Result<Vec<WorkerRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT w.name, w.host, w.pid, w.queues, w.concurrency, w.started_at,
-                    w.heartbeat_at,
-                    EXTRACT(EPOCH FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_seconds,
-                    {online} AS online, w.stopped_at, w.processed, w.failed,
-                    COALESCE(r.ids, '{{}}') AS active_jobs
-             FROM workers w
-             LEFT JOIN (SELECT worker, array_agg(id ORDER BY id) AS ids FROM jobs
-                        WHERE state = 'running' GROUP BY worker) r ON r.worker = w.name
-             WHERE w.heartbeat_at > now() - make_interval(secs => $1)
-             ORDER BY {online} DESC, w.started_at DESC",
-            online = online_sql()
-        ))
-        .bind(within.as_secs_f64())
+        sqlx::query_as!(
+            WorkerRecord,
+            r#"SELECT w.name, w.host, w.pid, w.queues, w.concurrency, w.started_at,
+                      w.heartbeat_at,
+                      EXTRACT(EPOCH FROM now() - w.heartbeat_at)::float8
+                          AS "heartbeat_age_seconds!",
+                      (w.stopped_at IS NULL
+                       AND w.heartbeat_at > now() - make_interval(secs => $2)) AS "online!",
+                      w.stopped_at, w.processed, w.failed,
+                      COALESCE(r.ids, '{}') AS "active_jobs!"
+               FROM workers w
+               LEFT JOIN (SELECT worker, array_agg(id ORDER BY id) AS ids FROM jobs
+                          WHERE state = 'running' GROUP BY worker) r ON r.worker = w.name
+               WHERE w.heartbeat_at > now() - make_interval(secs => $1)
+               ORDER BY "online!" DESC, w.started_at DESC"#,
+            within.as_secs_f64(),
+            offline_after_secs(),
+        )
         .fetch_all(&self.pool)
         .await
     }
 
     pub async fn online_count(&self) -> sqlx::Result<i64> {
-        sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM workers WHERE {}",
-            online_sql()
-        ))
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM workers
+               WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)"#,
+            offline_after_secs()
+        )
         .fetch_one(&self.pool)
         .await
     }
 
     /// Forgets workers not heard from for `age` (housekeeping).
     pub async fn forget_older_than(&self, age: Duration) -> sqlx::Result<u64> {
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1)",
+            age.as_secs_f64(),
         )
-        .bind(age.as_secs_f64())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())

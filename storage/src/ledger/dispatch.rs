@@ -4,15 +4,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
-use taskfleet_jobs::{EventName, Queue};
+use taskfleet_jobs::Queue;
 use uuid::Uuid;
 
-use super::{Ledger, held_by_pause};
-use crate::events::append_events;
+use super::Ledger;
 
 /// A job the dispatcher moved into a queue's Redis window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DispatchedJob {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -20,7 +18,7 @@ pub struct DispatchedJob {
 
 /// A job one pass of the dispatcher moved, with its place among its tenant's jobs of the pass
 /// and the share each tenant had.
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 struct DispatchedShare {
     id: Uuid,
     tenant_id: Uuid,
@@ -68,60 +66,74 @@ impl Ledger {
         room: i64,
         actor: &str,
     ) -> sqlx::Result<Vec<DispatchedShare>> {
-        let ready = format!(
-            "queue = $1 AND dispatched_at IS NULL AND state = 'queued' AND NOT {held}",
-            held = held_by_pause()
-        );
-        let sql = format!(
-            "WITH active AS MATERIALIZED (
-                 -- `LIMIT 1` stops each tenant's look-up at its first ready job: written as
-                 -- `EXISTS`, the planner may join against the whole backlog instead.
-                 SELECT t.id FROM tenants t
-                 CROSS JOIN LATERAL (
-                     SELECT 1 FROM jobs WHERE tenant_id = t.id AND {ready} LIMIT 1
-                 ) AS due
-             ), share AS (
-                 SELECT ceil($2::numeric / greatest(count(*), 1))::int8 AS n FROM active
-             ), picked AS MATERIALIZED (
-                 SELECT j.id, j.turn FROM active t
-                 CROSS JOIN LATERAL (
-                     SELECT id, priority, run_at,
-                            row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn
-                     FROM jobs
-                     WHERE tenant_id = t.id AND {ready}
-                     ORDER BY priority DESC, run_at, id
-                     LIMIT (SELECT n FROM share)
-                 ) j
-                 -- Within a turn the longest waiting first: with more tenants than room, the
-                 -- ones left out this round are first in the next.
-                 ORDER BY j.turn, j.priority DESC, j.run_at
-                 LIMIT $2
-             ), locked AS (
-                 -- Only the picked jobs are locked, and found by id alone: given the pick's
-                 -- conditions as well, the planner took the ready index (which it believes
-                 -- nearly empty during a burst nobody has analyzed yet) and read the whole
-                 -- backlog for each round. A locked row is its latest version, so the
-                 -- conditions are checked again below, on what the lock returned.
-                 SELECT id, dispatched_at, state FROM jobs
-                 WHERE id = ANY (ARRAY(SELECT id FROM picked))
-                 FOR NO KEY UPDATE SKIP LOCKED
-             ), updated AS (
-                 UPDATE jobs SET dispatched_at = now()
-                 WHERE id = ANY (ARRAY(SELECT id FROM locked
-                                       WHERE dispatched_at IS NULL AND state = 'queued'))
-                 RETURNING id, tenant_id, queue, kind
-             ), events AS ({events})
-             SELECT updated.id, updated.tenant_id, picked.turn, (SELECT n FROM share) AS share
-             FROM updated JOIN picked USING (id)
-             ORDER BY picked.turn, updated.id",
-            events = dispatched_events("'{}'"),
-        );
-        sqlx::query_as(&sql)
-            .bind(queue.as_str())
-            .bind(room)
-            .bind(actor)
-            .fetch_all(&self.pool)
-            .await
+        // A job is ready when it is queued, not yet in the window, and no pause holds its
+        // queue (migration 0017); the fleet's own tenant is exempt from pauses.
+        sqlx::query_as!(
+            DispatchedShare,
+            r#"WITH active AS MATERIALIZED (
+                   -- `LIMIT 1` stops each tenant's look-up at its first ready job: written as
+                   -- `EXISTS`, the planner may join against the whole backlog instead.
+                   SELECT t.id FROM tenants t
+                   CROSS JOIN LATERAL (
+                       SELECT 1 FROM jobs
+                       WHERE tenant_id = t.id AND queue = $1 AND dispatched_at IS NULL
+                         AND state = 'queued'
+                         AND NOT ((SELECT cardinality(paused_queues()) > 0)
+                                  AND queue = ANY ((SELECT paused_queues())::text[])
+                                  AND tenant_id IS DISTINCT FROM (SELECT system_tenant_id()))
+                       LIMIT 1
+                   ) AS due
+               ), share AS (
+                   SELECT ceil($2::int8::numeric / greatest(count(*), 1))::int8 AS n FROM active
+               ), picked AS MATERIALIZED (
+                   SELECT j.id, j.turn FROM active t
+                   CROSS JOIN LATERAL (
+                       SELECT id, priority, run_at,
+                              row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn
+                       FROM jobs
+                       WHERE tenant_id = t.id AND queue = $1 AND dispatched_at IS NULL
+                         AND state = 'queued'
+                         AND NOT ((SELECT cardinality(paused_queues()) > 0)
+                                  AND queue = ANY ((SELECT paused_queues())::text[])
+                                  AND tenant_id IS DISTINCT FROM (SELECT system_tenant_id()))
+                       ORDER BY priority DESC, run_at, id
+                       LIMIT (SELECT n FROM share)
+                   ) j
+                   -- Within a turn the longest waiting first: with more tenants than room, the
+                   -- ones left out this round are first in the next.
+                   ORDER BY j.turn, j.priority DESC, j.run_at
+                   LIMIT $2
+               ), locked AS (
+                   -- Only the picked jobs are locked, and found by id alone: given the pick's
+                   -- conditions as well, the planner took the ready index (which it believes
+                   -- nearly empty during a burst nobody has analyzed yet) and read the whole
+                   -- backlog for each round. A locked row is its latest version, so the
+                   -- conditions are checked again below, on what the lock returned.
+                   SELECT id, dispatched_at, state FROM jobs
+                   WHERE id = ANY (ARRAY(SELECT id FROM picked))
+                   FOR NO KEY UPDATE SKIP LOCKED
+               ), updated AS (
+                   UPDATE jobs SET dispatched_at = now()
+                   WHERE id = ANY (ARRAY(SELECT id FROM locked
+                                         WHERE dispatched_at IS NULL AND state = 'queued'))
+                   RETURNING id, tenant_id, queue, kind
+               ), events AS (
+                   INSERT INTO job_event_batches (n, entries)
+                   SELECT n, entries FROM job_event_batch(ARRAY(
+                       SELECT ROW(tenant_id, id, queue, kind, 'job_dispatched', $3::text, '{}')
+                                  ::job_event_input
+                       FROM updated))
+               )
+               SELECT updated.id AS "id!", updated.tenant_id AS "tenant_id!",
+                      picked.turn AS "turn!", (SELECT n FROM share) AS "share!"
+               FROM updated JOIN picked USING (id)
+               ORDER BY picked.turn, updated.id"#,
+            queue.as_str(),
+            room,
+            actor
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Up to `limit` jobs dispatched longer ago than `after`, still not started and not
@@ -138,39 +150,46 @@ impl Ledger {
         limit: i64,
         actor: &str,
     ) -> sqlx::Result<Vec<DispatchedJob>> {
-        let sql = format!(
-            "WITH updated AS (
-                 UPDATE jobs SET dispatched_at = now()
-                 WHERE id IN (
-                     SELECT id FROM jobs
-                     WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
-                       AND dispatched_at < now() - make_interval(secs => $2) AND NOT {held}
-                       AND id <> ALL($5)
-                     ORDER BY dispatched_at LIMIT $4
-                 ) AND state = 'queued'
-                 RETURNING id, tenant_id, queue, kind
-             ), events AS ({events})
-             SELECT id, tenant_id FROM updated ORDER BY id",
-            held = held_by_pause(),
-            events = dispatched_events(r#"'{"redispatch": true}'"#),
-        );
-        sqlx::query_as(&sql)
-            .bind(queue.as_str())
-            .bind(after.as_secs_f64())
-            .bind(actor)
-            .bind(limit)
-            .bind(waiting)
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as!(
+            DispatchedJob,
+            r#"WITH updated AS (
+                   UPDATE jobs SET dispatched_at = now()
+                   WHERE id IN (
+                       SELECT id FROM jobs
+                       WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
+                         AND dispatched_at < now() - make_interval(secs => $2)
+                         AND NOT ((SELECT cardinality(paused_queues()) > 0)
+                                  AND queue = ANY ((SELECT paused_queues())::text[])
+                                  AND tenant_id IS DISTINCT FROM (SELECT system_tenant_id()))
+                         AND id <> ALL($5)
+                       ORDER BY dispatched_at LIMIT $4
+                   ) AND state = 'queued'
+                   RETURNING id, tenant_id, queue, kind
+               ), events AS (
+                   INSERT INTO job_event_batches (n, entries)
+                   SELECT n, entries FROM job_event_batch(ARRAY(
+                       SELECT ROW(tenant_id, id, queue, kind, 'job_dispatched', $3::text,
+                                  '{"redispatch": true}')::job_event_input
+                       FROM updated))
+               )
+               SELECT id AS "id!", tenant_id AS "tenant_id!" FROM updated ORDER BY id"#,
+            queue.as_str(),
+            after.as_secs_f64(),
+            actor,
+            limit,
+            waiting
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Takes jobs back out of the window after pushing them to Redis failed, so the next
     /// round dispatches them again instead of waiting for the stale-dispatch sweep.
     pub async fn undispatch(&self, ids: &[Uuid]) -> sqlx::Result<u64> {
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "UPDATE jobs SET dispatched_at = NULL WHERE id = ANY($1) AND state = 'queued'",
+            ids
         )
-        .bind(ids)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -182,7 +201,7 @@ impl Ledger {
     /// but this look at its first entries. Falling due has no event of its own: the job's
     /// previous event named its `run_at`, and `job_dispatched` follows.
     pub async fn promote_due(&self, limit: i64) -> sqlx::Result<u64> {
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "WITH due AS (
                  SELECT id FROM jobs
                  WHERE state IN ('scheduled', 'retrying') AND run_at <= now()
@@ -193,8 +212,8 @@ impl Ledger {
              UPDATE jobs SET state = 'queued'
              FROM due
              WHERE jobs.id = due.id AND jobs.state IN ('scheduled', 'retrying')",
+            limit
         )
-        .bind(limit)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -205,23 +224,19 @@ impl Ledger {
     /// queue's lookup stops at its first due job (`LIMIT 1`): written as `WHERE EXISTS`, the
     /// planner made it a semi-join that read the whole backlog every round.
     pub async fn queues_with_due_work(&self) -> sqlx::Result<Vec<Queue>> {
-        // The queues are written into the statement, not bound: without parameters Postgres
-        // plans it once per connection instead of at every round.
-        let queues = Queue::ALL
-            .iter()
-            .map(|queue| format!("'{}'", queue.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let due: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT q.queue FROM UNNEST(ARRAY[{queues}]) AS q(queue)
-             CROSS JOIN LATERAL (
-                 SELECT 1 FROM jobs
-                 WHERE queue = q.queue AND dispatched_at IS NULL AND state = 'queued'
-                   AND NOT {held}
-                 LIMIT 1
-             ) AS due",
-            held = held_by_pause()
-        ))
+        let queues: Vec<&str> = Queue::ALL.iter().map(|queue| queue.as_str()).collect();
+        let due = sqlx::query_scalar!(
+            r#"SELECT q.queue AS "queue!" FROM UNNEST($1::text[]) AS q(queue)
+               CROSS JOIN LATERAL (
+                   SELECT 1 FROM jobs
+                   WHERE queue = q.queue AND dispatched_at IS NULL AND state = 'queued'
+                     AND NOT ((SELECT cardinality(paused_queues()) > 0)
+                              AND queue = ANY ((SELECT paused_queues())::text[])
+                              AND tenant_id IS DISTINCT FROM (SELECT system_tenant_id()))
+                   LIMIT 1
+               ) AS due"#,
+            &queues as &[&str]
+        )
         .fetch_all(&self.pool)
         .await?;
         Ok(due.iter().filter_map(|queue| queue.parse().ok()).collect())
@@ -232,35 +247,24 @@ impl Ledger {
     /// window's index, dead ones too, so the dispatcher asks only when it sweeps for lost
     /// copies and sizes the window from Redis otherwise.
     pub async fn window_sizes(&self) -> sqlx::Result<Vec<(Queue, i64)>> {
-        let sizes: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT queue, count(*) FROM jobs
-             WHERE state = 'queued' AND dispatched_at IS NOT NULL
-             GROUP BY queue",
+        let sizes = sqlx::query!(
+            r#"SELECT queue, count(*) AS "size!" FROM jobs
+               WHERE state = 'queued' AND dispatched_at IS NOT NULL
+               GROUP BY queue"#
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(sizes
             .into_iter()
-            .filter_map(|(queue, size)| Some((queue.parse().ok()?, size)))
+            .filter_map(|row| Some((row.queue.parse().ok()?, row.size)))
             .collect())
     }
 
     /// The earliest `run_at` of a job waiting to fall due ([`Ledger::promote_due`]), so the
     /// dispatcher can sleep exactly until then: the first entry of `jobs_waiting`.
     pub async fn next_run_at(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE state IN ('scheduled', 'retrying')")
+        sqlx::query_scalar!("SELECT min(run_at) FROM jobs WHERE state IN ('scheduled', 'retrying')")
             .fetch_one(&self.pool)
             .await
     }
-}
-
-/// The statement appending a `job_dispatched` event, with `details` (a JSON literal), for
-/// each row of `updated`, the jobs a dispatch statement moved; `$3` names the actor.
-fn dispatched_events(details: &str) -> String {
-    append_events(&format!(
-        "SELECT tenant_id, id AS job_id, queue, kind, '{dispatched}' AS event,
-                $3 AS actor, {details}::jsonb AS details
-         FROM updated",
-        dispatched = EventName::JobDispatched
-    ))
 }

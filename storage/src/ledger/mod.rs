@@ -18,7 +18,7 @@ mod submit;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgPool, postgres::PgPoolOptions};
+use sqlx::{PgPool, postgres::PgPoolOptions};
 use taskfleet_jobs::{JobState, Queue};
 use uuid::Uuid;
 
@@ -29,7 +29,7 @@ pub use rescue::{CancelSweep, Reclaimed, Rescue, RunningJob};
 pub use start::StartedJob;
 pub use submit::{InsertError, Inserted, NewJob};
 
-use crate::tenants::{SYSTEM_TENANT, Scope};
+use crate::tenants::Scope;
 
 /// Statements about at most this many jobs run on their generic plans ([`Ledger::pool_for`]).
 const FEW_ITEMS: usize = 4;
@@ -38,20 +38,8 @@ const FEW_ITEMS: usize = 4;
 /// a busy fleet groups its jobs into batches on the main pool.
 const FEW_ITEMS_CONNECTIONS: u32 = 4;
 
-/// True for a job (`jobs` row) its queue's pause holds back. The fleet's own readiness
-/// probes are exempt, so `/readyz` still tells whether workers run while a queue is paused.
-fn held_by_pause() -> String {
-    // The first test runs once per statement: while no queue is paused (nearly always),
-    // `parked` in `start_many` is skipped whole and no row probes `queue_pauses`.
-    format!(
-        "((SELECT EXISTS (SELECT 1 FROM queue_pauses))
-          AND EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue)
-          AND jobs.tenant_id <> (SELECT t.id FROM tenants t WHERE t.name = '{SYSTEM_TENANT}'))"
-    )
-}
-
 /// A job as stored.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct JobRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -81,12 +69,6 @@ pub struct JobRecord {
     /// The `X-Request-ID` of the request that created the job.
     pub request_id: Option<String>,
 }
-
-pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, \
-     (SELECT t.name FROM tenants t WHERE t.id = jobs.tenant_id) AS tenant, queue, kind, \
-     payload, state, priority, attempt, max_attempts, run_at, dispatched_at, created_at, \
-     started_at, finished_at, worker, result, error, attempt_errors, idempotency_key, \
-     cancel_requested_at, progress_percent, progress_message, request_id";
 
 /// Filters of `GET /v1/jobs`. `before` is the pagination cursor: the last id of the previous
 /// page (ids are UUIDv7, so id order is creation order).
@@ -150,40 +132,52 @@ impl Ledger {
     }
 
     pub async fn get(&self, scope: Scope, id: Uuid) -> sqlx::Result<Option<JobRecord>> {
-        let condition = scope.condition("$1");
-        sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE {condition} AND id = $2"
-        ))
-        .bind(scope.tenant_id())
-        .bind(id)
+        sqlx::query_as!(
+            JobRecord,
+            r#"SELECT id, tenant_id,
+                      (SELECT t.name FROM tenants t WHERE t.id = jobs.tenant_id) AS "tenant!",
+                      queue, kind, payload, state, priority, attempt, max_attempts, run_at,
+                      dispatched_at, created_at, started_at, finished_at, worker, result, error,
+                      attempt_errors, idempotency_key, cancel_requested_at, progress_percent,
+                      progress_message, request_id
+               FROM jobs
+               WHERE ($1::uuid IS NULL OR tenant_id = $1) AND id = $2"#,
+            scope.tenant_id(),
+            id
+        )
         .fetch_optional(&self.pool)
         .await
     }
 
     /// A page of the jobs in `scope`, newest first.
     pub async fn list(&self, scope: Scope, filter: &JobFilter) -> sqlx::Result<Vec<JobRecord>> {
-        let condition = scope.condition("$1");
-        sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE {condition}
-               AND ($2::text IS NULL OR state = $2)
-               AND ($3::text IS NULL OR queue = $3)
-               AND ($4::text IS NULL OR kind = $4)
-               AND ($5::timestamptz IS NULL OR created_at >= $5)
-               AND ($6::timestamptz IS NULL OR created_at < $6)
-               AND ($7::uuid IS NULL OR id < $7)
-             ORDER BY id DESC
-             LIMIT $8"
-        ))
-        .bind(scope.tenant_id())
-        .bind(filter.state.map(JobState::as_str))
-        .bind(filter.queue.map(Queue::as_str))
-        .bind(filter.kind.as_deref())
-        .bind(filter.created_after)
-        .bind(filter.created_before)
-        .bind(filter.before)
-        .bind(filter.limit)
+        sqlx::query_as!(
+            JobRecord,
+            r#"SELECT id, tenant_id,
+                      (SELECT t.name FROM tenants t WHERE t.id = jobs.tenant_id) AS "tenant!",
+                      queue, kind, payload, state, priority, attempt, max_attempts, run_at,
+                      dispatched_at, created_at, started_at, finished_at, worker, result, error,
+                      attempt_errors, idempotency_key, cancel_requested_at, progress_percent,
+                      progress_message, request_id
+               FROM jobs
+               WHERE ($1::uuid IS NULL OR tenant_id = $1)
+                 AND ($2::text IS NULL OR state = $2)
+                 AND ($3::text IS NULL OR queue = $3)
+                 AND ($4::text IS NULL OR kind = $4)
+                 AND ($5::timestamptz IS NULL OR created_at >= $5)
+                 AND ($6::timestamptz IS NULL OR created_at < $6)
+                 AND ($7::uuid IS NULL OR id < $7)
+               ORDER BY id DESC
+               LIMIT $8"#,
+            scope.tenant_id(),
+            filter.state.map(JobState::as_str),
+            filter.queue.map(Queue::as_str),
+            filter.kind.as_deref(),
+            filter.created_after,
+            filter.created_before,
+            filter.before,
+            filter.limit
+        )
         .fetch_all(&self.pool)
         .await
     }

@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use taskfleet_jobs::{EventName, JobSpec};
+use taskfleet_jobs::JobSpec;
 use uuid::Uuid;
 
-use super::{JOB_COLUMNS, JobRecord, Ledger, held_by_pause};
-use crate::events::append_events;
+use super::{JobRecord, Ledger};
 
 /// What [`Ledger::insert`] did with one job.
 #[derive(Debug, Clone)]
@@ -159,77 +158,98 @@ async fn insert_rows(
         keys.push(options.idempotency_key.clone());
         request_ids.push(job.request_id.as_deref());
     }
-    let sql = format!(
-        "WITH input AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[],
-                                  $5::jsonb[], $6::int2[], $7::int4[], $8::timestamptz[],
-                                  $9::text[], $11::text[], $12::bool[])
-                 AS t(tenant_id, id, queue, kind, payload, priority, max_attempts, run_at,
-                      key, request_id, dispatch)
-         ), inserted AS (
-             INSERT INTO jobs (id, tenant_id, queue, kind, payload, state, priority,
-                               max_attempts, run_at, idempotency_key, request_id,
-                               dispatched_at)
-             SELECT id, tenant_id, queue, kind, payload,
-                    CASE WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END,
-                    priority, max_attempts, GREATEST(COALESCE(run_at, now()), now()), key,
-                    request_id,
-                    CASE WHEN dispatch AND COALESCE(run_at, now()) <= now()
-                              AND NOT {held} THEN now() END
-             -- Named `jobs` for the pause check, which reads a job's queue and tenant.
-             FROM input AS jobs
-             -- Keys in one order, so two batches sharing keys cannot deadlock.
-             ORDER BY key
-             ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
-                 DO NOTHING
-             RETURNING {JOB_COLUMNS}
-         ), events AS ({events})
-         SELECT * FROM inserted",
-        held = held_by_pause(),
-        events = append_events(&format!(
-            "SELECT tenant_id, id AS job_id, queue, kind, event, $10 AS actor, details
-             FROM (
-                 SELECT tenant_id, id, queue, kind, 0 AS n, '{enqueued}' AS event,
-                        jsonb_strip_nulls(jsonb_build_object('queue', queue, 'kind', kind,
-                                          'state', state, 'request_id', request_id))
-                            AS details
-                 FROM inserted
-                 UNION ALL
-                 SELECT tenant_id, id, queue, kind, 1, '{dispatched}', '{{}}'
-                 FROM inserted WHERE dispatched_at IS NOT NULL
-             ) AS e
-             ORDER BY id, n",
-            enqueued = EventName::JobEnqueued,
-            dispatched = EventName::JobDispatched,
-        )),
-    );
-    let inserted: Vec<JobRecord> = sqlx::query_as(&sql)
-        .bind(tenants)
-        .bind(&ids)
-        .bind(&queues)
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(&priorities)
-        .bind(&max_attempts)
-        .bind(&run_ats)
-        .bind(&keys)
-        .bind(actor)
-        .bind(&request_ids)
-        .bind(&dispatch)
-        .fetch_all(&mut *conn)
-        .await?;
+    let inserted: Vec<JobRecord> = sqlx::query_as!(
+        JobRecord,
+        r#"WITH input AS (
+               SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[],
+                                    $5::jsonb[], $6::int2[], $7::int4[], $8::timestamptz[],
+                                    $9::text[], $11::text[], $12::bool[])
+                   AS t(tenant_id, id, queue, kind, payload, priority, max_attempts, run_at,
+                        key, request_id, dispatch)
+           ), inserted AS (
+               INSERT INTO jobs (id, tenant_id, queue, kind, payload, state, priority,
+                                 max_attempts, run_at, idempotency_key, request_id,
+                                 dispatched_at)
+               SELECT id, tenant_id, queue, kind, payload,
+                      CASE WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END,
+                      priority, max_attempts, GREATEST(COALESCE(run_at, now()), now()), key,
+                      request_id,
+                      -- Not when a pause holds the job's queue (migration 0017).
+                      CASE WHEN dispatch AND COALESCE(run_at, now()) <= now()
+                                AND NOT ((SELECT cardinality(paused_queues()) > 0)
+                                         AND queue = ANY ((SELECT paused_queues())::text[])
+                                         AND tenant_id IS DISTINCT FROM
+                                             (SELECT system_tenant_id()))
+                           THEN now() END
+               FROM input
+               -- Keys in one order, so two batches sharing keys cannot deadlock.
+               ORDER BY key
+               ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+                   DO NOTHING
+               RETURNING id, tenant_id,
+                         (SELECT t.name FROM tenants t WHERE t.id = jobs.tenant_id) AS tenant,
+                         queue, kind, payload, state, priority, attempt, max_attempts,
+                         run_at, dispatched_at, created_at, started_at, finished_at, worker,
+                         result, error, attempt_errors, idempotency_key,
+                         cancel_requested_at, progress_percent, progress_message, request_id
+           ), events AS (
+               INSERT INTO job_event_batches (n, entries)
+               SELECT n, entries FROM job_event_batch(ARRAY(
+                   SELECT ROW(tenant_id, id, queue, kind, event, $10::text, details)::job_event_input
+                   FROM (
+                       SELECT tenant_id, id, queue, kind, 0 AS n, 'job_enqueued' AS event,
+                              jsonb_strip_nulls(jsonb_build_object('queue', queue, 'kind', kind,
+                                                'state', state, 'request_id', request_id))
+                                  AS details
+                       FROM inserted
+                       UNION ALL
+                       SELECT tenant_id, id, queue, kind, 1, 'job_dispatched', '{}'
+                       FROM inserted WHERE dispatched_at IS NOT NULL
+                   ) AS e
+                   ORDER BY id, n))
+           )
+           SELECT id AS "id!", tenant_id AS "tenant_id!", tenant AS "tenant!",
+                  queue AS "queue!", kind AS "kind!", payload AS "payload!", state AS "state!",
+                  priority AS "priority!", attempt AS "attempt!",
+                  max_attempts AS "max_attempts!", run_at AS "run_at!", dispatched_at,
+                  created_at AS "created_at!", started_at, finished_at, worker, result, error,
+                  attempt_errors AS "attempt_errors!", idempotency_key, cancel_requested_at,
+                  progress_percent, progress_message, request_id
+           FROM inserted"#,
+        tenants,
+        &ids,
+        &queues as &[&str],
+        &kinds as &[&str],
+        &payloads,
+        &priorities,
+        &max_attempts,
+        &run_ats as &[Option<chrono::DateTime<chrono::Utc>>],
+        &keys as &[Option<String>],
+        actor,
+        &request_ids as &[Option<&str>],
+        &dispatch
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     // Fewer rows than jobs: some keys were used before.
     let mut existing: Vec<JobRecord> = Vec::new();
     if inserted.len() < jobs.len() {
-        existing = sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs
-             JOIN UNNEST($1::uuid[], $2::text[]) AS used(owner, used_key)
-               ON jobs.tenant_id = used.owner AND jobs.idempotency_key = used.used_key
-             WHERE NOT (jobs.id = ANY($3))"
-        ))
-        .bind(tenants)
-        .bind(&keys)
-        .bind(&ids)
+        existing = sqlx::query_as!(
+            JobRecord,
+            r#"SELECT id, tenant_id,
+                      (SELECT t.name FROM tenants t WHERE t.id = jobs.tenant_id) AS "tenant!",
+                      queue, kind, payload, state, priority, attempt, max_attempts, run_at,
+                      dispatched_at, created_at, started_at, finished_at, worker, result, error,
+                      attempt_errors, idempotency_key, cancel_requested_at, progress_percent,
+                      progress_message, request_id
+               FROM jobs
+               JOIN UNNEST($1::uuid[], $2::text[]) AS used(owner, used_key)
+                 ON jobs.tenant_id = used.owner AND jobs.idempotency_key = used.used_key
+               WHERE NOT (jobs.id = ANY($3))"#,
+            tenants,
+            &keys as &[Option<String>],
+            &ids
+        )
         .fetch_all(&mut *conn)
         .await?;
     }
