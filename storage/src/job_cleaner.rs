@@ -1,6 +1,7 @@
 //! The job cleaner: deletes finished jobs once their state's retention has passed, with
-//! their events, and trims each schedule's firings to its newest few (ADR 0013). The leader
-//! runs a pass every housekeeping round.
+//! their events, events that belong to no job once the longest retention has passed, and
+//! trims each schedule's firings to its newest few (ADR 0013). The leader runs a pass every
+//! housekeeping round.
 //!
 //! Everything goes in bounded batches, oldest first, so a large backlog (the first pass
 //! after an upgrade, or after the leader was away) never holds locks or bloats one
@@ -136,6 +137,20 @@ impl JobCleaner {
                 tokio::time::sleep(config.pause).await;
             }
         }
+        // Events of no job (the fleet's own, queue pauses, a schedule's skipped slots) are
+        // kept as long as the longest-kept jobs.
+        let events_age = config.succeeded.max(config.cancelled).max(config.dead);
+        loop {
+            let events = self.delete_events_without_job(events_age).await?;
+            record(Deleted {
+                events,
+                ..Deleted::default()
+            });
+            if (events as i64) < config.batch_size {
+                break;
+            }
+            tokio::time::sleep(config.pause).await;
+        }
         let mut from = Uuid::nil();
         loop {
             let (firings, last) = self.trim_firings(from).await?;
@@ -237,6 +252,25 @@ impl JobCleaner {
             events: numbered + waiting as u64,
             firings: 0,
         })
+    }
+
+    /// Deletes one batch of numbered events that belong to no job and are older than `age`,
+    /// oldest first (through `job_events_job_seq`, where they are one range). The newest
+    /// event stays whatever its age, so no `seq` is ever given out twice.
+    async fn delete_events_without_job(&self, age: Duration) -> sqlx::Result<u64> {
+        let done = sqlx::query!(
+            "DELETE FROM job_events
+             WHERE seq = ANY (ARRAY(
+                 SELECT seq FROM job_events
+                 WHERE job_id IS NULL AND ts < now() - make_interval(secs => $1)
+                 ORDER BY seq LIMIT $2))
+               AND seq < (SELECT max(seq) FROM job_events)",
+            age.as_secs_f64(),
+            self.config.batch_size
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Deletes one batch of firings beyond each schedule's newest

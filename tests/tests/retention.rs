@@ -472,6 +472,76 @@ async fn firings_are_trimmed_to_the_newest_of_each_schedule() {
     env.finish().await;
 }
 
+/// Events that belong to no job (a queue paused and resumed, the fleet's own) go once the
+/// longest retention has passed, in batches, oldest first; younger ones stay, and so does
+/// the newest event whatever its age.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_of_no_job_go_after_the_longest_retention() {
+    let (env, api, _key) = fleet().await;
+    let operator = env.create_operator_key("ops");
+    for _ in 0..3 {
+        for action in ["pause", "resume"] {
+            let (status, body) = api
+                .post(&operator, &format!("/v1/queues/agent/{action}"), &json!({}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    all_numbered(&env).await;
+    let queue_events = || {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT seq FROM job_events WHERE event IN ('queue_paused', 'queue_resumed')
+                 ORDER BY seq",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let events = queue_events().await;
+    assert_eq!(events.len(), 6, "{events:?}");
+    // The four oldest are aged past the longest retention (dead jobs', 30 days here).
+    sqlx::query("UPDATE job_events SET ts = now() - interval '31 days' WHERE seq = ANY($1)")
+        .bind(&events[..4])
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    let mut batches = Vec::new();
+    let cleaned = cleaner(
+        &env,
+        CleanerConfig {
+            batch_size: 3,
+            ..CleanerConfig::default()
+        },
+    )
+    .run_once(|deleted: Deleted| batches.push(deleted.events))
+    .await
+    .unwrap();
+    assert_eq!(batches, [3, 1]);
+    assert_eq!(cleaned.deleted.events, 4);
+    assert_eq!(queue_events().await, events[4..]);
+
+    // Aged too, the newest event in the log stays: the sequencer numbers on from it.
+    let newest = newest_seq(&env).await.unwrap();
+    sqlx::query("UPDATE job_events SET ts = now() - interval '31 days'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    cleaner(&env, CleanerConfig::default())
+        .run_once(|_| {})
+        .await
+        .unwrap();
+    let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM job_events WHERE job_id IS NULL")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(left.iter().all(|&seq| seq == newest), "{left:?}");
+    env.finish().await;
+}
+
 /// Live jobs are counted exactly; finished ones only when they ended within the
 /// statistics' window, in `/v1/queues` and in `/metrics` alike.
 #[tokio::test(flavor = "multi_thread")]
