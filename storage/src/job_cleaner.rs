@@ -255,15 +255,15 @@ impl JobCleaner {
     }
 
     /// Deletes one batch of numbered events that belong to no job and are older than `age`,
-    /// oldest first (through `job_events_job_seq`, where they are one range). The newest
-    /// event stays whatever its age, so no `seq` is ever given out twice.
+    /// oldest first (one range of `job_events_without_job`, migration 0018). The newest event
+    /// stays whatever its age, so no `seq` is ever given out twice.
     async fn delete_events_without_job(&self, age: Duration) -> sqlx::Result<u64> {
         let done = sqlx::query!(
             "DELETE FROM job_events
              WHERE seq = ANY (ARRAY(
                  SELECT seq FROM job_events
                  WHERE job_id IS NULL AND ts < now() - make_interval(secs => $1)
-                 ORDER BY seq LIMIT $2))
+                 ORDER BY ts LIMIT $2))
                AND seq < (SELECT max(seq) FROM job_events)",
             age.as_secs_f64(),
             self.config.batch_size
