@@ -1,7 +1,7 @@
 //! Leases in Redis: one holder at a time, expiring unless renewed, each grant carrying an
 //! epoch that only grows. The leader election uses one; a holder that stalls past the ttl
-//! loses it and cannot renew it back. A job's holder that finds its lease gone within the
-//! ttl (Redis restarted or was flushed) takes it back under its epoch.
+//! loses it and cannot renew it back. A job's holder that finds its lease gone because Redis
+//! started empty (restarted or flushed) less than a ttl ago takes it back under its epoch.
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -87,17 +87,36 @@ return 1
     )
 });
 
-/// `KEYS[1]` a key holding when Redis first answered for the fleet. Sets it to Redis's clock
-/// (ms) unless it exists, and returns how many ms ago it was set.
-static KEYSPACE_AGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+/// Lua that sets the key `born`, when Redis first answered for the fleet, to Redis's clock
+/// (ms) unless it exists, and leaves in `age` how many ms ago it was set.
+const KEYSPACE_AGE_LUA: &str = r#"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('SET', KEYS[1], now, 'NX')
-return now - tonumber(redis.call('GET', KEYS[1]))
-"#,
-    )
+redis.call('SET', born, now, 'NX')
+local age = now - tonumber(redis.call('GET', born))
+"#;
+
+/// `KEYS[1]` the keyspace's birth. Returns its age in ms.
+static KEYSPACE_AGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "local born = KEYS[1]\n{KEYSPACE_AGE_LUA}\nreturn age"
+    ))
+});
+
+/// `KEYS[1]` lease, `KEYS[2]` the keyspace's birth; `ARGV[1]` holder|epoch, `ARGV[2]` ttl ms.
+/// Takes an absent lease back only while the keyspace is younger than a ttl: Redis lost the
+/// lease (it started empty) rather than let it lapse. 1 taken, 0 refused.
+static RETAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"local born = KEYS[2]
+{KEYSPACE_AGE_LUA}
+if age >= tonumber(ARGV[2]) or redis.call('EXISTS', KEYS[1]) == 1 then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#
+    ))
 });
 
 /// The answer of [`Lease::renew`].
@@ -187,15 +206,24 @@ impl Lease {
         })
     }
 
-    /// Takes the lease back under `epoch` after Redis lost it, unless another holder has it
-    /// meanwhile under a newer epoch ([`Lease::hold_all`]); whether it was taken.
+    /// Takes the lease back under `epoch` after Redis lost it: only while it is absent and
+    /// Redis started empty less than a ttl ago ([`Lease::keyspace_age`], `born` its key), so a
+    /// lease that lapsed while Redis kept its keys, and may have been reclaimed, is not.
+    /// Whether it was taken.
     pub async fn retake(
         &self,
         conn: &mut ConnectionManager,
         epoch: u64,
+        born: &str,
     ) -> Result<bool, RedisError> {
-        let taken = Lease::hold_all(conn, &[(self.clone(), epoch)]).await?;
-        Ok(taken == [true])
+        let taken: u8 = RETAKE
+            .key(&self.key)
+            .key(born)
+            .arg(self.token(epoch))
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(conn)
+            .await?;
+        Ok(taken == 1)
     }
 
     /// How long Redis has held the fleet's keys: since the first call after it started empty

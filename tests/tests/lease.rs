@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use taskfleet_storage::{Lease, Renewal};
-use taskfleet_tests::TestEnv;
+use taskfleet_tests::{TestEnv, wait_until};
 
 #[tokio::test]
 async fn one_holder_at_a_time_with_growing_epochs() {
@@ -96,13 +96,16 @@ async fn a_late_take_under_an_older_epoch_leaves_the_newer_holder_alone() {
 
 /// A lease Redis lost (it restarted empty, or was flushed) reads as absent rather than as
 /// another's, and its holder takes it back under its epoch; once a newer attempt holds it,
-/// the old holder can do neither.
+/// the old holder can do neither. A lease that lapsed while Redis kept its keys is not taken
+/// back: the reclaimer may have given its job to another attempt.
 #[tokio::test]
 async fn a_lease_redis_lost_is_taken_back_by_its_holder() {
     let env = TestEnv::new().await;
+    let keys = taskfleet_storage::redis::Keys::new(&env.redis_prefix);
     let key = format!("{}:lease:job", env.redis_prefix);
     let flag = format!("{}:cancel:job", env.redis_prefix);
-    let ttl = Duration::from_secs(30);
+    let born = keys.keyspace_born();
+    let ttl = Duration::from_millis(400);
     let holder = Lease::new(key.clone(), "worker-a".into(), ttl);
     let mut conn = env.redis.clone();
     let held = Lease::hold_all(&mut conn, &[(holder.clone(), 5)]).await;
@@ -117,21 +120,32 @@ async fn a_lease_redis_lost_is_taken_back_by_its_holder() {
         holder.renew(&mut conn, 5, &flag).await.unwrap(),
         Renewal::Absent
     );
-    assert!(holder.retake(&mut conn, 5).await.unwrap());
+    assert!(holder.retake(&mut conn, 5, &born).await.unwrap());
     assert_eq!(
         holder.renew(&mut conn, 5, &flag).await.unwrap(),
         Renewal::Renewed
     );
 
     // The job was started again under epoch 6 elsewhere.
-    let newer = Lease::new(key, "worker-b".into(), ttl);
+    let newer = Lease::new(key.clone(), "worker-b".into(), ttl);
     let held = Lease::hold_all(&mut conn, &[(newer, 6)]).await;
     assert_eq!(held.unwrap(), [true]);
     assert_eq!(
         holder.renew(&mut conn, 5, &flag).await.unwrap(),
         Renewal::Lost
     );
-    assert!(!holder.retake(&mut conn, 5).await.unwrap());
+    assert!(!holder.retake(&mut conn, 5, &born).await.unwrap());
+
+    // Redis keeps its keys for longer than a ttl; the newer lease lapses (its holder stalled).
+    wait_until(Duration::from_secs(5), "the newer lease lapses", || async {
+        Lease::epochs(&mut env.redis.clone(), std::slice::from_ref(&key))
+            .await
+            .unwrap()
+            == [None]
+    })
+    .await;
+    assert!(Lease::keyspace_age(&mut conn, &born).await.unwrap() >= ttl);
+    assert!(!holder.retake(&mut conn, 5, &born).await.unwrap());
     env.finish().await;
 }
 

@@ -142,8 +142,8 @@ impl JobLeases {
                     tracing::warn!(jobs = refused, "job leases held under newer epochs");
                 }
             }
-            // Each job's heartbeat finds its lease missing and stops the job; the reclaimer
-            // runs it again once Redis answers.
+            // Each job's heartbeat finds its lease missing: it takes it if Redis has just
+            // started empty, and otherwise stops the job, which the reclaimer runs again.
             Err(err) => tracing::warn!(%err, jobs = leases.len(), "could not take the job leases"),
         }
     }
@@ -266,7 +266,10 @@ impl JobExecutor {
             self.leases.lease(job_id),
             self.redis.clone(),
             epoch,
-            self.keys.cancel_flag(job_id),
+            LeaseKeys {
+                cancel: self.keys.cancel_flag(job_id),
+                born: self.keys.keyspace_born(),
+            },
             stopper.clone(),
         ));
 
@@ -542,41 +545,45 @@ impl JobExecutor {
 
 /// Renews the job lease every third of its ttl. Stops the job when the lease is lost, when it
 /// cannot be renewed for a whole ttl (the reclaimer may have taken it), or when cancellation
-/// is requested. A lease found gone within the ttl was lost by Redis (restarted empty, or
-/// flushed), not lapsed: it is taken back under the attempt's epoch, so a Redis restart does
-/// not cost running jobs their attempts (the reclaimer waits a ttl after one before it reads
-/// an absent lease as lapsed).
+/// is requested. A lease found gone because Redis started empty (restarted, or flushed) less
+/// than a ttl ago is taken back under the attempt's epoch ([`Lease::retake`]), so a Redis
+/// restart does not cost running jobs their attempts; the reclaimer waits as long before it
+/// reads an absent lease as lapsed.
 async fn heartbeat(
     lease: Lease,
     mut conn: ConnectionManager,
     epoch: u64,
-    cancel_flag: String,
+    flags: LeaseKeys,
     stopper: Stopper,
 ) {
     let every = lease.ttl() / 3;
+    // When the last renewal that held was sent: a worker that stalls after sending one counts
+    // from before the stall.
     let mut renewed = Instant::now();
     // Runs until aborted once the outcome is written: a stopped job still holds its lease
     // while its cancellation or hand-back is recorded.
     loop {
         tokio::time::sleep(every).await;
-        match lease.renew(&mut conn, epoch, &cancel_flag).await {
-            Ok(Renewal::Renewed) => renewed = Instant::now(),
+        let sent = Instant::now();
+        match lease.renew(&mut conn, epoch, &flags.cancel).await {
+            Ok(Renewal::Renewed) => renewed = sent,
             Ok(Renewal::RenewedFlagged) => {
-                renewed = Instant::now();
+                renewed = sent;
                 stopper.stop(StopReason::Cancelled);
             }
             Ok(Renewal::Lost) => return stopper.stop(StopReason::LeaseLost),
-            Ok(Renewal::Absent) if renewed.elapsed() < lease.ttl() => {
-                match lease.retake(&mut conn, epoch).await {
-                    Ok(true) => {
-                        tracing::info!("lease lost by Redis; taken back");
-                        renewed = Instant::now();
-                    }
-                    Ok(false) => return stopper.stop(StopReason::LeaseLost),
-                    Err(err) => tracing::debug!(%err, "lease not taken back; retrying"),
+            Ok(Renewal::Absent) => match lease.retake(&mut conn, epoch, &flags.born).await {
+                Ok(true) => {
+                    tracing::info!("lease lost by Redis; taken back");
+                    renewed = sent;
                 }
-            }
-            Ok(Renewal::Absent) => return stopper.stop(StopReason::LeaseLost),
+                Ok(false) => return stopper.stop(StopReason::LeaseLost),
+                Err(err) if renewed.elapsed() >= lease.ttl() => {
+                    tracing::warn!(%err, "lease not taken back within its ttl");
+                    return stopper.stop(StopReason::LeaseLost);
+                }
+                Err(err) => tracing::debug!(%err, "lease not taken back; retrying"),
+            },
             Err(err) if renewed.elapsed() >= lease.ttl() => {
                 tracing::warn!(%err, "lease not renewed within its ttl");
                 return stopper.stop(StopReason::LeaseLost);
@@ -584,6 +591,14 @@ async fn heartbeat(
             Err(err) => tracing::debug!(%err, "lease renewal failed; retrying"),
         }
     }
+}
+
+/// The Redis keys a job's heartbeat reads beside its lease.
+struct LeaseKeys {
+    /// Set when the job's cancellation is asked.
+    cancel: String,
+    /// When Redis last started empty ([`Lease::keyspace_age`]).
+    born: String,
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
