@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The tenant that owns the fleet's own probe jobs (`/readyz`); housekeeping removes them.
+/// Migration 0017's `system_tenant_id()` names it too, for the pause check.
 pub const SYSTEM_TENANT: &str = "_system";
 
 /// Every key starts with this, so a leaked one is easy to recognise in logs and scanners.
