@@ -117,8 +117,7 @@ async fn pause_and_settle(api: &Api, key: &str, schedules: &[Uuid]) {
             .await;
         assert_eq!(status, 200);
     }
-    // Fire jobs already created still run, and a round that read a schedule before its
-    // pause may still create one: no condition tells when the last has landed.
+    // Fire jobs already created still run.
     tokio::time::sleep(Duration::from_secs(3)).await;
 }
 
@@ -264,13 +263,9 @@ async fn one_shots_fire_once_and_paused_schedules_wait_for_resume() {
         next > resumed_at && next <= resumed_at + chrono::Duration::seconds(1),
         "{body}"
     );
-    wait_until(
-        Duration::from_secs(10),
-        "resumed at the next slot",
-        || async { !firings(&env, paused).await.is_empty() },
-    )
-    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let fired = firings(&env, paused).await;
+    assert!(!fired.is_empty(), "resumed at the next slot");
     assert!(
         fired.iter().all(|(at, _)| *at > resumed_at),
         "nothing from the paused time fired"
