@@ -9,10 +9,10 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 SQLX_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/taskfleet_sqlx
 SQLX_CLI_VERSION := 0.8.6
 
-.PHONY: up down services model build test bench lint fmt sqlx-cli sqlx-db sqlx-prepare
+.PHONY: up down services model tools build test bench lint fmt sqlx-cli sqlx-db sqlx-prepare
 
 ## Start Redis and Postgres if needed, migrate, run the API and two workers, print a key.
-up: services model build
+up: services model tools build
 	@deploy/local/up.sh "$(TARGET_DIR)/debug"
 
 ## Stop what `make up` started.
@@ -26,12 +26,17 @@ services:
 model:
 	@deploy/local/model.sh
 
+## Executor commands (ruff, flake8, prettier) under var/tools/, and var/executor-tools.toml, the
+## example allow list pointed at them (once).
+tools:
+	@deploy/local/tools.sh
+
 build:
 	cargo build --workspace --bins
 
 ## The whole suite against real Redis and Postgres (each test uses its own database and key prefix).
 ## A short smoke of the benchmark program runs first, so it never rots.
-test: services model
+test: services model tools
 	cargo build --workspace --bins
 	$(TARGET_DIR)/debug/taskfleet-bench --smoke
 	@set -o pipefail; cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee /dev/stderr | \

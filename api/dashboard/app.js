@@ -744,6 +744,7 @@ function renderDetail(job) {
   $('#job-progress-message').textContent = job.progress_message ?? '';
 
   $('#job-payload').textContent = pretty(job.payload ?? null);
+  renderCommand(job);
   const hasResult = job.result != null;
   Object.assign($('#job-result'), { hidden: !hasResult, textContent: hasResult ? pretty(job.result) : '' });
   $('#job-result-title').hidden = !hasResult;
@@ -755,6 +756,20 @@ function renderDetail(job) {
   $('#job-cancel').disabled = !ACTIVE_STATES.has(job.state);
   // Running again (retried, here or elsewhere) while our stream has ended: follow it again.
   if (ACTIVE_STATES.has(job.state)) followJob();
+}
+
+// An executor command's output, as it printed it, above the raw result.
+function renderCommand(job) {
+  const result = job.kind === 'executor.run' && job.result && 'exit_code' in job.result ? job.result : null;
+  $('#job-command').hidden = !result;
+  if (!result) return;
+  setText('#job-command-summary', result.summary);
+  for (const stream of ['stdout', 'stderr']) {
+    $(`#job-command-${stream}`).textContent = result[stream] || '(nothing)';
+    const cut = result[`${stream}_truncated`];
+    $(`#job-command-${stream}-note`).textContent =
+      cut ? `(first ${result[stream].length} of ${result[`${stream}_bytes`]} bytes)` : '';
+  }
 }
 
 async function jobAction(action) {

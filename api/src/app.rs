@@ -23,6 +23,7 @@ use crate::{
     dashboard,
     error::{explain_job_payload, json_error},
     events::{EventHub, EventsApi},
+    executor_tools::ExecutorToolsApi,
     fleet::FleetApi,
     health::HealthApi,
     jobs::JobsApi,
@@ -120,7 +121,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
         last_round_trip: Default::default(),
         ledger_gauges_at: Default::default(),
-        fault_injection: args.fault_injection,
+        executor: args.executor_rules()?,
         waker,
         streams: crate::events::OpenStreams::new(
             args.sse_streams_per_key as usize,
@@ -138,6 +139,7 @@ pub fn build_app(
     let api = OpenApiService::new(
         (
             JobsApi,
+            ExecutorToolsApi,
             EventsApi,
             SchedulesApi,
             ConnectorsApi,

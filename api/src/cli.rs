@@ -55,6 +55,10 @@ pub struct ApiArgs {
     /// production.
     #[arg(long, env = "TASKFLEET_FAULT_INJECTION", default_value_t = false)]
     pub fault_injection: bool,
+    /// The operator's allow list of executor commands, a TOML file (see
+    /// `deploy/executor-tools.toml`); jobs naming any other command are refused with 422.
+    #[arg(long, env = "TASKFLEET_EXECUTOR_TOOLS")]
+    pub executor_tools: Option<std::path::PathBuf>,
     /// Emit logs as JSON lines.
     #[arg(long, env = "TASKFLEET_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -75,6 +79,12 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
+    /// What `executor.run` jobs may name; a broken allow list stops the start.
+    pub fn executor_rules(&self) -> anyhow::Result<taskfleet_jobs::ExecutorRules> {
+        taskfleet_jobs::ExecutorRules::load(self.fault_injection, self.executor_tools.as_deref())
+            .map_err(anyhow::Error::msg)
+    }
+
     pub fn public_url(&self) -> String {
         self.public_url
             .clone()

@@ -174,7 +174,7 @@ impl From<&sqlx::Error> for ApiError {
 }
 
 /// poem-openapi's messages for a bad job say which type failed but not which field ("Expected
-/// input type \"ExecutorTool\", found null"); serde's say "missing field `tool`" or list the
+/// input type \"ExecutorRun\", found null"); serde's say "missing field `tool`" or list the
 /// valid kinds. So a job body that poem-openapi refused is decoded again with serde, and its
 /// message is returned when it has one.
 pub fn explain_job_payload(path: &str, body: &[u8]) -> Option<ApiError> {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use redis::AsyncCommands;
-use taskfleet_jobs::{ExecutorRun, ExecutorTool, JobOptions, JobSpec, JobState};
+use taskfleet_jobs::{ExecutorRun, JobOptions, JobSpec, JobState};
 use taskfleet_storage::{NewJob, Scope};
 
 use crate::state::AppState;
@@ -134,8 +134,9 @@ impl HealthApi {
 async fn round_trip(state: &AppState) -> Result<(), String> {
     let probe = NewJob::new(
         JobSpec::ExecutorRun(ExecutorRun {
-            tool: ExecutorTool::Noop,
+            tool: "noop".into(),
             input: None,
+            files: None,
             args: None,
             options: JobOptions::default(),
         }),

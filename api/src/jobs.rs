@@ -384,7 +384,7 @@ pub(crate) async fn accept(
                 "idempotency keys starting with `schedule:` or `fire:` are reserved for schedules",
             ))
         } else {
-            spec.validate(state.fault_injection)
+            spec.validate(&state.executor)
         };
         let at = |message: String| match batch {
             true => format!("jobs[{index}]: {message}"),

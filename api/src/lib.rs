@@ -12,6 +12,7 @@ mod conversations;
 mod dashboard;
 mod error;
 mod events;
+mod executor_tools;
 mod fleet;
 mod health;
 mod jobs;

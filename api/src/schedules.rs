@@ -10,7 +10,7 @@ use poem_openapi::{
     payload::Json,
 };
 use serde_json::Value;
-use taskfleet_jobs::{JobSpec, MissedPolicy, Timing};
+use taskfleet_jobs::{ExecutorRules, JobSpec, MissedPolicy, Timing};
 use taskfleet_storage::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Scope};
 use uuid::Uuid;
 
@@ -107,10 +107,13 @@ impl From<ScheduleError> for ApiError {
 }
 
 /// Checks a schedule as the scheduler will read it, and works out its first slot.
-fn definition(input: ScheduleInput, fault_injection: bool) -> Result<ScheduleDefinition, ApiError> {
+fn definition(
+    input: ScheduleInput,
+    executor: &ExecutorRules,
+) -> Result<ScheduleDefinition, ApiError> {
     input
         .target
-        .validate(fault_injection)
+        .validate(executor)
         .map_err(|invalid| ApiError::invalid(format!("target: {invalid}")))?;
     let now = Utc::now();
     let timing = Timing::parse(
@@ -197,7 +200,7 @@ impl SchedulesApi {
         crate::chat::check_scheduled_chat(&state, auth.0.id, &body.0.target)
             .await
             .map_err(|err| err.with_message(|m| format!("target: {m}")))?;
-        let def = definition(body.0, state.fault_injection)?;
+        let def = definition(body.0, &state.executor)?;
         let record = state.schedules.create(auth.0.id, &def).await?;
         Ok(ScheduleCreated::Created(Json(
             present(&state, record).await?,
@@ -262,7 +265,7 @@ impl SchedulesApi {
         crate::chat::check_scheduled_chat(&state, auth.0.id, &body.0.target)
             .await
             .map_err(|err| err.with_message(|m| format!("target: {m}")))?;
-        let def = definition(body.0, state.fault_injection)?;
+        let def = definition(body.0, &state.executor)?;
         let record = state
             .schedules
             .replace(auth.0.id, id.0, &def)

@@ -8,7 +8,7 @@ use std::{
 
 use redis::aio::ConnectionManager;
 use taskfleet_connectors::Providers;
-use taskfleet_jobs::Queue;
+use taskfleet_jobs::{ExecutorRules, Queue};
 use taskfleet_storage::{
     Budgets, Connectors, Conversations, Db, EventLog, GroupCommit, InsertError, Inserted,
     JobRecord, Ledger, LlmProviders, LlmSettings, NewJob, Queues, Schedules, Sealer, Tasks, Tenant,
@@ -64,8 +64,8 @@ pub struct AppState {
     pub last_round_trip: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
     /// When `/metrics` last read its gauges from the ledger.
     pub ledger_gauges_at: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
-    /// Admit the `fault` executor tool (tests only).
-    pub fault_injection: bool,
+    /// The commands `executor.run` may name, and whether the `fault` tool is admitted.
+    pub executor: ExecutorRules,
     pub waker: DispatcherWaker,
     /// The SSE streams open, per tenant, and their limits.
     pub streams: Arc<crate::events::OpenStreams>,

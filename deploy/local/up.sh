@@ -41,6 +41,8 @@ if [ -z "${TASKFLEET_GITHUB_CLIENT_ID:-}${TASKFLEET_ATLASSIAN_CLIENT_ID:-}${TASK
   done
 fi
 
+# The example allow list of executor commands, installed by `make tools`.
+export TASKFLEET_EXECUTOR_TOOLS="${TASKFLEET_EXECUTOR_TOOLS:-$PWD/var/executor-tools.toml}"
 nohup "$bin/taskfleet-api" >var/log/api.log 2>&1 & echo $! >var/run/api.pid
 # Worker metrics on 9101 and 9102, where deploy/prometheus/prometheus.yml scrapes them.
 for i in 1 2; do
@@ -124,4 +126,9 @@ cat <<MSG
 Try it:
   curl -s -X POST $url/v1/jobs -H "Authorization: Bearer $key" \\
        -H 'content-type: application/json' -d '{"kind":"executor.run","tool":"noop"}'
+  # A linter in the sandbox (the allow list: $TASKFLEET_EXECUTOR_TOOLS):
+  curl -s -X POST $url/v1/jobs -H "Authorization: Bearer $key" \\
+       -H 'content-type: application/json' \\
+       -d '{"kind":"executor.run","tool":"ruff.check","files":{"app.py":"import os\\n"}}'
+  curl -s $url/v1/executor/tools -H "Authorization: Bearer $key"
 MSG

@@ -1,9 +1,11 @@
 //! The job catalogue of taskfleet: what a job is, which queue runs it, the states it moves
-//! through, the events it leaves and the retry policy. Pure types and rules, no I/O, so the API,
-//! the workers and the tests all agree on one definition.
+//! through, the events it leaves and the retry policy. Pure types and rules, so the API, the
+//! workers and the tests all agree on one definition; no I/O but reading the operator's allow
+//! list of executor commands at start.
 
 pub mod event;
 pub mod executor;
+pub mod executor_commands;
 pub mod provider_reply;
 pub mod public_address;
 pub mod queue;
@@ -16,7 +18,8 @@ pub mod task_tool;
 pub mod wire;
 
 pub use event::EventName;
-pub use executor::{ExecutorRun, ExecutorTool};
+pub use executor::{BuiltinTool, ExecutorRules, ExecutorRun};
+pub use executor_commands::{CommandCatalog, CommandTool};
 pub use queue::Queue;
 pub use retry::RetryPolicy;
 pub use schedule::{MissedPolicy, Timing};

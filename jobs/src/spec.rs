@@ -7,7 +7,10 @@ use poem_openapi::{Object, Union};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{executor::ExecutorRun, queue::Queue};
+use crate::{
+    executor::{ExecutorRules, ExecutorRun},
+    queue::Queue,
+};
 
 /// Most tasks one `embed.items` job may name.
 pub const MAX_EMBED_ITEMS: usize = 10_000;
@@ -216,10 +219,11 @@ impl JobSpec {
 
     /// Checks what the JSON schema cannot: that a handler for the kind exists, and that the
     /// kind's own fields make sense. A job that fails here is refused, never accepted and
-    /// dropped. `fault_injection` admits the `fault` executor tool (tests only).
-    pub fn validate(&self, fault_injection: bool) -> Result<(), InvalidJob> {
+    /// dropped. `executor` holds the operator's allow list of commands and whether the
+    /// `fault` tool is admitted (tests only).
+    pub fn validate(&self, executor: &ExecutorRules) -> Result<(), InvalidJob> {
         match self {
-            JobSpec::ExecutorRun(run) => run.call(fault_injection).map(drop),
+            JobSpec::ExecutorRun(run) => run.call(executor).map(drop),
             // Whether the connector is the tenant's is the API's to check, with the ledger.
             JobSpec::IngestConnector(_) | JobSpec::TestConnector(_) => Ok(()),
             JobSpec::EmbedItems(embed) if embed.item_ids.is_empty() => {
@@ -280,13 +284,21 @@ mod tests {
         };
         assert!(
             chat("Add a task to buy milk".into())
-                .validate(false)
+                .validate(&ExecutorRules::default())
                 .is_ok()
         );
-        assert!(chat("é".repeat(10_000)).validate(false).is_ok());
-        let err = chat("é".repeat(10_001)).validate(false).unwrap_err();
+        assert!(
+            chat("é".repeat(10_000))
+                .validate(&ExecutorRules::default())
+                .is_ok()
+        );
+        let err = chat("é".repeat(10_001))
+            .validate(&ExecutorRules::default())
+            .unwrap_err();
         assert!(err.message.contains("10000"), "{err}");
-        let err = chat(" \n".into()).validate(false).unwrap_err();
+        let err = chat(" \n".into())
+            .validate(&ExecutorRules::default())
+            .unwrap_err();
         assert!(err.message.contains("empty"), "{err}");
     }
 }

@@ -51,6 +51,15 @@ pub fn redis_url() -> String {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// A file of the repository, found from the checkout being tested (as `cargo test` says when
+/// it runs the test): a build reused from another checkout through a shared target directory
+/// carries that checkout's path in `env!`, which may be gone.
+pub fn repository(path: &str) -> PathBuf {
+    let tests = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    PathBuf::from(tests).join("..").join(path)
+}
+
 /// Where cargo put the binaries: beside the running executable, or one level up when it is
 /// a test executable in `<target>/<profile>/deps/`.
 fn binary(name: &str) -> PathBuf {

@@ -72,7 +72,7 @@ async fn bad_payloads_get_422_naming_the_problem() {
         ),
         (
             json!({"kind": "executor.run", "tool": "rm -rf"}),
-            "unknown variant `rm -rf`",
+            "unknown tool `rm -rf`; the tools are: noop, sleep, markdown.format",
         ),
         (json!({"kind": "executor.run", "tool": "sleep"}), "args.ms"),
         (
@@ -271,6 +271,13 @@ async fn openapi_document_and_swagger_ui_are_served() {
         );
     }
     assert!(spec["paths"]["/v1/jobs/batch"]["post"].is_object());
+    // Tools are named by string (built-ins or the operator's allow list, listed at
+    // /v1/executor/tools); a command's files are a map of path to content.
+    assert!(spec["paths"]["/v1/executor/tools"]["get"].is_object());
+    let run = &spec["components"]["schemas"]["ExecutorRun"]["properties"];
+    assert_eq!(run["tool"]["type"], "string", "{run}");
+    assert_eq!(run["files"]["type"], "object", "{run}");
+    assert_eq!(run["files"]["additionalProperties"]["type"], "string", "{run}");
     let docs = api.http.get(api.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("swagger"));

@@ -1,16 +1,9 @@
 //! The Prometheus configuration in `deploy/` is valid, and its alert rules fire when they
 //! should (promtool's rule unit tests in `deploy/prometheus/alerts_test.yml`).
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-/// A file of the repository, found from the checkout being tested (as `cargo test` says when
-/// it runs the test): a build reused from another checkout through a shared target directory
-/// carries that checkout's path in `env!`, which may be gone.
-fn repository(path: &str) -> PathBuf {
-    let tests = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
-    PathBuf::from(tests).join("..").join(path)
-}
+use taskfleet_tests::repository;
 
 fn promtool(args: &[&str]) {
     let dir = repository("deploy/prometheus");

@@ -98,6 +98,21 @@ pub struct WorkerArgs {
     /// Admit the `fault` executor tool (failure injection for tests). Never in production.
     #[arg(long, env = "TASKFLEET_FAULT_INJECTION", default_value_t = false)]
     pub fault_injection: bool,
+    /// The operator's allow list of executor commands, a TOML file (see
+    /// `deploy/executor-tools.toml`). Read by the API too, which refuses jobs it does not allow.
+    #[arg(long, env = "TASKFLEET_EXECUTOR_TOOLS")]
+    pub executor_tools: Option<std::path::PathBuf>,
+    /// User ids executor commands run as when the worker runs as root, one per run
+    /// (`FIRST-LAST`; they need no entry in /etc/passwd, and root is never one).
+    #[arg(
+        long,
+        env = "TASKFLEET_EXECUTOR_UIDS",
+        default_value = "2000000000-2000065535"
+    )]
+    pub executor_uids: String,
+    /// The sandbox warden's binary; by default `taskfleet-sandbox` beside the worker's.
+    #[arg(long, env = "TASKFLEET_SANDBOX_BIN")]
+    pub sandbox_bin: Option<std::path::PathBuf>,
     /// On SIGTERM, how long running jobs may take to finish, in seconds.
     #[arg(long, env = "TASKFLEET_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
@@ -117,6 +132,20 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
+    /// What `executor.run` jobs may name; a broken allow list stops the start.
+    pub fn executor_rules(&self) -> anyhow::Result<taskfleet_jobs::ExecutorRules> {
+        taskfleet_jobs::ExecutorRules::load(self.fault_injection, self.executor_tools.as_deref())
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// How allow-listed commands are run: the warden's binary, and the user they run as.
+    pub fn sandbox(
+        &self,
+        rules: &taskfleet_jobs::ExecutorRules,
+    ) -> anyhow::Result<crate::handlers::command::Sandbox> {
+        crate::handlers::command::Sandbox::new(self.sandbox_bin.clone(), &self.executor_uids, rules)
+    }
+
     pub fn leader_ttl(&self) -> Duration {
         Duration::from_millis(self.leader_ttl_ms)
     }

@@ -25,7 +25,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use redis::aio::ConnectionManager;
-use taskfleet_jobs::{JobSpec, RetryPolicy};
+use taskfleet_jobs::{ExecutorRules, JobSpec, RetryPolicy};
 use taskfleet_storage::{
     Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, StartedJob, WorkerCounts,
     redis as tf_redis, redis::Keys,
@@ -164,8 +164,8 @@ impl JobLeases {
 #[derive(Debug, Clone)]
 pub struct ExecutorSettings {
     pub lease_ttl: Duration,
-    /// Admit the `fault` executor tool (tests only).
-    pub fault_injection: bool,
+    /// The commands `executor.run` may name, and whether the `fault` tool may run.
+    pub executor_rules: ExecutorRules,
 }
 
 pub struct JobExecutor {
@@ -399,7 +399,7 @@ impl JobExecutor {
         let ctx = JobContext {
             job_id: started.id,
             attempt: started.attempt as u32,
-            fault_injection: self.settings.fault_injection,
+            executor_rules: self.settings.executor_rules.clone(),
             tenant_id: started.tenant_id,
             request_id: started.request_id.clone(),
             ledger: self.ledger.clone(),

@@ -77,6 +77,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     args.agents
         .validate()
         .map_err(|message| anyhow::anyhow!(message))?;
+    let executor_rules = args.executor_rules()?;
+    let sandbox = Arc::new(args.sandbox(&executor_rules)?);
     let agents = Agents::open(args.agents.clone()).await?;
     let identity = process_identity();
     let db = Db::connect_lazy_limited(&args.database_url, 16, args.postgres)
@@ -105,7 +107,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         identity.clone(),
         ExecutorSettings {
             lease_ttl: args.lease_ttl(),
-            fault_injection: args.fault_injection,
+            executor_rules,
         },
         Services {
             schedules: Schedules::new(db.pool.clone()),
@@ -117,6 +119,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             budgets: Budgets::new(db.pool.clone(), agents.settings().llm.llm_monthly_tokens),
             llm_providers: LlmProviders::new(db.pool.clone()),
             conversations: Conversations::new(db.pool.clone()),
+            sandbox,
         },
         shutdown.clone(),
     ));

@@ -1,4 +1,4 @@
-//! `executor.run`: the safe executors.
+//! `executor.run`: the built-in tools, and allow-listed commands through [`command`].
 
 use std::time::Duration;
 
@@ -9,11 +9,11 @@ use taskfleet_jobs::{
     executor::{ExecutorCall, Fault},
 };
 
-use super::{HandlerResult, JobContext, JobFailure, changelog};
+use super::{HandlerResult, JobContext, JobFailure, changelog, command};
 
 pub async fn run(job: &ExecutorRun, ctx: &JobContext) -> HandlerResult {
     let call = job
-        .call(ctx.fault_injection)
+        .call(&ctx.executor_rules)
         .map_err(|invalid| JobFailure::permanent(invalid.message))?;
     Ok(match call {
         ExecutorCall::Noop => json!({}),
@@ -47,6 +47,7 @@ pub async fn run(job: &ExecutorRun, ctx: &JobContext) -> HandlerResult {
             })
         }
         ExecutorCall::Fault(fault) => return inject(fault, ctx).await,
+        ExecutorCall::Command(call) => return command::run(call, ctx).await,
     })
 }
 

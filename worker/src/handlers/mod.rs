@@ -3,6 +3,7 @@
 
 pub mod changelog;
 pub mod chat;
+pub mod command;
 pub mod connector_account;
 pub mod connector_test;
 pub mod embed;
@@ -12,7 +13,7 @@ pub mod prioritise;
 pub mod schedule;
 
 use serde_json::Value;
-use taskfleet_jobs::JobSpec;
+use taskfleet_jobs::{ExecutorRules, JobSpec};
 
 use std::{sync::Arc, time::Duration};
 
@@ -36,6 +37,7 @@ pub struct Services {
     pub budgets: Budgets,
     pub llm_providers: LlmProviders,
     pub conversations: Conversations,
+    pub sandbox: Arc<command::Sandbox>,
 }
 
 /// What a handler knows about the attempt it runs, and how it reports progress.
@@ -44,8 +46,8 @@ pub struct JobContext {
     pub job_id: Uuid,
     /// 1 for the first attempt.
     pub attempt: u32,
-    /// The `fault` executor tool may run (tests only).
-    pub fault_injection: bool,
+    /// The commands `executor.run` may name, and whether the `fault` tool may run.
+    pub executor_rules: ExecutorRules,
     /// The tenant the job belongs to.
     pub tenant_id: Uuid,
     /// The request that created the job; jobs it creates carry it on.
