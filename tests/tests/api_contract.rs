@@ -68,7 +68,7 @@ async fn bad_payloads_get_422_naming_the_problem() {
         (json!({"kind": "executor.run"}), "missing field `tool`"),
         (
             json!({"kind": "executor.run", "tool": 5}),
-            "invalid type: integer `5`",
+            "unknown tool `5`; the tools are: noop",
         ),
         (
             json!({"kind": "executor.run", "tool": "rm -rf"}),
@@ -277,7 +277,10 @@ async fn openapi_document_and_swagger_ui_are_served() {
     let run = &spec["components"]["schemas"]["ExecutorRun"]["properties"];
     assert_eq!(run["tool"]["type"], "string", "{run}");
     assert_eq!(run["files"]["type"], "object", "{run}");
-    assert_eq!(run["files"]["additionalProperties"]["type"], "string", "{run}");
+    assert_eq!(
+        run["files"]["additionalProperties"]["type"], "string",
+        "{run}"
+    );
     let docs = api.http.get(api.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("swagger"));
