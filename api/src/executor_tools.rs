@@ -64,12 +64,9 @@ impl ExecutorToolsApi {
     /// are held to. Programs and environment values are not shown.
     #[oai(path = "/executor/tools", method = "get")]
     async fn tools(&self, state: Data<&AppState>, _auth: TenantKey) -> Json<ExecutorTools> {
-        let builtin = ["noop", "sleep", "markdown.format", "changelog.generate"]
-            .into_iter()
-            .chain(state.executor.fault_injection.then_some("fault"))
-            .filter_map(|name| BuiltinTool::parse(name).map(|tool| (name, tool)))
-            .map(|(name, tool)| ExecutorToolInfo {
-                name: name.into(),
+        let builtin =
+            BuiltinTool::available(state.executor.fault_injection).map(|tool| ExecutorToolInfo {
+                name: tool.name().into(),
                 kind: "builtin".into(),
                 description: tool.describe().into(),
                 allowed_args: Vec::new(),

@@ -38,15 +38,33 @@ pub enum BuiltinTool {
 }
 
 impl BuiltinTool {
+    pub const ALL: [BuiltinTool; 5] = [
+        BuiltinTool::Noop,
+        BuiltinTool::Sleep,
+        BuiltinTool::MarkdownFormat,
+        BuiltinTool::ChangelogGenerate,
+        BuiltinTool::Fault,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BuiltinTool::Noop => "noop",
+            BuiltinTool::Sleep => "sleep",
+            BuiltinTool::MarkdownFormat => "markdown.format",
+            BuiltinTool::ChangelogGenerate => "changelog.generate",
+            BuiltinTool::Fault => "fault",
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "noop" => BuiltinTool::Noop,
-            "sleep" => BuiltinTool::Sleep,
-            "markdown.format" => BuiltinTool::MarkdownFormat,
-            "changelog.generate" => BuiltinTool::ChangelogGenerate,
-            "fault" => BuiltinTool::Fault,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|tool| tool.name() == name)
+    }
+
+    /// The built-in tools a job may name: `fault` only with fault injection on.
+    pub fn available(fault_injection: bool) -> impl Iterator<Item = BuiltinTool> {
+        Self::ALL
+            .into_iter()
+            .filter(move |tool| fault_injection || *tool != BuiltinTool::Fault)
     }
 
     /// What `GET /v1/executor/tools` says of each.
@@ -168,7 +186,7 @@ impl ExecutorRun {
     /// The validated call.
     pub fn call(&self, rules: &ExecutorRules) -> Result<ExecutorCall, InvalidJob> {
         let Some(tool) = BuiltinTool::parse(&self.tool) else {
-            return self.command_call(&rules.commands);
+            return self.command_call(rules);
         };
         if self.files.is_some() {
             return Err(InvalidJob::new(format!(
@@ -239,9 +257,12 @@ impl ExecutorRun {
     }
 
     /// A command of the allow list, checked against what it allows.
-    fn command_call(&self, commands: &CommandCatalog) -> Result<ExecutorCall, InvalidJob> {
+    fn command_call(&self, rules: &ExecutorRules) -> Result<ExecutorCall, InvalidJob> {
+        let commands = &rules.commands;
         let Some(tool) = commands.get(&self.tool) else {
-            let mut known = vec!["noop", "sleep", "markdown.format", "changelog.generate"];
+            let mut known: Vec<&str> = BuiltinTool::available(rules.fault_injection)
+                .map(BuiltinTool::name)
+                .collect();
             known.extend(commands.names());
             return Err(InvalidJob::new(format!(
                 "unknown tool `{}`; the tools are: {} (GET /v1/executor/tools)",

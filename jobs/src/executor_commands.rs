@@ -9,16 +9,7 @@ use poem_openapi::Object;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::spec::InvalidJob;
-
-/// The built-in tools' names, which no command may take.
-pub const BUILTIN_TOOLS: [&str; 5] = [
-    "noop",
-    "sleep",
-    "markdown.format",
-    "changelog.generate",
-    "fault",
-];
+use crate::{executor::BuiltinTool, spec::InvalidJob};
 
 /// Longest a path in a job's files may be, and deepest it may nest.
 const MAX_PATH_BYTES: usize = 1024;
@@ -202,7 +193,7 @@ impl CommandTool {
         if !name_ok {
             return Err("a name is lower-case letters, digits, `.`, `_` and `-`".into());
         }
-        if BUILTIN_TOOLS.contains(&name) {
+        if BuiltinTool::parse(name).is_some() {
             return Err("the name is a built-in tool's".into());
         }
         if !file.program.starts_with('/') {

@@ -169,17 +169,11 @@ pub async fn run(call: CommandCall, ctx: &JobContext) -> HandlerResult {
     let report = sandbox.run(&request).await;
     let read_back = tool.writes_files && report.is_ok();
     let max_bytes = tool.limits.max_input_bytes;
-    let (files, removed) = blocking(move || {
-        let files = read_back.then(|| dir.changes(&call.files, max_bytes));
-        drop(dir);
-        Ok(files)
-    })
-    .await
-    .map(|files| (files, true))
-    .unwrap_or((None, false));
-    if !removed {
-        tracing::warn!(job_id = %ctx.job_id, "could not clean the job's directory");
-    }
+    // The directory goes when the closure ends (its drop logs what it could not remove).
+    let files = blocking(move || Ok(read_back.then(|| dir.changes(&call.files, max_bytes))))
+        .await
+        .ok()
+        .flatten();
     drop(uid);
     let report = report?;
     let verdict = verdict(&tool, &report);
