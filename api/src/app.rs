@@ -31,6 +31,7 @@ use crate::{
     mcp,
     oauth_callback::OAuthCallbackApi,
     observe::{RouteTemplates, observe},
+    rate_limit::rate_limit,
     schedules::SchedulesApi,
     state::AppState,
     task_graph::TaskGraphApi,
@@ -122,6 +123,11 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         last_round_trip: Default::default(),
         ledger_gauges_at: Default::default(),
         executor: args.executor_rules()?,
+        rate_limits: {
+            let limits = crate::rate_limit::RateLimits::new(&args.rate_limits);
+            limits.clone().forget_quiet_keys();
+            limits
+        },
         waker,
         streams: crate::events::OpenStreams::new(
             args.sse_streams_per_key as usize,
@@ -162,6 +168,7 @@ pub fn build_app(
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let routes = Arc::new(documented_routes(&api.spec()));
+    let limits = state.rate_limits.clone();
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
@@ -171,6 +178,7 @@ pub fn build_app(
         .nest("/dashboard", dashboard::routes())
         .around(move |endpoint, req| limit_body(endpoint, req, max_body_bytes))
         .data(state)
+        .around(move |endpoint, req| rate_limit(endpoint, req, limits.clone()))
         .around(move |endpoint, req| {
             let routes = routes.clone();
             async move { observe(endpoint, req, &routes).await }

@@ -55,6 +55,8 @@ pub struct ApiArgs {
     /// production.
     #[arg(long, env = "TASKFLEET_FAULT_INJECTION", default_value_t = false)]
     pub fault_injection: bool,
+    #[command(flatten)]
+    pub rate_limits: crate::rate_limit::RateLimitArgs,
     /// The operator's allow list of executor commands, a TOML file (see
     /// `deploy/executor-tools.toml`); jobs naming any other command are refused with 422.
     #[arg(long, env = "TASKFLEET_EXECUTOR_TOOLS")]

@@ -36,8 +36,9 @@ pub enum ApiError {
     /// The request is well-formed JSON but cannot be accepted as it is.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
-    /// The tenant's monthly LLM token budget is spent (`budget_exceeded`); `Retry-After` is
-    /// the seconds until it resets.
+    /// The tenant's monthly LLM token budget is spent (`budget_exceeded`), or the key made
+    /// more requests of this class than its rate limit allows (`rate_limited`); `Retry-After`
+    /// is the seconds until it may try again.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     #[oai(status = 500)]

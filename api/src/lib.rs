@@ -22,6 +22,7 @@ mod mcp;
 mod oauth_callback;
 mod observe;
 mod paging;
+mod rate_limit;
 mod schedules;
 mod state;
 mod task_graph;

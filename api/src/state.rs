@@ -66,6 +66,8 @@ pub struct AppState {
     pub ledger_gauges_at: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
     /// The commands `executor.run` may name, and whether the `fault` tool is admitted.
     pub executor: ExecutorRules,
+    /// How fast each key may call, per class of route.
+    pub rate_limits: Arc<crate::rate_limit::RateLimits>,
     pub waker: DispatcherWaker,
     /// The SSE streams open, per tenant, and their limits.
     pub streams: Arc<crate::events::OpenStreams>,
