@@ -1,8 +1,8 @@
 //! Tenant authentication: `Authorization: Bearer <api key>` on every `/v1` request.
 
-use poem::Request;
+use poem::{Request, http::Method};
 use poem_openapi::{SecurityScheme, auth::Bearer};
-use taskfleet_storage::Tenant;
+use taskfleet_storage::{Role, Tenant};
 
 use crate::{error::ApiError, state::AppState};
 
@@ -17,8 +17,18 @@ pub(crate) async fn tenant_of_key(req: &Request, bearer: Bearer) -> poem::Result
         .data::<AppState>()
         .expect("AppState is attached to every route");
     match state.tenants.authenticate(&bearer.token).await {
+        // A read key changes nothing: every method but a read is refused, whatever the route.
+        Ok(Some(tenant))
+            if tenant.role == Role::Reader
+                && !matches!(*req.method(), Method::GET | Method::HEAD) =>
+        {
+            Err(ApiError::forbidden(
+                "this key may only read: submitting, cancelling and changing need a submit key",
+            )
+            .into())
+        }
         Ok(Some(tenant)) => Ok(tenant),
-        Ok(None) => Err(ApiError::unauthorized("unknown or revoked API key").into()),
+        Ok(None) => Err(ApiError::unauthorized("unknown, revoked or expired API key").into()),
         Err(err) => Err(ApiError::from(err).into()),
     }
 }

@@ -1,4 +1,5 @@
-//! Command line of `taskfleet-api`: serve (the default), `migrate`, `keys create`, `keys revoke`.
+//! Command line of `taskfleet-api`: serve (the default), `migrate`, `keys create`, `keys list`,
+//! `keys revoke`, `keys reseal`.
 
 use clap::{Parser, Subcommand};
 use taskfleet_connectors::ProviderSettings;
@@ -107,15 +108,70 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyScope {
+    Submit,
+    Read,
+    Operator,
+}
+
+impl KeyScope {
+    pub fn role(self) -> taskfleet_storage::Role {
+        match self {
+            KeyScope::Submit => taskfleet_storage::Role::Tenant,
+            KeyScope::Read => taskfleet_storage::Role::Reader,
+            KeyScope::Operator => taskfleet_storage::Role::Operator,
+        }
+    }
+}
+
+/// `30d`, `12h`, `45m`, `90s`.
+fn lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{text}` is not a lifetime like 30d, 12h, 45m or 90s");
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let count: u64 = text[..text.len() - unit.len_utf8()]
+        .parse()
+        .map_err(|_| bad())?;
+    let seconds = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return Err(bad()),
+    };
+    match count {
+        0 => Err(bad()),
+        n => Ok(std::time::Duration::from_secs(n.saturating_mul(seconds))),
+    }
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum KeysCommand {
     /// Create an API key for a tenant (the tenant is created if new) and print it.
+    ///
+    /// Examples: `keys create --tenant acme` (reads and submits), `keys create --tenant acme
+    /// --scope read --expires-in 90d` (a dashboard on a wall), `keys create --tenant ops
+    /// --scope operator`.
     Create {
         #[arg(long)]
         tenant: String,
-        /// An operator key: sees every tenant, lists workers, pauses queues.
-        #[arg(long)]
+        /// `submit` (read, submit, cancel and change the tenant's own), `read` (read only),
+        /// or `operator` (every tenant's, plus workers and queue pauses).
+        #[arg(long, value_enum, default_value = "submit")]
+        scope: KeyScope,
+        /// The same as `--scope operator`.
+        #[arg(long, conflicts_with = "scope")]
         operator: bool,
+        /// How long the key works: `30d`, `12h`, `45m` or `90s`. Default: until revoked.
+        #[arg(long, value_parser = lifetime)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// List API keys (never the keys themselves): prefix, tenant, scope, created, last used
+    /// (to the minute), expiry, revocation.
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Revoke an API key. API processes refuse it within their TASKFLEET_API_KEY_CACHE_SECS.
     Revoke {

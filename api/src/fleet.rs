@@ -136,7 +136,7 @@ pub struct WorkerList {
 pub(crate) fn operator_only(auth: &TenantKey) -> Result<(), ApiError> {
     match auth.0.role {
         Role::Operator => Ok(()),
-        Role::Tenant => Err(ApiError::forbidden("this needs an operator key")),
+        Role::Tenant | Role::Reader => Err(ApiError::forbidden("this needs an operator key")),
     }
 }
 

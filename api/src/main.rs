@@ -32,23 +32,67 @@ async fn run(args: ApiArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys {
-            command: KeysCommand::Create { tenant, operator },
+            command:
+                KeysCommand::Create {
+                    tenant,
+                    scope,
+                    operator,
+                    expires_in,
+                },
         } => {
-            let role = if operator {
-                Role::Operator
-            } else {
-                Role::Tenant
+            let role = match operator {
+                true => Role::Operator,
+                false => scope.role(),
             };
             let db = Db::connect_lazy(&args.database_url, 2)?;
             db.migrate().await.context("migrations failed")?;
-            let (tenant, key) = Tenants::new(db.pool).create_key(&tenant, role).await?;
+            let (tenant, key) = Tenants::new(db.pool)
+                .create_key(&tenant, role, expires_in)
+                .await?;
+            let until = match expires_in {
+                Some(lifetime) => format!(
+                    ", valid until {}",
+                    (chrono::Utc::now() + lifetime).format("%Y-%m-%d %H:%M UTC")
+                ),
+                None => String::new(),
+            };
             eprintln!(
-                "created an {} API key for tenant {} ({})",
+                "created a {} API key for tenant {} ({}){until}",
                 role.as_str(),
                 tenant.name,
                 tenant.id
             );
             println!("{key}");
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::List { tenant },
+        } => {
+            let db = Db::connect_lazy(&args.database_url, 2)?;
+            db.migrate().await.context("migrations failed")?;
+            let keys = Tenants::new(db.pool).list_keys(tenant.as_deref()).await?;
+            let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+                at.map_or("-".to_owned(), |at| at.format("%Y-%m-%d %H:%M").to_string())
+            };
+            println!(
+                "{:<14} {:<20} {:<9} {:<16} {:<16} {:<16} {:<16}",
+                "KEY", "TENANT", "SCOPE", "CREATED", "LAST USED", "EXPIRES", "REVOKED"
+            );
+            for key in keys {
+                println!(
+                    "{:<14} {:<20} {:<9} {:<16} {:<16} {:<16} {:<16}",
+                    format!("{}…", key.prefix),
+                    key.tenant,
+                    match key.role {
+                        Role::Tenant => "submit",
+                        other => other.as_str(),
+                    },
+                    when(Some(key.created_at)),
+                    when(key.last_used_at),
+                    when(key.expires_at),
+                    when(key.revoked_at)
+                );
+            }
             Ok(())
         }
         Command::Keys {

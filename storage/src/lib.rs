@@ -50,7 +50,7 @@ pub use task_edits::{EditError, Editor, NewTask, TaskEdit};
 pub use task_ranking::{EmbedCandidate, Placement, RankCandidate, Side};
 pub use task_tools::TaskToolbox;
 pub use tasks::{CommitError, IngestPage, PageCommitted, TaskFilter, TaskRecord, Tasks};
-pub use tenants::{RevokeError, Role, Scope, Tenant, Tenants};
+pub use tenants::{KeyListing, RevokeError, Role, Scope, Tenant, Tenants};
 pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};
 
 /// Retries `connect` with capped back-off until it succeeds, so a process started before

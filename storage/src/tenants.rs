@@ -25,9 +25,11 @@ const CACHED_KEYS: usize = 10_000;
 /// What a key may see and do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Role {
-    /// Its own tenant's jobs, events and schedules.
+    /// Its own tenant's jobs, events and schedules: reads them, submits, cancels, changes.
     #[default]
     Tenant,
+    /// Reads what a tenant key reads and changes nothing: a dashboard on a wall.
+    Reader,
     /// Every tenant's, plus the fleet: workers, queue pauses.
     Operator,
 }
@@ -36,7 +38,16 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Tenant => "tenant",
+            Role::Reader => "read",
             Role::Operator => "operator",
+        }
+    }
+
+    fn from_column(role: &str) -> Role {
+        match role {
+            "operator" => Role::Operator,
+            "read" => Role::Reader,
+            _ => Role::Tenant,
         }
     }
 }
@@ -84,7 +95,7 @@ impl Tenant {
     /// What this key may read: its own tenant, or everything for an operator.
     pub fn scope(&self) -> Scope {
         match self.role {
-            Role::Tenant => Scope::Tenant(self.id),
+            Role::Tenant | Role::Reader => Scope::Tenant(self.id),
             Role::Operator => Scope::All,
         }
     }
@@ -197,8 +208,14 @@ impl Tenants {
     }
 
     /// Creates a new API key with `role` for the tenant called `name` (creating the tenant
-    /// if new) and returns the key. It cannot be recovered later.
-    pub async fn create_key(&self, name: &str, role: Role) -> sqlx::Result<(Tenant, String)> {
+    /// if new), valid for `lifetime` when given, and returns the key. It cannot be recovered
+    /// later.
+    pub async fn create_key(
+        &self,
+        name: &str,
+        role: Role,
+        lifetime: Option<Duration>,
+    ) -> sqlx::Result<(Tenant, String)> {
         let key_id = Uuid::now_v7();
         let tenant = Tenant {
             role,
@@ -208,22 +225,25 @@ impl Tenants {
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         let key = format!("{KEY_PREFIX}{}", hex::encode(secret));
+        let lifetime_secs = lifetime.map(|lifetime| lifetime.as_secs_f64());
         sqlx::query!(
-            "INSERT INTO api_keys (id, tenant_id, key_hash, key_prefix, role)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_keys (id, tenant_id, key_hash, key_prefix, role, expires_at)
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
             key_id,
             tenant.id,
             hash_key(&key),
             &key[..SHOWN_LENGTH],
             role.as_str(),
+            lifetime_secs,
         )
         .execute(&self.pool)
         .await?;
         Ok((tenant, key))
     }
 
-    /// The tenant a key belongs to, if the key exists and is not revoked (or, with a key
-    /// cache, was not when it was last looked up).
+    /// The tenant a key belongs to, if the key exists and is neither revoked nor expired (or,
+    /// with a key cache, was not when it was last looked up). Marks the key used, to the
+    /// minute.
     pub async fn authenticate(&self, key: &str) -> sqlx::Result<Option<Tenant>> {
         if !key.starts_with(KEY_PREFIX) {
             return Ok(None);
@@ -234,21 +254,29 @@ impl Tenants {
         }
         let looked_up_at = Instant::now();
         let row = sqlx::query!(
-            "SELECT t.id AS tenant_id, t.name, k.role, k.id AS key_id
-             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            r#"SELECT t.id AS tenant_id, t.name, k.role, k.id AS key_id,
+                      k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'
+                        AS "stale_use!"
+               FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+               WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+                 AND (k.expires_at IS NULL OR k.expires_at > now())"#,
             hash,
         )
         .fetch_optional(&self.pool)
         .await?;
+        if let Some(row) = row.as_ref().filter(|row| row.stale_use) {
+            // Once a minute at most, so a busy key does not cost a write a request.
+            sqlx::query!(
+                "UPDATE api_keys SET last_used_at = now() WHERE id = $1",
+                row.key_id
+            )
+            .execute(&self.pool)
+            .await?;
+        }
         let tenant = row.map(|row| Tenant {
             id: row.tenant_id,
             name: row.name,
-            role: if row.role == "operator" {
-                Role::Operator
-            } else {
-                Role::Tenant
-            },
+            role: Role::from_column(&row.role),
             key_id: Some(row.key_id),
         });
         if let (Some(keys), Some(tenant)) = (&self.keys, &tenant) {
@@ -293,6 +321,46 @@ impl Tenants {
         .await?;
         tx.commit().await?;
         Ok((revoked.key_prefix, revoked.name))
+    }
+}
+
+/// What `taskfleet-api keys list` shows of a key: never the key itself.
+#[derive(Debug, Clone)]
+pub struct KeyListing {
+    pub prefix: String,
+    pub tenant: String,
+    pub role: Role,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Tenants {
+    /// Every key, or a tenant's, newest first.
+    pub async fn list_keys(&self, tenant: Option<&str>) -> sqlx::Result<Vec<KeyListing>> {
+        let rows = sqlx::query!(
+            "SELECT k.key_prefix, t.name, k.role, k.created_at, k.last_used_at, k.expires_at,
+                    k.revoked_at
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+             WHERE $1::text IS NULL OR t.name = $1
+             ORDER BY k.created_at DESC, k.id DESC",
+            tenant,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| KeyListing {
+                prefix: row.key_prefix,
+                tenant: row.name,
+                role: Role::from_column(&row.role),
+                created_at: row.created_at,
+                last_used_at: row.last_used_at,
+                expires_at: row.expires_at,
+                revoked_at: row.revoked_at,
+            })
+            .collect())
     }
 }
 
