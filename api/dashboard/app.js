@@ -54,6 +54,8 @@ const state = {
 const $ = (selector, root = document) => root.querySelector(selector);
 const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
 const isOperator = () => state.me?.role === 'operator';
+// A read key may look at everything its tenant has and change nothing.
+const isReadOnly = () => state.me?.role === 'read';
 const shortId = (id) => String(id ?? '').slice(0, 8);
 const sleep = (ms, signal) =>
   new Promise((resolve) => {
@@ -752,8 +754,8 @@ function renderDetail(job) {
   $('#job-errors').replaceChildren(...(job.attempt_errors ?? []).map((e) =>
     h('li', {}, `attempt ${e.attempt}: ${e.error} (${fmtTime(e.at)})`)));
 
-  $('#job-retry').disabled = !RETRYABLE_STATES.has(job.state);
-  $('#job-cancel').disabled = !ACTIVE_STATES.has(job.state);
+  $('#job-retry').disabled = isReadOnly() || !RETRYABLE_STATES.has(job.state);
+  $('#job-cancel').disabled = isReadOnly() || !ACTIVE_STATES.has(job.state);
   // Running again (retried, here or elsewhere) while our stream has ended: follow it again.
   if (ACTIVE_STATES.has(job.state)) followJob();
 }

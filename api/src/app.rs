@@ -20,6 +20,7 @@ use crate::{
     cli::ApiArgs,
     connectors::ConnectorsApi,
     conversations::ConversationsApi,
+    cors::cors,
     dashboard,
     error::{explain_job_payload, json_error},
     events::{EventHub, EventsApi},
@@ -123,6 +124,9 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         last_round_trip: Default::default(),
         ledger_gauges_at: Default::default(),
         executor: args.executor_rules()?,
+        cors_origins: Arc::new(crate::cors::CorsOrigins::parse(
+            args.cors_origins.as_deref(),
+        )?),
         rate_limits: {
             let limits = crate::rate_limit::RateLimits::new(&args.rate_limits);
             limits.clone().forget_quiet_keys();
@@ -169,6 +173,7 @@ pub fn build_app(
     let docs = api.swagger_ui();
     let routes = Arc::new(documented_routes(&api.spec()));
     let limits = state.rate_limits.clone();
+    let origins = state.cors_origins.clone();
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
@@ -184,6 +189,7 @@ pub fn build_app(
             async move { observe(endpoint, req, &routes).await }
         })
         .catch_all_error(json_error)
+        .around(move |endpoint, req| cors(endpoint, req, origins.clone()))
 }
 
 /// The paths of the OpenAPI document, e.g. `/v1/jobs/{id}`.

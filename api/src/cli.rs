@@ -69,6 +69,10 @@ pub struct ApiArgs {
     /// `{public url}/v1/oauth/callback/{provider}`. Default `http://` and the listen address.
     #[arg(long, env = "TASKFLEET_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Origins of browser front-ends that may call the API (`https://app.example.com`,
+    /// comma-separated). Unset: no cross-origin requests.
+    #[arg(long, env = "TASKFLEET_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
     #[command(flatten)]
     pub encryption: EncryptionKeys,
     #[command(flatten)]

@@ -4,6 +4,10 @@
 
 use poem::{Endpoint, EndpointExt, IntoResponse, Route, get, handler};
 
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+    form-action 'self'; frame-ancestors 'none'";
+
 #[handler]
 fn index() -> impl IntoResponse {
     include_str!("../dashboard/index.html").with_content_type("text/html; charset=utf-8")
@@ -25,5 +29,13 @@ pub fn routes() -> impl Endpoint {
         .at("/app.js", get(script))
         .at("/app.css", get(style))
         // The key lives in the page's session storage; keep the page out of shared caches.
-        .with(poem::middleware::SetHeader::new().overriding("Cache-Control", "no-store"))
+        // Its own files only, no inline script or style, never inside another site's frame.
+        .with(
+            poem::middleware::SetHeader::new()
+                .overriding("Cache-Control", "no-store")
+                .overriding("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                .overriding("X-Frame-Options", "DENY")
+                .overriding("X-Content-Type-Options", "nosniff")
+                .overriding("Referrer-Policy", "no-referrer"),
+        )
 }

@@ -9,6 +9,7 @@ mod chat;
 pub mod cli;
 mod connectors;
 mod conversations;
+mod cors;
 mod dashboard;
 mod error;
 mod events;

@@ -68,6 +68,8 @@ pub struct AppState {
     pub executor: ExecutorRules,
     /// How fast each key may call, per class of route.
     pub rate_limits: Arc<crate::rate_limit::RateLimits>,
+    /// Front-ends that may call from a browser on another origin.
+    pub cors_origins: Arc<crate::cors::CorsOrigins>,
     pub waker: DispatcherWaker,
     /// The SSE streams open, per tenant, and their limits.
     pub streams: Arc<crate::events::OpenStreams>,
