@@ -2,11 +2,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use poem::web::Data;
+use poem::{Request, web::Data};
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use redis::AsyncCommands;
 use taskfleet_jobs::{ExecutorRun, JobOptions, JobSpec, JobState};
-use taskfleet_storage::{NewJob, Scope};
+use taskfleet_storage::{NewJob, Role, Scope};
 
 use crate::state::AppState;
 
@@ -33,7 +33,8 @@ pub enum HealthResponse {
 pub struct Readiness {
     /// `ready`, or `not_ready`.
     pub status: String,
-    /// Each check by name (`postgres`, `redis`, `queue_round_trip`): `ok` or what failed.
+    /// Each check by name (`postgres`, `redis`, `queue_round_trip`): `ok`, or `failed`
+    /// (what failed, for an operator key).
     pub checks: BTreeMap<String, String>,
 }
 
@@ -47,7 +48,7 @@ pub enum ReadyResponse {
     NotReady(Json<Readiness>),
 }
 
-/// How long a successful `/readyz` round trip is reused.
+/// How long a `/readyz` round trip's outcome is reused.
 const ROUND_TRIP_REUSE: Duration = Duration::from_secs(2);
 
 pub struct HealthApi;
@@ -71,8 +72,12 @@ impl HealthApi {
     }
 
     /// Readiness: Postgres with migrations applied, Redis, and a `noop` job through a worker
+    ///
+    /// Anyone may ask; a failed check reads `failed`, and only a caller with an operator key
+    /// learns what failed. The probe job runs once at a time and its outcome is reused for
+    /// two seconds, however often the endpoint is called.
     #[oai(path = "/readyz", method = "get")]
-    async fn readyz(&self, state: Data<&AppState>) -> ReadyResponse {
+    async fn readyz(&self, state: Data<&AppState>, req: &Request) -> ReadyResponse {
         let mut checks = BTreeMap::new();
         let postgres = match state.db.migrations_applied().await {
             Ok(true) => Ok(()),
@@ -88,21 +93,32 @@ impl HealthApi {
             }
         };
         let round_trip = if postgres.is_ok() && redis.is_ok() {
-            // One probe job at a time, and a success reused briefly: frequent or concurrent
-            // probes must not flood the fleet with jobs.
-            let mut last_success = state.last_round_trip.lock().await;
-            match *last_success {
-                Some(at) if at.elapsed() < ROUND_TRIP_REUSE => Ok(()),
+            // One probe job at a time, and its outcome reused briefly: frequent or concurrent
+            // probes, anyone's, must not flood the fleet with jobs.
+            let mut last = state.last_round_trip.lock().await;
+            match &*last {
+                Some((at, outcome)) if at.elapsed() < ROUND_TRIP_REUSE => outcome.clone(),
                 _ => {
                     let outcome = round_trip(&state).await;
-                    if outcome.is_ok() {
-                        *last_success = Some(tokio::time::Instant::now());
-                    }
+                    *last = Some((tokio::time::Instant::now(), outcome.clone()));
                     outcome
                 }
             }
         } else {
             Err("skipped: Postgres or Redis is not ready".to_owned())
+        };
+        // What failed is for operators; anyone else learns which check, not its error.
+        let key = req
+            .headers()
+            .get(poem::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let detailed = match key {
+            Some(key) => matches!(
+                state.tenants.authenticate(key).await,
+                Ok(Some(tenant)) if tenant.role == Role::Operator
+            ),
+            None => false,
         };
         let mut ready = true;
         for (name, outcome) in [
@@ -111,10 +127,12 @@ impl HealthApi {
             ("queue_round_trip", round_trip),
         ] {
             ready &= outcome.is_ok();
-            checks.insert(
-                name.to_owned(),
-                outcome.err().unwrap_or_else(|| "ok".to_owned()),
-            );
+            let shown = match outcome {
+                Ok(()) => "ok".to_owned(),
+                Err(detail) if detailed => detail,
+                Err(_) => "failed".to_owned(),
+            };
+            checks.insert(name.to_owned(), shown);
         }
         let body = |status: &str| {
             Json(Readiness {

@@ -20,6 +20,9 @@ use uuid::Uuid;
 
 use crate::events::EventHub;
 
+/// A `/readyz` probe: when it ran, and what failed, if anything.
+pub type RoundTrip = (tokio::time::Instant, Result<(), String>);
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
@@ -60,8 +63,8 @@ pub struct AppState {
     /// The tenant that owns `/readyz` probe jobs.
     pub system_tenant: Tenant,
     pub ready_timeout: Duration,
-    /// When the latest successful `/readyz` queue round trip ran.
-    pub last_round_trip: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// When the latest `/readyz` queue round trip ran, and how it went.
+    pub last_round_trip: Arc<tokio::sync::Mutex<Option<RoundTrip>>>,
     /// When `/metrics` last read its gauges from the ledger.
     pub ledger_gauges_at: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
     /// The commands `executor.run` may name, and whether the `fault` tool is admitted.
