@@ -177,6 +177,16 @@ struct Standing {
 }
 
 impl Standing {
+    fn new(quota: Quota, remaining: u32) -> Standing {
+        let limit = quota.burst_size().get();
+        let refill = quota.replenish_interval() * (limit - remaining);
+        Standing {
+            limit,
+            remaining,
+            reset: refill.as_secs_f64().ceil() as u64,
+        }
+    }
+
     fn write(&self, resp: &mut Response) {
         let headers = resp.headers_mut();
         for (name, value) in [
@@ -207,52 +217,31 @@ pub async fn rate_limit<E: Endpoint>(
     let Some(limiter) = limits.limiter(class) else {
         return endpoint.call(req).await.map(IntoResponse::into_response);
     };
-    let key = limits.hasher.hash_one(token);
-    let (quota, standing) = match limiter.check_key(&key) {
+    match limiter.check_key(&limits.hasher.hash_one(token)) {
         Ok(snapshot) => {
-            let quota = snapshot.quota();
-            let remaining = snapshot.remaining_burst_capacity();
-            let missing = quota.burst_size().get() - remaining;
-            let reset = (quota.replenish_interval() * missing).as_secs_f64().ceil() as u64;
-            (
-                quota,
-                Ok(Standing {
-                    limit: quota.burst_size().get(),
-                    remaining,
-                    reset,
-                }),
-            )
-        }
-        Err(refused) => {
-            let wait = refused.wait_time_from(governor::clock::DefaultClock::default().now());
-            (refused.quota(), Err(wait))
-        }
-    };
-    match standing {
-        Ok(standing) => {
+            let standing = Standing::new(snapshot.quota(), snapshot.remaining_burst_capacity());
             let mut resp = endpoint.call(req).await?.into_response();
             standing.write(&mut resp);
             Ok(resp)
         }
-        Err(wait) => {
+        Err(refused) => {
+            let quota = refused.quota();
+            let wait = refused.wait_time_from(governor::clock::DefaultClock::default().now());
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            let per_second = 1.0 / quota.replenish_interval().as_secs_f64();
+            let every = quota.replenish_interval().as_secs_f64();
+            let rate = match every <= 1.0 {
+                true => format!("{:.0} a second", 1.0 / every),
+                false => format!("one every {every:.0} s"),
+            };
             let message = format!(
-                "this key made more {} requests than it may ({per_second:.0} a second, bursts of \
-                 {}); try again in {seconds} s",
+                "this key made more {} requests than it may ({rate}, bursts of {}); try again in \
+                 {seconds} s",
                 class.name(),
                 quota.burst_size()
             );
             let mut resp =
                 ApiError::too_many_requests("rate_limited", message, seconds).into_response();
-            Standing {
-                limit: quota.burst_size().get(),
-                remaining: 0,
-                reset: (quota.replenish_interval() * quota.burst_size().get())
-                    .as_secs_f64()
-                    .ceil() as u64,
-            }
-            .write(&mut resp);
+            Standing::new(quota, 0).write(&mut resp);
             Ok(resp)
         }
     }
