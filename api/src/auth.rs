@@ -11,6 +11,15 @@ use crate::{error::ApiError, state::AppState};
 #[oai(ty = "bearer", key_name = "Authorization", checker = "tenant_of_key")]
 pub struct TenantKey(pub Tenant);
 
+/// The bearer key a request carries, if any: before authentication, for what runs ahead of
+/// it (rate limits) or beside it (`/readyz`'s detail for operators).
+pub(crate) fn bearer_key(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+}
+
 /// The tenant of a bearer key; an unknown or revoked key is a JSON 401.
 pub(crate) async fn tenant_of_key(req: &Request, bearer: Bearer) -> poem::Result<Tenant> {
     let state = req

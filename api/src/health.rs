@@ -108,12 +108,7 @@ impl HealthApi {
             Err("skipped: Postgres or Redis is not ready".to_owned())
         };
         // What failed is for operators; anyone else learns which check, not its error.
-        let key = req
-            .headers()
-            .get(poem::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        let detailed = match key {
+        let detailed = match crate::auth::bearer_key(req) {
             Some(key) => matches!(
                 state.tenants.authenticate(key).await,
                 Ok(Some(tenant)) if tenant.role == Role::Operator

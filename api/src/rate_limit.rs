@@ -205,11 +205,7 @@ pub async fn rate_limit<E: Endpoint>(
     req: Request,
     limits: Arc<RateLimits>,
 ) -> poem::Result<Response> {
-    let token = req
-        .headers()
-        .get(poem::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+    let token = crate::auth::bearer_key(&req);
     // Requests without a key are refused by authentication, which needs no quota.
     let (Some(token), Some(class)) = (token, Class::of(&req)) else {
         return endpoint.call(req).await.map(IntoResponse::into_response);
