@@ -145,11 +145,11 @@ impl Sandbox {
 pub async fn run(call: CommandCall, ctx: &JobContext) -> HandlerResult {
     let sandbox = ctx.services.sandbox.clone();
     let tool = call.tool.clone();
-    let files = match call.files.len() {
+    let file_count = match call.files.len() {
         1 => "1 file".to_owned(),
         n => format!("{n} files"),
     };
-    ctx.progress(0.0, &format!("running {} on {files}", tool.name))
+    ctx.progress(0.0, &format!("running {} on {file_count}", tool.name))
         .await;
     // The run's own user id, held until its directory is gone.
     let uid = match &sandbox.uids {
@@ -378,7 +378,8 @@ impl JobDir {
         DirBuilder::new().mode(0o700).create(&path)?;
         let dir = JobDir { path };
         for (name, content) in files {
-            // Paths were checked when the job was accepted: relative, with plain names only.
+            // Checked when the job was accepted, and again here, where root writes them: a
+            // `CommandCall` built any other way must not reach outside the directory either.
             taskfleet_jobs::executor_commands::check_file_path(name)
                 .map_err(|why| std::io::Error::other(format!("{name}: {why}")))?;
             let file = dir.path.join(name);
