@@ -372,11 +372,13 @@ const TABS = {
   connectors: { refresh: refreshConnectors, every: 5000 },
   tasks: { refresh: refreshTasks, every: 15000 },
   chat: { refresh: refreshChat, every: 15000 },
+  audit: { refresh: refreshAudit, every: 15000 },
 };
+const OPERATOR_TABS = ['workers', 'audit'];
 
 function showTab(name) {
   const known = Object.prototype.hasOwnProperty.call(TABS, name);
-  if (!known || (name === 'workers' && !isOperator())) name = 'jobs';
+  if (!known || (OPERATOR_TABS.includes(name) && !isOperator())) name = 'jobs';
   stopTabWork();
   state.tab = name;
   for (const button of $$('button[data-tab]')) {
@@ -446,6 +448,24 @@ function workerRow(w) {
       active.length ? [' ', active.map((id, i) => [i ? ', ' : '', jobLink(id)])] : null),
     h('td', { class: 'num' }, w.processed ?? 0),
     h('td', { class: 'num' }, w.failed ?? 0));
+}
+
+// ---------------------------------------------------------------- audit
+
+// The audit log's newest page: who changed what.
+async function refreshAudit() {
+  const { events } = await api('GET', '/v1/audit?limit=100');
+  fillTable('#audit-table', events.map(auditRow), 'Nothing recorded yet.');
+}
+
+function auditRow(e) {
+  return h('tr', {},
+    h('td', { title: e.at }, fmtTime(e.at)),
+    h('td', { class: 'mono', title: e.actor_tenant ?? '' }, e.actor),
+    h('td', {}, e.action),
+    h('td', {}, e.tenant ?? '—'),
+    h('td', { class: 'mono' }, e.target),
+    h('td', { class: 'event-details' }, JSON.stringify(e.detail)));
 }
 
 // ---------------------------------------------------------------- queues

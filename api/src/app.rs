@@ -4,25 +4,25 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use poem::{
-    Endpoint, EndpointExt, IntoResponse, Request, Route, Server, get, handler,
+    EndpointExt, IntoResponse, Route, Server, endpoint::make_sync, get, handler,
     listener::TcpListener, web::Data,
 };
-use poem_openapi::error::ParseRequestPayloadError;
-use poem_openapi::{OpenApiService, Tags};
+use poem_openapi::{OpenApi, OpenApiService, Tags};
 use taskfleet_connectors::Providers;
 use taskfleet_storage::{
-    Budgets, Connectors, Conversations, Db, EventLog, Ledger, LlmProviders, Queues, Schedules,
-    Tasks, Tenants, Workers, redis as tf_redis, redis::Keys, wait_for,
+    AuditLog, Budgets, Connectors, Conversations, Db, EventLog, Ledger, LlmProviders, Queues,
+    Schedules, Tasks, Tenants, Workers, redis as tf_redis, redis::Keys, wait_for,
 };
 
 use crate::{
+    audit::AuditApi,
     chat::ChatApi,
     cli::ApiArgs,
     connectors::ConnectorsApi,
     conversations::ConversationsApi,
     cors::cors,
     dashboard,
-    error::{explain_job_payload, json_error},
+    error::json_error,
     events::{EventHub, EventsApi},
     executor_tools::ExecutorToolsApi,
     fleet::FleetApi,
@@ -32,11 +32,14 @@ use crate::{
     mcp,
     oauth_callback::OAuthCallbackApi,
     observe::{RouteTemplates, observe},
+    openapi_document,
     rate_limit::rate_limit,
+    request_limits::{RequestLimits, limit_request},
     schedules::SchedulesApi,
     state::AppState,
     task_graph::TaskGraphApi,
     tasks::TasksApi,
+    tenant_limits::TenantLimitsApi,
     test_all::TestAllApi,
     usage::UsageApi,
 };
@@ -63,6 +66,8 @@ pub enum Tag {
     Llm,
     /// Queues, workers, and who the key is.
     Fleet,
+    /// Who changed what, for operators.
+    Audit,
     /// Health and readiness.
     Ops,
 }
@@ -73,6 +78,8 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     // Checked first: an API that cannot seal credentials must not accept connectors.
     let sealer = args.encryption.sealer()?;
     args.llm.validate().map_err(anyhow::Error::msg)?;
+    // Before waiting on Postgres: a provider whose keys cannot be had stops the start at once.
+    let jwt = args.jwt.verifier().await?.map(Arc::new);
     let llm_http =
         crate::llm::LlmTestClients::new(args.llm.call_timeout(), args.providers.allow_local_sites)?;
     let db = Db::connect_lazy_limited(&args.database_url, 32, args.postgres)
@@ -91,6 +98,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     let hub = EventHub::start(args.redis_url.clone(), keys.clone(), events.clone());
     let ledger = Ledger::new(db.pool.clone());
     let waker = crate::state::DispatcherWaker::start(redis.clone(), keys.clone());
+    let tenant_rate_limits = taskfleet_storage::TenantRateLimits::new(db.pool.clone());
     Ok(AppState {
         submissions: crate::state::submissions(
             ledger.clone(),
@@ -116,6 +124,8 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         events,
         hub,
         tenants,
+        audit: AuditLog::new(db.pool.clone()),
+        jwt,
         db,
         redis,
         keys,
@@ -130,8 +140,10 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         rate_limits: {
             let limits = crate::rate_limit::RateLimits::new(&args.rate_limits);
             limits.clone().forget_quiet_keys();
+            limits.clone().follow_overrides(tenant_rate_limits.clone());
             limits
         },
+        tenant_rate_limits,
         waker,
         streams: crate::events::OpenStreams::new(
             args.sse_streams_per_key as usize,
@@ -140,13 +152,10 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     })
 }
 
-/// The whole HTTP application. `server_url` is where the Swagger UI sends requests.
-pub fn build_app(
-    state: AppState,
-    server_url: String,
-    max_body_bytes: usize,
-) -> impl poem::Endpoint {
-    let api = OpenApiService::new(
+/// The OpenAPI service: every documented route. `server_url` is where the Swagger UI sends
+/// requests.
+fn api_service(server_url: String) -> OpenApiService<impl OpenApi, ()> {
+    OpenApiService::new(
         (
             JobsApi,
             ExecutorToolsApi,
@@ -160,28 +169,48 @@ pub fn build_app(
             ChatApi,
             ConversationsApi,
             LlmApi,
-            UsageApi,
+            // poem-openapi takes tuples of up to 16 APIs; a nested one counts as one.
+            (UsageApi, TenantLimitsApi),
             FleetApi,
+            AuditApi,
             HealthApi,
         ),
         "taskfleet",
         env!("CARGO_PKG_VERSION"),
     )
     .description("Distributed task queue: typed jobs, a Postgres ledger, Redis queues.")
-    .server(server_url);
-    let spec = api.spec_endpoint();
+    .server(server_url)
+}
+
+/// The OpenAPI document `/openapi.json` serves.
+#[cfg(test)]
+pub(crate) fn spec() -> String {
+    openapi_document::finish(&api_service(String::new()).spec())
+}
+
+/// The whole HTTP application. `server_url` is where the Swagger UI sends requests.
+pub fn build_app(
+    state: AppState,
+    server_url: String,
+    request_limits: RequestLimits,
+) -> impl poem::Endpoint {
+    let api = api_service(server_url);
+    let spec: Arc<str> = openapi_document::finish(&api.spec()).into();
     let docs = api.swagger_ui();
-    let routes = Arc::new(documented_routes(&api.spec()));
+    let routes = Arc::new(documented_routes(&spec));
     let limits = state.rate_limits.clone();
     let origins = state.cors_origins.clone();
     Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec)
+        .at(
+            "/openapi.json",
+            make_sync(move |_| spec.to_string().with_content_type("application/json")),
+        )
         .nest("/docs", docs)
         .at("/metrics", get(scrape))
-        .at("/v1/mcp", mcp::endpoint(max_body_bytes))
+        .at("/v1/mcp", mcp::endpoint(request_limits.max_body_bytes))
         .nest("/dashboard", dashboard::routes())
-        .around(move |endpoint, req| limit_body(endpoint, req, max_body_bytes))
+        .around(move |endpoint, req| limit_request(endpoint, req, request_limits))
         .data(state)
         .around(move |endpoint, req| rate_limit(endpoint, req, limits.clone()))
         .around(move |endpoint, req| {
@@ -197,26 +226,6 @@ fn documented_routes(spec: &str) -> RouteTemplates {
     let spec: serde_json::Value = serde_json::from_str(spec).expect("the spec is JSON");
     let paths = spec["paths"].as_object().expect("the spec has paths");
     RouteTemplates::new(paths.keys().cloned())
-}
-
-/// Reads the body up to `limit` bytes and answers 413 past it, whether or not the client sent
-/// a `Content-Length` (poem's `SizeLimit` refuses requests without one). Keeps the bytes to
-/// explain a job payload that does not parse.
-async fn limit_body<E: Endpoint>(
-    endpoint: std::sync::Arc<E>,
-    mut req: Request,
-    limit: usize,
-) -> poem::Result<poem::Response> {
-    let body = req.take_body().into_bytes_limit(limit).await?;
-    req.set_body(body.clone());
-    let path = req.uri().path().to_owned();
-    match endpoint.call(req).await {
-        Ok(resp) => Ok(resp.into_response()),
-        Err(err) if err.is::<ParseRequestPayloadError>() => {
-            Err(explain_job_payload(&path, &body).map_or(err, Into::into))
-        }
-        Err(err) => Err(err),
-    }
 }
 
 /// How long the ledger-read gauges are reused: scrapes (or anyone who can reach the port)
@@ -272,9 +281,14 @@ async fn refresh_ledger_gauges(state: &AppState) -> bool {
 pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {
     let state = connect(&args).await?;
     let listener = TcpListener::bind(args.addr.clone());
-    let app = build_app(state, format!("http://{}", args.addr), args.max_body_bytes);
+    let app = build_app(
+        state,
+        format!("http://{}", args.addr),
+        RequestLimits::from(&args.request_limits),
+    );
     tracing::info!(addr = %args.addr, "taskfleet-api listening");
     Server::new(listener)
+        .idle_timeout(args.request_limits.idle_timeout())
         .run_with_graceful_shutdown(app, shutdown_signal(), Some(Duration::from_secs(10)))
         .await
         .context("the HTTP server failed")

@@ -122,6 +122,7 @@ pub struct ChatInput {
     #[oai(validator(min_length = 1, max_length = 10000))]
     pub message: String,
     /// The conversation to continue; absent starts one, whose id is the job's.
+    #[oai(nullable)]
     pub conversation_id: Option<Uuid>,
 }
 
@@ -198,7 +199,7 @@ impl ChatApi {
     /// its event stream when it takes longer. A conversation that does not exist is 404, a
     /// tenant with no LLM (its own or the fleet's) 422, a spent monthly budget 429; a reply
     /// the LLM could not give is 502 `llm_failed`.
-    #[oai(path = "/chat", method = "post")]
+    #[oai(path = "/chat", method = "post", operation_id = "chat")]
     async fn chat(
         &self,
         state: Data<&AppState>,

@@ -32,9 +32,8 @@ pub struct ApiArgs {
     pub redis_prefix: String,
     #[arg(long, env = "TASKFLEET_API_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: String,
-    /// Largest request body accepted, in bytes; larger ones get 413.
-    #[arg(long, env = "TASKFLEET_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
-    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub request_limits: crate::request_limits::RequestLimitArgs,
     /// How long an API key that authenticated is remembered, in seconds: a key revoked
     /// meanwhile works on for up to this long on each API process. 0 looks every request's
     /// key up in Postgres.
@@ -58,6 +57,9 @@ pub struct ApiArgs {
     pub fault_injection: bool,
     #[command(flatten)]
     pub rate_limits: crate::rate_limit::RateLimitArgs,
+    /// JWT bearer tokens from an identity provider, beside API keys.
+    #[command(flatten)]
+    pub jwt: crate::jwt::JwtArgs,
     /// The operator's allow list of executor commands, a TOML file (see
     /// `deploy/executor-tools.toml`); jobs naming any other command are refused with 422.
     #[arg(long, env = "TASKFLEET_EXECUTOR_TOOLS")]

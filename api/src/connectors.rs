@@ -5,14 +5,15 @@
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
+use serde_json::json;
 use taskfleet_connectors::{
     ConnectorConfig, ConnectorStatus, Credentials, Grant, Pkce, Provider, ProviderSettings,
     oauth::random_token,
 };
-use taskfleet_jobs::{JobSpec, wire};
+use taskfleet_jobs::{AuditAction, JobSpec, wire};
 use taskfleet_storage::{
-    ConnectorChange, ConnectorError, ConnectorJob, ConnectorRecord, NewConnector, Requested, Scope,
-    connectors::oauth_state_context, sealing::connector_context,
+    Actor, AuditEntry, ConnectorChange, ConnectorError, ConnectorJob, ConnectorRecord,
+    NewConnector, Requested, Scope, connectors::oauth_state_context, sealing::connector_context,
 };
 use uuid::Uuid;
 
@@ -29,9 +30,11 @@ use crate::{
 #[derive(Debug, Clone, Default, Object)]
 pub struct ConnectorSettings {
     /// Jira and Confluence: the site, e.g. `https://acme.atlassian.net`.
+    #[oai(nullable)]
     pub site_url: Option<String>,
     /// Jira and Confluence over OAuth: the site's cloud id, found when connecting.
     #[oai(read_only)]
+    #[oai(nullable)]
     pub cloud_id: Option<String>,
 }
 
@@ -52,6 +55,7 @@ pub struct Connector {
     pub auth: Grant,
     pub status: ConnectorStatus,
     /// Why the status is `error` or `reauth_required`.
+    #[oai(nullable)]
     pub status_message: Option<String>,
     pub config: ConnectorSettings,
     /// Where to send the person to grant read access; in answers that made a new OAuth
@@ -59,7 +63,9 @@ pub struct Connector {
     #[oai(skip_serializing_if_is_none)]
     pub authorize_url: Option<String>,
     /// When an ingest last finished a sweep.
+    #[oai(nullable)]
     pub last_sync_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub last_test: Option<ConnectorTest>,
     /// Tasks it brought in.
     pub item_count: i64,
@@ -78,15 +84,19 @@ pub struct ConnectorInput {
     pub provider: Provider,
     /// Unique within the tenant; default the provider's name (numbered when taken).
     #[oai(validator(min_length = 1, max_length = 200))]
+    #[oai(nullable)]
     pub name: Option<String>,
+    #[oai(nullable)]
     pub config: Option<ConnectorSettingsInput>,
     /// Connects at once without OAuth: a GitHub personal access token (a fine-grained one
     /// with read access to issues and pull requests), or an Atlassian API token with `email`
     /// and `config.site_url`.
     #[oai(validator(min_length = 1, max_length = 4096))]
+    #[oai(nullable)]
     pub token: Option<String>,
     /// The Atlassian account's email, with an API token.
     #[oai(validator(min_length = 3, max_length = 320))]
+    #[oai(nullable)]
     pub email: Option<String>,
 }
 
@@ -94,20 +104,25 @@ pub struct ConnectorInput {
 pub struct ConnectorSettingsInput {
     /// Jira and Confluence: the site, e.g. `https://acme.atlassian.net` (needed with an API
     /// token; with OAuth, the site to use when the grant reaches several).
+    #[oai(nullable)]
     pub site_url: Option<String>,
 }
 
 #[derive(Debug, Object)]
 pub struct ConnectorPatch {
     #[oai(validator(min_length = 1, max_length = 200))]
+    #[oai(nullable)]
     pub name: Option<String>,
     /// A token connector's site (an OAuth connector's is chosen when connecting).
+    #[oai(nullable)]
     pub config: Option<ConnectorSettingsInput>,
     /// A new token for a token connector (with `email` for Atlassian): it is `connected`
     /// again.
     #[oai(validator(min_length = 1, max_length = 4096))]
+    #[oai(nullable)]
     pub token: Option<String>,
     #[oai(validator(min_length = 3, max_length = 320))]
+    #[oai(nullable)]
     pub email: Option<String>,
 }
 
@@ -379,7 +394,11 @@ impl ConnectorsApi {
     /// `/v1/oauth/callback/{provider}`, which connects the account and starts its first
     /// ingest. With `token` (GitHub personal access token; Atlassian API token with `email`
     /// and `config.site_url`): `connected` at once, first ingest enqueued.
-    #[oai(path = "/connectors", method = "post")]
+    #[oai(
+        path = "/connectors",
+        method = "post",
+        operation_id = "createConnector"
+    )]
     async fn create(
         &self,
         state: Data<&AppState>,
@@ -412,7 +431,12 @@ impl ConnectorsApi {
                 let sealed = seal(&state, new.tenant_id, new.id, &credentials);
                 let (record, _) = state
                     .connectors
-                    .create_connected(&new, &sealed, Some(request_id.0.0.clone()))
+                    .create_connected(
+                        &new,
+                        &sealed,
+                        Some(request_id.0.0.clone()),
+                        &Actor::of(&auth.0),
+                    )
                     .await?;
                 state.wake_dispatcher();
                 present(record, None)
@@ -426,7 +450,7 @@ impl ConnectorsApi {
                 let (oauth_state, sealed, url) = consent(&state, provider, new.id)?;
                 let record = state
                     .connectors
-                    .create_pending(&new, &oauth_state, &sealed)
+                    .create_pending(&new, &oauth_state, &sealed, &Actor::of(&auth.0))
                     .await?;
                 present(record, Some(url))
             }
@@ -438,7 +462,7 @@ impl ConnectorsApi {
     ///
     /// The key's own tenant's (an operator key's too: connectors are people's accounts, not
     /// the fleet's).
-    #[oai(path = "/connectors", method = "get")]
+    #[oai(path = "/connectors", method = "get", operation_id = "listConnectors")]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -457,7 +481,11 @@ impl ConnectorsApi {
     /// Get a connector
     ///
     /// Status, last sync, last test and item count; never a token.
-    #[oai(path = "/connectors/:id", method = "get")]
+    #[oai(
+        path = "/connectors/:id",
+        method = "get",
+        operation_id = "getConnector"
+    )]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -473,7 +501,11 @@ impl ConnectorsApi {
     /// An OAuth connector's site is the one chosen when it was connected, and its access is
     /// renewed through `POST /v1/connectors/{id}/authorize`; a token connector takes a new
     /// `token` here and is `connected` again.
-    #[oai(path = "/connectors/:id", method = "patch")]
+    #[oai(
+        path = "/connectors/:id",
+        method = "patch",
+        operation_id = "updateConnector"
+    )]
     async fn update(
         &self,
         state: Data<&AppState>,
@@ -532,18 +564,34 @@ impl ConnectorsApi {
             .update(auth.0.id, id.0, &change)
             .await?
             .ok_or_else(|| no_connector(id.0))?;
+        let changed: Vec<&str> = [
+            ("name", change.name.is_some()),
+            ("config", change.config.is_some()),
+            ("token", change.sealed_credentials.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, given)| given.then_some(field))
+        .collect();
+        let updated = AuditEntry::new(AuditAction::ConnectorUpdated, Some(auth.0.id), id.0)
+            .with_detail(json!({"name": record.name, "changed": changed}));
+        crate::audit::record(&state, &auth, updated).await;
         Ok(Json(present(record, None)))
     }
 
     /// Delete a connector
-    #[oai(path = "/connectors/:id", method = "delete")]
+    #[oai(
+        path = "/connectors/:id",
+        method = "delete",
+        operation_id = "deleteConnector"
+    )]
     async fn delete(
         &self,
         state: Data<&AppState>,
         auth: TenantKey,
         id: Path<Uuid>,
     ) -> Result<Deleted, ApiError> {
-        match state.connectors.delete(auth.0.id, id.0).await? {
+        let by = Actor::of(&auth.0);
+        match state.connectors.delete(auth.0.id, id.0, &by).await? {
             true => {
                 state.wake_dispatcher();
                 Ok(Deleted::Deleted)
@@ -556,7 +604,11 @@ impl ConnectorsApi {
     ///
     /// A fresh `authorize_url` for the connector: to finish connecting it, or to grant
     /// access again after `reauth_required`.
-    #[oai(path = "/connectors/:id/authorize", method = "post")]
+    #[oai(
+        path = "/connectors/:id/authorize",
+        method = "post",
+        operation_id = "authorizeConnector"
+    )]
     async fn authorize(
         &self,
         state: Data<&AppState>,
@@ -582,7 +634,11 @@ impl ConnectorsApi {
     /// Sync a connector now
     ///
     /// Enqueues an `ingest.connector` job (201), or returns the one already waiting (200).
-    #[oai(path = "/connectors/:id/sync", method = "post")]
+    #[oai(
+        path = "/connectors/:id/sync",
+        method = "post",
+        operation_id = "syncConnector"
+    )]
     async fn sync(
         &self,
         state: Data<&AppState>,
@@ -597,7 +653,11 @@ impl ConnectorsApi {
     ///
     /// Enqueues a `test.connector` job (201), or returns the one already waiting (200). Its
     /// result, and the connector's `last_test`, say `ok` or what failed and what to do.
-    #[oai(path = "/connectors/:id/test", method = "post")]
+    #[oai(
+        path = "/connectors/:id/test",
+        method = "post",
+        operation_id = "testConnector"
+    )]
     async fn test(
         &self,
         state: Data<&AppState>,

@@ -44,6 +44,7 @@ pub struct ConversationPage {
     /// Most recently active first.
     pub conversations: Vec<Conversation>,
     /// Pass as `after` for the next page; absent on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -58,6 +59,7 @@ pub struct ConversationMessage {
     /// The assistant's task tool calls, `[{name, arguments, result}]`; empty for the user's.
     pub tool_calls: Value,
     /// The model that answered (the assistant's messages).
+    #[oai(nullable)]
     pub model: Option<String>,
     /// Tokens the turn spent (on the assistant's message; zeros on the user's).
     pub usage: TokenCount,
@@ -121,7 +123,11 @@ impl ConversationsApi {
     /// List conversations
     ///
     /// The tenant's own, most recently active first, one page at a time.
-    #[oai(path = "/conversations", method = "get")]
+    #[oai(
+        path = "/conversations",
+        method = "get",
+        operation_id = "listConversations"
+    )]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -146,7 +152,11 @@ impl ConversationsApi {
     }
 
     /// Get a conversation with its messages
-    #[oai(path = "/conversations/:id", method = "get")]
+    #[oai(
+        path = "/conversations/:id",
+        method = "get",
+        operation_id = "getConversation"
+    )]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -165,7 +175,11 @@ impl ConversationsApi {
     }
 
     /// Delete a conversation
-    #[oai(path = "/conversations/:id", method = "delete")]
+    #[oai(
+        path = "/conversations/:id",
+        method = "delete",
+        operation_id = "deleteConversation"
+    )]
     async fn delete(
         &self,
         state: Data<&AppState>,

@@ -29,10 +29,20 @@ pub enum ApiError {
     /// No such resource for this tenant.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// The client took longer than `TASKFLEET_BODY_TIMEOUT_SECS` to send its body
+    /// (`request_timeout`).
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// The job's state does not allow this, or an idempotency key was reused with another
     /// payload.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The body is over `TASKFLEET_MAX_BODY_BYTES` (`payload_too_large`).
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The body is not `application/json`, or has no `Content-Type` (`unsupported_media_type`).
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// The request is well-formed JSON but cannot be accepted as it is.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
@@ -41,6 +51,9 @@ pub enum ApiError {
     /// is the seconds until it may try again.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// The headers are over `TASKFLEET_MAX_HEADER_BYTES` (`headers_too_large`).
+    #[oai(status = 431)]
+    HeadersTooLarge(Json<ErrorBody>),
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
     /// The LLM provider failed the call (`llm_failed`).
@@ -73,6 +86,18 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::NotFound(body("not_found", message))
+    }
+
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError::RequestTimeout(body("request_timeout", message))
+    }
+
+    pub fn payload_too_large(message: impl Into<String>) -> ApiError {
+        ApiError::PayloadTooLarge(body("payload_too_large", message))
+    }
+
+    pub fn headers_too_large(message: impl Into<String>) -> ApiError {
+        ApiError::HeadersTooLarge(body("headers_too_large", message))
     }
 
     pub fn conflict(error: &str, message: impl Into<String>) -> ApiError {
@@ -119,9 +144,13 @@ impl ApiError {
             ApiError::Unauthorized(b) => ApiError::Unauthorized(rewritten(b)),
             ApiError::Forbidden(b) => ApiError::Forbidden(rewritten(b)),
             ApiError::NotFound(b) => ApiError::NotFound(rewritten(b)),
+            ApiError::RequestTimeout(b) => ApiError::RequestTimeout(rewritten(b)),
             ApiError::Conflict(b) => ApiError::Conflict(rewritten(b)),
+            ApiError::PayloadTooLarge(b) => ApiError::PayloadTooLarge(rewritten(b)),
+            ApiError::UnsupportedMediaType(b) => ApiError::UnsupportedMediaType(rewritten(b)),
             ApiError::Unprocessable(b) => ApiError::Unprocessable(rewritten(b)),
             ApiError::TooManyRequests(b, after) => ApiError::TooManyRequests(rewritten(b), after),
+            ApiError::HeadersTooLarge(b) => ApiError::HeadersTooLarge(rewritten(b)),
             ApiError::Internal(b) => ApiError::Internal(rewritten(b)),
             ApiError::BadGateway(b) => ApiError::BadGateway(rewritten(b)),
             ApiError::Unavailable(b) => ApiError::Unavailable(rewritten(b)),
@@ -209,6 +238,13 @@ pub async fn json_error(err: poem::Error) -> Response {
         )
     } else {
         let status = err.status();
+        if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            return ApiError::UnsupportedMediaType(body(
+                "unsupported_media_type",
+                format!("{message}: send the body as `Content-Type: application/json`"),
+            ))
+            .into_response();
+        }
         let code = match status {
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             StatusCode::NOT_FOUND => "not_found",

@@ -111,8 +111,11 @@ pub struct JobEvent {
     /// Position in the event stream; the SSE `id`, and what `Last-Event-ID` takes.
     pub seq: i64,
     pub ts: DateTime<Utc>,
+    #[oai(nullable)]
     pub job_id: Option<Uuid>,
+    #[oai(nullable)]
     pub queue: Option<String>,
+    #[oai(nullable)]
     pub kind: Option<String>,
     /// `job_enqueued`, `job_started`, `job_progress`, `job_succeeded`, … (also the SSE `event`).
     pub event: String,
@@ -533,7 +536,7 @@ impl EventsApi {
     /// `TASKFLEET_SSE_STREAMS_PER_KEY` (1,000) streams open on this API process. Keep-alive
     /// comments every 15 s.
     #[allow(clippy::too_many_arguments)]
-    #[oai(path = "/events", method = "get")]
+    #[oai(path = "/events", method = "get", operation_id = "streamEvents")]
     async fn events(
         &self,
         state: Data<&AppState>,
@@ -544,7 +547,11 @@ impl EventsApi {
         kind: Query<Option<String>>,
         /// Only these event names (comma separated).
         event: Query<Option<String>>,
-        #[oai(name = "Last-Event-ID")] last_event_id_header: Header<Option<String>>,
+        /// The `id` of the last event received: the stream resumes after it.
+        #[oai(name = "Last-Event-ID", validator(pattern = "^[0-9]+$"))]
+        last_event_id_header: Header<Option<String>>,
+        /// `Last-Event-ID` as a query parameter, for clients that cannot set headers.
+        #[oai(validator(pattern = "^[0-9]+$"))]
         last_event_id: Query<Option<String>>,
     ) -> Result<SseResponse, ApiError> {
         let after = crate::events::last_event_id(last_event_id_header.0, last_event_id.0)?;
@@ -571,7 +578,11 @@ impl EventsApi {
     /// The job's whole history (or what follows `Last-Event-ID`), then live events; the stream
     /// ends after the job succeeds, dies or is cancelled (or after a replay of
     /// `TASKFLEET_SSE_REPLAY_MAX` events: resume from the last `id`). 429 as for `/v1/events`.
-    #[oai(path = "/jobs/:id/events", method = "get")]
+    #[oai(
+        path = "/jobs/:id/events",
+        method = "get",
+        operation_id = "streamJobEvents"
+    )]
     async fn job_events(
         &self,
         state: Data<&AppState>,
@@ -579,7 +590,11 @@ impl EventsApi {
         id: Path<Uuid>,
         /// Only these event names (comma separated).
         event: Query<Option<String>>,
-        #[oai(name = "Last-Event-ID")] last_event_id_header: Header<Option<String>>,
+        /// The `id` of the last event received: the stream resumes after it.
+        #[oai(name = "Last-Event-ID", validator(pattern = "^[0-9]+$"))]
+        last_event_id_header: Header<Option<String>>,
+        /// `Last-Event-ID` as a query parameter, for clients that cannot set headers.
+        #[oai(validator(pattern = "^[0-9]+$"))]
         last_event_id: Query<Option<String>>,
     ) -> Result<SseResponse, ApiError> {
         let after = crate::events::last_event_id(last_event_id_header.0, last_event_id.0)?;

@@ -5,7 +5,7 @@ use poem::web::Data;
 use poem_openapi::{Object, OpenApi, payload::Json};
 use taskfleet_jobs::{BuiltinTool, CommandTool, executor_commands::CommandLimits};
 
-use crate::{auth::TenantKey, state::AppState};
+use crate::{auth::TenantKey, error::ApiError, state::AppState};
 
 /// One tool a job may name.
 #[derive(Debug, Object)]
@@ -62,8 +62,16 @@ impl ExecutorToolsApi {
     /// The built-in tools, then the commands the operator allows
     /// (`TASKFLEET_EXECUTOR_TOOLS`), with the arguments each takes and the limits its runs
     /// are held to. Programs and environment values are not shown.
-    #[oai(path = "/executor/tools", method = "get")]
-    async fn tools(&self, state: Data<&AppState>, _auth: TenantKey) -> Json<ExecutorTools> {
+    #[oai(
+        path = "/executor/tools",
+        method = "get",
+        operation_id = "listExecutorTools"
+    )]
+    async fn tools(
+        &self,
+        state: Data<&AppState>,
+        _auth: TenantKey,
+    ) -> Result<Json<ExecutorTools>, ApiError> {
         let builtin =
             BuiltinTool::available(state.executor.fault_injection).map(|tool| ExecutorToolInfo {
                 name: tool.name().into(),
@@ -81,8 +89,8 @@ impl ExecutorToolsApi {
             .commands
             .tools()
             .map(|tool| ExecutorToolInfo::from(tool.as_ref()));
-        Json(ExecutorTools {
+        Ok(Json(ExecutorTools {
             tools: builtin.chain(commands).collect(),
-        })
+        }))
     }
 }

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::{Object, OpenApi, param::Path, payload::Json};
 use serde_json::Value;
-use taskfleet_jobs::Queue;
-use taskfleet_storage::{Lease, QueueStats, Role, Scope, WorkerRecord};
+use taskfleet_jobs::{AuditAction, Queue};
+use taskfleet_storage::{AuditEntry, Lease, QueueStats, Role, Scope, WorkerRecord};
 use uuid::Uuid;
 
 use crate::{auth::TenantKey, error::ApiError, state::AppState};
@@ -46,8 +46,10 @@ pub struct QueueInfo {
     /// Jobs finished per minute over the last 15 minutes, oldest first.
     pub throughput: Vec<ThroughputMinute>,
     /// Dead among succeeded and dead over the last 15 minutes; absent when none finished.
+    #[oai(nullable)]
     pub failure_rate: Option<f64>,
     /// 95th percentile of the time from due to start over the last 15 minutes.
+    #[oai(nullable)]
     pub wait_p95_seconds: Option<f64>,
 }
 
@@ -103,6 +105,7 @@ pub struct Worker {
     /// Attempts finished (any outcome) and, of those, failed.
     pub processed: i64,
     pub failed: i64,
+    #[oai(nullable)]
     pub stopped_at: Option<DateTime<Utc>>,
 }
 
@@ -150,20 +153,20 @@ pub struct FleetApi;
 #[OpenApi(prefix_path = "/v1", tag = "crate::app::Tag::Fleet")]
 impl FleetApi {
     /// Who this key is
-    #[oai(path = "/me", method = "get")]
-    async fn me(&self, auth: TenantKey) -> Json<Me> {
-        Json(Me {
+    #[oai(path = "/me", method = "get", operation_id = "getMe")]
+    async fn me(&self, auth: TenantKey) -> Result<Json<Me>, ApiError> {
+        Ok(Json(Me {
             tenant: auth.0.name,
             tenant_id: auth.0.id,
             role: auth.0.role.as_str().to_owned(),
-        })
+        }))
     }
 
     /// Queues: depth by state, recent throughput, failure rate, wait p95, paused
     ///
     /// Read from the ledger: live jobs counted exactly, finished ones over the last 15
     /// minutes. A tenant key sees its own jobs' numbers; an operator key the whole fleet's.
-    #[oai(path = "/queues", method = "get")]
+    #[oai(path = "/queues", method = "get", operation_id = "listQueues")]
     async fn queues(
         &self,
         state: Data<&AppState>,
@@ -179,7 +182,11 @@ impl FleetApi {
     ///
     /// Jobs are still accepted; none of the queue's jobs starts until it is resumed. Jobs
     /// already running finish.
-    #[oai(path = "/queues/:name/pause", method = "post")]
+    #[oai(
+        path = "/queues/:name/pause",
+        method = "post",
+        operation_id = "pauseQueue"
+    )]
     async fn pause(
         &self,
         state: Data<&AppState>,
@@ -190,7 +197,11 @@ impl FleetApi {
     }
 
     /// Resume a paused queue (operator)
-    #[oai(path = "/queues/:name/resume", method = "post")]
+    #[oai(
+        path = "/queues/:name/resume",
+        method = "post",
+        operation_id = "resumeQueue"
+    )]
     async fn resume(
         &self,
         state: Data<&AppState>,
@@ -204,7 +215,7 @@ impl FleetApi {
     ///
     /// From the worker registry in the ledger: online workers and those stopped within a
     /// day, with their queues, concurrency, heartbeat age, running jobs and totals.
-    #[oai(path = "/workers", method = "get")]
+    #[oai(path = "/workers", method = "get", operation_id = "listWorkers")]
     async fn workers(
         &self,
         state: Data<&AppState>,
@@ -238,8 +249,16 @@ async fn set_paused(
     operator_only(auth)?;
     let queue = queue_named(name)?;
     let actor = format!("api:{}", auth.0.name);
-    if state.queues.set_paused(queue, paused, &actor).await? && !paused {
-        state.wake_dispatcher();
+    // Pausing a paused queue, or resuming a running one, changes nothing and records nothing.
+    if state.queues.set_paused(queue, paused, &actor).await? {
+        let action = match paused {
+            true => AuditAction::QueuePaused,
+            false => AuditAction::QueueResumed,
+        };
+        crate::audit::record(state, auth, AuditEntry::new(action, None, queue.as_str())).await;
+        if !paused {
+            state.wake_dispatcher();
+        }
     }
     let stats = state.queues.stats(Scope::All).await?;
     let info = stats

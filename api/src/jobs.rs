@@ -8,10 +8,10 @@ use poem_openapi::{
     payload::Json,
 };
 use serde::Serialize;
-use serde_json::Value;
-use taskfleet_jobs::{JobSpec, JobState, Queue};
+use serde_json::{Value, json};
+use taskfleet_jobs::{AuditAction, JobSpec, JobState, Queue};
 use taskfleet_storage::{
-    Change, Inserted, JobFilter, JobRecord, NewJob, Role, Scope, redis as tf_redis,
+    AuditEntry, Change, Inserted, JobFilter, JobRecord, NewJob, Role, Scope, redis as tf_redis,
 };
 use uuid::Uuid;
 
@@ -47,26 +47,36 @@ pub struct Job {
     #[serde(serialize_with = "json::rfc3339")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "json::rfc3339_or_null")]
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "json::rfc3339_or_null")]
+    #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
     /// The worker process that ran the latest attempt.
+    #[oai(nullable)]
     pub worker: Option<String>,
     /// What the handler returned, once succeeded.
+    #[oai(nullable)]
     pub result: Option<Value>,
     /// The latest attempt's error.
+    #[oai(nullable)]
     pub error: Option<String>,
     /// Every failed attempt: `[{attempt, error, at}]`.
     pub attempt_errors: Value,
+    #[oai(nullable)]
     pub idempotency_key: Option<String>,
     /// Set when cancellation of the running job was asked; it ends `cancelled`.
     #[serde(serialize_with = "json::rfc3339_or_null")]
+    #[oai(nullable)]
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// The latest progress its handler reported, in percent.
     #[serde(serialize_with = "json::real_or_null")]
+    #[oai(nullable)]
     pub progress_percent: Option<f32>,
+    #[oai(nullable)]
     pub progress_message: Option<String>,
     /// The `X-Request-ID` of the request that created the job; its worker logs carry it.
+    #[oai(nullable)]
     pub request_id: Option<String>,
 }
 
@@ -123,6 +133,7 @@ pub struct JobPage {
     /// Newest first.
     pub jobs: Vec<Job>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -144,7 +155,7 @@ impl JobsApi {
     ///
     /// The body is one job, discriminated by `kind`. It is a row in the ledger before this
     /// answers 201.
-    #[oai(path = "/jobs", method = "post")]
+    #[oai(path = "/jobs", method = "post", operation_id = "createJob")]
     async fn create(
         &self,
         state: Data<&AppState>,
@@ -169,7 +180,7 @@ impl JobsApi {
     /// Submit up to 1,000 jobs at once
     ///
     /// All or nothing: if one job is invalid, none is accepted and the error names its index.
-    #[oai(path = "/jobs/batch", method = "post")]
+    #[oai(path = "/jobs/batch", method = "post", operation_id = "createJobBatch")]
     async fn create_batch(
         &self,
         state: Data<&AppState>,
@@ -193,7 +204,7 @@ impl JobsApi {
     }
 
     /// Get a job
-    #[oai(path = "/jobs/:id", method = "get")]
+    #[oai(path = "/jobs/:id", method = "get", operation_id = "getJob")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -212,7 +223,7 @@ impl JobsApi {
     /// next await point and the job ends `cancelled` (`cancel_requested_at` is set
     /// meanwhile, and wins over a retry, a hand-back by a draining worker or a reclaim;
     /// only an attempt that succeeded first ends `succeeded`). A finished job is a 409.
-    #[oai(path = "/jobs/:id/cancel", method = "post")]
+    #[oai(path = "/jobs/:id/cancel", method = "post", operation_id = "cancelJob")]
     async fn cancel(
         &self,
         state: Data<&AppState>,
@@ -238,7 +249,7 @@ impl JobsApi {
     ///
     /// It runs again with a fresh budget of `max_attempts` more attempts; attempt numbers go
     /// on counting and the errors of earlier attempts stay.
-    #[oai(path = "/jobs/:id/retry", method = "post")]
+    #[oai(path = "/jobs/:id/retry", method = "post", operation_id = "retryJob")]
     async fn retry(
         &self,
         state: Data<&AppState>,
@@ -256,6 +267,9 @@ impl JobsApi {
             state.ledger.retry(auth.0.scope(), id.0, budget).await?,
             "retried",
         )?;
+        let retried = AuditEntry::new(AuditAction::JobRetried, Some(record.tenant_id), id.0)
+            .with_detail(json!({"kind": record.kind}));
+        crate::audit::record(&state, &auth, retried).await;
         let mut conn = state.redis.clone();
         if let Err(err) = tf_redis::clear_cancel(&mut conn, &state.keys, id.0).await {
             tracing::warn!(%err, job_id = %id.0, "could not clear an old cancellation flag");
@@ -269,7 +283,7 @@ impl JobsApi {
     /// Newest first, filtered, one page at a time. A tenant key lists its own jobs; an
     /// operator key lists every tenant's, or one tenant's with `tenant`.
     #[allow(clippy::too_many_arguments)]
-    #[oai(path = "/jobs", method = "get")]
+    #[oai(path = "/jobs", method = "get", operation_id = "listJobs")]
     async fn list(
         &self,
         state: Data<&AppState>,

@@ -17,10 +17,13 @@ use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use serde_json::{Value, json};
 use taskfleet_jobs::{
+    AuditAction,
     provider_reply::{provider_message, scrub},
     public_address,
 };
-use taskfleet_storage::{LlmCallKind, LlmProvider, LlmProviderRecord, LlmUsage, ProviderKeyError};
+use taskfleet_storage::{
+    AuditEntry, LlmCallKind, LlmProvider, LlmProviderRecord, LlmUsage, ProviderKeyError,
+};
 use taskfleet_telemetry::metrics;
 use uuid::Uuid;
 
@@ -90,6 +93,7 @@ pub struct LlmProviderInput {
     /// Sent as `Authorization: Bearer <key>`; absent for a server that takes none. Stored
     /// sealed; no answer ever shows it.
     #[oai(validator(max_length = 4096))]
+    #[oai(nullable)]
     pub api_key: Option<String>,
 }
 
@@ -159,7 +163,7 @@ impl LlmApi {
     ///
     /// Replaces any earlier one. Chat jobs and focus-list reviews of this tenant call it
     /// from now on, instead of the fleet's.
-    #[oai(path = "/llm", method = "put")]
+    #[oai(path = "/llm", method = "put", operation_id = "setLlmProvider")]
     async fn put(
         &self,
         state: Data<&AppState>,
@@ -171,6 +175,14 @@ impl LlmApi {
             .llm_providers
             .put(&state.sealer, auth.0.id, &provider)
             .await?;
+        // Where and which model; never the key.
+        let set = AuditEntry::new(AuditAction::LlmProviderSet, Some(auth.0.id), &auth.0.name)
+            .with_detail(json!({
+                "base_url": record.base_url,
+                "model": record.model,
+                "has_key": record.has_key,
+            }));
+        crate::audit::record(&state, &auth, set).await;
         Ok(Json(record.into()))
     }
 
@@ -178,7 +190,7 @@ impl LlmApi {
     ///
     /// Without its key. 404 when the tenant has none; the message says whether the fleet's
     /// applies instead.
-    #[oai(path = "/llm", method = "get")]
+    #[oai(path = "/llm", method = "get", operation_id = "getLlmProvider")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -198,10 +210,18 @@ impl LlmApi {
     }
 
     /// Forget the tenant's own LLM provider
-    #[oai(path = "/llm", method = "delete")]
+    #[oai(path = "/llm", method = "delete", operation_id = "deleteLlmProvider")]
     async fn delete(&self, state: Data<&AppState>, auth: TenantKey) -> Result<Forgotten, ApiError> {
         match state.llm_providers.delete(auth.0.id).await? {
-            true => Ok(Forgotten::Deleted),
+            true => {
+                let deleted = AuditEntry::new(
+                    AuditAction::LlmProviderDeleted,
+                    Some(auth.0.id),
+                    &auth.0.name,
+                );
+                crate::audit::record(&state, &auth, deleted).await;
+                Ok(Forgotten::Deleted)
+            }
             false => Err(ApiError::not_found(
                 "this tenant has no LLM provider of its own",
             )),
@@ -213,7 +233,7 @@ impl LlmApi {
     /// Makes a one-token chat call to the tenant's own provider, or else the fleet's, and
     /// says whether it answered, how fast, or what it said was wrong. Its tokens count
     /// against the tenant's budget (kind `test`).
-    #[oai(path = "/llm/test", method = "post")]
+    #[oai(path = "/llm/test", method = "post", operation_id = "testLlmProvider")]
     async fn test(
         &self,
         state: Data<&AppState>,

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use taskfleet_api::cli::{ApiArgs, Command, KeysCommand};
-use taskfleet_storage::{Connectors, Db, LlmProviders, Role, Tenants};
+use taskfleet_storage::{Actor, Connectors, Db, LlmProviders, Role, Tenants, shown_key};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -47,7 +47,7 @@ async fn run(args: ApiArgs) -> anyhow::Result<()> {
             let db = Db::connect_lazy(&args.database_url, 2)?;
             db.migrate().await.context("migrations failed")?;
             let (tenant, key) = Tenants::new(db.pool)
-                .create_key(&tenant, role, expires_in)
+                .create_key(&tenant, role, expires_in, &command_line())
                 .await?;
             let until = match expires_in {
                 Some(lifetime) => format!(
@@ -81,7 +81,7 @@ async fn run(args: ApiArgs) -> anyhow::Result<()> {
             for key in keys {
                 println!(
                     "{:<14} {:<20} {:<9} {:<16} {:<16} {:<16} {:<16}",
-                    format!("{}…", key.prefix),
+                    shown_key(&key.prefix),
                     key.tenant,
                     match key.role {
                         Role::Tenant => "submit",
@@ -100,7 +100,9 @@ async fn run(args: ApiArgs) -> anyhow::Result<()> {
         } => {
             let db = Db::connect_lazy(&args.database_url, 2)?;
             db.migrate().await.context("migrations failed")?;
-            let (shown, tenant) = Tenants::new(db.pool).revoke_key(&key).await?;
+            let (shown, tenant) = Tenants::new(db.pool)
+                .revoke_key(&key, &command_line())
+                .await?;
             eprintln!(
                 "revoked the API key {shown}… of tenant {tenant}; API processes refuse it \
                  within their TASKFLEET_API_KEY_CACHE_SECS"
@@ -128,4 +130,9 @@ async fn run(args: ApiArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Who runs an admin command, for the audit log: the OS user, as the shell says.
+fn command_line() -> Actor {
+    Actor::command_line(std::env::var("USER").ok().as_deref())
 }

@@ -44,18 +44,29 @@ impl OAuthCallbackApi {
     /// stores them sealed, marks the connector `connected` and enqueues its first ingest in
     /// the same transaction. Answers a page a browser can show.
     #[allow(clippy::too_many_arguments)]
-    #[oai(path = "/oauth/callback/:provider", method = "get")]
+    #[oai(
+        path = "/oauth/callback/:provider",
+        method = "get",
+        operation_id = "oauthCallback"
+    )]
     async fn callback(
         &self,
         state: Data<&AppState>,
         request_id: Data<&RequestId>,
-        provider: Path<Provider>,
+        /// The provider's name (`github`, `jira`, `confluence`, `gmail`, `gdrive`): text
+        /// rather than an enum, so that any other name is answered with a page too.
+        provider: Path<String>,
         code: Query<Option<String>>,
         #[oai(name = "state")] oauth_state: Query<Option<String>>,
         error: Query<Option<String>>,
         error_description: Query<Option<String>>,
     ) -> CallbackPage {
-        let provider = provider.0;
+        let Some(provider) = Provider::ALL.into_iter().find(|p| p.name() == provider.0) else {
+            return CallbackPage::Refused(page(
+                "This link does not work",
+                "It names no provider taskfleet connects to. Start connecting again from taskfleet.",
+            ));
+        };
         let taken = match &oauth_state.0 {
             Some(s) => state.connectors.take_oauth_state(&provider.name(), s).await,
             None => Ok(None),

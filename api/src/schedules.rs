@@ -9,9 +9,11 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use serde_json::Value;
-use taskfleet_jobs::{ExecutorRules, JobSpec, MissedPolicy, Timing};
-use taskfleet_storage::{Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Scope};
+use serde_json::{Value, json};
+use taskfleet_jobs::{AuditAction, ExecutorRules, JobSpec, MissedPolicy, Timing};
+use taskfleet_storage::{
+    AuditEntry, Firing, ScheduleDefinition, ScheduleError, ScheduleRecord, Scope,
+};
 use uuid::Uuid;
 
 use crate::{auth::TenantKey, error::ApiError, paging, state::AppState};
@@ -27,12 +29,16 @@ pub struct ScheduleInput {
     /// The job each firing creates: the same typed union as `POST /v1/jobs`.
     pub target: JobSpec,
     /// Cron with seconds first: `sec min hour day-of-month month day-of-week [year]`.
+    #[oai(nullable)]
     pub cron: Option<String>,
     /// IANA time zone the cron expression is read in (default `UTC`).
+    #[oai(nullable)]
     pub time_zone: Option<String>,
     /// Fire once, at this instant (instead of `cron`).
+    #[oai(nullable)]
     pub at: Option<DateTime<Utc>>,
     /// Firings missed while no worker ran: `skip` (default) or `catch_up_once`.
+    #[oai(nullable)]
     pub missed: Option<MissedPolicy>,
 }
 
@@ -62,12 +68,16 @@ pub struct Schedule {
     pub id: Uuid,
     pub name: String,
     pub target: Value,
+    #[oai(nullable)]
     pub cron: Option<String>,
+    #[oai(nullable)]
     pub time_zone: Option<String>,
+    #[oai(nullable)]
     pub at: Option<DateTime<Utc>>,
     pub missed: MissedPolicy,
     pub paused: bool,
     /// The next slot; absent once a one-shot schedule has fired.
+    #[oai(nullable)]
     pub next_fire_at: Option<DateTime<Utc>>,
     /// The latest firings, newest first.
     pub last_firings: Vec<ScheduleFiring>,
@@ -80,6 +90,7 @@ pub struct ScheduleList {
     /// Newest first.
     pub schedules: Vec<Schedule>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -175,6 +186,12 @@ async fn present(state: &AppState, record: ScheduleRecord) -> Result<Schedule, A
     Ok(one.remove(0))
 }
 
+/// The audit log's entry for `action` on the schedule `record`.
+fn audited(action: AuditAction, record: &ScheduleRecord) -> AuditEntry {
+    AuditEntry::new(action, Some(record.tenant_id), record.id)
+        .with_detail(json!({"name": record.name}))
+}
+
 fn no_schedule(id: Uuid) -> ApiError {
     ApiError::not_found(format!("no schedule {id}"))
 }
@@ -187,7 +204,7 @@ impl SchedulesApi {
     ///
     /// Either `cron` (seconds first, read in `time_zone`) or one `at` instant. Each firing
     /// creates the `target` job exactly once, even across scheduler fail-overs.
-    #[oai(path = "/schedules", method = "post")]
+    #[oai(path = "/schedules", method = "post", operation_id = "createSchedule")]
     async fn create(
         &self,
         state: Data<&AppState>,
@@ -202,6 +219,12 @@ impl SchedulesApi {
             .map_err(|err| err.with_message(|m| format!("target: {m}")))?;
         let def = definition(body.0, &state.executor)?;
         let record = state.schedules.create(auth.0.id, &def).await?;
+        crate::audit::record(
+            &state,
+            &auth,
+            audited(AuditAction::ScheduleCreated, &record),
+        )
+        .await;
         Ok(ScheduleCreated::Created(Json(
             present(&state, record).await?,
         )))
@@ -210,7 +233,7 @@ impl SchedulesApi {
     /// List schedules
     ///
     /// Newest first, one page at a time, each with its latest firings.
-    #[oai(path = "/schedules", method = "get")]
+    #[oai(path = "/schedules", method = "get", operation_id = "listSchedules")]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -233,7 +256,7 @@ impl SchedulesApi {
     }
 
     /// Get a schedule, with its next slot and latest firings
-    #[oai(path = "/schedules/:id", method = "get")]
+    #[oai(path = "/schedules/:id", method = "get", operation_id = "getSchedule")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -251,7 +274,11 @@ impl SchedulesApi {
     /// Replace a schedule
     ///
     /// Its next slot is worked out anew; past firings stay.
-    #[oai(path = "/schedules/:id", method = "put")]
+    #[oai(
+        path = "/schedules/:id",
+        method = "put",
+        operation_id = "replaceSchedule"
+    )]
     async fn replace(
         &self,
         state: Data<&AppState>,
@@ -271,11 +298,21 @@ impl SchedulesApi {
             .replace(auth.0.id, id.0, &def)
             .await?
             .ok_or_else(|| no_schedule(id.0))?;
+        crate::audit::record(
+            &state,
+            &auth,
+            audited(AuditAction::ScheduleUpdated, &record),
+        )
+        .await;
         Ok(Json(present(&state, record).await?))
     }
 
     /// Delete a schedule
-    #[oai(path = "/schedules/:id", method = "delete")]
+    #[oai(
+        path = "/schedules/:id",
+        method = "delete",
+        operation_id = "deleteSchedule"
+    )]
     async fn delete(
         &self,
         state: Data<&AppState>,
@@ -283,13 +320,21 @@ impl SchedulesApi {
         id: Path<Uuid>,
     ) -> Result<Deleted, ApiError> {
         match state.schedules.delete(auth.0.id, id.0).await? {
-            true => Ok(Deleted::Deleted),
+            true => {
+                let deleted = AuditEntry::new(AuditAction::ScheduleDeleted, Some(auth.0.id), id.0);
+                crate::audit::record(&state, &auth, deleted).await;
+                Ok(Deleted::Deleted)
+            }
             false => Err(no_schedule(id.0)),
         }
     }
 
     /// Pause a schedule: it does not fire until resumed
-    #[oai(path = "/schedules/:id/pause", method = "post")]
+    #[oai(
+        path = "/schedules/:id/pause",
+        method = "post",
+        operation_id = "pauseSchedule"
+    )]
     async fn pause(
         &self,
         state: Data<&AppState>,
@@ -301,11 +346,16 @@ impl SchedulesApi {
             .set_paused(auth.0.id, id.0, true, None)
             .await?
             .ok_or_else(|| no_schedule(id.0))?;
+        crate::audit::record(&state, &auth, audited(AuditAction::SchedulePaused, &record)).await;
         Ok(Json(present(&state, record).await?))
     }
 
     /// Resume a schedule at its next slot after now
-    #[oai(path = "/schedules/:id/resume", method = "post")]
+    #[oai(
+        path = "/schedules/:id/resume",
+        method = "post",
+        operation_id = "resumeSchedule"
+    )]
     async fn resume(
         &self,
         state: Data<&AppState>,
@@ -326,12 +376,19 @@ impl SchedulesApi {
         .map_err(|invalid| ApiError::invalid(invalid.message))?;
         // A one-shot whose instant passed while paused does not fire any more.
         let next = timing.next_after(Utc::now());
-        // Not paused: nothing to resume, the schedule stays as it is.
-        let record = state
+        // Not paused: nothing to resume, the schedule stays as it is, and nothing is recorded.
+        let record = match state
             .schedules
             .set_paused(auth.0.id, id.0, false, next)
             .await?
-            .unwrap_or(current);
+        {
+            Some(resumed) => {
+                let entry = audited(AuditAction::ScheduleResumed, &resumed);
+                crate::audit::record(&state, &auth, entry).await;
+                resumed
+            }
+            None => current,
+        };
         Ok(Json(present(&state, record).await?))
     }
 }

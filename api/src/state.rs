@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use taskfleet_connectors::Providers;
 use taskfleet_jobs::{ExecutorRules, Queue};
 use taskfleet_storage::{
-    Budgets, Connectors, Conversations, Db, EventLog, GroupCommit, InsertError, Inserted,
+    AuditLog, Budgets, Connectors, Conversations, Db, EventLog, GroupCommit, InsertError, Inserted,
     JobRecord, Ledger, LlmProviders, LlmSettings, NewJob, Queues, Schedules, Sealer, Tasks, Tenant,
     Tenants, Workers, group_commit::LINGER_WHILE_CALLERS_WAIT, redis as tf_redis, redis::Keys,
 };
@@ -58,6 +58,10 @@ pub struct AppState {
     /// Fans live events out to this process's SSE clients.
     pub hub: Arc<EventHub>,
     pub tenants: Tenants,
+    /// Who changed what: keys, queue pauses, schedules, connectors, budgets, retries.
+    pub audit: AuditLog,
+    /// Checks JWT bearer tokens from the identity provider; none when only API keys work.
+    pub jwt: Option<Arc<crate::jwt::Verifier>>,
     pub redis: ConnectionManager,
     pub keys: Keys,
     /// The tenant that owns `/readyz` probe jobs.
@@ -71,6 +75,8 @@ pub struct AppState {
     pub executor: ExecutorRules,
     /// How fast each key may call, per class of route.
     pub rate_limits: Arc<crate::rate_limit::RateLimits>,
+    /// Tenants' own rate limits as stored; `rate_limits` holds them to it.
+    pub tenant_rate_limits: taskfleet_storage::TenantRateLimits,
     /// Front-ends that may call from a browser on another origin.
     pub cors_origins: Arc<crate::cors::CorsOrigins>,
     pub waker: DispatcherWaker,

@@ -51,10 +51,12 @@ pub struct GraphNode {
     pub id: Uuid,
     pub title: String,
     pub source_kind: String,
+    #[oai(nullable)]
     pub url: Option<String>,
     pub status: TaskStatus,
     pub lane: Lane,
     /// Its place in the lane's ranking; absent for duplicates and done work.
+    #[oai(nullable)]
     pub rank: Option<i32>,
 }
 
@@ -63,6 +65,7 @@ pub struct GraphEdge {
     pub from: Uuid,
     pub to: Uuid,
     pub kind: EdgeKind,
+    #[oai(nullable)]
     pub label: Option<String>,
 }
 
@@ -80,7 +83,7 @@ impl TaskGraphApi {
     ///
     /// Nodes in lanes (`today`, `week`, `month` within the window, and `past7d`), and the
     /// edges between them: duplicates, Jira issue links, mail threads. At most 2,000 tasks.
-    #[oai(path = "/tasks/graph", method = "get")]
+    #[oai(path = "/tasks/graph", method = "get", operation_id = "getTaskGraph")]
     async fn graph(
         &self,
         state: Data<&AppState>,

@@ -26,12 +26,15 @@ pub struct Task {
     /// The provider's id for it (a manual task's own id).
     pub source_ref: String,
     /// The connector that last brought it; absent once that connector was deleted.
+    #[oai(nullable)]
     pub connector_id: Option<Uuid>,
     pub title: String,
     /// At most 500 characters of its text (a manual task's description).
     pub snippet: String,
     /// Its page at the source.
+    #[oai(nullable)]
     pub url: Option<String>,
+    #[oai(nullable)]
     pub due_at: Option<DateTime<Utc>>,
     pub labels: Vec<String>,
     pub status: TaskStatus,
@@ -39,22 +42,31 @@ pub struct Task {
     pub horizon: Horizon,
     /// Its place within the horizon (1 is first; 1 to 3 are the focus list); absent when it
     /// is done, a duplicate, or not ranked yet.
+    #[oai(nullable)]
     pub rank: Option<i32>,
     /// The prioritiser's signals, each in [0, 1]; absent until it is ranked.
+    #[oai(nullable)]
     pub scores: Option<TaskScores>,
     /// The weighted sum of the scores.
+    #[oai(nullable)]
     pub priority: Option<f32>,
     /// Why it sits where it does, in one line.
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// `formula`, or the model that ranked it.
+    #[oai(nullable)]
     pub ranked_by: Option<String>,
     /// The older task this one repeats (the same work seen in another source).
+    #[oai(nullable)]
     pub duplicate_of: Option<Uuid>,
     /// When it was done.
+    #[oai(nullable)]
     pub completed_at: Option<DateTime<Utc>>,
     /// When the provider last saw it change.
+    #[oai(nullable)]
     pub source_updated_at: Option<DateTime<Utc>>,
     /// Set when its connector was deleted: the task stays, from a removed source.
+    #[oai(nullable)]
     pub source_removed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -78,6 +90,7 @@ pub struct TaskPage {
     /// A focus list in rank order; otherwise newest first.
     pub tasks: Vec<Task>,
     /// Pass as `cursor` for the next page; absent on the last page and for focus lists.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -99,6 +112,7 @@ pub struct TaskInput {
     pub title: String,
     #[oai(default, validator(max_length = 10000))]
     pub description: String,
+    #[oai(nullable)]
     pub due_at: Option<DateTime<Utc>>,
 }
 
@@ -106,10 +120,13 @@ pub struct TaskInput {
 #[derive(Debug, Object)]
 pub struct TaskPatch {
     #[oai(validator(min_length = 1, max_length = 500))]
+    #[oai(nullable)]
     pub title: Option<String>,
     #[oai(validator(max_length = 10000))]
+    #[oai(nullable)]
     pub description: Option<String>,
     pub due_at: MaybeUndefined<DateTime<Utc>>,
+    #[oai(nullable)]
     pub status: Option<TaskStatus>,
 }
 
@@ -204,7 +221,7 @@ impl TasksApi {
     /// newest first, filtered, one page at a time. Always the key's own tenant's tasks (an
     /// operator key's too: tasks are people's work, not the fleet's).
     #[allow(clippy::too_many_arguments)]
-    #[oai(path = "/tasks", method = "get")]
+    #[oai(path = "/tasks", method = "get", operation_id = "listTasks")]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -257,7 +274,7 @@ impl TasksApi {
     /// Add a task by hand
     ///
     /// Embedded and ranked like the tasks connectors bring.
-    #[oai(path = "/tasks", method = "post")]
+    #[oai(path = "/tasks", method = "post", operation_id = "createTask")]
     async fn create(
         &self,
         state: Data<&AppState>,
@@ -282,7 +299,7 @@ impl TasksApi {
     }
 
     /// Get a task
-    #[oai(path = "/tasks/:id", method = "get")]
+    #[oai(path = "/tasks/:id", method = "get", operation_id = "getTask")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -298,7 +315,7 @@ impl TasksApi {
     /// Change a task
     ///
     /// A connector's next ingest overwrites what its source changed since.
-    #[oai(path = "/tasks/:id", method = "patch")]
+    #[oai(path = "/tasks/:id", method = "patch", operation_id = "updateTask")]
     async fn update(
         &self,
         state: Data<&AppState>,
@@ -327,7 +344,7 @@ impl TasksApi {
     }
 
     /// Delete a task
-    #[oai(path = "/tasks/:id", method = "delete")]
+    #[oai(path = "/tasks/:id", method = "delete", operation_id = "deleteTask")]
     async fn delete(
         &self,
         state: Data<&AppState>,
@@ -346,7 +363,11 @@ impl TasksApi {
     /// Complete a task
     ///
     /// Done, with `completed_at`; the focus lists are ranked again.
-    #[oai(path = "/tasks/:id/complete", method = "post")]
+    #[oai(
+        path = "/tasks/:id/complete",
+        method = "post",
+        operation_id = "completeTask"
+    )]
     async fn complete(
         &self,
         state: Data<&AppState>,
@@ -366,7 +387,7 @@ impl TasksApi {
     ///
     /// Back to the status before its last change (read from the task's events); 409 when
     /// it has none.
-    #[oai(path = "/tasks/:id/undo", method = "post")]
+    #[oai(path = "/tasks/:id/undo", method = "post", operation_id = "undoTask")]
     async fn undo(
         &self,
         state: Data<&AppState>,

@@ -93,7 +93,11 @@ impl TestAllApi {
     /// waiting). With `Accept: text/event-stream` the answer streams their results; a test
     /// with no result after 60 s is reported as an error (is a worker serving the `test`
     /// queue?).
-    #[oai(path = "/connectors/test-all", method = "post")]
+    #[oai(
+        path = "/connectors/test-all",
+        method = "post",
+        operation_id = "testAllConnectors"
+    )]
     async fn test_all(
         &self,
         state: Data<&AppState>,

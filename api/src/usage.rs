@@ -10,7 +10,9 @@ use poem_openapi::{
     payload::Json,
     types::MaybeUndefined,
 };
-use taskfleet_storage::{BudgetStatus, Role, UsageLine};
+use serde_json::json;
+use taskfleet_jobs::AuditAction;
+use taskfleet_storage::{AuditEntry, BudgetStatus, Role, UsageLine};
 use uuid::Uuid;
 
 use crate::{auth::TenantKey, error::ApiError, fleet::operator_only, state::AppState};
@@ -19,6 +21,7 @@ use crate::{auth::TenantKey, error::ApiError, fleet::operator_only, state::AppSt
 #[derive(Debug, Object)]
 pub struct TokenBudget {
     /// Tokens a month; absent when no budget applies.
+    #[oai(nullable)]
     pub limit: Option<i64>,
     /// Whether `limit` is the tenant's own (set by an operator) rather than the fleet's.
     pub overridden: bool,
@@ -27,6 +30,7 @@ pub struct TokenBudget {
     /// Held by calls in flight.
     pub reserved: i64,
     /// What calls may still take; absent when no budget applies.
+    #[oai(nullable)]
     pub remaining: Option<i64>,
     /// Whether new chats are refused (429 `budget_exceeded`) until the month resets or the
     /// budget changes: a chat call did not fit, or what is spent leaves no room for an answer.
@@ -102,7 +106,7 @@ impl UsageApi {
     ///
     /// The tenant's, against its budget, by kind of call and model. Operator keys may name
     /// another tenant.
-    #[oai(path = "/usage", method = "get")]
+    #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
     async fn usage(
         &self,
         state: Data<&AppState>,
@@ -136,7 +140,11 @@ impl UsageApi {
     ///
     /// Operator keys only. Overrides the fleet's default for that tenant; `null` removes the
     /// override. Calls in flight finish; the next ones are held to the new budget.
-    #[oai(path = "/tenants/:tenant/budget", method = "put")]
+    #[oai(
+        path = "/tenants/:tenant/budget",
+        method = "put",
+        operation_id = "setTenantBudget"
+    )]
     async fn set_budget(
         &self,
         state: Data<&AppState>,
@@ -159,11 +167,19 @@ impl UsageApi {
             }
         };
         let name = tenant.0;
-        if !state.budgets.set_override(&name, tokens).await? {
-            return Err(no_tenant(&name));
-        }
-        let id = tenant_named(&state, &name).await?;
-        let status = state.budgets.status(id).await?;
+        let overridden = state
+            .budgets
+            .set_override(&name, tokens)
+            .await?
+            .ok_or_else(|| no_tenant(&name))?;
+        let changed = AuditEntry::new(
+            AuditAction::BudgetChanged,
+            Some(overridden.tenant_id),
+            &name,
+        )
+        .with_detail(json!({"old": overridden.previous, "new": tokens}));
+        crate::audit::record(&state, &auth, changed).await;
+        let status = state.budgets.status(overridden.tenant_id).await?;
         Ok(Json(TenantBudget {
             tenant: name,
             month_start: status.month_start,
@@ -173,7 +189,8 @@ impl UsageApi {
     }
 }
 
-async fn tenant_named(state: &AppState, name: &str) -> Result<Uuid, ApiError> {
+/// The id of the tenant called `name`; 404 when there is none.
+pub(crate) async fn tenant_named(state: &AppState, name: &str) -> Result<Uuid, ApiError> {
     state
         .tenants
         .find(name)

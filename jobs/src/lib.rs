@@ -3,6 +3,7 @@
 //! workers and the tests all agree on one definition; no I/O but reading the operator's allow
 //! list of executor commands at start.
 
+pub mod audit;
 pub mod event;
 pub mod executor;
 pub mod executor_commands;
@@ -17,6 +18,7 @@ pub mod task;
 pub mod task_tool;
 pub mod wire;
 
+pub use audit::AuditAction;
 pub use event::EventName;
 pub use executor::{BuiltinTool, ExecutorRules, ExecutorRun};
 pub use executor_commands::{CommandCatalog, CommandTool};

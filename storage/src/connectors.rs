@@ -2,20 +2,22 @@
 //! the credentials sealed ([`crate::sealing`]), the status people see, the sync cursor and the
 //! latest test. OAuth states of connections under way live beside them, single use. A
 //! connector becomes `connected` in the same transaction that enqueues its first ingest, so
-//! none is ever connected without one.
+//! none is ever connected without one; it is created and deleted in the same transaction as
+//! the audit log's record of it.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
 use taskfleet_jobs::{
-    JobSpec,
+    AuditAction, JobSpec,
     spec::{EmbedItems, IngestConnector, MAX_EMBED_ITEMS, TestConnector},
 };
 use uuid::Uuid;
 
 use crate::{
     InsertError, Inserted, JobRecord, Ledger, NewJob,
+    audit::{Actor, AuditEntry, AuditLog},
     sealing::{OpenError, Sealer, connector_context},
     tenants::Scope,
 };
@@ -161,15 +163,16 @@ impl Connectors {
     }
 
     /// Creates a connector waiting for its OAuth callback, with the state that callback must
-    /// bring back (valid [`OAUTH_STATE_TTL`], once).
+    /// bring back (valid [`OAUTH_STATE_TTL`], once), made by `by`.
     pub async fn create_pending(
         &self,
         new: &NewConnector,
         state: &str,
         sealed_verifier: &str,
+        by: &Actor,
     ) -> Result<ConnectorRecord, ConnectorError> {
         let mut tx = self.pool.begin().await?;
-        insert(&mut tx, new, "oauth", "pending_auth", None).await?;
+        insert(&mut tx, new, "oauth", "pending_auth", None, by).await?;
         put_oauth_state(
             &mut tx,
             new.tenant_id,
@@ -187,15 +190,24 @@ impl Connectors {
     }
 
     /// Creates a connector already connected with a personal or API token, and its first
-    /// ingest, together.
+    /// ingest, together, made by `by`.
     pub async fn create_connected(
         &self,
         new: &NewConnector,
         sealed_credentials: &str,
         request_id: Option<String>,
+        by: &Actor,
     ) -> Result<(ConnectorRecord, JobRecord), ConnectorError> {
         let mut tx = self.pool.begin().await?;
-        insert(&mut tx, new, "token", "connected", Some(sealed_credentials)).await?;
+        insert(
+            &mut tx,
+            new,
+            "token",
+            "connected",
+            Some(sealed_credentials),
+            by,
+        )
+        .await?;
         let job = enqueue_in(
             &mut tx,
             new.tenant_id,
@@ -373,22 +385,22 @@ impl Connectors {
         Ok(())
     }
 
-    /// Deletes a connector and its credentials; its tasks stay, marked as coming from a
-    /// removed source.
-    pub async fn delete(&self, tenant_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
+    /// Deletes a connector and its credentials, for `by`; its tasks stay, marked as coming
+    /// from a removed source.
+    pub async fn delete(&self, tenant_id: Uuid, id: Uuid, by: &Actor) -> sqlx::Result<bool> {
         let mut tx = self.pool.begin().await?;
         // The connector first, as a page commit locks it before its tasks: a commit under way
         // finishes first, and its tasks are marked with the others.
-        let found: Option<i32> = sqlx::query_scalar!(
-            r#"SELECT 1 AS "found!" FROM connectors WHERE tenant_id = $1 AND id = $2 FOR UPDATE"#,
+        let found = sqlx::query!(
+            "SELECT provider, name FROM connectors WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
             tenant_id,
             id,
         )
         .fetch_optional(&mut *tx)
         .await?;
-        if found.is_none() {
+        let Some(found) = found else {
             return Ok(false);
-        }
+        };
         let removed: Vec<Uuid> = sqlx::query_scalar!(
             "UPDATE tasks SET source_removed_at = now(), updated_at = now()
              WHERE connector_id = $2 AND tenant_id = $1
@@ -418,15 +430,18 @@ impl Connectors {
                     other => sqlx::Error::Protocol(other.to_string()),
                 })?;
         }
-        let gone = sqlx::query!(
+        sqlx::query!(
             "DELETE FROM connectors WHERE tenant_id = $1 AND id = $2",
             tenant_id,
             id,
         )
         .execute(&mut *tx)
         .await?;
+        let deleted = AuditEntry::new(AuditAction::ConnectorDeleted, Some(tenant_id), id)
+            .with_detail(json!({"provider": found.provider, "name": found.name}));
+        AuditLog::record_in(&mut tx, by, &deleted).await?;
         tx.commit().await?;
-        Ok(gone.rows_affected() == 1)
+        Ok(true)
     }
 
     /// Enqueues an ingest or a test of the tenant's connector, or returns the one already
@@ -648,12 +663,14 @@ impl CredentialsLock {
     }
 }
 
+/// Inserts a new connector, and the audit log's record of `by` creating it.
 async fn insert(
     tx: &mut sqlx::PgConnection,
     new: &NewConnector,
     auth: &str,
     status: &str,
     sealed_credentials: Option<&str>,
+    by: &Actor,
 ) -> Result<(), ConnectorError> {
     sqlx::query!(
         "INSERT INTO connectors (id, tenant_id, provider, name, config, auth, status, credentials)
@@ -667,9 +684,12 @@ async fn insert(
         status,
         sealed_credentials,
     )
-    .execute(tx)
+    .execute(&mut *tx)
     .await
     .map_err(|err| name_taken(err, &new.name))?;
+    let created = AuditEntry::new(AuditAction::ConnectorCreated, Some(new.tenant_id), new.id)
+        .with_detail(json!({"provider": new.provider, "name": new.name, "auth": auth}));
+    AuditLog::record_in(tx, by, &created).await?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The job cleaner: deletes finished jobs once their state's retention has passed, with
-//! their events, events that belong to no job once the longest retention has passed, and
-//! trims each schedule's firings to its newest few (ADR 0013). The leader runs a pass every
-//! housekeeping round.
+//! their events, events that belong to no job and the audit log's events once the longest
+//! retention has passed, and trims each schedule's firings to its newest few (ADR 0013). The
+//! leader runs a pass every housekeeping round.
 //!
 //! Everything goes in bounded batches, oldest first, so a large backlog (the first pass
 //! after an upgrade, or after the leader was away) never holds locks or bloats one
@@ -63,6 +63,7 @@ pub struct Deleted {
     /// Numbered events and entries still waiting for their number.
     pub events: u64,
     pub firings: u64,
+    pub audit_events: u64,
 }
 
 impl AddAssign for Deleted {
@@ -70,6 +71,7 @@ impl AddAssign for Deleted {
         self.jobs += other.jobs;
         self.events += other.events;
         self.firings += other.firings;
+        self.audit_events += other.audit_events;
     }
 }
 
@@ -79,6 +81,14 @@ pub struct Cleaned {
     pub deleted: Deleted,
     /// Statements that deleted something.
     pub batches: u32,
+}
+
+/// Rows kept as long as the longest-kept jobs, whoever they concern.
+#[derive(Debug, Clone, Copy)]
+enum Aged {
+    /// Events of no job: the fleet's own, queue pauses, a schedule's skipped slots.
+    EventsWithoutJob,
+    AuditEvents,
 }
 
 /// Which finished jobs a sweep deletes.
@@ -137,19 +147,25 @@ impl JobCleaner {
                 tokio::time::sleep(config.pause).await;
             }
         }
-        // Events of no job (the fleet's own, queue pauses, a schedule's skipped slots) are
-        // kept as long as the longest-kept jobs.
-        let events_age = config.succeeded.max(config.cancelled).max(config.dead);
-        loop {
-            let events = self.delete_events_without_job(events_age).await?;
-            record(Deleted {
-                events,
-                ..Deleted::default()
-            });
-            if (events as i64) < config.batch_size {
-                break;
+        let longest = config.succeeded.max(config.cancelled).max(config.dead);
+        for aged in [Aged::EventsWithoutJob, Aged::AuditEvents] {
+            loop {
+                let deleted = match aged {
+                    Aged::EventsWithoutJob => Deleted {
+                        events: self.delete_events_without_job(longest).await?,
+                        ..Deleted::default()
+                    },
+                    Aged::AuditEvents => Deleted {
+                        audit_events: self.delete_audit_events(longest).await?,
+                        ..Deleted::default()
+                    },
+                };
+                record(deleted);
+                if ((deleted.events + deleted.audit_events) as i64) < config.batch_size {
+                    break;
+                }
+                tokio::time::sleep(config.pause).await;
             }
-            tokio::time::sleep(config.pause).await;
         }
         let mut from = Uuid::nil();
         loop {
@@ -250,7 +266,7 @@ impl JobCleaner {
         Ok(Deleted {
             jobs: gone.len() as u64,
             events: numbered + waiting as u64,
-            firings: 0,
+            ..Deleted::default()
         })
     }
 
@@ -265,6 +281,23 @@ impl JobCleaner {
                  WHERE job_id IS NULL AND ts < now() - make_interval(secs => $1)
                  ORDER BY ts LIMIT $2))
                AND seq < (SELECT max(seq) FROM job_events)",
+            age.as_secs_f64(),
+            self.config.batch_size
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes one batch of audit events older than `age`, oldest first (one range of
+    /// `audit_events_by_time`, migration 0020).
+    async fn delete_audit_events(&self, age: Duration) -> sqlx::Result<u64> {
+        let done = sqlx::query!(
+            "DELETE FROM audit_events
+             WHERE id = ANY (ARRAY(
+                 SELECT id FROM audit_events
+                 WHERE at < now() - make_interval(secs => $1)
+                 ORDER BY at LIMIT $2))",
             age.as_secs_f64(),
             self.config.batch_size
         )

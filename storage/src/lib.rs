@@ -1,8 +1,9 @@
 //! Everything taskfleet persists: the Postgres ledger (tenants, API keys, jobs, events, queue
-//! pauses, the worker registry), connectors and the tasks they bring in, the sealing of
-//! secrets at rest, and the Redis primitives around it (connections with explicit timeouts,
-//! key names, leases, wake-ups).
+//! pauses, the worker registry, the audit log), connectors and the tasks they bring in, the
+//! sealing of secrets at rest, and the Redis primitives around it (connections with explicit
+//! timeouts, key names, leases, wake-ups).
 
+pub mod audit;
 pub mod connectors;
 pub mod conversations;
 pub mod db;
@@ -21,9 +22,11 @@ pub mod task_edits;
 pub mod task_ranking;
 pub mod task_tools;
 pub mod tasks;
+pub mod tenant_rate_limits;
 pub mod tenants;
 pub mod workers;
 
+pub use audit::{Actor, AuditEntry, AuditFilter, AuditLog, AuditRecord};
 pub use connectors::{
     ConnectorChange, ConnectorError, ConnectorJob, ConnectorRecord, Connectors, CredentialsLock,
     NewConnector, OAuthState, Requested,
@@ -38,7 +41,7 @@ pub use ledger::{
     Outcome, Reclaimed, Rescue, RunningJob, StartedJob,
 };
 pub use llm_budget::{
-    BudgetStatus, Budgets, LlmCallKind, LlmUsage, Reservation, ReserveError, UsageLine,
+    BudgetStatus, Budgets, LlmCallKind, LlmUsage, Overridden, Reservation, ReserveError, UsageLine,
 };
 pub use llm_providers::{
     LlmProvider, LlmProviderRecord, LlmProviders, LlmSettings, ProviderKeyError,
@@ -50,7 +53,8 @@ pub use task_edits::{EditError, Editor, NewTask, TaskEdit};
 pub use task_ranking::{EmbedCandidate, Placement, RankCandidate, Side};
 pub use task_tools::TaskToolbox;
 pub use tasks::{CommitError, IngestPage, PageCommitted, TaskFilter, TaskRecord, Tasks};
-pub use tenants::{KeyListing, RevokeError, Role, Scope, Tenant, Tenants};
+pub use tenant_rate_limits::{RateLimitOverride, TenantOverride, TenantRateLimits};
+pub use tenants::{KeyListing, RevokeError, Role, Scope, Tenant, Tenants, shown_key};
 pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};
 
 /// Retries `connect` with capped back-off until it succeeds, so a process started before

@@ -260,20 +260,36 @@ impl Budgets {
         .await
     }
 
-    /// Sets (or, with None, removes) the tenant's own monthly budget; false when there is no
+    /// Sets (or, with None, removes) the tenant's own monthly budget; `None` when there is no
     /// tenant of that name. A changed budget (this, or the fleet's default) opens the door a
     /// refused chat call closed.
-    pub async fn set_override(&self, tenant_name: &str, tokens: Option<i64>) -> sqlx::Result<bool> {
-        let changed = sqlx::query!(
-            "UPDATE tenants SET llm_monthly_tokens = $2 WHERE name = $1",
+    pub async fn set_override(
+        &self,
+        tenant_name: &str,
+        tokens: Option<i64>,
+    ) -> sqlx::Result<Option<Overridden>> {
+        // The old value read under the row's lock, so it is the one this change replaced.
+        sqlx::query_as!(
+            Overridden,
+            r#"UPDATE tenants t SET llm_monthly_tokens = $2
+               FROM (SELECT id, llm_monthly_tokens FROM tenants WHERE name = $1 FOR UPDATE)
+                   AS old
+               WHERE t.id = old.id
+               RETURNING t.id AS tenant_id, old.llm_monthly_tokens AS "previous?""#,
             tenant_name,
             tokens,
         )
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        .fetch_optional(&self.pool)
+        .await
     }
+}
+
+/// A tenant's own budget, set anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overridden {
+    pub tenant_id: Uuid,
+    /// The tenant's own budget before: none when the fleet's default applied.
+    pub previous: Option<i64>,
 }
 
 async fn status_on(

@@ -7,9 +7,13 @@ use std::{
 };
 
 use rand::RngCore;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use taskfleet_jobs::AuditAction;
 use uuid::Uuid;
+
+use crate::audit::{Actor, AuditEntry, AuditLog};
 
 /// The tenant that owns the fleet's own probe jobs (`/readyz`); housekeeping removes them.
 /// Migration 0017's `system_tenant_id()` names it too, for the pause check.
@@ -89,6 +93,9 @@ pub struct Tenant {
     pub role: Role,
     /// The API key that authenticated, when one did.
     pub key_id: Option<Uuid>,
+    /// That key's stored first characters (`api_keys.key_prefix`): it acts under them in the
+    /// audit log.
+    pub key_prefix: Option<String>,
 }
 
 impl Tenant {
@@ -105,6 +112,11 @@ impl Tenant {
 pub struct Tenants {
     pool: PgPool,
     keys: Option<Arc<KeyCache>>,
+}
+
+/// A key as `keys list` and the audit log show it: its stored prefix and an ellipsis.
+pub fn shown_key(prefix: &str) -> String {
+    format!("{prefix}…")
 }
 
 fn hash_key(key: &str) -> Vec<u8> {
@@ -197,6 +209,7 @@ impl Tenants {
             name: row.name,
             role: Role::Tenant,
             key_id: None,
+            key_prefix: None,
         })
     }
 
@@ -209,35 +222,46 @@ impl Tenants {
 
     /// Creates a new API key with `role` for the tenant called `name` (creating the tenant
     /// if new), valid for `lifetime` when given, and returns the key. It cannot be recovered
-    /// later.
+    /// later. The audit log records `by` creating it, in the same transaction.
     pub async fn create_key(
         &self,
         name: &str,
         role: Role,
         lifetime: Option<Duration>,
+        by: &Actor,
     ) -> sqlx::Result<(Tenant, String)> {
         let key_id = Uuid::now_v7();
-        let tenant = Tenant {
-            role,
-            key_id: Some(key_id),
-            ..self.ensure(name).await?
-        };
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         let key = format!("{KEY_PREFIX}{}", hex::encode(secret));
+        let prefix = &key[..SHOWN_LENGTH];
+        let tenant = Tenant {
+            role,
+            key_id: Some(key_id),
+            key_prefix: Some(prefix.to_owned()),
+            ..self.ensure(name).await?
+        };
         let lifetime_secs = lifetime.map(|lifetime| lifetime.as_secs_f64());
+        let mut tx = self.pool.begin().await?;
         sqlx::query!(
             "INSERT INTO api_keys (id, tenant_id, key_hash, key_prefix, role, expires_at)
              VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
             key_id,
             tenant.id,
             hash_key(&key),
-            &key[..SHOWN_LENGTH],
+            prefix,
             role.as_str(),
             lifetime_secs,
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let created = AuditEntry::new(AuditAction::KeyCreated, Some(tenant.id), shown_key(prefix))
+            .with_detail(json!({
+                "role": role.as_str(),
+                "lifetime_secs": lifetime.map(|lifetime| lifetime.as_secs()),
+            }));
+        AuditLog::record_in(&mut tx, by, &created).await?;
+        tx.commit().await?;
         Ok((tenant, key))
     }
 
@@ -254,7 +278,7 @@ impl Tenants {
         }
         let looked_up_at = Instant::now();
         let row = sqlx::query!(
-            r#"SELECT t.id AS tenant_id, t.name, k.role, k.id AS key_id,
+            r#"SELECT t.id AS tenant_id, t.name, k.role, k.id AS key_id, k.key_prefix,
                       k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'
                         AS "stale_use!"
                FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
@@ -278,6 +302,7 @@ impl Tenants {
             name: row.name,
             role: Role::from_column(&row.role),
             key_id: Some(row.key_id),
+            key_prefix: Some(row.key_prefix),
         });
         if let (Some(keys), Some(tenant)) = (&self.keys, &tenant) {
             keys.put(hash, tenant.clone(), looked_up_at);
@@ -287,8 +312,9 @@ impl Tenants {
 
     /// Revokes the API key `key` names: the whole key, or its first 12 characters (what
     /// `api_keys.key_prefix` shows) when no other unrevoked key starts with them. Returns
-    /// the key's shown prefix and its tenant's name.
-    pub async fn revoke_key(&self, key: &str) -> Result<(String, String), RevokeError> {
+    /// the key's shown prefix and its tenant's name. The audit log records `by` revoking it,
+    /// in the same transaction.
+    pub async fn revoke_key(&self, key: &str, by: &Actor) -> Result<(String, String), RevokeError> {
         let mut tx = self.pool.begin().await?;
         // A shown prefix matches by `key_prefix`, a whole key by its hash.
         let prefix = (key.len() == SHOWN_LENGTH).then_some(key);
@@ -314,11 +340,17 @@ impl Tenants {
         let revoked = sqlx::query!(
             "UPDATE api_keys k SET revoked_at = now() FROM tenants t
              WHERE k.id = $1 AND t.id = k.tenant_id
-             RETURNING k.key_prefix, t.name",
+             RETURNING k.key_prefix, t.id, t.name",
             id,
         )
         .fetch_one(&mut *tx)
         .await?;
+        let entry = AuditEntry::new(
+            AuditAction::KeyRevoked,
+            Some(revoked.id),
+            shown_key(&revoked.key_prefix),
+        );
+        AuditLog::record_in(&mut tx, by, &entry).await?;
         tx.commit().await?;
         Ok((revoked.key_prefix, revoked.name))
     }
@@ -381,6 +413,7 @@ mod tests {
             name: "acme".into(),
             role: Role::Tenant,
             key_id: Some(Uuid::now_v7()),
+            key_prefix: Some("tfk_0123abcd".into()),
         }
     }
 

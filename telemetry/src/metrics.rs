@@ -109,7 +109,7 @@ pub static RETENTION_DELETED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "taskfleet_retention_deleted_total",
         "Rows the leader's job cleaner deleted past their retention, by table (jobs, job_events, \
-         schedule_firings).",
+         schedule_firings, audit_events).",
         &["table"],
     )
 });

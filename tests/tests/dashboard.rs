@@ -111,6 +111,16 @@ async fn the_dashboard_follows_jobs_live_and_its_buttons_work() {
     browser.wait_text(toggle, "Pause", WAIT).await;
     assert!(!executor_paused(&api, &ops).await);
 
+    // Audit: that resume is the newest change, made with the operator's key.
+    browser.click("button[data-tab=\"audit\"]").await;
+    browser
+        .wait_text_containing(
+            "#audit-table tbody tr:first-child",
+            &["queue.resumed", "executor", &ops[..12]],
+            WAIT,
+        )
+        .await;
+
     // Schedules: the next firing and the firings so far.
     let (status, schedule) = api
         .post(
@@ -140,8 +150,10 @@ async fn the_dashboard_follows_jobs_live_and_its_buttons_work() {
     browser.click("#logout").await;
     browser.sign_in(&api.base, &acme).await;
     browser.wait_text("#whoami", "acme · tenant", WAIT).await;
-    let hidden = "return document.querySelector('button[data-tab=\"workers\"]').hidden";
-    assert_eq!(browser.eval(hidden).await, Value::Bool(true));
+    for tab in ["workers", "audit"] {
+        let hidden = format!("return document.querySelector('button[data-tab=\"{tab}\"]').hidden");
+        assert_eq!(browser.eval(&hidden).await, Value::Bool(true), "{tab}");
+    }
     wait_until(WAIT, "the tenant's jobs are listed", || async {
         browser.find(&row).await.is_some()
     })

@@ -1,11 +1,15 @@
 //! Retention: the leader's job cleaner deletes finished jobs after their state's retention,
-//! with their events, and trims schedule firings; queue statistics read only live jobs and
+//! with their events, the audit log's events after the longest, and trims schedule firings; queue statistics read only live jobs and
 //! recent finishes.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use taskfleet_storage::job_cleaner::{CleanerConfig, Deleted, JobCleaner};
+use taskfleet_jobs::AuditAction;
+use taskfleet_storage::{
+    Actor, AuditEntry, AuditLog,
+    job_cleaner::{CleanerConfig, Deleted, JobCleaner},
+};
 use taskfleet_tests::{Api, TestEnv, free_port, json, prometheus::sample, wait_until};
 use uuid::Uuid;
 
@@ -336,7 +340,7 @@ async fn events_still_waiting_for_their_number_go_with_their_job() {
         Deleted {
             jobs: 1,
             events: gone_events as u64,
-            firings: 0
+            ..Deleted::default()
         }
     );
     assert_eq!(events_of(&env, &[gone]).await, 0);
@@ -539,6 +543,44 @@ async fn events_of_no_job_go_after_the_longest_retention() {
         .await
         .unwrap();
     assert!(left.iter().all(|&seq| seq == newest), "{left:?}");
+    env.finish().await;
+}
+
+/// Audit events go once the longest retention has passed, in batches, oldest first; younger
+/// ones stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_events_go_after_the_longest_retention_in_batches() {
+    let env = TestEnv::new().await;
+    let log = AuditLog::new(env.pool.clone());
+    let by = Actor::command_line(Some("test"));
+    for queue in ["q0", "q1", "q2", "q3", "q4"] {
+        let entry = AuditEntry::new(AuditAction::QueuePaused, None, queue);
+        log.record(&by, &entry).await.unwrap();
+    }
+    // All but the newest past the longest retention (dead jobs', 30 days here).
+    sqlx::query("UPDATE audit_events SET at = now() - interval '31 days' WHERE target <> 'q4'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    let mut batches = Vec::new();
+    let cleaned = cleaner(
+        &env,
+        CleanerConfig {
+            batch_size: 3,
+            ..CleanerConfig::default()
+        },
+    )
+    .run_once(|deleted: Deleted| batches.push(deleted.audit_events))
+    .await
+    .unwrap();
+    assert_eq!(batches, [3, 1]);
+    assert_eq!(cleaned.deleted.audit_events, 4);
+    let left: Vec<String> = sqlx::query_scalar("SELECT target FROM audit_events")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["q4"]);
     env.finish().await;
 }
 

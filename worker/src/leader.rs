@@ -135,6 +135,7 @@ impl Housekeeping {
                         jobs = cleaned.deleted.jobs,
                         events = cleaned.deleted.events,
                         firings = cleaned.deleted.firings,
+                        audit_events = cleaned.deleted.audit_events,
                         batches = cleaned.batches,
                         "deleted what outlived its retention"
                     ),
@@ -160,6 +161,7 @@ fn count_deleted(deleted: Deleted) {
         ("jobs", deleted.jobs),
         ("job_events", deleted.events),
         ("schedule_firings", deleted.firings),
+        ("audit_events", deleted.audit_events),
     ] {
         metrics::RETENTION_DELETED
             .with_label_values(&[table])
