@@ -4,8 +4,11 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use poem::{
-    EndpointExt, IntoResponse, Route, Server, endpoint::make_sync, get, handler,
-    listener::TcpListener, web::Data,
+    EndpointExt, IntoResponse, Route, Server,
+    endpoint::make_sync,
+    get, handler,
+    listener::TcpListener,
+    web::{Data, Html},
 };
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 use taskfleet_connectors::Providers;
@@ -195,8 +198,10 @@ pub fn build_app(
     request_limits: RequestLimits,
 ) -> impl poem::Endpoint {
     let api = api_service(server_url);
-    let spec: Arc<str> = openapi_document::finish(&api.spec()).into();
-    let docs = api.swagger_ui();
+    let written = api.spec();
+    let spec: Arc<str> = openapi_document::finish(&written).into();
+    // The Swagger UI embeds the document: the finished one, as `/openapi.json` serves it.
+    let docs = api.swagger_ui_html().replacen(&written, &spec, 1);
     let routes = Arc::new(documented_routes(&spec));
     let limits = state.rate_limits.clone();
     let origins = state.cors_origins.clone();
@@ -206,7 +211,7 @@ pub fn build_app(
             "/openapi.json",
             make_sync(move |_| spec.to_string().with_content_type("application/json")),
         )
-        .nest("/docs", docs)
+        .nest("/docs", make_sync(move |_| Html(docs.clone())))
         .at("/metrics", get(scrape))
         .at("/v1/mcp", mcp::endpoint(request_limits.max_body_bytes))
         .nest("/dashboard", dashboard::routes())

@@ -1,7 +1,11 @@
 //! Tenant authentication: `Authorization: Bearer <api key>` on every `/v1` request, or, when
 //! an identity provider is configured, `Bearer <JWT>` from it (`jwt`).
 
-use poem::{Request, http::Method};
+use poem::{
+    Request,
+    http::Method,
+    web::headers::{self, Authorization, HeaderMapExt},
+};
 use poem_openapi::{SecurityScheme, auth::Bearer};
 use taskfleet_storage::{Role, Tenant};
 
@@ -13,12 +17,13 @@ use crate::{error::ApiError, jwt::looks_like_jwt, state::AppState};
 pub struct TenantKey(pub Tenant);
 
 /// The bearer key a request carries, if any: before authentication, for what runs ahead of
-/// it (rate limits) or beside it (`/readyz`'s detail for operators).
-pub(crate) fn bearer_key(req: &Request) -> Option<&str> {
+/// it (rate limits) or beside it (`/readyz`'s detail for operators). Read as authentication
+/// reads it (any case of `Bearer`, spaces trimmed), so no spelling of the header that
+/// authenticates escapes the rate limits.
+pub(crate) fn bearer_key(req: &Request) -> Option<String> {
     req.headers()
-        .get(poem::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .typed_get::<Authorization<headers::authorization::Bearer>>()
+        .map(|auth| auth.token().to_owned())
 }
 
 /// The tenant of a bearer key or token; an unknown, revoked or refused one is a JSON 401.
@@ -64,6 +69,7 @@ pub(crate) async fn authenticate(state: &AppState, bearer: &str) -> Result<Tenan
             role: grant.role,
             key_id: None,
             key_prefix: None,
+            token_subject: grant.subject,
         });
     }
     state

@@ -110,7 +110,7 @@ impl HealthApi {
         // What failed is for operators; anyone else learns which check, not its error.
         let detailed = match crate::auth::bearer_key(req) {
             Some(key) => matches!(
-                crate::auth::authenticate(&state, key).await,
+                crate::auth::authenticate(&state, &key).await,
                 Ok(tenant) if tenant.role == Role::Operator
             ),
             None => false,

@@ -73,13 +73,26 @@ impl Jwks {
     /// holds no key taskfleet can use.
     pub async fn load(location: &str) -> anyhow::Result<Arc<Jwks>> {
         let source = match location.starts_with("https://") || location.starts_with("http://") {
-            true => Source::Url {
-                url: location.to_owned(),
-                http: reqwest::Client::builder()
-                    .timeout(FETCH_TIMEOUT)
-                    .build()
-                    .context("cannot build the HTTP client for the JWKS")?,
-            },
+            true => {
+                let https = location.starts_with("https://");
+                // Keys that sign operator tokens must not come over a network anyone on the
+                // path can answer: plain HTTP only from this machine, and no redirects.
+                if !https && !is_loopback(location) {
+                    anyhow::bail!(
+                        "TASKFLEET_JWT_JWKS: {location} is plain http; an identity provider's \
+                         keys must come over https (http only from a loopback address)"
+                    );
+                }
+                Source::Url {
+                    url: location.to_owned(),
+                    http: reqwest::Client::builder()
+                        .timeout(FETCH_TIMEOUT)
+                        .https_only(https)
+                        .redirect(reqwest::redirect::Policy::none())
+                        .build()
+                        .context("cannot build the HTTP client for the JWKS")?,
+                }
+            }
             false => Source::File(location.into()),
         };
         let keys = source
@@ -168,6 +181,19 @@ impl Source {
                 .to_vec(),
         };
         signing_keys(&json)
+    }
+}
+
+/// Whether `location`'s host is this machine.
+fn is_loopback(location: &str) -> bool {
+    match url::Url::parse(location)
+        .ok()
+        .and_then(|url| url.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
     }
 }
 

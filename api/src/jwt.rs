@@ -90,6 +90,8 @@ pub struct Verifier {
 pub struct Grant {
     pub tenant: String,
     pub role: Role,
+    /// The token's `sub`: whom the provider issued it to.
+    pub subject: Option<String>,
 }
 
 /// Why a token is refused.
@@ -171,6 +173,7 @@ impl Verifier {
         Ok(Grant {
             tenant: tenant.to_owned(),
             role,
+            subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
         })
     }
 }

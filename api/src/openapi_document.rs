@@ -6,7 +6,8 @@
 //! schema is written in the form client generators read: poem-openapi writes
 //! `allOf: [{$ref}, {description, nullable}]`, which a generator cannot take for an enum
 //! (openapi-python-client drops the whole object); here it becomes `allOf: [{$ref}]`, or
-//! `anyOf: [{$ref}], nullable: true`, with the description beside it.
+//! `anyOf: [{$ref}], nullable: true`, with the description beside it. And the rate limits'
+//! headers on every answer they come with.
 
 use serde_json::{Map, Value, json};
 
@@ -77,6 +78,7 @@ pub fn finish(spec: &str) -> String {
     add_links(&mut spec);
     describe_event_streams(&mut spec);
     flatten_references(&mut spec);
+    add_rate_limit_headers(&mut spec);
     serde_json::to_string(&spec).expect("JSON writes")
 }
 
@@ -104,6 +106,42 @@ fn add_links(spec: &mut Value) {
         for (status, response) in responses.iter_mut() {
             if status.starts_with('2') {
                 response["links"] = Value::Object(links.clone());
+            }
+        }
+    }
+}
+
+/// Every answer of a rate-limited route (`rate_limit`: `/v1`, but the OAuth callback)
+/// carries the `RateLimit-*` headers while limits are on; poem-openapi documents headers only
+/// per response type, so they are added here.
+fn add_rate_limit_headers(spec: &mut Value) {
+    let headers = json!({
+        "RateLimit-Limit": {"description": "The burst this key may make in this class of route.",
+                            "schema": {"type": "integer", "minimum": 1}},
+        "RateLimit-Remaining": {"description": "Requests left in the burst now.",
+                                "schema": {"type": "integer", "minimum": 0}},
+        "RateLimit-Reset": {"description": "Seconds until the burst is whole again.",
+                            "schema": {"type": "integer", "minimum": 0}},
+    });
+    let Some(paths) = spec["paths"].as_object_mut() else {
+        return;
+    };
+    let responses = paths
+        .iter_mut()
+        .filter(|(path, _)| path.starts_with("/v1/") && !path.starts_with("/v1/oauth/callback"))
+        .filter_map(|(_, methods)| methods.as_object_mut())
+        .flat_map(|methods| methods.values_mut())
+        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(Value::as_object_mut);
+    for response in responses {
+        let documented = response.entry("headers").or_insert_with(|| json!({}));
+        if let (Some(documented), Some(headers)) = (documented.as_object_mut(), headers.as_object())
+        {
+            for (name, header) in headers {
+                documented
+                    .entry(name.clone())
+                    .or_insert_with(|| header.clone());
             }
         }
     }
@@ -233,5 +271,27 @@ mod tests {
             assert_eq!(data["contentMediaType"], "application/json", "{stream}");
             assert!(data["contentSchema"]["$ref"].is_string(), "{stream}");
         }
+    }
+
+    #[test]
+    fn answers_of_limited_routes_document_the_rate_limit_headers() {
+        let spec: Value = serde_json::from_str(&crate::app::spec()).unwrap();
+        let job = &spec["paths"]["/v1/jobs"]["post"]["responses"];
+        for status in ["201", "429"] {
+            assert!(
+                job[status]["headers"]["RateLimit-Remaining"].is_object(),
+                "{job}"
+            );
+        }
+        // poem-openapi writes its own headers' names in capitals; they mean the same.
+        let retry_after = job["429"]["headers"].as_object().unwrap().keys();
+        assert!(
+            retry_after
+                .into_iter()
+                .any(|name| name.eq_ignore_ascii_case("retry-after")),
+            "{job}"
+        );
+        let health = &spec["paths"]["/healthz"]["get"]["responses"]["200"];
+        assert!(health.get("headers").is_none(), "{health}");
     }
 }

@@ -321,7 +321,7 @@ pub async fn rate_limit<E: Endpoint>(
     let (Some(token), Some(class)) = (token, Class::of(&req)) else {
         return endpoint.call(req).await.map(IntoResponse::into_response);
     };
-    let Some(decision) = limits.check(class, limits.hasher.hash_one(token)) else {
+    let Some(decision) = limits.check(class, limits.hasher.hash_one(&token)) else {
         return endpoint.call(req).await.map(IntoResponse::into_response);
     };
     match decision {

@@ -341,12 +341,23 @@ impl SchedulesApi {
         auth: TenantKey,
         id: Path<Uuid>,
     ) -> Result<Json<Schedule>, ApiError> {
-        let record = state
+        let record = match state
             .schedules
             .set_paused(auth.0.id, id.0, true, None)
             .await?
-            .ok_or_else(|| no_schedule(id.0))?;
-        crate::audit::record(&state, &auth, audited(AuditAction::SchedulePaused, &record)).await;
+        {
+            Some(paused) => {
+                let entry = audited(AuditAction::SchedulePaused, &paused);
+                crate::audit::record(&state, &auth, entry).await;
+                paused
+            }
+            // Paused already (or no such schedule): nothing changes and nothing is recorded.
+            None => state
+                .schedules
+                .get(Scope::Tenant(auth.0.id), id.0)
+                .await?
+                .ok_or_else(|| no_schedule(id.0))?,
+        };
         Ok(Json(present(&state, record).await?))
     }
 

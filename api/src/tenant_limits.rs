@@ -91,13 +91,15 @@ impl TenantLimitsApi {
         let id = tenant_named(&state, &tenant).await?;
         let stored = limits.stored();
         state.tenant_rate_limits.set(id, &stored).await?;
+        let answer = answer(&state, tenant.0.clone(), &limits);
+        // Applied here at once (the other replicas read it within their refresh), before
+        // anything else is awaited.
+        state.rate_limits.apply(id, limits);
         let changed = AuditEntry::new(AuditAction::RateLimitsChanged, Some(id), &tenant.0)
             .with_detail(json!({
                 "submit": stored.submit, "read": stored.read, "stream": stored.stream,
             }));
         crate::audit::record(&state, &auth, changed).await;
-        let answer = answer(&state, tenant.0, &limits);
-        state.rate_limits.apply(id, limits);
         Ok(Json(answer))
     }
 

@@ -87,6 +87,7 @@ pub struct UsageReport {
 pub struct BudgetInput {
     /// Tokens a month for this tenant (0 stops its LLM calls), or `null` to fall back to the
     /// fleet's default.
+    #[oai(validator(minimum(value = "0")))]
     pub monthly_tokens: MaybeUndefined<i64>,
 }
 
@@ -155,9 +156,6 @@ impl UsageApi {
     ) -> Result<Json<TenantBudget>, ApiError> {
         operator_only(&auth)?;
         let tokens = match body.0.monthly_tokens {
-            MaybeUndefined::Value(tokens) if tokens < 0 => {
-                return Err(ApiError::invalid("`monthly_tokens` must not be negative"));
-            }
             MaybeUndefined::Value(tokens) => Some(tokens),
             MaybeUndefined::Null => None,
             MaybeUndefined::Undefined => {

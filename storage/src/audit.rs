@@ -30,9 +30,10 @@ impl Actor {
     /// The key that authenticated a request.
     pub fn of(tenant: &Tenant) -> Actor {
         Actor {
-            name: match &tenant.key_prefix {
-                Some(prefix) => shown_key(prefix),
-                None => format!("{} (token)", tenant.name),
+            name: match (&tenant.key_prefix, &tenant.token_subject) {
+                (Some(prefix), _) => shown_key(prefix),
+                (None, Some(subject)) => format!("{} (token: {subject})", tenant.name),
+                (None, None) => format!("{} (token)", tenant.name),
             },
             tenant_id: Some(tenant.id),
         }
@@ -199,6 +200,7 @@ mod tests {
             role: Role::Operator,
             key_id: Some(Uuid::now_v7()),
             key_prefix: Some("tfk_ab12cd34".into()),
+            token_subject: None,
         };
         let by = Actor::of(&tenant);
         assert_eq!(by.name, "tfk_ab12cd34…");
@@ -206,9 +208,15 @@ mod tests {
         let token = Tenant {
             key_id: None,
             key_prefix: None,
+            token_subject: Some("ana@acme.test".into()),
             ..tenant
         };
-        assert_eq!(Actor::of(&token).name, "acme (token)");
+        assert_eq!(Actor::of(&token).name, "acme (token: ana@acme.test)");
+        let anonymous = Tenant {
+            token_subject: None,
+            ..token
+        };
+        assert_eq!(Actor::of(&anonymous).name, "acme (token)");
         assert_eq!(Actor::command_line(Some("ana")).name, "cli:ana");
         assert_eq!(Actor::command_line(None).name, "cli");
     }

@@ -207,7 +207,8 @@ impl Schedules {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Pauses, or resumes from `next_fire_at` (the next slot after now).
+    /// Pauses, or resumes from `next_fire_at` (the next slot after now); `None` when there
+    /// is no such schedule or it already is as asked.
     pub async fn set_paused(
         &self,
         tenant_id: Uuid,
@@ -219,8 +220,9 @@ impl Schedules {
             ScheduleRecord,
             "UPDATE schedules SET paused = $3, updated_at = now(),
                     next_fire_at = CASE WHEN $3 THEN next_fire_at ELSE $4 END
-             -- Resuming a running schedule changes nothing (its due slot stays).
-             WHERE tenant_id = $1 AND id = $2 AND ($3 OR paused)
+             -- Pausing a paused schedule, or resuming a running one, changes nothing (a
+             -- running schedule's due slot stays).
+             WHERE tenant_id = $1 AND id = $2 AND paused <> $3
              RETURNING id, tenant_id, name, target, cron, time_zone, at, missed, paused,
                        next_fire_at, created_at, updated_at",
             tenant_id,

@@ -96,6 +96,9 @@ pub struct Tenant {
     /// That key's stored first characters (`api_keys.key_prefix`): it acts under them in the
     /// audit log.
     pub key_prefix: Option<String>,
+    /// The `sub` of the identity provider's token that authenticated, when one did: the
+    /// person or service it acts for in the audit log.
+    pub token_subject: Option<String>,
 }
 
 impl Tenant {
@@ -210,6 +213,7 @@ impl Tenants {
             role: Role::Tenant,
             key_id: None,
             key_prefix: None,
+            token_subject: None,
         })
     }
 
@@ -239,6 +243,7 @@ impl Tenants {
             role,
             key_id: Some(key_id),
             key_prefix: Some(prefix.to_owned()),
+            token_subject: None,
             ..self.ensure(name).await?
         };
         let lifetime_secs = lifetime.map(|lifetime| lifetime.as_secs_f64());
@@ -303,6 +308,7 @@ impl Tenants {
             role: Role::from_column(&row.role),
             key_id: Some(row.key_id),
             key_prefix: Some(row.key_prefix),
+            token_subject: None,
         });
         if let (Some(keys), Some(tenant)) = (&self.keys, &tenant) {
             keys.put(hash, tenant.clone(), looked_up_at);
@@ -414,6 +420,7 @@ mod tests {
             role: Role::Tenant,
             key_id: Some(Uuid::now_v7()),
             key_prefix: Some("tfk_0123abcd".into()),
+            token_subject: None,
         }
     }
 

@@ -97,7 +97,8 @@ async fn every_audited_change_is_listed_newest_first_with_the_acting_key() {
         .call(reqwest::Method::PUT, &acme, &path, Some(&renamed))
         .await;
     assert_eq!(status, 200, "{body}");
-    for action in ["pause", "resume"] {
+    // Each twice: the second changes nothing, and is not recorded.
+    for action in ["pause", "pause", "resume", "resume"] {
         let (status, body) = api
             .post(&acme, &format!("{path}/{action}"), &json!({}))
             .await;
@@ -227,7 +228,8 @@ async fn every_audited_change_is_listed_newest_first_with_the_acting_key() {
     // Filters.
     let acme_events = all_events(&api, &ops, "&tenant=acme", 500).await;
     assert!(acme_events.iter().all(|e| e["tenant"] == "acme"));
-    assert_eq!(acme_events.len(), 2 + 5 + 3 + 2 + 1, "{acme_events:#?}");
+    // Its key, budget and rate limits; schedules; connectors; LLM provider; retry.
+    assert_eq!(acme_events.len(), 3 + 5 + 3 + 2 + 1, "{acme_events:#?}");
     let pauses = all_events(&api, &ops, "&action=queue.paused", 500).await;
     assert_eq!(pauses.len(), 1);
     assert_eq!(pauses[0]["target"], "agent");

@@ -139,6 +139,16 @@ async fn a_tokens_scope_decides_what_it_may_do_in_its_tenant_and_api_keys_still_
     assert_eq!(status, 200, "{body}");
     let (status, _) = api.get(&submit, "/v1/workers").await;
     assert_eq!(status, 403);
+    // What a token changes, the audit log puts down to whom the provider issued it.
+    let (status, body) = api
+        .post(&operator, "/v1/queues/agent/pause", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, audit) = api.get(&operator, "/v1/audit?action=queue.paused").await;
+    assert_eq!(
+        audit["events"][0]["actor"], "acme (token: someone@example.test)",
+        "{audit}"
+    );
 
     // /v1/mcp takes a token as it takes a key: its task tools act for the token's tenant.
     let list_tasks = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
@@ -297,6 +307,10 @@ async fn a_half_configured_provider_or_an_unusable_key_set_stops_the_start() {
             "no signing key taskfleet accepts",
         ),
         (trusting(&nobody).to_vec(), "cannot fetch"),
+        (
+            trusting("http://idp.example.test/jwks.json").to_vec(),
+            "must come over https",
+        ),
         (trusting("/nonexistent/jwks.json").to_vec(), "cannot read"),
     ] {
         let out = env.api_command_env(&["serve"], &settings);

@@ -68,6 +68,19 @@ async fn a_key_past_its_quota_is_told_when_to_come_back() {
         env.count_state("queued").await + env.count_state("running").await,
         3
     );
+    // Another spelling of the same key, which authenticates just the same, is the same key
+    // to the limiter.
+    for spelling in [format!("bearer {acme}"), format!("Bearer    {acme}")] {
+        let resp = api
+            .http
+            .post(api.url("/v1/jobs"))
+            .header("authorization", spelling)
+            .json(&json!({"kind": "executor.run", "tool": "noop"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429);
+    }
 
     // Another key, and another class of the same key, are not held back.
     let (status, _, _) = status_and_headers(submit(&globex).await.unwrap()).await;

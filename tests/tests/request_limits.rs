@@ -1,6 +1,7 @@
-//! What one request may hold: headers past `TASKFLEET_MAX_HEADER_BYTES` are a 431, and a
-//! client that sends its body slower than `TASKFLEET_BODY_TIMEOUT_SECS` is cut with a 408;
-//! neither leaves anything in the ledger.
+//! What one request may hold: headers past `TASKFLEET_MAX_HEADER_BYTES` are a 431, a client
+//! that sends its body slower than `TASKFLEET_BODY_TIMEOUT_SECS` is cut with a 408 (neither
+//! leaves anything in the ledger), and a connection silent for `TASKFLEET_IDLE_TIMEOUT_SECS`
+//! is closed.
 
 use std::time::{Duration, Instant};
 
@@ -90,5 +91,28 @@ async fn a_client_too_slow_to_send_its_body_is_cut_with_a_408() {
     assert!(answer.contains("did not arrive within 1 s"), "{answer}");
     assert!(sent.elapsed() >= Duration::from_millis(900));
     assert_eq!(env.count_state("queued").await, 0);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let mut env = TestEnv::new().await;
+    let api = env
+        .start_api(&[("TASKFLEET_IDLE_TIMEOUT_SECS", "20")])
+        .await;
+    let mut conn = TcpStream::connect(api.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(40), conn.read(&mut buf))
+        .await
+        .expect("closed within the idle timeout and a margin");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        opened.elapsed() >= Duration::from_secs(19),
+        "{:?}",
+        opened.elapsed()
+    );
     env.finish().await;
 }
