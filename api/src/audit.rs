@@ -8,7 +8,10 @@ use serde_json::Value;
 use taskfleet_jobs::AuditAction;
 use taskfleet_storage::{Actor, AuditEntry, AuditFilter, AuditRecord};
 
-use crate::{auth::TenantKey, error::ApiError, fleet::operator_only, paging, state::AppState};
+use crate::{
+    auth::TenantKey, error::ApiError, fleet::operator_only, paging, state::AppState,
+    usage::tenant_named,
+};
 
 /// One change: who made it, what it was, and to what.
 #[derive(Debug, Object)]
@@ -19,14 +22,14 @@ pub struct AuditEvent {
     #[oai(nullable)]
     pub tenant: Option<String>,
     /// The API key as `taskfleet-api keys list` shows it (`tfk_ab12cd34…`), `cli:<user>` for
-    /// the admin command line, or `<tenant> (token)` for an identity provider's token.
+    /// the admin command line, or `<tenant> (token: <sub>)` for an identity provider's token.
     pub actor: String,
     /// The acting key's tenant; null for the command line.
     #[oai(nullable)]
     pub actor_tenant: Option<String>,
     pub action: AuditAction,
     /// What was acted on: a key (as `actor` shows keys), a queue's name, a tenant's name (its
-    /// budget), or a schedule's, connector's or job's id.
+    /// budget, rate limits or LLM provider), or a schedule's, connector's or job's id.
     pub target: String,
     /// A few facts: a budget's `old` and `new` tokens a month (null for the fleet's
     /// default), a connector's provider and name, which of its fields changed. Never a secret.
@@ -64,7 +67,8 @@ impl AuditApi {
     /// The audit log (operator)
     ///
     /// Who created or revoked an API key, paused or resumed a queue, changed a schedule, a
-    /// connector, a tenant's token budget or its LLM provider, or retried a job by hand:
+    /// connector, a tenant's token budget, rate limits or LLM provider, or retried a job by
+    /// hand:
     /// newest first, one page at a time. Only changes that happened are listed; events are
     /// kept as long as the longest-kept finished jobs.
     #[allow(clippy::too_many_arguments)]
@@ -88,13 +92,7 @@ impl AuditApi {
         operator_only(&auth)?;
         let tenant_id = match tenant.0 {
             None => None,
-            Some(name) => Some(
-                state
-                    .tenants
-                    .find(&name)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found(format!("no tenant `{name}`")))?,
-            ),
+            Some(name) => Some(tenant_named(&state, &name).await?),
         };
         let limit = limit.0.unwrap_or(paging::DEFAULT_LIMIT);
         let filter = AuditFilter {

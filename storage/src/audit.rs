@@ -20,7 +20,8 @@ use crate::tenants::{Tenant, shown_key};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     /// The API key as `keys list` shows it (`tfk_ab12cd34…`); `cli:<user>` for the admin
-    /// command line; `<tenant> (token)` for a caller that authenticated without an API key.
+    /// command line; `<tenant> (token: <sub>)` for a caller that authenticated with an
+    /// identity provider's token (`<tenant> (token)` when it has no `sub`).
     pub name: String,
     /// The acting key's tenant; none from the command line.
     pub tenant_id: Option<Uuid>,
