@@ -82,14 +82,36 @@ pub fn finish(spec: &str) -> String {
     serde_json::to_string(&spec).expect("JSON writes")
 }
 
+/// Every operation of the document whose path `keep` accepts.
+fn operations_mut(
+    spec: &mut Value,
+    keep: impl Fn(&str) -> bool,
+) -> impl Iterator<Item = &mut Map<String, Value>> {
+    spec["paths"]
+        .as_object_mut()
+        .expect("the spec has paths")
+        .iter_mut()
+        .filter(move |(path, _)| keep(path))
+        .filter_map(|(_, methods)| methods.as_object_mut())
+        .flat_map(|methods| methods.values_mut())
+        .filter_map(Value::as_object_mut)
+}
+
+/// Every answer of the operations [`operations_mut`] gives.
+fn responses_mut(
+    spec: &mut Value,
+    keep: impl Fn(&str) -> bool,
+) -> impl Iterator<Item = &mut Map<String, Value>> {
+    operations_mut(spec, keep)
+        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(Value::as_object_mut)
+}
+
 fn add_links(spec: &mut Value) {
-    let paths = spec["paths"].as_object_mut().expect("the spec has paths");
     for (creator, id_at, targets) in LINKS {
-        let operation = paths
-            .values_mut()
-            .filter_map(Value::as_object_mut)
-            .flat_map(|methods| methods.values_mut())
-            .find(|operation| operation["operationId"] == *creator)
+        let operation = operations_mut(spec, |_| true)
+            .find(|operation| operation.get("operationId") == Some(&json!(creator)))
             .unwrap_or_else(|| panic!("the document has an operation `{creator}`"));
         let links: Map<String, Value> = targets
             .iter()
@@ -123,17 +145,8 @@ fn add_rate_limit_headers(spec: &mut Value) {
         "RateLimit-Reset": {"description": "Seconds until the burst is whole again.",
                             "schema": {"type": "integer", "minimum": 0}},
     });
-    let Some(paths) = spec["paths"].as_object_mut() else {
-        return;
-    };
-    let responses = paths
-        .iter_mut()
-        .filter(|(path, _)| path.starts_with("/v1/") && !path.starts_with("/v1/oauth/callback"))
-        .filter_map(|(_, methods)| methods.as_object_mut())
-        .flat_map(|methods| methods.values_mut())
-        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
-        .flat_map(|responses| responses.values_mut())
-        .filter_map(Value::as_object_mut);
+    let limited = |path: &str| path.starts_with("/v1/") && !path.starts_with("/v1/oauth/callback");
+    let responses = responses_mut(spec, limited);
     for response in responses {
         let documented = response.entry("headers").or_insert_with(|| json!({}));
         if let (Some(documented), Some(headers)) = (documented.as_object_mut(), headers.as_object())
@@ -184,15 +197,7 @@ fn flatten_references(node: &mut Value) {
 /// event by event, each with an `id`, an `event` name and `data`, the JSON of one `T`. Before
 /// OpenAPI 3.2's `itemSchema`, the `schema` of `text/event-stream` describes one event.
 fn describe_event_streams(spec: &mut Value) {
-    let Some(paths) = spec["paths"].as_object_mut() else {
-        return;
-    };
-    let media_types = paths
-        .values_mut()
-        .filter_map(Value::as_object_mut)
-        .flat_map(|methods| methods.values_mut())
-        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
-        .flat_map(|responses| responses.values_mut())
+    let media_types = responses_mut(spec, |_| true)
         // `get_mut`, not indexing: indexing would add `content: null` where there is none.
         .filter_map(|response| response.get_mut("content")?.get_mut("text/event-stream"));
     for media_type in media_types {
