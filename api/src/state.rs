@@ -8,7 +8,7 @@ use std::{
 
 use redis::aio::ConnectionManager;
 use taskfleet_connectors::Providers;
-use taskfleet_jobs::{ExecutorRules, Queue};
+use taskfleet_jobs::{Dispatch, ExecutorRules, Queue};
 use taskfleet_storage::{
     AuditLog, Budgets, Connectors, Conversations, Db, EventLog, GroupCommit, InsertError, Inserted,
     JobRecord, Ledger, LlmProviders, LlmSettings, NewJob, Queues, Schedules, Sealer, Tasks, Tenant,
@@ -161,10 +161,10 @@ pub fn submissions(
                         // Only jobs without an idempotency key come here; none can conflict.
                         other => sqlx::Error::Protocol(other.to_string()),
                     })?;
-                let records: Vec<JobRecord> =
-                    inserted.into_iter().map(Inserted::into_record).collect();
-                pushes.push(&ledger, &records).await;
-                Ok(records)
+                let deliveries: Vec<Dispatch> =
+                    inserted.iter().filter_map(Inserted::delivery).collect();
+                pushes.push(&ledger, deliveries).await;
+                Ok(inserted.into_iter().map(Inserted::into_record).collect())
             }
         },
     )
@@ -216,31 +216,27 @@ impl OwnPushes {
 
     /// Pushes the jobs the insert marked dispatched. Should Redis refuse or be slow, they are
     /// taken back out of the window and the dispatcher is woken to push them (a push that
-    /// lands after all only adds a duplicate, which the ledger's start refuses).
-    async fn push(&self, ledger: &Ledger, records: &[JobRecord]) {
-        let mut by_queue: HashMap<Queue, Vec<Uuid>> = HashMap::new();
-        for record in records
-            .iter()
-            .filter(|record| record.dispatched_at.is_some())
-        {
-            if let Ok(queue) = record.queue.parse() {
-                by_queue.entry(queue).or_default().push(record.id);
-            }
+    /// lands after all only adds a copy the next dispatch's epoch keeps from starting).
+    async fn push(&self, ledger: &Ledger, deliveries: Vec<Dispatch>) {
+        let mut by_queue: HashMap<Queue, Vec<Dispatch>> = HashMap::new();
+        for delivery in deliveries {
+            by_queue.entry(delivery.queue).or_default().push(delivery);
         }
-        for (queue, ids) in by_queue {
+        for (queue, jobs) in by_queue {
             let pushed = tokio::time::timeout(
                 REDIS_BUDGET,
-                tf_redis::push_jobs(&mut self.redis.clone(), &self.keys, queue, &ids),
+                tf_redis::push_jobs(&mut self.redis.clone(), &self.keys, queue, &jobs),
             )
             .await;
             if let Ok(Ok(())) = pushed {
                 metrics::JOBS_DISPATCHED
                     .with_label_values(&[queue.as_str()])
-                    .inc_by(ids.len() as u64);
+                    .inc_by(jobs.len() as u64);
                 continue;
             }
-            tracing::warn!(%queue, jobs = ids.len(), "could not push jobs to Redis; the dispatcher will");
+            tracing::warn!(%queue, jobs = jobs.len(), "could not push jobs to Redis; the dispatcher will");
             self.pause_pushes();
+            let ids: Vec<Uuid> = jobs.iter().map(|job| job.job_id).collect();
             if let Err(err) = ledger.undispatch(&ids).await {
                 tracing::warn!(%err, "could not take the jobs back; the stale-dispatch sweep will push them");
             }

@@ -1,8 +1,11 @@
 //! The yardsticks, run against the same Redis in the same invocation: Celery 5 (prefork, one
 //! process per core), BullMQ (Node, concurrency 100) and raw apalis-redis, the floor of our
 //! own stack. Each drains a pre-filled queue of no-op jobs; the rate runs from the first
-//! completion to the last. Celery and BullMQ are installed from PyPI and npm on first use
-//! under the bench's work directory.
+//! completion to the last. BullMQ's script also measures its pickup latency at a steady rate
+//! and its batch enqueue (`addBulk` of 1,000, 8 calls in flight), the peers of our pickup and
+//! `POST /v1/jobs/batch`. Each peer is run as many times as our measures, and the medians
+//! are compared. Celery and BullMQ are installed from PyPI and npm on first use under the
+//! bench's work directory.
 
 use std::{
     path::{Path, PathBuf},
@@ -58,11 +61,17 @@ fn peers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 
+/// Jobs BullMQ's worker runs at once, in its drain and its pickup.
+pub const BULLMQ_CONCURRENCY: usize = 100;
+
+/// One run of a peer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Peer {
     pub drain_per_second: f64,
     /// Measured for BullMQ only.
     pub pickup: Option<Latency>,
+    /// Jobs per second added by `addBulk` of 1,000 jobs, 8 calls in flight: BullMQ only.
+    pub add_bulk_per_second: Option<f64>,
 }
 
 /// When the first and the latest of `total` completions happened.
@@ -156,6 +165,7 @@ pub async fn apalis_redis(
     Ok(Peer {
         drain_per_second: rate(jobs - 1, last - first),
         pickup: None,
+        add_bulk_per_second: None,
     })
 }
 
@@ -178,9 +188,19 @@ async fn feed_apalis(
             continue;
         }
         let window = APALIS_WINDOW.min(jobs - pushed);
+        // What our own lists carry for a no-op: its delivery, spec and all.
         let tasks = (0..window)
             .map(|_| Dispatch {
                 job_id: Uuid::now_v7(),
+                epoch: 1,
+                attempt: 1,
+                max_attempts: 3,
+                tenant_id: Uuid::nil(),
+                queue: taskfleet_jobs::Queue::Executor,
+                kind: "executor.run".to_owned(),
+                run_at: chrono::Utc::now(),
+                request_id: None,
+                payload: Some(serde_json::json!({"kind": "executor.run", "tool": "noop"})),
             })
             .collect();
         storage.push_bulk(tasks).await?;
@@ -271,16 +291,19 @@ pub async fn celery(work_dir: &Path, redis_url: &str, jobs: usize) -> anyhow::Re
     Ok(Peer {
         drain_per_second: rate(jobs - done_then, last - first_at),
         pickup: None,
+        add_bulk_per_second: None,
     })
 }
 
-/// BullMQ (Node), concurrency 100: the drain rate and the pickup latency of its own script.
+/// BullMQ (Node), concurrency 100: one run of its script, which measures the drain rate, the
+/// pickup latency and the `addBulk` rate (for `add_bulk_seconds`, as long as our API's).
 pub async fn bullmq(
     work_dir: &Path,
     redis_url: &str,
     jobs: usize,
     pickup_jobs: usize,
     pickup_per_second: f64,
+    add_bulk_seconds: f64,
 ) -> anyhow::Result<Peer> {
     let dir = work_dir.join("bullmq");
     if !dir.join("node_modules/bullmq").exists() {
@@ -308,8 +331,9 @@ pub async fn bullmq(
     let out = run(
         Command::new("node")
             .arg("bullmq_bench.mjs")
-            .args([jobs, 100, pickup_jobs].map(|n| n.to_string()))
+            .args([jobs, BULLMQ_CONCURRENCY, pickup_jobs].map(|n| n.to_string()))
             .arg(pickup_per_second.to_string())
+            .arg(add_bulk_seconds.to_string())
             .env("BENCH_REDIS", scratch_url(redis_url))
             .current_dir(&dir),
         "the BullMQ script",
@@ -326,5 +350,6 @@ pub async fn bullmq(
             max: number(&result["latency"]["max"])?,
             samples: pickup_jobs,
         }),
+        add_bulk_per_second: Some(number(&result["add_bulk_per_second"])?),
     })
 }

@@ -30,9 +30,30 @@ pub use state::JobState;
 pub use task::{Horizon, Item, TaskStatus};
 pub use task_tool::{TaskTool, TaskToolCall, ToolError};
 
-/// What the dispatcher places in a Redis queue: only the ledger id. The payload stays in
-/// Postgres, so Redis holds a small, disposable window of work and the ledger stays the truth.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What the dispatcher (or the API) places in a Redis queue for one job: everything a worker
+/// needs to run it at once, read from the row the dispatch updated. The ledger stays the
+/// truth: a delivery runs only while its `epoch` is the job's, and its start is written while
+/// it runs (ADR 0017); Redis holds a small, disposable window of these.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Dispatch {
     pub job_id: uuid::Uuid,
+    /// The fencing epoch this delivery runs under. Every dispatch raises the job's, so of two
+    /// copies of a job only the latest can start, and a copy pushed again after its job
+    /// moved on starts nothing.
+    pub epoch: i64,
+    /// The attempt this delivery is, counting from 1.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub tenant_id: uuid::Uuid,
+    pub queue: Queue,
+    pub kind: String,
+    /// When the job fell due: its wait for a worker counts from here.
+    pub run_at: chrono::DateTime<chrono::Utc>,
+    /// The `X-Request-ID` of the request that created the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The job's spec, as the ledger keeps it; `None` when it is too large to travel through
+    /// Redis: the delivery's start then brings it from the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    executor::{ExecutorRules, ExecutorRun},
+    executor::{BuiltinTool, ExecutorRules, ExecutorRun},
     queue::Queue,
 };
 
@@ -193,6 +193,20 @@ impl JobSpec {
         }
     }
 
+    /// Whether a worker may run a delivery of this job while its start is still being
+    /// written (ADR 0017). Only `executor.run` may: its result is its only effect, a refused
+    /// start throws the run away, and a crash cannot take the worker down with it. Not the
+    /// `fault` tool, whose `exit` must be counted as a stall: a job that kills its worker
+    /// before its start is recorded would be run, and kill, again and again. The other kinds
+    /// call providers and models, or write under the attempt's epoch: they wait for the
+    /// start, which their own work outlasts many times over.
+    pub fn may_run_before_start(&self) -> bool {
+        match self {
+            JobSpec::ExecutorRun(run) => BuiltinTool::parse(&run.tool) != Some(BuiltinTool::Fault),
+            _ => false,
+        }
+    }
+
     pub fn options(&self) -> &JobOptions {
         match self {
             JobSpec::IngestConnector(j) => &j.options,
@@ -275,6 +289,17 @@ mod tests {
         assert_eq!(spec.options().priority, Some(5));
         assert_eq!(spec.max_attempts(), 2);
         assert_eq!(serde_json::to_value(&spec).unwrap(), value);
+    }
+
+    #[test]
+    fn only_executor_runs_other_than_faults_may_run_before_their_start() {
+        let spec = |value| serde_json::from_value::<JobSpec>(value).unwrap();
+        let run = |tool: &str| spec(json!({"kind": "executor.run", "tool": tool}));
+        assert!(run("noop").may_run_before_start());
+        assert!(run("ruff").may_run_before_start());
+        assert!(!run("fault").may_run_before_start());
+        let chat = spec(json!({"kind": "agent.chat", "message": "hello"}));
+        assert!(!chat.may_run_before_start());
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub use group_commit::GroupCommit;
 pub use lease::{Lease, Renewal};
 pub use ledger::{
     CancelSweep, Change, Finish, InsertError, Inserted, JobFilter, JobRecord, Ledger, NewJob,
-    Outcome, Reclaimed, Rescue, RunningJob, StartedJob,
+    Outcome, Reclaimed, Rescue, RunningJob, Started,
 };
 pub use llm_budget::{
     BudgetStatus, Budgets, LlmCallKind, LlmUsage, Overridden, Reservation, ReserveError, UsageLine,

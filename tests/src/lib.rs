@@ -471,7 +471,7 @@ impl TestEnv {
             .unwrap()
     }
 
-    /// How many dispatched job ids wait in `queue`'s Redis list.
+    /// How many deliveries wait in `queue`'s Redis list.
     pub async fn redis_waiting_len(&self, queue: taskfleet_jobs::Queue) -> i64 {
         let mut conn = self.redis.clone();
         let keys = taskfleet_storage::redis::Keys::new(&self.redis_prefix);
@@ -880,4 +880,31 @@ impl TestEnv {
         let pid: u32 = name.rsplit('-').nth(1)?.parse().ok()?;
         self.children.iter().position(|child| child.id() == pid)
     }
+}
+
+/// Runs a dispatcher's round over the executor queue and starts, as `worker`, the deliveries
+/// of `ids` it made (each must be due): the jobs' deliveries, in the order of `ids`. Jobs of
+/// the queue not among `ids` are left dispatched and not started.
+pub async fn start_due(
+    ledger: &taskfleet_storage::Ledger,
+    ids: &[Uuid],
+    worker: &str,
+) -> Vec<taskfleet_jobs::Dispatch> {
+    let mut delivered = ledger
+        .dispatch_due(taskfleet_jobs::Queue::Executor, 10_000, "dispatcher")
+        .await
+        .unwrap();
+    let deliveries: Vec<taskfleet_jobs::Dispatch> = ids
+        .iter()
+        .map(|id| {
+            let at = delivered
+                .iter()
+                .position(|delivery| delivery.job_id == *id)
+                .unwrap_or_else(|| panic!("job {id} was not dispatched"));
+            delivered.swap_remove(at)
+        })
+        .collect();
+    let started = ledger.start_many(&deliveries, worker).await.unwrap();
+    assert!(started.iter().all(Option::is_some), "every delivery starts");
+    deliveries
 }

@@ -350,12 +350,21 @@ async fn purging_probe_jobs_never_hands_out_a_seq_again() {
     let tenants = Tenants::new(env.pool.clone());
     let probe = noop_job();
     let system = tenants.ensure(SYSTEM_TENANT).await.unwrap();
-    ledger
-        .insert(system.id, std::slice::from_ref(&probe), "readyz")
+    let inserted = ledger
+        .insert_for(
+            &[system.id],
+            std::slice::from_ref(&probe),
+            &[true],
+            "readyz",
+        )
         .await
         .unwrap();
-    let started = ledger.start_many(&[probe.id], "worker-a").await.unwrap();
-    let epoch = started[0].as_ref().unwrap().lease_epoch;
+    let delivery = inserted[0].delivery().expect("the probe was dispatched");
+    let started = ledger
+        .start_many(std::slice::from_ref(&delivery), "worker-a")
+        .await;
+    assert!(started.unwrap()[0].is_some());
+    let epoch = delivery.epoch;
     let finish = Finish {
         id: probe.id,
         epoch,
@@ -443,19 +452,23 @@ async fn purging_a_job_takes_its_waiting_events_out_of_shared_batches() {
     let system = tenants.ensure(SYSTEM_TENANT).await.unwrap();
     let acme = tenants.ensure("acme").await.unwrap();
     // One statement for both tenants' jobs: their `job_enqueued` events share a batch.
-    ledger
+    let inserted = ledger
         .insert_for(
             &[system.id, acme.id],
             &[probe.clone(), other.clone()],
-            &[],
+            &[true, false],
             "api",
         )
         .await
         .unwrap();
-    let started = ledger.start_many(&[probe.id], "worker-a").await.unwrap();
+    let delivery = inserted[0].delivery().expect("the probe was dispatched");
+    let started = ledger
+        .start_many(std::slice::from_ref(&delivery), "worker-a")
+        .await;
+    assert!(started.unwrap()[0].is_some());
     let finish = Finish {
         id: probe.id,
-        epoch: started[0].as_ref().unwrap().lease_epoch,
+        epoch: delivery.epoch,
         worker: "worker-a".to_owned(),
         outcome: Outcome::Succeeded(json!(null)),
     };
@@ -490,8 +503,7 @@ async fn a_stale_write_in_the_same_batch_comes_before_the_terminal_event() {
         .insert(acme.id, std::slice::from_ref(&job), "api")
         .await
         .unwrap();
-    let started = ledger.start_many(&[job.id], "worker-b").await.unwrap();
-    let epoch = started[0].as_ref().unwrap().lease_epoch;
+    let epoch = taskfleet_tests::start_due(&ledger, &[job.id], "worker-b").await[0].epoch;
     let finish = |epoch, worker: &str| Finish {
         id: job.id,
         epoch,

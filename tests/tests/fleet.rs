@@ -87,9 +87,16 @@ async fn a_duplicate_delivery_runs_the_job_once() {
             json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": 200}}),
         )
         .await;
-    // Deliver the same job twice more behind the dispatcher's back, before any worker runs.
+    // The API pushed the job's delivery itself (its list was empty); deliver the same copy
+    // twice more behind the dispatcher's back, before any worker runs.
     let keys = taskfleet_storage::redis::Keys::new(&env.redis_prefix);
-    taskfleet_storage::redis::push_jobs(&mut env.redis.clone(), &keys, Queue::Executor, &[id, id])
+    let list = keys.queue_list(Queue::Executor);
+    let entries: Vec<String> = env.redis.clone().lrange(&list, 0, -1).await.unwrap();
+    let delivery = taskfleet_storage::redis::deliveries(&list, entries);
+    assert_eq!(delivery.len(), 1);
+    assert_eq!(delivery[0].job_id, id);
+    let copies = [delivery[0].clone(), delivery[0].clone()];
+    taskfleet_storage::redis::push_jobs(&mut env.redis.clone(), &keys, Queue::Executor, &copies)
         .await
         .unwrap();
     env.start_worker(&["--concurrency", "4"]);

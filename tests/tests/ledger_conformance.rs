@@ -7,10 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
-use taskfleet_storage::{
-    Finish, JobRecord, Ledger, NewJob, Outcome, Rescue, Scope, StartedJob, Tenants,
-};
-use taskfleet_tests::{TestEnv, wait_for_some};
+use taskfleet_jobs::Dispatch;
+use taskfleet_storage::{Finish, JobRecord, Ledger, NewJob, Outcome, Rescue, Scope, Tenants};
+use taskfleet_tests::{TestEnv, start_due, wait_for_some};
 use uuid::Uuid;
 
 /// `n` `noop` jobs of `tenant`, due now unless `run_at` is given.
@@ -36,13 +35,8 @@ async fn setup(env: &TestEnv) -> (Ledger, Uuid) {
     (Ledger::new(env.pool.clone()), tenant.id)
 }
 
-async fn started(ledger: &Ledger, id: Uuid) -> StartedJob {
-    ledger
-        .start_many(&[id], "worker-a")
-        .await
-        .unwrap()
-        .remove(0)
-        .expect("the job starts")
+async fn started(ledger: &Ledger, id: Uuid) -> Dispatch {
+    start_due(ledger, &[id], "worker-a").await.remove(0)
 }
 
 async fn record(ledger: &Ledger, id: Uuid) -> JobRecord {
@@ -110,7 +104,14 @@ async fn a_job_whose_cancellation_was_asked_does_not_start_and_the_sweep_ends_it
         .execute(&env.pool)
         .await
         .unwrap();
-    assert!(ledger.start_many(&[id], "worker-a").await.unwrap()[0].is_none());
+    let delivery = ledger
+        .dispatch_due(taskfleet_jobs::Queue::Executor, 10, "dispatcher")
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.start_many(&delivery, "worker-a").await.unwrap(),
+        [None]
+    );
 
     let sweep = ledger
         .sweep_cancellations(Duration::from_secs(5), 100, "leader")
@@ -151,18 +152,18 @@ async fn a_hand_back_of_a_job_whose_cancellation_was_asked_ends_it_cancelled() {
     let env = TestEnv::new().await;
     let (ledger, tenant) = setup(&env).await;
     let ids = submit(&ledger, tenant, 2, None).await;
-    let (asked, plain) = (
-        started(&ledger, ids[0]).await,
-        started(&ledger, ids[1]).await,
-    );
+    let [asked, plain]: [Dispatch; 2] = start_due(&ledger, &ids, "worker-a")
+        .await
+        .try_into()
+        .unwrap();
     ledger
-        .cancel(Scope::Tenant(tenant), asked.id)
+        .cancel(Scope::Tenant(tenant), asked.job_id)
         .await
         .unwrap();
 
-    let hand_back = |job: &StartedJob| Finish {
-        id: job.id,
-        epoch: job.lease_epoch,
+    let hand_back = |job: &Dispatch| Finish {
+        id: job.job_id,
+        epoch: job.epoch,
         worker: "worker-a".to_owned(),
         outcome: Outcome::HandedBack,
     };
@@ -174,13 +175,13 @@ async fn a_hand_back_of_a_job_whose_cancellation_was_asked_ends_it_cancelled() {
         states,
         [Some("cancelled".to_owned()), Some("queued".to_owned())]
     );
-    let cancelled = record(&ledger, asked.id).await;
+    let cancelled = record(&ledger, asked.job_id).await;
     assert!(cancelled.finished_at.is_some());
     assert_eq!(
-        events(&env, asked.id).await.last().unwrap(),
+        events(&env, asked.job_id).await.last().unwrap(),
         "job_cancelled"
     );
-    let queued = record(&ledger, plain.id).await;
+    let queued = record(&ledger, plain.job_id).await;
     assert_eq!((queued.attempt, queued.started_at), (0, None));
     env.finish().await;
 }
@@ -194,9 +195,9 @@ async fn a_reclaimed_job_waits_its_retry_delay_and_dies_stalled_at_the_limit() {
 
     let first = started(&ledger, id).await;
     let later = Utc::now() + chrono::Duration::seconds(30);
-    let rescue = |job: &StartedJob, retry_at| Rescue {
-        id: job.id,
-        epoch: job.lease_epoch,
+    let rescue = |job: &Dispatch, retry_at| Rescue {
+        id: job.job_id,
+        epoch: job.epoch,
         retry_at,
     };
     let reclaimed = ledger
@@ -258,7 +259,7 @@ async fn a_reclaim_of_a_job_whose_cancellation_was_asked_ends_it_cancelled() {
     ledger.cancel(Scope::Tenant(tenant), id).await.unwrap();
     let rescue = Rescue {
         id,
-        epoch: job.lease_epoch,
+        epoch: job.epoch,
         retry_at: Utc::now(),
     };
     let reclaimed = ledger.reclaim_many(&[rescue], 3, "leader").await.unwrap();
@@ -312,7 +313,7 @@ async fn future_jobs_cost_the_dispatcher_nothing_until_they_fall_due() {
         .await
         .unwrap();
     assert_eq!(dispatched.len(), 3);
-    assert!(dispatched.iter().all(|job| due.contains(&job.id)));
+    assert!(dispatched.iter().all(|job| due.contains(&job.job_id)));
     let next = ledger.next_run_at().await.unwrap().unwrap();
     assert!((next - tomorrow).num_seconds() <= 1);
     flush_statistics(&pool).await;
@@ -386,7 +387,7 @@ async fn a_stale_cancellation_signal_hands_the_job_back_instead_of_ending_it() {
     // was left from an earlier attempt, since retried by hand).
     let stopped = Finish {
         id,
-        epoch: job.lease_epoch,
+        epoch: job.epoch,
         worker: "worker-a".to_owned(),
         outcome: Outcome::Cancelled,
     };

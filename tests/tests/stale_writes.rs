@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use taskfleet_jobs::{Dispatch, Queue};
 use taskfleet_storage::{
-    Finish, GroupCommit, Ledger, NewJob, Outcome, Rescue, Scope, StartedJob, Tenants,
+    Finish, GroupCommit, Ledger, NewJob, Outcome, Rescue, Scope, Tenants,
     group_commit::LINGER_WHILE_CALLERS_WAIT,
 };
 use uuid::Uuid;
@@ -14,7 +15,7 @@ use uuid::Uuid;
 use taskfleet_tests::{
     TestEnv, free_port, json,
     prometheus::{sample, scrape},
-    wait_until,
+    start_due, wait_until,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,17 +111,17 @@ async fn queued_jobs(env: &TestEnv, n: usize) -> (Ledger, Uuid, Vec<Uuid>) {
 }
 
 /// `n` jobs of the `acme` tenant, started by `worker-a`, ready for outcomes.
-async fn started_jobs(env: &TestEnv, n: usize) -> (Ledger, Vec<StartedJob>) {
+async fn started_jobs(env: &TestEnv, n: usize) -> (Ledger, Vec<Dispatch>) {
     let (ledger, _, ids) = queued_jobs(env, n).await;
-    let started = ledger.start_many(&ids, "worker-a").await.unwrap();
-    (ledger, started.into_iter().map(Option::unwrap).collect())
+    let started = start_due(&ledger, &ids, "worker-a").await;
+    (ledger, started)
 }
 
 /// `job`'s outcome as `worker` reports it, under the epoch it was started with.
-fn finish_of(job: &StartedJob, worker: &str, outcome: Outcome) -> Finish {
+fn finish_of(job: &Dispatch, worker: &str, outcome: Outcome) -> Finish {
     Finish {
-        id: job.id,
-        epoch: job.lease_epoch,
+        id: job.job_id,
+        epoch: job.epoch,
         worker: worker.to_owned(),
         outcome,
     }
@@ -133,26 +134,19 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
     let id = ids[0];
     let start = |worker| {
         let ledger = ledger.clone();
-        async move {
-            ledger
-                .start_many(&[id], worker)
-                .await
-                .unwrap()
-                .remove(0)
-                .unwrap()
-        }
+        async move { start_due(&ledger, &[id], worker).await.remove(0) }
     };
     let first = start("worker-a").await;
     let rescue = Rescue {
-        id: first.id,
-        epoch: first.lease_epoch,
+        id: first.job_id,
+        epoch: first.epoch,
         retry_at: chrono::Utc::now(),
     };
     let reclaimed = ledger.reclaim_many(&[rescue], 3, "leader").await.unwrap();
     assert_eq!(reclaimed[0].next, "retrying");
     assert_eq!(ledger.promote_due(10).await.unwrap(), 1);
     let second = start("worker-b").await;
-    assert!(second.lease_epoch > first.lease_epoch);
+    assert!(second.epoch > first.epoch);
 
     let late = finish_of(&first, "worker-a", Outcome::Succeeded(json!({"from": "a"})));
     assert_eq!(ledger.finish_many(&[late]).await.unwrap(), [None]);
@@ -164,7 +158,7 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
         [Some("succeeded".to_owned())]
     );
     let record = ledger
-        .get(Scope::Tenant(tenant), first.id)
+        .get(Scope::Tenant(tenant), first.job_id)
         .await
         .unwrap()
         .unwrap();
@@ -179,20 +173,23 @@ async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
 #[tokio::test]
 async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_the_stale_one() {
     let env = TestEnv::new().await;
-    let (ledger, _, mut ids) = queued_jobs(&env, 5).await;
-    // One start for all five, with job 0 delivered twice: only its first delivery starts it.
-    ids.push(ids[0]);
-    let mut started = ledger.start_many(&ids, "worker-a").await.unwrap();
+    let (ledger, _, ids) = queued_jobs(&env, 5).await;
+    let mut deliveries = ledger
+        .dispatch_due(Queue::Executor, 10, "dispatcher")
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), ids.len());
+    // One start for all five, with job 0 delivered twice: only its first copy starts it.
+    deliveries.push(deliveries[0].clone());
+    let mut outcome = ledger.start_many(&deliveries, "worker-a").await.unwrap();
     assert!(
-        started.pop().unwrap().is_none(),
+        outcome.pop().unwrap().is_none(),
         "a duplicate delivery does not start"
     );
-    let started: Vec<_> = started.into_iter().map(Option::unwrap).collect();
-    assert!(
-        started
-            .iter()
-            .all(|job| job.attempt == 1 && job.lease_epoch == 1)
-    );
+    assert!(outcome.iter().all(Option::is_some));
+    deliveries.pop();
+    let started = deliveries;
+    assert!(started.iter().all(|job| job.attempt == 1 && job.epoch == 1));
     assert_eq!(env.count_events("job_started").await, 5);
     let finish = |n: usize, outcome| finish_of(&started[n], "worker-a", outcome);
     let retry_at = chrono::Utc::now() + chrono::Duration::seconds(30);
@@ -206,7 +203,7 @@ async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_
             finish(1, failed(Some(retry_at))),
             finish(2, failed(None)),
             Finish {
-                epoch: started[3].lease_epoch - 1,
+                epoch: started[3].epoch - 1,
                 ..finish(3, Outcome::Succeeded(json!({"late": true})))
             },
             finish(4, Outcome::Succeeded(json!({"n": 4}))),
@@ -235,7 +232,7 @@ async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_
         (1, ["job_failed", "job_retry_scheduled"]),
         (2, ["job_failed", "job_dead"]),
     ] {
-        let events = env.job_events(started[n].id).await;
+        let events = env.job_events(started[n].job_id).await;
         let names: Vec<&str> = events.iter().map(|(event, _)| event.as_str()).collect();
         assert_eq!(&names[names.len() - 2..], ending, "{names:?}");
     }

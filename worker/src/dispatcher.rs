@@ -7,11 +7,12 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use redis::aio::ConnectionManager;
-use taskfleet_jobs::Queue;
-use taskfleet_storage::{Ledger, ledger::DispatchedJob, redis as tf_redis, redis::Keys};
+use taskfleet_jobs::{Dispatch, Queue};
+use taskfleet_storage::{Ledger, redis as tf_redis, redis::Keys};
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Pause between rounds while some queue has more due work than room in its window.
 const BUSY_PAUSE: Duration = Duration::from_millis(10);
@@ -162,9 +163,9 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn push(&mut self, queue: Queue, jobs: &[DispatchedJob]) -> anyhow::Result<()> {
-        let ids: Vec<_> = jobs.iter().map(|job| job.id).collect();
-        if let Err(err) = tf_redis::push_jobs(&mut self.conn, &self.keys, queue, &ids).await {
+    async fn push(&mut self, queue: Queue, jobs: &[Dispatch]) -> anyhow::Result<()> {
+        if let Err(err) = tf_redis::push_jobs(&mut self.conn, &self.keys, queue, jobs).await {
+            let ids: Vec<Uuid> = jobs.iter().map(|job| job.job_id).collect();
             self.ledger.undispatch(&ids).await?;
             anyhow::bail!(
                 "pushing {} jobs to Redis queue {queue} failed: {err}",

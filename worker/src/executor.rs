@@ -1,34 +1,43 @@
 //! Runs one delivered job (River's job executor plays this role):
 //!
-//! 1. start it in the ledger: of several deliveries of one job only one can, and the start
-//!    raises the job's fencing epoch; the job's Redis lease is then taken under that epoch
-//!    (starts, and later the leases' releases, go a batch at a time);
-//! 2. heartbeat the lease every ttl/3 while the handler runs; the heartbeat also notices a
+//! 1. start it in the ledger under the fencing epoch its dispatch raised: of several copies
+//!    of one job only the latest can start, and only once; the job's Redis lease is then
+//!    taken under that epoch (starts, and later the leases' releases, go a batch at a time).
+//!    A job that may run before its start ([`JobSpec::may_run_before_start`], ADR 0017) runs
+//!    while the start is written; any other waits for it, as every job does while starts
+//!    are failing;
+//! 2. heartbeat the lease every ttl/3 from the start on; the heartbeat also notices a
 //!    cancellation request;
-//! 3. run the handler with panics caught, until it ends or is stopped (cancelled, lease
-//!    lost, or the worker drains);
-//! 4. hand the outcome to the background and take the next job: outcomes are written in
-//!    batches under each attempt's epoch (retrying while Postgres is unreachable), and each
-//!    job keeps its lease until its outcome is in. A write with a stale epoch changes
-//!    nothing (the ledger logs it).
+//! 3. run the handler with panics caught, until it ends or is stopped (cancelled, start
+//!    refused, lease lost, or the worker drains);
+//! 4. hand the outcome to the background and take the next job: an outcome waits for its
+//!    start and is dropped if the start was refused; outcomes are written in batches under
+//!    each attempt's epoch (retrying while Postgres is unreachable), and each job keeps its
+//!    lease until its outcome is in. A write with a stale epoch changes nothing (the ledger
+//!    logs it).
 
 use std::{
     collections::HashMap,
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
-use futures::FutureExt;
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
 use redis::aio::ConnectionManager;
-use taskfleet_jobs::{ExecutorRules, JobSpec, RetryPolicy};
+use serde::Deserialize;
+use serde_json::Value;
+use taskfleet_jobs::{Dispatch, ExecutorRules, JobSpec, RetryPolicy};
 use taskfleet_storage::{
-    Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, StartedJob, WorkerCounts,
-    redis as tf_redis, redis::Keys,
+    Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, Started, WorkerCounts, redis as tf_redis,
+    redis::Keys,
 };
 use taskfleet_telemetry::metrics;
 use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
@@ -49,8 +58,8 @@ const MAX_UNRECORDED: usize = 20_000;
 /// an outcome's answer, so lingering costs only how soon a finished job reads as finished,
 /// and buys statements of many outcomes instead of a dozen.
 const OUTCOME_LINGER: Duration = Duration::from_millis(20);
-/// How long the start writer, while busy, waits for more starts. Executors sit idle while
-/// they wait for their starts, so this is shorter than the API's submissions linger; not
+/// How long the start writer, while busy, waits for more starts. Jobs that may not run before
+/// their start wait for it, so this is shorter than the API's submissions linger; not
 /// waiting at all would write batches too small (ADR 0007).
 const START_LINGER: Duration = Duration::from_millis(1);
 
@@ -75,6 +84,9 @@ impl Drop for ActiveJob {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     Cancelled,
+    /// The ledger refused the delivery's start: a copy of a job another delivery started,
+    /// cancelled, or dispatched again since.
+    NotStarted,
     /// The lease expired or was taken over: another attempt owns the job now.
     LeaseLost,
     /// The worker is shutting down; the job is handed back to run elsewhere.
@@ -102,12 +114,44 @@ impl Stopper {
     }
 }
 
-/// A started attempt whose handler is done, on its way to having its outcome recorded.
+/// An attempt the ledger started.
+#[derive(Clone)]
+pub(crate) struct StartedAttempt {
+    /// Renews the lease the start took, until the outcome is written.
+    heartbeat: Arc<JoinHandle<()>>,
+    /// The job's spec, when the delivery came without it (too large for Redis).
+    payload: Option<Value>,
+}
+
+/// A delivery's start while it is written: the started attempt, or `None` when the ledger
+/// refused it (or the worker stopped first). Shared by the executor, the outcome's writer
+/// and the handler's writes under the attempt's epoch, which all wait for it.
+type StartWrite = Shared<BoxFuture<'static, Option<StartedAttempt>>>;
+
+/// What a handler waits on before writing under its attempt's epoch: the ledger refuses
+/// such a write until the start is in.
+#[derive(Clone)]
+pub struct StartGate(StartWrite);
+
+impl StartGate {
+    /// Whether the attempt started; waits until its start is written.
+    pub async fn started(&self) -> bool {
+        self.0.clone().await.is_some()
+    }
+}
+
+impl std::fmt::Debug for StartGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartGate")
+    }
+}
+
+/// An attempt whose handler is done, on its way to having its outcome recorded.
 struct Attempt {
-    started: StartedJob,
+    delivery: Dispatch,
     /// Why the handler was stopped before it finished, if it was.
     stopped: Option<StopReason>,
-    heartbeat: JoinHandle<()>,
+    start: StartWrite,
     /// How long the handler ran, for the duration metric (the outcome's write not included).
     ran: Duration,
 }
@@ -128,10 +172,10 @@ impl JobLeases {
         Lease::new(self.keys.job_lease(job_id), self.worker.clone(), self.ttl)
     }
 
-    /// Takes the leases of jobs just started, under the epochs their starts raised.
-    async fn hold(&self, started: impl Iterator<Item = &StartedJob>) {
+    /// Takes the leases of jobs just started, under their deliveries' epochs.
+    async fn hold(&self, started: impl Iterator<Item = &Dispatch>) {
         let leases: Vec<(Lease, u64)> = started
-            .map(|job| (self.lease(job.id), job.lease_epoch as u64))
+            .map(|job| (self.lease(job.job_id), job.epoch as u64))
             .collect();
         match Lease::hold_all(&mut self.redis.clone(), &leases).await {
             // A lease held under a newer epoch stays with that attempt: this one's heartbeat
@@ -171,7 +215,10 @@ pub struct ExecutorSettings {
 pub struct JobExecutor {
     ledger: Ledger,
     /// Starts jobs in batches.
-    starts: GroupCommit<Uuid, Option<StartedJob>>,
+    starts: GroupCommit<Dispatch, Option<Started>>,
+    /// Set while starts fail (Postgres away): every job then waits for its start, so the
+    /// worker takes no more work than it has slots until the ledger is back.
+    starts_failing: AtomicBool,
     /// Records outcomes in batches.
     finishes: GroupCommit<Finish, Option<String>>,
     /// Permits for outcomes not yet recorded ([`MAX_UNRECORDED`]).
@@ -212,11 +259,12 @@ impl JobExecutor {
             services,
             starts: GroupCommit::start(START_LINGER, {
                 let (ledger, leases) = (ledger.clone(), leases.clone());
-                move |ids: Arc<Vec<Uuid>>| {
+                move |deliveries: Arc<Vec<Dispatch>>| {
                     let (ledger, leases) = (ledger.clone(), leases.clone());
                     async move {
-                        let started = ledger.start_many(&ids, &leases.worker).await?;
-                        leases.hold(started.iter().flatten()).await;
+                        let started = ledger.start_many(&deliveries, &leases.worker).await?;
+                        let held = deliveries.iter().zip(&started).filter(|(_, s)| s.is_some());
+                        leases.hold(held.map(|(delivery, _)| delivery)).await;
                         Ok(started)
                     }
                 }
@@ -233,6 +281,7 @@ impl JobExecutor {
                     }
                 }
             }),
+            starts_failing: AtomicBool::new(false),
             unrecorded: Arc::new(Semaphore::new(MAX_UNRECORDED)),
             leases,
             ledger,
@@ -247,52 +296,58 @@ impl JobExecutor {
         }
     }
 
-    pub async fn execute(self: &Arc<Self>, job_id: Uuid) {
-        let Some(started) = self.start(job_id).await else {
-            return;
-        };
-        metrics::JOB_QUEUE_WAIT
-            .with_label_values(&[started.queue.as_str(), started.kind.as_str()])
-            .observe(started.waited_seconds.max(0.0));
-        let _active = ActiveJob::count();
-        let began = Instant::now();
-        let epoch = started.lease_epoch as u64;
+    pub async fn execute(self: &Arc<Self>, mut delivery: Dispatch) {
+        let (job_id, epoch) = (delivery.job_id, delivery.epoch);
         let stopper = Stopper::default();
         self.running
             .lock()
             .expect("running jobs lock")
-            .insert((job_id, started.lease_epoch), stopper.clone());
-        let heartbeat = tokio::spawn(heartbeat(
-            self.leases.lease(job_id),
-            self.redis.clone(),
-            epoch,
-            LeaseKeys {
-                cancel: self.keys.cancel_flag(job_id),
-                born: self.keys.keyspace_born(),
-            },
-            stopper.clone(),
-        ));
+            .insert((job_id, epoch), stopper.clone());
+        let start: StartWrite = tokio::spawn(self.clone().start(delivery.clone(), stopper.clone()))
+            .map(|joined| joined.ok().flatten())
+            .boxed()
+            .shared();
+        let spec = delivery.payload.take().map(|payload| spec_of(&payload));
+        let spec = match spec {
+            Some(Ok(spec))
+                if spec.may_run_before_start() && !self.starts_failing.load(Ordering::Relaxed) =>
+            {
+                Ok(spec)
+            }
+            spec => {
+                let Some(started) = start.clone().await else {
+                    return self.forget(job_id, epoch);
+                };
+                match (spec, started.payload) {
+                    (Some(spec), _) => spec,
+                    (None, Some(payload)) => spec_of(&payload),
+                    (None, None) => Err("the delivery and its start brought no spec".to_owned()),
+                }
+            }
+        };
+        let _active = ActiveJob::count();
+        let began = Instant::now();
 
         // Every log line of the attempt carries these, so one job's story can be grepped
         // across the fleet and joined to the request that created it.
         let span = tracing::info_span!(
             "job",
             %job_id,
-            queue = %started.queue,
-            kind = %started.kind,
-            attempt = started.attempt,
+            queue = %delivery.queue,
+            kind = %delivery.kind,
+            attempt = delivery.attempt,
             epoch,
             worker = %self.worker,
-            request_id = started.request_id.as_deref(),
+            request_id = delivery.request_id.as_deref(),
         );
         let outcome = self
-            .run_handler(&started, &stopper.token)
+            .run_handler(&delivery, spec, StartGate(start.clone()), &stopper.token)
             .instrument(span.clone())
             .await;
         let attempt = Attempt {
-            started,
+            delivery,
             stopped: stopper.reason(),
-            heartbeat,
+            start,
             ran: began.elapsed(),
         };
         let permit = self
@@ -311,40 +366,85 @@ impl JobExecutor {
         );
     }
 
-    /// Records how the attempt ended (the outcome writer then releases the job's lease), and
-    /// lets go of the job: its heartbeat and its place among the running jobs.
+    /// Writes the delivery's start (retrying while Postgres is unreachable). Once started,
+    /// the job's lease is held and heartbeated; a refused start stops the handler, whose run
+    /// then counts for nothing.
+    async fn start(
+        self: Arc<Self>,
+        delivery: Dispatch,
+        stopper: Stopper,
+    ) -> Option<StartedAttempt> {
+        let waited = (Utc::now() - delivery.run_at).as_seconds_f64();
+        let Some(started) = self.write_start(&delivery).await else {
+            stopper.stop(StopReason::NotStarted);
+            return None;
+        };
+        metrics::JOB_QUEUE_WAIT
+            .with_label_values(&[delivery.queue.as_str(), delivery.kind.as_str()])
+            .observe(waited.max(0.0));
+        let heartbeat = tokio::spawn(heartbeat(
+            self.leases.lease(delivery.job_id),
+            self.redis.clone(),
+            delivery.epoch as u64,
+            LeaseKeys {
+                cancel: self.keys.cancel_flag(delivery.job_id),
+                born: self.keys.keyspace_born(),
+            },
+            stopper,
+        ));
+        Some(StartedAttempt {
+            heartbeat: Arc::new(heartbeat),
+            payload: started.payload,
+        })
+    }
+
+    /// Records how the attempt ended once its start is in (the outcome writer then releases
+    /// the job's lease), and lets go of the job: its heartbeat and its place among the
+    /// running jobs. An attempt whose start was refused records nothing.
     async fn conclude(
         &self,
         attempt: Attempt,
         outcome: Option<(HandlerResult, Option<DateTime<Utc>>)>,
     ) {
         let Attempt {
-            started,
+            delivery,
             stopped,
-            heartbeat,
+            start,
             ran,
         } = attempt;
+        let Some(started) = start.await else {
+            tracing::debug!("start refused: the attempt counts for nothing");
+            return self.forget(delivery.job_id, delivery.epoch);
+        };
         match (outcome, stopped) {
-            (Some((result, retry_at)), _) => self.record(&started, &result, retry_at, ran).await,
+            (Some((result, retry_at)), _) => self.record(&delivery, &result, retry_at, ran).await,
             (None, Some(StopReason::Cancelled)) => {
-                self.write(&started, Outcome::Cancelled, ran).await;
+                self.write(&delivery, Outcome::Cancelled, ran).await;
                 if let Err(err) =
-                    tf_redis::clear_cancel(&mut self.redis.clone(), &self.keys, started.id).await
+                    tf_redis::clear_cancel(&mut self.redis.clone(), &self.keys, delivery.job_id)
+                        .await
                 {
                     tracing::debug!(%err, "could not clear the cancellation flag");
                 }
             }
-            (None, Some(StopReason::Drain)) => self.write(&started, Outcome::HandedBack, ran).await,
+            (None, Some(StopReason::Drain)) => {
+                self.write(&delivery, Outcome::HandedBack, ran).await
+            }
             (None, _) => tracing::warn!("lease lost: the job runs again under a newer epoch"),
         }
         // Beating until the outcome is written keeps a slow write (Postgres away) from
         // looking like a dead worker. A lease lost, or an outcome never written, is left to
         // expire: the reclaimer then runs the job again.
-        heartbeat.abort();
+        started.heartbeat.abort();
+        self.forget(delivery.job_id, delivery.epoch);
+    }
+
+    /// Takes a delivery off the running jobs.
+    fn forget(&self, job_id: Uuid, epoch: i64) {
         self.running
             .lock()
             .expect("running jobs lock")
-            .remove(&(started.id, started.lease_epoch));
+            .remove(&(job_id, epoch));
     }
 
     /// Exits the process when a ledger writer has stopped (a panic outside its writes):
@@ -358,20 +458,25 @@ impl JobExecutor {
         }
     }
 
-    /// Starts the job in the ledger. While Postgres is unreachable it keeps trying, holding
-    /// the worker's slot, so the worker takes no more work until Postgres is back.
-    async fn start(&self, job_id: Uuid) -> Option<StartedJob> {
+    /// Starts the delivery in the ledger; `None` when the ledger refused it. While Postgres
+    /// is unreachable it keeps trying, and jobs taken meanwhile wait for their starts, so the
+    /// worker takes no more work than it has slots until Postgres is back. `None` too once
+    /// the worker stops.
+    async fn write_start(&self, delivery: &Dispatch) -> Option<Started> {
         let mut pause = Duration::from_millis(100);
         loop {
-            match self.starts.submit(job_id).await {
-                Ok(Some(started)) => return Some(started),
-                Ok(None) => {
-                    tracing::debug!(%job_id, "not startable (duplicate delivery, cancelled or finished)");
-                    return None;
+            match self.starts.submit(delivery.clone()).await {
+                Ok(started) => {
+                    self.starts_failing.store(false, Ordering::Relaxed);
+                    if started.is_none() {
+                        tracing::debug!(job_id = %delivery.job_id, "not startable (another copy, cancelled or finished)");
+                    }
+                    return started;
                 }
                 Err(err) => {
+                    self.starts_failing.store(true, Ordering::Relaxed);
                     self.exit_unless_writers_live();
-                    tracing::warn!(%job_id, %err, "could not start the job; retrying");
+                    tracing::warn!(job_id = %delivery.job_id, %err, "could not start the job; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(pause) => {}
@@ -386,10 +491,12 @@ impl JobExecutor {
     /// job was stopped first.
     async fn run_handler(
         &self,
-        started: &StartedJob,
+        delivery: &Dispatch,
+        spec: Result<JobSpec, String>,
+        started: StartGate,
         stop: &CancellationToken,
     ) -> Option<(HandlerResult, Option<DateTime<Utc>>)> {
-        let spec = match serde_json::from_value::<JobSpec>(started.payload.clone()) {
+        let spec = match spec {
             Ok(spec) => spec,
             Err(err) => {
                 let failure = JobFailure::permanent(format!("payload does not decode: {err}"));
@@ -397,16 +504,17 @@ impl JobExecutor {
             }
         };
         let ctx = JobContext {
-            job_id: started.id,
-            attempt: started.attempt as u32,
+            job_id: delivery.job_id,
+            attempt: delivery.attempt as u32,
             executor_rules: self.settings.executor_rules.clone(),
-            tenant_id: started.tenant_id,
-            request_id: started.request_id.clone(),
+            tenant_id: delivery.tenant_id,
+            request_id: delivery.request_id.clone(),
             ledger: self.ledger.clone(),
             services: self.services.clone(),
             redis: self.redis.clone(),
             keys: self.keys.clone(),
-            epoch: started.lease_epoch,
+            epoch: delivery.epoch,
+            started,
             worker: self.worker.clone(),
         };
         let handler = AssertUnwindSafe(handlers::run(&spec, &ctx)).catch_unwind();
@@ -421,10 +529,10 @@ impl JobExecutor {
             _ = stop.cancelled() => return None,
         };
         let retry_at = match &result {
-            Err(failure) if !failure.permanent && started.attempt < started.max_attempts => {
+            Err(failure) if !failure.permanent && delivery.attempt < delivery.max_attempts => {
                 let delay = failure.retry_after.unwrap_or_else(|| {
                     RetryPolicy::for_queue(spec.queue())
-                        .delay(started.attempt as u32, &mut rand::rng())
+                        .delay(delivery.attempt as u32, &mut rand::rng())
                 });
                 Some(Utc::now() + delay)
             }
@@ -435,7 +543,7 @@ impl JobExecutor {
 
     async fn record(
         &self,
-        job: &StartedJob,
+        job: &Dispatch,
         result: &HandlerResult,
         retry_at: Option<DateTime<Utc>>,
         ran: Duration,
@@ -451,12 +559,12 @@ impl JobExecutor {
     }
 
     /// Records the outcome of an attempt whose handler ran for `ran`.
-    async fn write(&self, job: &StartedJob, outcome: Outcome, ran: Duration) {
+    async fn write(&self, job: &Dispatch, outcome: Outcome, ran: Duration) {
         let deadline = Instant::now() + RECORD_DEADLINE;
         let mut pause = Duration::from_millis(100);
         let finish = Finish {
-            id: job.id,
-            epoch: job.lease_epoch,
+            id: job.job_id,
+            epoch: job.epoch,
             worker: self.worker.clone(),
             outcome,
         };
@@ -487,7 +595,7 @@ impl JobExecutor {
     /// Counts an attempt the ledger recorded, by the state it left the job in, in the
     /// metrics and the worker's totals. A hand-back (back to `queued`) is not an attempt's
     /// end: the job runs again without counting an attempt.
-    fn count(&self, job: &StartedJob, state: &str, ran: Duration) {
+    fn count(&self, job: &Dispatch, state: &str, ran: Duration) {
         let Some(name) = metrics::outcome_of(state) else {
             return;
         };
@@ -599,6 +707,11 @@ struct LeaseKeys {
     cancel: String,
     /// When Redis last started empty ([`Lease::keyspace_age`]).
     born: String,
+}
+
+/// The job spec a payload holds.
+fn spec_of(payload: &Value) -> Result<JobSpec, String> {
+    JobSpec::deserialize(payload).map_err(|err| err.to_string())
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

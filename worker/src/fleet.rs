@@ -34,7 +34,7 @@ use crate::{
 /// The apalis task function: everything happens in the executor, which records outcomes,
 /// and retries, in the ledger.
 async fn execute(dispatch: Dispatch, executor: Data<Arc<JobExecutor>>) -> Result<(), BoxDynError> {
-    executor.execute(dispatch.job_id).await;
+    executor.execute(dispatch).await;
     Ok(())
 }
 

@@ -1,13 +1,13 @@
-//! Our apalis backend over a queue's Redis list of dispatched job ids (ADR 0008).
+//! Our apalis backend over a queue's Redis list of deliveries (ADR 0008, ADR 0017).
 //!
-//! The ledger holds each job and decides who runs it, so Redis only has to carry ids from
-//! the dispatcher (or the API) to free slots. A queue is one list: ids are appended with
-//! `RPUSH`, and a worker takes as many as it has free slots with one blocking pop
-//! (`BLMPOP`) on a connection of its own. Redis answers the pop the moment ids arrive, so no
-//! wake-up message can be lost and no timer polls; an idle worker makes one call per
-//! [`BLOCK`]. Nothing is acknowledged in Redis: a worker that dies holding ids it never
-//! started leaves them `dispatched` in the ledger, and the dispatcher's sweep pushes them
-//! again.
+//! The ledger holds each job and decides who runs it, so Redis only has to carry deliveries
+//! (a job's id, fencing epoch and payload) from the dispatcher (or the API) to free slots. A
+//! queue is one list: deliveries are appended with `RPUSH`, and a worker takes as many as it
+//! has free slots with one blocking pop (`BLMPOP`) on a connection of its own. Redis answers
+//! the pop the moment deliveries arrive, so no wake-up message can be lost and no timer
+//! polls; an idle worker makes one call per [`BLOCK`]. Nothing is acknowledged in Redis: a
+//! worker that dies holding deliveries whose starts it never wrote leaves them `dispatched`
+//! in the ledger, and the dispatcher's sweep pushes them again.
 
 use std::{
     collections::VecDeque,
@@ -31,30 +31,29 @@ use taskfleet_storage::{
     redis::{Keys, RedisError},
 };
 use tokio::{task::JoinHandle, time::Sleep};
-use uuid::Uuid;
 
 /// How long one fetch waits on an empty list before it is issued again.
 const BLOCK: Duration = Duration::from_secs(1);
 /// Pause before fetching again after Redis refused a fetch or did not answer it.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
-/// One queue's list, as an apalis backend. Each fetch takes as many ids as the worker has
-/// free slots, so a worker never holds jobs it cannot start while another could.
+/// One queue's list, as an apalis backend. Each fetch takes as many deliveries as the worker
+/// has free slots, so a worker never holds jobs it cannot run while another could.
 pub struct RedisQueue {
     /// Blocking pops hold their connection until they return: it must be this queue's own.
     fetches: ConnectionManager,
-    /// Gives fetched ids back: the fetching connection may be blocked by the next fetch.
+    /// Gives fetched deliveries back: the fetching connection may be blocked by the next fetch.
     conn: ConnectionManager,
     list: String,
     concurrency: usize,
     /// Jobs handed to the worker whose handler has not returned; kept by [`CountRunning`].
     running: Arc<AtomicUsize>,
-    /// Ids taken by the last fetch and not yet handed out.
-    fetched: VecDeque<Uuid>,
+    /// Deliveries taken by the last fetch and not yet handed out.
+    fetched: VecDeque<Dispatch>,
     /// The fetch in flight, in a task of its own, so that it runs (and, when the worker is
     /// stopping, gives its ids back) whether or not apalis polls the backend.
-    fetch: Option<JoinHandle<Result<Vec<Uuid>, RedisError>>>,
-    /// On shutdown, puts ids taken but never handed out back at the head of the list.
+    fetch: Option<JoinHandle<Result<Vec<Dispatch>, RedisError>>>,
+    /// On shutdown, puts deliveries taken but never handed out back at the head of the list.
     giving_back: Option<BoxFuture<'static, ()>>,
     /// Set after a failed fetch: the next one waits for it.
     retry: Option<Pin<Box<Sleep>>>,
@@ -86,27 +85,27 @@ impl RedisQueue {
         }
     }
 
-    /// Starts a fetch of up to `count` ids. Ids that arrive once `worker` is stopping (its
-    /// pop was already waiting in Redis) go straight back to the list.
+    /// Starts a fetch of up to `count` deliveries. Those that arrive once `worker` is stopping
+    /// (its pop was already waiting in Redis) go straight back to the list.
     fn take(
         &self,
         count: usize,
         worker: &WorkerContext,
-    ) -> JoinHandle<Result<Vec<Uuid>, RedisError>> {
+    ) -> JoinHandle<Result<Vec<Dispatch>, RedisError>> {
         let (mut fetches, conn) = (self.fetches.clone(), self.conn.clone());
         let (list, worker) = (self.list.clone(), worker.clone());
         tokio::spawn(async move {
-            let ids = tf_redis::take_jobs(&mut fetches, &list, BLOCK, count).await?;
-            if worker.is_shutting_down() && !ids.is_empty() {
-                put_back(conn, list, ids).await;
+            let jobs = tf_redis::take_jobs(&mut fetches, &list, BLOCK, count).await?;
+            if worker.is_shutting_down() && !jobs.is_empty() {
+                put_back(conn, list, jobs).await;
                 return Ok(Vec::new());
             }
-            Ok(ids)
+            Ok(jobs)
         })
     }
 
-    /// Ids fetched and never handed out, then those of a fetch still in flight, go back to
-    /// the head of the list in that order; `None` when there are none.
+    /// Deliveries fetched and never handed out, then those of a fetch still in flight, go back
+    /// to the head of the list in that order; `None` when there are none.
     fn give_back(&mut self) -> Option<BoxFuture<'static, ()>> {
         let (fetch, fetched) = (self.fetch.take(), std::mem::take(&mut self.fetched));
         if fetch.is_none() && fetched.is_empty() {
@@ -114,17 +113,17 @@ impl RedisQueue {
         }
         let (conn, list) = (self.conn.clone(), self.list.clone());
         let giving_back = async move {
-            let mut ids = Vec::from(fetched);
+            let mut jobs = Vec::from(fetched);
             if let Some(fetch) = fetch {
                 match fetch.await {
-                    Ok(Ok(more)) => ids.extend(more),
+                    Ok(Ok(more)) => jobs.extend(more),
                     Ok(Err(err)) => {
                         tracing::warn!(%err, %list, "a fetch failed while the worker stopped")
                     }
                     Err(err) => tracing::warn!(%err, %list, "a fetch ended abnormally"),
                 }
             }
-            put_back(conn, list, ids).await;
+            put_back(conn, list, jobs).await;
         };
         Some(giving_back.boxed())
     }
@@ -156,9 +155,9 @@ impl Backend for RedisQueue {
         worker: &WorkerContext,
     ) -> Poll<Option<Result<Task<Dispatch>, RedisError>>> {
         loop {
-            if let Some(job_id) = self.fetched.pop_front() {
+            if let Some(delivery) = self.fetched.pop_front() {
                 self.running.fetch_add(1, Ordering::SeqCst);
-                return Poll::Ready(Some(Ok(Task::new(Dispatch { job_id }))));
+                return Poll::Ready(Some(Ok(Task::new(delivery))));
             }
             if let Some(retry) = &mut self.retry {
                 ready!(retry.as_mut().poll(cx));
@@ -177,11 +176,11 @@ impl Backend for RedisQueue {
             self.fetch = None;
             match fetched {
                 // None within the block: the loop issues the next fetch.
-                Ok(ids) => {
+                Ok(jobs) => {
                     if std::mem::take(&mut self.failing) {
                         tracing::info!(list = %self.list, "fetching from Redis again");
                     }
-                    self.fetched.extend(ids);
+                    self.fetched.extend(jobs);
                 }
                 Err(err) => {
                     if !std::mem::replace(&mut self.failing, true) {
@@ -193,8 +192,8 @@ impl Backend for RedisQueue {
         }
     }
 
-    /// Called once no job of this worker runs any more: ids fetched and never handed out
-    /// (a fetch can land after intake stopped) go back to the head of the list, in order.
+    /// Called once no job of this worker runs any more: deliveries fetched and never handed
+    /// out (a fetch can land after intake stopped) go back to the head of the list, in order.
     fn poll_close(
         &mut self,
         cx: &mut Context<'_>,
@@ -211,9 +210,9 @@ impl Backend for RedisQueue {
     }
 }
 
-/// A worker dropped before it closed (its drain deadline passed) gives its unstarted ids back
-/// from a task of their own; should the process exit first, the dispatcher's sweep pushes
-/// them again.
+/// A worker dropped before it closed (its drain deadline passed) gives the deliveries it never
+/// handed out back from a task of their own; should the process exit first, the dispatcher's
+/// sweep pushes them again.
 impl Drop for RedisQueue {
     fn drop(&mut self) {
         let giving_back = self.giving_back.take().or_else(|| self.give_back());
@@ -225,10 +224,10 @@ impl Drop for RedisQueue {
     }
 }
 
-/// Puts `ids` back at the head of `list`, in order.
-async fn put_back(mut conn: ConnectionManager, list: String, ids: Vec<Uuid>) {
-    if let Err(err) = tf_redis::put_back(&mut conn, &list, &ids).await {
-        tracing::warn!(%err, jobs = ids.len(), "could not give fetched jobs back; the dispatcher's sweep pushes them again");
+/// Puts `jobs` back at the head of `list`, in order.
+async fn put_back(mut conn: ConnectionManager, list: String, jobs: Vec<Dispatch>) {
+    if let Err(err) = tf_redis::put_back(&mut conn, &list, &jobs).await {
+        tracing::warn!(%err, jobs = jobs.len(), "could not give fetched jobs back; the dispatcher's sweep pushes them again");
     }
 }
 
@@ -309,6 +308,7 @@ mod tests {
 
     use super::*;
     use taskfleet_storage::redis::{push_jobs, waiting, waiting_ids};
+    use uuid::Uuid;
 
     async fn connection() -> ConnectionManager {
         let url = std::env::var("TASKFLEET_TEST_REDIS_URL")
@@ -319,7 +319,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_fetch_waiting_on_an_empty_list_takes_an_id_the_moment_it_is_pushed() {
+    async fn a_fetch_waiting_on_an_empty_list_takes_a_delivery_the_moment_it_is_pushed() {
         let mut conn = connection().await;
         let keys = Keys::new(format!("taskfleet-test:{}", Uuid::now_v7()));
         let queue = Queue::Executor;
@@ -330,7 +330,9 @@ mod tests {
         assert!(list.poll_next(&mut cx, &worker).is_pending());
         tokio::time::sleep(Duration::from_millis(100)).await;
         let job = Uuid::now_v7();
-        push_jobs(&mut conn, &keys, queue, &[job]).await.unwrap();
+        push_jobs(&mut conn, &keys, queue, &[delivery(job)])
+            .await
+            .unwrap();
         // Well within one block: Redis answered the waiting pop, not a later one.
         let taken = tokio::time::timeout(BLOCK / 2, next_job(&mut list, &worker)).await;
         assert_eq!(taken.expect("the push ends the wait"), job);
@@ -338,7 +340,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_fetch_takes_only_free_slots_and_a_stop_gives_unstarted_ids_back_in_order() {
+    async fn a_fetch_takes_only_free_slots_and_a_stop_gives_unstarted_deliveries_back_in_order() {
         let mut conn = connection().await;
         let keys = Keys::new(format!("taskfleet-test:{}", Uuid::now_v7()));
         let queue = Queue::Executor;
@@ -346,8 +348,10 @@ mod tests {
             waiting(&mut conn, &keys, &[]).await.unwrap(),
             Vec::<i64>::new()
         );
-        let jobs: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
-        push_jobs(&mut conn, &keys, queue, &jobs).await.unwrap();
+        let jobs: [Uuid; 5] = std::array::from_fn(|_| Uuid::now_v7());
+        push_jobs(&mut conn, &keys, queue, &jobs.map(delivery))
+            .await
+            .unwrap();
         assert_eq!(
             waiting(&mut conn, &keys, &[queue, Queue::Schedule])
                 .await
@@ -375,7 +379,7 @@ mod tests {
         // Ids a worker fetched and never handed out go back to the head, in order, when it
         // stops…
         let unstarted = [Uuid::now_v7(), Uuid::now_v7()];
-        list.fetched.extend(unstarted);
+        list.fetched.extend(unstarted.map(delivery));
         std::future::poll_fn(|cx| list.poll_close(cx, &worker))
             .await
             .unwrap();
@@ -388,7 +392,7 @@ mod tests {
         let _: () = redis::AsyncCommands::del(&mut conn, &list_key)
             .await
             .unwrap();
-        list.fetched.extend(unstarted);
+        list.fetched.extend(unstarted.map(delivery));
         drop(list);
         tokio::time::timeout(Duration::from_secs(5), async {
             while waiting(&mut conn.clone(), &keys, &[queue]).await.unwrap() != [2] {
@@ -407,7 +411,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ids_that_reach_a_stopping_worker_go_straight_back() {
+    async fn deliveries_that_reach_a_stopping_worker_go_straight_back() {
         let mut conn = connection().await;
         let keys = Keys::new(format!("taskfleet-test:{}", Uuid::now_v7()));
         let queue = Queue::Executor;
@@ -422,7 +426,9 @@ mod tests {
         // pushed now is back in the list within the block, not held until the drain ends.
         worker.stop().unwrap();
         let job = Uuid::now_v7();
-        push_jobs(&mut conn, &keys, queue, &[job]).await.unwrap();
+        push_jobs(&mut conn, &keys, queue, &[delivery(job)])
+            .await
+            .unwrap();
         tokio::time::timeout(BLOCK / 2, async {
             while waiting_ids(&mut conn.clone(), &keys, &[queue])
                 .await
@@ -445,6 +451,22 @@ mod tests {
             .await
             .expect("a job waits in the list");
         task.expect("a task").expect("no error").args.job_id
+    }
+
+    /// A delivery of a no-op job `id`.
+    fn delivery(id: Uuid) -> Dispatch {
+        Dispatch {
+            job_id: id,
+            epoch: 1,
+            attempt: 1,
+            max_attempts: 3,
+            tenant_id: Uuid::now_v7(),
+            queue: Queue::Executor,
+            kind: "executor.run".to_owned(),
+            run_at: chrono::Utc::now(),
+            request_id: None,
+            payload: Some(serde_json::json!({"kind": "executor.run", "tool": "noop"})),
+        }
     }
 
     /// A handler that returns at once.

@@ -4,38 +4,46 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use taskfleet_jobs::Queue;
+use taskfleet_jobs::{Dispatch, Queue};
 use uuid::Uuid;
 
 use super::Ledger;
 
-/// A job the dispatcher moved into a queue's Redis window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DispatchedJob {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-}
-
-/// A job one pass of the dispatcher moved, with its place among its tenant's jobs of the pass
-/// and the share each tenant had.
-#[derive(Debug)]
-struct DispatchedShare {
-    id: Uuid,
-    tenant_id: Uuid,
-    turn: i64,
-    share: i64,
+/// The [`Dispatch`] of a row a dispatch statement updated and returned (`id`, `tenant_id`,
+/// `queue`, `kind`, `payload`, `attempt`, `max_attempts`, `lease_epoch`, `run_at`,
+/// `request_id`): the delivery runs the next attempt under the epoch the statement raised.
+macro_rules! delivery {
+    ($row:expr) => {{
+        let row = $row;
+        Dispatch {
+            job_id: row.id,
+            epoch: row.lease_epoch,
+            attempt: row.attempt + 1,
+            max_attempts: row.max_attempts,
+            tenant_id: row.tenant_id,
+            queue: row
+                .queue
+                .parse()
+                .expect("the ledger holds only known queues"),
+            kind: row.kind,
+            run_at: row.run_at,
+            request_id: row.request_id,
+            payload: Some(row.payload),
+        }
+    }};
 }
 
 impl Ledger {
-    /// Picks up to `limit` due jobs of `queue` and marks them dispatched, taking tenants in
-    /// turn (each tenant's best job, then each tenant's second best, …) so one tenant's
-    /// backlog cannot starve another. Returned in that fair order.
+    /// Picks up to `limit` due jobs of `queue` and marks them dispatched under a new fencing
+    /// epoch, taking tenants in turn (each tenant's best job, then each tenant's second best,
+    /// …) so one tenant's backlog cannot starve another. Returns their deliveries in that
+    /// fair order.
     pub async fn dispatch_due(
         &self,
         queue: Queue,
         limit: i64,
         actor: &str,
-    ) -> sqlx::Result<Vec<DispatchedJob>> {
+    ) -> sqlx::Result<Vec<Dispatch>> {
         let mut dispatched = Vec::new();
         loop {
             let room = limit - dispatched.len() as i64;
@@ -44,11 +52,8 @@ impl Ledger {
             }
             let pass = self.dispatch_shares(queue, room, actor).await?;
             // A tenant that got its whole share may have more; one that got less has none.
-            let more = pass.iter().any(|job| job.turn == job.share);
-            dispatched.extend(pass.into_iter().map(|job| DispatchedJob {
-                id: job.id,
-                tenant_id: job.tenant_id,
-            }));
+            let more = pass.iter().any(|(_, turn, share)| turn == share);
+            dispatched.extend(pass.into_iter().map(|(delivery, _, _)| delivery));
             if !more {
                 break;
             }
@@ -60,16 +65,17 @@ impl Ledger {
     /// equal share of `room`, so a pass reads about `room` entries of the ready index however
     /// many tenants wait (each tenant's best `room` jobs, then a pick among them, read tenants
     /// × `room`). Room a tenant with less than its share leaves is shared out by the next pass.
+    /// Each delivery comes with its place among its tenant's jobs of the pass and the share
+    /// each tenant had.
     async fn dispatch_shares(
         &self,
         queue: Queue,
         room: i64,
         actor: &str,
-    ) -> sqlx::Result<Vec<DispatchedShare>> {
+    ) -> sqlx::Result<Vec<(Dispatch, i64, i64)>> {
         // A job is ready when it is queued, not yet in the window, and no pause holds its
         // queue (migration 0017); the fleet's own tenant is exempt from pauses.
-        sqlx::query_as!(
-            DispatchedShare,
+        let rows = sqlx::query!(
             r#"WITH active AS MATERIALIZED (
                    -- `LIMIT 1` stops each tenant's look-up at its first ready job: written as
                    -- `EXISTS`, the planner may join against the whole backlog instead.
@@ -113,10 +119,11 @@ impl Ledger {
                    WHERE id = ANY (ARRAY(SELECT id FROM picked))
                    FOR NO KEY UPDATE SKIP LOCKED
                ), updated AS (
-                   UPDATE jobs SET dispatched_at = now()
+                   UPDATE jobs SET dispatched_at = now(), lease_epoch = lease_epoch + 1
                    WHERE id = ANY (ARRAY(SELECT id FROM locked
                                          WHERE dispatched_at IS NULL AND state = 'queued'))
-                   RETURNING id, tenant_id, queue, kind
+                   RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts,
+                             lease_epoch, run_at, request_id
                ), events AS (
                    INSERT INTO job_event_batches (n, entries)
                    SELECT n, entries FROM job_event_batch(ARRAY(
@@ -125,6 +132,11 @@ impl Ledger {
                        FROM updated))
                )
                SELECT updated.id AS "id!", updated.tenant_id AS "tenant_id!",
+                      updated.queue AS "queue!", updated.kind AS "kind!",
+                      updated.payload AS "payload!", updated.attempt AS "attempt!",
+                      updated.max_attempts AS "max_attempts!",
+                      updated.lease_epoch AS "lease_epoch!", updated.run_at AS "run_at!",
+                      updated.request_id,
                       picked.turn AS "turn!", (SELECT n FROM share) AS "share!"
                FROM updated JOIN picked USING (id)
                ORDER BY picked.turn, updated.id"#,
@@ -133,15 +145,22 @@ impl Ledger {
             actor
         )
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let (turn, share) = (row.turn, row.share);
+                (delivery!(row), turn, share)
+            })
+            .collect())
     }
 
     /// Up to `limit` jobs dispatched longer ago than `after`, still not started and not
     /// among `waiting` (the ids still in the queue's Redis list), oldest first: their Redis
     /// copies were lost (Redis restarted or flushed, or a worker took them and died before
-    /// starting them). Marks them dispatched again, now, and returns them so the dispatcher
-    /// pushes them once more; a duplicate delivery is harmless because only one start can
-    /// win [`Ledger::start_many`].
+    /// starting them). Marks them dispatched again, now, under a new epoch, and returns their
+    /// deliveries so the dispatcher pushes them once more; a copy of an older delivery that
+    /// turns up after all cannot start ([`Ledger::start_many`]).
     pub async fn redispatch_stale(
         &self,
         queue: Queue,
@@ -149,11 +168,10 @@ impl Ledger {
         waiting: &[Uuid],
         limit: i64,
         actor: &str,
-    ) -> sqlx::Result<Vec<DispatchedJob>> {
-        sqlx::query_as!(
-            DispatchedJob,
+    ) -> sqlx::Result<Vec<Dispatch>> {
+        let rows = sqlx::query!(
             r#"WITH updated AS (
-                   UPDATE jobs SET dispatched_at = now()
+                   UPDATE jobs SET dispatched_at = now(), lease_epoch = lease_epoch + 1
                    WHERE id IN (
                        SELECT id FROM jobs
                        WHERE queue = $1 AND state = 'queued' AND dispatched_at IS NOT NULL
@@ -164,7 +182,8 @@ impl Ledger {
                          AND id <> ALL($5)
                        ORDER BY dispatched_at LIMIT $4
                    ) AND state = 'queued'
-                   RETURNING id, tenant_id, queue, kind
+                   RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts,
+                             lease_epoch, run_at, request_id
                ), events AS (
                    INSERT INTO job_event_batches (n, entries)
                    SELECT n, entries FROM job_event_batch(ARRAY(
@@ -172,7 +191,11 @@ impl Ledger {
                                   '{"redispatch": true}')::job_event_input
                        FROM updated))
                )
-               SELECT id AS "id!", tenant_id AS "tenant_id!" FROM updated ORDER BY id"#,
+               SELECT id AS "id!", tenant_id AS "tenant_id!", queue AS "queue!",
+                      kind AS "kind!", payload AS "payload!", attempt AS "attempt!",
+                      max_attempts AS "max_attempts!", lease_epoch AS "lease_epoch!",
+                      run_at AS "run_at!", request_id
+               FROM updated ORDER BY id"#,
             queue.as_str(),
             after.as_secs_f64(),
             actor,
@@ -180,7 +203,8 @@ impl Ledger {
             waiting
         )
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows.into_iter().map(|row| delivery!(row)).collect())
     }
 
     /// Takes jobs back out of the window after pushing them to Redis failed, so the next

@@ -23,10 +23,9 @@ use taskfleet_jobs::{JobState, Queue};
 use uuid::Uuid;
 
 pub use by_hand::Change;
-pub use dispatch::DispatchedJob;
 pub use finish::{Finish, Outcome};
 pub use rescue::{CancelSweep, Reclaimed, Rescue, RunningJob};
-pub use start::StartedJob;
+pub use start::Started;
 pub use submit::{InsertError, Inserted, NewJob};
 
 use crate::tenants::Scope;

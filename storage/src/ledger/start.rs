@@ -1,51 +1,57 @@
-//! Starts: a delivered job becomes `running` under a new fencing epoch, once, however many
-//! copies of it were delivered.
+//! Starts: a delivered job becomes `running` under the fencing epoch its dispatch raised,
+//! once, however many copies of it were delivered. Workers run a delivery while its start is
+//! written (ADR 0017): an outcome waits for the start, and a refused start stops the run.
 
 use std::collections::HashMap;
 
 use serde_json::Value;
+use taskfleet_jobs::Dispatch;
 use uuid::Uuid;
 
 use super::Ledger;
 
-/// A job a worker has just started: the ledger raised its attempt and epoch.
-#[derive(Debug, Clone)]
-pub struct StartedJob {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub queue: String,
-    pub kind: String,
-    /// How long it waited between being due and this start (pickup latency).
-    pub waited_seconds: f64,
-    pub request_id: Option<String>,
-    pub payload: Value,
-    pub attempt: i32,
-    pub max_attempts: i32,
-    pub lease_epoch: i64,
+/// A delivery the ledger started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    /// The job's spec, when the delivery came without it (too large for Redis).
+    pub payload: Option<Value>,
 }
 
 impl Ledger {
-    /// Starts jobs, in one statement however many: only a `queued` job can start, so of
-    /// several deliveries of the same job exactly one wins (within one call, the first).
-    /// Raises each started job's attempt and fencing epoch. A job of a paused queue does not
-    /// start: it leaves the Redis window (`dispatched_at` cleared) and waits in the ledger
-    /// until the queue is resumed. A job whose cancellation was asked does not start either
-    /// (the leader's cancellation sweep ends it). Returns, in order, each started job or
-    /// `None`.
+    /// Starts deliveries, in one statement however many: only a `queued` job whose epoch is
+    /// still the delivery's can start, so of several copies of the same job at most one wins
+    /// (within one call, the first), and a copy from an earlier dispatch none. Raises each
+    /// started job's attempt. A job of a paused queue does not start: it leaves the Redis
+    /// window (`dispatched_at` cleared) and waits in the ledger until the queue is resumed. A
+    /// job whose cancellation was asked does not start either (the leader's cancellation
+    /// sweep ends it). Returns, in order, each delivery's start, or `None` where it did not
+    /// start.
     pub async fn start_many(
         &self,
-        ids: &[Uuid],
+        deliveries: &[Dispatch],
         worker: &str,
-    ) -> sqlx::Result<Vec<Option<StartedJob>>> {
+    ) -> sqlx::Result<Vec<Option<Started>>> {
         // Rows are locked in id order, as inserts lock theirs in key order: two batches that
         // share jobs cannot deadlock.
-        let mut sorted = ids.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let rows: Vec<StartedJob> = sqlx::query_as!(
-            StartedJob,
+        let mut sorted: Vec<(Uuid, i64, bool)> = deliveries
+            .iter()
+            .map(|delivery| (delivery.job_id, delivery.epoch, delivery.payload.is_none()))
+            .collect();
+        // Of two copies of one delivery, one that needs the spec brought counts.
+        sorted.sort_unstable_by_key(|&(id, epoch, bring_payload)| (id, epoch, !bring_payload));
+        sorted.dedup_by_key(|(id, epoch, _)| (*id, *epoch));
+        let mut ids = Vec::with_capacity(sorted.len());
+        let mut epochs = Vec::with_capacity(sorted.len());
+        let mut bring_payloads = Vec::with_capacity(sorted.len());
+        for (id, epoch, bring_payload) in sorted {
+            ids.push(id);
+            epochs.push(epoch);
+            bring_payloads.push(bring_payload);
+        }
+        let rows = sqlx::query!(
             r#"WITH input AS (
-                   SELECT id FROM UNNEST($1::uuid[]) AS t(id)
+                   SELECT * FROM UNNEST($1::uuid[], $3::int8[], $4::bool[])
+                       AS t(id, epoch, bring_payload)
                ), parked AS (
                    -- A pause holds the job's queue (migration 0017). The first test is one
                    -- per statement: while no queue is paused (nearly always), this update is
@@ -58,19 +64,18 @@ impl Ledger {
                      AND jobs.tenant_id IS DISTINCT FROM (SELECT system_tenant_id())
                ), started AS (
                    UPDATE jobs SET state = 'running', attempt = attempt + 1,
-                                   lease_epoch = lease_epoch + 1, dispatched_at = NULL,
-                                   started_at = now(), worker = $2,
+                                   dispatched_at = NULL, started_at = now(), worker = $2,
                                    progress_percent = NULL, progress_message = NULL
                    FROM input
-                   WHERE jobs.id = input.id AND jobs.state = 'queued'
+                   WHERE jobs.id = input.id AND jobs.lease_epoch = input.epoch
+                     AND jobs.state = 'queued'
                      AND jobs.cancel_requested_at IS NULL
                      AND NOT ((SELECT cardinality(paused_queues()) > 0)
                               AND jobs.queue = ANY ((SELECT paused_queues())::text[])
                               AND jobs.tenant_id IS DISTINCT FROM (SELECT system_tenant_id()))
-                   RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.payload,
-                             jobs.attempt, jobs.max_attempts, jobs.lease_epoch,
-                             jobs.request_id,
-                             EXTRACT(EPOCH FROM now() - jobs.run_at)::float8 AS waited_seconds
+                   RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.attempt,
+                             jobs.lease_epoch,
+                             CASE WHEN input.bring_payload THEN jobs.payload END AS payload
                ), events AS (
                    INSERT INTO job_event_batches (n, entries)
                    SELECT n, entries FROM job_event_batch(ARRAY(
@@ -79,19 +84,29 @@ impl Ledger {
                               )::job_event_input
                        FROM started))
                )
-               SELECT id AS "id!", tenant_id AS "tenant_id!", queue AS "queue!",
-                      kind AS "kind!", waited_seconds AS "waited_seconds!", request_id,
-                      payload AS "payload!", attempt AS "attempt!",
-                      max_attempts AS "max_attempts!", lease_epoch AS "lease_epoch!"
-               FROM started"#,
-            &sorted,
-            worker
+               SELECT id AS "id!", lease_epoch AS "epoch!", payload FROM started"#,
+            &ids,
+            worker,
+            &epochs,
+            &bring_payloads
         )
-        .fetch_all(self.pool_for(sorted.len()))
+        .fetch_all(self.pool_for(ids.len()))
         .await?;
-        let mut started: HashMap<Uuid, StartedJob> =
-            rows.into_iter().map(|job| (job.id, job)).collect();
-        // `remove` hands a job to its first delivery only.
-        Ok(ids.iter().map(|id| started.remove(id)).collect())
+        let mut started: HashMap<(Uuid, i64), Started> = rows
+            .into_iter()
+            .map(|row| {
+                (
+                    (row.id, row.epoch),
+                    Started {
+                        payload: row.payload,
+                    },
+                )
+            })
+            .collect();
+        // `remove` hands a start to its first copy only.
+        Ok(deliveries
+            .iter()
+            .map(|delivery| started.remove(&(delivery.job_id, delivery.epoch)))
+            .collect())
     }
 }

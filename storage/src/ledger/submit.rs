@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use taskfleet_jobs::JobSpec;
+use taskfleet_jobs::{Dispatch, JobSpec};
 use uuid::Uuid;
 
 use super::{JobRecord, Ledger};
@@ -28,7 +28,32 @@ impl Inserted {
             Inserted::Created(record) | Inserted::Existing(record) => record,
         }
     }
+
+    /// The delivery of a job this insert created already dispatched ([`Ledger::insert_for`]):
+    /// its first attempt, under the epoch a new row starts with; the next dispatch of it
+    /// raises that, so a copy pushed late cannot start it twice.
+    pub fn delivery(&self) -> Option<Dispatch> {
+        let Inserted::Created(record) = self else {
+            return None;
+        };
+        record.dispatched_at?;
+        Some(Dispatch {
+            job_id: record.id,
+            epoch: FIRST_EPOCH,
+            attempt: record.attempt + 1,
+            max_attempts: record.max_attempts,
+            tenant_id: record.tenant_id,
+            queue: record.queue.parse().ok()?,
+            kind: record.kind.clone(),
+            run_at: record.run_at,
+            request_id: record.request_id.clone(),
+            payload: Some(record.payload.clone()),
+        })
+    }
 }
+
+/// The fencing epoch of a job never dispatched: `jobs.lease_epoch`'s default (migration 0001).
+const FIRST_EPOCH: i64 = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InsertError {

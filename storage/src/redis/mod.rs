@@ -12,7 +12,8 @@ pub mod signals;
 
 pub use event_stream::{announce_numbered, read_numbered};
 pub use queue_lists::{
-    dispatch_room, job_ids, own_pushes, push_jobs, put_back, take_jobs, waiting, waiting_ids,
+    MAX_ENTRY_BYTES, deliveries, dispatch_room, own_pushes, push_jobs, put_back, take_jobs,
+    waiting, waiting_ids,
 };
 pub use signals::{clear_cancel, request_cancel, wake_dispatcher};
 

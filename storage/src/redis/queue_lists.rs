@@ -1,12 +1,12 @@
-//! The queues' lists: one Redis list of job ids per queue, the window the dispatcher fills
-//! from the ledger (ADR 0008). The dispatcher and the API push ids to the tail; workers take
-//! them from the head with `BLMPOP` and give back, at the head, what they took and will not
-//! start.
+//! The queues' lists: one Redis list of deliveries (a job's id, epoch and payload, as JSON)
+//! per queue, the window the dispatcher fills from the ledger (ADR 0008, ADR 0017). The
+//! dispatcher and the API push to the tail; workers take from the head with `BLMPOP` and give
+//! back, at the head, what they took and will not run.
 
 use std::{collections::HashMap, time::Duration};
 
 use redis::{AsyncCommands, aio::ConnectionManager};
-use taskfleet_jobs::Queue;
+use taskfleet_jobs::{Dispatch, Queue};
 use uuid::Uuid;
 
 use super::{Keys, RedisError};
@@ -16,14 +16,35 @@ pub async fn push_jobs(
     conn: &mut ConnectionManager,
     keys: &Keys,
     queue: Queue,
-    jobs: &[Uuid],
+    jobs: &[Dispatch],
 ) -> Result<(), RedisError> {
     if jobs.is_empty() {
         return Ok(());
     }
-    let ids: Vec<String> = jobs.iter().map(Uuid::to_string).collect();
-    let _: i64 = conn.rpush(keys.queue_list(queue), ids).await?;
+    let _: i64 = conn.rpush(keys.queue_list(queue), entries(jobs)).await?;
     Ok(())
+}
+
+/// The longest list entry that carries its job's spec. A queue's window holds hundreds of
+/// entries, and a spec may be megabytes (an `executor.run` with its files): past this, the
+/// entry leaves the spec out, and the job's start brings it from the ledger.
+pub const MAX_ENTRY_BYTES: usize = 16 * 1024;
+
+/// Deliveries as list entries, in order.
+fn entries<'a>(jobs: impl IntoIterator<Item = &'a Dispatch>) -> Vec<String> {
+    jobs.into_iter()
+        .map(|job| {
+            let entry = serde_json::to_string(job).expect("a delivery always serialises");
+            if entry.len() <= MAX_ENTRY_BYTES {
+                return entry;
+            }
+            let without_spec = Dispatch {
+                payload: None,
+                ..job.clone()
+            };
+            serde_json::to_string(&without_spec).expect("a delivery always serialises")
+        })
+        .collect()
 }
 
 /// How many dispatched ids of each of `queues` wait in Redis, not yet taken by a worker.
@@ -44,8 +65,8 @@ pub async fn waiting(
     pipe.query_async(conn).await
 }
 
-/// The ids waiting in each of `queues`' lists. One round trip; each list is at most a
-/// dispatch window long.
+/// The ids of the jobs waiting in each of `queues`' lists. One round trip; each list is at
+/// most a dispatch window long.
 pub async fn waiting_ids(
     conn: &mut ConnectionManager,
     keys: &Keys,
@@ -62,18 +83,23 @@ pub async fn waiting_ids(
     Ok(queues
         .iter()
         .zip(lists)
-        .map(|(&queue, ids)| job_ids(&keys.queue_list(queue), ids))
+        .map(|(&queue, entries)| {
+            deliveries(&keys.queue_list(queue), entries)
+                .into_iter()
+                .map(|job| job.job_id)
+                .collect()
+        })
         .collect())
 }
 
-/// The job ids among entries read from `list`; anything else is logged and skipped.
-pub fn job_ids(list: &str, entries: Vec<String>) -> Vec<Uuid> {
+/// The deliveries among entries read from `list`; anything else is logged and skipped.
+pub fn deliveries(list: &str, entries: Vec<String>) -> Vec<Dispatch> {
     entries
         .into_iter()
-        .filter_map(|entry| match entry.parse() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                tracing::warn!(%list, %entry, "skipping an entry that is not a job id");
+        .filter_map(|entry| match serde_json::from_str(&entry) {
+            Ok(job) => Some(job),
+            Err(err) => {
+                tracing::warn!(%list, %entry, %err, "skipping an entry that is not a delivery");
                 None
             }
         })
@@ -102,14 +128,14 @@ pub fn own_pushes(queues: &[Queue], waiting: &HashMap<Queue, i64>) -> Vec<bool> 
         .collect()
 }
 
-/// Takes up to `count` ids from the head of `list`: at once when some wait, else as soon as
-/// one arrives, or none once `block` has passed.
+/// Takes up to `count` deliveries from the head of `list`: at once when some wait, else as
+/// soon as one arrives, or none once `block` has passed.
 pub async fn take_jobs(
     conn: &mut ConnectionManager,
     list: &str,
     block: Duration,
     count: usize,
-) -> Result<Vec<Uuid>, RedisError> {
+) -> Result<Vec<Dispatch>, RedisError> {
     let popped: Option<(String, Vec<String>)> = redis::cmd("BLMPOP")
         .arg(block.as_secs_f64())
         .arg(1)
@@ -119,24 +145,23 @@ pub async fn take_jobs(
         .arg(count)
         .query_async(conn)
         .await?;
-    Ok(job_ids(
+    Ok(deliveries(
         list,
-        popped.map(|(_, ids)| ids).unwrap_or_default(),
+        popped.map(|(_, entries)| entries).unwrap_or_default(),
     ))
 }
 
-/// Puts `ids` back at the head of `list`, in order, for the next worker to take first.
+/// Puts `jobs` back at the head of `list`, in order, for the next worker to take first.
 pub async fn put_back(
     conn: &mut ConnectionManager,
     list: &str,
-    ids: &[Uuid],
+    jobs: &[Dispatch],
 ) -> Result<(), RedisError> {
-    if ids.is_empty() {
+    if jobs.is_empty() {
         return Ok(());
     }
     // `LPUSH` puts each argument at the head in turn: the last one given ends first.
-    let reversed: Vec<String> = ids.iter().rev().map(Uuid::to_string).collect();
-    let _: i64 = conn.lpush(list, reversed).await?;
+    let _: i64 = conn.lpush(list, entries(jobs.iter().rev())).await?;
     Ok(())
 }
 

@@ -25,6 +25,8 @@ use taskfleet_storage::{
 };
 use uuid::Uuid;
 
+use crate::executor::StartGate;
+
 /// What handlers use besides the ledger, shared by every job of a worker process.
 #[derive(Debug, Clone)]
 pub struct Services {
@@ -57,6 +59,8 @@ pub struct JobContext {
     pub(crate) redis: ConnectionManager,
     pub(crate) keys: Keys,
     pub(crate) epoch: i64,
+    /// The attempt's start, written while a job that may run before it runs (ADR 0017).
+    pub(crate) started: StartGate,
     pub(crate) worker: String,
 }
 
@@ -68,8 +72,12 @@ impl JobContext {
 
     /// Records progress on the job (its row shows the latest) and appends `job_progress`;
     /// no percent when the handler cannot tell how far it is. Best effort: a failed write is
-    /// logged, and the job goes on.
+    /// logged, and the job goes on. Waits for the attempt's start, without which the ledger
+    /// refuses it (a refused start stops the handler meanwhile).
     pub async fn progress(&self, percent: impl Into<Option<f32>>, message: &str) {
+        if !self.started.started().await {
+            return;
+        }
         let percent = percent.into().map(|p| p.clamp(0.0, 100.0));
         let written = self
             .ledger
