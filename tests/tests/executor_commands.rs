@@ -86,7 +86,14 @@ struct Fleet {
     tmp: PathBuf,
 }
 
+/// A worker whose commands run four at a time, whatever the machine's cores: some tests hold
+/// one command while another runs.
 async fn fleet() -> Fleet {
+    fleet_with_slots("4").await
+}
+
+/// A worker with `slots` command slots (`TASKFLEET_COMMAND_SLOTS`).
+async fn fleet_with_slots(slots: &str) -> Fleet {
     let mut env = TestEnv::new().await;
     // A fractional sleep nobody else runs: its processes are this test's.
     let marker = format!("300.{}", Uuid::new_v4().as_u128() % 1_000_000_000);
@@ -103,6 +110,7 @@ async fn fleet() -> Fleet {
         &[
             ("TASKFLEET_EXECUTOR_TOOLS", list.as_str()),
             ("TMPDIR", tmp.to_str().unwrap()),
+            ("TASKFLEET_COMMAND_SLOTS", slots),
         ],
     );
     let key = env.create_key("acme");
@@ -414,6 +422,47 @@ async fn runs_cannot_signal_each_other() {
         .api
         .post(&fleet.key, &format!("/v1/jobs/{hang}/cancel"), &json!({}))
         .await;
+    fleet.no_survivors().await;
+    fleet.env.finish().await;
+}
+
+/// The executor queue runs many jobs at once, but only as many commands as the worker has
+/// slots: a command waits for one, its job `running` meanwhile, and its built-in neighbours
+/// run on.
+#[tokio::test]
+async fn commands_wait_for_a_slot_while_built_in_tools_run_on() {
+    let fleet = fleet_with_slots("1").await;
+    let hang = fleet.submit("escape.hang", json!({}), json!([])).await;
+    wait_until(Duration::from_secs(10), "the command runs", || async {
+        fleet.survivors() > 0
+    })
+    .await;
+    let waiting = fleet
+        .submit("ruff.check", json!({"main.py": "x = 1\n"}), json!([]))
+        .await;
+    let noop = fleet
+        .api
+        .submit(&fleet.key, json!({"kind": "executor.run", "tool": "noop"}))
+        .await;
+    let done = fleet.api.wait_finished(&fleet.key, noop, WITHIN).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, job) = fleet
+        .api
+        .get(&fleet.key, &format!("/v1/jobs/{waiting}"))
+        .await;
+    assert_eq!(
+        job["state"], "running",
+        "the second command waits for the slot: {job}"
+    );
+
+    fleet
+        .api
+        .post(&fleet.key, &format!("/v1/jobs/{hang}/cancel"), &json!({}))
+        .await;
+    let job = fleet.api.wait_finished(&fleet.key, waiting, WITHIN).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["exit_code"], 0, "{job}");
     fleet.no_survivors().await;
     fleet.env.finish().await;
 }

@@ -31,8 +31,10 @@ pub struct WorkerArgs {
         default_value = "ingest,embed,agent,test,executor,schedule"
     )]
     pub queues: Vec<Queue>,
-    /// Jobs run at once per queue: `16` for every queue, or `16,executor=64` to override one.
-    #[arg(long, env = "TASKFLEET_CONCURRENCY", default_value = "16")]
+    /// Jobs run at once per queue: `64` for every queue, or `64,embed=4` to override one.
+    /// The default gives the queues whose jobs wait (on providers, models, commands' slots)
+    /// many executors, and `embed`, whose local model works the cores, few.
+    #[arg(long, env = "TASKFLEET_CONCURRENCY", default_value = "64,embed=4")]
     pub concurrency: Concurrency,
     /// Most jobs of one queue held in Redis at a time; the rest wait in the ledger.
     #[arg(long, env = "TASKFLEET_DISPATCH_WINDOW", default_value_t = 500,
@@ -110,6 +112,12 @@ pub struct WorkerArgs {
         default_value = "2000000000-2000065535"
     )]
     pub executor_uids: String,
+    /// Executor commands running at once in this process, at most; by default one per core.
+    /// The executor queue's concurrency may be far higher: its built-in tools need no core
+    /// of their own, and its commands wait here for one.
+    #[arg(long, env = "TASKFLEET_COMMAND_SLOTS",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub command_slots: Option<u32>,
     /// The sandbox warden's binary; by default `taskfleet-sandbox` beside the worker's.
     #[arg(long, env = "TASKFLEET_SANDBOX_BIN")]
     pub sandbox_bin: Option<std::path::PathBuf>,
@@ -138,12 +146,22 @@ impl WorkerArgs {
             .map_err(anyhow::Error::msg)
     }
 
-    /// How allow-listed commands are run: the warden's binary, and the user they run as.
+    /// How allow-listed commands are run: the warden's binary, the user they run as, and
+    /// how many at once.
     pub fn sandbox(
         &self,
         rules: &taskfleet_jobs::ExecutorRules,
     ) -> anyhow::Result<crate::handlers::command::Sandbox> {
-        crate::handlers::command::Sandbox::new(self.sandbox_bin.clone(), &self.executor_uids, rules)
+        let slots = match self.command_slots {
+            Some(slots) => slots as usize,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        crate::handlers::command::Sandbox::new(
+            self.sandbox_bin.clone(),
+            &self.executor_uids,
+            slots,
+            rules,
+        )
     }
 
     pub fn leader_ttl(&self) -> Duration {
@@ -213,8 +231,9 @@ impl FromStr for Concurrency {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(format!("`{n}` is not a positive number of jobs")),
         };
+        // A queue the string leaves out gets as many as the shipped default's plain number.
         let mut concurrency = Concurrency {
-            default: 16,
+            default: 64,
             overrides: BTreeMap::new(),
         };
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
@@ -244,8 +263,13 @@ mod tests {
                 .parse::<Concurrency>()
                 .unwrap()
                 .for_queue(Queue::Agent),
-            16
+            64
         );
+        let shipped = WorkerArgs::try_parse_from(["taskfleet-worker", "--database-url", "x"])
+            .unwrap()
+            .concurrency;
+        assert_eq!(shipped.for_queue(Queue::Executor), 64);
+        assert_eq!(shipped.for_queue(Queue::Embed), 4);
         assert!("0".parse::<Concurrency>().is_err());
         assert!("mail=3".parse::<Concurrency>().is_err());
     }

@@ -39,13 +39,22 @@ pub struct Sandbox {
     /// The user ids runs get, one each: set when the worker runs as root. Otherwise
     /// commands run as the worker's own user.
     uids: Option<UidPool>,
+    /// Commands running at once, at most: they need cores and memory where the executor
+    /// queue's other jobs need neither, so the queue may run many jobs at once while its
+    /// commands wait their turn here.
+    slots: tokio::sync::Semaphore,
 }
 
 impl Sandbox {
     /// `warden` defaults to `taskfleet-sandbox` beside the worker's binary; `uids` is the
-    /// range of user ids runs get when the worker is root. A worker allowed commands it
-    /// cannot run does not start.
-    pub fn new(warden: Option<PathBuf>, uids: &str, rules: &ExecutorRules) -> anyhow::Result<Self> {
+    /// range of user ids runs get when the worker is root; `slots` how many commands run at
+    /// once. A worker allowed commands it cannot run does not start.
+    pub fn new(
+        warden: Option<PathBuf>,
+        uids: &str,
+        slots: usize,
+        rules: &ExecutorRules,
+    ) -> anyhow::Result<Self> {
         let warden = match warden {
             Some(path) => path,
             None => std::env::current_exe()?
@@ -78,13 +87,22 @@ impl Sandbox {
                 }
             }
         }
-        Ok(Sandbox { warden, uids })
+        Ok(Sandbox {
+            warden,
+            uids,
+            slots: tokio::sync::Semaphore::new(slots),
+        })
     }
 
     /// Runs one request through the warden. The warden's stdin stays open while it runs:
     /// when this future is dropped (the job was cancelled, or its lease lost) stdin closes,
     /// and the warden kills the command and all it started.
     async fn run(&self, request: &Request) -> Result<Report, JobFailure> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the command slots are never closed");
         let failed = |what: String| JobFailure::retryable(format!("the sandbox failed: {what}"));
         let mut warden = tokio::process::Command::new(&self.warden)
             .env_clear()
