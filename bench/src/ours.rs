@@ -1,5 +1,7 @@
 //! taskfleet measured through its real binaries, the way a user runs it: jobs go in through
-//! the HTTP API, workers run them, and the ledger records the full lifecycle of each.
+//! the HTTP API, workers run them, and the ledger records the full lifecycle of each. The
+//! workers run with their shipped defaults (no `--concurrency`): the executors they ran are
+//! read back from the worker registry.
 
 use std::time::Duration;
 
@@ -17,10 +19,13 @@ use crate::stats::{Latency, peak_rss_mib, rate};
 #[derive(Debug, Clone)]
 pub struct Sizes {
     pub burn_down_jobs: usize,
-    /// Each system's burn-down runs this many times; the median counts.
-    pub burn_down_runs: usize,
+    /// Each system's burn-down, our pickup and API measures, and the BullMQ script run this
+    /// many times; the medians count.
+    pub runs: usize,
+    /// Worker processes in the fleet, each with the worker's default concurrency.
     pub workers: usize,
-    pub concurrency: usize,
+    /// Jobs at once of the raw apalis-redis worker (one process).
+    pub apalis_concurrency: usize,
     pub pickup_jobs: usize,
     pub pickup_per_second: f64,
     pub api_seconds: f64,
@@ -36,16 +41,26 @@ fn noop() -> Value {
     json!({"kind": "executor.run", "tool": "noop"})
 }
 
-/// A fleet: the API, an API key and `workers` workers (none for 0).
-async fn fleet(sizes: &Sizes, workers: usize) -> (TestEnv, Api, String, Vec<usize>) {
+/// A fleet: the API, an API key and `workers` workers (none for 0), as shipped.
+async fn fleet(workers: usize) -> (TestEnv, Api, String, Vec<usize>) {
     let mut env = TestEnv::new().await;
     let api = env.start_api(&[]).await;
     let key = env.create_key("bench");
-    let concurrency = sizes.concurrency.to_string();
-    let workers = (0..workers)
-        .map(|_| env.start_worker(&["--concurrency", &concurrency]))
-        .collect();
+    let workers = (0..workers).map(|_| env.start_worker(&[])).collect();
     (env, api, key, workers)
+}
+
+/// Jobs of the `executor` queue the fleet's workers run at once, all told, as each worker
+/// registered them (`workers.concurrency`, `{queue: jobs at once}`): the defaults the worker
+/// ships with, or `TASKFLEET_CONCURRENCY` if the bench's environment sets it. Each fleet has
+/// a database of its own, so every row is one of its workers.
+async fn executors(env: &TestEnv) -> anyhow::Result<usize> {
+    let total: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum((concurrency ->> 'executor')::bigint), 0)::bigint FROM workers",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    Ok(total as usize)
 }
 
 /// Waits until the fleet can run a job (a worker leads and serves).
@@ -113,6 +128,8 @@ pub struct BurnDown {
     pub per_second: f64,
     pub worker_peak_rss_mib: f64,
     pub api_peak_rss_mib: f64,
+    /// Jobs of the `executor` queue (the no-ops' queue) the workers ran at once, all told.
+    pub executors: usize,
 }
 
 /// Run 1: a backlog of no-ops submitted through the batch API, then the workers start.
@@ -123,7 +140,7 @@ pub async fn burn_down(sizes: &Sizes) -> anyhow::Result<BurnDown> {
 /// The burn-down with `future` more jobs in the ledger, set for tomorrow: future work must
 /// cost the dispatcher nothing until it falls due.
 pub async fn burn_down_beside(sizes: &Sizes, future: usize) -> anyhow::Result<BurnDown> {
-    let (mut env, api, key, _) = fleet(sizes, 0).await;
+    let (mut env, api, key, _) = fleet(0).await;
     let n = sizes.burn_down_jobs;
     if future > 0 {
         // Written straight into the ledger: a million submissions through the API would be
@@ -140,10 +157,7 @@ pub async fn burn_down_beside(sizes: &Sizes, future: usize) -> anyhow::Result<Bu
         sqlx::query("ANALYZE jobs").execute(&env.pool).await?;
     }
     submit_noops(&api, &key, n).await;
-    let concurrency = sizes.concurrency.to_string();
-    let workers: Vec<usize> = (0..sizes.workers)
-        .map(|_| env.start_worker(&["--concurrency", &concurrency]))
-        .collect();
+    let workers: Vec<usize> = (0..sizes.workers).map(|_| env.start_worker(&[])).collect();
     until_succeeded(&env, n, Duration::from_secs(60 + n as u64 / 50)).await?;
     let (first, last): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(&format!(
         "SELECT min(started_at), max(finished_at) FROM jobs WHERE {OURS}"
@@ -166,6 +180,8 @@ pub async fn burn_down_beside(sizes: &Sizes, future: usize) -> anyhow::Result<Bu
             .filter_map(|&w| peak_rss_mib(env.pid(w)))
             .fold(0.0, f64::max),
         api_peak_rss_mib: peak_rss_mib(env.pid(0)).unwrap_or(0.0),
+        // A worker registers before it takes a job, so every worker that ran one is counted.
+        executors: executors(&env).await?,
     };
     env.finish().await;
     Ok(result)
@@ -191,7 +207,7 @@ pub struct Pickup {
 type Stamps = (Uuid, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
 
 pub async fn pickup(sizes: &Sizes) -> anyhow::Result<Pickup> {
-    let (env, api, key, _) = fleet(sizes, sizes.workers).await;
+    let (env, api, key, _) = fleet(sizes.workers).await;
     until_ready(&api).await?;
     let every = Duration::from_secs_f64(1.0 / sizes.pickup_per_second);
     let began = Instant::now();
@@ -240,7 +256,7 @@ pub struct ApiRate {
 /// Run 3: the API alone (no workers): single submissions from 64 connections, then
 /// 1,000-job batches from 8.
 pub async fn api_rate(sizes: &Sizes) -> anyhow::Result<ApiRate> {
-    let (env, api, key, _) = fleet(sizes, 0).await;
+    let (env, api, key, _) = fleet(0).await;
     let window = Duration::from_secs_f64(sizes.api_seconds);
     let hammer = |connections: usize, jobs_per_request: usize| {
         let (api, key) = (api.clone(), key.clone());
@@ -304,7 +320,7 @@ struct Stamp {
 /// Run 4: `sse_subscribers` clients on `GET /v1/events` while `sse_jobs` jobs run; from an
 /// event's ledger timestamp to its arrival at each client.
 pub async fn sse(sizes: &Sizes) -> anyhow::Result<Latency> {
-    let (env, api, key, _) = fleet(sizes, sizes.workers).await;
+    let (env, api, key, _) = fleet(sizes.workers).await;
     until_ready(&api).await?;
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..sizes.sse_subscribers {
