@@ -526,6 +526,7 @@ async fn a_stale_write_in_the_same_batch_comes_before_the_terminal_event() {
         events,
         [
             "job_enqueued",
+            "job_dispatched",
             "job_started",
             "stale_write_rejected",
             "job_succeeded"

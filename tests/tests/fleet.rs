@@ -239,7 +239,10 @@ async fn jobs_whose_redis_copies_were_lost_are_pushed_again_exactly() {
     )
     .await;
     let waiting: Vec<String> = conn.lrange(&list, 0, -1).await.unwrap();
-    let mut waiting: Vec<uuid::Uuid> = waiting.iter().map(|id| id.parse().unwrap()).collect();
+    let mut waiting: Vec<uuid::Uuid> = taskfleet_storage::redis::deliveries(&list, waiting)
+        .iter()
+        .map(|delivery| delivery.job_id)
+        .collect();
     waiting.sort();
     assert_eq!(waiting, ids, "each job waits once, none twice");
 
