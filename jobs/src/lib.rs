@@ -57,3 +57,24 @@ pub struct Dispatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<serde_json::Value>,
 }
+
+impl Dispatch {
+    /// What the ledger needs to start this delivery: its start is written while the job
+    /// runs, so it must not hold on to the spec.
+    pub fn start_request(&self) -> StartRequest {
+        StartRequest {
+            job_id: self.job_id,
+            epoch: self.epoch,
+            bring_payload: self.payload.is_none(),
+        }
+    }
+}
+
+/// A delivery's start, as the ledger writes it: the job, the epoch its dispatch raised, and
+/// whether the start must bring the spec the delivery came without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartRequest {
+    pub job_id: uuid::Uuid,
+    pub epoch: i64,
+    pub bring_payload: bool,
+}

@@ -904,7 +904,34 @@ pub async fn start_due(
             delivered.swap_remove(at)
         })
         .collect();
-    let started = ledger.start_many(&deliveries, worker).await.unwrap();
+    let started = ledger
+        .start_many(&start_requests(&deliveries), worker)
+        .await
+        .unwrap();
     assert!(started.iter().all(Option::is_some), "every delivery starts");
     deliveries
+}
+
+/// The starts of deliveries, as a worker asks the ledger for them.
+pub fn start_requests(
+    deliveries: &[taskfleet_jobs::Dispatch],
+) -> Vec<taskfleet_jobs::StartRequest> {
+    deliveries
+        .iter()
+        .map(taskfleet_jobs::Dispatch::start_request)
+        .collect()
+}
+
+/// The end of a delivery's attempt, as its worker records it.
+pub fn finish_of(
+    delivery: &taskfleet_jobs::Dispatch,
+    worker: &str,
+    outcome: taskfleet_storage::Outcome,
+) -> taskfleet_storage::Finish {
+    taskfleet_storage::Finish {
+        id: delivery.job_id,
+        epoch: delivery.epoch,
+        worker: worker.to_owned(),
+        outcome,
+    }
 }

@@ -16,6 +16,20 @@ fn noop_job() -> taskfleet_storage::NewJob {
     )
 }
 
+/// Starts a delivery and records its success, as a worker would.
+async fn run_to_success(ledger: &taskfleet_storage::Ledger, delivery: &taskfleet_jobs::Dispatch) {
+    let started = ledger
+        .start_many(&[delivery.start_request()], "worker-a")
+        .await;
+    assert!(started.unwrap()[0].is_some());
+    let finish = taskfleet_tests::finish_of(
+        delivery,
+        "worker-a",
+        taskfleet_storage::Outcome::Succeeded(json!(null)),
+    );
+    ledger.finish_many(&[finish]).await.unwrap();
+}
+
 fn names(messages: &[SseMessage]) -> Vec<&str> {
     messages.iter().map(|m| m.event.as_str()).collect()
 }
@@ -340,7 +354,7 @@ async fn tenants_see_only_their_own_events_and_bad_ids_are_refused() {
 /// so the next event is numbered after every `seq` a stream has already shown.
 #[tokio::test]
 async fn purging_probe_jobs_never_hands_out_a_seq_again() {
-    use taskfleet_storage::{EventLog, Finish, Ledger, Outcome, Tenants, tenants::SYSTEM_TENANT};
+    use taskfleet_storage::{EventLog, Ledger, Tenants, tenants::SYSTEM_TENANT};
 
     let env = TestEnv::new().await;
     let (ledger, events) = (
@@ -360,18 +374,7 @@ async fn purging_probe_jobs_never_hands_out_a_seq_again() {
         .await
         .unwrap();
     let delivery = inserted[0].delivery().expect("the probe was dispatched");
-    let started = ledger
-        .start_many(std::slice::from_ref(&delivery), "worker-a")
-        .await;
-    assert!(started.unwrap()[0].is_some());
-    let epoch = delivery.epoch;
-    let finish = Finish {
-        id: probe.id,
-        epoch,
-        worker: "worker-a".to_owned(),
-        outcome: Outcome::Succeeded(json!(null)),
-    };
-    ledger.finish_many(&[finish]).await.unwrap();
+    run_to_success(&ledger, &delivery).await;
     let newest = events.sequence(100).await.unwrap().last_seq.unwrap();
 
     delete_finished_probes(&env).await;
@@ -443,7 +446,7 @@ async fn the_sequencer_numbers_whole_batches_in_order() {
 /// batches, and leaves other jobs' events in the same batch to be numbered.
 #[tokio::test]
 async fn purging_a_job_takes_its_waiting_events_out_of_shared_batches() {
-    use taskfleet_storage::{Finish, Ledger, Outcome, Tenants, tenants::SYSTEM_TENANT};
+    use taskfleet_storage::{Ledger, Tenants, tenants::SYSTEM_TENANT};
 
     let env = TestEnv::new().await;
     let ledger = Ledger::new(env.pool.clone());
@@ -462,17 +465,7 @@ async fn purging_a_job_takes_its_waiting_events_out_of_shared_batches() {
         .await
         .unwrap();
     let delivery = inserted[0].delivery().expect("the probe was dispatched");
-    let started = ledger
-        .start_many(std::slice::from_ref(&delivery), "worker-a")
-        .await;
-    assert!(started.unwrap()[0].is_some());
-    let finish = Finish {
-        id: probe.id,
-        epoch: delivery.epoch,
-        worker: "worker-a".to_owned(),
-        outcome: Outcome::Succeeded(json!(null)),
-    };
-    ledger.finish_many(&[finish]).await.unwrap();
+    run_to_success(&ledger, &delivery).await;
 
     delete_finished_probes(&env).await;
     let waiting: Vec<(Option<uuid::Uuid>, String)> =

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
 use taskfleet_jobs::Dispatch;
-use taskfleet_storage::{Finish, JobRecord, Ledger, NewJob, Outcome, Rescue, Scope, Tenants};
-use taskfleet_tests::{TestEnv, start_due, wait_for_some};
+use taskfleet_storage::{JobRecord, Ledger, NewJob, Outcome, Rescue, Scope, Tenants};
+use taskfleet_tests::{TestEnv, finish_of, start_due, start_requests, wait_for_some};
 use uuid::Uuid;
 
 /// `n` `noop` jobs of `tenant`, due now unless `run_at` is given.
@@ -109,7 +109,10 @@ async fn a_job_whose_cancellation_was_asked_does_not_start_and_the_sweep_ends_it
         .await
         .unwrap();
     assert_eq!(
-        ledger.start_many(&delivery, "worker-a").await.unwrap(),
+        ledger
+            .start_many(&start_requests(&delivery), "worker-a")
+            .await
+            .unwrap(),
         [None]
     );
 
@@ -161,12 +164,7 @@ async fn a_hand_back_of_a_job_whose_cancellation_was_asked_ends_it_cancelled() {
         .await
         .unwrap();
 
-    let hand_back = |job: &Dispatch| Finish {
-        id: job.job_id,
-        epoch: job.epoch,
-        worker: "worker-a".to_owned(),
-        outcome: Outcome::HandedBack,
-    };
+    let hand_back = |job: &Dispatch| finish_of(job, "worker-a", Outcome::HandedBack);
     let states = ledger
         .finish_many(&[hand_back(&asked), hand_back(&plain)])
         .await
@@ -385,12 +383,7 @@ async fn a_stale_cancellation_signal_hands_the_job_back_instead_of_ending_it() {
     let job = started(&ledger, id).await;
     // The worker stopped the attempt on a Redis flag the ledger holds no request for (it
     // was left from an earlier attempt, since retried by hand).
-    let stopped = Finish {
-        id,
-        epoch: job.epoch,
-        worker: "worker-a".to_owned(),
-        outcome: Outcome::Cancelled,
-    };
+    let stopped = finish_of(&job, "worker-a", Outcome::Cancelled);
     assert_eq!(
         ledger.finish_many(&[stopped]).await.unwrap(),
         [Some("queued".to_owned())]

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use taskfleet_jobs::Queue;
-use taskfleet_storage::{Change, Finish, Ledger, NewJob, Outcome, Scope, Started, Tenants};
-use taskfleet_tests::{TestEnv, start_due};
+use taskfleet_jobs::{Dispatch, Queue};
+use taskfleet_storage::{Change, Ledger, NewJob, Outcome, Scope, Started, Tenants};
+use taskfleet_tests::{TestEnv, finish_of, start_due, start_requests};
 use uuid::Uuid;
 
 async fn queued_noop(env: &TestEnv) -> (Ledger, Uuid) {
@@ -25,6 +25,18 @@ async fn queued_noop(env: &TestEnv) -> (Ledger, Uuid) {
     (ledger, job.id)
 }
 
+/// A queued no-op job and the deliveries of the dispatcher's next round: its own.
+async fn dispatched_noop(env: &TestEnv) -> (Ledger, Uuid, Vec<Dispatch>) {
+    let (ledger, id) = queued_noop(env).await;
+    let deliveries = ledger
+        .dispatch_due(Queue::Executor, 10, "dispatcher")
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!((deliveries[0].job_id, deliveries[0].attempt), (id, 1));
+    (ledger, id, deliveries)
+}
+
 async fn events(env: &TestEnv, id: Uuid) -> Vec<String> {
     env.job_events(id)
         .await
@@ -36,13 +48,7 @@ async fn events(env: &TestEnv, id: Uuid) -> Vec<String> {
 #[tokio::test]
 async fn a_copy_from_an_earlier_dispatch_starts_nothing() {
     let env = TestEnv::new().await;
-    let (ledger, id) = queued_noop(&env).await;
-    let first = ledger
-        .dispatch_due(Queue::Executor, 10, "dispatcher")
-        .await
-        .unwrap();
-    assert_eq!(first.len(), 1);
-    assert_eq!((first[0].job_id, first[0].attempt), (id, 1));
+    let (ledger, id, first) = dispatched_noop(&env).await;
     // Its Redis copy was lost (as far as the sweep can tell): dispatched again.
     let again = ledger
         .redispatch_stale(Queue::Executor, Duration::ZERO, &[], 10, "dispatcher")
@@ -53,9 +59,13 @@ async fn a_copy_from_an_earlier_dispatch_starts_nothing() {
     assert_eq!(again[0].attempt, 1, "a dispatch is not an attempt");
 
     // Both copies reach workers, the older one first: only the newer starts.
-    assert_eq!(ledger.start_many(&first, "worker-a").await.unwrap(), [None]);
+    let start = async |deliveries: &[Dispatch], worker| {
+        let requests = start_requests(deliveries);
+        ledger.start_many(&requests, worker).await.unwrap()
+    };
+    assert_eq!(start(&first, "worker-a").await, [None]);
     assert_eq!(
-        ledger.start_many(&again, "worker-b").await.unwrap(),
+        start(&again, "worker-b").await,
         [Some(Started { payload: None })],
         "the delivery carried the spec"
     );
@@ -65,22 +75,18 @@ async fn a_copy_from_an_earlier_dispatch_starts_nothing() {
         ("running", 1, Some("worker-b"))
     );
     // The older copy's outcome changes nothing either.
-    let outcome = |epoch, worker: &str| Finish {
-        id,
-        epoch,
-        worker: worker.to_owned(),
-        outcome: Outcome::Succeeded(json!({"by": worker})),
-    };
+    let outcome =
+        |delivery, worker| finish_of(delivery, worker, Outcome::Succeeded(json!({"by": worker})));
     assert_eq!(
         ledger
-            .finish_many(&[outcome(first[0].epoch, "worker-a")])
+            .finish_many(&[outcome(&first[0], "worker-a")])
             .await
             .unwrap(),
         [None]
     );
     assert_eq!(
         ledger
-            .finish_many(&[outcome(again[0].epoch, "worker-b")])
+            .finish_many(&[outcome(&again[0], "worker-b")])
             .await
             .unwrap(),
         [Some("succeeded".to_owned())]
@@ -93,17 +99,8 @@ async fn a_copy_from_an_earlier_dispatch_starts_nothing() {
 #[tokio::test]
 async fn an_outcome_written_before_its_start_changes_nothing() {
     let env = TestEnv::new().await;
-    let (ledger, id) = queued_noop(&env).await;
-    let delivery = ledger
-        .dispatch_due(Queue::Executor, 10, "dispatcher")
-        .await
-        .unwrap();
-    let finish = Finish {
-        id,
-        epoch: delivery[0].epoch,
-        worker: "worker-a".to_owned(),
-        outcome: Outcome::Succeeded(json!(null)),
-    };
+    let (ledger, id, delivery) = dispatched_noop(&env).await;
+    let finish = finish_of(&delivery[0], "worker-a", Outcome::Succeeded(json!(null)));
     assert_eq!(
         ledger
             .finish_many(std::slice::from_ref(&finish))
@@ -116,7 +113,10 @@ async fn an_outcome_written_before_its_start_changes_nothing() {
     assert!(job.dispatched_at.is_some(), "still in its window");
 
     // Once the start is in, the same outcome lands, after it.
-    assert!(ledger.start_many(&delivery, "worker-a").await.unwrap()[0].is_some());
+    let started = ledger
+        .start_many(&start_requests(&delivery), "worker-a")
+        .await;
+    assert!(started.unwrap()[0].is_some());
     assert_eq!(
         ledger.finish_many(&[finish]).await.unwrap(),
         [Some("succeeded".to_owned())]
@@ -137,15 +137,14 @@ async fn an_outcome_written_before_its_start_changes_nothing() {
 #[tokio::test]
 async fn a_start_of_a_job_cancelled_since_its_dispatch_is_refused() {
     let env = TestEnv::new().await;
-    let (ledger, id) = queued_noop(&env).await;
-    let delivery = ledger
-        .dispatch_due(Queue::Executor, 10, "dispatcher")
-        .await
-        .unwrap();
+    let (ledger, id, delivery) = dispatched_noop(&env).await;
     let cancelled = ledger.cancel(Scope::All, id).await.unwrap();
     assert!(matches!(cancelled, Change::Done(_)));
     assert_eq!(
-        ledger.start_many(&delivery, "worker-a").await.unwrap(),
+        ledger
+            .start_many(&start_requests(&delivery), "worker-a")
+            .await
+            .unwrap(),
         [None]
     );
     let job = ledger.get(Scope::All, id).await.unwrap().unwrap();
@@ -243,15 +242,14 @@ async fn a_delivery_runs_the_attempt_after_the_last_one() {
     let env = TestEnv::new().await;
     let (ledger, id) = queued_noop(&env).await;
     let first = start_due(&ledger, &[id], "worker-a").await.remove(0);
-    let failed = Finish {
-        id,
-        epoch: first.epoch,
-        worker: "worker-a".to_owned(),
-        outcome: Outcome::Failed {
+    let failed = finish_of(
+        &first,
+        "worker-a",
+        Outcome::Failed {
             error: "boom".to_owned(),
             retry_at: Some(chrono::Utc::now()),
         },
-    };
+    );
     assert_eq!(
         ledger.finish_many(&[failed]).await.unwrap(),
         [Some("retrying".to_owned())]

@@ -13,9 +13,9 @@ use taskfleet_storage::{
 use uuid::Uuid;
 
 use taskfleet_tests::{
-    TestEnv, free_port, json,
+    TestEnv, finish_of, free_port, json,
     prometheus::{sample, scrape},
-    start_due, wait_until,
+    start_due, start_requests, wait_until,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,15 +118,6 @@ async fn started_jobs(env: &TestEnv, n: usize) -> (Ledger, Vec<Dispatch>) {
 }
 
 /// `job`'s outcome as `worker` reports it, under the epoch it was started with.
-fn finish_of(job: &Dispatch, worker: &str, outcome: Outcome) -> Finish {
-    Finish {
-        id: job.job_id,
-        epoch: job.epoch,
-        worker: worker.to_owned(),
-        outcome,
-    }
-}
-
 #[tokio::test]
 async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
     let env = TestEnv::new().await;
@@ -181,7 +172,10 @@ async fn one_batch_starts_each_job_once_and_records_every_outcome_refusing_only_
     assert_eq!(deliveries.len(), ids.len());
     // One start for all five, with job 0 delivered twice: only its first copy starts it.
     deliveries.push(deliveries[0].clone());
-    let mut outcome = ledger.start_many(&deliveries, "worker-a").await.unwrap();
+    let mut outcome = ledger
+        .start_many(&start_requests(&deliveries), "worker-a")
+        .await
+        .unwrap();
     assert!(
         outcome.pop().unwrap().is_none(),
         "a duplicate delivery does not start"

@@ -34,7 +34,7 @@ use futures::{
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::Value;
-use taskfleet_jobs::{Dispatch, ExecutorRules, JobSpec, RetryPolicy};
+use taskfleet_jobs::{Dispatch, ExecutorRules, JobSpec, RetryPolicy, StartRequest};
 use taskfleet_storage::{
     Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, Started, WorkerCounts, redis as tf_redis,
     redis::Keys,
@@ -146,6 +146,13 @@ impl std::fmt::Debug for StartGate {
     }
 }
 
+/// Where a started job's wait for a worker is observed: its queue and kind's histogram, and
+/// when the job fell due.
+struct QueueWait {
+    histogram: prometheus::Histogram,
+    since: DateTime<Utc>,
+}
+
 /// An attempt whose handler is done, on its way to having its outcome recorded.
 struct Attempt {
     delivery: Dispatch,
@@ -173,7 +180,7 @@ impl JobLeases {
     }
 
     /// Takes the leases of jobs just started, under their deliveries' epochs.
-    async fn hold(&self, started: impl Iterator<Item = &Dispatch>) {
+    async fn hold(&self, started: impl Iterator<Item = &StartRequest>) {
         let leases: Vec<(Lease, u64)> = started
             .map(|job| (self.lease(job.job_id), job.epoch as u64))
             .collect();
@@ -215,7 +222,7 @@ pub struct ExecutorSettings {
 pub struct JobExecutor {
     ledger: Ledger,
     /// Starts jobs in batches.
-    starts: GroupCommit<Dispatch, Option<Started>>,
+    starts: GroupCommit<StartRequest, Option<Started>>,
     /// Set while starts fail (Postgres away): every job then waits for its start, so the
     /// worker takes no more work than it has slots until the ledger is back.
     starts_failing: AtomicBool,
@@ -259,12 +266,12 @@ impl JobExecutor {
             services,
             starts: GroupCommit::start(START_LINGER, {
                 let (ledger, leases) = (ledger.clone(), leases.clone());
-                move |deliveries: Arc<Vec<Dispatch>>| {
+                move |requests: Arc<Vec<StartRequest>>| {
                     let (ledger, leases) = (ledger.clone(), leases.clone());
                     async move {
-                        let started = ledger.start_many(&deliveries, &leases.worker).await?;
-                        let held = deliveries.iter().zip(&started).filter(|(_, s)| s.is_some());
-                        leases.hold(held.map(|(delivery, _)| delivery)).await;
+                        let started = ledger.start_many(&requests, &leases.worker).await?;
+                        let held = requests.iter().zip(&started).filter(|(_, s)| s.is_some());
+                        leases.hold(held.map(|(request, _)| request)).await;
                         Ok(started)
                     }
                 }
@@ -303,7 +310,15 @@ impl JobExecutor {
             .lock()
             .expect("running jobs lock")
             .insert((job_id, epoch), stopper.clone());
-        let start: StartWrite = tokio::spawn(self.clone().start(delivery.clone(), stopper.clone()))
+        let queue_wait = QueueWait {
+            histogram: metrics::JOB_QUEUE_WAIT
+                .with_label_values(&[delivery.queue.as_str(), delivery.kind.as_str()]),
+            since: delivery.run_at,
+        };
+        let start = self
+            .clone()
+            .start(delivery.start_request(), queue_wait, stopper.clone());
+        let start: StartWrite = tokio::spawn(start)
             .map(|joined| joined.ok().flatten())
             .boxed()
             .shared();
@@ -371,23 +386,22 @@ impl JobExecutor {
     /// then counts for nothing.
     async fn start(
         self: Arc<Self>,
-        delivery: Dispatch,
+        request: StartRequest,
+        queue_wait: QueueWait,
         stopper: Stopper,
     ) -> Option<StartedAttempt> {
-        let waited = (Utc::now() - delivery.run_at).as_seconds_f64();
-        let Some(started) = self.write_start(&delivery).await else {
+        let waited = (Utc::now() - queue_wait.since).as_seconds_f64();
+        let Some(started) = self.write_start(request).await else {
             stopper.stop(StopReason::NotStarted);
             return None;
         };
-        metrics::JOB_QUEUE_WAIT
-            .with_label_values(&[delivery.queue.as_str(), delivery.kind.as_str()])
-            .observe(waited.max(0.0));
+        queue_wait.histogram.observe(waited.max(0.0));
         let heartbeat = tokio::spawn(heartbeat(
-            self.leases.lease(delivery.job_id),
+            self.leases.lease(request.job_id),
             self.redis.clone(),
-            delivery.epoch as u64,
+            request.epoch as u64,
             LeaseKeys {
-                cancel: self.keys.cancel_flag(delivery.job_id),
+                cancel: self.keys.cancel_flag(request.job_id),
                 born: self.keys.keyspace_born(),
             },
             stopper,
@@ -462,21 +476,21 @@ impl JobExecutor {
     /// is unreachable it keeps trying, and jobs taken meanwhile wait for their starts, so the
     /// worker takes no more work than it has slots until Postgres is back. `None` too once
     /// the worker stops.
-    async fn write_start(&self, delivery: &Dispatch) -> Option<Started> {
+    async fn write_start(&self, request: StartRequest) -> Option<Started> {
         let mut pause = Duration::from_millis(100);
         loop {
-            match self.starts.submit(delivery.clone()).await {
+            match self.starts.submit(request).await {
                 Ok(started) => {
                     self.starts_failing.store(false, Ordering::Relaxed);
                     if started.is_none() {
-                        tracing::debug!(job_id = %delivery.job_id, "not startable (another copy, cancelled or finished)");
+                        tracing::debug!(job_id = %request.job_id, "not startable (another copy, cancelled or finished)");
                     }
                     return started;
                 }
                 Err(err) => {
                     self.starts_failing.store(true, Ordering::Relaxed);
                     self.exit_unless_writers_live();
-                    tracing::warn!(job_id = %delivery.job_id, %err, "could not start the job; retrying");
+                    tracing::warn!(job_id = %request.job_id, %err, "could not start the job; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(pause) => {}

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use taskfleet_jobs::Dispatch;
+use taskfleet_jobs::StartRequest;
 use uuid::Uuid;
 
 use super::Ledger;
 
-/// A delivery the ledger started.
+/// A start the ledger wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Started {
     /// The job's spec, when the delivery came without it (too large for Redis).
@@ -19,23 +19,23 @@ pub struct Started {
 
 impl Ledger {
     /// Starts deliveries, in one statement however many: only a `queued` job whose epoch is
-    /// still the delivery's can start, so of several copies of the same job at most one wins
+    /// still the request's can start, so of several copies of the same job at most one wins
     /// (within one call, the first), and a copy from an earlier dispatch none. Raises each
     /// started job's attempt. A job of a paused queue does not start: it leaves the Redis
     /// window (`dispatched_at` cleared) and waits in the ledger until the queue is resumed. A
     /// job whose cancellation was asked does not start either (the leader's cancellation
-    /// sweep ends it). Returns, in order, each delivery's start, or `None` where it did not
+    /// sweep ends it). Returns, in order, each request's start, or `None` where it did not
     /// start.
     pub async fn start_many(
         &self,
-        deliveries: &[Dispatch],
+        requests: &[StartRequest],
         worker: &str,
     ) -> sqlx::Result<Vec<Option<Started>>> {
         // Rows are locked in id order, as inserts lock theirs in key order: two batches that
         // share jobs cannot deadlock.
-        let mut sorted: Vec<(Uuid, i64, bool)> = deliveries
+        let mut sorted: Vec<(Uuid, i64, bool)> = requests
             .iter()
-            .map(|delivery| (delivery.job_id, delivery.epoch, delivery.payload.is_none()))
+            .map(|request| (request.job_id, request.epoch, request.bring_payload))
             .collect();
         // Of two copies of one delivery, one that needs the spec brought counts.
         sorted.sort_unstable_by_key(|&(id, epoch, bring_payload)| (id, epoch, !bring_payload));
@@ -104,9 +104,9 @@ impl Ledger {
             })
             .collect();
         // `remove` hands a start to its first copy only.
-        Ok(deliveries
+        Ok(requests
             .iter()
-            .map(|delivery| started.remove(&(delivery.job_id, delivery.epoch)))
+            .map(|request| started.remove(&(request.job_id, request.epoch)))
             .collect())
     }
 }
