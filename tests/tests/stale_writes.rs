@@ -117,7 +117,6 @@ async fn started_jobs(env: &TestEnv, n: usize) -> (Ledger, Vec<Dispatch>) {
     (ledger, started)
 }
 
-/// `job`'s outcome as `worker` reports it, under the epoch it was started with.
 #[tokio::test]
 async fn a_write_with_a_superseded_epoch_changes_nothing_and_is_counted() {
     let env = TestEnv::new().await;

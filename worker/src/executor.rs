@@ -52,8 +52,10 @@ use crate::handlers::{self, HandlerResult, JobContext, JobFailure, Services};
 const RECORD_DEADLINE: Duration = Duration::from_secs(300);
 /// Outcomes handed over and not yet recorded, at most: beyond it an executor waits to hand
 /// over its own, so a slow ledger slows intake instead of piling up attempts (River's
-/// completer blocks its producers the same way).
-const MAX_UNRECORDED: usize = 20_000;
+/// completer blocks its producers the same way). Executors of pipelined jobs finish before
+/// their starts are in, so this bounds the worker's memory too; a few outcome batches'
+/// worth keeps the writer's statements full.
+const MAX_UNRECORDED: usize = 2_000;
 /// How long the outcome writer, while busy, waits for more outcomes. No delivery waits for
 /// an outcome's answer, so lingering costs only how soon a finished job reads as finished,
 /// and buys statements of many outcomes instead of a dozen.
@@ -179,7 +181,7 @@ impl JobLeases {
         Lease::new(self.keys.job_lease(job_id), self.worker.clone(), self.ttl)
     }
 
-    /// Takes the leases of jobs just started, under their deliveries' epochs.
+    /// Takes the leases of jobs just started, under the epochs their starts were asked with.
     async fn hold(&self, started: impl Iterator<Item = &StartRequest>) {
         let leases: Vec<(Lease, u64)> = started
             .map(|job| (self.lease(job.job_id), job.epoch as u64))
