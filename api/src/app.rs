@@ -85,7 +85,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     let jwt = args.jwt.verifier().await?.map(Arc::new);
     let llm_http =
         crate::llm::LlmTestClients::new(args.llm.call_timeout(), args.providers.allow_local_sites)?;
-    let db = Db::connect_lazy_limited(&args.database_url, 32, args.postgres)
+    let db = Db::connect_lazy_limited(&args.database_url, args.pg_max_connections, args.postgres)
         .context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
         .await
@@ -99,7 +99,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     let keys = Keys::new(&args.redis_prefix);
     let events = EventLog::new(db.pool.clone());
     let hub = EventHub::start(args.redis_url.clone(), keys.clone(), events.clone());
-    let ledger = Ledger::new(db.pool.clone());
+    let ledger = Ledger::new(&db);
     let waker = crate::state::DispatcherWaker::start(redis.clone(), keys.clone());
     let tenant_rate_limits = taskfleet_storage::TenantRateLimits::new(db.pool.clone());
     Ok(AppState {

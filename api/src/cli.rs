@@ -15,6 +15,11 @@ pub struct ApiArgs {
     pub database_url: String,
     #[command(flatten)]
     pub postgres: taskfleet_storage::StatementLimits,
+    /// Postgres connections of the shared pool. The process opens at most this many, plus
+    /// 4 for the ledger's statements about one job, plus 2 while it migrates at start.
+    #[arg(long = "pg-max-connections", env = "TASKFLEET_PG_MAX_CONNECTIONS",
+          default_value_t = 32, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub pg_max_connections: u32,
     #[arg(
         long,
         env = "REDIS_URL",

@@ -6,13 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::aio::ConnectionManager;
 use taskfleet_connectors::Providers;
 use taskfleet_jobs::{Dispatch, ExecutorRules, Queue};
 use taskfleet_storage::{
     AuditLog, Budgets, Connectors, Conversations, Db, EventLog, GroupCommit, InsertError, Inserted,
     JobRecord, Ledger, LlmProviders, LlmSettings, NewJob, Queues, Schedules, Sealer, Tasks, Tenant,
-    Tenants, Workers, group_commit::LINGER_WHILE_CALLERS_WAIT, redis as tf_redis, redis::Keys,
+    Tenants, Workers,
+    group_commit::LINGER_WHILE_CALLERS_WAIT,
+    redis as tf_redis,
+    redis::{Connection, Keys},
 };
 use taskfleet_telemetry::metrics;
 use tokio::sync::mpsc;
@@ -62,7 +64,7 @@ pub struct AppState {
     pub audit: AuditLog,
     /// Checks JWT bearer tokens from the identity provider; none when only API keys work.
     pub jwt: Option<Arc<crate::jwt::Verifier>>,
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     pub keys: Keys,
     /// The tenant that owns `/readyz` probe jobs.
     pub system_tenant: Tenant,
@@ -101,7 +103,7 @@ pub struct DispatcherWaker {
 
 impl DispatcherWaker {
     /// Publishes on `keys`' wake channel; the task ends with the last handle.
-    pub fn start(redis: ConnectionManager, keys: Keys) -> DispatcherWaker {
+    pub fn start(redis: Connection, keys: Keys) -> DispatcherWaker {
         DispatcherWaker::with(move || {
             let (mut redis, keys) = (redis.clone(), keys.clone());
             async move { tf_redis::wake_dispatcher(&mut redis, &keys).await }
@@ -136,7 +138,7 @@ impl DispatcherWaker {
 /// dispatcher's window plus one job per API process.
 pub fn submissions(
     ledger: Ledger,
-    redis: ConnectionManager,
+    redis: Connection,
     keys: Keys,
     waker: DispatcherWaker,
 ) -> GroupCommit<(Uuid, NewJob), JobRecord> {
@@ -179,7 +181,7 @@ const REDIS_BACKOFF: Duration = Duration::from_secs(1);
 /// The API's own pushes of lone submissions to empty queues.
 #[derive(Clone)]
 struct OwnPushes {
-    redis: ConnectionManager,
+    redis: Connection,
     keys: Keys,
     /// Set when Redis last failed a push or its sizing: no pushes until then.
     paused_until: Arc<std::sync::Mutex<Option<Instant>>>,

@@ -3,18 +3,42 @@
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    Connection, PgPool,
+    Connection, Executor, PgPool, Row,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// The Postgres pool shared by the ledger and the tenant store.
+/// The Postgres pools of a process: the one shared by the ledger and every store, and a few
+/// connections for the ledger's statements about a few jobs ([`crate::Ledger`]).
 #[derive(Debug, Clone)]
 pub struct Db {
     pub pool: PgPool,
+    /// Connections whose statements always run on their generic plans.
+    pub(crate) generic_plans: PgPool,
+    limits: StatementLimits,
 }
+
+/// Why the migrations were not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error(
+        "DATABASE_URL leads to a connection pooler in transaction mode (one connection's \
+         statements ran on different Postgres server processes): taskfleet keeps prepared \
+         statements, settings and LISTEN per connection. Use session pooling (pgbouncer: \
+         pool_mode = session) or connect to Postgres directly"
+    )]
+    TransactionPooler,
+    #[error(transparent)]
+    Postgres(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Connections kept for the ledger's statements about a few jobs: they come one or two at a
+/// time, while a busy fleet groups its jobs into batches on the main pool.
+pub const GENERIC_PLAN_CONNECTIONS: u32 = 4;
 
 /// Bounds every statement of a process's connections: a statement stuck behind a lock, or
 /// one the planner got badly wrong, fails with an error the caller retries or reports,
@@ -47,31 +71,38 @@ impl Db {
     }
 
     /// Connects without waiting for Postgres: a process that starts while Postgres is down
-    /// comes up, answers health checks, and works once Postgres answers.
+    /// comes up, answers health checks, and works once Postgres answers. The process opens
+    /// at most `max_connections`, plus [`GENERIC_PLAN_CONNECTIONS`] (no more than
+    /// `max_connections`), plus one per listener ([`listen`]) and two while it migrates ([`Db::migrate`]).
     pub fn connect_lazy_limited(
         url: &str,
         max_connections: u32,
         limits: StatementLimits,
     ) -> Result<Db, sqlx::Error> {
-        // No JIT: the ledger runs short statements whose cost the planner can overestimate
-        // by orders of magnitude (over a backlog not yet analyzed, say), and JIT then
-        // compiles for far longer than the statement runs (ADR 0007).
+        // Nothing but the standard startup parameters, which pgbouncer relays: it refuses
+        // others ("unsupported startup parameter"), and Postgres 12 and later print floats
+        // exactly without `extra_float_digits`.
+        let options = PgConnectOptions::from_str(url)?.extra_float_digits(None);
         // Custom plans always: one statement serves a tenant and an operator
         // (`$1::uuid IS NULL OR tenant_id = $1`, `Scope::tenant_id`), and a generic plan,
         // which Postgres may settle on after a few calls, could not use the tenant index.
         // The ledger's statements about a few jobs run on connections of their own that
         // force the generic plan instead (`Ledger::pool_for`).
-        let options = PgConnectOptions::from_str(url)?.options([
-            ("jit", "off".to_owned()),
-            ("plan_cache_mode", "force_custom_plan".to_owned()),
-            ("statement_timeout", limits.statement_timeout_ms.to_string()),
-            ("lock_timeout", limits.lock_timeout_ms.to_string()),
-        ]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with(options);
-        Ok(Db { pool })
+        let pool = pool_of(
+            options.clone(),
+            max_connections,
+            session_settings(&limits, "force_custom_plan", limits.statement_timeout_ms),
+        );
+        let generic_plans = pool_of(
+            options,
+            GENERIC_PLAN_CONNECTIONS.min(max_connections),
+            session_settings(&limits, "force_generic_plan", limits.statement_timeout_ms),
+        );
+        Ok(Db {
+            pool,
+            generic_plans,
+            limits,
+        })
     }
 
     /// Applies the migrations on a connection of their own, outside the pool and without its
@@ -79,14 +110,49 @@ impl Db {
     /// statement of the running fleet may, and the pool's connections keep their limits
     /// whatever happens here. Lock waits stay bounded: a migration stuck behind a long
     /// transaction fails rather than hold every query on its table up behind it.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        let options = (*self.pool.connect_options())
-            .clone()
-            .options([("statement_timeout", "0")]);
-        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+    /// A connection pooler in transaction mode is refused first
+    /// ([`Db::require_session_pooling`]).
+    pub async fn migrate(&self) -> Result<(), MigrationError> {
+        self.require_session_pooling().await?;
+        let mut conn = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
+        sqlx::raw_sql(&session_settings(&self.limits, "auto", 0))
+            .execute(&mut conn)
+            .await?;
         let migrated = MIGRATOR.run(&mut conn).await;
         let _ = conn.close().await;
-        migrated
+        Ok(migrated?)
+    }
+
+    /// Refuses a connection pooler in transaction (or statement) mode, such as pgbouncer's
+    /// `pool_mode = transaction`, which hands each transaction whichever server connection
+    /// is free: the fleet keeps state per connection (prepared statements, its settings, the
+    /// migrations' advisory lock, `LISTEN`) and would fail at random. Session pooling, and
+    /// Postgres itself, pass.
+    ///
+    /// Two connections: the first ends a statement, the second holds a transaction open,
+    /// the first runs another. Under session pooling each keeps its server process; a
+    /// transaction pooler gives the second the server the first just released, or the first
+    /// another one.
+    async fn require_session_pooling(&self) -> Result<(), MigrationError> {
+        let options = self.pool.connect_options();
+        let mut first = sqlx::PgConnection::connect_with(&options).await?;
+        let mut second = sqlx::PgConnection::connect_with(&options).await?;
+        // The simple protocol: a prepared statement would not survive a transaction pooler.
+        let pid = "SELECT pg_backend_pid()";
+        let before: i32 = sqlx::raw_sql(pid).fetch_one(&mut first).await?.try_get(0)?;
+        sqlx::raw_sql("BEGIN").execute(&mut second).await?;
+        let held: i32 = sqlx::raw_sql(pid)
+            .fetch_one(&mut second)
+            .await?
+            .try_get(0)?;
+        let after: i32 = sqlx::raw_sql(pid).fetch_one(&mut first).await?.try_get(0)?;
+        sqlx::raw_sql("ROLLBACK").execute(&mut second).await?;
+        let _ = first.close().await;
+        let _ = second.close().await;
+        if held == before || after != before {
+            return Err(MigrationError::TransactionPooler);
+        }
+        Ok(())
     }
 
     /// Applies the migrations, waiting while Postgres cannot be reached, so a process started
@@ -94,13 +160,24 @@ impl Db {
     /// build does not know, one changed since it was applied, one Postgres refuses, a
     /// database that does not exist) comes back at once, so the process stops and says why
     /// instead of retrying forever.
-    pub async fn migrate_when_reachable(&self) -> Result<(), sqlx::migrate::MigrateError> {
+    pub async fn migrate_when_reachable(&self) -> Result<(), MigrationError> {
         crate::retry_while(
             "Postgres (migrations)",
             || self.migrate(),
-            |err| matches!(err, sqlx::migrate::MigrateError::Execute(err) if unreachable(err)),
+            |err| match err {
+                MigrationError::Postgres(err)
+                | MigrationError::Migrate(sqlx::migrate::MigrateError::Execute(err)) => {
+                    unreachable(err)
+                }
+                _ => false,
+            },
         )
         .await
+    }
+
+    /// Closes every connection of both pools, waiting for those in use to be given back.
+    pub async fn close(&self) {
+        tokio::join!(self.pool.close(), self.generic_plans.close());
     }
 
     /// True when every migration this build knows has been applied successfully.
@@ -124,6 +201,41 @@ fn unreachable(err: &sqlx::Error) -> bool {
             .is_some_and(|code| code.starts_with("08") || code == "57P03" || code == "57P01"),
         _ => false,
     }
+}
+
+/// The settings every connection of a pool makes when it opens, sent as statements rather
+/// than as startup options, which pgbouncer refuses ("unsupported startup parameter").
+/// No JIT: the ledger runs short statements whose cost the planner can overestimate by
+/// orders of magnitude (over a backlog not yet analyzed, say), and JIT then compiles for far
+/// longer than the statement runs (ADR 0007).
+fn session_settings(
+    limits: &StatementLimits,
+    plan_cache_mode: &str,
+    statement_timeout_ms: u64,
+) -> String {
+    format!(
+        "SET jit = off; SET plan_cache_mode = {plan_cache_mode}; \
+         SET statement_timeout = {statement_timeout_ms}; SET lock_timeout = {}",
+        limits.lock_timeout_ms
+    )
+}
+
+/// A pool of at most `max_connections` that connects lazily and makes `settings` on every
+/// new connection.
+fn pool_of(options: PgConnectOptions, max_connections: u32, settings: String) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .after_connect(move |conn, _| {
+            let settings = settings.clone();
+            Box::pin(async move {
+                // A query without arguments goes by the simple protocol, several statements
+                // in one round trip.
+                conn.execute(settings.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options)
 }
 
 /// A listener for `channel`'s notifications (migration 0010), on a connection of its own so

@@ -5,9 +5,9 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 
-use crate::redis::RedisError;
+use crate::redis::{Connection, RedisError, pipeline_by_slot};
 
 // The scripts are made once: making a `Script` hashes its source, and job leases are set
 // and released for every job.
@@ -148,7 +148,7 @@ impl Lease {
     }
 
     /// Takes or renews the lease: `Some(epoch)` while we hold it, `None` while another does.
-    pub async fn acquire(&self, conn: &mut ConnectionManager) -> Result<Option<u64>, RedisError> {
+    pub async fn acquire(&self, conn: &mut Connection) -> Result<Option<u64>, RedisError> {
         let epoch: u64 = ACQUIRE
             .key(&self.key)
             .key(format!("{}:epoch", self.key))
@@ -163,31 +163,35 @@ impl Lease {
     /// start, which only one worker can win), unless it is held under a newer epoch; one
     /// round trip for all of them. Returns, in order, whether each was taken.
     pub async fn hold_all(
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         leases: &[(Lease, u64)],
     ) -> Result<Vec<bool>, RedisError> {
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        // A pipeline does not load a script Redis has forgotten (after a restart) by itself.
-        pipe.load_script(&HOLD).ignore();
-        for (lease, epoch) in leases {
-            pipe.invoke_script(
-                HOLD.key(&lease.key)
-                    .arg(lease.token(*epoch))
-                    .arg(*epoch)
-                    .arg(lease.ttl.as_millis() as u64),
-            );
-        }
-        let taken: Vec<u8> = pipe.query_async(conn).await?;
+        let keys: Vec<String> = leases.iter().map(|(lease, _)| lease.key.clone()).collect();
+        let taken: Vec<u8> = pipeline_by_slot(
+            conn,
+            &keys,
+            // A pipeline does not load a script Redis has forgotten (after a restart) by itself.
+            |pipe| {
+                pipe.load_script(&HOLD).ignore();
+            },
+            |pipe, i| {
+                let (lease, epoch) = &leases[i];
+                pipe.invoke_script(
+                    HOLD.key(&lease.key)
+                        .arg(lease.token(*epoch))
+                        .arg(*epoch)
+                        .arg(lease.ttl.as_millis() as u64),
+                );
+            },
+        )
+        .await?;
         Ok(taken.into_iter().map(|taken| taken == 1).collect())
     }
 
     /// Extends the lease if we still hold it with `epoch`, and reports whether `flag` exists.
     pub async fn renew(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         epoch: u64,
         flag: &str,
     ) -> Result<Renewal, RedisError> {
@@ -212,7 +216,7 @@ impl Lease {
     /// Whether it was taken.
     pub async fn retake(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         epoch: u64,
         born: &str,
     ) -> Result<bool, RedisError> {
@@ -226,36 +230,54 @@ impl Lease {
         Ok(taken == 1)
     }
 
-    /// How long Redis has held the fleet's keys: since the first call after it started empty
-    /// (restarted without persistence, or flushed), by Redis's clock. Every lease is lost
-    /// then; the reclaimer gives their holders a ttl to take them back before it reads an
-    /// absent lease as lapsed.
-    pub async fn keyspace_age(
-        conn: &mut ConnectionManager,
-        key: &str,
-    ) -> Result<Duration, RedisError> {
-        let ms: i64 = KEYSPACE_AGE.key(key).invoke_async(conn).await?;
-        Ok(Duration::from_millis(ms.max(0) as u64))
+    /// How long Redis has held the fleet's keys at each of `keys` (keyspace births, one per
+    /// job shard): since the first call after it started empty (restarted without
+    /// persistence, or flushed), by Redis's clock. Every lease there is lost then; the
+    /// reclaimer gives their holders a ttl to take them back before it reads an absent lease
+    /// as lapsed. One pipeline per cluster slot.
+    pub async fn keyspace_ages(
+        conn: &mut Connection,
+        keys: &[String],
+    ) -> Result<Vec<Duration>, RedisError> {
+        let ms: Vec<i64> = pipeline_by_slot(
+            conn,
+            keys,
+            |pipe| {
+                pipe.load_script(&KEYSPACE_AGE).ignore();
+            },
+            |pipe, i| {
+                pipe.invoke_script(&KEYSPACE_AGE.key(&keys[i]));
+            },
+        )
+        .await?;
+        Ok(ms
+            .into_iter()
+            .map(|ms| Duration::from_millis(ms.max(0) as u64))
+            .collect())
     }
 
     /// Who holds the lease at `key` now, if anyone.
-    pub async fn holder(
-        conn: &mut ConnectionManager,
-        key: &str,
-    ) -> Result<Option<String>, RedisError> {
+    pub async fn holder(conn: &mut Connection, key: &str) -> Result<Option<String>, RedisError> {
         let value: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
         Ok(value.and_then(|value| Some(value.rsplit_once('|')?.0.to_owned())))
     }
 
-    /// The epochs of the leases at `keys`, `None` where a lease is absent.
+    /// The epochs of the leases at `keys`, `None` where a lease is absent. One pipeline of
+    /// `GET`s per cluster slot, which we group ourselves: the cluster client's own split of
+    /// an `MGET` across slots was seen to misalign its answers while a primary failed over.
     pub async fn epochs(
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         keys: &[String],
     ) -> Result<Vec<Option<u64>>, RedisError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let values: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(conn).await?;
+        let values: Vec<Option<String>> = pipeline_by_slot(
+            conn,
+            keys,
+            |_| {},
+            |pipe, i| {
+                pipe.get(&keys[i]);
+            },
+        )
+        .await?;
         Ok(values
             .into_iter()
             .map(|value| value?.rsplit_once('|')?.1.parse().ok())
@@ -267,30 +289,30 @@ impl Lease {
     }
 
     /// Gives the lease up at once, so a successor need not wait for the ttl.
-    pub async fn release(
-        &self,
-        conn: &mut ConnectionManager,
-        epoch: u64,
-    ) -> Result<(), RedisError> {
+    pub async fn release(&self, conn: &mut Connection, epoch: u64) -> Result<(), RedisError> {
         Lease::release_all(conn, &[(self.clone(), epoch)]).await
     }
 
     /// Gives up each lease still held with its epoch (one taken over meanwhile stays with
     /// its new holder); one round trip for all of them.
     pub async fn release_all(
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         leases: &[(Lease, u64)],
     ) -> Result<(), RedisError> {
-        if leases.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        // A pipeline does not load a script Redis has forgotten (after a restart) by itself.
-        pipe.load_script(&RELEASE).ignore();
-        for (lease, epoch) in leases {
-            pipe.invoke_script(RELEASE.key(&lease.key).arg(lease.token(*epoch)))
-                .ignore();
-        }
-        pipe.query_async::<()>(conn).await
+        let keys: Vec<String> = leases.iter().map(|(lease, _)| lease.key.clone()).collect();
+        let _released: Vec<u8> = pipeline_by_slot(
+            conn,
+            &keys,
+            // A pipeline does not load a script Redis has forgotten (after a restart) by itself.
+            |pipe| {
+                pipe.load_script(&RELEASE).ignore();
+            },
+            |pipe, i| {
+                let (lease, epoch) = &leases[i];
+                pipe.invoke_script(RELEASE.key(&lease.key).arg(lease.token(*epoch)));
+            },
+        )
+        .await?;
+        Ok(())
     }
 }

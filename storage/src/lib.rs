@@ -32,7 +32,7 @@ pub use connectors::{
     NewConnector, OAuthState, Requested,
 };
 pub use conversations::{ChatMessage, ConversationRecord, Conversations, Turn};
-pub use db::{Db, StatementLimits};
+pub use db::{Db, MigrationError, StatementLimits};
 pub use events::{EventFilter, EventLog, EventRecord, Numbered};
 pub use group_commit::GroupCommit;
 pub use lease::{Lease, Renewal};

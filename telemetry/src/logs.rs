@@ -5,8 +5,10 @@
 use tracing_subscriber::EnvFilter;
 
 /// `info`, without Postgres's notices (such as every migration run's "relation
-/// `_sqlx_migrations` already exists, skipping"), which sqlx logs at `info`.
-const DEFAULT_FILTER: &str = "info,sqlx::postgres::notice=warn";
+/// `_sqlx_migrations` already exists, skipping"), which sqlx logs at `info`, and without the
+/// Redis cluster client's warnings, one for every reconnection to a dead node, hundreds a
+/// second through a failover: the callers log what failed.
+const DEFAULT_FILTER: &str = "info,sqlx::postgres::notice=warn,redis::cluster_handling=error";
 
 pub fn init(json: bool) {
     let filter =

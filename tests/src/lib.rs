@@ -5,7 +5,9 @@
 pub mod browser;
 pub mod connector_fleet;
 pub mod fake_providers;
+pub mod pgbouncer;
 pub mod prometheus;
+pub mod redis_cluster;
 
 use std::{
     os::unix::process::CommandExt,
@@ -34,6 +36,11 @@ pub const FAST_FAILOVER: &[&str] = &[
     "--redispatch-after-secs",
     "2",
 ];
+
+/// [`FAST_FAILOVER`] and more worker flags.
+pub fn fast_failover_and(more: &[&'static str]) -> Vec<&'static str> {
+    FAST_FAILOVER.iter().chain(more).copied().collect()
+}
 
 /// The key that seals connector credentials in every process a test starts (never a real
 /// one: tests keep no secrets).
@@ -174,7 +181,9 @@ pub struct TestEnv {
     database: String,
     pub redis_prefix: String,
     pub pool: PgPool,
-    pub redis: redis::aio::ConnectionManager,
+    /// The test's own connections: `pool` and those a [`taskfleet_storage::Ledger`] needs.
+    pub db: taskfleet_storage::Db,
+    pub redis: taskfleet_storage::redis::Connection,
     children: Vec<Child>,
     /// Where children's stderr goes once [`TestEnv::capture_logs`] was called.
     log_dir: Option<PathBuf>,
@@ -194,6 +203,11 @@ pub fn embed_model_dir() -> PathBuf {
 
 impl TestEnv {
     pub async fn new() -> TestEnv {
+        TestEnv::on_redis(&redis_url()).await
+    }
+
+    /// A test environment whose fleet uses the Redis at `url` (a cluster's nodes, say).
+    pub async fn on_redis(url: &str) -> TestEnv {
         let database = format!("tf_test_{}", Uuid::new_v4().simple());
         let admin = admin_database_url();
         let template = MIGRATED_TEMPLATE
@@ -208,16 +222,17 @@ impl TestEnv {
             .expect("create test database");
         let database_url = database_url(&admin, &database);
         let db = taskfleet_storage::Db::connect_lazy(&database_url, 8).unwrap();
-        let redis = taskfleet_storage::redis::connect(&redis_url())
+        let redis = taskfleet_storage::redis::connect(url)
             .await
             .expect("Redis answers");
         TestEnv {
             child_database_url: database_url.clone(),
-            child_redis_url: redis_url(),
+            child_redis_url: url.to_owned(),
             database_url,
             database,
             redis_prefix: format!("tftest:{}", Uuid::new_v4().simple()),
-            pool: db.pool,
+            pool: db.pool.clone(),
+            db,
             redis,
             children: Vec::new(),
             log_dir: None,
@@ -258,7 +273,9 @@ impl TestEnv {
             .env("TASKFLEET_VECTOR_URI", &self.vector_dir)
             .env(
                 "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                // The Redis cluster client warns of every reconnection to a dead node.
+                std::env::var("TEST_LOG")
+                    .unwrap_or_else(|_| "warn,redis::cluster_handling=error".into()),
             )
             .stdin(Stdio::null());
         dies_with_its_starter(&mut cmd);
@@ -272,10 +289,21 @@ impl TestEnv {
     /// Routes the Postgres connections of processes started from now on through a proxy.
     pub async fn proxy_postgres(&mut self) -> Proxy {
         let proxy = Proxy::start("127.0.0.1:5432").await;
+        self.route_postgres(proxy.port);
+        proxy
+    }
+
+    /// Has processes started from now on reach the test's database at `port` on this host
+    /// (a proxy, a connection pooler).
+    pub fn route_postgres(&mut self, port: u16) {
         let (base, database) = self.database_url.rsplit_once('/').unwrap();
         let (scheme_user, _) = base.rsplit_once('@').unwrap();
-        self.child_database_url = format!("{scheme_user}@127.0.0.1:{}/{database}", proxy.port);
-        proxy
+        self.child_database_url = format!("{scheme_user}@127.0.0.1:{port}/{database}");
+    }
+
+    /// The `DATABASE_URL` processes started now get.
+    pub fn child_database_url(&self) -> &str {
+        &self.child_database_url
     }
 
     /// Routes the Redis connections of processes started from now on through a proxy.
@@ -471,6 +499,20 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// How many times each job of the ledger that was not cancelled succeeded
+    /// (`job_succeeded` events): exactly once each, whatever ran twice.
+    pub async fn successes_per_job(&self) -> Vec<i64> {
+        sqlx::query_scalar(
+            "SELECT count(e.id) FROM jobs j
+             LEFT JOIN all_job_events e ON e.job_id = j.id AND e.event = 'job_succeeded'
+             WHERE j.state <> 'cancelled'
+             GROUP BY j.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
     /// How many deliveries wait in `queue`'s Redis list.
     pub async fn redis_waiting_len(&self, queue: taskfleet_jobs::Queue) -> i64 {
         let mut conn = self.redis.clone();
@@ -487,7 +529,7 @@ impl TestEnv {
         if !keys.is_empty() {
             let _: Result<(), _> = conn.del(keys).await;
         }
-        self.pool.close().await;
+        self.db.close().await;
         if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
             let _ = sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -586,6 +628,22 @@ impl Api {
             .await;
         assert_eq!(status, 201, "{body}");
         body
+    }
+
+    /// Submits `count` `executor.run sleep` jobs of up to `max_ms` each (at random), with
+    /// attempts to spare for tests that kill what runs them, in batches of 1,000.
+    pub async fn submit_sleeps(&self, key: &str, count: usize, max_ms: u64) {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        for start in (0..count).step_by(1_000) {
+            let jobs: Vec<_> = (start..count.min(start + 1_000))
+                .map(|_| {
+                    serde_json::json!({"kind": "executor.run", "tool": "sleep",
+                        "args": {"ms": rng.random_range(0..=max_ms)}, "max_attempts": 25})
+                })
+                .collect();
+            self.submit_batch(key, &jobs).await;
+        }
     }
 
     /// Polls a job until it reaches a terminal state and returns it.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rand::Rng;
-use taskfleet_tests::{FAST_FAILOVER, TestEnv, json, wait_until};
+use taskfleet_tests::{TestEnv, fast_failover_and, wait_until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_workers_loses_no_job_and_completes_none_twice() {
@@ -14,22 +14,10 @@ async fn killing_workers_loses_no_job_and_completes_none_twice() {
     let key = env.create_key("acme");
     // The jobs are not at fault when the test kills their workers: more stalls than the
     // default before one counts as a job that kills its process.
-    let worker: Vec<&str> = FAST_FAILOVER
-        .iter()
-        .copied()
-        .chain(["--max-stalls", "25"])
-        .collect();
+    let worker = fast_failover_and(&["--max-stalls", "25"]);
     let workers: Vec<usize> = (0..3).map(|_| env.start_worker(&worker)).collect();
+    api.submit_sleeps(&key, 5_000, 200).await;
     let mut rng = rand::rng();
-    for _ in 0..5 {
-        let jobs: Vec<_> = (0..1000)
-            .map(|_| {
-                json!({"kind": "executor.run", "tool": "sleep",
-                       "args": {"ms": rng.random_range(0..=200)}, "max_attempts": 25})
-            })
-            .collect();
-        api.submit_batch(&key, &jobs).await;
-    }
 
     let chaos_until = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut kills = 0;
@@ -46,14 +34,7 @@ async fn killing_workers_loses_no_job_and_completes_none_twice() {
     )
     .await;
 
-    let successes_per_job: Vec<i64> = sqlx::query_scalar(
-        "SELECT count(e.id) FROM jobs j
-         LEFT JOIN all_job_events e ON e.job_id = j.id AND e.event = 'job_succeeded'
-         GROUP BY j.id",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let successes_per_job = env.successes_per_job().await;
     assert_eq!(successes_per_job.len(), 5000);
     assert!(
         successes_per_job.iter().all(|&n| n == 1),

@@ -357,10 +357,7 @@ async fn purging_probe_jobs_never_hands_out_a_seq_again() {
     use taskfleet_storage::{EventLog, Ledger, Tenants, tenants::SYSTEM_TENANT};
 
     let env = TestEnv::new().await;
-    let (ledger, events) = (
-        Ledger::new(env.pool.clone()),
-        EventLog::new(env.pool.clone()),
-    );
+    let (ledger, events) = (Ledger::new(&env.db), EventLog::new(env.pool.clone()));
     let tenants = Tenants::new(env.pool.clone());
     let probe = noop_job();
     let system = tenants.ensure(SYSTEM_TENANT).await.unwrap();
@@ -400,10 +397,7 @@ async fn the_sequencer_numbers_whole_batches_in_order() {
     use taskfleet_storage::{EventLog, Ledger, NewJob, Tenants};
 
     let env = TestEnv::new().await;
-    let (ledger, events) = (
-        Ledger::new(env.pool.clone()),
-        EventLog::new(env.pool.clone()),
-    );
+    let (ledger, events) = (Ledger::new(&env.db), EventLog::new(env.pool.clone()));
     let acme = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let three = || -> Vec<NewJob> { (0..3).map(|_| noop_job()).collect() };
     let mut ids = Vec::new();
@@ -449,7 +443,7 @@ async fn purging_a_job_takes_its_waiting_events_out_of_shared_batches() {
     use taskfleet_storage::{Ledger, Tenants, tenants::SYSTEM_TENANT};
 
     let env = TestEnv::new().await;
-    let ledger = Ledger::new(env.pool.clone());
+    let ledger = Ledger::new(&env.db);
     let tenants = Tenants::new(env.pool.clone());
     let (probe, other) = (noop_job(), noop_job());
     let system = tenants.ensure(SYSTEM_TENANT).await.unwrap();
@@ -489,7 +483,7 @@ async fn a_stale_write_in_the_same_batch_comes_before_the_terminal_event() {
     use taskfleet_storage::{EventLog, Finish, Ledger, Outcome, Tenants};
 
     let env = TestEnv::new().await;
-    let ledger = Ledger::new(env.pool.clone());
+    let ledger = Ledger::new(&env.db);
     let acme = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let job = noop_job();
     ledger

@@ -23,7 +23,7 @@ fn noop() -> NewJob {
 #[tokio::test]
 async fn jobs_name_tenants_that_exist_and_keep_them() {
     let env = TestEnv::new().await;
-    let ledger = Ledger::new(env.pool.clone());
+    let ledger = Ledger::new(&env.db);
     let tenants = Tenants::new(env.pool.clone());
     let acme = tenants.ensure("acme").await.unwrap();
     let globex = tenants.ensure("globex").await.unwrap();

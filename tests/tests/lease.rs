@@ -102,9 +102,10 @@ async fn a_late_take_under_an_older_epoch_leaves_the_newer_holder_alone() {
 async fn a_lease_redis_lost_is_taken_back_by_its_holder() {
     let env = TestEnv::new().await;
     let keys = taskfleet_storage::redis::Keys::new(&env.redis_prefix);
-    let key = format!("{}:lease:job", env.redis_prefix);
-    let flag = format!("{}:cancel:job", env.redis_prefix);
-    let born = keys.keyspace_born();
+    let job = uuid::Uuid::now_v7();
+    let key = keys.job_lease(job);
+    let flag = keys.cancel_flag(job);
+    let born = keys.keyspace_born(job);
     let ttl = Duration::from_millis(400);
     let holder = Lease::new(key.clone(), "worker-a".into(), ttl);
     let mut conn = env.redis.clone();
@@ -144,7 +145,7 @@ async fn a_lease_redis_lost_is_taken_back_by_its_holder() {
             == [None]
     })
     .await;
-    assert!(Lease::keyspace_age(&mut conn, &born).await.unwrap() >= ttl);
+    assert!(keyspace_age(&mut conn, &born).await >= ttl);
     assert!(!holder.retake(&mut conn, 5, &born).await.unwrap());
     env.finish().await;
 }
@@ -154,16 +155,22 @@ async fn a_lease_redis_lost_is_taken_back_by_its_holder() {
 #[tokio::test]
 async fn the_keyspace_age_starts_again_when_redis_is_emptied() {
     let env = TestEnv::new().await;
-    let key = taskfleet_storage::redis::Keys::new(&env.redis_prefix).keyspace_born();
+    let key =
+        taskfleet_storage::redis::Keys::new(&env.redis_prefix).keyspace_born(uuid::Uuid::now_v7());
     let mut conn = env.redis.clone();
     let young = Duration::from_millis(100);
-    assert!(Lease::keyspace_age(&mut conn, &key).await.unwrap() < young);
+    assert!(keyspace_age(&mut conn, &key).await < young);
     // Time has to pass for an age to show.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let aged = Lease::keyspace_age(&mut conn, &key).await.unwrap();
+    let aged = keyspace_age(&mut conn, &key).await;
     assert!(aged >= Duration::from_millis(250), "{aged:?}");
 
     env.flush_redis().await;
-    assert!(Lease::keyspace_age(&mut conn, &key).await.unwrap() < young);
+    assert!(keyspace_age(&mut conn, &key).await < young);
     env.finish().await;
+}
+
+async fn keyspace_age(conn: &mut taskfleet_storage::redis::Connection, key: &str) -> Duration {
+    let ages = Lease::keyspace_ages(conn, &[key.to_owned()]).await.unwrap();
+    ages[0]
 }

@@ -32,7 +32,7 @@ async fn submit(
 
 async fn setup(env: &TestEnv) -> (Ledger, Uuid) {
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
-    (Ledger::new(env.pool.clone()), tenant.id)
+    (Ledger::new(&env.db), tenant.id)
 }
 
 async fn started(ledger: &Ledger, id: Uuid) -> Dispatch {
@@ -76,10 +76,8 @@ async fn reads_since(pool: &PgPool, index: &str, before: i64) -> i64 {
 /// A ledger on one connection of its own, so the statistics of its statements can be
 /// flushed from that connection ([`flush_statistics`]) and read by the test.
 fn measured_ledger(env: &TestEnv) -> (Ledger, PgPool) {
-    let pool = taskfleet_storage::Db::connect_lazy(&env.database_url, 1)
-        .unwrap()
-        .pool;
-    (Ledger::new(pool.clone()), pool)
+    let db = taskfleet_storage::Db::connect_lazy(&env.database_url, 1).unwrap();
+    (Ledger::new(&db), db.pool)
 }
 
 /// Makes the statistics of the (single) connection of `pool` visible to other sessions.

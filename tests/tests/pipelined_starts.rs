@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 async fn queued_noop(env: &TestEnv) -> (Ledger, Uuid) {
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
-    let ledger = Ledger::new(env.pool.clone());
+    let ledger = Ledger::new(&env.db);
     let job = NewJob::new(
         serde_json::from_value(json!({"kind": "executor.run", "tool": "noop"})).unwrap(),
         None,

@@ -83,7 +83,7 @@ fn scheduler(env: &TestEnv) -> taskfleet_worker::scheduler::Scheduler {
     taskfleet_worker::scheduler::Scheduler::new(
         Schedules::new(env.pool.clone()),
         Queues::new(env.pool.clone()),
-        Ledger::new(env.pool.clone()),
+        Ledger::new(&env.db),
         env.redis.clone(),
         Keys::new(&env.redis_prefix),
     )
@@ -404,10 +404,7 @@ async fn a_slot_seen_both_on_time_and_missed_does_not_stall_the_scheduler() {
     use taskfleet_storage::{Ledger, NewJob, Schedules, Scope, Tenants};
     let env = TestEnv::new().await;
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
-    let (schedules, ledger) = (
-        Schedules::new(env.pool.clone()),
-        Ledger::new(env.pool.clone()),
-    );
+    let (schedules, ledger) = (Schedules::new(env.pool.clone()), Ledger::new(&env.db));
     let now = schedules.now().await.unwrap();
     // A catch-up schedule whose recent slots already got on-time fire jobs from an earlier
     // leader that died before moving the schedule on.

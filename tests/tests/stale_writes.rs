@@ -98,7 +98,7 @@ async fn a_paused_workers_late_completion_is_rejected() {
 /// `n` queued no-op jobs of the `acme` tenant, put straight into the ledger; returns the
 /// tenant's id and the jobs' ids.
 async fn queued_jobs(env: &TestEnv, n: usize) -> (Ledger, Uuid, Vec<Uuid>) {
-    let ledger = Ledger::new(env.pool.clone());
+    let ledger = Ledger::new(&env.db);
     let tenant = Tenants::new(env.pool.clone()).ensure("acme").await.unwrap();
     let jobs: Vec<NewJob> = (0..n)
         .map(|_| {

@@ -18,6 +18,12 @@ pub struct WorkerArgs {
     pub database_url: String,
     #[command(flatten)]
     pub postgres: taskfleet_storage::StatementLimits,
+    /// Postgres connections of the shared pool. The process opens at most this many, plus
+    /// 4 for the ledger's statements about one job, plus 2 listeners while it leads the
+    /// fleet, plus 2 while it migrates at start.
+    #[arg(long = "pg-max-connections", env = "TASKFLEET_PG_MAX_CONNECTIONS",
+          default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub pg_max_connections: u32,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Prefix of every Redis key, so several fleets can share one Redis.

@@ -6,9 +6,11 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use taskfleet_jobs::{Dispatch, Queue};
-use taskfleet_storage::{Ledger, redis as tf_redis, redis::Keys};
+use taskfleet_storage::{
+    Ledger, redis as tf_redis,
+    redis::{Connection, Keys},
+};
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +33,7 @@ pub struct DispatcherSettings {
 
 pub struct Dispatcher {
     ledger: Ledger,
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     settings: DispatcherSettings,
     /// Names the dispatcher in events.
@@ -43,7 +45,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         ledger: Ledger,
-        conn: ConnectionManager,
+        conn: Connection,
         keys: &Keys,
         settings: DispatcherSettings,
         actor: String,

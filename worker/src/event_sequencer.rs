@@ -8,8 +8,10 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use taskfleet_storage::{EventLog, redis as tf_redis, redis::Keys};
+use taskfleet_storage::{
+    EventLog, redis as tf_redis,
+    redis::{Connection, Keys},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::notifications::woken_by;
@@ -26,7 +28,7 @@ pub const WAKE_FALLBACK: Duration = Duration::from_secs(1);
 
 pub struct EventSequencer {
     pub events: EventLog,
-    pub conn: ConnectionManager,
+    pub conn: Connection,
     pub keys: Keys,
     /// Longest wait without a notification ([`WAKE_FALLBACK`]).
     pub wake_fallback: Duration,

@@ -31,13 +31,12 @@ use futures::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::Value;
 use taskfleet_jobs::{Dispatch, ExecutorRules, JobSpec, RetryPolicy, StartRequest};
 use taskfleet_storage::{
     Finish, GroupCommit, Lease, Ledger, Outcome, Renewal, Started, WorkerCounts, redis as tf_redis,
-    redis::Keys,
+    redis::{Connection, Keys},
 };
 use taskfleet_telemetry::metrics;
 use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
@@ -169,7 +168,7 @@ struct Attempt {
 /// as the ledger starts jobs and records outcomes, in one round trip per batch.
 #[derive(Clone)]
 struct JobLeases {
-    redis: ConnectionManager,
+    redis: Connection,
     keys: Keys,
     /// Holds the leases.
     worker: String,
@@ -234,7 +233,7 @@ pub struct JobExecutor {
     unrecorded: Arc<Semaphore>,
     leases: JobLeases,
     services: Services,
-    redis: ConnectionManager,
+    redis: Connection,
     keys: Keys,
     /// Names this process in the ledger (`jobs.worker`, event actors) and in leases.
     worker: String,
@@ -251,7 +250,7 @@ pub struct JobExecutor {
 impl JobExecutor {
     pub fn new(
         ledger: Ledger,
-        redis: ConnectionManager,
+        redis: Connection,
         keys: Keys,
         worker: String,
         settings: ExecutorSettings,
@@ -404,7 +403,7 @@ impl JobExecutor {
             request.epoch as u64,
             LeaseKeys {
                 cancel: self.keys.cancel_flag(request.job_id),
-                born: self.keys.keyspace_born(),
+                born: self.keys.keyspace_born(request.job_id),
             },
             stopper,
         ));
@@ -675,7 +674,7 @@ impl JobExecutor {
 /// reads an absent lease as lapsed.
 async fn heartbeat(
     lease: Lease,
-    mut conn: ConnectionManager,
+    mut conn: Connection,
     epoch: u64,
     flags: LeaseKeys,
     stopper: Stopper,
@@ -721,7 +720,7 @@ async fn heartbeat(
 struct LeaseKeys {
     /// Set when the job's cancellation is asked.
     cancel: String,
-    /// When Redis last started empty ([`Lease::keyspace_age`]).
+    /// When the Redis holding the lease last started empty ([`Lease::keyspace_ages`]).
     born: String,
 }
 

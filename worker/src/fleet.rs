@@ -5,14 +5,17 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use apalis::prelude::*;
-use redis::aio::ConnectionManager;
 use taskfleet_agents::Agents;
 use taskfleet_connectors::Providers;
 use taskfleet_jobs::{Dispatch, EventName, Queue};
 use taskfleet_storage::{
     Budgets, Connectors, Conversations, Db, EventLog, Lease, Ledger, LlmProviders, Queues,
-    Schedules, Tasks, WorkerInfo, Workers, job_cleaner::JobCleaner, redis as tf_redis, redis::Keys,
-    wait_for, workers::HEARTBEAT_EVERY,
+    Schedules, Tasks, WorkerInfo, Workers,
+    job_cleaner::JobCleaner,
+    redis as tf_redis,
+    redis::{Connection, Keys},
+    wait_for,
+    workers::HEARTBEAT_EVERY,
 };
 use taskfleet_telemetry::metrics;
 use tokio::sync::Notify;
@@ -81,7 +84,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let sandbox = Arc::new(args.sandbox(&executor_rules)?);
     let agents = Agents::open(args.agents.clone()).await?;
     let identity = process_identity();
-    let db = Db::connect_lazy_limited(&args.database_url, 16, args.postgres)
+    let db = Db::connect_lazy_limited(&args.database_url, args.pg_max_connections, args.postgres)
         .context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
         .await
@@ -98,7 +101,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         tf_redis::MIN_MAJOR_VERSION
     );
     let keys = Keys::new(&args.redis_prefix);
-    let ledger = Ledger::new(db.pool.clone());
+    let ledger = Ledger::new(&db);
     let shutdown = CancellationToken::new();
     let executor = Arc::new(JobExecutor::new(
         ledger.clone(),
@@ -268,7 +271,7 @@ fn leader_duties(
     args: &WorkerArgs,
     ledger: &Ledger,
     ledger_pool: &sqlx::PgPool,
-    conn: &ConnectionManager,
+    conn: &Connection,
     keys: &Keys,
     identity: &str,
 ) -> leader::Duties {

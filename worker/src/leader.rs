@@ -6,10 +6,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use redis::aio::ConnectionManager;
 use taskfleet_storage::{
     Lease, Ledger, Workers,
     job_cleaner::{Deleted, JobCleaner},
+    redis::Connection,
 };
 use taskfleet_telemetry::metrics;
 use tokio::{task::JoinHandle, time::Instant};
@@ -48,12 +48,7 @@ pub fn duties(
 }
 
 /// Competes for leadership until `shutdown`, running `duties` while leader.
-pub async fn run(
-    lease: Lease,
-    mut conn: ConnectionManager,
-    duties: Duties,
-    shutdown: CancellationToken,
-) {
+pub async fn run(lease: Lease, mut conn: Connection, duties: Duties, shutdown: CancellationToken) {
     let renew_every = lease.ttl() / 3;
     let mut held: Option<(u64, Instant, CancellationToken, Vec<JoinHandle<()>>)> = None;
     loop {

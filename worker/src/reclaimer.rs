@@ -6,24 +6,29 @@
 //! It also carries cancellations through: a running job whose cancellation the ledger holds
 //! is signalled again until it stops, since one Redis message may have been lost.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::Duration,
+};
 
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use taskfleet_jobs::{Queue, RetryPolicy};
-use taskfleet_storage::{Lease, Ledger, Rescue, RunningJob, redis as tf_redis, redis::Keys};
+use taskfleet_storage::{
+    Lease, Ledger, Rescue, RunningJob, redis as tf_redis,
+    redis::{Connection, Keys},
+};
 use taskfleet_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
-/// Jobs looked at per page: their leases are read with one `MGET` and the expired ones taken
-/// back with one statement.
+/// Jobs looked at per page: their leases are read in one round trip (one per slot on a
+/// cluster) and the expired ones taken back with one statement.
 const PAGE: i64 = 1_000;
 /// A cancellation asked this long ago whose job still runs is signalled again.
 const RESIGNAL_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Reclaimer {
     pub ledger: Ledger,
-    pub conn: ConnectionManager,
+    pub conn: Connection,
     pub keys: Keys,
     pub lease_ttl: Duration,
     /// Stalls after which a job is dead ([`Ledger::reclaim_many`]).
@@ -80,11 +85,26 @@ impl Reclaimer {
     async fn reclaim_lapsed(&mut self, page: &[RunningJob]) -> anyhow::Result<usize> {
         let lease_keys: Vec<String> = page.iter().map(|job| self.keys.job_lease(job.id)).collect();
         let held = Lease::epochs(&mut self.conn, &lease_keys).await?;
-        // Redis lost every lease when it started empty: for a ttl, their holders take them
-        // back, and only a lease held under another epoch tells that a job lapsed.
-        let lost_by_redis =
-            Lease::keyspace_age(&mut self.conn, &self.keys.keyspace_born()).await? < self.lease_ttl;
-        let rescues = Self::rescues(page, held, lost_by_redis);
+        // Redis lost every lease it held when it started empty (a cluster's primaries each on
+        // their own): for a ttl, their holders take them back, and only a lease held under
+        // another epoch tells that a job lapsed. Asked only where a lease is absent.
+        let births: BTreeSet<String> = page
+            .iter()
+            .zip(&held)
+            .filter(|(_, held)| held.is_none())
+            .map(|(job, _)| self.keys.keyspace_born(job.id))
+            .collect();
+        let births: Vec<String> = births.into_iter().collect();
+        let ages = Lease::keyspace_ages(&mut self.conn, &births).await?;
+        let young: HashSet<&String> = births
+            .iter()
+            .zip(ages)
+            .filter(|(_, age)| *age < self.lease_ttl)
+            .map(|(born, _)| born)
+            .collect();
+        let rescues = Self::rescues(page, held, |job| {
+            young.contains(&self.keys.keyspace_born(job.id))
+        });
         if rescues.is_empty() {
             return Ok(0);
         }
@@ -109,13 +129,17 @@ impl Reclaimer {
     /// The jobs of `page` whose leases (`held`, in order) are gone (unless Redis lost them,
     /// `lost_by_redis`) or under another epoch, each to run again after the delay a failed
     /// attempt would wait.
-    fn rescues(page: &[RunningJob], held: Vec<Option<u64>>, lost_by_redis: bool) -> Vec<Rescue> {
+    fn rescues(
+        page: &[RunningJob],
+        held: Vec<Option<u64>>,
+        lost_by_redis: impl Fn(&RunningJob) -> bool,
+    ) -> Vec<Rescue> {
         let now = Utc::now();
         let mut rng = rand::rng();
         page.iter()
             .zip(held)
             .filter(|(job, held)| match held {
-                None => !lost_by_redis,
+                None => !lost_by_redis(job),
                 Some(epoch) => *epoch != job.lease_epoch as u64,
             })
             .map(|(job, _)| {

@@ -24,11 +24,10 @@ use std::{
 use apalis::prelude::{Backend, Layer, Service, Task, WorkerContext};
 use apalis_core::backend::{BackendConfig, finalize::Ephemeral};
 use futures::{FutureExt, future::BoxFuture};
-use redis::aio::ConnectionManager;
 use taskfleet_jobs::{Dispatch, Queue};
 use taskfleet_storage::{
     redis as tf_redis,
-    redis::{Keys, RedisError},
+    redis::{Connection, Keys, RedisError},
 };
 use tokio::{task::JoinHandle, time::Sleep};
 
@@ -41,9 +40,9 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// has free slots, so a worker never holds jobs it cannot run while another could.
 pub struct RedisQueue {
     /// Blocking pops hold their connection until they return: it must be this queue's own.
-    fetches: ConnectionManager,
+    fetches: Connection,
     /// Gives fetched deliveries back: the fetching connection may be blocked by the next fetch.
-    conn: ConnectionManager,
+    conn: Connection,
     list: String,
     concurrency: usize,
     /// Jobs handed to the worker whose handler has not returned; kept by [`CountRunning`].
@@ -65,8 +64,8 @@ impl RedisQueue {
     /// A backend for `queue` that takes at most `concurrency` jobs at a time, fetching over
     /// `fetches`, a connection nothing else uses, and giving ids back over `conn`.
     pub fn new(
-        fetches: ConnectionManager,
-        conn: ConnectionManager,
+        fetches: Connection,
+        conn: Connection,
         keys: &Keys,
         queue: Queue,
         concurrency: usize,
@@ -225,7 +224,7 @@ impl Drop for RedisQueue {
 }
 
 /// Puts `jobs` back at the head of `list`, in order.
-async fn put_back(mut conn: ConnectionManager, list: String, jobs: Vec<Dispatch>) {
+async fn put_back(mut conn: Connection, list: String, jobs: Vec<Dispatch>) {
     if let Err(err) = tf_redis::put_back(&mut conn, &list, &jobs).await {
         tracing::warn!(%err, jobs = jobs.len(), "could not give fetched jobs back; the dispatcher's sweep pushes them again");
     }
@@ -310,7 +309,7 @@ mod tests {
     use taskfleet_storage::redis::{push_jobs, waiting, waiting_ids};
     use uuid::Uuid;
 
-    async fn connection() -> ConnectionManager {
+    async fn connection() -> Connection {
         let url = std::env::var("TASKFLEET_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
         taskfleet_storage::redis::connect(&url)

@@ -21,11 +21,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use redis::aio::ConnectionManager;
 use taskfleet_jobs::{JobOptions, JobSpec, MissedPolicy, Queue, Timing, spec::ScheduleFire};
 use taskfleet_storage::{
     InsertError, Inserted, Ledger, NewJob, Queues, ScheduleRecord, Schedules, redis as tf_redis,
-    redis::Keys,
+    redis::{Connection, Keys},
     schedules::{Advance, SchedulerBeat, Skipped},
 };
 use tokio_util::sync::CancellationToken;
@@ -56,7 +55,7 @@ pub struct Scheduler {
     schedules: Schedules,
     queues: Queues,
     ledger: Ledger,
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     /// Longest sleep without a notification ([`WAKE_FALLBACK`]).
     pub wake_fallback: Duration,
@@ -77,7 +76,7 @@ impl Scheduler {
         schedules: Schedules,
         queues: Queues,
         ledger: Ledger,
-        conn: ConnectionManager,
+        conn: Connection,
         keys: Keys,
     ) -> Scheduler {
         Scheduler {

@@ -18,7 +18,7 @@ mod submit;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use taskfleet_jobs::{JobState, Queue};
 use uuid::Uuid;
 
@@ -28,14 +28,10 @@ pub use rescue::{CancelSweep, Reclaimed, Rescue, RunningJob};
 pub use start::Started;
 pub use submit::{InsertError, Inserted, NewJob};
 
-use crate::tenants::Scope;
+use crate::{Db, tenants::Scope};
 
 /// Statements about at most this many jobs run on their generic plans ([`Ledger::pool_for`]).
 const FEW_ITEMS: usize = 4;
-
-/// Connections kept for statements about a few jobs: they come one or two at a time, while
-/// a busy fleet groups its jobs into batches on the main pool.
-const FEW_ITEMS_CONNECTIONS: u32 = 4;
 
 /// A job as stored.
 #[derive(Debug, Clone)]
@@ -90,17 +86,10 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(pool: PgPool) -> Ledger {
-        let options = (*pool.connect_options())
-            .clone()
-            .options([("plan_cache_mode", "force_generic_plan")]);
-        let generic_plans = PgPoolOptions::new()
-            .max_connections(FEW_ITEMS_CONNECTIONS.min(pool.options().get_max_connections()))
-            .acquire_timeout(pool.options().get_acquire_timeout())
-            .connect_lazy_with(options);
+    pub fn new(db: &Db) -> Ledger {
         Ledger {
-            pool,
-            generic_plans,
+            pool: db.pool.clone(),
+            generic_plans: db.generic_plans.clone(),
         }
     }
 
@@ -197,7 +186,7 @@ mod tests {
     async fn statements_about_a_few_jobs_use_generic_plans_and_batches_their_own() {
         let url = std::env::var("TASKFLEET_TEST_ADMIN_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let ledger = Ledger::new(crate::Db::connect_lazy(&url, 2).unwrap().pool);
+        let ledger = Ledger::new(&crate::Db::connect_lazy(&url, 2).unwrap());
         let outside: String = sqlx::query_scalar("SHOW plan_cache_mode")
             .fetch_one(ledger.pool())
             .await

@@ -6,18 +6,17 @@ use std::time::Duration;
 
 use redis::{
     AsyncCommands,
-    aio::ConnectionManager,
     streams::{StreamReadOptions, StreamReadReply},
 };
 
-use super::{Keys, RedisError};
+use super::{Connection, Keys, RedisError};
 
 /// The stream keeps about this many recent rounds; readers need only the newest.
 const LENGTH: usize = 10_000;
 
 /// Appends "events are numbered up to `last_seq`".
 pub async fn announce_numbered(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     last_seq: i64,
 ) -> Result<(), RedisError> {
@@ -46,7 +45,7 @@ pub struct Numbered {
 /// Waits up to `block` for entries after `last_id` (`$`: only new ones), reading at most
 /// `count`, and returns the newest announcement among them.
 pub async fn read_numbered(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     last_id: &str,
     block: Duration,

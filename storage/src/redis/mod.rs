@@ -17,12 +17,15 @@ pub use queue_lists::{
 };
 pub use signals::{clear_cancel, request_cancel, wake_dispatcher};
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt;
 use redis::{
-    Client,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Client, Cmd, FromRedisValue, Pipeline, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
+    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
 };
 use taskfleet_jobs::Queue;
 use tokio::sync::Notify;
@@ -30,10 +33,21 @@ use tokio::sync::Notify;
 pub use redis::RedisError;
 
 /// Key names under one prefix, so several fleets (or parallel tests) can share one Redis.
+///
+/// Every key carries a hash tag (the part in braces), so that on a Redis Cluster the keys one
+/// script or pipeline touches together live in one slot (ADR 0018): a queue's list has its
+/// queue's tag, the leader's lease and its epoch counter the leader's, and a job's lease and
+/// cancel flag the tag of the job's shard, which its shard's keyspace birth shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
 }
+
+/// Jobs' keys are spread over this many hash tags. A shard rather than a tag per job, so
+/// that the keyspace birth a lease is taken back against lives in the lease's slot while
+/// there are only this many of them, and a batch of leases needs at most this many
+/// pipelines on a cluster.
+pub const JOB_SHARDS: u128 = 64;
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Keys {
@@ -44,7 +58,7 @@ impl Keys {
 
     /// The list of dispatched job ids waiting for a worker of `queue`.
     pub fn queue_list(&self, queue: Queue) -> String {
-        format!("{}:queue:{queue}:waiting", self.prefix)
+        format!("{}:queue:{{{queue}}}:waiting", self.prefix)
     }
 
     /// The channel the API publishes on after accepting work, so the dispatcher wakes at once.
@@ -60,12 +74,12 @@ impl Keys {
 
     /// The lease a worker holds on a running job.
     pub fn job_lease(&self, job_id: uuid::Uuid) -> String {
-        format!("{}:lease:job:{job_id}", self.prefix)
+        format!("{}:lease:job:{}:{job_id}", self.prefix, job_tag(job_id))
     }
 
     /// Set while cancellation of a running job is requested; its heartbeat notices it.
     pub fn cancel_flag(&self, job_id: uuid::Uuid) -> String {
-        format!("{}:cancel:{job_id}", self.prefix)
+        format!("{}:cancel:{}:{job_id}", self.prefix, job_tag(job_id))
     }
 
     /// Carries the ids of running jobs to cancel, so their workers stop them at once.
@@ -75,23 +89,29 @@ impl Keys {
 
     /// The lease whose holder is the fleet's leader.
     pub fn leader_lease(&self) -> String {
-        format!("{}:lease:leader", self.prefix)
+        format!("{}:lease:{{leader}}", self.prefix)
     }
 
-    /// When Redis first answered for the fleet since it last started empty
-    /// ([`crate::Lease::keyspace_age`]).
-    pub fn keyspace_born(&self) -> String {
-        format!("{}:keyspace:born", self.prefix)
+    /// When the Redis holding `job_id`'s lease first answered for the fleet since it last
+    /// started empty ([`crate::Lease::keyspace_age`]): one key per job shard, since on a
+    /// cluster each primary starts empty on its own.
+    pub fn keyspace_born(&self, job_id: uuid::Uuid) -> String {
+        format!("{}:keyspace:born:{}", self.prefix, job_tag(job_id))
     }
+}
+
+/// The hash tag of a job's keys: its shard's. A UUID's low bits are random (v4 and v7 alike).
+fn job_tag(job_id: uuid::Uuid) -> String {
+    format!("{{j{}}}", job_id.as_u128() % JOB_SHARDS)
 }
 
 /// The oldest Redis major version taskfleet runs on: workers wait for work in `BLMPOP`,
 /// which Redis 7.0 introduced.
 pub const MIN_MAJOR_VERSION: u32 = 7;
 
-/// The major version of the Redis server behind `conn`.
-pub async fn major_version(conn: &mut ConnectionManager) -> Result<u32, RedisError> {
-    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+/// The major version of the Redis server behind `conn` (on a cluster, of one of its nodes).
+pub async fn major_version(conn: &mut Connection) -> Result<u32, RedisError> {
+    let info: String = conn.ask_one_node(redis::cmd("INFO").arg("server")).await?;
     major_version_in(&info).ok_or_else(|| {
         RedisError::from(std::io::Error::other("INFO server names no redis_version"))
     })
@@ -105,23 +125,219 @@ fn major_version_in(info: &str) -> Option<u32> {
     version.split('.').next()?.trim().parse().ok()
 }
 
-/// A connection manager with explicit timeouts that reconnects by itself.
-pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
-    let client = Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(6)
-        .set_max_delay(Duration::from_secs(2));
-    client.get_connection_manager_with_config(config).await
+/// A connection to the fleet's Redis: a single server, or a Redis Cluster, whose client
+/// follows slots as they move and a failed primary to its promoted replica. Clones share it.
+#[derive(Clone)]
+pub enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
-/// Subscribes to `channel` for as long as the process runs, resubscribing after Redis errors.
+impl Connection {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster(_))
+    }
+
+    /// Sends a command about the server rather than a key (`INFO`) to one node: a cluster
+    /// client would send it to every primary and answer with a map.
+    async fn ask_one_node<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, RedisError> {
+        match self {
+            Connection::Single(conn) => cmd.query_async(conn).await,
+            Connection::Cluster(conn) => {
+                let value = conn
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    )
+                    .await?;
+                Ok(T::from_redis_value(value)?)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connection::Single(_) => "Connection::Single",
+            Connection::Cluster(_) => "Connection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// A connection with explicit timeouts that reconnects by itself. `url` names one server or
+/// several nodes of a cluster, comma-separated (`redis://a:7000,b:7001`: later nodes take the
+/// first one's scheme and credentials); a single node that says it is in a cluster is used
+/// as the cluster's seed.
+pub async fn connect(url: &str) -> Result<Connection, RedisError> {
+    let nodes = nodes(url)?;
+    if let [node] = nodes.as_slice() {
+        let client = Client::open(node.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(6)
+            .set_max_delay(Duration::from_secs(2));
+        let mut single = client.get_connection_manager_with_config(config).await?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut single)
+            .await?;
+        if !info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+            return Ok(Connection::Single(single));
+        }
+    }
+    let cluster = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .connection_timeout(CONNECTION_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        // Through a failover (`cluster-node-timeout` and the replicas' vote) a command is
+        // retried, following the new slot map, within the response timeout; callers retry
+        // past it as they do on one server.
+        .retries(12)
+        .min_retry_wait(100)
+        .max_retry_wait(2_000)
+        .build()?;
+    Ok(Connection::Cluster(cluster.get_async_connection().await?))
+}
+
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The node URLs in `url` (see [`connect`]).
+fn nodes(url: &str) -> Result<Vec<String>, RedisError> {
+    let mut parts = url
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty());
+    let invalid = |why: &str| {
+        RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "REDIS_URL",
+            why.to_owned(),
+        ))
+    };
+    let first = parts.next().ok_or_else(|| invalid("names no server"))?;
+    let base = url::Url::parse(first).map_err(|err| invalid(&format!("{first}: {err}")))?;
+    let mut nodes = vec![first.to_owned()];
+    for part in parts {
+        if part.contains("://") {
+            nodes.push(part.to_owned());
+            continue;
+        }
+        let (host, port) = part
+            .rsplit_once(':')
+            .ok_or_else(|| invalid(&format!("{part}: a further node is host:port")))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid(&format!("{part}: the port is not a number")))?;
+        let mut node = base.clone();
+        node.set_host(Some(host))
+            .map_err(|err| invalid(&format!("{part}: {err}")))?;
+        node.set_port(Some(port))
+            .map_err(|()| invalid(&format!("{part}: this URL takes no port")))?;
+        nodes.push(node.to_string());
+    }
+    Ok(nodes)
+}
+
+/// Runs commands on keys that may live in different cluster slots, as one pipeline per hash
+/// tag (a cluster refuses a pipeline across slots), concurrently; on a single server, as one
+/// pipeline. `add(pipe, i)` appends the one command for `keys[i]` whose reply is kept, after
+/// `prelude`'s commands, which must be ignored. The replies come back in the order of `keys`.
+pub async fn pipeline_by_slot<T: FromRedisValue>(
+    conn: &Connection,
+    keys: &[String],
+    prelude: impl Fn(&mut Pipeline),
+    add: impl Fn(&mut Pipeline, usize),
+) -> Result<Vec<T>, RedisError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let groups: Vec<Vec<usize>> = if conn.is_cluster() {
+        let mut by_tag: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            by_tag.entry(hash_tag(key)).or_default().push(i);
+        }
+        by_tag.into_values().collect()
+    } else {
+        vec![(0..keys.len()).collect()]
+    };
+    let replies = futures::future::try_join_all(groups.iter().map(|group| {
+        let mut pipe = redis::pipe();
+        prelude(&mut pipe);
+        for &i in group {
+            add(&mut pipe, i);
+        }
+        let mut conn = conn.clone();
+        async move { pipe.query_async::<Vec<T>>(&mut conn).await }
+    }))
+    .await?;
+    let mut ordered: Vec<Option<T>> = keys.iter().map(|_| None).collect();
+    for (group, replies) in groups.iter().zip(replies) {
+        for (&i, reply) in group.iter().zip(replies) {
+            ordered[i] = Some(reply);
+        }
+    }
+    ordered
+        .into_iter()
+        .map(|reply| {
+            reply.ok_or_else(|| RedisError::from(std::io::Error::other("a pipeline lost a reply")))
+        })
+        .collect()
+}
+
+/// What decides `key`'s cluster slot: its hash tag (the text between the first `{` and the
+/// next `}`, when not empty), else the whole key.
+fn hash_tag(key: &str) -> &str {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(tag, _)| tag)
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key)
+}
+
+/// Subscribes to `channel` for as long as the process runs, resubscribing after Redis errors
+/// (to the next node named in `url`, on a cluster, where every node relays every message).
 /// `on_message` gets each message's payload, and `None` after every (re)subscription, since
 /// anything may have been published while nobody listened.
 pub async fn listen(url: String, channel: String, mut on_message: impl FnMut(Option<String>)) {
-    loop {
-        match subscribe(&url, &channel).await {
+    let nodes = match nodes(&url) {
+        Ok(nodes) => nodes,
+        Err(err) => {
+            tracing::error!(%err, %channel, "cannot subscribe: REDIS_URL is not valid");
+            return;
+        }
+    };
+    for node in nodes.iter().cycle() {
+        match subscribe(node, &channel).await {
             Ok(mut pubsub) => {
                 on_message(None);
                 let mut messages = pubsub.on_message();
@@ -145,7 +361,7 @@ pub async fn forward_wakeups(url: String, channel: String, notify: std::sync::Ar
 
 async fn subscribe(url: &str, channel: &str) -> Result<redis::aio::PubSub, RedisError> {
     let client = Client::open(url)?;
-    let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+    let mut pubsub = tokio::time::timeout(CONNECTION_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
     pubsub.subscribe(channel).await?;
@@ -154,7 +370,7 @@ async fn subscribe(url: &str, channel: &str) -> Result<redis::aio::PubSub, Redis
 
 #[cfg(test)]
 mod tests {
-    use super::major_version_in;
+    use super::{hash_tag, major_version_in, nodes};
 
     #[test]
     fn the_major_version_is_read_from_info_server() {
@@ -162,5 +378,31 @@ mod tests {
         assert_eq!(major_version_in(info), Some(7));
         assert_eq!(major_version_in("redis_version:6.2.14\r\n"), Some(6));
         assert_eq!(major_version_in("# Server\r\n"), None);
+    }
+
+    #[test]
+    fn a_cluster_is_named_by_its_nodes_and_later_ones_take_the_first_ones_credentials() {
+        assert_eq!(
+            nodes("redis://:secret@a:7000, b:7001,redis://c:7002").unwrap(),
+            [
+                "redis://:secret@a:7000",
+                "redis://:secret@b:7001",
+                "redis://c:7002"
+            ]
+        );
+        assert_eq!(
+            nodes("redis://127.0.0.1:6379").unwrap(),
+            ["redis://127.0.0.1:6379"]
+        );
+        assert!(nodes("redis://a:7000,b").is_err());
+        assert!(nodes("").is_err());
+    }
+
+    #[test]
+    fn keys_with_one_hash_tag_share_a_slot() {
+        assert_eq!(hash_tag("tf:lease:job:{j7}:0193"), "j7");
+        assert_eq!(hash_tag("tf:cancel:{j7}:0193"), "j7");
+        assert_eq!(hash_tag("tf:events"), "tf:events");
+        assert_eq!(hash_tag("tf:{}:x"), "tf:{}:x");
     }
 }

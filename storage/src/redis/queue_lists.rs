@@ -5,15 +5,15 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::AsyncCommands;
 use taskfleet_jobs::{Dispatch, Queue};
 use uuid::Uuid;
 
-use super::{Keys, RedisError};
+use super::{Connection, Keys, RedisError, pipeline_by_slot};
 
 /// Appends `jobs` to `queue`'s list; workers waiting on it take them at once.
 pub async fn push_jobs(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queue: Queue,
     jobs: &[Dispatch],
@@ -48,43 +48,46 @@ fn entries<'a>(jobs: impl IntoIterator<Item = &'a Dispatch>) -> Vec<String> {
 }
 
 /// How many dispatched ids of each of `queues` wait in Redis, not yet taken by a worker.
-/// One round trip.
+/// One round trip (one per queue, concurrently, on a cluster).
 pub async fn waiting(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queues: &[Queue],
 ) -> Result<Vec<i64>, RedisError> {
-    // Redis refuses an empty pipeline.
-    if queues.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for &queue in queues {
-        pipe.llen(keys.queue_list(queue));
-    }
-    pipe.query_async(conn).await
+    let lists: Vec<String> = queues.iter().map(|&queue| keys.queue_list(queue)).collect();
+    pipeline_by_slot(
+        conn,
+        &lists,
+        |_| {},
+        |pipe, i| {
+            pipe.llen(&lists[i]);
+        },
+    )
+    .await
 }
 
-/// The ids of the jobs waiting in each of `queues`' lists. One round trip; each list is at
-/// most a dispatch window long.
+/// The ids of the jobs waiting in each of `queues`' lists. One round trip (one per queue,
+/// concurrently, on a cluster); each list is at most a dispatch window long.
 pub async fn waiting_ids(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queues: &[Queue],
 ) -> Result<Vec<Vec<Uuid>>, RedisError> {
-    if queues.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for &queue in queues {
-        pipe.lrange(keys.queue_list(queue), 0, -1);
-    }
-    let lists: Vec<Vec<String>> = pipe.query_async(conn).await?;
-    Ok(queues
+    let lists: Vec<String> = queues.iter().map(|&queue| keys.queue_list(queue)).collect();
+    let entries: Vec<Vec<String>> = pipeline_by_slot(
+        conn,
+        &lists,
+        |_| {},
+        |pipe, i| {
+            pipe.lrange(&lists[i], 0, -1);
+        },
+    )
+    .await?;
+    Ok(lists
         .iter()
-        .zip(lists)
-        .map(|(&queue, entries)| {
-            deliveries(&keys.queue_list(queue), entries)
+        .zip(entries)
+        .map(|(list, entries)| {
+            deliveries(list, entries)
                 .into_iter()
                 .map(|job| job.job_id)
                 .collect()
@@ -131,7 +134,7 @@ pub fn own_pushes(queues: &[Queue], waiting: &HashMap<Queue, i64>) -> Vec<bool> 
 /// Takes up to `count` deliveries from the head of `list`: at once when some wait, else as
 /// soon as one arrives, or none once `block` has passed.
 pub async fn take_jobs(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     list: &str,
     block: Duration,
     count: usize,
@@ -153,7 +156,7 @@ pub async fn take_jobs(
 
 /// Puts `jobs` back at the head of `list`, in order, for the next worker to take first.
 pub async fn put_back(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     list: &str,
     jobs: &[Dispatch],
 ) -> Result<(), RedisError> {

@@ -17,11 +17,11 @@ use taskfleet_jobs::{ExecutorRules, JobSpec};
 
 use std::{sync::Arc, time::Duration};
 
-use redis::aio::ConnectionManager;
 use taskfleet_agents::Agents;
 use taskfleet_connectors::Providers;
 use taskfleet_storage::{
-    Budgets, Connectors, Conversations, Ledger, LlmProviders, Schedules, Sealer, Tasks, redis::Keys,
+    Budgets, Connectors, Conversations, Ledger, LlmProviders, Schedules, Sealer, Tasks,
+    redis::{Connection, Keys},
 };
 use uuid::Uuid;
 
@@ -56,7 +56,7 @@ pub struct JobContext {
     pub request_id: Option<String>,
     pub(crate) ledger: Ledger,
     pub(crate) services: Services,
-    pub(crate) redis: ConnectionManager,
+    pub(crate) redis: Connection,
     pub(crate) keys: Keys,
     pub(crate) epoch: i64,
     /// The attempt's start, written while a job that may run before it runs (ADR 0017).

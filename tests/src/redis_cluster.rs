@@ -1,0 +1,243 @@
+//! A real Redis Cluster for one test: Debian's `redis-server` nodes on free ports, joined by
+//! `redis-cli --cluster create`, each primary with a replica. A test can kill a primary and
+//! wait for its replica to take over, as a managed cluster does when a host dies.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use uuid::Uuid;
+
+use crate::{dies_with_its_starter, free_port, wait_until};
+
+pub struct RedisCluster {
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+struct Node {
+    port: u16,
+    process: Child,
+}
+
+/// How long a primary may not answer before its replica is promoted. Short, so a test's
+/// failover takes seconds; managed clusters use 5–15 s.
+const NODE_TIMEOUT_MS: u64 = 2_000;
+
+impl RedisCluster {
+    /// Starts `primaries` primaries with one replica each and waits until the cluster serves
+    /// every slot.
+    pub async fn start(primaries: usize) -> RedisCluster {
+        let dir =
+            std::env::temp_dir().join(format!("tf-redis-cluster-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("cluster directory");
+        let nodes: Vec<Node> = (0..primaries * 2)
+            .map(|_| {
+                let port = free_port();
+                let node_dir = dir.join(port.to_string());
+                std::fs::create_dir_all(&node_dir).expect("node directory");
+                let mut cmd = Command::new("redis-server");
+                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes"])
+                    // The bus port is the port + 10,000 unless given: past 55,535 it would
+                    // not exist.
+                    .args(["--cluster-port", &free_port().to_string()])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+                    // A replica fails over however long ago it last heard from its primary:
+                    // the test's replicas have had little to replicate.
+                    .args(["--cluster-replica-validity-factor", "0"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .stdin(Stdio::null());
+                dies_with_its_starter(&mut cmd);
+                let process = cmd
+                    .spawn()
+                    .expect("redis-server starts (Debian package redis-server)");
+                Node { port, process }
+            })
+            .collect();
+        let cluster = RedisCluster { dir, nodes };
+        for node in &cluster.nodes {
+            let port = node.port;
+            wait_until(
+                Duration::from_secs(10),
+                "a cluster node answers",
+                || async move { cli(port, &["PING"]).is_some_and(|out| out.trim() == "PONG") },
+            )
+            .await;
+        }
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli runs (Debian package redis-tools)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_until_serving().await;
+        wait_until(
+            Duration::from_secs(30),
+            "every replica has synced",
+            || async {
+                let synced = cluster
+                    .nodes
+                    .iter()
+                    .filter(|node| {
+                        cli(node.port, &["INFO", "replication"])
+                            .is_some_and(|info| info.contains("master_link_status:up"))
+                    })
+                    .count();
+                synced == primaries
+            },
+        )
+        .await;
+        cluster
+    }
+
+    /// `REDIS_URL` for the cluster: every node, so a client finds it with any of them down.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .collect();
+        nodes.join(",")
+    }
+
+    /// Waits until every live node sees every slot served.
+    pub async fn wait_until_serving(&self) {
+        wait_until(
+            Duration::from_secs(30),
+            "the cluster serves every slot",
+            || async {
+                self.live_ports().iter().all(|&port| {
+                    cli(port, &["CLUSTER", "INFO"]).is_some_and(|info| {
+                        info.lines().any(|line| line.trim() == "cluster_state:ok")
+                    })
+                })
+            },
+        )
+        .await;
+    }
+
+    /// The ports of the primaries, as the live nodes see them.
+    pub fn primaries(&self) -> Vec<u16> {
+        let port = self.live_ports()[0];
+        let nodes = cli(port, &["CLUSTER", "NODES"]).expect("a live node answers");
+        nodes
+            .lines()
+            .filter(|line| {
+                let flags = line.split(' ').nth(2).unwrap_or("");
+                flags.split(',').any(|flag| flag == "master") && !flags.contains("fail")
+            })
+            .filter_map(|line| {
+                let address = line.split(' ').nth(1)?;
+                address
+                    .split(['@', ','])
+                    .next()?
+                    .rsplit_once(':')?
+                    .1
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// The port of the primary serving `key`.
+    pub fn primary_of(&self, key: &str) -> u16 {
+        let port = self.live_ports()[0];
+        let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", key])
+            .and_then(|slot| slot.trim().parse().ok())
+            .expect("CLUSTER KEYSLOT answers");
+        let shards = cli(port, &["CLUSTER", "SLOTS"]).expect("CLUSTER SLOTS answers");
+        // redis-cli prints the nested reply one value a line: start, end, then the primary's
+        // host, port and id, then each replica's.
+        let lines: Vec<&str> = shards.lines().map(str::trim).collect();
+        lines
+            .windows(4)
+            .find_map(|window| {
+                let start: u16 = window[0].parse().ok()?;
+                let end: u16 = window[1].parse().ok()?;
+                (window[2] == "127.0.0.1" && start <= slot && slot <= end)
+                    .then(|| window[3].parse().ok())?
+            })
+            .expect("a primary serves the slot")
+    }
+
+    /// How many calls of `command` (lowercase, e.g. `evalsha`) the node at `port` served.
+    pub fn calls(&self, port: u16, command: &str) -> u64 {
+        let stats = cli(port, &["INFO", "commandstats"]).unwrap_or_default();
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the cluster has stopped counting the dead node at `port` among its
+    /// primaries, a replica serves its slots in its place, and every slot is served.
+    pub async fn wait_for_failover(&self, port: u16) {
+        let primaries = self.primaries().len();
+        wait_until(
+            Duration::from_secs(60),
+            "a replica replaces the dead primary",
+            || async {
+                let now = self.primaries();
+                !now.contains(&port) && now.len() == primaries
+            },
+        )
+        .await;
+        self.wait_until_serving().await;
+    }
+
+    /// Kills the node at `port` with SIGKILL, as a host dying does.
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.port == port)
+            .expect("a node of this cluster");
+        node.process.kill().expect("the node is killed");
+        node.process.wait().expect("the node exits");
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|node| cli(node.port, &["PING"]).is_some())
+            .map(|node| node.port)
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.process.kill();
+            let _ = node.process.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What `redis-cli -p port args…` printed, or `None` when the node did not answer.
+fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+}
