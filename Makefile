@@ -42,6 +42,7 @@ build:
 ## The whole suite against real Redis and Postgres (each test uses its own database and key prefix).
 ## A short smoke of the benchmark program runs first, so it never rots.
 test: services model tools contract-tools
+	deploy/k8s/validate.sh
 	cargo build --workspace --bins
 	$(TARGET_DIR)/debug/taskfleet-bench --smoke
 	@set -o pipefail; cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee /dev/stderr | \
