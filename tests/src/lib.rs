@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod connector_fleet;
 pub mod fake_providers;
+pub mod netns;
 pub mod pgbouncer;
 pub mod prometheus;
 pub mod redis_cluster;
@@ -264,7 +265,20 @@ impl TestEnv {
     }
 
     fn command(&self, binary_name: &str) -> Command {
-        let mut cmd = Command::new(binary(binary_name));
+        self.command_on(None, binary_name)
+    }
+
+    /// A command for one of the binaries, run in the network namespace `host` when given
+    /// (a host of a [`netns::Network`]).
+    fn command_on(&self, host: Option<&str>, binary_name: &str) -> Command {
+        let mut cmd = match host {
+            None => Command::new(binary(binary_name)),
+            Some(host) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", host]).arg(binary(binary_name));
+                cmd
+            }
+        };
         cmd.env("DATABASE_URL", &self.child_database_url)
             .env("REDIS_URL", &self.child_redis_url)
             .env("TASKFLEET_REDIS_PREFIX", &self.redis_prefix)
@@ -289,16 +303,16 @@ impl TestEnv {
     /// Routes the Postgres connections of processes started from now on through a proxy.
     pub async fn proxy_postgres(&mut self) -> Proxy {
         let proxy = Proxy::start("127.0.0.1:5432").await;
-        self.route_postgres(proxy.port);
+        self.route_postgres(&format!("127.0.0.1:{}", proxy.port));
         proxy
     }
 
-    /// Has processes started from now on reach the test's database at `port` on this host
-    /// (a proxy, a connection pooler).
-    pub fn route_postgres(&mut self, port: u16) {
+    /// Has processes started from now on reach the test's database at `address` (a proxy,
+    /// a connection pooler).
+    pub fn route_postgres(&mut self, address: &str) {
         let (base, database) = self.database_url.rsplit_once('/').unwrap();
         let (scheme_user, _) = base.rsplit_once('@').unwrap();
-        self.child_database_url = format!("{scheme_user}@127.0.0.1:{port}/{database}");
+        self.child_database_url = format!("{scheme_user}@{address}/{database}");
     }
 
     /// The `DATABASE_URL` processes started now get.
@@ -418,20 +432,32 @@ impl TestEnv {
     /// Starts `taskfleet-api` on a free port and waits until it answers.
     pub async fn start_api(&mut self, extra_env: &[(&str, &str)]) -> Api {
         let (_, api) = self.spawn_api(extra_env);
-        wait_until(
-            Duration::from_secs(30),
-            "the API answers /healthz",
-            || async { api.http.get(api.url("/healthz")).send().await.is_ok() },
-        )
-        .await;
+        api.wait_until_answering().await;
         api
     }
 
     /// Starts `taskfleet-api` on a free port without waiting for it; returns its index in
     /// `children` and how to reach it.
     pub fn spawn_api(&mut self, extra_env: &[(&str, &str)]) -> (usize, Api) {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut cmd = self.command("taskfleet-api");
+        self.spawn_api_on(None, "127.0.0.1", extra_env)
+    }
+
+    /// Starts `taskfleet-api` on the host `host` (a network namespace), listening on `ip`,
+    /// and waits until it answers.
+    pub async fn start_api_on(&mut self, host: &str, ip: &str) -> Api {
+        let (_, api) = self.spawn_api_on(Some(host), ip, &[]);
+        api.wait_until_answering().await;
+        api
+    }
+
+    fn spawn_api_on(
+        &mut self,
+        host: Option<&str>,
+        ip: &str,
+        extra_env: &[(&str, &str)],
+    ) -> (usize, Api) {
+        let addr = format!("{ip}:{}", free_port());
+        let mut cmd = self.command_on(host, "taskfleet-api");
         cmd.env("TASKFLEET_API_ADDR", &addr);
         // Tests and the benchmark drive one key far past a client's limits; the rate limit
         // tests set their own.
@@ -457,8 +483,18 @@ impl TestEnv {
 
     /// [`TestEnv::start_worker`] with extra environment variables.
     pub fn start_worker_env(&mut self, args: &[&str], env: &[(&str, &str)]) -> usize {
+        self.start_worker_on(None, args, env)
+    }
+
+    /// [`TestEnv::start_worker_env`] on the host `host` (a network namespace) when given.
+    pub fn start_worker_on(
+        &mut self,
+        host: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> usize {
         let child = self
-            .command("taskfleet-worker")
+            .command_on(host, "taskfleet-worker")
             .args(args)
             .envs(env.iter().copied())
             .spawn()
@@ -574,6 +610,16 @@ pub struct Api {
 }
 
 impl Api {
+    /// Waits until the API answers `/healthz`.
+    async fn wait_until_answering(&self) {
+        wait_until(
+            Duration::from_secs(30),
+            "the API answers /healthz",
+            || async { self.http.get(self.url("/healthz")).send().await.is_ok() },
+        )
+        .await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -739,7 +785,12 @@ enum Link {
 
 impl Proxy {
     pub async fn start(target: &str) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Proxy::start_on("127.0.0.1", target).await
+    }
+
+    /// A proxy to `target` listening on `ip`, a free port.
+    pub async fn start_on(ip: &str, target: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (link, link_rx) = tokio::sync::watch::channel(Link::Up);
         let target = target.to_owned();

@@ -56,7 +56,7 @@ async fn each_process_keeps_to_its_postgres_connection_budget() {
 async fn behind_pgbouncer_in_session_mode_the_fleet_runs_every_job_once() {
     let bouncer = Pgbouncer::start("session").await;
     let mut env = TestEnv::new().await;
-    env.route_postgres(bouncer.port);
+    env.route_postgres(&format!("127.0.0.1:{}", bouncer.port));
     // Session pooling gives each client connection a server connection of its own: the
     // fleet's (8 + 4, and 8 + 4 + 2 twice) fit pgbouncer's pool of 60.
     let small_pool = [("TASKFLEET_PG_MAX_CONNECTIONS", "8")];
@@ -84,7 +84,7 @@ async fn behind_pgbouncer_in_session_mode_the_fleet_runs_every_job_once() {
 async fn behind_pgbouncer_in_transaction_mode_the_fleet_refuses_to_start_and_says_why() {
     let bouncer = Pgbouncer::start("transaction").await;
     let mut env = TestEnv::new().await;
-    env.route_postgres(bouncer.port);
+    env.route_postgres(&format!("127.0.0.1:{}", bouncer.port));
     env.capture_logs();
 
     let migrate = env.api_command(&["migrate"]);
