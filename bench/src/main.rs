@@ -80,6 +80,8 @@ enum Measure {
     History,
     /// The burn-down beside jobs scheduled for tomorrow.
     FutureJobs,
+    /// The burn-down with 1, 2 and 4 worker processes: where the ledger saturates.
+    Scaling,
 }
 
 /// What was measured; `None` where a measure did not run.
@@ -105,6 +107,8 @@ struct Report {
     /// Jobs set for tomorrow beside the burn-down of [`Report::beside_future`].
     future_jobs: usize,
     beside_future: Option<Median<ours::BurnDown>>,
+    /// The burn-down by how many worker processes ran it.
+    scaling: Vec<(usize, Median<ours::BurnDown>)>,
 }
 
 /// A measure run several times: one drain lasts a second or two, and on a shared two-core
@@ -392,6 +396,26 @@ impl Report {
                 h.empty.scrape.p50, h.full.scrape.p50, h.empty.queues.p50, h.full.queues.p50
             ))
         );
+        if let Some((_, one)) = self.scaling.first() {
+            let curve: Vec<String> = self
+                .scaling
+                .iter()
+                .map(|(workers, run)| {
+                    format!(
+                        "{workers}: {} (×{:.2})",
+                        run.shown("/s"),
+                        run.value / one.value
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nScaling: the burn-down of {} no-ops by worker processes (each with its default executors){}: {}.",
+                s.burn_down_jobs,
+                of_runs("median (range)"),
+                curve.join("; ")
+            );
+        }
         let _ = writeln!(
             out,
             "\nRatios: taskfleet / the peer measured in this run (medians), or taskfleet's figure where the target has no peer.\n"
@@ -565,6 +589,7 @@ async fn main() -> anyhow::Result<()> {
             .future_jobs
             .unwrap_or(if args.smoke { 20_000 } else { 1_000_000 }),
         beside_future: None,
+        scaling: Vec::new(),
     };
     if runs(Measure::BurnDown) {
         eprintln!("taskfleet burn-down ({} jobs)…", sizes.burn_down_jobs);
@@ -591,6 +616,26 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?,
         );
+    }
+    if runs(Measure::Scaling) {
+        let fleets: &[usize] = if args.smoke { &[1, 2] } else { &[1, 2, 4] };
+        for &workers in fleets {
+            eprintln!(
+                "taskfleet burn-down ({} jobs) with {workers} worker processes…",
+                sizes.burn_down_jobs
+            );
+            let fleet = Sizes {
+                workers,
+                ..sizes.clone()
+            };
+            let run = median_of(
+                sizes.runs,
+                |b: &ours::BurnDown| b.per_second,
+                || ours::burn_down(&fleet),
+            )
+            .await?;
+            report.scaling.push((workers, run));
+        }
     }
     if runs(Measure::Pickup) {
         eprintln!("taskfleet pickup latency…");
