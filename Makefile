@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 SQLX_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/taskfleet_sqlx
 SQLX_CLI_VERSION := 0.8.6
 
-.PHONY: up down services model tools contract-tools build test bench lint fmt sqlx-cli sqlx-db sqlx-prepare
+.PHONY: up down services model tools contract-tools s3-tools build test bench lint fmt sqlx-cli sqlx-db sqlx-prepare
 
 ## Start Redis and Postgres if needed, migrate, run the API and two workers, print a key.
 up: services model tools build
@@ -36,12 +36,17 @@ tools:
 contract-tools:
 	@deploy/local/contract-tools.sh
 
+## moto's S3 server, pinned, in a virtualenv under var/s3/ (once): the tests keep the vector
+## store in a bucket on it.
+s3-tools:
+	@deploy/local/s3-tools.sh
+
 build:
 	cargo build --workspace --bins
 
 ## The whole suite against real Redis and Postgres (each test uses its own database and key prefix).
 ## A short smoke of the benchmark program runs first, so it never rots.
-test: services model tools contract-tools
+test: services model tools contract-tools s3-tools
 	deploy/k8s/validate.sh
 	cargo build --workspace --bins
 	$(TARGET_DIR)/debug/taskfleet-bench --smoke

@@ -44,7 +44,7 @@ pub struct AgentSettings {
     /// The vectors' dimension (embedder `openai`).
     #[arg(long, env = "TASKFLEET_EMBED_DIMENSIONS")]
     pub embed_dimensions: Option<usize>,
-    /// The lancedb store: a directory.
+    /// The lancedb store: a directory, or `s3://bucket/path` (with the `AWS_*` variables).
     #[arg(long, env = "TASKFLEET_VECTOR_URI", default_value = "var/lancedb")]
     pub vector_uri: String,
     /// Cosine similarity from which a task is a near-duplicate of an older one.

@@ -9,6 +9,7 @@ pub mod netns;
 pub mod pgbouncer;
 pub mod prometheus;
 pub mod redis_cluster;
+pub mod s3;
 
 use std::{
     os::unix::process::CommandExt,

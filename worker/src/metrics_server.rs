@@ -17,14 +17,20 @@ fn render() -> impl IntoResponse {
     metrics::render().with_content_type(metrics::CONTENT_TYPE)
 }
 
+/// How long `/readyz` waits for the vector store: an object store that stops answering is
+/// retried by its client for minutes, and a probe wants an answer now.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[handler]
 async fn readyz(agents: Data<&Agents>) -> Response {
-    match agents.store.check().await {
-        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(err) => Json(serde_json::json!({"error": "not_ready", "message": err.to_string()}))
-            .with_status(StatusCode::SERVICE_UNAVAILABLE)
-            .into_response(),
-    }
+    let failed = match tokio::time::timeout(READY_WITHIN, agents.store.check()).await {
+        Ok(Ok(())) => return Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => format!("the vector store did not answer within {READY_WITHIN:?}"),
+    };
+    Json(serde_json::json!({"error": "not_ready", "message": failed}))
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        .into_response()
 }
 
 /// A bound metrics listener, not yet serving.

@@ -1,0 +1,105 @@
+//! The vector store on object storage (`TASKFLEET_VECTOR_URI=s3://…`), as workers on several
+//! hosts keep it: against moto's S3 server, one worker embeds a task, another worker, with
+//! nothing on its disk, finds its repeat a near-duplicate of it through the bucket; and a
+//! worker whose store stops answering is not ready and says why.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use taskfleet_tests::{TestEnv, free_port, json, s3::S3Server, wait_until};
+
+const WITHIN: Duration = Duration::from_secs(120);
+const TITLE: &str = "The export to S3 fails every night since Monday";
+
+#[tokio::test]
+async fn workers_on_two_hosts_share_one_vector_store_in_a_bucket() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket("vectors").await;
+    let store = s3.worker_env("s3://vectors/fleet");
+    let store: Vec<(&str, &str)> = store
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[]).await;
+    let key = env.create_key("acme");
+
+    // The first host embeds the original.
+    let first = env.start_worker_env(&["--queues", "embed,agent"], &store);
+    let original = add_task(&api, &key, "the support inbox").await;
+    embedded(&env, &original).await;
+    env.terminate(first);
+
+    // The second host, a process with no store of its own on disk, embeds the repeat.
+    env.start_worker_env(&["--queues", "embed,agent"], &store);
+    let repeat = add_task(&api, &key, "the status page").await;
+    embedded(&env, &repeat).await;
+    let (_, task) = api.get(&key, &format!("/v1/tasks/{repeat}")).await;
+    assert_eq!(task["duplicate_of"], original.as_str(), "{task}");
+    assert!(
+        !env.vector_dir.exists(),
+        "no worker wrote vectors to its own disk"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_bucket_stops_answering_is_not_ready_and_says_why() {
+    let mut s3 = S3Server::start().await;
+    s3.create_bucket("vectors").await;
+    let store = s3.worker_env("s3://vectors/fleet");
+    let store: Vec<(&str, &str)> = store
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut env = TestEnv::new().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    env.start_worker_env(
+        &["--queues", "embed,agent", "--metrics-addr", &addr],
+        &store,
+    );
+    let readyz = format!("http://{addr}/readyz");
+    let http = reqwest::Client::new();
+    wait_until(WITHIN, "the worker is ready", || async {
+        matches!(http.get(&readyz).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+
+    s3.stop();
+    let answer = http.get(&readyz).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "not_ready", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("vector store"),
+        "{body}"
+    );
+    env.finish().await;
+}
+
+/// Adds a task by hand, one of two reports of the same failure; returns its id.
+async fn add_task(api: &taskfleet_tests::Api, key: &str, source: &str) -> String {
+    let body = json!({
+        "title": TITLE,
+        "description": format!("Reported from {source}: the nightly export job dies with AccessDenied."),
+    });
+    let (status, task) = api.post(key, "/v1/tasks", &body).await;
+    assert_eq!(status, 201, "{task}");
+    task["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until the embed job of task `id` succeeded.
+async fn embedded(env: &TestEnv, id: &str) {
+    wait_until(WITHIN, "the task is embedded", || async {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE kind = 'embed.items' AND state = 'succeeded'
+             AND payload->'item_ids' ? $1",
+        )
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        done > 0
+    })
+    .await;
+}
