@@ -123,9 +123,10 @@ impl Db {
         Ok(migrated?)
     }
 
-    /// Refuses a connection pooler in transaction (or statement) mode, such as pgbouncer's
+    /// Refuses a connection pooler in transaction mode, such as pgbouncer's
     /// `pool_mode = transaction`, which hands each transaction whichever server connection
-    /// is free: the fleet keeps state per connection (prepared statements, its settings, the
+    /// is free (statement mode refuses the probe's transaction itself, and that error stops
+    /// the process): the fleet keeps state per connection (prepared statements, its settings, the
     /// migrations' advisory lock, `LISTEN`) and would fail at random. Session pooling, and
     /// Postgres itself, pass.
     ///
@@ -195,10 +196,11 @@ fn unreachable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
         // Connection exceptions (class 08), and "the database system is starting up" or
-        // "shutting down" (57P03, 57P01).
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code == "57P03" || code == "57P01"),
+        // "shutting down" (57P03, 57P01); not a protocol violation (08P01), which pgbouncer
+        // in statement mode answers a transaction with, and waiting does not mend.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            (code.starts_with("08") && code != "08P01") || code == "57P03" || code == "57P01"
+        }),
         _ => false,
     }
 }

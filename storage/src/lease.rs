@@ -211,7 +211,7 @@ impl Lease {
     }
 
     /// Takes the lease back under `epoch` after Redis lost it: only while it is absent and
-    /// Redis started empty less than a ttl ago ([`Lease::keyspace_age`], `born` its key), so a
+    /// Redis started empty less than a ttl ago ([`Lease::keyspace_ages`], `born` its key), so a
     /// lease that lapsed while Redis kept its keys, and may have been reclaimed, is not.
     /// Whether it was taken.
     pub async fn retake(
@@ -262,22 +262,29 @@ impl Lease {
         Ok(value.and_then(|value| Some(value.rsplit_once('|')?.0.to_owned())))
     }
 
-    /// The epochs of the leases at `keys`, `None` where a lease is absent. One pipeline of
-    /// `GET`s per cluster slot, which we group ourselves: the cluster client's own split of
-    /// an `MGET` across slots was seen to misalign its answers while a primary failed over.
+    /// The epochs of the leases at `keys`, `None` where a lease is absent: one `MGET`, or on
+    /// a cluster one pipeline of `GET`s per slot, grouped here rather than by the cluster
+    /// client's own split of an `MGET` (ADR 0018).
     pub async fn epochs(
         conn: &mut Connection,
         keys: &[String],
     ) -> Result<Vec<Option<u64>>, RedisError> {
-        let values: Vec<Option<String>> = pipeline_by_slot(
-            conn,
-            keys,
-            |_| {},
-            |pipe, i| {
-                pipe.get(&keys[i]);
-            },
-        )
-        .await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = if conn.is_cluster() {
+            pipeline_by_slot(
+                conn,
+                keys,
+                |_| {},
+                |pipe, i| {
+                    pipe.get(&keys[i]);
+                },
+            )
+            .await?
+        } else {
+            redis::cmd("MGET").arg(keys).query_async(conn).await?
+        };
         Ok(values
             .into_iter()
             .map(|value| value?.rsplit_once('|')?.1.parse().ok())

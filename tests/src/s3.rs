@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{dies_with_its_starter, free_port, repository, wait_until};
+use crate::{TestEnv, dies_with_its_starter, free_port, repository, wait_until};
 
 pub struct S3Server {
     pub endpoint: String,
@@ -54,20 +54,21 @@ impl S3Server {
         );
     }
 
-    /// What a worker needs to keep its vector store at `uri` (`s3://bucket/path`) here: the
-    /// AWS variables lance reads, as for any S3-compatible store.
-    pub fn worker_env(&self, uri: &str) -> Vec<(String, String)> {
-        [
-            ("TASKFLEET_VECTOR_URI", uri),
-            ("AWS_ENDPOINT", self.endpoint.as_str()),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_ALLOW_HTTP", "true"),
-        ]
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect()
+    /// Starts a worker of `env` with `args` that keeps its vector store at `uri`
+    /// (`s3://bucket/path`) here, through the AWS variables lance reads, as for any
+    /// S3-compatible store; returns its index among `env`'s children.
+    pub fn start_worker(&self, env: &mut TestEnv, args: &[&str], uri: &str) -> usize {
+        env.start_worker_env(
+            args,
+            &[
+                ("TASKFLEET_VECTOR_URI", uri),
+                ("AWS_ENDPOINT", &self.endpoint),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_ALLOW_HTTP", "true"),
+            ],
+        )
     }
 
     /// Stops the server, as an object store that stops answering.

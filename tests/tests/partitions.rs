@@ -95,6 +95,7 @@ async fn hosts_cut_off_mid_burn_down_lose_nothing_and_complete_nothing_twice() {
     let reclaimed = env.count_events("lease_reclaimed").await - reclaimed_before;
     let refused = env.count_events("stale_write_rejected").await - stale_before;
     assert!(reclaimed > 0, "the cut host's running jobs were reclaimed");
+    assert!(refused > 0, "the cut host's late writes were refused");
 
     // The leader's host: another worker leads within a ttl of the lease's last renewal.
     for link in [Link::Redis, Link::Postgres] {
@@ -151,7 +152,8 @@ async fn hosts_cut_off_mid_burn_down_lose_nothing_and_complete_nothing_twice() {
         "a job's last start is missing from its events"
     );
 
-    // The schedule: each slot fired once, and slots kept firing after the leader changed.
+    // The schedule: each slot fired once with its target job, and slots kept firing after
+    // the leader changed.
     let fired: Vec<(DateTime<Utc>, bool)> = sqlx::query_as(
         "SELECT f.fire_at, j.id IS NOT NULL FROM schedule_firings f
          LEFT JOIN jobs j ON j.id = f.job_id

@@ -10,28 +10,25 @@ use taskfleet_tests::{TestEnv, free_port, json, s3::S3Server, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(120);
 const TITLE: &str = "The export to S3 fails every night since Monday";
+/// Where the workers keep their vectors: a path in the test's bucket.
+const STORE: &str = "s3://vectors/fleet";
 
 #[tokio::test]
 async fn workers_on_two_hosts_share_one_vector_store_in_a_bucket() {
     let s3 = S3Server::start().await;
     s3.create_bucket("vectors").await;
-    let store = s3.worker_env("s3://vectors/fleet");
-    let store: Vec<(&str, &str)> = store
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let mut env = TestEnv::new().await;
     let api = env.start_api(&[]).await;
     let key = env.create_key("acme");
 
     // The first host embeds the original.
-    let first = env.start_worker_env(&["--queues", "embed,agent"], &store);
+    let first = s3.start_worker(&mut env, &["--queues", "embed,agent"], STORE);
     let original = add_task(&api, &key, "the support inbox").await;
     embedded(&env, &original).await;
     env.terminate(first);
 
     // The second host, a process with no store of its own on disk, embeds the repeat.
-    env.start_worker_env(&["--queues", "embed,agent"], &store);
+    s3.start_worker(&mut env, &["--queues", "embed,agent"], STORE);
     let repeat = add_task(&api, &key, "the status page").await;
     embedded(&env, &repeat).await;
     let (_, task) = api.get(&key, &format!("/v1/tasks/{repeat}")).await;
@@ -47,16 +44,12 @@ async fn workers_on_two_hosts_share_one_vector_store_in_a_bucket() {
 async fn a_worker_whose_bucket_stops_answering_is_not_ready_and_says_why() {
     let mut s3 = S3Server::start().await;
     s3.create_bucket("vectors").await;
-    let store = s3.worker_env("s3://vectors/fleet");
-    let store: Vec<(&str, &str)> = store
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let mut env = TestEnv::new().await;
     let addr = format!("127.0.0.1:{}", free_port());
-    env.start_worker_env(
+    s3.start_worker(
+        &mut env,
         &["--queues", "embed,agent", "--metrics-addr", &addr],
-        &store,
+        STORE,
     );
     let readyz = format!("http://{addr}/readyz");
     let http = reqwest::Client::new();

@@ -93,16 +93,31 @@ impl Keys {
     }
 
     /// When the Redis holding `job_id`'s lease first answered for the fleet since it last
-    /// started empty ([`crate::Lease::keyspace_age`]): one key per job shard, since on a
+    /// started empty ([`crate::Lease::keyspace_ages`]): one key per job shard, since on a
     /// cluster each primary starts empty on its own.
     pub fn keyspace_born(&self, job_id: uuid::Uuid) -> String {
-        format!("{}:keyspace:born:{}", self.prefix, job_tag(job_id))
+        self.shard_born(job_id.as_u128() % JOB_SHARDS)
+    }
+
+    /// Every shard's [`Keys::keyspace_born`].
+    pub fn keyspace_births(&self) -> Vec<String> {
+        (0..JOB_SHARDS)
+            .map(|shard| self.shard_born(shard))
+            .collect()
+    }
+
+    fn shard_born(&self, shard: u128) -> String {
+        format!("{}:keyspace:born:{}", self.prefix, shard_tag(shard))
     }
 }
 
 /// The hash tag of a job's keys: its shard's. A UUID's low bits are random (v4 and v7 alike).
 fn job_tag(job_id: uuid::Uuid) -> String {
-    format!("{{j{}}}", job_id.as_u128() % JOB_SHARDS)
+    shard_tag(job_id.as_u128() % JOB_SHARDS)
+}
+
+fn shard_tag(shard: u128) -> String {
+    format!("{{j{shard}}}")
 }
 
 /// The oldest Redis major version taskfleet runs on: workers wait for work in `BLMPOP`,
@@ -245,7 +260,8 @@ fn nodes(url: &str) -> Result<Vec<String>, RedisError> {
         ))
     };
     let first = parts.next().ok_or_else(|| invalid("names no server"))?;
-    let base = url::Url::parse(first).map_err(|err| invalid(&format!("{first}: {err}")))?;
+    // Not the URL itself in the error: it may carry a password.
+    let base = url::Url::parse(first).map_err(|err| invalid(&format!("the first node: {err}")))?;
     let mut nodes = vec![first.to_owned()];
     for part in parts {
         if part.contains("://") {
