@@ -110,6 +110,17 @@ pub fn dies_with_its_starter(cmd: &mut Command) {
     }
 }
 
+/// Starts the server `cmd` runs, quietly (its output is not the test's) and dying with the
+/// test ([`dies_with_its_starter`]); `what` names it, and where it comes from, if it fails.
+pub fn spawn_server(cmd: &mut Command, what: &str) -> Child {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    dies_with_its_starter(cmd);
+    cmd.spawn()
+        .unwrap_or_else(|err| panic!("{what} does not start: {err}"))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

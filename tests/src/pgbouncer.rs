@@ -3,13 +3,13 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
 use uuid::Uuid;
 
-use crate::{dies_with_its_starter, free_port, wait_until};
+use crate::{free_port, spawn_server, wait_until};
 
 pub struct Pgbouncer {
     pub port: u16,
@@ -57,14 +57,8 @@ impl Pgbouncer {
             cmd.args(["-u", "postgres"]);
         }
         // Its log goes to the file as well.
-        cmd.arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null());
-        dies_with_its_starter(&mut cmd);
-        let process = cmd
-            .spawn()
-            .expect("pgbouncer starts (Debian package pgbouncer)");
+        cmd.arg(&config);
+        let process = spawn_server(&mut cmd, "pgbouncer (Debian package pgbouncer)");
         wait_until(Duration::from_secs(10), "pgbouncer listens", || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await

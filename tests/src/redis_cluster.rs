@@ -10,7 +10,7 @@ use std::{
 
 use uuid::Uuid;
 
-use crate::{dies_with_its_starter, free_port, wait_until};
+use crate::{free_port, spawn_server, wait_until};
 
 pub struct RedisCluster {
     dir: PathBuf,
@@ -51,13 +51,8 @@ impl RedisCluster {
                     .args(["--cluster-replica-validity-factor", "0"])
                     .args(["--save", "", "--appendonly", "no"])
                     .arg("--dir")
-                    .arg(&node_dir)
-                    .stdout(Stdio::null())
-                    .stdin(Stdio::null());
-                dies_with_its_starter(&mut cmd);
-                let process = cmd
-                    .spawn()
-                    .expect("redis-server starts (Debian package redis-server)");
+                    .arg(&node_dir);
+                let process = spawn_server(&mut cmd, "redis-server (Debian package redis-server)");
                 Node { port, process }
             })
             .collect();

@@ -5,11 +5,11 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
-use crate::{TestEnv, dies_with_its_starter, free_port, repository, wait_until};
+use crate::{TestEnv, free_port, repository, spawn_server, wait_until};
 
 pub struct S3Server {
     pub endpoint: String,
@@ -21,14 +21,8 @@ impl S3Server {
     pub async fn start() -> S3Server {
         let port = free_port();
         let mut cmd = Command::new(program());
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null());
-        dies_with_its_starter(&mut cmd);
-        let process = cmd
-            .spawn()
-            .expect("moto_server starts (make s3-tools installs it under var/s3)");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let process = spawn_server(&mut cmd, "moto_server (make s3-tools installs it)");
         let server = S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             process,

@@ -6,7 +6,10 @@
 //! It also carries cancellations through: a running job whose cancellation the ledger holds
 //! is signalled again until it stops, since one Redis message may have been lost.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::Duration,
+};
 
 use chrono::Utc;
 use taskfleet_jobs::{Queue, RetryPolicy};
@@ -59,18 +62,6 @@ impl Reclaimer {
     /// Reclaims every job running for longer than a ttl without a lease under its epoch,
     /// a page at a time; returns how many.
     pub async fn sweep(&mut self) -> anyhow::Result<usize> {
-        // Redis lost every lease it held when it started empty (a cluster's primaries each on
-        // their own): for a ttl, their holders take them back, and only a lease held under
-        // another epoch tells that a job lapsed. Every shard's birth is read, and so made, at
-        // every sweep: one made only when a lease goes missing would be young right then.
-        let births = self.keys.keyspace_births();
-        let ages = Lease::keyspace_ages(&mut self.conn, &births).await?;
-        let young: HashSet<String> = births
-            .into_iter()
-            .zip(ages)
-            .filter(|(_, age)| *age < self.lease_ttl)
-            .map(|(born, _)| born)
-            .collect();
         let mut reclaimed = 0;
         let mut after = None;
         loop {
@@ -83,22 +74,34 @@ impl Reclaimer {
                 return Ok(reclaimed);
             };
             after = Some((last.started_at, last.id));
-            reclaimed += self.reclaim_lapsed(&page, &young).await?;
+            reclaimed += self.reclaim_lapsed(&page).await?;
             if (page.len() as i64) < PAGE {
                 return Ok(reclaimed);
             }
         }
     }
 
-    /// Takes back the jobs of `page` whose leases are gone (unless their shard's keyspace is
-    /// `young`) or held under another epoch.
-    async fn reclaim_lapsed(
-        &mut self,
-        page: &[RunningJob],
-        young: &HashSet<String>,
-    ) -> anyhow::Result<usize> {
+    /// Takes back the jobs of `page` whose leases are gone or held under another epoch.
+    async fn reclaim_lapsed(&mut self, page: &[RunningJob]) -> anyhow::Result<usize> {
         let lease_keys: Vec<String> = page.iter().map(|job| self.keys.job_lease(job.id)).collect();
         let held = Lease::epochs(&mut self.conn, &lease_keys).await?;
+        // Redis lost every lease it held when it started empty (a cluster's primaries each on
+        // their own): for a ttl, their holders take them back, and only a lease held under
+        // another epoch tells that a job lapsed. Asked only where a lease is absent.
+        let births: BTreeSet<String> = page
+            .iter()
+            .zip(&held)
+            .filter(|(_, held)| held.is_none())
+            .map(|(job, _)| self.keys.keyspace_born(job.id))
+            .collect();
+        let births: Vec<String> = births.into_iter().collect();
+        let ages = Lease::keyspace_ages(&mut self.conn, &births).await?;
+        let young: HashSet<&String> = births
+            .iter()
+            .zip(ages)
+            .filter(|(_, age)| *age < self.lease_ttl)
+            .map(|(born, _)| born)
+            .collect();
         let rescues = Self::rescues(page, held, |job| {
             young.contains(&self.keys.keyspace_born(job.id))
         });

@@ -96,28 +96,13 @@ impl Keys {
     /// started empty ([`crate::Lease::keyspace_ages`]): one key per job shard, since on a
     /// cluster each primary starts empty on its own.
     pub fn keyspace_born(&self, job_id: uuid::Uuid) -> String {
-        self.shard_born(job_id.as_u128() % JOB_SHARDS)
-    }
-
-    /// Every shard's [`Keys::keyspace_born`].
-    pub fn keyspace_births(&self) -> Vec<String> {
-        (0..JOB_SHARDS)
-            .map(|shard| self.shard_born(shard))
-            .collect()
-    }
-
-    fn shard_born(&self, shard: u128) -> String {
-        format!("{}:keyspace:born:{}", self.prefix, shard_tag(shard))
+        format!("{}:keyspace:born:{}", self.prefix, job_tag(job_id))
     }
 }
 
 /// The hash tag of a job's keys: its shard's. A UUID's low bits are random (v4 and v7 alike).
 fn job_tag(job_id: uuid::Uuid) -> String {
-    shard_tag(job_id.as_u128() % JOB_SHARDS)
-}
-
-fn shard_tag(shard: u128) -> String {
-    format!("{{j{shard}}}")
+    format!("{{j{}}}", job_id.as_u128() % JOB_SHARDS)
 }
 
 /// The oldest Redis major version taskfleet runs on: workers wait for work in `BLMPOP`,
