@@ -21,6 +21,11 @@ need_pkg chromium chromium
 need_pkg chromedriver chromium-driver
 need_pkg promtool prometheus
 need_pkg redis-cli redis-tools
+# The command line's tests drive `taskfleet top` and `submit --wait` on a terminal in tmux.
+need_pkg tmux tmux
+# The Postgres tests put pgbouncer before Postgres; the partition test uses network namespaces.
+[ -x /usr/sbin/pgbouncer ] || need_pkg pgbouncer pgbouncer
+need_pkg ip iproute2
 # lancedb's build compiles protocol buffers: protoc and the well-known types.
 need_pkg protoc protobuf-compiler
 [ -f /usr/include/google/protobuf/descriptor.proto ] || install_pkg libprotobuf-dev

@@ -131,4 +131,10 @@ Try it:
        -H 'content-type: application/json' \\
        -d '{"kind":"executor.run","tool":"ruff.check","files":{"app.py":"import os\\n"}}'
   curl -s $url/v1/executor/tools -H "Authorization: Bearer $key"
+
+The command line ($bin/taskfleet; \`taskfleet --help\` lists the commands):
+  export TASKFLEET_URL=$url TASKFLEET_KEY=$key   # or once: taskfleet login
+  $bin/taskfleet submit executor.run --tool sleep --arg ms=3000 --wait
+  $bin/taskfleet tasks
+  TASKFLEET_KEY=$ops_key $bin/taskfleet top
 MSG

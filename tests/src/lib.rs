@@ -10,6 +10,7 @@ pub mod pgbouncer;
 pub mod prometheus;
 pub mod redis_cluster;
 pub mod s3;
+pub mod terminal;
 
 use std::{
     os::unix::process::CommandExt,
@@ -71,7 +72,7 @@ pub fn repository(path: &str) -> PathBuf {
 
 /// Where cargo put the binaries: beside the running executable, or one level up when it is
 /// a test executable in `<target>/<profile>/deps/`.
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");
     let dir = exe.parent().expect("the executable is in a directory");
     let dir = if dir.ends_with("deps") {

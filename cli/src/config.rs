@@ -1,0 +1,119 @@
+//! Where the API is and which key to send: the command line, then `TASKFLEET_URL` and
+//! `TASKFLEET_KEY`, then a profile in `<config dir>/taskfleet/config.toml` that `taskfleet
+//! login` writes, readable by its owner only since it holds a key.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::PathBuf,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fail::Failure;
+
+/// Where `make up` serves the API.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// The API's address and the key to present, once resolved.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub key: String,
+}
+
+/// The profile file: named profiles, each an address and a key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ProfileFile {
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    pub url: String,
+    pub key: String,
+}
+
+/// The profile file's path, under `$XDG_CONFIG_HOME` (or `~/.config`).
+pub fn profile_path() -> Result<PathBuf, Failure> {
+    dirs::config_dir()
+        .map(|dir| dir.join("taskfleet").join("config.toml"))
+        .ok_or_else(|| Failure::usage("no config directory: set HOME or XDG_CONFIG_HOME"))
+}
+
+impl ProfileFile {
+    /// The file as it is, or an empty one when there is none yet.
+    pub fn load() -> Result<ProfileFile, Failure> {
+        let path = profile_path()?;
+        match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|err| Failure::usage(format!("{} is not valid: {err}", path.display()))),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(ProfileFile::default()),
+            Err(err) => Err(Failure::local(&format!("reading {}", path.display()), err)),
+        }
+    }
+
+    /// Writes the file with mode 0600 (its directory 0700), replacing it whole.
+    pub fn save(&self) -> Result<PathBuf, Failure> {
+        let path = profile_path()?;
+        let dir = path.parent().expect("the profile file is in a directory");
+        fs::create_dir_all(dir)
+            .map_err(|err| Failure::local("creating the config directory", err))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|err| Failure::local("protecting the config directory", err))?;
+        let text = toml::to_string(self).expect("profiles serialise");
+        // Written beside and renamed over, so a crash leaves the old file or the new one.
+        let partial = path.with_extension("toml.partial");
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(|err| Failure::local(&format!("writing {}", partial.display()), err))?;
+        // `mode` applies only to a file it creates; one left by a crash keeps its own.
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .map_err(|err| Failure::local(&format!("writing {}", partial.display()), err))?;
+        fs::rename(&partial, &path)
+            .map_err(|err| Failure::local(&format!("writing {}", path.display()), err))?;
+        Ok(path)
+    }
+}
+
+/// Resolves the target from what the command line (or its environment) gave and the
+/// profile named `profile`.
+pub fn resolve(
+    url: Option<String>,
+    key: Option<String>,
+    profile: Option<&str>,
+) -> Result<Target, Failure> {
+    let named = profile.unwrap_or(DEFAULT_PROFILE);
+    let file = ProfileFile::load()?;
+    let stored = file.profiles.get(named);
+    if profile.is_some() && stored.is_none() {
+        return Err(Failure::usage(format!(
+            "no profile '{named}' in {}: create it with `taskfleet login --profile {named}`",
+            profile_path()?.display()
+        )));
+    }
+    let url = url
+        .or_else(|| stored.map(|p| p.url.clone()))
+        .unwrap_or_else(|| DEFAULT_URL.to_owned());
+    let key = key
+        .or_else(|| stored.map(|p| p.key.clone()))
+        .ok_or_else(|| {
+            Failure::usage(
+                "no API key: set TASKFLEET_KEY, pass --key, or sign in once with `taskfleet login`",
+            )
+        })?;
+    Ok(Target {
+        url: url.trim_end_matches('/').to_owned(),
+        key,
+    })
+}
