@@ -117,6 +117,20 @@ impl Api {
     }
 }
 
+/// An id given on the command line: a UUID, checked before it becomes part of a path.
+pub fn id(text: &str) -> Result<String, String> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let shaped = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    if shaped {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err("not an id (ids look like 01939c2e-7f7a-7d3c-9a51-0c0f6b1d2e3f)".to_owned())
+    }
+}
+
 /// The failure an unsuccessful answer stands for, in the API's words.
 async fn refusal(response: Response) -> Failure {
     let status = response.status();

@@ -88,13 +88,20 @@ async fn say(
         print!("{} ", console::style("agent ›").green().bold());
         let _ = std::io::stdout().flush();
     }
-    let mut stream = EventStream::of_job(
-        api,
-        &job_id,
-        Some("job_progress,job_succeeded,job_dead,job_cancelled"),
-    );
+    let mut stream = EventStream::of_job(api, &job_id, Some("job_started,job_progress"));
     while let Some(item) = stream.next().await? {
         let Item::Event(event) = item else { continue };
+        // A retried attempt writes its reply again from the start.
+        if event.event == "job_started" && event.data["details"]["attempt"].as_i64() > Some(1) {
+            if !json && !written.is_empty() {
+                println!(
+                    "{}",
+                    console::style(" (interrupted; the agent starts again)").dim()
+                );
+                print!("{} ", console::style("agent ›").green().bold());
+            }
+            written.clear();
+        }
         if event.event == "job_progress" && !json {
             let piece = render::text(&event.data["details"]["message"]);
             print!("{piece}");
@@ -111,9 +118,17 @@ async fn say(
             &job
         });
     } else if job["state"] == "succeeded" {
-        // The pieces may have been missed (the reply came all at once); the result has it whole.
+        // The reply is whole in the result; the pieces are written as they come and may miss
+        // some (progress is reported on a best-effort basis), or be none at all.
         let response = render::text(&result["response"]);
         if written.is_empty() {
+            print!("{response}");
+        } else if written != response {
+            println!();
+            println!(
+                "{}",
+                console::style("(part of the reply was missed on the way; in full:)").dim()
+            );
             print!("{response}");
         }
         println!();

@@ -87,33 +87,48 @@ impl ProfileFile {
 }
 
 /// Resolves the target from what the command line (or its environment) gave and the
-/// profile named `profile`.
+/// profile named `profile`. A profile's key goes only to its own address: a URL given
+/// without a key takes the key of the profile for that URL, never another one's.
 pub fn resolve(
     url: Option<String>,
     key: Option<String>,
     profile: Option<&str>,
 ) -> Result<Target, Failure> {
+    let url = url.map(|url| url.trim_end_matches('/').to_owned());
+    if let (Some(url), Some(key), None) = (&url, &key, profile) {
+        return Ok(Target {
+            url: url.clone(),
+            key: key.clone(),
+        });
+    }
     let named = profile.unwrap_or(DEFAULT_PROFILE);
+    let path = profile_path()?;
     let file = ProfileFile::load()?;
     let stored = file.profiles.get(named);
     if profile.is_some() && stored.is_none() {
         return Err(Failure::usage(format!(
             "no profile '{named}' in {}: create it with `taskfleet login --profile {named}`",
-            profile_path()?.display()
+            path.display()
         )));
     }
     let url = url
         .or_else(|| stored.map(|p| p.url.clone()))
         .unwrap_or_else(|| DEFAULT_URL.to_owned());
-    let key = key
-        .or_else(|| stored.map(|p| p.key.clone()))
-        .ok_or_else(|| {
-            Failure::usage(
-                "no API key: set TASKFLEET_KEY, pass --key, or sign in once with `taskfleet login`",
-            )
-        })?;
-    Ok(Target {
-        url: url.trim_end_matches('/').to_owned(),
-        key,
-    })
+    if let Some(key) = key {
+        return Ok(Target { url, key });
+    }
+    match stored {
+        Some(stored) if stored.url.trim_end_matches('/') == url => Ok(Target {
+            url,
+            key: stored.key.clone(),
+        }),
+        Some(stored) => Err(Failure::usage(format!(
+            "no API key for {url}: profile '{named}' holds the key of {}; set TASKFLEET_KEY, \
+             or sign in there with `taskfleet login --url {url} --profile NAME`",
+            stored.url
+        ))),
+        None => Err(Failure::usage(
+            "no API key: set TASKFLEET_KEY, pass --key, or sign in once with `taskfleet login`",
+        )),
+    }
 }

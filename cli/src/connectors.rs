@@ -1,7 +1,7 @@
 //! `taskfleet connectors`: the tenant's connected accounts, their syncs and their live tests,
 //! `test-all` with a spinner per connector turning into its result as it lands.
 
-use std::{collections::HashMap, process::ExitCode, time::Duration};
+use std::{collections::HashMap, io::IsTerminal, process::ExitCode, time::Duration};
 
 use clap::Subcommand;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -28,7 +28,10 @@ pub enum ConnectorsCommand {
     #[command(
         after_help = "Examples:\n  taskfleet connectors test 0193…\n\nExits 1 when the provider refuses the credentials."
     )]
-    Test { id: String },
+    Test {
+        #[arg(value_parser = crate::api::id)]
+        id: String,
+    },
     /// Test every connector at once, each result shown as it lands
     #[command(
         after_help = "Examples:\n  taskfleet connectors test-all\n  taskfleet connectors test-all --json\n\nExits 1 when any connector fails its test."
@@ -38,7 +41,10 @@ pub enum ConnectorsCommand {
     #[command(
         after_help = "Examples:\n  taskfleet connectors sync 0193…\n  taskfleet connectors sync 0193… --json | jq -r .id"
     )]
-    Sync { id: String },
+    Sync {
+        #[arg(value_parser = crate::api::id)]
+        id: String,
+    },
 }
 
 pub async fn run(api: &Api, command: ConnectorsCommand, json: bool) -> Result<ExitCode, Failure> {
@@ -117,11 +123,11 @@ async fn list(api: &Api, json: bool) -> Result<ExitCode, Failure> {
 
 async fn test(api: &Api, id: &str, json: bool) -> Result<ExitCode, Failure> {
     let connector = api.get(&format!("/v1/connectors/{id}"), &[]).await?;
-    let spinner = spinner(&format!(
+    let spinner = ticking(spinner(&format!(
         "{} {}: testing…",
         connector["provider"].as_str().unwrap_or(""),
         render::text(&connector["name"])
-    ));
+    )));
     let job = api
         .post(&format!("/v1/connectors/{id}/test"), &json!({}))
         .await?;
@@ -167,6 +173,7 @@ async fn test_all(api: &Api, json: bool) -> Result<ExitCode, Failure> {
         Ending::WhenClosed,
     );
     let bars = MultiProgress::new();
+    let stdout_is_terminal = std::io::stdout().is_terminal();
     let mut spinners: HashMap<String, ProgressBar> = HashMap::new();
     let mut failed = 0;
     while let Some(item) = stream.next().await? {
@@ -186,26 +193,37 @@ async fn test_all(api: &Api, json: bool) -> Result<ExitCode, Failure> {
         );
         match message.event.as_str() {
             "connecting" => {
-                let spinner = bars.add(spinner(&format!("{label}: testing…")));
+                let spinner = ticking(bars.add(spinner(&format!("{label}: testing…"))));
                 spinners.insert(connector, spinner);
             }
             "ok" | "error" => {
                 let ok = message.event == "ok";
                 failed += usize::from(!ok);
                 let said = format!("{} {label}: {}", mark(ok), render::text(&data["message"]));
-                match spinners.remove(&connector) {
-                    Some(spinner) if !spinner.is_hidden() => spinner.finish_with_message(said),
-                    _ if !json => println!("{said}"),
-                    _ => {}
+                // The spinner turns into the result where both are on one screen; otherwise
+                // the result goes to standard output, where a script reads it.
+                let spinner = spinners.remove(&connector);
+                match spinner {
+                    Some(spinner) if !spinner.is_hidden() && stdout_is_terminal => {
+                        spinner.finish_with_message(said)
+                    }
+                    Some(spinner) => {
+                        spinner.finish_and_clear();
+                        if !json {
+                            bars.suspend(|| println!("{said}"));
+                        }
+                    }
+                    None if !json => bars.suspend(|| println!("{said}")),
+                    None => {}
                 }
             }
-            "done" if !json => {
+            "done" if !json => bars.suspend(|| {
                 println!(
                     "{} passed, {} failed",
                     render::text(&data["ok"]),
                     render::text(&data["error"])
-                );
-            }
+                )
+            }),
             _ => {}
         }
     }
@@ -216,13 +234,18 @@ async fn test_all(api: &Api, json: bool) -> Result<ExitCode, Failure> {
     })
 }
 
+/// A spinner showing `message`, not yet turning (it draws once it ticks, so a spinner to
+/// be added to several is added first).
 fn spinner(message: &str) -> ProgressBar {
-    let spinner = ProgressBar::new_spinner()
+    ProgressBar::new_spinner()
         .with_style(
             ProgressStyle::with_template("{spinner:.cyan} {wide_msg}")
                 .expect("the template parses"),
         )
-        .with_message(message.to_owned());
+        .with_message(message.to_owned())
+}
+
+fn ticking(spinner: ProgressBar) -> ProgressBar {
     spinner.enable_steady_tick(Duration::from_millis(100));
     spinner
 }

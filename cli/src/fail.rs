@@ -4,9 +4,10 @@ use std::{fmt, process::ExitCode};
 
 /// The exit codes, as `taskfleet --help` lists them.
 pub mod exit {
-    /// The waited-for job failed (dead), or a connector test failed.
+    /// The waited-for job failed (dead), a connector test failed, or the chat agent did.
     pub const JOB_FAILED: u8 = 1;
-    /// The command line or its configuration is wrong (clap uses 2 for usage errors too).
+    /// The command line, its configuration or a file it names is wrong (clap uses 2 for
+    /// usage errors too).
     pub const USAGE: u8 = 2;
     /// The waited-for job was cancelled.
     pub const JOB_CANCELLED: u8 = 3;
@@ -32,7 +33,8 @@ pub enum Failure {
     Unreachable { url: String, why: String },
     /// The command line or the configuration is wrong.
     Usage(String),
-    /// A local file or terminal could not be read or written.
+    /// A local file or the terminal could not be read or written, or a stream ended in a
+    /// way it should not have.
     Local(String),
 }
 

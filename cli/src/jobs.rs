@@ -1,11 +1,11 @@
 //! `taskfleet jobs`, `job`, `cancel` and `retry`: the ledger's jobs, one page or one job
 //! with its timeline, and the two things an operator does to a job by hand.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
-use chrono::Utc;
 use clap::Args;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::{
     api::Api,
@@ -44,6 +44,7 @@ pub struct ListArgs {
   taskfleet job 01939c2e-7f7a-7d3c-9a51-0c0f6b1d2e3f --json | jq .result")]
 pub struct ShowArgs {
     /// The job's id
+    #[arg(value_parser = crate::api::id)]
     id: String,
 }
 
@@ -56,6 +57,7 @@ pub struct ShowArgs {
   taskfleet jobs --state dead --json | jq -r .id | xargs -n1 taskfleet retry")]
 pub struct IdArgs {
     /// The job's id
+    #[arg(value_parser = crate::api::id)]
     id: String,
 }
 
@@ -188,24 +190,27 @@ pub async fn show(api: &Api, args: ShowArgs, json: bool) -> Result<ExitCode, Fai
     Ok(ExitCode::SUCCESS)
 }
 
-/// A job's events up to now: its stream replays them and, for a job still going, stays
-/// open; the replay has ended once an event is newer than the request, or the stream goes
-/// quiet.
+/// A job's events up to now. Its stream replays them and, for a job still going, stays
+/// open: the replay is over when the stream ends or goes quiet. The first event may take a
+/// while (the stream is opened and the history read); a job that keeps reporting is cut
+/// after a few seconds.
 async fn timeline(api: &Api, id: &str) -> Result<Vec<Value>, Failure> {
-    let asked_at = Utc::now();
     let mut stream = EventStream::of_job(api, id, None);
     let mut events = Vec::new();
+    let cut_at = Instant::now() + Duration::from_secs(5);
     loop {
-        let next = tokio::time::timeout(std::time::Duration::from_millis(500), stream.next()).await;
-        let Ok(next) = next else { break };
+        let quiet = if events.is_empty() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(500)
+        };
+        let until = (Instant::now() + quiet).min(cut_at);
+        let Ok(next) = tokio::time::timeout_at(until, stream.next()).await else {
+            break;
+        };
         match next? {
             None | Some(Item::Reconnecting(_)) => break,
-            Some(Item::Event(message)) => {
-                if render::timestamp(&message.data["ts"]).is_some_and(|ts| ts > asked_at) {
-                    break;
-                }
-                events.push(message.data);
-            }
+            Some(Item::Event(message)) => events.push(message.data),
         }
     }
     Ok(events)

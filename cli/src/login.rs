@@ -23,7 +23,8 @@ use crate::{
   taskfleet login --url https://fleet.example.com --profile prod
   echo \"$KEY\" | taskfleet login --url http://127.0.0.1:8080
 
-The profile is written to ~/.config/taskfleet/config.toml (or $XDG_CONFIG_HOME), mode 0600.")]
+The profile is written to ~/.config/taskfleet/config.toml (under $XDG_CONFIG_HOME when set;
+the platform's config directory on macOS), mode 0600. Its key is sent to its address only.")]
 pub struct LoginArgs {}
 
 pub async fn run(

@@ -11,6 +11,7 @@ mod jobs;
 mod login;
 mod render;
 mod schedules;
+mod screen;
 mod sse;
 mod submit;
 mod table;
@@ -27,12 +28,13 @@ use crate::{api::Api, fail::Failure};
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  done (a waited-for job succeeded)
-  1  the waited-for job failed, or a connector test failed
-  2  the command line or the configuration is wrong
-  3  the waited-for job was cancelled
-  4  the API refused the request (its message says why)
-  5  the API did not answer
+  0    done (a waited-for job succeeded)
+  1    the waited-for job failed, a connector test failed, or the chat agent did
+  2    the command line, the configuration or a file it names is wrong
+  3    the waited-for job was cancelled
+  4    the API refused the request (its message says why)
+  5    the API did not answer
+  130  Ctrl-C while waiting for a job (the job goes on)
 
 Configuration: --url and --key, else TASKFLEET_URL and TASKFLEET_KEY, else the profile
 `taskfleet login` wrote (--profile NAME or TASKFLEET_PROFILE picks one).
@@ -92,6 +94,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A closed pipe (`taskfleet jobs | head`) ends the program quietly, as it does any
+    // Unix tool, instead of failing the next write.
+    // SAFETY: only the disposition changes, back to the default; no handler is installed.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,

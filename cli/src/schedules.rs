@@ -23,7 +23,10 @@ pub enum SchedulesCommand {
     List,
     /// Show a schedule and its last firings
     #[command(after_help = "Examples:\n  taskfleet schedules show 0193…")]
-    Show { id: String },
+    Show {
+        #[arg(value_parser = crate::api::id)]
+        id: String,
+    },
     /// Create a schedule (the job is given as to `submit`)
     #[command(after_help = "Examples:
   taskfleet schedules create --name nightly-rank --cron '0 0 6 * * *' --time-zone Europe/Paris agent.prioritise
@@ -34,13 +37,22 @@ Cron expressions have six or seven fields, seconds first.")]
     Create(Box<CreateArgs>),
     /// Delete a schedule (jobs it already created stay)
     #[command(after_help = "Examples:\n  taskfleet schedules delete 0193…")]
-    Delete { id: String },
+    Delete {
+        #[arg(value_parser = crate::api::id)]
+        id: String,
+    },
     /// Stop a schedule firing until it is resumed
     #[command(after_help = "Examples:\n  taskfleet schedules pause 0193…")]
-    Pause { id: String },
+    Pause {
+        #[arg(value_parser = crate::api::id)]
+        id: String,
+    },
     /// Let a paused schedule fire again
     #[command(after_help = "Examples:\n  taskfleet schedules resume 0193…")]
-    Resume { id: String },
+    Resume {
+        #[arg(value_parser = crate::api::id)]
+        id: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -139,7 +151,9 @@ pub async fn run(api: &Api, command: SchedulesCommand, json: bool) -> Result<Exi
         }
         SchedulesCommand::Delete { id } => {
             api.delete(&format!("/v1/schedules/{id}")).await?;
-            if !json {
+            if json {
+                print_json(&json!({"deleted": id}));
+            } else {
                 println!("schedule {id} deleted");
             }
         }

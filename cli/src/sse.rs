@@ -1,8 +1,12 @@
 //! Server-Sent Events from the API, followed across lost connections: when a stream breaks,
-//! it is opened again with `Last-Event-ID` set to the last event read, so nothing is missed
-//! and nothing is read twice.
+//! it is opened again with `Last-Event-ID` set to the last event read, so nothing after it
+//! is missed and nothing is read twice. (A live-only stream, `/v1/events` without a start,
+//! has nothing to resume from until its first event: what happens before that and during
+//! a break then is not seen; `tail --since` starts from a known event.)
 
 use std::{collections::VecDeque, time::Duration};
+
+use tokio::time::Instant;
 
 use reqwest::{Method, Response, header};
 use serde_json::Value;
@@ -11,8 +15,11 @@ use crate::{api::Api, fail::Failure};
 
 /// The API sends a keep-alive every 15 s; this long without a byte means the link is gone.
 const SILENCE: Duration = Duration::from_secs(45);
-/// The longest pause between attempts to reconnect.
+/// The first pause before reconnecting, doubled at each failure in a row up to `MAX_PAUSE`.
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// The longest a `Retry-After` is heeded before trying again.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// A job's own stream ends after one of these.
 const TERMINAL: [&str; 3] = ["job_succeeded", "job_dead", "job_cancelled"];
 
@@ -57,8 +64,13 @@ pub struct EventStream {
     last_id: Option<i64>,
     response: Option<Response>,
     parser: Parser,
-    seen_terminal: bool,
+    /// Whether the stream was ever open: one that never opened fails like any request.
+    opened: bool,
+    /// Whether the last event read ended the job: the server closes a job's stream after
+    /// its end, and only after it (an old end replayed before a retry is followed by more).
+    last_was_terminal: bool,
     pause: Duration,
+    resume_at: Option<Instant>,
 }
 
 impl EventStream {
@@ -78,16 +90,18 @@ impl EventStream {
             last_id: None,
             response: None,
             parser: Parser::default(),
-            seen_terminal: false,
-            pause: Duration::from_millis(250),
+            opened: false,
+            last_was_terminal: false,
+            pause: FIRST_PAUSE,
+            resume_at: None,
         }
     }
 
-    /// A job's own stream (`/v1/jobs/{id}/events`, only `events` when given): its history,
-    /// then what happens next, until it ends.
+    /// A job's own stream (`/v1/jobs/{id}/events`; with `events`, those and the job's end):
+    /// its history, then what happens next, until it ends.
     pub fn of_job(api: &Api, id: &str, events: Option<&str>) -> EventStream {
         let query = events
-            .map(|e| vec![("event", e.to_owned())])
+            .map(|events| vec![("event", format!("{events},{}", TERMINAL.join(",")))])
             .unwrap_or_default();
         EventStream::new(
             api,
@@ -105,57 +119,57 @@ impl EventStream {
     }
 
     /// The next event, a note that the stream is being resumed, or `None` at its end. An
-    /// answer of the API that is not a success (401, 404, …) ends it with that failure.
+    /// answer of the API that is not a success (401, 404, …), or a stream that could not be
+    /// opened at all, ends it with that failure.
     pub async fn next(&mut self) -> Result<Option<Item>, Failure> {
         loop {
             if let Some(message) = self.parser.messages.pop_front() {
                 if message.id.is_some() {
                     self.last_id = message.id;
                 }
-                self.seen_terminal |= message.ends_a_job();
+                self.last_was_terminal = message.ends_a_job();
+                // An event read: the link works again, so the next break starts from a short
+                // pause (an answer that closes at once does not count).
+                self.pause = FIRST_PAUSE;
                 return Ok(Some(Item::Event(message)));
             }
             let Some(response) = self.response.as_mut() else {
-                if self.ending == Ending::AfterTerminal && self.seen_terminal {
-                    return Ok(None);
+                if let Some(at) = self.resume_at.take() {
+                    tokio::time::sleep_until(at).await;
                 }
-                match self.connect().await {
+                let opened = match tokio::time::timeout(SILENCE, self.connect()).await {
+                    Ok(opened) => opened,
+                    Err(_) => Err(silence()),
+                };
+                match opened {
                     Ok(response) => {
                         self.response = Some(response);
-                        self.pause = Duration::from_millis(250);
+                        self.opened = true;
                         continue;
                     }
-                    Err(failure) => return self.lost(failure).await.map(Some),
+                    Err(failure) => return self.lost(failure).map(Some),
                 }
             };
-            match tokio::time::timeout(SILENCE, response.chunk()).await {
-                Ok(Ok(Some(bytes))) => self.parser.feed(&bytes),
-                Ok(Ok(None)) => {
-                    self.response = None;
-                    self.parser.reset();
-                    match self.ending {
-                        Ending::WhenClosed => return Ok(None),
-                        Ending::AfterTerminal if self.seen_terminal => return Ok(None),
-                        _ => {
-                            let closed = Failure::Local("the server closed the stream".into());
-                            return self.lost(closed).await.map(Some);
-                        }
-                    }
+            let read = match tokio::time::timeout(SILENCE, response.chunk()).await {
+                Ok(Ok(Some(bytes))) => {
+                    self.parser.feed(&bytes);
+                    continue;
                 }
-                Ok(Err(err)) => {
-                    self.response = None;
-                    self.parser.reset();
-                    let failure = Failure::unreachable(self.api.url(), &err);
-                    return self.lost(failure).await.map(Some);
+                Ok(Ok(None)) => None,
+                Ok(Err(err)) => Some(Failure::unreachable(self.api.url(), &err)),
+                Err(_) => Some(silence()),
+            };
+            self.response = None;
+            self.parser.reset();
+            let failure = match read {
+                Some(failure) => failure,
+                None if self.ending == Ending::WhenClosed => return Ok(None),
+                None if self.ending == Ending::AfterTerminal && self.last_was_terminal => {
+                    return Ok(None);
                 }
-                Err(_) => {
-                    self.response = None;
-                    self.parser.reset();
-                    let silent =
-                        Failure::Local(format!("nothing heard for {} s", SILENCE.as_secs()));
-                    return self.lost(silent).await.map(Some);
-                }
-            }
+                None => Failure::Local("the server closed the stream".into()),
+            };
+            return self.lost(failure).map(Some);
         }
     }
 
@@ -172,31 +186,41 @@ impl EventStream {
     }
 
     /// Decides what a broken or refused connection means: a refusal that waiting cannot
-    /// mend ends the stream; anything else is waited out and the stream resumed.
-    async fn lost(&mut self, failure: Failure) -> Result<Item, Failure> {
+    /// mend ends the stream, and so does any failure of a stream never opened or not
+    /// resumable; anything else is waited out (the pause is taken before the next
+    /// connection, so the caller can say so first) and the stream resumed.
+    fn lost(&mut self, failure: Failure) -> Result<Item, Failure> {
+        if !self.opened || self.ending == Ending::WhenClosed {
+            return Err(failure);
+        }
         let pause = match &failure {
             Failure::Api {
                 status,
                 retry_after,
                 ..
-            } if *status == 429 || *status >= 500 => {
-                retry_after.map(Duration::from_secs).unwrap_or(self.pause)
-            }
+            } if *status == 429 || *status >= 500 => retry_after
+                .map(Duration::from_secs)
+                .unwrap_or(self.pause)
+                .min(MAX_RETRY_AFTER),
             Failure::Api { .. } | Failure::Usage(_) => return Err(failure),
-            _ if self.ending == Ending::WhenClosed => return Err(failure),
             _ => self.pause,
         };
         self.pause = (self.pause * 2).min(MAX_PAUSE);
-        tokio::time::sleep(pause).await;
+        self.resume_at = Some(Instant::now() + pause);
         let reason = match failure {
             Failure::Unreachable { why, .. } => why,
             other => other.to_string(),
         };
+        let wait = format!("{:.1} s", pause.as_secs_f64());
         Ok(Item::Reconnecting(match self.last_id {
-            Some(id) => format!("{reason}; resuming after event {id}"),
-            None => format!("{reason}; reconnecting"),
+            Some(id) => format!("{reason}; resuming after event {id} in {wait}"),
+            None => format!("{reason}; reconnecting in {wait}"),
         }))
     }
+}
+
+fn silence() -> Failure {
+    Failure::Local(format!("nothing heard for {} s", SILENCE.as_secs()))
 }
 
 /// The text/event-stream format, fed in whatever pieces the network delivers.

@@ -30,11 +30,14 @@ pub struct JobTarget {
     /// The tool's input: text, @FILE for a file's contents, or - for standard input
     #[arg(long, value_name = "TEXT|@FILE|-")]
     pub input: Option<String>,
-    /// K=V (V read as JSON when it is JSON, else as text): for executor.run an entry of its
-    /// `args` (plain words instead make a command's argument list), for other kinds a field
-    /// of the job (connector_id=…, message=…)
+    /// K=V (V read as JSON when it is JSON, else as text): for executor.run an entry of a
+    /// built-in tool's `args` (other words, such as --select=E, make a command's argument
+    /// list), for other kinds a field of the job (connector_id=…, message=…)
     #[arg(long = "arg", value_name = "K=V")]
     pub args: Vec<String>,
+    /// A file for an allow-listed command to work on, sent as its name (or as NAME)
+    #[arg(long = "file", value_name = "PATH[=NAME]")]
+    pub files: Vec<String>,
     /// Higher runs first (-100 to 100)
     #[arg(long, allow_hyphen_values = true)]
     pub priority: Option<i16>,
@@ -49,7 +52,7 @@ pub struct JobTarget {
   taskfleet submit executor.run --tool sleep --arg ms=5000 --wait
   taskfleet submit executor.run --tool markdown.format --input @README.md --wait
   git log --oneline | taskfleet submit executor.run --tool changelog.generate --input - --arg version=1.2.0
-  taskfleet submit executor.run --tool ruff --arg check --arg . --input @app.py
+  taskfleet submit executor.run --tool ruff.check --file app.py --wait
   taskfleet submit ingest.connector --arg connector_id=0193… --run-at 10m
   taskfleet submit agent.prioritise --idempotency-key nightly-2026-12-04
 
@@ -98,9 +101,9 @@ pub fn payload(target: &JobTarget) -> Result<Value, Failure> {
     let mut body = Map::new();
     body.insert("kind".into(), Value::String(target.kind.clone()));
     let executor = target.kind == "executor.run";
-    if !executor && (target.tool.is_some() || target.input.is_some()) {
+    if !executor && (target.tool.is_some() || target.input.is_some() || !target.files.is_empty()) {
         return Err(Failure::usage(format!(
-            "--tool and --input go with executor.run, not {}: give {}'s fields with --arg K=V",
+            "--tool, --input and --file go with executor.run, not {}: give {}'s fields with --arg K=V",
             target.kind, target.kind
         )));
     }
@@ -110,8 +113,21 @@ pub fn payload(target: &JobTarget) -> Result<Value, Failure> {
     if let Some(input) = &target.input {
         body.insert("input".into(), Value::String(read_input(input)?));
     }
+    if !target.files.is_empty() {
+        let mut files = Map::new();
+        for file in &target.files {
+            let (path, name) = match file.split_once('=') {
+                Some((path, name)) => (path, name.to_owned()),
+                None => (file.as_str(), file_name(file)),
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| Failure::local(&format!("reading {path}"), err))?;
+            files.insert(name, Value::String(text));
+        }
+        body.insert("files".into(), Value::Object(files));
+    }
     let (pairs, words): (Vec<&String>, Vec<&String>) =
-        target.args.iter().partition(|arg| arg.contains('='));
+        target.args.iter().partition(|arg| is_pair(arg));
     if !words.is_empty() && (!executor || !pairs.is_empty()) {
         return Err(Failure::usage(if executor {
             "give --arg either as K=V pairs (a built-in tool's arguments) or as plain words \
@@ -123,12 +139,7 @@ pub fn payload(target: &JobTarget) -> Result<Value, Failure> {
     }
     let mut fields = Map::new();
     for pair in pairs {
-        let (name, value) = pair.split_once('=').expect("partitioned on '='");
-        if name.is_empty() {
-            return Err(Failure::usage(format!(
-                "--arg {pair} has no name before '='"
-            )));
-        }
+        let (name, value) = pair.split_once('=').expect("a pair has '='");
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         fields.insert(name.to_owned(), value);
     }
@@ -148,6 +159,23 @@ pub fn payload(target: &JobTarget) -> Result<Value, Failure> {
         body.insert("max_attempts".into(), json!(max_attempts));
     }
     Ok(Value::Object(body))
+}
+
+/// Whether an `--arg` is a named value (`ms=250`) rather than a word of a command's
+/// argument list (`check`, `--select=E,F`).
+fn is_pair(arg: &str) -> bool {
+    arg.split_once('=').is_some_and(|(name, _)| {
+        name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// The name a file is sent under: its own name, without its directories.
+fn file_name(path: &str) -> String {
+    std::path::Path::new(path)
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_owned())
 }
 
 /// `--input`'s text: itself, a file's contents (`@FILE`) or standard input (`-`).
@@ -182,9 +210,16 @@ pub fn instant(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Failure>
         "d" => 86_400,
         _ => 0,
     };
-    match count.parse::<i64>() {
-        Ok(count) if seconds > 0 => Ok(now + chrono::Duration::seconds(count * seconds)),
-        _ => Err(Failure::usage(format!(
+    let later = count
+        .parse::<i64>()
+        .ok()
+        .filter(|_| seconds > 0)
+        .and_then(|count| count.checked_mul(seconds))
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|delay| now.checked_add_signed(delay));
+    match later {
+        Some(at) => Ok(at),
+        None => Err(Failure::usage(format!(
             "'{text}' is neither an RFC 3339 time (2026-12-24T09:00:00Z) nor a delay (30s, 10m, 2h, 1d)"
         ))),
     }
@@ -232,7 +267,9 @@ pub async fn wait(api: &Api, job: &Value, json: bool) -> Result<ExitCode, Failur
                         if let Some(percent) = details["percent"].as_f64() {
                             bar.set_position(percent.clamp(0.0, 100.0) as u64);
                         }
-                        bar.set_message(render::text(&details["message"]));
+                        bar.set_message(
+                            render::first_line(&render::text(&details["message"])).to_owned(),
+                        );
                     }
                     "job_failed"
                     | "job_retry_scheduled"
@@ -245,9 +282,6 @@ pub async fn wait(api: &Api, job: &Value, json: bool) -> Result<ExitCode, Failur
                         ));
                     }
                     _ => {}
-                }
-                if message.ends_a_job() {
-                    break;
                 }
             }
         }
@@ -276,7 +310,7 @@ pub async fn wait(api: &Api, job: &Value, json: bool) -> Result<ExitCode, Failur
             bar.abandon_with_message(console::style("cancelled").yellow().bold().to_string());
             ExitCode::from(exit::JOB_CANCELLED)
         }
-        _ => {
+        "dead" => {
             let error = render::text(&job["error"]);
             let said = format!(
                 "{} after {} attempt(s): {error}",
@@ -288,6 +322,12 @@ pub async fn wait(api: &Api, job: &Value, json: bool) -> Result<ExitCode, Failur
             }
             bar.abandon_with_message(said);
             ExitCode::from(exit::JOB_FAILED)
+        }
+        other => {
+            bar.abandon();
+            return Err(Failure::Local(format!(
+                "job {id}'s event stream ended while it is {other}; see `taskfleet job {id}`"
+            )));
         }
     };
     if json {
@@ -350,6 +390,7 @@ mod tests {
             tool: (kind == "executor.run").then(|| "sleep".to_owned()),
             input: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            files: Vec::new(),
             priority: None,
             max_attempts: None,
         }
@@ -366,8 +407,8 @@ mod tests {
             sleep,
             json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": 250, "label": "x", "note": "hi"}})
         );
-        let command = payload(&target("executor.run", &["check", "."])).unwrap();
-        assert_eq!(command["args"], json!(["check", "."]));
+        let command = payload(&target("executor.run", &["check", "--select=E,F", "."])).unwrap();
+        assert_eq!(command["args"], json!(["check", "--select=E,F", "."]));
         let ingest = payload(&target("ingest.connector", &["connector_id=abc"])).unwrap();
         assert_eq!(
             ingest,
@@ -375,6 +416,28 @@ mod tests {
         );
         assert!(payload(&target("executor.run", &["ms=1", "check"])).is_err());
         assert!(payload(&target("ingest.connector", &["abc"])).is_err());
+    }
+
+    #[test]
+    fn files_are_sent_under_their_names() {
+        let dir = std::env::temp_dir().join(format!("taskfleet-cli-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("app.py");
+        std::fs::write(&file, "import os\n").unwrap();
+        let mut ruff = target("executor.run", &["--select=F"]);
+        ruff.files = vec![
+            file.display().to_string(),
+            format!("{}=src/main.py", file.display()),
+        ];
+        let body = payload(&ruff).unwrap();
+        assert_eq!(
+            body["files"],
+            json!({"app.py": "import os\n", "src/main.py": "import os\n"})
+        );
+        assert_eq!(body["args"], json!(["--select=F"]));
+        ruff.files = vec![dir.join("missing.py").display().to_string()];
+        assert!(payload(&ruff).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -392,5 +455,6 @@ mod tests {
         );
         assert!(instant("soon", now).is_err());
         assert!(instant("5w", now).is_err());
+        assert!(instant("99999999999d", now).is_err());
     }
 }

@@ -2,20 +2,22 @@
 //! redrawn in place like `htop`; and `queues` and `workers`, the same tables once, with
 //! pausing and resuming a queue.
 
-use std::{io::Write, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Subcommand};
 use console::Term;
 use serde_json::{Value, json};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     api::Api,
     fail::Failure,
     print_json, render,
+    screen::Screen,
     table::{Table, terminal_width},
 };
 
-/// Watch the queues and workers, refreshed in place (q quits)
+/// Watch the queues and workers, refreshed in place (q or Ctrl-C quits)
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   taskfleet top
@@ -120,55 +122,49 @@ pub async fn run(api: &Api, args: TopArgs, json: bool) -> Result<ExitCode, Failu
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let interval = Duration::from_secs_f64(args.interval.max(0.2));
-    let mut keys = keys_pressed();
-    // The alternate screen keeps the shell's scrollback as it was, as htop does.
-    let mut out = std::io::stdout();
-    let _ = write!(out, "\x1b[?1049h\x1b[?25l");
-    let outcome = loop {
-        let queues = api.get("/v1/queues", &[]).await;
+    let interval = Duration::try_from_secs_f64(args.interval)
+        .unwrap_or(Duration::from_secs(2))
+        .clamp(Duration::from_millis(200), Duration::from_secs(3_600));
+    let (quit, mut stop) = tokio::sync::mpsc::channel(1);
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ] {
+        let mut signals =
+            signal(kind).map_err(|err| Failure::local("listening for signals", err))?;
+        let quit = quit.clone();
+        tokio::spawn(async move {
+            signals.recv().await;
+            let _ = quit.send(()).await;
+        });
+    }
+    // Dropped on every way out of this function, which puts the terminal back.
+    let screen = Screen::enter();
+    screen.forward_quit_keys(quit);
+    loop {
+        let fetched = async {
+            (
+                api.get("/v1/queues", &[]).await,
+                api.get("/v1/workers", &[]).await,
+            )
+        };
+        let (queues, workers) = tokio::select! {
+            fetched = fetched => fetched,
+            _ = stop.recv() => return Ok(ExitCode::SUCCESS),
+        };
         if let Err(failure @ Failure::Api { status: 401, .. }) = queues {
-            break Err(failure);
+            return Err(failure);
         }
-        let workers = api.get("/v1/workers", &[]).await;
         let (rows, cols) = term.size();
         let text = frame(api, queues, workers, Some(usize::from(cols)));
         let lines: Vec<&str> = text.lines().take(usize::from(rows)).collect();
-        let _ = write!(out, "\x1b[H{}\x1b[K\x1b[J", lines.join("\x1b[K\r\n"));
-        let _ = out.flush();
+        screen.draw(&lines);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => break Ok(ExitCode::SUCCESS),
-            _ = keys.recv() => break Ok(ExitCode::SUCCESS),
+            _ = stop.recv() => return Ok(ExitCode::SUCCESS),
         }
-    };
-    let _ = write!(out, "\x1b[?25h\x1b[?1049l");
-    let _ = out.flush();
-    outcome
-}
-
-/// A message for each quit key pressed on the terminal: `q`, Escape or Ctrl-C (which raw
-/// mode delivers as a key, not a signal).
-fn keys_pressed() -> tokio::sync::mpsc::Receiver<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    std::thread::spawn(move || {
-        let term = Term::stdout();
-        loop {
-            match term.read_key() {
-                Ok(console::Key::Char('q' | 'Q') | console::Key::Escape | console::Key::CtrlC) => {
-                    let _ = tx.blocking_send(());
-                    return;
-                }
-                Ok(_) => {}
-                // No readable terminal: only a signal quits. The sender stays, or the
-                // closed channel would read as a key.
-                Err(_) => loop {
-                    std::thread::park();
-                },
-            }
-        }
-    });
-    rx
+    }
 }
 
 /// One screen of `top`.
@@ -201,6 +197,14 @@ fn frame(
         Err(failure) => text.push_str(&format!("{} {failure}\n", console::style("workers:").red())),
     }
     text
+}
+
+/// A worker's job slots: its concurrency, per queue or in all.
+fn slots(concurrency: &Value) -> u64 {
+    match concurrency {
+        Value::Object(per_queue) => per_queue.values().filter_map(Value::as_u64).sum(),
+        other => other.as_u64().unwrap_or(0),
+    }
 }
 
 /// The bars of a sparkline, lowest to highest.
@@ -311,10 +315,7 @@ fn worker_table(workers: &Value) -> Table {
             render::text(&worker["name"]),
             render::text(&worker["host"]),
             queues.join(","),
-            match worker["concurrency"].as_u64() {
-                Some(slots) => format!("{active}/{slots}"),
-                None => active.to_string(),
-            },
+            format!("{active}/{}", slots(&worker["concurrency"])),
             render::text(&worker["processed"]),
             render::text(&worker["failed"]),
             worker["heartbeat_age_seconds"]

@@ -50,15 +50,28 @@ impl Terminal {
     /// Waits until the screen shows every one of `texts`, and returns it; fails the test
     /// with the last screen otherwise.
     pub async fn wait_for(&self, texts: &[&str], within: Duration) -> String {
+        self.wait_for_screen(&format!("{texts:?}"), within, |screen| {
+            texts.iter().all(|text| screen.contains(text))
+        })
+        .await
+    }
+
+    /// Waits until the screen is as `shown` says (`what`, in the failure), and returns it.
+    pub async fn wait_for_screen(
+        &self,
+        what: &str,
+        within: Duration,
+        shown: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + within;
         loop {
             let screen = self.screen();
-            if texts.iter().all(|text| screen.contains(text)) {
+            if shown(&screen) {
                 return screen;
             }
             assert!(
                 Instant::now() < deadline,
-                "the screen never showed {texts:?}; it showed:\n{screen}"
+                "the screen never showed {what}; it showed:\n{screen}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -79,6 +92,25 @@ impl Terminal {
         said[..said.find(']').expect("the status is closed by ]")]
             .parse()
             .expect("an exit status")
+    }
+}
+
+impl Terminal {
+    /// Whether the terminal shows its alternate screen (a full-screen program's).
+    pub fn on_alternate_screen(&self) -> bool {
+        self.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"])
+            .trim()
+            == "1"
+    }
+
+    /// The terminal's line settings as `stty -a` prints them (`icanon`, `-echo`, …).
+    pub fn line_settings(&self) -> String {
+        let tty = self.tmux(&["display-message", "-p", "-t", "0", "#{pane_tty}"]);
+        let output = Command::new("stty")
+            .args(["-a", "-F", tty.trim()])
+            .output()
+            .expect("stty runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
 

@@ -398,7 +398,7 @@ async fn errors_are_said_in_plain_words_with_an_exit_code_for_each_kind() {
     let reader = String::from_utf8(reader.stdout).unwrap().trim().to_owned();
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let unreachable = format!("could not reach {nowhere}: Connection refused");
-    let cases: [(Command, &[&str], i32, &str); 10] = [
+    let cases: [(Command, &[&str], i32, &str); 11] = [
         // The API refuses: its message and its code, exit 4.
         (
             stack.cli(),
@@ -485,6 +485,7 @@ async fn errors_are_said_in_plain_words_with_an_exit_code_for_each_kind() {
             2,
             "unrecognized subcommand 'frobnicate'",
         ),
+        (stack.cli(), &["job", "../queues"], 2, "not an id"),
     ];
     for (mut cli, args, code, said) in cases {
         let ran = run(&mut cli, args).failed_with(code);
@@ -549,22 +550,37 @@ async fn login_keeps_a_private_profile_that_later_commands_use() {
         0o700
     );
 
+    assert!(!ran.stdout.contains(&stack.key) && !ran.stderr.contains(&stack.key));
+
     // Neither address nor key in the environment: the profile has both.
-    let mut bare = Command::new(binary("taskfleet"));
-    bare.env("XDG_CONFIG_HOME", &stack.config)
-        .env_remove("TASKFLEET_URL")
-        .env_remove("TASKFLEET_KEY");
-    run(&mut bare, &["jobs"]).ok();
+    let bare = || {
+        let mut bare = Command::new(binary("taskfleet"));
+        bare.env("XDG_CONFIG_HOME", &stack.config)
+            .env_remove("TASKFLEET_URL")
+            .env_remove("TASKFLEET_KEY")
+            .env_remove("TASKFLEET_PROFILE");
+        bare
+    };
+    run(&mut bare(), &["jobs"]).ok();
+
+    // The profile's key goes to the profile's address only.
+    let elsewhere = "http://127.0.0.1:1";
+    let ran = run(&mut taskfleet(elsewhere, None, &stack.config), &["jobs"]).failed_with(2);
+    assert!(
+        ran.stderr.contains(&format!(
+            "no API key for {elsewhere}: profile 'default' holds the key of {}",
+            stack.api.base
+        )),
+        "{}",
+        ran.stderr
+    );
 
     // A key the API refuses is not kept; an unknown profile is named.
     let before = fs::read_to_string(&file).unwrap();
     let mut login = taskfleet(&stack.api.base, Some("tfk_not_a_key"), &stack.config);
     run(&mut login, &["login", "--profile", "staging"]).failed_with(4);
     assert_eq!(fs::read_to_string(&file).unwrap(), before);
-    let mut bare = Command::new(binary("taskfleet"));
-    bare.env("XDG_CONFIG_HOME", &stack.config)
-        .env_remove("TASKFLEET_KEY");
-    let ran = run(&mut bare, &["jobs", "--profile", "staging"]).failed_with(2);
+    let ran = run(&mut bare(), &["jobs", "--profile", "staging"]).failed_with(2);
     assert!(
         ran.stderr.contains("no profile 'staging'"),
         "{}",
@@ -581,15 +597,14 @@ async fn tail_resumes_after_a_lost_connection_without_gaps_or_repeats() {
     let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
 
     let mut tail = taskfleet(&through_proxy, Some(&stack.key), &stack.config);
-    tail.args(["tail", "--queue", "executor", "--json"])
+    // From the first event on, so the test need not guess when the stream has opened.
+    tail.args(["tail", "--queue", "executor", "--json", "--since", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     dies_with_its_starter(&mut tail);
     let mut tail = tail.spawn().unwrap();
     let lines = follow(tail.stdout.take().unwrap());
     let notes = follow(tail.stderr.take().unwrap());
-    // The stream is open once the API has counted it; events before that are not replayed.
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut seen: Vec<Value> = Vec::new();
     let submit_and_see = async |count: usize, seen: &mut Vec<Value>| {
@@ -980,31 +995,33 @@ async fn top_and_a_waited_submit_draw_on_a_terminal() {
     let stack = Stack::start("executor").await;
     let operator = stack.env.create_operator_key("ops");
     let taskfleet = binary("taskfleet");
-    let env = [
-        ("TASKFLEET_URL", stack.api.base.as_str()),
-        ("TASKFLEET_KEY", operator.as_str()),
-        ("XDG_CONFIG_HOME", stack.config.to_str().unwrap()),
-    ];
-    let Some(top) = Terminal::start(
-        &format!("{} top --interval 0.3", taskfleet.display()),
-        &env,
-        140,
-        30,
-    ) else {
-        eprintln!("skipped: tmux is not installed (`make test` installs it)");
-        return;
+    let on_terminal = |command: &str, key: &str, cols: u16, rows: u16| {
+        let env = [
+            ("TASKFLEET_URL", stack.api.base.as_str()),
+            ("TASKFLEET_KEY", key),
+            ("XDG_CONFIG_HOME", stack.config.to_str().unwrap()),
+        ];
+        Terminal::start(
+            &format!("{} {command}", taskfleet.display()),
+            &env,
+            cols,
+            rows,
+        )
+        .expect("tmux runs (`make test` installs it)")
     };
+    let top = on_terminal("top --interval 0.3", &operator, 140, 30);
     let screen = top
         .wait_for(
             &["taskfleet top", "QUEUE", "executor", "WORKER", "leader"],
             WITHIN,
         )
         .await;
+    assert!(top.on_alternate_screen());
     assert!(
         screen.lines().all(|line| line.chars().count() <= 140),
         "{screen}"
     );
-    // Redrawn in place: a job's run shows up in the numbers without scrolling.
+    // Redrawn in place: a running job shows in the executor's row, with no scrolling.
     let id = stack
         .api
         .submit(
@@ -1012,36 +1029,71 @@ async fn top_and_a_waited_submit_draw_on_a_terminal() {
             json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": 3000}}),
         )
         .await;
-    let screen = top.wait_for(&["DONE/MIN"], WITHIN).await;
+    let running = |screen: &str| {
+        screen.lines().any(|line| {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            cells.first() == Some(&"executor") && cells.get(3) == Some(&"1")
+        })
+    };
+    let screen = top
+        .wait_for_screen("the executor running one job", WITHIN, running)
+        .await;
     assert_eq!(screen.matches("taskfleet top").count(), 1, "{screen}");
     stack.api.wait_finished(&stack.key, id, WITHIN).await;
     top.press(&["q"]);
     assert_eq!(top.exit_status(WITHIN).await, 0, "q quits top");
+    // The terminal is as it was: the normal screen, echo and line editing on.
+    assert!(!top.on_alternate_screen());
+    let settings = top.line_settings();
+    assert!(
+        settings.contains(" icanon") && settings.contains(" echo "),
+        "{settings}"
+    );
     drop(top);
 
-    // A waited job on a paused queue says so, then shows its progress and its end.
+    // A key revoked under a running top ends it with the API's words, the terminal restored.
+    let doomed = stack.env.create_operator_key("ops");
+    let top = on_terminal("top --interval 0.3", &doomed, 140, 30);
+    top.wait_for(&["WORKER"], WITHIN).await;
+    assert!(
+        stack
+            .env
+            .api_command(&["keys", "revoke", &doomed])
+            .status
+            .success()
+    );
+    assert_eq!(top.exit_status(WITHIN).await, 4);
+    let screen = top.screen();
+    assert!(
+        screen.contains("unknown, revoked or expired API key"),
+        "{screen}"
+    );
+    assert!(!top.on_alternate_screen());
+    assert!(top.line_settings().contains(" icanon"));
+    drop(top);
+
+    // A waited job on a paused queue says so, then shows its progress live, then its end.
     run(
         &mut stack.cli_as(&operator),
         &["queues", "pause", "executor"],
     )
     .ok();
-    let submit = Terminal::start(
-        &format!(
-            "{} submit executor.run --tool sleep --arg ms=4000 --wait",
-            taskfleet.display()
-        ),
-        &env,
+    let submit = on_terminal(
+        "submit executor.run --tool sleep --arg ms=4000 --wait",
+        &stack.key,
         120,
         20,
-    )
-    .unwrap();
+    );
     submit.wait_for(&["queue executor is paused"], WITHIN).await;
     run(
         &mut stack.cli_as(&operator),
         &["queues", "resume", "executor"],
     )
     .ok();
-    submit.wait_for(&["%", "slept"], WITHIN).await;
+    let screen = submit
+        .wait_for(&["50%", "slept 2000 of 4000 ms"], WITHIN)
+        .await;
+    assert!(!screen.contains("succeeded"), "{screen}");
     let screen = submit
         .wait_for(&["100%", "succeeded in", "\"slept_ms\": 4000"], WITHIN)
         .await;
