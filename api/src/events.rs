@@ -447,14 +447,19 @@ pub fn serve(
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             let record = &shared.record;
-            if record.seq <= sent || !sub.scope.covers(record.tenant_id) {
-                continue;
-            }
-            // The job's terminal event ends its stream, even when the filter hides it.
+            // The job's terminal event ends its stream, even when the filter hides it, and
+            // even when the replay already sent it (the job ended between the check above
+            // and the replay's read).
             let ends_stream = sub.end_on_terminal
                 && record.job_id.is_some()
                 && record.job_id == sub.filter.job_id
                 && is_terminal(record);
+            if record.seq <= sent || !sub.scope.covers(record.tenant_id) {
+                if ends_stream && record.seq <= sent {
+                    return;
+                }
+                continue;
+            }
             if sub.filter.matches(sub.scope, record) {
                 sent = record.seq;
                 if tx.send(StreamItem(shared.clone())).await.is_err() {

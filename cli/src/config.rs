@@ -86,45 +86,60 @@ impl ProfileFile {
     }
 }
 
-/// Resolves the target from what the command line (or its environment) gave and the
-/// profile named `profile`. A profile's key goes only to its own address: a URL given
-/// without a key takes the key of the profile for that URL, never another one's.
-pub fn resolve(
-    url: Option<String>,
-    key: Option<String>,
-    profile: Option<&str>,
-) -> Result<Target, Failure> {
-    let url = url.map(|url| url.trim_end_matches('/').to_owned());
-    if let (Some(url), Some(key), None) = (&url, &key, profile) {
+/// What the command line gave: flags only, the environment is read here.
+pub struct Given {
+    pub url: Option<String>,
+    pub key: Option<String>,
+    pub profile: Option<String>,
+}
+
+/// A variable of the environment, when set and not empty.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+/// Resolves the target. A profile named (`--profile`, else `TASKFLEET_PROFILE`) is used
+/// whole, flags changing parts of it; otherwise flags, else `TASKFLEET_URL` and
+/// `TASKFLEET_KEY`, else the default profile. A profile's key goes only to its own
+/// address: an address from elsewhere needs its own key.
+pub fn resolve(given: Given) -> Result<Target, Failure> {
+    let trim = |url: String| url.trim_end_matches('/').to_owned();
+    let (url, key, profile_name) = match given.profile.or_else(|| env("TASKFLEET_PROFILE")) {
+        Some(name) => (given.url.map(trim), given.key, name),
+        None => (
+            given.url.or_else(|| env("TASKFLEET_URL")).map(trim),
+            given.key.or_else(|| env("TASKFLEET_KEY")),
+            DEFAULT_PROFILE.to_owned(),
+        ),
+    };
+    if let (Some(url), Some(key)) = (&url, &key) {
         return Ok(Target {
             url: url.clone(),
             key: key.clone(),
         });
     }
-    let named = profile.unwrap_or(DEFAULT_PROFILE);
-    let path = profile_path()?;
     let file = ProfileFile::load()?;
-    let stored = file.profiles.get(named);
-    if profile.is_some() && stored.is_none() {
+    let stored = file.profiles.get(&profile_name);
+    if stored.is_none() && profile_name != DEFAULT_PROFILE {
         return Err(Failure::usage(format!(
-            "no profile '{named}' in {}: create it with `taskfleet login --profile {named}`",
-            path.display()
+            "no profile '{profile_name}' in {}: create it with `taskfleet login --profile {profile_name}`",
+            profile_path()?.display()
         )));
     }
     let url = url
-        .or_else(|| stored.map(|p| p.url.clone()))
+        .or_else(|| stored.map(|p| trim(p.url.clone())))
         .unwrap_or_else(|| DEFAULT_URL.to_owned());
     if let Some(key) = key {
         return Ok(Target { url, key });
     }
     match stored {
-        Some(stored) if stored.url.trim_end_matches('/') == url => Ok(Target {
+        Some(stored) if trim(stored.url.clone()) == url => Ok(Target {
             url,
             key: stored.key.clone(),
         }),
         Some(stored) => Err(Failure::usage(format!(
-            "no API key for {url}: profile '{named}' holds the key of {}; set TASKFLEET_KEY, \
-             or sign in there with `taskfleet login --url {url} --profile NAME`",
+            "no API key for {url}: profile '{profile_name}' holds the key of {}; set \
+             TASKFLEET_KEY, or sign in there with `taskfleet login --url {url} --profile NAME`",
             stored.url
         ))),
         None => Err(Failure::usage(

@@ -176,6 +176,7 @@ async fn test_all(api: &Api, json: bool) -> Result<ExitCode, Failure> {
     let stdout_is_terminal = std::io::stdout().is_terminal();
     let mut spinners: HashMap<String, ProgressBar> = HashMap::new();
     let mut failed = 0;
+    let mut finished = false;
     while let Some(item) = stream.next().await? {
         let Item::Event(message) = item else { continue };
         let data = &message.data;
@@ -217,15 +218,29 @@ async fn test_all(api: &Api, json: bool) -> Result<ExitCode, Failure> {
                     None => {}
                 }
             }
-            "done" if !json => bars.suspend(|| {
+            "done" => finished = true,
+            _ => {}
+        }
+        if message.event == "done" && !json {
+            bars.suspend(|| {
                 println!(
                     "{} passed, {} failed",
                     render::text(&data["ok"]),
                     render::text(&data["error"])
                 )
-            }),
-            _ => {}
+            });
         }
+    }
+    // A stream that ended before `done` leaves connectors untested: each is a failure.
+    if !finished {
+        for spinner in spinners.into_values() {
+            spinner.abandon_with_message(format!(
+                "{} no result: the test stream ended early",
+                mark(false)
+            ));
+        }
+        eprintln!("the test stream ended before every connector had its result");
+        failed += 1;
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS

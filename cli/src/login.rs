@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::{
     api::Api,
-    config::{DEFAULT_PROFILE, DEFAULT_URL, Profile, ProfileFile, Target},
+    config::{DEFAULT_PROFILE, DEFAULT_URL, Profile, ProfileFile, Target, env},
     fail::Failure,
     print_json, render,
 };
@@ -22,6 +22,7 @@ use crate::{
   taskfleet login                                   # asks for the key
   taskfleet login --url https://fleet.example.com --profile prod
   echo \"$KEY\" | taskfleet login --url http://127.0.0.1:8080
+  taskfleet login --key \"$KEY\" --profile staging --url https://staging.example.com
 
 The profile is written to ~/.config/taskfleet/config.toml (under $XDG_CONFIG_HOME when set;
 the platform's config directory on macOS), mode 0600. Its key is sent to its address only.")]
@@ -34,10 +35,15 @@ pub async fn run(
     _args: LoginArgs,
     json: bool,
 ) -> Result<ExitCode, Failure> {
-    let name = profile.unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
+    // The key is typed or given with --key, never taken from TASKFLEET_KEY, which may be
+    // another server's; the address is --url, else the profile's own, else TASKFLEET_URL.
+    let name = profile
+        .or_else(|| env("TASKFLEET_PROFILE"))
+        .unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
     let mut file = ProfileFile::load()?;
     let url = url
         .or_else(|| file.profiles.get(&name).map(|p| p.url.clone()))
+        .or_else(|| env("TASKFLEET_URL"))
         .unwrap_or_else(|| DEFAULT_URL.to_owned())
         .trim_end_matches('/')
         .to_owned();

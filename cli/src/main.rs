@@ -36,8 +36,9 @@ Exit codes:
   5    the API did not answer
   130  Ctrl-C while waiting for a job (the job goes on)
 
-Configuration: --url and --key, else TASKFLEET_URL and TASKFLEET_KEY, else the profile
-`taskfleet login` wrote (--profile NAME or TASKFLEET_PROFILE picks one).
+Configuration: a profile named with --profile (or TASKFLEET_PROFILE), which --url and
+--key may change; else --url and --key, else TASKFLEET_URL and TASKFLEET_KEY, else the
+default profile `taskfleet login` wrote. A profile's key goes to its own address only.
 
 Examples:
   taskfleet login --url http://127.0.0.1:8080
@@ -49,14 +50,15 @@ Examples:
 #[derive(Parser, Debug)]
 #[command(name = "taskfleet", version, about = "Submit, watch and operate a taskfleet fleet through its REST API.", after_help = EXIT_CODES)]
 struct Cli {
-    /// The API's address [default: the profile's, else http://127.0.0.1:8080]
-    #[arg(long, global = true, env = "TASKFLEET_URL")]
+    /// The API's address [env: TASKFLEET_URL; default: the profile's, else
+    /// http://127.0.0.1:8080]
+    #[arg(long, global = true)]
     url: Option<String>,
-    /// The API key (tfk_…) or a bearer token
-    #[arg(long, global = true, env = "TASKFLEET_KEY", hide_env_values = true)]
+    /// The API key (tfk_…) or a bearer token [env: TASKFLEET_KEY]
+    #[arg(long, global = true)]
     key: Option<String>,
-    /// The profile to use, from `taskfleet login --profile`
-    #[arg(long, global = true, env = "TASKFLEET_PROFILE")]
+    /// The profile to use, from `taskfleet login --profile` [env: TASKFLEET_PROFILE]
+    #[arg(long, global = true)]
     profile: Option<String>,
     /// Print the API's JSON (one object per line for streams), for scripts
     #[arg(long, global = true)]
@@ -123,7 +125,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Login(args) => return login::run(cli.url, cli.key, cli.profile, args, json).await,
         _ => {}
     }
-    let api = Api::new(config::resolve(cli.url, cli.key, cli.profile.as_deref())?);
+    let api = Api::new(config::resolve(config::Given {
+        url: cli.url,
+        key: cli.key,
+        profile: cli.profile,
+    })?);
     match cli.command {
         Command::Submit(args) => submit::run(&api, args, json).await,
         Command::Jobs(args) => jobs::list(&api, args, json).await,

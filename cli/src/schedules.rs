@@ -129,7 +129,7 @@ pub async fn run(api: &Api, command: SchedulesCommand, json: bool) -> Result<Exi
             }
         }
         SchedulesCommand::Create(args) => {
-            let mut body = json!({"name": args.name, "target": payload(&args.target)?});
+            let mut body = json!({"name": args.name, "target": payload(api, &args.target).await?});
             if let Some(cron) = args.cron {
                 body["cron"] = json!(cron);
             }

@@ -31,7 +31,19 @@ impl Screen {
         let mut out = std::io::stdout();
         let _ = write!(out, "\x1b[?1049h\x1b[?25l");
         let _ = out.flush();
+        // A panic's message is printed before the guard drops: put the terminal back first,
+        // or the message goes to the alternate screen and vanishes with it.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore(saved);
+            previous(info);
+        }));
         Screen { saved }
+    }
+
+    /// Whether keys are read (standard input is a terminal).
+    pub fn reads_keys(&self) -> bool {
+        self.saved.is_some()
     }
 
     /// Draws `lines` over the previous frame, clearing what it leaves.
@@ -60,12 +72,18 @@ impl Screen {
 
 impl Drop for Screen {
     fn drop(&mut self) {
-        let mut out = std::io::stdout();
-        let _ = write!(out, "\x1b[?25h\x1b[?1049l");
-        let _ = out.flush();
-        if let Some(saved) = self.saved {
-            // SAFETY: the settings read from this descriptor in `enter`.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved) };
-        }
+        restore(self.saved);
+    }
+}
+
+/// The normal screen, the cursor, and the terminal's settings as they were (doing it twice
+/// is harmless).
+fn restore(saved: Option<libc::termios>) {
+    let mut out = std::io::stdout();
+    let _ = write!(out, "\x1b[?25h\x1b[?1049l");
+    let _ = out.flush();
+    if let Some(saved) = saved {
+        // SAFETY: the settings read from this descriptor in `Screen::enter`.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved) };
     }
 }

@@ -139,7 +139,7 @@ impl EventStream {
                 }
                 let opened = match tokio::time::timeout(SILENCE, self.connect()).await {
                     Ok(opened) => opened,
-                    Err(_) => Err(silence()),
+                    Err(_) => Err(self.broken("no answer")),
                 };
                 match opened {
                     Ok(response) => {
@@ -157,7 +157,7 @@ impl EventStream {
                 }
                 Ok(Ok(None)) => None,
                 Ok(Err(err)) => Some(Failure::unreachable(self.api.url(), &err)),
-                Err(_) => Some(silence()),
+                Err(_) => Some(self.broken(&format!("nothing heard for {} s", SILENCE.as_secs()))),
             };
             self.response = None;
             self.parser.reset();
@@ -167,9 +167,17 @@ impl EventStream {
                 None if self.ending == Ending::AfterTerminal && self.last_was_terminal => {
                     return Ok(None);
                 }
-                None => Failure::Local("the server closed the stream".into()),
+                None => self.broken("the server closed the stream"),
             };
             return self.lost(failure).map(Some);
+        }
+    }
+
+    /// A connection that broke in a way the API did not say, as "did not answer".
+    fn broken(&self, why: &str) -> Failure {
+        Failure::Unreachable {
+            url: self.api.url().to_owned(),
+            why: why.to_owned(),
         }
     }
 
@@ -190,10 +198,13 @@ impl EventStream {
     /// resumable; anything else is waited out (the pause is taken before the next
     /// connection, so the caller can say so first) and the stream resumed.
     fn lost(&mut self, failure: Failure) -> Result<Item, Failure> {
-        if !self.opened || self.ending == Ending::WhenClosed {
+        // What a stream not resumable had sent is gone with its connection.
+        if self.ending == Ending::WhenClosed && self.opened {
             return Err(failure);
         }
         let pause = match &failure {
+            // Busy or briefly unavailable: asked again when it says, even before the stream
+            // first opened (a submitted job's wait must not end on a rate limit).
             Failure::Api {
                 status,
                 retry_after,
@@ -201,14 +212,17 @@ impl EventStream {
             } if *status == 429 || *status >= 500 => retry_after
                 .map(Duration::from_secs)
                 .unwrap_or(self.pause)
-                .min(MAX_RETRY_AFTER),
+                .clamp(FIRST_PAUSE, MAX_RETRY_AFTER),
             Failure::Api { .. } | Failure::Usage(_) => return Err(failure),
+            // Nothing there at all: a wrong address fails at once, like any request.
+            _ if !self.opened => return Err(failure),
             _ => self.pause,
         };
         self.pause = (self.pause * 2).min(MAX_PAUSE);
         self.resume_at = Some(Instant::now() + pause);
         let reason = match failure {
             Failure::Unreachable { why, .. } => why,
+            Failure::Api { message, .. } => message,
             other => other.to_string(),
         };
         let wait = format!("{:.1} s", pause.as_secs_f64());
@@ -217,10 +231,6 @@ impl EventStream {
             None => format!("{reason}; reconnecting in {wait}"),
         }))
     }
-}
-
-fn silence() -> Failure {
-    Failure::Local(format!("nothing heard for {} s", SILENCE.as_secs()))
 }
 
 /// The text/event-stream format, fed in whatever pieces the network delivers.

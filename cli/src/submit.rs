@@ -30,10 +30,11 @@ pub struct JobTarget {
     /// The tool's input: text, @FILE for a file's contents, or - for standard input
     #[arg(long, value_name = "TEXT|@FILE|-")]
     pub input: Option<String>,
-    /// K=V (V read as JSON when it is JSON, else as text): for executor.run an entry of a
-    /// built-in tool's `args` (other words, such as --select=E, make a command's argument
-    /// list), for other kinds a field of the job (connector_id=…, message=…)
-    #[arg(long = "arg", value_name = "K=V")]
+    /// K=V (V read as JSON when it parses as JSON, else as text: quote a number meant as
+    /// text, version='"1.2"'): for executor.run an entry of a built-in tool's `args`, for
+    /// other kinds a field of the job (connector_id=…, message=…). For an allow-listed
+    /// command, each --arg is a word of its argument list (--arg --select=E)
+    #[arg(long = "arg", value_name = "K=V", allow_hyphen_values = true)]
     pub args: Vec<String>,
     /// A file for an allow-listed command to work on, sent as its name (or as NAME)
     #[arg(long = "file", value_name = "PATH[=NAME]")]
@@ -73,7 +74,7 @@ pub struct SubmitArgs {
 }
 
 pub async fn run(api: &Api, args: SubmitArgs, json: bool) -> Result<ExitCode, Failure> {
-    let mut body = payload(&args.target)?;
+    let mut body = payload(api, &args.target).await?;
     if let Some(run_at) = &args.run_at {
         body["run_at"] = Value::String(instant(run_at, Utc::now())?.to_rfc3339());
     }
@@ -97,7 +98,27 @@ pub async fn run(api: &Api, args: SubmitArgs, json: bool) -> Result<ExitCode, Fa
 }
 
 /// The JSON body of a job from its command-line form.
-pub fn payload(target: &JobTarget) -> Result<Value, Failure> {
+pub async fn payload(api: &Api, target: &JobTarget) -> Result<Value, Failure> {
+    let command = match &target.tool {
+        Some(tool) if !target.args.is_empty() => runs_a_command(api, tool).await?,
+        _ => false,
+    };
+    body(target, command)
+}
+
+/// Whether executor tool `tool` is an allow-listed command, whose `args` are a list of
+/// words, rather than a built-in, whose `args` are named; the API's list says.
+async fn runs_a_command(api: &Api, tool: &str) -> Result<bool, Failure> {
+    let tools = api.get("/v1/executor/tools", &[]).await?;
+    Ok(tools["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["name"] == tool && t["kind"] == "command"))
+}
+
+/// The body, given whether the tool is a command (its `--arg`s are words, not `K=V`).
+fn body(target: &JobTarget, command: bool) -> Result<Value, Failure> {
     let mut body = Map::new();
     body.insert("kind".into(), Value::String(target.kind.clone()));
     let executor = target.kind == "executor.run";
@@ -114,43 +135,30 @@ pub fn payload(target: &JobTarget) -> Result<Value, Failure> {
         body.insert("input".into(), Value::String(read_input(input)?));
     }
     if !target.files.is_empty() {
-        let mut files = Map::new();
-        for file in &target.files {
-            let (path, name) = match file.split_once('=') {
-                Some((path, name)) => (path, name.to_owned()),
-                None => (file.as_str(), file_name(file)),
-            };
-            let text = std::fs::read_to_string(path)
-                .map_err(|err| Failure::local(&format!("reading {path}"), err))?;
-            files.insert(name, Value::String(text));
-        }
-        body.insert("files".into(), Value::Object(files));
+        body.insert("files".into(), Value::Object(read_files(&target.files)?));
     }
-    let (pairs, words): (Vec<&String>, Vec<&String>) =
-        target.args.iter().partition(|arg| is_pair(arg));
-    if !words.is_empty() && (!executor || !pairs.is_empty()) {
-        return Err(Failure::usage(if executor {
-            "give --arg either as K=V pairs (a built-in tool's arguments) or as plain words \
-             (a command's argument list), not both"
-                .to_owned()
-        } else {
-            format!("--arg {} is not K=V", words[0])
-        }));
-    }
-    let mut fields = Map::new();
-    for pair in pairs {
-        let (name, value) = pair.split_once('=').expect("a pair has '='");
-        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
-        fields.insert(name.to_owned(), value);
-    }
-    if executor {
-        if !words.is_empty() {
-            body.insert("args".into(), json!(words));
-        } else if !fields.is_empty() {
-            body.insert("args".into(), Value::Object(fields));
-        }
+    if command {
+        body.insert("args".into(), json!(target.args));
     } else {
-        body.extend(fields);
+        let mut fields = Map::new();
+        for arg in &target.args {
+            let Some((name, value)) = arg.split_once('=').filter(|(name, _)| !name.is_empty())
+            else {
+                return Err(Failure::usage(format!(
+                    "--arg {arg} is not K=V (plain words are for an allow-listed command's argument list)"
+                )));
+            };
+            let value =
+                serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+            fields.insert(name.to_owned(), value);
+        }
+        match executor {
+            true if !fields.is_empty() => {
+                body.insert("args".into(), Value::Object(fields));
+            }
+            true => {}
+            false => body.extend(fields),
+        }
     }
     if let Some(priority) = target.priority {
         body.insert("priority".into(), json!(priority));
@@ -161,13 +169,24 @@ pub fn payload(target: &JobTarget) -> Result<Value, Failure> {
     Ok(Value::Object(body))
 }
 
-/// Whether an `--arg` is a named value (`ms=250`) rather than a word of a command's
-/// argument list (`check`, `--select=E,F`).
-fn is_pair(arg: &str) -> bool {
-    arg.split_once('=').is_some_and(|(name, _)| {
-        name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    })
+/// `--file PATH[=NAME]`s as the `files` object: each file's text under its name. A path
+/// that exists is taken whole, `=` and all.
+fn read_files(files: &[String]) -> Result<Map<String, Value>, Failure> {
+    let mut read = Map::new();
+    for file in files {
+        let (path, name) = match file.rsplit_once('=') {
+            Some((path, name)) if !std::path::Path::new(file).exists() => (path, name.to_owned()),
+            _ => (file.as_str(), file_name(file)),
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| Failure::local(&format!("reading {path}"), err))?;
+        if read.insert(name.clone(), Value::String(text)).is_some() {
+            return Err(Failure::usage(format!(
+                "two files would be sent as {name}: give one of them another name with PATH=NAME"
+            )));
+        }
+    }
+    Ok(read)
 }
 
 /// The name a file is sent under: its own name, without its directories.
@@ -398,24 +417,50 @@ mod tests {
 
     #[test]
     fn arguments_become_a_tools_args_or_a_jobs_fields() {
-        let sleep = payload(&target(
-            "executor.run",
-            &["ms=250", "label=\"x\"", "note=hi"],
-        ))
+        let sleep = body(
+            &target("executor.run", &["ms=250", "label=\"x\"", "note=hi"]),
+            false,
+        )
         .unwrap();
         assert_eq!(
             sleep,
             json!({"kind": "executor.run", "tool": "sleep", "args": {"ms": 250, "label": "x", "note": "hi"}})
         );
-        let command = payload(&target("executor.run", &["check", "--select=E,F", "."])).unwrap();
-        assert_eq!(command["args"], json!(["check", "--select=E,F", "."]));
-        let ingest = payload(&target("ingest.connector", &["connector_id=abc"])).unwrap();
+        let command = body(
+            &target("executor.run", &["check", "--select=E,F", "CC=gcc"]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(command["args"], json!(["check", "--select=E,F", "CC=gcc"]));
+        let ingest = body(&target("ingest.connector", &["connector_id=abc"]), false).unwrap();
         assert_eq!(
             ingest,
             json!({"kind": "ingest.connector", "connector_id": "abc"})
         );
-        assert!(payload(&target("executor.run", &["ms=1", "check"])).is_err());
-        assert!(payload(&target("ingest.connector", &["abc"])).is_err());
+        assert!(body(&target("executor.run", &["ms=1", "check"]), false).is_err());
+        assert!(body(&target("ingest.connector", &["abc"]), false).is_err());
+    }
+
+    #[test]
+    fn an_argument_may_start_with_a_dash() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            submit: SubmitArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "taskfleet",
+            "executor.run",
+            "--tool",
+            "ruff.check",
+            "--arg",
+            "--select=E,F",
+            "--arg",
+            "-q",
+        ])
+        .unwrap();
+        assert_eq!(cli.submit.target.args, ["--select=E,F", "-q"]);
     }
 
     #[test]
@@ -424,19 +469,20 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("app.py");
         std::fs::write(&file, "import os\n").unwrap();
-        let mut ruff = target("executor.run", &["--select=F"]);
+        let mut ruff = target("executor.run", &[]);
         ruff.files = vec![
             file.display().to_string(),
             format!("{}=src/main.py", file.display()),
         ];
-        let body = payload(&ruff).unwrap();
+        let sent = body(&ruff, true).unwrap();
         assert_eq!(
-            body["files"],
+            sent["files"],
             json!({"app.py": "import os\n", "src/main.py": "import os\n"})
         );
-        assert_eq!(body["args"], json!(["--select=F"]));
+        ruff.files = vec![file.display().to_string(), file.display().to_string()];
+        assert!(body(&ruff, true).is_err(), "two files under one name");
         ruff.files = vec![dir.join("missing.py").display().to_string()];
-        assert!(payload(&ruff).is_err());
+        assert!(body(&ruff, true).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -118,7 +118,7 @@ pub async fn run(api: &Api, args: TopArgs, json: bool) -> Result<ExitCode, Failu
                 &json!({"queues": queues["queues"], "workers": workers.ok().map(|w| w["workers"].clone())}),
             );
         } else {
-            print!("{}", frame(api, Ok(queues), workers, terminal_width()));
+            print!("{}", frame(api, Ok(queues), workers, terminal_width(), ""));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -142,6 +142,11 @@ pub async fn run(api: &Api, args: TopArgs, json: bool) -> Result<ExitCode, Failu
     // Dropped on every way out of this function, which puts the terminal back.
     let screen = Screen::enter();
     screen.forward_quit_keys(quit);
+    let quit_hint = if screen.reads_keys() {
+        "q quits"
+    } else {
+        "Ctrl-C quits"
+    };
     loop {
         let fetched = async {
             (
@@ -157,7 +162,7 @@ pub async fn run(api: &Api, args: TopArgs, json: bool) -> Result<ExitCode, Failu
             return Err(failure);
         }
         let (rows, cols) = term.size();
-        let text = frame(api, queues, workers, Some(usize::from(cols)));
+        let text = frame(api, queues, workers, Some(usize::from(cols)), quit_hint);
         let lines: Vec<&str> = text.lines().take(usize::from(rows)).collect();
         screen.draw(&lines);
         tokio::select! {
@@ -173,13 +178,14 @@ fn frame(
     queues: Result<Value, Failure>,
     workers: Result<Value, Failure>,
     width: Option<usize>,
+    quit_hint: &str,
 ) -> String {
     let mut text = format!(
         "{}  {}  {}  {}\n\n",
         console::style("taskfleet top").bold(),
         api.url(),
         chrono::Local::now().format("%H:%M:%S"),
-        console::style("q quits").dim()
+        console::style(quit_hint).dim()
     );
     match queues {
         Ok(queues) => text.push_str(&queue_table(&queues).render(width)),

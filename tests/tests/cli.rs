@@ -444,14 +444,12 @@ async fn errors_are_said_in_plain_words_with_an_exit_code_for_each_kind() {
                 "submit",
                 "executor.run",
                 "--tool",
-                "ruff",
+                "sleep",
                 "--arg",
                 "check",
-                "--arg",
-                "ms=1",
             ],
             2,
-            "not both",
+            "--arg check is not K=V",
         ),
         (
             stack.cli(),
@@ -577,9 +575,16 @@ async fn login_keeps_a_private_profile_that_later_commands_use() {
 
     // A key the API refuses is not kept; an unknown profile is named.
     let before = fs::read_to_string(&file).unwrap();
-    let mut login = taskfleet(&stack.api.base, Some("tfk_not_a_key"), &stack.config);
-    run(&mut login, &["login", "--profile", "staging"]).failed_with(4);
+    let mut login = taskfleet(&stack.api.base, None, &stack.config);
+    run(
+        &mut login,
+        &["login", "--profile", "staging", "--key", "tfk_not_a_key"],
+    )
+    .failed_with(4);
     assert_eq!(fs::read_to_string(&file).unwrap(), before);
+    // A profile named is used whole, whatever the environment says.
+    let mut elsewhere_env = taskfleet(elsewhere, Some("tfk_other"), &stack.config);
+    run(&mut elsewhere_env, &["jobs", "--profile", "default"]).ok();
     let ran = run(&mut bare(), &["jobs", "--profile", "staging"]).failed_with(2);
     assert!(
         ran.stderr.contains("no profile 'staging'"),
@@ -896,6 +901,11 @@ async fn chat_streams_the_agents_reply_and_tasks_show_the_focus_lists() {
         ran.stdout
     );
     assert!(ran.stdout.contains("(used add_task)"), "{}", ran.stdout);
+    assert!(
+        !ran.stdout.contains("missed on the way"),
+        "streamed whole: {}",
+        ran.stdout
+    );
     let ran = run_with_input(
         &mut cli(),
         &["chat"],
@@ -1038,6 +1048,10 @@ async fn top_and_a_waited_submit_draw_on_a_terminal() {
     let screen = top
         .wait_for_screen("the executor running one job", WITHIN, running)
         .await;
+    assert!(
+        screen.starts_with("taskfleet top"),
+        "drawn from the top: {screen}"
+    );
     assert_eq!(screen.matches("taskfleet top").count(), 1, "{screen}");
     stack.api.wait_finished(&stack.key, id, WITHIN).await;
     top.press(&["q"]);
@@ -1099,4 +1113,53 @@ async fn top_and_a_waited_submit_draw_on_a_terminal() {
         .await;
     assert_eq!(submit.exit_status(WITHIN).await, 0, "{screen}");
     stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allow_listed_command_gets_its_words_and_files() {
+    let dir = config_dir();
+    let list = dir.join("executor-tools.toml");
+    fs::write(
+        &list,
+        r#"
+[tools."show.args"]
+program = "/bin/sh"
+args = ["-c", "echo \"args: $*\"; cat app.py", "show.args"]
+allowed_args = ['--select=[A-Z,]+', 'check']
+"#,
+    )
+    .unwrap();
+    let list = list.to_str().unwrap();
+    let mut env = TestEnv::new().await;
+    let api = env.start_api(&[("TASKFLEET_EXECUTOR_TOOLS", list)]).await;
+    env.start_worker_env(
+        &["--queues", "executor"],
+        &[("TASKFLEET_EXECUTOR_TOOLS", list)],
+    );
+    let key = env.create_key("acme");
+    let file = dir.join("app.py");
+    fs::write(&file, "import os\n").unwrap();
+
+    // The API's list says show.args is a command: each --arg is a word, dashes and all.
+    let args = ["submit", "executor.run", "--tool", "show.args", "--wait"];
+    let words = [
+        "--file",
+        file.to_str().unwrap(),
+        "--arg",
+        "--select=E,F",
+        "--arg",
+        "check",
+    ];
+    let ran = run(
+        &mut taskfleet(&api.base, Some(&key), &dir),
+        &[&args[..], &words].concat(),
+    )
+    .ok();
+    assert!(
+        ran.stdout.contains("args: --select=E,F check\nimport os\n"),
+        "{}",
+        ran.stdout
+    );
+    let _ = fs::remove_dir_all(&dir);
+    env.finish().await;
 }
