@@ -143,10 +143,14 @@ async fn the_connectors_tab_connects_tests_and_shows_what_providers_said() {
     );
 
     // Test all: the row shows its test live ("testing…" is recorded as it passes), then the
-    // result; the pending Jira connector has no credentials and is not tested.
+    // result; the pending Jira connector has no credentials and is not tested. Each change
+    // is recorded, not the cell at the observer's turn: "testing…" and the result can land
+    // in one task when both events come in one read.
     let observe = format!(
         "const cell = document.querySelector('{} td.last-test'); window.__seen = []; \
-         new MutationObserver(() => window.__seen.push(cell.textContent)) \
+         new MutationObserver(records => records.forEach(r => window.__seen.push( \
+             r.type === 'characterData' ? r.target.data \
+               : Array.from(r.addedNodes).map(n => n.textContent).join('')))) \
            .observe(cell, {{childList: true, characterData: true, subtree: true}});",
         github_row.replace('\'', "\\'")
     );
