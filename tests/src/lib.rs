@@ -748,6 +748,29 @@ where
 }
 
 /// Polls `check` until it is true, failing the test after `within`.
+/// Waits until the worker whose health server is at `addr` answers `/readyz` with 200.
+pub async fn wait_worker_ready(addr: &str, within: Duration) {
+    let readyz = format!("http://{addr}/readyz");
+    let http = reqwest::Client::new();
+    wait_until(within, "the worker is ready", || async {
+        matches!(http.get(&readyz).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+}
+
+/// Asserts the worker whose health server is at `addr` is not ready, and that its
+/// `/readyz` answer names `failing` (a check, such as "vector store").
+pub async fn assert_worker_not_ready(addr: &str, failing: &str) {
+    let answer = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "not_ready", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains(failing),
+        "{body}"
+    );
+}
+
 pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,

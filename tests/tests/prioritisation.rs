@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use taskfleet_tests::{
-    Api,
+    Api, assert_worker_not_ready,
     connector_fleet::ConnectorFleet,
     fake_providers::{
         ChatMode, Draft, FAKE_REVIEW_REASON, FakeProvider, FaultRule, OPENAI_API_KEY, Priority,
     },
-    json, wait_for_some, wait_until,
+    json, wait_for_some, wait_until, wait_worker_ready,
 };
 
 const WITHIN: Duration = Duration::from_secs(120);
@@ -456,23 +456,11 @@ async fn a_worker_whose_vector_store_stops_answering_is_not_ready_and_says_why()
     let mut env = taskfleet_tests::TestEnv::new().await;
     let addr = format!("127.0.0.1:{}", taskfleet_tests::free_port());
     env.start_worker(&["--queues", "embed,agent", "--metrics-addr", &addr]);
-    let readyz = format!("http://{addr}/readyz");
-    let http = reqwest::Client::new();
-    wait_until(WITHIN, "the worker is ready", || async {
-        matches!(http.get(&readyz).send().await, Ok(r) if r.status() == 200)
-    })
-    .await;
+    wait_worker_ready(&addr, WITHIN).await;
     // The store's directory is replaced by a file: lancedb can no longer list it.
     std::fs::remove_dir_all(&env.vector_dir).unwrap();
     std::fs::write(&env.vector_dir, b"not a directory").unwrap();
-    let answer = http.get(&readyz).send().await.unwrap();
-    assert_eq!(answer.status(), 503);
-    let body: Value = answer.json().await.unwrap();
-    assert_eq!(body["error"], "not_ready", "{body}");
-    assert!(
-        body["message"].as_str().unwrap().contains("vector store"),
-        "{body}"
-    );
+    assert_worker_not_ready(&addr, "vector store").await;
     std::fs::remove_file(&env.vector_dir).unwrap();
     env.finish().await;
 }

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use taskfleet_tests::{TestEnv, free_port, json, s3::S3Server, wait_until};
+use taskfleet_tests::{
+    TestEnv, assert_worker_not_ready, free_port, json, s3::S3Server, wait_until, wait_worker_ready,
+};
 
 const WITHIN: Duration = Duration::from_secs(120);
 const TITLE: &str = "The export to S3 fails every night since Monday";
@@ -51,22 +52,10 @@ async fn a_worker_whose_bucket_stops_answering_is_not_ready_and_says_why() {
         &["--queues", "embed,agent", "--metrics-addr", &addr],
         STORE,
     );
-    let readyz = format!("http://{addr}/readyz");
-    let http = reqwest::Client::new();
-    wait_until(WITHIN, "the worker is ready", || async {
-        matches!(http.get(&readyz).send().await, Ok(r) if r.status() == 200)
-    })
-    .await;
+    wait_worker_ready(&addr, WITHIN).await;
 
     s3.stop();
-    let answer = http.get(&readyz).send().await.unwrap();
-    assert_eq!(answer.status(), 503);
-    let body: Value = answer.json().await.unwrap();
-    assert_eq!(body["error"], "not_ready", "{body}");
-    assert!(
-        body["message"].as_str().unwrap().contains("vector store"),
-        "{body}"
-    );
+    assert_worker_not_ready(&addr, "vector store").await;
     env.finish().await;
 }
 
