@@ -80,6 +80,8 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
     metrics::register_api();
     // Checked first: an API that cannot seal credentials must not accept connectors.
     let sealer = args.encryption.sealer()?;
+    let redis_config = tf_redis::RedisConfig::with_tls_files(&args.redis_url, &args.redis_tls)
+        .map_err(anyhow::Error::msg)?;
     args.llm.validate().map_err(anyhow::Error::msg)?;
     // Before waiting on Postgres: a provider whose keys cannot be had stops the start at once.
     let jwt = args.jwt.verifier().await?.map(Arc::new);
@@ -89,16 +91,16 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<AppState> {
         .context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
         .await
-        .context("the database cannot be migrated by this build")?;
+        .context("the database could not be migrated at start")?;
     let tenants = Tenants::with_key_cache(
         db.pool.clone(),
         Duration::from_secs(args.api_key_cache_secs),
     );
     let system_tenant = wait_for("Postgres", || tenants.ensure(SYSTEM_TENANT)).await;
-    let redis = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
+    let redis = tf_redis::connect_when_reachable(&redis_config).await?;
     let keys = Keys::new(&args.redis_prefix);
     let events = EventLog::new(db.pool.clone());
-    let hub = EventHub::start(args.redis_url.clone(), keys.clone(), events.clone());
+    let hub = EventHub::start(redis_config, keys.clone(), events.clone());
     let ledger = Ledger::new(&db);
     let waker = crate::state::DispatcherWaker::start(redis.clone(), keys.clone());
     let tenant_rate_limits = taskfleet_storage::TenantRateLimits::new(db.pool.clone());

@@ -27,6 +27,8 @@ pub struct ApiArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+    #[command(flatten)]
+    pub redis_tls: taskfleet_storage::redis::RedisTlsArgs,
     /// Prefix of every Redis key; must match the workers'.
     #[arg(
         long,

@@ -196,10 +196,10 @@ pub struct EventHub {
 
 impl EventHub {
     /// Starts the hub's reader; it follows events from the newest one numbered when it starts.
-    pub fn start(redis_url: String, keys: Keys, events: EventLog) -> Arc<EventHub> {
+    pub fn start(redis: tf_redis::RedisConfig, keys: Keys, events: EventLog) -> Arc<EventHub> {
         let (sender, _) = broadcast::channel(HUB_BUFFER);
         let hub = Arc::new(EventHub { sender });
-        tokio::spawn(read_forever(redis_url, keys, events, hub.sender.clone()));
+        tokio::spawn(read_forever(redis, keys, events, hub.sender.clone()));
         hub
     }
 
@@ -234,7 +234,7 @@ pub async fn job_end_announced(
 
 /// Follows the Redis stream's notices of how far events are numbered; see [`HubReader`].
 async fn read_forever(
-    redis_url: String,
+    redis: tf_redis::RedisConfig,
     keys: Keys,
     events: EventLog,
     sender: broadcast::Sender<Arc<SharedEvent>>,
@@ -248,7 +248,7 @@ async fn read_forever(
     };
     loop {
         // A connection of its own: a blocking XREAD would hold up a shared one.
-        let mut conn = match tf_redis::connect(&redis_url).await {
+        let mut conn = match tf_redis::connect(&redis).await {
             Ok(conn) => conn,
             Err(err) => {
                 tracing::warn!(%err, "event hub cannot reach Redis; reading Postgres meanwhile");

@@ -9,8 +9,12 @@ bin="$1"
 mkdir -p var/log var/run
 "$(dirname "$0")/down.sh" >/dev/null 2>&1 || true
 
-db_name="${DATABASE_URL##*/}"
-admin_url="${DATABASE_URL%/*}/postgres"
+# The database's name, and the server's `postgres` database with the URL's parameters
+# (sslmode and the like) kept.
+db_url="${DATABASE_URL%%\?*}"
+params="${DATABASE_URL#"$db_url"}"
+db_name="${db_url##*/}"
+admin_url="${db_url%/*}/postgres$params"
 if [ "$(psql "$admin_url" -tAc "select 1 from pg_database where datname = '$db_name'")" != 1 ]; then
   psql "$admin_url" -qc "create database \"$db_name\""
 fi

@@ -5,7 +5,7 @@ use std::{str::FromStr, time::Duration};
 use sqlx::{
     Connection, Executor, PgPool, Row,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgSslMode},
 };
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -30,10 +30,18 @@ pub enum MigrationError {
          pool_mode = session) or connect to Postgres directly"
     )]
     TransactionPooler,
-    #[error(transparent)]
-    Postgres(#[from] sqlx::Error),
+    // Not a `source`: sqlx's message already holds its cause's, which a report of the
+    // chain would print twice.
+    #[error("{0}")]
+    Postgres(sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for MigrationError {
+    fn from(err: sqlx::Error) -> MigrationError {
+        MigrationError::Postgres(err)
+    }
 }
 
 /// Connections kept for the ledger's statements about a few jobs: they come one or two at a
@@ -82,7 +90,13 @@ impl Db {
         // Nothing but the standard startup parameters, which pgbouncer relays: it refuses
         // others ("unsupported startup parameter"), and Postgres 12 and later print floats
         // exactly without `extra_float_digits`.
-        let options = PgConnectOptions::from_str(url)?.extra_float_digits(None);
+        let mut options = PgConnectOptions::from_str(url)?.extra_float_digits(None);
+        // libpq's default, `prefer`, would encrypt a connection over loopback too, where TLS
+        // guards nothing and costs every statement of the ledger; a URL's `sslmode` (or
+        // `PGSSLMODE`) is obeyed wherever Postgres is.
+        if !ssl_mode_chosen(url) && on_this_host(&options) {
+            options = options.ssl_mode(PgSslMode::Disable);
+        }
         // Custom plans always: one statement serves a tenant and an operator
         // (`$1::uuid IS NULL OR tenant_id = $1`, `Scope::tenant_id`), and a generic plan,
         // which Postgres may settle on after a few calls, could not use the tenant index.
@@ -191,10 +205,35 @@ impl Db {
     }
 }
 
+/// Whether the URL (or the environment, which sqlx reads) says how to use TLS.
+fn ssl_mode_chosen(url: &str) -> bool {
+    std::env::var_os("PGSSLMODE").is_some()
+        || url::Url::parse(url).is_ok_and(|url| {
+            url.query_pairs()
+                .any(|(name, _)| name == "sslmode" || name == "ssl-mode")
+        })
+}
+
+/// Whether the options lead to a Postgres on this host: a Unix socket, or a loopback address.
+fn on_this_host(options: &PgConnectOptions) -> bool {
+    let host = options.get_host();
+    options.get_socket().is_some()
+        || host.starts_with('/')
+        || host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether `err` says Postgres could not be reached, or is not accepting connections yet.
+/// Not a certificate refused either way ([`crate::tls_refused`]), nor a TLS setting that
+/// cannot work (`sqlx::Error::Tls`: a file not found, TLS required of a server without it).
 fn unreachable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => !crate::tls_refused(io),
+        sqlx::Error::PoolTimedOut => true,
         // Connection exceptions (class 08), and "the database system is starting up" or
         // "shutting down" (57P03, 57P01); not a protocol violation (08P01), which pgbouncer
         // in statement mode answers a transaction with, and waiting does not mend.
@@ -254,7 +293,37 @@ pub(crate) async fn listen(pool: &PgPool, channel: &str) -> sqlx::Result<PgListe
 
 #[cfg(test)]
 mod tests {
+    use sqlx::postgres::PgSslMode;
+
     use super::{Db, MIGRATOR, StatementLimits};
+
+    #[tokio::test]
+    async fn tls_is_off_on_this_host_unless_the_url_asks_and_preferred_elsewhere() {
+        let mode = |url: &str| {
+            Db::connect_lazy(url, 1)
+                .unwrap()
+                .pool
+                .connect_options()
+                .get_ssl_mode()
+        };
+        let disabled = |mode| matches!(mode, PgSslMode::Disable);
+        assert!(disabled(mode("postgres://postgres@127.0.0.1:5432/x")));
+        assert!(disabled(mode("postgres://postgres@localhost/x")));
+        assert!(disabled(mode("postgres://postgres@[::1]:5432/x")));
+        assert!(disabled(mode("postgres:///x?host=/var/run/postgresql")));
+        assert!(matches!(
+            mode("postgres://postgres@127.0.0.1/x?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://postgres@db.example.com/x"),
+            PgSslMode::Prefer
+        ));
+        assert!(matches!(
+            mode("postgres://postgres@db.example.com/x?sslmode=verify-full"),
+            PgSslMode::VerifyFull
+        ));
+    }
 
     #[test]
     fn every_migration_file_is_built_in() {

@@ -57,6 +57,31 @@ pub use tenant_rate_limits::{RateLimitOverride, TenantOverride, TenantRateLimits
 pub use tenants::{KeyListing, RevokeError, Role, Scope, Tenant, Tenants, shown_key};
 pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};
 
+/// Whether `err` is a TLS peer refusing the other's certificate (or its own being refused):
+/// a wrong authority, name or client certificate, which waiting does not mend. Found as
+/// rustls's error, or the `std::io::Error` that carries it, at any depth of `err`'s
+/// sources, including behind the `Arc` the redis crate keeps its I/O errors in (whose own
+/// `source` skips the I/O error).
+pub fn tls_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    use std::{error::Error, io, sync::Arc};
+    fn is_rustls(err: &(dyn Error + 'static)) -> bool {
+        err.is::<rustls::Error>()
+            || err
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+    }
+    let mut next = Some(err);
+    while let Some(err) = next {
+        let shared = err.downcast_ref::<Arc<dyn Error + Send + Sync>>();
+        if is_rustls(err) || shared.is_some_and(|shared| is_rustls(&**shared)) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// Retries `connect` with capped back-off until it succeeds, so a process started before
 /// Postgres or Redis waits for them instead of exiting.
 pub async fn wait_for<T, E, F>(what: &str, connect: impl FnMut() -> F) -> T
@@ -91,5 +116,29 @@ where
             }
             done => return done,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::tls_refused;
+
+    fn refused_certificate() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        )
+    }
+
+    #[test]
+    fn a_refused_certificate_is_found_in_redis_and_sqlx_errors_but_an_outage_is_not() {
+        assert!(tls_refused(&redis::RedisError::from(refused_certificate())));
+        assert!(tls_refused(&sqlx::Error::Io(refused_certificate())));
+        let outage = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(!tls_refused(&sqlx::Error::Io(outage)));
+        let outage = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(!tls_refused(&redis::RedisError::from(outage)));
     }
 }

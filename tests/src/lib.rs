@@ -11,6 +11,7 @@ pub mod prometheus;
 pub mod redis_cluster;
 pub mod s3;
 pub mod terminal;
+pub mod tls_servers;
 
 use std::{
     os::unix::process::CommandExt,
@@ -23,6 +24,7 @@ use std::{
 use redis::AsyncCommands;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
+use taskfleet_storage::redis::{RedisConfig, RedisTlsArgs};
 use uuid::Uuid;
 
 pub use serde_json::json;
@@ -132,8 +134,11 @@ pub fn free_port() -> u16 {
 /// The template every test database is copied from, in this test binary.
 static MIGRATED_TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
 
+/// `admin` with its database replaced by `database`, its parameters (`sslmode`, …) kept.
 fn database_url(admin: &str, database: &str) -> String {
-    format!("{}/{database}", admin.rsplit_once('/').unwrap().0)
+    let mut url = url::Url::parse(admin).expect("the admin database URL is a URL");
+    url.set_path(database);
+    url.to_string()
 }
 
 /// A database with every migration applied, named after the migrations (versions and
@@ -192,6 +197,10 @@ pub struct TestEnv {
     /// What the processes under test connect to (a [`Proxy`] when the test routes them).
     child_database_url: String,
     child_redis_url: String,
+    /// The PEM files processes started get for a `rediss://` `child_redis_url`.
+    child_redis_tls: RedisTlsArgs,
+    /// The Postgres server the test's database is on, and where it is dropped from.
+    admin_database_url: String,
     database: String,
     pub redis_prefix: String,
     pub pool: PgPool,
@@ -222,26 +231,54 @@ impl TestEnv {
 
     /// A test environment whose fleet uses the Redis at `url` (a cluster's nodes, say).
     pub async fn on_redis(url: &str) -> TestEnv {
-        let database = format!("tf_test_{}", Uuid::new_v4().simple());
         let admin = admin_database_url();
         let template = MIGRATED_TEMPLATE
             .get_or_init(|| migrated_template(&admin))
             .await;
-        let mut conn = PgConnection::connect(&admin)
+        TestEnv::made(&admin, Some(template), url, RedisTlsArgs::default()).await
+    }
+
+    /// A test environment on servers of the test's own (TLS ones, say): its database is
+    /// made on the Postgres `admin` leads to (its parameters, `sslmode` and all, kept for
+    /// every connection), and migrated; the fleet uses the Redis at `redis_url` with `tls`.
+    pub async fn on_servers(admin: &str, redis_url: &str, tls: RedisTlsArgs) -> TestEnv {
+        let env = TestEnv::made(admin, None, redis_url, tls).await;
+        env.db
+            .migrate()
+            .await
+            .expect("the test's database is migrated");
+        env
+    }
+
+    /// A fresh database on `admin`'s server, copied from `template` when given, and a
+    /// connection to the Redis at `redis_url`.
+    async fn made(
+        admin: &str,
+        template: Option<&str>,
+        redis_url: &str,
+        redis_tls: RedisTlsArgs,
+    ) -> TestEnv {
+        let database = format!("tf_test_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(admin)
             .await
             .expect("Postgres answers");
-        sqlx::query(&format!("CREATE DATABASE {database} TEMPLATE {template}"))
+        let copied = template.map_or(String::new(), |template| format!(" TEMPLATE {template}"));
+        sqlx::query(&format!("CREATE DATABASE {database}{copied}"))
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let database_url = database_url(&admin, &database);
+        let database_url = database_url(admin, &database);
         let db = taskfleet_storage::Db::connect_lazy(&database_url, 8).unwrap();
-        let redis = taskfleet_storage::redis::connect(url)
+        let redis_config =
+            RedisConfig::with_tls_files(redis_url, &redis_tls).expect("the test's TLS files");
+        let redis = taskfleet_storage::redis::connect(&redis_config)
             .await
             .expect("Redis answers");
         TestEnv {
             child_database_url: database_url.clone(),
-            child_redis_url: url.to_owned(),
+            child_redis_url: redis_url.to_owned(),
+            child_redis_tls: redis_tls,
+            admin_database_url: admin.to_owned(),
             database_url,
             database,
             redis_prefix: format!("tftest:{}", Uuid::new_v4().simple()),
@@ -258,6 +295,10 @@ impl TestEnv {
     /// Sends the logs (stderr) of processes started from now on to files that
     /// [`TestEnv::logs`] reads; without it they are shown with the test's output.
     pub fn capture_logs(&mut self) {
+        // Called again, it starts afresh: the logs read are those of processes started since.
+        if let Some(earlier) = self.log_dir.take() {
+            let _ = std::fs::remove_dir_all(earlier);
+        }
         let dir = std::env::temp_dir().join(format!("tf-logs-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("log directory");
         self.log_dir = Some(dir);
@@ -292,6 +333,20 @@ impl TestEnv {
                 cmd
             }
         };
+        let RedisTlsArgs {
+            ca_file,
+            cert_file,
+            key_file,
+        } = &self.child_redis_tls;
+        for (name, file) in [
+            ("REDIS_TLS_CA_FILE", ca_file),
+            ("REDIS_TLS_CERT_FILE", cert_file),
+            ("REDIS_TLS_KEY_FILE", key_file),
+        ] {
+            if let Some(file) = file {
+                cmd.env(name, file);
+            }
+        }
         cmd.env("DATABASE_URL", &self.child_database_url)
             .env("REDIS_URL", &self.child_redis_url)
             .env("TASKFLEET_REDIS_PREFIX", &self.redis_prefix)
@@ -326,6 +381,11 @@ impl TestEnv {
         let (base, database) = self.database_url.rsplit_once('/').unwrap();
         let (scheme_user, _) = base.rsplit_once('@').unwrap();
         self.child_database_url = format!("{scheme_user}@{address}/{database}");
+    }
+
+    /// Has processes started from now on show Redis the PEM files `tls` names.
+    pub fn route_redis_tls(&mut self, tls: RedisTlsArgs) {
+        self.child_redis_tls = tls;
     }
 
     /// The `DATABASE_URL` processes started now get.
@@ -579,7 +639,7 @@ impl TestEnv {
             let _: Result<(), _> = conn.del(keys).await;
         }
         self.db.close().await;
-        if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_database_url).await {
             let _ = sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.database

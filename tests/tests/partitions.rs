@@ -11,6 +11,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use taskfleet_storage::redis::RedisConfig;
 use taskfleet_tests::{
     Proxy, TestEnv, dies_with_its_starter, fast_failover_and, free_port, json,
     netns::{Link, Network},
@@ -51,7 +52,9 @@ async fn hosts_cut_off_mid_burn_down_lose_nothing_and_complete_nothing_twice() {
     let mut redis = redis.spawn().expect("redis-server starts");
     let redis_url = format!("redis://{}:{redis_port}", network.gateway(Link::Redis));
     wait_until(Duration::from_secs(10), "Redis answers", || async {
-        taskfleet_storage::redis::connect(&redis_url).await.is_ok()
+        taskfleet_storage::redis::connect(&RedisConfig::new(&redis_url))
+            .await
+            .is_ok()
     })
     .await;
     let mut env = TestEnv::on_redis(&redis_url).await;

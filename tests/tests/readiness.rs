@@ -104,7 +104,7 @@ async fn a_build_older_than_its_database_stops_and_says_why() {
     }
     let logs = env.logs();
     assert_eq!(
-        logs.matches("the database cannot be migrated by this build")
+        logs.matches("the database could not be migrated at start")
             .count(),
         2,
         "{logs}"

@@ -26,6 +26,8 @@ pub struct WorkerArgs {
     pub pg_max_connections: u32,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    #[command(flatten)]
+    pub redis_tls: taskfleet_storage::redis::RedisTlsArgs,
     /// Prefix of every Redis key, so several fleets can share one Redis.
     #[arg(long, env = "TASKFLEET_REDIS_PREFIX", default_value = "taskfleet")]
     pub redis_prefix: String,

@@ -72,6 +72,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     metrics::register_worker();
     // Checked first: a worker that cannot open connector credentials must not take jobs.
     let sealer = args.encryption.sealer()?;
+    let redis = tf_redis::RedisConfig::with_tls_files(&args.redis_url, &args.redis_tls)
+        .map_err(anyhow::Error::msg)?;
     // Bound first, so a taken port stops the worker before it takes any job.
     let metrics_server = match &args.metrics_addr {
         Some(addr) => Some(crate::metrics_server::bind(addr).await?),
@@ -88,8 +90,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .context("DATABASE_URL is not valid")?;
     db.migrate_when_reachable()
         .await
-        .context("the database cannot be migrated by this build")?;
-    let conn = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
+        .context("the database could not be migrated at start")?;
+    let conn = tf_redis::connect_when_reachable(&redis).await?;
     let version = wait_for("Redis (version)", || {
         let mut conn = conn.clone();
         async move { tf_redis::major_version(&mut conn).await }
@@ -178,18 +180,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     fleet_event(EventName::WorkerOnline).await;
 
     // Cancellation requests for jobs this process runs stop them at once.
-    tokio::spawn(tf_redis::listen(
-        args.redis_url.clone(),
-        keys.cancel_channel(),
-        {
-            let executor = executor.clone();
-            move |payload| {
-                if let Some(job_id) = payload.and_then(|p| p.parse().ok()) {
-                    executor.stop(job_id, StopReason::Cancelled);
-                }
+    tokio::spawn(tf_redis::listen(redis.clone(), keys.cancel_channel(), {
+        let executor = executor.clone();
+        move |payload| {
+            if let Some(job_id) = payload.and_then(|p| p.parse().ok()) {
+                executor.stop(job_id, StopReason::Cancelled);
             }
-        },
-    ));
+        }
+    }));
 
     let drain = Duration::from_secs(args.drain_timeout_secs);
     let mut monitor = Monitor::new()
@@ -201,7 +199,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         });
     for &queue in &args.queues {
         // A connection of the queue's own: its fetches block in Redis until ids arrive.
-        let fetches = wait_for("Redis", || tf_redis::connect(&args.redis_url)).await;
+        let fetches = tf_redis::connect_when_reachable(&redis).await?;
         let (conn, keys, executor) = (conn.clone(), keys.clone(), executor.clone());
         let concurrency = args.concurrency.for_queue(queue);
         let name = format!("{identity}-{queue}");
@@ -224,7 +222,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let elector = tokio::spawn(leader::run(
         Lease::new(keys.leader_lease(), identity.clone(), args.leader_ttl()),
         conn.clone(),
-        leader_duties(&args, &ledger, &db.pool, &conn, &keys, &identity),
+        leader_duties(&args, &redis, &ledger, &db.pool, &conn, &keys, &identity),
         shutdown.clone(),
     ));
 
@@ -269,6 +267,7 @@ async fn heartbeat(
 /// What this process runs while it is the leader.
 fn leader_duties(
     args: &WorkerArgs,
+    redis: &tf_redis::RedisConfig,
     ledger: &Ledger,
     ledger_pool: &sqlx::PgPool,
     conn: &Connection,
@@ -277,7 +276,7 @@ fn leader_duties(
 ) -> leader::Duties {
     let dispatcher_wakeups = Arc::new(Notify::new());
     tokio::spawn(tf_redis::forward_wakeups(
-        args.redis_url.clone(),
+        redis.clone(),
         keys.dispatch_wake_channel(),
         dispatcher_wakeups.clone(),
     ));

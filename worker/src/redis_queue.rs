@@ -306,13 +306,13 @@ mod tests {
     use std::task::Waker;
 
     use super::*;
-    use taskfleet_storage::redis::{push_jobs, waiting, waiting_ids};
+    use taskfleet_storage::redis::{RedisConfig, push_jobs, waiting, waiting_ids};
     use uuid::Uuid;
 
     async fn connection() -> Connection {
         let url = std::env::var("TASKFLEET_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-        taskfleet_storage::redis::connect(&url)
+        taskfleet_storage::redis::connect(&RedisConfig::new(url))
             .await
             .expect("Redis answers")
     }

@@ -17,11 +17,11 @@ pub use queue_lists::{
 };
 pub use signals::{clear_cancel, request_cancel, wake_dispatcher};
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use futures::StreamExt;
 use redis::{
-    Client, Cmd, FromRedisValue, Pipeline, RedisFuture, Value,
+    Client, ClientTlsConfig, Cmd, FromRedisValue, Pipeline, RedisFuture, TlsCertificates, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
@@ -193,20 +193,146 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// A connection with explicit timeouts that reconnects by itself. `url` names one server or
+/// The PEM files a `rediss://` connection needs beyond the system's roots: the authority
+/// that signed a server's certificate when no public one did, and a client certificate for a
+/// server that asks for one (Redis's `tls-auth-clients yes`, its default with TLS).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedisTlsArgs {
+    /// PEM file of the authority (or authorities) the Redis server's certificate must be
+    /// signed by, instead of the system's roots. `rediss://` only.
+    #[arg(long = "redis-tls-ca-file", env = "REDIS_TLS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this process's client certificate (chain), for a Redis that asks for one.
+    #[arg(long = "redis-tls-cert-file", env = "REDIS_TLS_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long = "redis-tls-key-file", env = "REDIS_TLS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// How to reach Redis: `REDIS_URL` (one server, or a cluster's nodes; `rediss://` speaks TLS)
+/// and the certificates read from [`RedisTlsArgs`] once, at start.
+#[derive(Clone)]
+pub struct RedisConfig {
+    url: String,
+    certificates: Option<TlsCertificates>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    // Not the URL: it may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("tls", &self.is_tls())
+            .field("certificates", &self.certificates.is_some())
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// A plain or TLS connection as the URL's scheme says, trusting the system's roots.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            certificates: None,
+        }
+        .with_crypto_provider()
+    }
+
+    /// Reads the PEM files `tls` names. Files given for a URL that is not `rediss://`, or
+    /// that cannot be read, are refused here rather than ignored.
+    pub fn with_tls_files(
+        url: impl Into<String>,
+        tls: &RedisTlsArgs,
+    ) -> Result<RedisConfig, String> {
+        let config = RedisConfig::new(url);
+        let RedisTlsArgs {
+            ca_file,
+            cert_file,
+            key_file,
+        } = tls;
+        if ca_file.is_none() && cert_file.is_none() && key_file.is_none() {
+            return Ok(config);
+        }
+        if !config.is_tls() {
+            return Err(
+                "REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE are for \
+                        TLS: REDIS_URL must start with rediss://"
+                    .to_owned(),
+            );
+        }
+        let read = |what: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|err| format!("{what} {}: {err}", path.display()))
+        };
+        let root_cert = ca_file
+            .as_ref()
+            .map(|path| read("REDIS_TLS_CA_FILE", path))
+            .transpose()?;
+        let client_tls = match (cert_file, key_file) {
+            (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                client_cert: read("REDIS_TLS_CERT_FILE", cert)?,
+                client_key: read("REDIS_TLS_KEY_FILE", key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together: a client \
+                     certificate needs its key"
+                        .to_owned(),
+                );
+            }
+        };
+        Ok(RedisConfig {
+            certificates: Some(TlsCertificates {
+                client_tls,
+                root_cert,
+            }),
+            ..config
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn is_tls(&self) -> bool {
+        self.url.trim_start().starts_with("rediss://")
+    }
+
+    /// redis's rustls connector takes the process's default crypto provider, and a worker
+    /// links two (ring for HTTP and Postgres, aws-lc-rs through the object store's SDK), so
+    /// that none would be chosen: ring is made the default, unless one already is.
+    fn with_crypto_provider(self) -> RedisConfig {
+        if self.is_tls() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        self
+    }
+
+    /// A client for one node.
+    fn client(&self, node: &str) -> Result<Client, RedisError> {
+        match &self.certificates {
+            Some(certificates) => Client::build_with_tls(node, certificates.clone()),
+            None => Client::open(node),
+        }
+    }
+}
+
+/// A connection with explicit timeouts that reconnects by itself. The URL names one server or
 /// several nodes of a cluster, comma-separated (`redis://a:7000,b:7001`: later nodes take the
 /// first one's scheme and credentials); a single node that says it is in a cluster is used
 /// as the cluster's seed.
-pub async fn connect(url: &str) -> Result<Connection, RedisError> {
-    let nodes = nodes(url)?;
+pub async fn connect(config: &RedisConfig) -> Result<Connection, RedisError> {
+    let nodes = nodes(&config.url)?;
     if let [node] = nodes.as_slice() {
-        let client = Client::open(node.as_str())?;
-        let config = ConnectionManagerConfig::new()
+        let client = config.client(node)?;
+        let conn_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(6)
             .set_max_delay(Duration::from_secs(2));
-        let mut single = client.get_connection_manager_with_config(config).await?;
+        let mut single = client
+            .get_connection_manager_with_config(conn_config)
+            .await?;
         let info: String = redis::cmd("INFO")
             .arg("cluster")
             .query_async(&mut single)
@@ -215,7 +341,7 @@ pub async fn connect(url: &str) -> Result<Connection, RedisError> {
             return Ok(Connection::Single(single));
         }
     }
-    let cluster = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+    let mut cluster = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
         .connection_timeout(CONNECTION_TIMEOUT)
         .response_timeout(RESPONSE_TIMEOUT)
         // Through a failover (`cluster-node-timeout` and the replicas' vote) a command is
@@ -223,10 +349,29 @@ pub async fn connect(url: &str) -> Result<Connection, RedisError> {
         // past it as they do on one server.
         .retries(12)
         .min_retry_wait(100)
-        .max_retry_wait(2_000)
-        .build()?;
-    Ok(Connection::Cluster(cluster.get_async_connection().await?))
+        .max_retry_wait(2_000);
+    if let Some(certificates) = &config.certificates {
+        cluster = cluster.certs(certificates.clone());
+    }
+    Ok(Connection::Cluster(
+        cluster.build()?.get_async_connection().await?,
+    ))
 }
+
+/// [`connect`], waiting while Redis cannot be reached, so a process started before Redis
+/// comes up once it does; a certificate refused either way ([`crate::tls_refused`]) comes
+/// back at once, since waiting does not mend it.
+pub async fn connect_when_reachable(config: &RedisConfig) -> Result<Connection, Refused> {
+    crate::retry_while("Redis", || connect(config), |err| !crate::tls_refused(err))
+        .await
+        .map_err(|err| Refused(err.to_string()))
+}
+
+/// Why Redis will not have this process, as one message (the redis crate's error repeats
+/// its cause as its source).
+#[derive(Debug, thiserror::Error)]
+#[error("Redis refused this connection: {0}")]
+pub struct Refused(String);
 
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -329,8 +474,12 @@ fn hash_tag(key: &str) -> &str {
 /// (to the next node named in `url`, on a cluster, where every node relays every message).
 /// `on_message` gets each message's payload, and `None` after every (re)subscription, since
 /// anything may have been published while nobody listened.
-pub async fn listen(url: String, channel: String, mut on_message: impl FnMut(Option<String>)) {
-    let nodes = match nodes(&url) {
+pub async fn listen(
+    config: RedisConfig,
+    channel: String,
+    mut on_message: impl FnMut(Option<String>),
+) {
+    let nodes = match nodes(&config.url) {
         Ok(nodes) => nodes,
         Err(err) => {
             tracing::error!(%err, %channel, "cannot subscribe: REDIS_URL is not valid");
@@ -338,7 +487,7 @@ pub async fn listen(url: String, channel: String, mut on_message: impl FnMut(Opt
         }
     };
     for node in nodes.iter().cycle() {
-        match subscribe(node, &channel).await {
+        match subscribe(&config, node, &channel).await {
             Ok(mut pubsub) => {
                 on_message(None);
                 let mut messages = pubsub.on_message();
@@ -354,14 +503,18 @@ pub async fn listen(url: String, channel: String, mut on_message: impl FnMut(Opt
 }
 
 /// Fires `notify` on every message of `channel` (see [`listen`]).
-pub async fn forward_wakeups(url: String, channel: String, notify: std::sync::Arc<Notify>) {
+pub async fn forward_wakeups(config: RedisConfig, channel: String, notify: std::sync::Arc<Notify>) {
     // One waiter per `Notify` (the dispatcher); a wake-up that arrives while it is busy is
     // kept as a permit rather than lost.
-    listen(url, channel, move |_| notify.notify_one()).await
+    listen(config, channel, move |_| notify.notify_one()).await
 }
 
-async fn subscribe(url: &str, channel: &str) -> Result<redis::aio::PubSub, RedisError> {
-    let client = Client::open(url)?;
+async fn subscribe(
+    config: &RedisConfig,
+    node: &str,
+    channel: &str,
+) -> Result<redis::aio::PubSub, RedisError> {
+    let client = config.client(node)?;
     let mut pubsub = tokio::time::timeout(CONNECTION_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
