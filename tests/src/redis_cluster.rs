@@ -1,6 +1,8 @@
 //! A real Redis Cluster for one test: Debian's `redis-server` nodes on free ports, joined by
 //! `redis-cli --cluster create`, each primary with a replica. A test can kill a primary and
-//! wait for its replica to take over, as a managed cluster does when a host dies.
+//! wait for its replica to take over, as a managed cluster does when a host dies. Or the
+//! same speaking TLS only, between nodes too, as a managed cluster with in-transit
+//! encryption does.
 
 use std::{
     path::PathBuf,
@@ -10,11 +12,14 @@ use std::{
 
 use uuid::Uuid;
 
-use crate::{free_port, spawn_server, wait_until};
+use crate::{free_port, spawn_server, tls_servers::Certificates, wait_until};
 
 pub struct RedisCluster {
     dir: PathBuf,
     nodes: Vec<Node>,
+    /// `redis-cli`'s TLS flags (the test's authority and client certificate), when the
+    /// nodes speak TLS.
+    cli_tls: Vec<String>,
 }
 
 struct Node {
@@ -30,6 +35,17 @@ impl RedisCluster {
     /// Starts `primaries` primaries with one replica each and waits until the cluster serves
     /// every slot.
     pub async fn start(primaries: usize) -> RedisCluster {
+        RedisCluster::started(primaries, None).await
+    }
+
+    /// [`RedisCluster::start`], the nodes on TLS ports only (clients, the cluster bus and
+    /// replication), with the server certificate of `certificates`, asking clients for one
+    /// of their authority.
+    pub async fn start_tls(primaries: usize, certificates: &Certificates) -> RedisCluster {
+        RedisCluster::started(primaries, Some(certificates)).await
+    }
+
+    async fn started(primaries: usize, tls: Option<&Certificates>) -> RedisCluster {
         let dir =
             std::env::temp_dir().join(format!("tf-redis-cluster-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("cluster directory");
@@ -39,7 +55,16 @@ impl RedisCluster {
                 let node_dir = dir.join(port.to_string());
                 std::fs::create_dir_all(&node_dir).expect("node directory");
                 let mut cmd = Command::new("redis-server");
-                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                match tls {
+                    None => cmd.args(["--port", &port.to_string()]),
+                    Some(certificates) => cmd
+                        .args(["--port", "0", "--tls-port", &port.to_string()])
+                        .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                        .args(["--tls-cert-file", &certificates.path("server.pem")])
+                        .args(["--tls-key-file", &certificates.path("server.key")])
+                        .args(["--tls-ca-cert-file", &certificates.path("ca.pem")]),
+                };
+                cmd.args(["--bind", "127.0.0.1"])
                     .args(["--cluster-enabled", "yes"])
                     // The bus port is the port + 10,000 unless given: past 55,535 it would
                     // not exist.
@@ -56,13 +81,34 @@ impl RedisCluster {
                 Node { port, process }
             })
             .collect();
-        let cluster = RedisCluster { dir, nodes };
+        let cli_tls = match tls {
+            None => Vec::new(),
+            Some(certificates) => vec![
+                "--tls".to_owned(),
+                "--cacert".to_owned(),
+                certificates.path("ca.pem"),
+                "--cert".to_owned(),
+                certificates.path("client.pem"),
+                "--key".to_owned(),
+                certificates.path("client.key"),
+            ],
+        };
+        let cluster = RedisCluster {
+            dir,
+            nodes,
+            cli_tls,
+        };
         for node in &cluster.nodes {
             let port = node.port;
+            let cluster = &cluster;
             wait_until(
                 Duration::from_secs(10),
                 "a cluster node answers",
-                || async move { cli(port, &["PING"]).is_some_and(|out| out.trim() == "PONG") },
+                || async move {
+                    cluster
+                        .cli(port, &["PING"])
+                        .is_some_and(|out| out.trim() == "PONG")
+                },
             )
             .await;
         }
@@ -72,6 +118,7 @@ impl RedisCluster {
             .map(|node| format!("127.0.0.1:{}", node.port))
             .collect();
         let created = Command::new("redis-cli")
+            .args(&cluster.cli_tls)
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -88,7 +135,8 @@ impl RedisCluster {
                     .nodes
                     .iter()
                     .filter(|node| {
-                        cli(node.port, &["INFO", "replication"])
+                        cluster
+                            .cli(node.port, &["INFO", "replication"])
                             .is_some_and(|info| info.contains("master_link_status:up"))
                     })
                     .count();
@@ -104,7 +152,14 @@ impl RedisCluster {
         let nodes: Vec<String> = self
             .nodes
             .iter()
-            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .map(|node| {
+                let scheme = if self.cli_tls.is_empty() {
+                    "redis"
+                } else {
+                    "rediss"
+                };
+                format!("{scheme}://127.0.0.1:{}", node.port)
+            })
             .collect();
         nodes.join(",")
     }
@@ -116,7 +171,7 @@ impl RedisCluster {
             "the cluster serves every slot",
             || async {
                 self.live_ports().iter().all(|&port| {
-                    cli(port, &["CLUSTER", "INFO"]).is_some_and(|info| {
+                    self.cli(port, &["CLUSTER", "INFO"]).is_some_and(|info| {
                         info.lines().any(|line| line.trim() == "cluster_state:ok")
                     })
                 })
@@ -128,7 +183,9 @@ impl RedisCluster {
     /// The ports of the primaries, as the live nodes see them.
     pub fn primaries(&self) -> Vec<u16> {
         let port = self.live_ports()[0];
-        let nodes = cli(port, &["CLUSTER", "NODES"]).expect("a live node answers");
+        let nodes = self
+            .cli(port, &["CLUSTER", "NODES"])
+            .expect("a live node answers");
         nodes
             .lines()
             .filter(|line| {
@@ -151,10 +208,13 @@ impl RedisCluster {
     /// The port of the primary serving `key`.
     pub fn primary_of(&self, key: &str) -> u16 {
         let port = self.live_ports()[0];
-        let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", key])
+        let slot: u16 = self
+            .cli(port, &["CLUSTER", "KEYSLOT", key])
             .and_then(|slot| slot.trim().parse().ok())
             .expect("CLUSTER KEYSLOT answers");
-        let shards = cli(port, &["CLUSTER", "SLOTS"]).expect("CLUSTER SLOTS answers");
+        let shards = self
+            .cli(port, &["CLUSTER", "SLOTS"])
+            .expect("CLUSTER SLOTS answers");
         // redis-cli prints the nested reply one value a line: start, end, then the primary's
         // host, port and id, then each replica's.
         let lines: Vec<&str> = shards.lines().map(str::trim).collect();
@@ -171,7 +231,9 @@ impl RedisCluster {
 
     /// How many calls of `command` (lowercase, e.g. `evalsha`) the node at `port` served.
     pub fn calls(&self, port: u16, command: &str) -> u64 {
-        let stats = cli(port, &["INFO", "commandstats"]).unwrap_or_default();
+        let stats = self
+            .cli(port, &["INFO", "commandstats"])
+            .unwrap_or_default();
         let prefix = format!("cmdstat_{command}:calls=");
         stats
             .lines()
@@ -202,12 +264,13 @@ impl RedisCluster {
                 .live_ports()
                 .into_iter()
                 .find(|&node| {
-                    cli(node, &["INFO", "replication"])
+                    self.cli(node, &["INFO", "replication"])
                         .is_some_and(|info| info.lines().any(|line| line.trim() == master))
                 })
                 .expect("the dead primary has a replica");
             eprintln!("no election after 20 s; replica {replica} takes over from {port}");
-            cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]).expect("the replica answers");
+            self.cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"])
+                .expect("the replica answers");
         }
         wait_until(
             Duration::from_secs(40),
@@ -232,9 +295,22 @@ impl RedisCluster {
     fn live_ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
-            .filter(|node| cli(node.port, &["PING"]).is_some())
+            .filter(|node| self.cli(node.port, &["PING"]).is_some())
             .map(|node| node.port)
             .collect()
+    }
+
+    /// What `redis-cli -p port args…` printed, or `None` when the node did not answer.
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(&self.cli_tls)
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
     }
 }
 
@@ -246,16 +322,4 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// What `redis-cli -p port args…` printed, or `None` when the node did not answer.
-fn cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
 }

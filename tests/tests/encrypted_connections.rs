@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use taskfleet_storage::redis::RedisTlsArgs;
 use taskfleet_tests::{
-    FAST_FAILOVER, TestEnv,
+    FAST_FAILOVER, TestEnv, admin_database_url,
+    redis_cluster::RedisCluster,
     tls_servers::{Certificates, TlsPostgres, TlsRedis},
     wait_until,
 };
@@ -73,6 +74,39 @@ async fn the_fleet_runs_on_redis_and_postgres_over_verified_tls() {
         .await
         .unwrap();
     assert!(clients.lines().count() >= 4, "{clients}");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_runs_on_a_redis_cluster_over_tls() {
+    let certificates = Certificates::make();
+    let cluster = RedisCluster::start_tls(3, &certificates).await;
+    let mut env = TestEnv::on_servers(
+        &admin_database_url(),
+        &cluster.url(),
+        client_certificate(&certificates),
+    )
+    .await;
+    let small_pool = [("TASKFLEET_PG_MAX_CONNECTIONS", "8")];
+    let api = env.start_api(&small_pool).await;
+    let key = env.create_key("acme");
+    env.start_worker_env(FAST_FAILOVER, &small_pool);
+
+    api.submit_sleeps(&key, 300, 20).await;
+    wait_until(Duration::from_secs(120), "every job succeeded", || async {
+        env.count_state("succeeded").await == 300
+    })
+    .await;
+    assert!(env.successes_per_job().await.iter().all(|&n| n == 1));
+    // The cluster client found every primary over TLS: leases (scripts) landed on each.
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    for port in primaries {
+        assert!(
+            cluster.calls(port, "evalsha") > 0,
+            "no lease on primary {port}"
+        );
+    }
     env.finish().await;
 }
 
