@@ -147,24 +147,34 @@ impl Db {
     /// Two connections: the first ends a statement, the second holds a transaction open,
     /// the first runs another. Under session pooling each keeps its server process; a
     /// transaction pooler gives the second the server the first just released, or the first
-    /// another one.
+    /// another one. On a busy pooler another client may take the released server back and
+    /// forth in between, which one round would not see: the rounds repeat, and the first's
+    /// server must never change.
     async fn require_session_pooling(&self) -> Result<(), MigrationError> {
+        const ROUNDS: usize = 8;
         let options = self.pool.connect_options();
         let mut first = sqlx::PgConnection::connect_with(&options).await?;
         let mut second = sqlx::PgConnection::connect_with(&options).await?;
         // The simple protocol: a prepared statement would not survive a transaction pooler.
         let pid = "SELECT pg_backend_pid()";
         let before: i32 = sqlx::raw_sql(pid).fetch_one(&mut first).await?.try_get(0)?;
-        sqlx::raw_sql("BEGIN").execute(&mut second).await?;
-        let held: i32 = sqlx::raw_sql(pid)
-            .fetch_one(&mut second)
-            .await?
-            .try_get(0)?;
-        let after: i32 = sqlx::raw_sql(pid).fetch_one(&mut first).await?.try_get(0)?;
-        sqlx::raw_sql("ROLLBACK").execute(&mut second).await?;
+        let mut pooled = false;
+        for _ in 0..ROUNDS {
+            sqlx::raw_sql("BEGIN").execute(&mut second).await?;
+            let held: i32 = sqlx::raw_sql(pid)
+                .fetch_one(&mut second)
+                .await?
+                .try_get(0)?;
+            let after: i32 = sqlx::raw_sql(pid).fetch_one(&mut first).await?.try_get(0)?;
+            sqlx::raw_sql("ROLLBACK").execute(&mut second).await?;
+            if held == before || after != before {
+                pooled = true;
+                break;
+            }
+        }
         let _ = first.close().await;
         let _ = second.close().await;
-        if held == before || after != before {
+        if pooled {
             return Err(MigrationError::TransactionPooler);
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! Postgres at scale: each process keeps to the connections it says it opens, and the fleet
 //! runs behind Debian's pgbouncer in session mode, while transaction mode, which would break
-//! it at random, is refused at start with the reason.
+//! it at random, is refused at start with the reason, also while other clients keep the
+//! pooler busy.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -100,5 +101,42 @@ async fn behind_pgbouncer_in_transaction_mode_the_fleet_refuses_to_start_and_say
     })
     .await;
     assert!(env.logs().contains("transaction mode"), "{}", env.logs());
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_transaction_pooler_is_refused_too() {
+    let bouncer = Pgbouncer::start("transaction").await;
+    let mut env = TestEnv::new().await;
+    env.route_postgres(&format!("127.0.0.1:{}", bouncer.port));
+    env.capture_logs();
+    // Other clients keep the pooler's server connections changing hands while the fleet
+    // probes it: a server released by one statement is taken by someone else's next.
+    let others = taskfleet_storage::Db::connect_lazy(env.child_database_url(), 16)
+        .unwrap()
+        .pool;
+    let stop = tokio_util::sync::CancellationToken::new();
+    for _ in 0..16 {
+        let (others, stop) = (others.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                // The simple protocol: a prepared statement would not survive the pooler.
+                let _ = sqlx::raw_sql("SELECT pg_backend_pid()")
+                    .execute(&others)
+                    .await;
+            }
+        });
+    }
+    for attempt in 0..10 {
+        let migrate = env.api_command(&["migrate"]);
+        assert!(!migrate.status.success(), "attempt {attempt}: migrated");
+    }
+    stop.cancel();
+    assert_eq!(
+        env.logs().matches("transaction mode").count(),
+        10,
+        "{}",
+        env.logs()
+    );
     env.finish().await;
 }
