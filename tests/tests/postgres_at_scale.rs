@@ -9,6 +9,14 @@ use taskfleet_tests::{
     FAST_FAILOVER, TestEnv, fast_failover_and, pgbouncer::Pgbouncer, wait_until,
 };
 
+/// pgbouncer in `pool_mode`, and a test environment whose processes reach Postgres through it.
+async fn behind_pgbouncer(pool_mode: &str) -> (Pgbouncer, TestEnv) {
+    let bouncer = Pgbouncer::start(pool_mode).await;
+    let mut env = TestEnv::new().await;
+    env.route_postgres(&format!("127.0.0.1:{}", bouncer.port));
+    (bouncer, env)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_process_keeps_to_its_postgres_connection_budget() {
     let mut env = TestEnv::new().await;
@@ -55,9 +63,7 @@ async fn each_process_keeps_to_its_postgres_connection_budget() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_pgbouncer_in_session_mode_the_fleet_runs_every_job_once() {
-    let bouncer = Pgbouncer::start("session").await;
-    let mut env = TestEnv::new().await;
-    env.route_postgres(&format!("127.0.0.1:{}", bouncer.port));
+    let (_bouncer, mut env) = behind_pgbouncer("session").await;
     // Session pooling gives each client connection a server connection of its own: the
     // fleet's (8 + 4, and 8 + 4 + 2 twice) fit pgbouncer's pool of 60.
     let small_pool = [("TASKFLEET_PG_MAX_CONNECTIONS", "8")];
@@ -83,9 +89,7 @@ async fn behind_pgbouncer_in_session_mode_the_fleet_runs_every_job_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_pgbouncer_in_transaction_mode_the_fleet_refuses_to_start_and_says_why() {
-    let bouncer = Pgbouncer::start("transaction").await;
-    let mut env = TestEnv::new().await;
-    env.route_postgres(&format!("127.0.0.1:{}", bouncer.port));
+    let (_bouncer, mut env) = behind_pgbouncer("transaction").await;
     env.capture_logs();
 
     let migrate = env.api_command(&["migrate"]);
@@ -106,9 +110,7 @@ async fn behind_pgbouncer_in_transaction_mode_the_fleet_refuses_to_start_and_say
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_transaction_pooler_is_refused_too() {
-    let bouncer = Pgbouncer::start("transaction").await;
-    let mut env = TestEnv::new().await;
-    env.route_postgres(&format!("127.0.0.1:{}", bouncer.port));
+    let (_bouncer, mut env) = behind_pgbouncer("transaction").await;
     env.capture_logs();
     // Other clients keep the pooler's server connections changing hands while the fleet
     // probes it: a server released by one statement is taken by someone else's next.
