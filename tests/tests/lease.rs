@@ -170,6 +170,37 @@ async fn the_keyspace_age_starts_again_when_redis_is_emptied() {
     env.finish().await;
 }
 
+/// The leader's reclaimer sets every job shard's keyspace birth when it starts, before any
+/// lease is found absent: a birth set only at a shard's first absent lease would be young
+/// then, and excuse that lapse for one ttl more.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_marks_every_shards_keyspace_birth_when_it_starts() {
+    let mut env = TestEnv::new().await;
+    let births = taskfleet_storage::redis::Keys::new(&env.redis_prefix).keyspace_births();
+    assert_eq!(births.len(), 64);
+    env.start_worker(taskfleet_tests::FAST_FAILOVER);
+    let conn = env.redis.clone();
+    wait_until(Duration::from_secs(30), "every birth is set", || {
+        let (mut conn, births) = (conn.clone(), births.clone());
+        async move {
+            let set: Vec<Option<i64>> = redis::cmd("MGET")
+                .arg(&births)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            set.iter().all(Option::is_some)
+        }
+    })
+    .await;
+    // No job ran: nothing but the start set them.
+    let ran: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(ran, 0);
+    env.finish().await;
+}
+
 async fn keyspace_age(conn: &mut taskfleet_storage::redis::Connection, key: &str) -> Duration {
     let ages = Lease::keyspace_ages(conn, &[key.to_owned()]).await.unwrap();
     ages[0]

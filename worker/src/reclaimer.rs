@@ -40,6 +40,13 @@ pub struct Reclaimer {
 impl Reclaimer {
     /// Sweeps every half lease ttl until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
+        // Every shard's birth is set now if Redis has none yet, rather than at the first
+        // absent lease of the shard: a birth set only then would be young then, and excuse
+        // that first lapse for one ttl more. Should this fail, the sweeps set them as before.
+        let births = self.keys.keyspace_births();
+        if let Err(err) = Lease::keyspace_ages(&mut self.conn, &births).await {
+            tracing::warn!(%err, "could not mark the keyspace births");
+        }
         loop {
             match self.sweep().await {
                 Ok(0) => {}

@@ -98,6 +98,13 @@ impl Keys {
     pub fn keyspace_born(&self, job_id: uuid::Uuid) -> String {
         format!("{}:keyspace:born:{}", self.prefix, job_tag(job_id))
     }
+
+    /// Every job shard's keyspace birth.
+    pub fn keyspace_births(&self) -> Vec<String> {
+        (0..JOB_SHARDS)
+            .map(|shard| format!("{}:keyspace:born:{{j{shard}}}", self.prefix))
+            .collect()
+    }
 }
 
 /// The hash tag of a job's keys: its shard's. A UUID's low bits are random (v4 and v7 alike).
