@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{
     Api, TestEnv,
-    fake_providers::{FakeProvider, FakeProviders, OPENAI_API_KEY},
+    fake_providers::{FakeProvider, FakeProviders},
     json, wait_for_some,
 };
 
@@ -82,17 +82,10 @@ impl ConnectorFleet {
         with_llm: bool,
         extra_env: &[(&str, &str)],
     ) -> Vec<(String, String)> {
-        let mut vars = fake.env();
-        if with_llm {
-            vars.extend([
-                ("TASKFLEET_LLM_BASE_URL".to_owned(), fake.openai_base_url()),
-                ("TASKFLEET_LLM_MODEL".to_owned(), LLM_MODEL.to_owned()),
-                (
-                    "TASKFLEET_LLM_API_KEY".to_owned(),
-                    OPENAI_API_KEY.to_owned(),
-                ),
-            ]);
-        }
+        let mut vars = match with_llm {
+            true => fake.env_with_llm(LLM_MODEL),
+            false => fake.env(),
+        };
         vars.extend(
             extra_env
                 .iter()

@@ -33,17 +33,10 @@ impl ChatFleet {
     async fn start(fleet_llm: bool, worker: bool) -> ChatFleet {
         let mut env = TestEnv::new().await;
         let fake = FakeProviders::start().await;
-        let mut vars = fake.env();
-        if fleet_llm {
-            vars.extend([
-                ("TASKFLEET_LLM_BASE_URL".to_owned(), fake.openai_base_url()),
-                ("TASKFLEET_LLM_MODEL".to_owned(), MODEL.to_owned()),
-                (
-                    "TASKFLEET_LLM_API_KEY".to_owned(),
-                    OPENAI_API_KEY.to_owned(),
-                ),
-            ]);
-        }
+        let vars = match fleet_llm {
+            true => fake.env_with_llm(MODEL),
+            false => fake.env(),
+        };
         let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let api = env.start_api(&pairs).await;
         if worker {

@@ -18,7 +18,7 @@ use taskfleet_tests::{
     Api, Proxy, TestEnv, binary,
     connector_fleet::{ConnectorFleet, LLM_MODEL},
     dies_with_its_starter,
-    fake_providers::{FakeProviders, OPENAI_API_KEY},
+    fake_providers::FakeProviders,
     free_port, json,
     terminal::Terminal,
     wait_until,
@@ -872,15 +872,7 @@ async fn connectors_are_tested_one_by_one_and_all_at_once() {
 async fn chat_streams_the_agents_reply_and_tasks_show_the_focus_lists() {
     let mut env = TestEnv::new().await;
     let fake = FakeProviders::start().await;
-    let mut vars = fake.env();
-    vars.extend([
-        ("TASKFLEET_LLM_BASE_URL".to_owned(), fake.openai_base_url()),
-        ("TASKFLEET_LLM_MODEL".to_owned(), LLM_MODEL.to_owned()),
-        (
-            "TASKFLEET_LLM_API_KEY".to_owned(),
-            OPENAI_API_KEY.to_owned(),
-        ),
-    ]);
+    let vars = fake.env_with_llm(LLM_MODEL);
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let api = env.start_api(&pairs).await;
     env.start_worker_env(&["--queues", "agent,embed"], &pairs);

@@ -223,6 +223,21 @@ impl FakeProviders {
             .collect()
     }
 
+    /// [`FakeProviders::env`], and the fleet's own LLM (`TASKFLEET_LLM_*`) on the fake's
+    /// OpenAI-compatible chat endpoint, answering as `model`.
+    pub fn env_with_llm(&self, model: &str) -> Vec<(String, String)> {
+        let mut vars = self.env();
+        vars.extend([
+            ("TASKFLEET_LLM_BASE_URL".to_owned(), self.openai_base_url()),
+            ("TASKFLEET_LLM_MODEL".to_owned(), model.to_owned()),
+            (
+                "TASKFLEET_LLM_API_KEY".to_owned(),
+                OPENAI_API_KEY.to_owned(),
+            ),
+        ]);
+        vars
+    }
+
     /// The base URL an OpenAI client takes (`{url}/openai/v1`; it appends `/embeddings` or
     /// `/chat/completions`). The fake accepts only the key [`OPENAI_API_KEY`].
     pub fn openai_base_url(&self) -> String {
