@@ -600,44 +600,10 @@ async fn tail_resumes_after_a_lost_connection_without_gaps_or_repeats() {
     let address = stack.api.base.trim_start_matches("http://").to_owned();
     let proxy = Proxy::start(&address).await;
     let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
-
-    let mut tail = taskfleet(&through_proxy, Some(&stack.key), &stack.config);
-    // From the first event on, so the test need not guess when the stream has opened.
-    tail.args(["tail", "--queue", "executor", "--json", "--since", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    dies_with_its_starter(&mut tail);
-    let mut tail = tail.spawn().unwrap();
-    let lines = follow(tail.stdout.take().unwrap());
-    let notes = follow(tail.stderr.take().unwrap());
+    let (mut tail, lines, notes) = spawn_tail(&through_proxy, &stack.key, &stack.config);
 
     let mut seen: Vec<Value> = Vec::new();
-    let submit_and_see = async |count: usize, seen: &mut Vec<Value>| {
-        let mut ids = Vec::new();
-        for _ in 0..count {
-            ids.push(
-                stack
-                    .api
-                    .submit(&stack.key, json!({"kind": "executor.run", "tool": "noop"}))
-                    .await
-                    .to_string(),
-            );
-        }
-        wait_until(WITHIN, "the tail shows every job succeed", || {
-            seen.extend(
-                lines
-                    .try_iter()
-                    .map(|line| serde_json::from_str::<Value>(&line).unwrap()),
-            );
-            let done = ids.iter().all(|id| {
-                seen.iter()
-                    .any(|e| e["job_id"] == id.as_str() && e["event"] == "job_succeeded")
-            });
-            async move { done }
-        })
-        .await;
-    };
-    submit_and_see(3, &mut seen).await;
+    submit_and_see(&stack.api, &stack.key, &lines, &mut seen, 3).await;
     proxy.cut();
     // Events while the tail is cut off arrive once it is back.
     for _ in 0..3 {
@@ -648,22 +614,9 @@ async fn tail_resumes_after_a_lost_connection_without_gaps_or_repeats() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.restore();
-    submit_and_see(3, &mut seen).await;
+    submit_and_see(&stack.api, &stack.key, &lines, &mut seen, 3).await;
 
-    let seqs: Vec<i64> = seen.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
-    assert!(
-        seqs.windows(2).all(|pair| pair[0] < pair[1]),
-        "no event twice, in order: {seqs:?}"
-    );
-    let (all,): (i64,) = sqlx::query_as("SELECT count(*) FROM all_job_events e JOIN jobs j ON j.id = e.job_id WHERE j.queue = 'executor'")
-        .fetch_one(&stack.env.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        seen.len() as i64,
-        all,
-        "every event of the queue's nine jobs, none missed"
-    );
+    let seqs = assert_every_event_once(&stack.env, &seen).await;
     let said: Vec<String> = notes.try_iter().collect();
     assert!(
         said.iter()
@@ -698,6 +651,138 @@ async fn tail_resumes_after_a_lost_connection_without_gaps_or_repeats() {
     let _ = tail.kill();
     let _ = tail.wait();
     stack.finish().await;
+}
+
+/// `taskfleet tail --queue executor --json` from the first event on (so a test need not
+/// guess when the stream has opened), through `url`: the child, its lines and its notes.
+fn spawn_tail(
+    url: &str,
+    key: &str,
+    config: &PathBuf,
+) -> (
+    std::process::Child,
+    mpsc::Receiver<String>,
+    mpsc::Receiver<String>,
+) {
+    let mut tail = taskfleet(url, Some(key), config);
+    tail.args(["tail", "--queue", "executor", "--json", "--since", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    dies_with_its_starter(&mut tail);
+    let mut tail = tail.spawn().unwrap();
+    let lines = follow(tail.stdout.take().unwrap());
+    let notes = follow(tail.stderr.take().unwrap());
+    (tail, lines, notes)
+}
+
+/// Submits `count` `noop` jobs and waits until the tail's `lines` have shown each of them
+/// succeed; every event read is added to `seen`.
+async fn submit_and_see(
+    api: &Api,
+    key: &str,
+    lines: &mpsc::Receiver<String>,
+    seen: &mut Vec<Value>,
+    count: usize,
+) {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let id = api
+            .submit(key, json!({"kind": "executor.run", "tool": "noop"}))
+            .await;
+        ids.push(id.to_string());
+    }
+    wait_until(WITHIN, "the tail shows every job succeed", || {
+        seen.extend(
+            lines
+                .try_iter()
+                .map(|line| serde_json::from_str::<Value>(&line).unwrap()),
+        );
+        let done = ids.iter().all(|id| {
+            seen.iter()
+                .any(|e| e["job_id"] == id.as_str() && e["event"] == "job_succeeded")
+        });
+        async move { done }
+    })
+    .await;
+}
+
+/// Checks that `seen` holds every event of the executor queue's jobs, in order, none twice;
+/// returns their sequence numbers.
+async fn assert_every_event_once(env: &TestEnv, seen: &[Value]) -> Vec<i64> {
+    let seqs: Vec<i64> = seen.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|pair| pair[0] < pair[1]),
+        "no event twice, in order: {seqs:?}"
+    );
+    let (all,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM all_job_events e JOIN jobs j ON j.id = e.job_id
+         WHERE j.queue = 'executor'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        seen.len() as i64,
+        all,
+        "every event of the queue's jobs, none missed"
+    );
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_waits_out_a_rate_limit_and_a_server_error_then_resumes() {
+    let mut env = TestEnv::new().await;
+    // The API's warnings while its Postgres is away are not the test's output.
+    env.capture_logs();
+    env.start_worker(&["--queues", "executor"]);
+    // The API reaches Postgres through a proxy the test cuts (503s), and lets a key open
+    // one stream every 5 s (a 429 with Retry-After for a quick reconnection).
+    let postgres = env.proxy_postgres().await;
+    let api = env
+        .start_api(&[("TASKFLEET_RATE_LIMIT_STREAM", "12/m:1")])
+        .await;
+    let key = env.create_key("acme");
+    let config = config_dir();
+    let proxy = Proxy::start(api.base.trim_start_matches("http://")).await;
+    let (mut tail, lines, notes) =
+        spawn_tail(&format!("http://127.0.0.1:{}", proxy.port), &key, &config);
+    let mut said: Vec<String> = Vec::new();
+    let mut heard = |words: &'static str| {
+        said.extend(notes.try_iter());
+        said.iter().any(|line| line.contains(words))
+    };
+    let mut seen: Vec<Value> = Vec::new();
+    submit_and_see(&api, &key, &lines, &mut seen, 2).await;
+
+    // Broken within 5 s of opening: the reconnection is refused until the limit allows it.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    wait_until(WITHIN, "the tail says it is rate limited", || {
+        let heard = heard("more stream requests than it may");
+        async move { heard }
+    })
+    .await;
+    submit_and_see(&api, &key, &lines, &mut seen, 2).await;
+
+    // The API without its ledger: the reconnection's replay answers 503 until it is back.
+    postgres.cut();
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    wait_until(WITHIN, "the tail says the ledger is unavailable", || {
+        let heard = heard("the job ledger (Postgres) is unavailable");
+        async move { heard }
+    })
+    .await;
+    postgres.restore();
+    submit_and_see(&api, &key, &lines, &mut seen, 2).await;
+    assert_every_event_once(&env, &seen).await;
+    assert_eq!(tail.try_wait().unwrap(), None, "the tail ran on throughout");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let _ = fs::remove_dir_all(&config);
+    env.finish().await;
 }
 
 /// The lines a child prints, as they come.
