@@ -746,35 +746,18 @@ async fn tail_waits_out_a_rate_limit_and_a_server_error_then_resumes() {
     let proxy = Proxy::start(api.base.trim_start_matches("http://")).await;
     let (mut tail, lines, notes) =
         spawn_tail(&format!("http://127.0.0.1:{}", proxy.port), &key, &config);
-    let mut said: Vec<String> = Vec::new();
-    let mut heard = |words: &'static str| {
-        said.extend(notes.try_iter());
-        said.iter().any(|line| line.contains(words))
-    };
     let mut seen: Vec<Value> = Vec::new();
     submit_and_see(&api, &key, &lines, &mut seen, 2).await;
 
     // Broken within 5 s of opening: the reconnection is refused until the limit allows it.
-    proxy.cut();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.restore();
-    wait_until(WITHIN, "the tail says it is rate limited", || {
-        let heard = heard("more stream requests than it may");
-        async move { heard }
-    })
-    .await;
+    cut_briefly(&proxy).await;
+    wait_to_hear(&notes, "more stream requests than it may").await;
     submit_and_see(&api, &key, &lines, &mut seen, 2).await;
 
     // The API without its ledger: the reconnection's replay answers 503 until it is back.
     postgres.cut();
-    proxy.cut();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.restore();
-    wait_until(WITHIN, "the tail says the ledger is unavailable", || {
-        let heard = heard("the job ledger (Postgres) is unavailable");
-        async move { heard }
-    })
-    .await;
+    cut_briefly(&proxy).await;
+    wait_to_hear(&notes, "the job ledger (Postgres) is unavailable").await;
     postgres.restore();
     submit_and_see(&api, &key, &lines, &mut seen, 2).await;
     assert_every_event_once(&env, &seen).await;
@@ -783,6 +766,24 @@ async fn tail_waits_out_a_rate_limit_and_a_server_error_then_resumes() {
     let _ = tail.wait();
     let _ = fs::remove_dir_all(&config);
     env.finish().await;
+}
+
+/// Drops the connections through `proxy` and refuses new ones for a moment.
+async fn cut_briefly(proxy: &Proxy) {
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+}
+
+/// Waits until a line of `notes` says `words`.
+async fn wait_to_hear(notes: &mpsc::Receiver<String>, words: &str) {
+    let mut said: Vec<String> = Vec::new();
+    wait_until(WITHIN, &format!("the tail says {words:?}"), || {
+        said.extend(notes.try_iter());
+        let heard = said.iter().any(|line| line.contains(words));
+        async move { heard }
+    })
+    .await;
 }
 
 /// The lines a child prints, as they come.
