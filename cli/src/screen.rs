@@ -1,6 +1,7 @@
 //! The terminal `top` draws on: the alternate screen, the cursor hidden, keys read one at a
 //! time without echo (cbreak mode: Ctrl-C stays a signal). All of it is put back when the
-//! guard drops, which happens on every way out, a panic included.
+//! guard drops, which happens on every way out, a panic included, and for as long as the
+//! process is stopped by Ctrl-Z.
 
 use std::{
     io::{Read, Write},
@@ -20,17 +21,7 @@ impl Screen {
             (libc::tcgetattr(libc::STDIN_FILENO, settings.as_mut_ptr()) == 0)
                 .then(|| settings.assume_init())
         };
-        if let Some(saved) = saved {
-            let mut cbreak = saved;
-            cbreak.c_lflag &= !(libc::ICANON | libc::ECHO);
-            cbreak.c_cc[libc::VMIN] = 1;
-            cbreak.c_cc[libc::VTIME] = 0;
-            // SAFETY: a valid termios for the descriptor it came from.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &cbreak) };
-        }
-        let mut out = std::io::stdout();
-        let _ = write!(out, "\x1b[?1049h\x1b[?25l");
-        let _ = out.flush();
+        take(saved);
         // A panic's message is printed before the guard drops: put the terminal back first,
         // or the message goes to the alternate screen and vanishes with it.
         let previous = std::panic::take_hook();
@@ -39,6 +30,17 @@ impl Screen {
             previous(info);
         }));
         Screen { saved }
+    }
+
+    /// Ctrl-Z: puts the terminal back and stops the process, as the default action of
+    /// SIGTSTP would but with the shell's screen and line editing restored; once continued
+    /// (`fg`), takes the terminal again. The caller redraws.
+    pub fn suspend(&self) {
+        restore(self.saved);
+        // SAFETY: raising a signal has no preconditions; SIGSTOP cannot be caught, and the
+        // call returns once the process is continued.
+        unsafe { libc::raise(libc::SIGSTOP) };
+        take(self.saved);
     }
 
     /// Whether keys are read (standard input is a terminal).
@@ -74,6 +76,22 @@ impl Drop for Screen {
     fn drop(&mut self) {
         restore(self.saved);
     }
+}
+
+/// Keys one at a time without echo (when `saved`, the terminal's settings, says standard
+/// input is a terminal), the alternate screen, the cursor hidden.
+fn take(saved: Option<libc::termios>) {
+    if let Some(saved) = saved {
+        let mut cbreak = saved;
+        cbreak.c_lflag &= !(libc::ICANON | libc::ECHO);
+        cbreak.c_cc[libc::VMIN] = 1;
+        cbreak.c_cc[libc::VTIME] = 0;
+        // SAFETY: a valid termios for the descriptor it came from.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &cbreak) };
+    }
+    let mut out = std::io::stdout();
+    let _ = write!(out, "\x1b[?1049h\x1b[?25l");
+    let _ = out.flush();
 }
 
 /// The normal screen, the cursor, and the terminal's settings as they were (doing it twice

@@ -139,6 +139,17 @@ pub async fn run(api: &Api, args: TopArgs, json: bool) -> Result<ExitCode, Failu
             let _ = quit.send(()).await;
         });
     }
+    // Ctrl-Z stops `top` only after the terminal is put back (`Screen::suspend`).
+    let (suspend, mut suspended) = tokio::sync::mpsc::channel(1);
+    let mut stops = signal(SignalKind::from_raw(libc::SIGTSTP))
+        .map_err(|err| Failure::local("listening for signals", err))?;
+    tokio::spawn(async move {
+        while stops.recv().await.is_some() {
+            if suspend.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
     // Dropped on every way out of this function, which puts the terminal back.
     let screen = Screen::enter();
     screen.forward_quit_keys(quit);
@@ -157,6 +168,10 @@ pub async fn run(api: &Api, args: TopArgs, json: bool) -> Result<ExitCode, Failu
         let (queues, workers) = tokio::select! {
             fetched = fetched => fetched,
             _ = stop.recv() => return Ok(ExitCode::SUCCESS),
+            _ = suspended.recv() => {
+                screen.suspend();
+                continue;
+            }
         };
         if let Err(failure @ Failure::Api { status: 401, .. }) = queues {
             return Err(failure);
@@ -168,6 +183,7 @@ pub async fn run(api: &Api, args: TopArgs, json: bool) -> Result<ExitCode, Failu
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.recv() => return Ok(ExitCode::SUCCESS),
+            _ = suspended.recv() => screen.suspend(),
         }
     }
 }

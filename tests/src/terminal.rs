@@ -103,6 +103,17 @@ impl Terminal {
             == "1"
     }
 
+    /// Continues the command after Ctrl-Z stopped it, as `fg` would. The shell that runs it
+    /// has no job control, so Ctrl-Z stopped its whole process group, the shell's own.
+    pub fn continue_stopped(&self) {
+        let leader = self.tmux(&["display-message", "-p", "-t", "0", "#{pane_pid}"]);
+        let status = Command::new("kill")
+            .args(["-CONT", "--", &format!("-{}", leader.trim())])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "the command's process group is continued");
+    }
+
     /// The terminal's line settings as `stty -a` prints them (`icanon`, `-echo`, …).
     pub fn line_settings(&self) -> String {
         let tty = self.tmux(&["display-message", "-p", "-t", "0", "#{pane_tty}"]);

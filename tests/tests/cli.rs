@@ -1132,6 +1132,22 @@ async fn top_and_a_waited_submit_draw_on_a_terminal() {
     );
     assert_eq!(screen.matches("taskfleet top").count(), 1, "{screen}");
     stack.api.wait_finished(&stack.key, id, WITHIN).await;
+    // Ctrl-Z gives the shell its screen and line editing back while top is stopped; once
+    // continued, top takes the terminal again and redraws.
+    top.press(&["C-z"]);
+    wait_until(WITHIN, "the terminal is put back for the stop", || {
+        let back = !top.on_alternate_screen() && top.line_settings().contains(" icanon");
+        async move { back }
+    })
+    .await;
+    top.continue_stopped();
+    wait_until(WITHIN, "top takes the terminal again", || {
+        let taken = top.on_alternate_screen() && top.line_settings().contains(" -icanon");
+        async move { taken }
+    })
+    .await;
+    top.wait_for(&["taskfleet top", "QUEUE", "executor"], WITHIN)
+        .await;
     top.press(&["q"]);
     assert_eq!(top.exit_status(WITHIN).await, 0, "q quits top");
     // The terminal is as it was: the normal screen, echo and line editing on.
