@@ -9,7 +9,16 @@
 //! then replayed from Postgres, then served live, skipping anything it already got, so the
 //! union has no gap and no duplicate.
 
-use std::{borrow::Cow, pin::Pin, sync::Arc, task::Poll, time::Duration};
+use std::{
+    borrow::Cow,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    task::Poll,
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
@@ -192,19 +201,32 @@ pub type EventStreamBody = Pin<Box<dyn Stream<Item = StreamItem> + Send>>;
 /// Fans the events the Redis stream announces out to this process's SSE clients.
 pub struct EventHub {
     sender: broadcast::Sender<Arc<SharedEvent>>,
+    /// The `seq` of the newest event the hub is past (broadcast, or numbered while nobody
+    /// listened); -1 until its reader has read where numbering stands.
+    head: Arc<AtomicI64>,
 }
 
 impl EventHub {
     /// Starts the hub's reader; it follows events from the newest one numbered when it starts.
     pub fn start(redis: tf_redis::RedisConfig, keys: Keys, events: EventLog) -> Arc<EventHub> {
         let (sender, _) = broadcast::channel(HUB_BUFFER);
-        let hub = Arc::new(EventHub { sender });
-        tokio::spawn(read_forever(redis, keys, events, hub.sender.clone()));
+        let head = Arc::new(AtomicI64::new(-1));
+        let hub = Arc::new(EventHub {
+            sender,
+            head: head.clone(),
+        });
+        tokio::spawn(read_forever(redis, keys, events, hub.sender.clone(), head));
         hub
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<SharedEvent>> {
         self.sender.subscribe()
+    }
+
+    /// Where a stream opened now begins: every event the hub broadcasts from here on comes
+    /// after it. `None` until the hub knows.
+    pub fn head(&self) -> Option<i64> {
+        Some(self.head.load(Ordering::Acquire)).filter(|&seq| seq >= 0)
     }
 }
 
@@ -238,13 +260,16 @@ async fn read_forever(
     keys: Keys,
     events: EventLog,
     sender: broadcast::Sender<Arc<SharedEvent>>,
+    head: Arc<AtomicI64>,
 ) {
     let last_seq =
         taskfleet_storage::wait_for("Postgres (event log)", || events.latest_seq()).await;
+    head.store(last_seq, Ordering::Release);
     let mut reader = HubReader {
         events,
         sender,
         last_seq,
+        head,
     };
     loop {
         // A connection of its own: a blocking XREAD would hold up a shared one.
@@ -285,6 +310,8 @@ struct HubReader {
     events: EventLog,
     sender: broadcast::Sender<Arc<SharedEvent>>,
     last_seq: i64,
+    /// `last_seq`, for [`EventHub::head`].
+    head: Arc<AtomicI64>,
 }
 
 impl HubReader {
@@ -297,7 +324,7 @@ impl HubReader {
             return;
         }
         if self.sender.receiver_count() == 0 {
-            self.last_seq = seq;
+            self.passed(seq);
             return;
         }
         self.catch_up_to(seq).await;
@@ -311,7 +338,7 @@ impl HubReader {
             // is served by the full read below.
             match self.events.latest_seq().await {
                 Ok(latest) if self.sender.receiver_count() == 0 => {
-                    self.last_seq = self.last_seq.max(latest);
+                    self.passed(self.last_seq.max(latest));
                     return;
                 }
                 Ok(_) => {}
@@ -346,9 +373,16 @@ impl HubReader {
     }
 
     fn broadcast(&mut self, event: SharedEvent) {
-        self.last_seq = event.record.seq;
         // No receivers is fine: nobody is listening.
+        let seq = event.record.seq;
         let _ = self.sender.send(Arc::new(event));
+        self.passed(seq);
+    }
+
+    /// The hub is past `seq`: a stream opened from now on begins after it.
+    fn passed(&mut self, seq: i64) {
+        self.last_seq = seq;
+        self.head.store(seq, Ordering::Release);
     }
 }
 
@@ -539,7 +573,9 @@ impl EventsApi {
     /// `TASKFLEET_SSE_REPLAY_MAX` events (10,000) ends the stream after that many: resume
     /// from the last `id`. 429 `too_many_streams` when the API key has
     /// `TASKFLEET_SSE_STREAMS_PER_KEY` (1,000) streams open on this API process. Keep-alive
-    /// comments every 15 s.
+    /// comments every 15 s. The `X-Events-After` header names the event the stream begins
+    /// after: a client whose stream breaks before its first event resumes with it as
+    /// `Last-Event-ID`, and misses nothing.
     #[allow(clippy::too_many_arguments)]
     #[oai(path = "/events", method = "get", operation_id = "streamEvents")]
     async fn events(
@@ -625,14 +661,22 @@ impl EventsApi {
     }
 }
 
-/// Serves `sub` to the caller authenticated as `tenant`, in a stream slot of its key.
-fn sse(state: &AppState, tenant: &Tenant, sub: Subscription) -> Result<SseResponse, ApiError> {
+/// Serves `sub` to the caller authenticated as `tenant`, in a stream slot of its key. A
+/// stream asked for without `Last-Event-ID` begins after the hub's head, read before the
+/// stream subscribes (anything the hub passes in between is replayed), and says so in
+/// [`EVENTS_AFTER`]: a client that breaks before its first event resumes from there.
+fn sse(state: &AppState, tenant: &Tenant, mut sub: Subscription) -> Result<SseResponse, ApiError> {
     let slot = state.streams.open(tenant.key_id.unwrap_or(tenant.id))?;
+    sub.after = sub.after.or_else(|| state.hub.head());
     Ok(SseResponse {
+        after: sub.after,
         events: serve(&state.hub, state.events.clone(), sub, slot),
         keep_alive: KEEP_ALIVE,
     })
 }
+
+/// The response header naming the event a stream begins after.
+pub const EVENTS_AFTER: &str = "X-Events-After";
 
 /// The SSE endpoints' answer: documented as poem-openapi's [`EventStream`] of [`JobEvent`]s,
 /// written by us. poem's writer formats every event again for every client and hands each
@@ -640,6 +684,8 @@ fn sse(state: &AppState, tenant: &Tenant, sub: Subscription) -> Result<SseRespon
 /// subscribe (ADR 0007). Here every client writes the message rendered once per event, and
 /// as many of its waiting events as fit [`WRITE_BYTES`] in one write.
 pub struct SseResponse {
+    /// The `seq` the stream begins after, for [`EVENTS_AFTER`].
+    after: Option<i64>,
     events: EventStreamBody,
     /// How often a comment line goes out, whatever else does.
     keep_alive: Duration,
@@ -657,7 +703,11 @@ impl ApiResponse for SseResponse {
 
 impl IntoResponse for SseResponse {
     fn into_response(self) -> Response {
-        let SseResponse { events, keep_alive } = self;
+        let SseResponse {
+            after,
+            events,
+            keep_alive,
+        } = self;
         // Fused: a write may gather up to the end of the events, and the next poll then
         // asks again.
         let mut events = events.fuse();
@@ -686,11 +736,14 @@ impl IntoResponse for SseResponse {
                 gathered.map_or_else(|| first.message.clone(), BytesMut::freeze)
             )))
         });
-        Response::builder()
+        let mut response = Response::builder()
             .content_type("text/event-stream")
             .header("X-Accel-Buffering", "no")
-            .header("Cache-Control", "no-cache")
-            .body(Body::from_bytes_stream(writes))
+            .header("Cache-Control", "no-cache");
+        if let Some(after) = after {
+            response = response.header(EVENTS_AFTER, after.to_string());
+        }
+        response.body(Body::from_bytes_stream(writes))
     }
 }
 
@@ -727,12 +780,14 @@ mod tests {
             tx.send(StreamItem(shared.clone())).await.unwrap();
         }
         let response = SseResponse {
+            after: Some(0),
             events: Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))),
             keep_alive: Duration::from_millis(50),
         }
         .into_response();
         assert_eq!(response.content_type(), Some("text/event-stream"));
         assert_eq!(response.headers()["cache-control"], "no-cache");
+        assert_eq!(response.headers()[EVENTS_AFTER], "0");
         let mut body = response.into_body().into_bytes_stream();
 
         let first = body.next().await.unwrap().unwrap();
@@ -771,6 +826,7 @@ mod tests {
             events: EventLog::new(pool),
             sender,
             last_seq: 0,
+            head: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -781,6 +837,11 @@ mod tests {
         reader.numbered_up_to(7).await;
         // Had it read Postgres, the read would have failed and left it at 0.
         assert_eq!(reader.last_seq, 7);
+        assert_eq!(
+            reader.head.load(Ordering::Acquire),
+            7,
+            "a stream opened now begins after 7"
+        );
         reader.numbered_up_to(5).await;
         assert_eq!(reader.last_seq, 7, "an older notice changes nothing");
     }

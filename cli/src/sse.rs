@@ -1,8 +1,7 @@
 //! Server-Sent Events from the API, followed across lost connections: when a stream breaks,
 //! it is opened again with `Last-Event-ID` set to the last event read, so nothing after it
-//! is missed and nothing is read twice. (A live-only stream, `/v1/events` without a start,
-//! has nothing to resume from until its first event: what happens before that and during
-//! a break then is not seen; `tail --since` starts from a known event.)
+//! is missed and nothing is read twice. Before its first event a stream resumes from where
+//! the API said it began (its `X-Events-After` header).
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -15,6 +14,9 @@ use crate::{api::Api, fail::Failure};
 
 /// The API sends a keep-alive every 15 s; this long without a byte means the link is gone.
 const SILENCE: Duration = Duration::from_secs(45);
+/// The API's response header naming the event a stream begins after.
+const EVENTS_AFTER: &str = "x-events-after";
+
 /// The first pause before reconnecting, doubled at each failure in a row up to `MAX_PAUSE`.
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
@@ -143,6 +145,14 @@ impl EventStream {
                 };
                 match opened {
                     Ok(response) => {
+                        // Where a stream begins when asked for from now: a break before its
+                        // first event resumes from there, not from a new now.
+                        if self.last_id.is_none() {
+                            self.last_id = response
+                                .headers()
+                                .get(EVENTS_AFTER)
+                                .and_then(|after| after.to_str().ok()?.parse().ok());
+                        }
                         self.response = Some(response);
                         self.opened = true;
                         continue;

@@ -600,7 +600,8 @@ async fn tail_resumes_after_a_lost_connection_without_gaps_or_repeats() {
     let address = stack.api.base.trim_start_matches("http://").to_owned();
     let proxy = Proxy::start(&address).await;
     let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
-    let (mut tail, lines, notes) = spawn_tail(&through_proxy, &stack.key, &stack.config);
+    // From the first event on, so the test need not guess when the stream has opened.
+    let (mut tail, lines, notes) = spawn_tail(&through_proxy, &stack.key, &stack.config, Some(0));
 
     let mut seen: Vec<Value> = Vec::new();
     submit_and_see(&stack.api, &stack.key, &lines, &mut seen, 3).await;
@@ -653,19 +654,21 @@ async fn tail_resumes_after_a_lost_connection_without_gaps_or_repeats() {
     stack.finish().await;
 }
 
-/// `taskfleet tail --queue executor --json` from the first event on (so a test need not
-/// guess when the stream has opened), through `url`: the child, its lines and its notes.
+/// `taskfleet tail --queue executor --json` through `url`, after event `since` when given:
+/// the child, its lines and its notes.
 fn spawn_tail(
     url: &str,
     key: &str,
     config: &PathBuf,
+    since: Option<i64>,
 ) -> (
     std::process::Child,
     mpsc::Receiver<String>,
     mpsc::Receiver<String>,
 ) {
     let mut tail = taskfleet(url, Some(key), config);
-    tail.args(["tail", "--queue", "executor", "--json", "--since", "0"])
+    tail.args(["tail", "--queue", "executor", "--json"])
+        .args(since.map(|since| format!("--since={since}")))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     dies_with_its_starter(&mut tail);
@@ -744,8 +747,12 @@ async fn tail_waits_out_a_rate_limit_and_a_server_error_then_resumes() {
     let key = env.create_key("acme");
     let config = config_dir();
     let proxy = Proxy::start(api.base.trim_start_matches("http://")).await;
-    let (mut tail, lines, notes) =
-        spawn_tail(&format!("http://127.0.0.1:{}", proxy.port), &key, &config);
+    let (mut tail, lines, notes) = spawn_tail(
+        &format!("http://127.0.0.1:{}", proxy.port),
+        &key,
+        &config,
+        Some(0),
+    );
     let mut seen: Vec<Value> = Vec::new();
     submit_and_see(&api, &key, &lines, &mut seen, 2).await;
 
@@ -766,6 +773,40 @@ async fn tail_waits_out_a_rate_limit_and_a_server_error_then_resumes() {
     let _ = tail.wait();
     let _ = fs::remove_dir_all(&config);
     env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tail_broken_before_its_first_event_resumes_from_where_its_stream_began() {
+    let stack = Stack::start("executor").await;
+    let proxy = Proxy::start(stack.api.base.trim_start_matches("http://")).await;
+    let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
+    let (mut tail, lines, notes) = spawn_tail(&through_proxy, &stack.key, &stack.config, None);
+    wait_until(WITHIN, "the tail's stream is open", || async {
+        let metrics = stack.api.http.get(stack.api.url("/metrics")).send().await;
+        let metrics = metrics.unwrap().text().await.unwrap();
+        metrics
+            .lines()
+            .any(|line| line == "taskfleet_sse_clients 1")
+    })
+    .await;
+
+    // Cut before any event: the jobs that run meanwhile are shown once the link is back.
+    proxy.cut();
+    for _ in 0..3 {
+        let id = stack
+            .api
+            .submit(&stack.key, json!({"kind": "executor.run", "tool": "noop"}))
+            .await;
+        stack.api.wait_finished(&stack.key, id, WITHIN).await;
+    }
+    proxy.restore();
+    let mut seen: Vec<Value> = Vec::new();
+    submit_and_see(&stack.api, &stack.key, &lines, &mut seen, 1).await;
+    assert_every_event_once(&stack.env, &seen).await;
+    wait_to_hear(&notes, "resuming after event").await;
+    let _ = tail.kill();
+    let _ = tail.wait();
+    stack.finish().await;
 }
 
 /// Drops the connections through `proxy` and refuses new ones for a moment.
