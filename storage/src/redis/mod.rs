@@ -297,10 +297,6 @@ impl RedisConfig {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     fn is_tls(&self) -> bool {
         self.url.trim_start().starts_with("rediss://")
     }
