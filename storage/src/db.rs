@@ -97,6 +97,7 @@ impl Db {
         if !ssl_mode_chosen(url) && on_this_host(&options) {
             options = options.ssl_mode(PgSslMode::Disable);
         }
+        tls_files_readable(url)?;
         // Custom plans always: one statement serves a tenant and an operator
         // (`$1::uuid IS NULL OR tenant_id = $1`, `Scope::tenant_id`), and a generic plan,
         // which Postgres may settle on after a few calls, could not use the tenant index.
@@ -224,6 +225,32 @@ fn ssl_mode_chosen(url: &str) -> bool {
         })
 }
 
+/// Checks that the TLS files the URL names can be read: sqlx reads them at each connection,
+/// and one missing there is an I/O error like an outage's, which would be waited out.
+fn tls_files_readable(url: &str) -> Result<(), sqlx::Error> {
+    let Ok(url) = url::Url::parse(url) else {
+        return Ok(());
+    };
+    for (name, path) in url.query_pairs() {
+        let names_a_file = matches!(
+            &*name,
+            "sslrootcert"
+                | "ssl-root-cert"
+                | "ssl-ca"
+                | "sslcert"
+                | "ssl-cert"
+                | "sslkey"
+                | "ssl-key"
+        );
+        if names_a_file && let Err(err) = std::fs::File::open(&*path) {
+            return Err(sqlx::Error::Configuration(
+                format!("{name} {path}: {err}").into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether the options lead to a Postgres on this host: a Unix socket, or a loopback address.
 fn on_this_host(options: &PgConnectOptions) -> bool {
     let host = options.get_host();
@@ -238,11 +265,11 @@ fn on_this_host(options: &PgConnectOptions) -> bool {
 }
 
 /// Whether `err` says Postgres could not be reached, or is not accepting connections yet.
-/// Not a certificate refused either way ([`crate::tls_refused`]), nor a TLS setting that
-/// cannot work (`sqlx::Error::Tls`: a file not found, TLS required of a server without it).
+/// Not a TLS handshake that failed ([`crate::tls_failed`]), nor a TLS setting that cannot
+/// work (`sqlx::Error::Tls`: TLS required of a server without it, a PEM that does not parse).
 fn unreachable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(io) => !crate::tls_refused(io),
+        sqlx::Error::Io(io) => !crate::tls_failed(io),
         sqlx::Error::PoolTimedOut => true,
         // Connection exceptions (class 08), and "the database system is starting up" or
         // "shutting down" (57P03, 57P01); not a protocol violation (08P01), which pgbouncer

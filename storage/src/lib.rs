@@ -57,12 +57,12 @@ pub use tenant_rate_limits::{RateLimitOverride, TenantOverride, TenantRateLimits
 pub use tenants::{KeyListing, RevokeError, Role, Scope, Tenant, Tenants, shown_key};
 pub use workers::{WorkerCounts, WorkerInfo, WorkerRecord, Workers};
 
-/// Whether `err` is a TLS peer refusing the other's certificate (or its own being refused):
-/// a wrong authority, name or client certificate, which waiting does not mend. Found as
-/// rustls's error, or the `std::io::Error` that carries it, at any depth of `err`'s
-/// sources, including behind the `Arc` the redis crate keeps its I/O errors in (whose own
-/// `source` skips the I/O error).
-pub fn tls_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `err` is a TLS handshake that failed: a certificate refused either way (a wrong
+/// authority, name or client certificate) or a peer that does not speak TLS, which waiting
+/// does not mend. Found as rustls's error, or the `std::io::Error` that carries it, at any
+/// depth of `err`'s sources, including behind the `Arc` the redis crate keeps its I/O errors
+/// in (whose own `source` skips the I/O error).
+pub fn tls_failed(err: &(dyn std::error::Error + 'static)) -> bool {
     use std::{error::Error, io, sync::Arc};
     fn is_rustls(err: &(dyn Error + 'static)) -> bool {
         err.is::<rustls::Error>()
@@ -123,7 +123,7 @@ where
 mod tests {
     use std::io;
 
-    use super::tls_refused;
+    use super::tls_failed;
 
     fn refused_certificate() -> io::Error {
         io::Error::new(
@@ -134,11 +134,11 @@ mod tests {
 
     #[test]
     fn a_refused_certificate_is_found_in_redis_and_sqlx_errors_but_an_outage_is_not() {
-        assert!(tls_refused(&redis::RedisError::from(refused_certificate())));
-        assert!(tls_refused(&sqlx::Error::Io(refused_certificate())));
+        assert!(tls_failed(&redis::RedisError::from(refused_certificate())));
+        assert!(tls_failed(&sqlx::Error::Io(refused_certificate())));
         let outage = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert!(!tls_refused(&sqlx::Error::Io(outage)));
+        assert!(!tls_failed(&sqlx::Error::Io(outage)));
         let outage = io::Error::from(io::ErrorKind::ConnectionReset);
-        assert!(!tls_refused(&redis::RedisError::from(outage)));
+        assert!(!tls_failed(&redis::RedisError::from(outage)));
     }
 }

@@ -107,6 +107,22 @@ async fn the_fleet_runs_on_a_redis_cluster_over_tls() {
             "no lease on primary {port}"
         );
     }
+
+    // The cluster client gives its nodes' errors back as text; the worker still stops, and
+    // says why, when the nodes' certificates are not of the authority it was given.
+    env.capture_logs();
+    env.route_redis_tls(RedisTlsArgs {
+        ca_file: Some(certificates.file("stranger-ca.pem")),
+        ..client_certificate(&certificates)
+    });
+    let refused = env.start_worker_env(FAST_FAILOVER, &small_pool);
+    wait_until(Duration::from_secs(30), "the worker stops", || {
+        let running = env.is_running(refused);
+        async move { !running }
+    })
+    .await;
+    let logged = env.logs();
+    assert!(logged.contains("UnknownIssuer"), "{logged}");
     env.finish().await;
 }
 
@@ -129,7 +145,8 @@ async fn a_certificate_refused_stops_the_process_and_says_why() {
     );
 
     let trusted = client_certificate(&certificates);
-    let refusals: [Refusal; 4] = [
+    let missing_root = database.replace(&certificates.path("ca.pem"), "/nonexistent/ca.pem");
+    let refusals: [Refusal; 6] = [
         Refusal {
             what: "Redis's certificate checked against another authority",
             redis_tls: RedisTlsArgs {
@@ -137,7 +154,7 @@ async fn a_certificate_refused_stops_the_process_and_says_why() {
                 ..trusted.clone()
             },
             database_url: &database,
-            said: &["Redis refused this connection", "UnknownIssuer"],
+            said: &["cannot connect to Redis", "UnknownIssuer"],
         },
         Refusal {
             what: "no client certificate shown to a Redis that asks for one",
@@ -146,7 +163,22 @@ async fn a_certificate_refused_stops_the_process_and_says_why() {
                 ..RedisTlsArgs::default()
             },
             database_url: &database,
-            said: &["Redis refused this connection", "CertificateRequired"],
+            said: &["cannot connect to Redis", "CertificateRequired"],
+        },
+        Refusal {
+            what: "a client certificate with another certificate's key",
+            redis_tls: RedisTlsArgs {
+                key_file: Some(certificates.file("stranger-ca.key")),
+                ..trusted.clone()
+            },
+            database_url: &database,
+            said: &["cannot connect to Redis", "TLS parameters"],
+        },
+        Refusal {
+            what: "an authority file for Postgres that is not there",
+            redis_tls: trusted.clone(),
+            database_url: &missing_root,
+            said: &["DATABASE_URL is not valid", "/nonexistent/ca.pem"],
         },
         Refusal {
             what: "Postgres's certificate checked against another authority",

@@ -102,14 +102,19 @@ impl Keys {
     /// Every job shard's keyspace birth.
     pub fn keyspace_births(&self) -> Vec<String> {
         (0..JOB_SHARDS)
-            .map(|shard| format!("{}:keyspace:born:{{j{shard}}}", self.prefix))
+            .map(|shard| format!("{}:keyspace:born:{}", self.prefix, shard_tag(shard)))
             .collect()
     }
 }
 
 /// The hash tag of a job's keys: its shard's. A UUID's low bits are random (v4 and v7 alike).
 fn job_tag(job_id: uuid::Uuid) -> String {
-    format!("{{j{}}}", job_id.as_u128() % JOB_SHARDS)
+    shard_tag(job_id.as_u128() % JOB_SHARDS)
+}
+
+/// The hash tag of a job shard's keys.
+fn shard_tag(shard: u128) -> String {
+    format!("{{j{shard}}}")
 }
 
 /// The oldest Redis major version taskfleet runs on: workers wait for work in `BLMPOP`,
@@ -288,13 +293,20 @@ impl RedisConfig {
                 );
             }
         };
-        Ok(RedisConfig {
+        let config = RedisConfig {
             certificates: Some(TlsCertificates {
                 client_tls,
                 root_cert,
             }),
             ..config
-        })
+        };
+        // The PEM files are parsed when a client is built: a file that holds no certificate
+        // or key is said now, not at every attempt to connect.
+        let first = nodes(&config.url).map_err(|err| err.to_string())?.remove(0);
+        config
+            .client(&first)
+            .map_err(|err| format!("the REDIS_TLS_* files: {err}"))?;
+        Ok(config)
     }
 
     fn is_tls(&self) -> bool {
@@ -309,6 +321,25 @@ impl RedisConfig {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         self
+    }
+
+    /// The first of `nodes` whose TLS handshake fails, and why.
+    async fn tls_failure(&self, nodes: &[String]) -> Option<RedisError> {
+        for node in nodes {
+            let Ok(client) = self.client(node) else {
+                continue;
+            };
+            let asked = tokio::time::timeout(
+                CONNECTION_TIMEOUT,
+                client.get_multiplexed_async_connection(),
+            );
+            if let Ok(Err(err)) = asked.await
+                && crate::tls_failed(&err)
+            {
+                return Some(err);
+            }
+        }
+        None
     }
 
     /// A client for one node.
@@ -356,25 +387,34 @@ pub async fn connect(config: &RedisConfig) -> Result<Connection, RedisError> {
     if let Some(certificates) = &config.certificates {
         cluster = cluster.certs(certificates.clone());
     }
-    Ok(Connection::Cluster(
-        cluster.build()?.get_async_connection().await?,
-    ))
+    match cluster.build()?.get_async_connection().await {
+        Ok(conn) => Ok(Connection::Cluster(conn)),
+        // The cluster client gives its nodes' errors back as text; a node asked alone says
+        // whether TLS failed, which waiting would not mend.
+        Err(err) if config.is_tls() => Err(config.tls_failure(&nodes).await.unwrap_or(err)),
+        Err(err) => Err(err),
+    }
 }
 
 /// [`connect`], waiting while Redis cannot be reached, so a process started before Redis
-/// comes up once it does; a certificate refused either way ([`crate::tls_refused`]) comes
-/// back at once, since waiting does not mend it.
-pub async fn connect_when_reachable(config: &RedisConfig) -> Result<Connection, Refused> {
-    crate::retry_while("Redis", || connect(config), |err| !crate::tls_refused(err))
-        .await
-        .map_err(|err| Refused(err.to_string()))
+/// comes up once it does. What waiting does not mend comes back at once: a TLS handshake
+/// that failed ([`crate::tls_failed`]), or TLS settings the client cannot use (a key that
+/// does not go with its certificate).
+pub async fn connect_when_reachable(config: &RedisConfig) -> Result<Connection, Unusable> {
+    crate::retry_while(
+        "Redis",
+        || connect(config),
+        |err| !crate::tls_failed(err) && err.kind() != redis::ErrorKind::InvalidClientConfig,
+    )
+    .await
+    .map_err(|err| Unusable(err.to_string()))
 }
 
-/// Why Redis will not have this process, as one message (the redis crate's error repeats
-/// its cause as its source).
+/// Why this process cannot use Redis, as one message (the redis crate's error repeats its
+/// cause as its source).
 #[derive(Debug, thiserror::Error)]
-#[error("Redis refused this connection: {0}")]
-pub struct Refused(String);
+#[error("cannot connect to Redis: {0}")]
+pub struct Unusable(String);
 
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
