@@ -189,8 +189,11 @@ impl TlsPostgres {
             std::fs::copy(certificates.file(name), dir.join(name)).expect("certificate copy");
         }
         let user = unprivileged_user();
-        if let Some(user) = &user {
-            run(Command::new("chown").args(["-R", user]).arg(&dir), "chown");
+        if user.is_some() {
+            run(
+                Command::new("chown").args(["-R", "postgres"]).arg(&dir),
+                "chown",
+            );
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(
@@ -199,7 +202,7 @@ impl TlsPostgres {
         )
         .expect("key permissions");
         run(
-            as_user(&user, &server_binary("initdb"))
+            as_user(user, &server_binary("initdb"))
                 .args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
                 .arg(&data),
             "initdb",
@@ -209,7 +212,7 @@ impl TlsPostgres {
             "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
         )
         .expect("pg_hba.conf");
-        let mut cmd = as_user(&user, &server_binary("postgres"));
+        let mut cmd = as_user(user, &server_binary("postgres"));
         cmd.arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
@@ -268,21 +271,33 @@ impl Drop for TlsPostgres {
     }
 }
 
-/// Postgres refuses to run as root; as root, the servers run as Debian's `postgres` user.
-fn unprivileged_user() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    (unsafe { libc::geteuid() } == 0).then(|| "postgres".to_owned())
+/// Postgres refuses to run as root; as root, the servers run as Debian's `postgres` user
+/// (its user and group ids).
+fn unprivileged_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions; getpwnam's answer is read before any other call
+    // could reuse it.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return None;
+        }
+        let entry = libc::getpwnam(c"postgres".as_ptr());
+        assert!(
+            !entry.is_null(),
+            "Debian's postgres user exists (make services installs it)"
+        );
+        Some(((*entry).pw_uid, (*entry).pw_gid))
+    }
 }
 
-fn as_user(user: &Option<String>, program: &Path) -> Command {
-    match user {
-        Some(user) => {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", user, "--"]).arg(program);
-            cmd
-        }
-        None => Command::new(program),
+/// `program` run as `user`: the server itself, not a wrapper such as `runuser`, so that
+/// killing it (and the test's death, [`spawn_server`]) stops Postgres at once.
+fn as_user(user: Option<(u32, u32)>, program: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
     }
+    cmd
 }
 
 /// A program of Debian's newest Postgres server package (`/usr/lib/postgresql/N/bin`).

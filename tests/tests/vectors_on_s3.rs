@@ -63,10 +63,12 @@ async fn two_workers_writing_one_bucket_at_once_lose_no_vector() {
     let api = env.start_api(&[]).await;
     let key = env.create_key("acme");
 
-    // Two hosts embed at once: each commit may race the other's for the same version.
+    // Two hosts embed at once: each commit may race the other's for the same version. One
+    // embed job at a time each, so that neither can take all eight.
+    let one_at_a_time = ["--queues", "embed,agent", "--concurrency", "64,embed=1"];
     let writers = [
-        s3.start_worker(&mut env, &["--queues", "embed,agent"], STORE),
-        s3.start_worker(&mut env, &["--queues", "embed,agent"], STORE),
+        s3.start_worker(&mut env, &one_at_a_time, STORE),
+        s3.start_worker(&mut env, &one_at_a_time, STORE),
     ];
     // Added at once, so that both workers' executors take some.
     let originals = futures::future::join_all(
