@@ -26,6 +26,8 @@ need_pkg tmux tmux
 # The Postgres tests put pgbouncer before Postgres; the partition test uses network namespaces.
 [ -x /usr/sbin/pgbouncer ] || need_pkg pgbouncer pgbouncer
 need_pkg ip iproute2
+# The TLS tests make their certificates with openssl.
+need_pkg openssl openssl
 # lancedb's build compiles protocol buffers: protoc and the well-known types.
 need_pkg protoc protobuf-compiler
 [ -f /usr/include/google/protobuf/descriptor.proto ] || install_pkg libprotobuf-dev
