@@ -323,10 +323,10 @@ impl RedisConfig {
         self
     }
 
-    /// The first of `nodes` whose TLS handshake fails, and why.
-    async fn tls_failure(&self, nodes: &[String]) -> Option<RedisError> {
-        for node in nodes {
-            let Ok(client) = self.client(node) else {
+    /// The first node whose TLS handshake fails, and why.
+    async fn tls_failure(&self) -> Option<RedisError> {
+        for node in nodes(&self.url).ok()? {
+            let Ok(client) = self.client(&node) else {
                 continue;
             };
             let asked = tokio::time::timeout(
@@ -387,13 +387,9 @@ pub async fn connect(config: &RedisConfig) -> Result<Connection, RedisError> {
     if let Some(certificates) = &config.certificates {
         cluster = cluster.certs(certificates.clone());
     }
-    match cluster.build()?.get_async_connection().await {
-        Ok(conn) => Ok(Connection::Cluster(conn)),
-        // The cluster client gives its nodes' errors back as text; a node asked alone says
-        // whether TLS failed, which waiting would not mend.
-        Err(err) if config.is_tls() => Err(config.tls_failure(&nodes).await.unwrap_or(err)),
-        Err(err) => Err(err),
-    }
+    Ok(Connection::Cluster(
+        cluster.build()?.get_async_connection().await?,
+    ))
 }
 
 /// [`connect`], waiting while Redis cannot be reached, so a process started before Redis
@@ -401,11 +397,19 @@ pub async fn connect(config: &RedisConfig) -> Result<Connection, RedisError> {
 /// that failed ([`crate::tls_failed`]), or TLS settings the client cannot use (a key that
 /// does not go with its certificate).
 pub async fn connect_when_reachable(config: &RedisConfig) -> Result<Connection, Unusable> {
-    crate::retry_while(
-        "Redis",
-        || connect(config),
-        |err| !crate::tls_failed(err) && err.kind() != redis::ErrorKind::InvalidClientConfig,
-    )
+    let attempt = || async {
+        match connect(config).await {
+            // The cluster client gives its nodes' errors back as text; a node asked alone
+            // says whether TLS failed. Asked here, at start, not by every reconnection.
+            Err(err) if config.is_tls() && !crate::tls_failed(&err) => {
+                Err(config.tls_failure().await.unwrap_or(err))
+            }
+            connected => connected,
+        }
+    };
+    crate::retry_while("Redis", attempt, |err| {
+        !crate::tls_failed(err) && err.kind() != redis::ErrorKind::InvalidClientConfig
+    })
     .await
     .map_err(|err| Unusable(err.to_string()))
 }
